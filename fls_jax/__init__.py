@@ -1,0 +1,17 @@
+"""fls_jax: the Equations of State of finite-width neural networks, in JAX (see SPEC §1–4)."""
+
+from . import datasets as datasets
+from ._activation import (
+    AbstractActivation as AbstractActivation,
+    Erf as Erf,
+    Linear as Linear,
+    Quadrature as Quadrature,
+    ReLU as ReLU,
+)
+from ._free_energy import eos_residual as eos_residual, free_energy as free_energy
+from ._network import AbstractNetwork as AbstractNetwork, FCN as FCN, PatchCNN as PatchCNN
+from ._predict import Prediction as Prediction, predict as predict, sweep as sweep
+from ._solve import DampedNewton as DampedNewton, Solution as Solution, solve as solve
+
+
+__version__ = "0.1.0"

@@ -1,0 +1,147 @@
+"""Gaussian expectations of activations: the post-kernel map Φ_φ of SPEC §2.
+
+Every activation answers one question: for a centred Gaussian pair (h, h') with variances
+``a = E[h²]``, ``b = E[h'²]`` and covariance ``c = E[h h']``, what is E[φ(h) φ(h')]?
+Evaluated elementwise (and broadcasting), that single function builds the train kernel
+Φ(K) (``a = diag K`` as a column, ``b`` as a row), the train/test cross kernel and the test
+diagonal, so a new activation is one class with one method.
+"""
+
+import abc
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float
+
+
+class AbstractActivation(eqx.Module):
+    """An activation φ and its Gaussian kernel map Φ_φ (SPEC §2).
+
+    Subclasses implement [`fls_jax.AbstractActivation.__call__`][] (φ itself, used by the
+    sampler and the quadrature checks) and [`fls_jax.AbstractActivation.kernel`][].
+    """
+
+    odd: eqx.AbstractClassVar[bool]
+
+    @abc.abstractmethod
+    def __call__(self, h: Float[ArrayLike, "..."]) -> Float[Array, "..."]:
+        """φ(h), elementwise."""
+
+    @abc.abstractmethod
+    def kernel(
+        self,
+        a: Float[ArrayLike, "..."],
+        b: Float[ArrayLike, "..."],
+        c: Float[ArrayLike, "..."],
+    ) -> Float[Array, "..."]:
+        """E[φ(h)φ(h')] for (h, h') ~ N(0, [[a, c], [c, b]]), elementwise with broadcasting.
+
+        **Arguments:**
+
+        - `a`: variance of h (> 0).
+        - `b`: variance of h' (> 0).
+        - `c`: covariance of h and h', with c² ≤ a b.
+
+        **Returns:** Φ_φ evaluated at each (a, b, c): SPEC §2.
+        """
+
+
+class Linear(AbstractActivation):
+    """φ(h) = h, so Φ(K) = K (SPEC §2)."""
+
+    odd = True
+
+    def __call__(self, h):
+        return jnp.asarray(h)
+
+    def kernel(self, a, b, c):
+        return jnp.asarray(c) + 0.0 * (jnp.asarray(a) + jnp.asarray(b))
+
+
+class Erf(AbstractActivation):
+    """φ(h) = erf(h); Φ = (2/π) arcsin(2c / √((1+2a)(1+2b))) (SPEC §2, Williams 1997)."""
+
+    odd = True
+
+    def __call__(self, h):
+        return jax.scipy.special.erf(h)
+
+    def kernel(self, a, b, c):
+        return (2 / jnp.pi) * jnp.arcsin(2 * c / jnp.sqrt((1 + 2 * a) * (1 + 2 * b)))
+
+
+@jax.custom_jvp
+def _arccos_j1(rho):
+    # J(ρ) = √(1−ρ²) + (π − arccos ρ) ρ, the order-1 arc-cosine function times π.
+    rho = jnp.clip(rho, -1.0, 1.0)
+    return jnp.sqrt(jnp.maximum(1 - rho**2, 0.0)) + (jnp.pi - jnp.arccos(rho)) * rho
+
+
+@_arccos_j1.defjvp
+def _arccos_j1_jvp(primals, tangents):
+    # dJ/dρ = π − arccos ρ: finite at ρ = ±1 where the naive chain rule gives inf − inf.
+    (rho,), (drho,) = primals, tangents
+    return _arccos_j1(rho), (jnp.pi - jnp.arccos(jnp.clip(rho, -1.0, 1.0))) * drho
+
+
+class ReLU(AbstractActivation):
+    """φ(h) = max(h, 0); Φ is the order-1 arc-cosine kernel (SPEC §2, Cho & Saul 2009).
+
+    ReLU is not odd: the exact per-neuron posterior has a mean, which the zero-mean
+    Gaussian EoS of SPEC §3 leave out. Results for ReLU networks are that approximation.
+    """
+
+    odd = False
+
+    def __call__(self, h):
+        return jnp.maximum(h, 0.0)
+
+    def kernel(self, a, b, c):
+        ab = jnp.sqrt(a * b)
+        return ab / (2 * jnp.pi) * _arccos_j1(c / ab)
+
+
+class Quadrature(AbstractActivation):
+    """Any φ, with Φ by tensor-product Gauss–Hermite quadrature over the 2-d Gaussian (SPEC §2).
+
+    **Arguments:**
+
+    - `fn`: the activation, a JAX-traceable elementwise function.
+    - `order`: number of Gauss–Hermite nodes per dimension (the kernel costs ``order²``
+      evaluations of φ per entry). The rule is exact for polynomials of degree
+      < 2·order; smooth φ converge exponentially fast, kinks (ReLU) only algebraically.
+    - `odd`: whether φ is odd (the zero-mean Gaussian EoS are then exact in form).
+    """
+
+    fn: Callable[[Array], Array] = eqx.field(static=True)
+    order: int = eqx.field(static=True, default=40)
+    odd: bool = eqx.field(static=True, default=False)  # pyright: ignore[reportIncompatibleVariableOverride]
+
+    def __call__(self, h):
+        return self.fn(jnp.asarray(h))
+
+    def kernel(self, a, b, c):
+        z, w = np.polynomial.hermite_e.hermegauss(self.order)
+        w = w / w.sum()  # probabilists' weights, normalised to a N(0, 1) expectation
+        a, b, c = jnp.broadcast_arrays(jnp.asarray(a), jnp.asarray(b), jnp.asarray(c))
+        sa, sb = jnp.sqrt(a), jnp.sqrt(b)
+        rho = jnp.clip(c / (sa * sb), -1.0, 1.0)
+        # Double `where`: on the diagonal (ρ = 1) the value is right and the gradient finite.
+        one_minus = 1 - rho**2
+        safe = one_minus > 0
+        perp = jnp.where(safe, jnp.sqrt(jnp.where(safe, one_minus, 1.0)), 0.0)
+        zs, ws = jnp.asarray(z, dtype=rho.dtype), jnp.asarray(w, dtype=rho.dtype)
+
+        # h = √a z₁ ;  h' = √b (ρ z₁ + √(1−ρ²) z₂).  A scan over the z₁ nodes keeps memory
+        # at one broadcast of the z₂ nodes per entry.
+        def body(acc, node):
+            z1, w1 = node
+            inner = self.fn(sb[..., None] * (rho[..., None] * z1 + perp[..., None] * zs))
+            return acc + w1 * self.fn(sa * z1) * (inner @ ws), None
+
+        out, _ = jax.lax.scan(body, jnp.zeros_like(rho), (zs, ws))
+        return out
+

@@ -1,0 +1,119 @@
+"""The free energy F of SPEC §3, written once, and the Equations of State derived from it.
+
+    F(Σ) = ½ tr(Yᵀ K_f⁻¹ Y) + (m/2) log det K_f + (n m/2) log 2π  +  C · KL(N(0, Σ) ‖ N(0, Σ₀))
+
+K_f = Q_f(Σ) + σ² I. The constant (n m/2) log 2π makes F at C = ∞ the exact negative log
+marginal likelihood of GP regression with the NNGP kernel, so F is a (variational) negative
+log-evidence for model selection.
+
+The EoS are ∂F/∂Σ = 0. Since ∂F_data/∂Q_f = −½ A with A = TTᵀ − m K_f⁻¹ (the minus sign of
+SPEC §3), (2/C) ∂F/∂Σ = Σ₀⁻¹ − Σ⁻¹ − (1/C) ∂_Σ tr[A Q_f(Σ)] with A held fixed: exactly the
+first-layer EoS. The solver works on that residual, evaluated as the autodiff gradient of the
+data term, so the physics lives here and nowhere else.
+"""
+
+import jax
+import jax.numpy as jnp
+import lineax as lx
+from jaxtyping import Array, Float
+
+from ._network import AbstractNetwork
+
+
+@jax.custom_jvp
+def spd_inverse_logdet(K: Float[Array, "n n"]) -> tuple[Float[Array, "n n"], Float[Array, ""]]:
+    """(K⁻¹, log det K) of a symmetric positive-definite K, by one lineax Cholesky solve.
+
+    Its derivative is written by hand, d(K⁻¹) = −K⁻¹ dK K⁻¹ and d log det K = tr(K⁻¹ dK),
+    so every derivative of the free energy (the EoS, the Newton Jacobian, hyper-parameter
+    gradients) costs matrix products with the stored inverse, not new factorisations.
+    A K that is not positive definite gives NaN, which the solver's line search rejects.
+    """
+    n = K.shape[0]
+    op = lx.MatrixLinearOperator(K, lx.positive_semidefinite_tag)
+    state = lx.Cholesky().init(op, {})
+    chol = state[0]
+    solve = jax.vmap(
+        lambda b: lx.linear_solve(op, b, lx.Cholesky(), state=state, throw=False).value,
+        in_axes=1,
+        out_axes=1,
+    )
+    inv = solve(jnp.eye(n, dtype=K.dtype))
+    inv = 0.5 * (inv + inv.T)
+    return inv, 2 * jnp.sum(jnp.log(jnp.abs(jnp.diagonal(chol))))
+
+
+@spd_inverse_logdet.defjvp
+def _spd_inverse_logdet_jvp(primals, tangents):
+    (K,), (dK,) = primals, tangents
+    inv, logdet = spd_inverse_logdet(K)
+    return (inv, logdet), (-inv @ dK @ inv, jnp.sum(inv * dK))
+
+
+def _gaussian_kl(sigma: Float[Array, "S S"], prior_precision: Float[Array, "S S"]):
+    """KL(N(0, Σ) ‖ N(0, Σ₀)) = ½[tr(Σ₀⁻¹Σ) − log det(Σ₀⁻¹Σ) − S]."""
+    S = sigma.shape[0]
+    _, logdet_sigma = jnp.linalg.slogdet(sigma)
+    _, logdet_prec = jnp.linalg.slogdet(prior_precision)
+    return 0.5 * (jnp.sum(prior_precision * sigma) - logdet_sigma - logdet_prec - S)
+
+
+def data_term(
+    network: AbstractNetwork,
+    sigma: Float[Array, "S S"],
+    X: Float[Array, "n d"],
+    Y: Float[Array, "n m"],
+) -> Float[Array, ""]:
+    """½ tr(Yᵀ K_f⁻¹ Y) + (m/2) log det K_f + (nm/2) log 2π: the last layer's GP evidence."""
+    n, m = Y.shape
+    Kf = network.output_kernel(sigma, X) + network.noise * jnp.eye(n, dtype=Y.dtype)
+    Kf_inv, logdet = spd_inverse_logdet(Kf)
+    T = Kf_inv @ Y
+    return 0.5 * jnp.sum(Y * T) + 0.5 * m * logdet + 0.5 * n * m * jnp.log(2 * jnp.pi)
+
+
+def free_energy(
+    network: AbstractNetwork,
+    sigma: Float[Array, "S S"],
+    X: Float[Array, "n d"],
+    Y: Float[Array, "n m"],
+) -> Float[Array, ""]:
+    """The free energy F of SPEC §3 at first-layer covariance Σ.
+
+    **Arguments:**
+
+    - `network`: the network (priors, width, noise, activation).
+    - `sigma`: Σ, the first-layer weight covariance (S×S, positive definite).
+    - `X`, `Y`: training inputs (n×d) and targets (n×m).
+
+    **Returns:** F(Σ), a scalar. At C = ∞ the KL term is dropped (its minimiser Σ = Σ₀ is
+    then forced), so F is the NNGP regression's negative log marginal likelihood.
+    """
+    kl = _gaussian_kl(sigma, network.prior_precision(X.shape[1]))
+    finite = jnp.isfinite(network.width)
+    width = jnp.where(finite, network.width, 0.0)
+    return data_term(network, sigma, X, Y) + jnp.where(finite, width * kl, 0.0)
+
+
+def eos_residual(
+    precision: Float[Array, "S S"],
+    network: AbstractNetwork,
+    X: Float[Array, "n d"],
+    Y: Float[Array, "n m"],
+) -> Float[Array, "S S"]:
+    """The first-layer EoS residual in the precision domain (SPEC §3):
+
+        R(Λ) = Σ₀⁻¹ − Λ − (1/C) ∂_Σ tr[A Q_f(Σ)] |_{Σ = Λ⁻¹}  =  (2/C) ∂F/∂Σ |_{Σ = Λ⁻¹}
+
+    Σ is built from the symmetric part of Λ while the linear term uses Λ itself, so the
+    antisymmetric part of Λ is driven to zero and the Jacobian is −I there (non-singular). Where Λ is not positive definite the residual is NaN, which
+    the solver's line search rejects.
+    """
+    lam = 0.5 * (precision + precision.T)
+    S = lam.shape[0]
+    chol = jnp.linalg.cholesky(lam)
+    sigma = jax.scipy.linalg.cho_solve((chol, True), jnp.eye(S, dtype=lam.dtype))
+    sigma = 0.5 * (sigma + sigma.T)
+    grad_data = jax.grad(data_term, argnums=1)(network, sigma, X, Y)
+    inv_width = jnp.where(jnp.isfinite(network.width), 1 / network.width, 0.0)
+    return network.prior_precision(X.shape[1]) - precision + 2 * inv_width * grad_data

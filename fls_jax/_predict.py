@@ -1,0 +1,140 @@
+"""Predictions from a solved EoS state: test kernels, mean, variance, errors, χ (SPEC §4)."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from ._free_energy import spd_inverse_logdet
+from ._solve import Solution, _validate, solve
+
+
+class Prediction(eqx.Module):
+    """What a solved network predicts (SPEC §4). Errors are averaged over outputs.
+
+    **Fields:**
+
+    - `mean`: f̄(x*) = Q_f(x*, X) T, the mean predictor on the test inputs (n*×m).
+    - `variance`: v(x*) = Q_f(x*, x*) − Q_f(x*, X) K_f⁻¹ Q_f(X, x*), the ensemble variance
+      of the network output at each test input (n*), the same for every output.
+    - `train_error`: σ⁴ ‖T‖²/(n m), the mean squared train residual of the mean predictor.
+    - `test_error`: mean squared error of the mean predictor on the test targets (NaN-free
+      only when `Y_test` was given; otherwise `inf` as a marker).
+    - `test_error_draw`: expected test error of one network drawn from the posterior,
+      `test_error` + mean `variance`.
+    - `chi`: the feature-learning scale λ_max(Σ₀^{1/2} (1/C) ∂_Σ tr[TTᵀ Q_f] Σ₀^{1/2}) (SPEC §4).
+    - `chi_proxy`: tr(Tᵀ Q_f T)/C, the scalar proxy used by the authors.
+    - `sigma_eigenvalues`: spectrum of the learned Σ, ascending.
+    - `free_energy`: F at the solution (SPEC §3), copied from the solution.
+    - `converged`: whether the solve converged (predictions from a failed solve are flagged).
+    """
+
+    mean: Float[Array, "n_test m"]
+    variance: Float[Array, " n_test"]
+    train_error: Float[Array, ""]
+    test_error: Float[Array, ""]
+    test_error_draw: Float[Array, ""]
+    chi: Float[Array, ""]
+    chi_proxy: Float[Array, ""]
+    sigma_eigenvalues: Float[Array, " S"]
+    free_energy: Float[Array, ""]
+    converged: Array
+
+
+def predict(
+    solution: Solution,
+    X_test: Float[Array, "n_test d"],
+    Y_test: Float[Array, "n_test m"] | Float[Array, " n_test"] | None = None,
+) -> Prediction:
+    """Predict test outputs and errors from a solved network (SPEC §4).
+
+    The first layer is exact in weight space, so the test kernels are Q_f built from the
+    learned Σ: Q_f(x*, X) and Q_f(x*, x*).
+
+    **Arguments:**
+
+    - `solution`: from [`fls_jax.solve`][].
+    - `X_test`: test inputs (n*×d).
+    - `Y_test`: optional test targets (n*×m or n*) for the test errors.
+
+    **Returns:** a [`fls_jax.Prediction`][].
+    """
+    net, X, Y, sigma = solution.network, solution.X, solution.Y, solution.sigma
+    X_test = jnp.asarray(X_test, X.dtype)
+    if X_test.ndim != 2 or X_test.shape[1] != X.shape[1]:
+        raise ValueError(f"X_test must have shape (n_test, {X.shape[1]}), got {X_test.shape}")
+    n, m = Y.shape
+    Qf = net.output_kernel(sigma, X)
+    Kf_inv, _ = spd_inverse_logdet(Qf + net.noise * jnp.eye(n, dtype=X.dtype))
+    T = Kf_inv @ Y
+    Q_star = net.output_kernel(sigma, X_test, X)
+    mean = Q_star @ T
+    variance = net.output_kernel_diag(sigma, X_test) - jnp.sum((Q_star @ Kf_inv) * Q_star, 1)
+    train_error = net.noise**2 * jnp.sum(T**2) / (n * m)
+    if Y_test is None:
+        test_error = jnp.asarray(jnp.inf, X.dtype)
+    else:
+        Y_test = jnp.asarray(Y_test, X.dtype)
+        Y_test = Y_test[:, None] if Y_test.ndim == 1 else Y_test
+        if Y_test.shape != mean.shape:
+            raise ValueError(f"Y_test must have shape {mean.shape}, got {Y_test.shape}")
+        test_error = jnp.mean((mean - Y_test) ** 2)
+
+    # χ: the target-driven precision shift (1/C) ∂_Σ tr[TTᵀ Q_f], whitened by the prior.
+    finite = jnp.isfinite(net.width)
+    inv_width = jnp.where(finite, 1 / jnp.where(finite, net.width, 1.0), 0.0)
+    TTt = T @ T.T
+    shift = jax.grad(lambda s: jnp.sum(TTt * net.output_kernel(s, X)))(sigma) * inv_width
+    prior_sqrt = jnp.sqrt(1 / jnp.diagonal(net.prior_precision(X.shape[1])))  # Σ₀ is ∝ I
+    whitened = prior_sqrt[:, None] * shift * prior_sqrt[None, :]
+    chi = jnp.linalg.eigvalsh(0.5 * (whitened + whitened.T))[-1]
+    return Prediction(
+        mean=mean,
+        variance=variance,
+        train_error=train_error,
+        test_error=test_error,
+        test_error_draw=test_error + jnp.mean(variance),
+        chi=chi,
+        chi_proxy=jnp.sum(T * (Qf @ T)) * inv_width,
+        sigma_eigenvalues=jnp.linalg.eigvalsh(sigma),
+        free_energy=solution.free_energy,
+        converged=solution.converged,
+    )
+
+
+def sweep(
+    network,
+    X: Float[Array, "n d"],
+    Y: Float[Array, "n m"] | Float[Array, " n"],
+    widths: Float[Array, " w"],
+    X_test: Float[Array, "n_test d"],
+    Y_test: Float[Array, "n_test m"] | Float[Array, " n_test"] | None = None,
+    **solve_kwargs,
+) -> tuple[Solution, Prediction]:
+    """Solve and predict at many widths in one jit-compiled, vmapped call.
+
+    Every width runs its own solve (its own continuation and convergence check) in one
+    compiled program; the results are a [`fls_jax.Solution`][] and a
+    [`fls_jax.Prediction`][] whose array fields carry a leading width axis. `inf` is
+    allowed and gives the GP limit.
+
+    **Arguments:** `network` (its `width` is replaced), training data `X`, `Y`, the
+    `widths`, test data `X_test`, `Y_test`, and keyword arguments for [`fls_jax.solve`][].
+    """
+    widths = jnp.asarray(widths, dtype=float)
+    if widths.ndim != 1 or widths.size == 0:
+        raise ValueError(f"widths must be a non-empty 1-d array, got shape {widths.shape}")
+    if not bool(jnp.all(widths > 0)):
+        raise ValueError(f"widths must be > 0 (inf for the GP limit), got {widths}")
+    X, Y = _validate(network, X, Y)
+    return _sweep(network, X, Y, widths.astype(X.dtype), X_test, Y_test, solve_kwargs)
+
+
+@eqx.filter_jit
+def _sweep(network, X, Y, widths, X_test, Y_test, solve_kwargs):
+    def run(width):
+        net = eqx.tree_at(lambda n: n.width, network, width)
+        sol = solve(net, X, Y, **solve_kwargs)
+        return sol, predict(sol, X_test, Y_test)
+
+    return jax.vmap(run)(widths)

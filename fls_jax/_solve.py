@@ -1,0 +1,320 @@
+"""Solving the Equations of State: optimistix root finding over lineax solves (SPEC §3)."""
+
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import lineax as lx
+import numpy as np
+import optimistix as optx
+from jaxtyping import Array, Bool, Float, Int
+
+from ._free_energy import eos_residual, free_energy
+from ._network import AbstractNetwork
+
+
+def _fro(x) -> Array:
+    return jnp.sqrt(jnp.sum(x**2))
+
+
+class _DampedNewtonState(eqx.Module):
+    f: Array
+    f_norm: Array
+    result: optx.RESULTS
+
+
+class DampedNewton(optx.AbstractRootFinder):
+    """Newton's method with a backtracking line search on ‖residual‖, as an optimistix solver.
+
+    Each step solves J δ = f(y) with `linear_solver` (lineax; by default the Jacobian of the
+    EoS is materialised and LU-factorised), then halves the step length α from 1 until
+    f(y − α δ) is finite (the precision stays positive definite) and
+    ‖f(y − αδ)‖ ≤ (1 − 10⁻⁴ α) ‖f(y)‖. Far from the root this is a safe, monotone descent on
+    the residual; near it full steps are taken and convergence is quadratic. Works per
+    element under `jax.vmap`. Stops when ‖f(y)‖_F ≤ atol + rtol ‖y‖_F; a line search that
+    finds no acceptable step ends the solve with `RESULTS.nonlinear_divergence`, keeping the
+    last accepted (finite) iterate.
+
+    **Arguments:**
+
+    - `rtol`, `atol`: tolerances on the residual, relative to ‖y‖ and absolute.
+    - `linear_solver`: a lineax solver for the Newton system.
+    - `max_halvings`: most step-length halvings per step.
+    """
+
+    rtol: float
+    atol: float
+    norm: Any = optx.two_norm
+    linear_solver: lx.AbstractLinearSolver = lx.AutoLinearSolver(well_posed=None)
+    max_halvings: int = 40
+
+    def init(self, fn, y, args, options, f_struct, aux_struct, tags):
+        del options, aux_struct, f_struct
+        f, _ = fn(y, args)
+        return _DampedNewtonState(f=f, f_norm=_fro(f), result=optx.RESULTS.successful)
+
+    def step(self, fn, y, args, options, state, tags):
+        del options
+        f, lin_fn, aux = jax.linearize(lambda _y: fn(_y, args), y, has_aux=True)
+        jac = lx.FunctionLinearOperator(lin_fn, jax.eval_shape(lambda: y), tags=tags)
+        delta = lx.linear_solve(jac, f, self.linear_solver, throw=False).value
+        f_norm = _fro(f)
+
+        def trial(alpha):
+            y_new = y - alpha * delta
+            f_new, _ = fn(y_new, args)
+            n_new = _fro(f_new)
+            ok = jnp.isfinite(n_new) & (n_new <= (1 - 1e-4 * alpha) * f_norm)
+            return y_new, f_new, n_new, ok
+
+        def cond(carry):
+            k, _, _, _, _, ok = carry
+            return (~ok) & (k < self.max_halvings)
+
+        def body(carry):
+            k, alpha, *_ = carry
+            alpha = 0.5 * alpha
+            return (k + 1, alpha, *trial(alpha))
+
+        init = (jnp.array(0), jnp.array(1.0, f_norm.dtype), *trial(1.0))
+        _, _, y_new, f_new, n_new, ok = jax.lax.while_loop(cond, body, init)
+        y_out = jnp.where(ok, y_new, y)
+        f_out = jnp.where(ok, f_new, f)
+        result = optx.RESULTS.where(
+            ok, optx.RESULTS.successful, optx.RESULTS.nonlinear_divergence
+        )
+        state = _DampedNewtonState(f=f_out, f_norm=jnp.where(ok, n_new, f_norm), result=result)
+        return y_out, state, aux
+
+    def terminate(self, fn, y, args, options, state, tags):
+        del fn, args, options, tags
+        small = state.f_norm <= self.atol + self.rtol * _fro(y)
+        failed = state.result != optx.RESULTS.successful
+        return small | failed, state.result
+
+    def postprocess(self, fn, y, aux, args, options, state, tags, result):
+        return y, aux, {}
+
+
+class Solution(eqx.Module):
+    """The solved Equations of State of a two-layer network (SPEC §3).
+
+    **Fields:**
+
+    - `network`, `X`, `Y`: what was solved (the training data stays with the solution, so
+      that [`fls_jax.predict`][] needs only the test inputs).
+    - `sigma`: Σ, the learned first-layer weight covariance (S×S).
+    - `precision`: Σ⁻¹.
+    - `free_energy`: F at the solution (SPEC §3).
+    - `residual`: ‖R‖_F / ‖Σ⁻¹‖_F, the relative EoS residual reached.
+    - `num_steps`: solver iterations, summed over the continuation stages.
+    - `num_stages`: root finds run (1 when the target width was solved directly).
+    - `result`: the optimistix result code (`optx.RESULTS.successful` when converged).
+    - `converged`: whether the solve met its tolerance: check it, per element of a vmap.
+    """
+
+    network: AbstractNetwork
+    X: Float[Array, "n d"]
+    Y: Float[Array, "n m"]
+    sigma: Float[Array, "S S"]
+    precision: Float[Array, "S S"]
+    free_energy: Float[Array, ""]
+    residual: Float[Array, ""]
+    num_steps: Int[Array, ""]
+    num_stages: Int[Array, ""]
+    result: optx.RESULTS
+    converged: Bool[Array, ""]
+
+
+def _concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _validate(network: AbstractNetwork, X, Y) -> tuple[Array, Array]:
+    """Clear Python errors for bad input, before anything is traced or compiled."""
+    if not isinstance(network, AbstractNetwork):
+        raise TypeError(f"network must be an fls_jax network (FCN, PatchCNN), got {type(network)}")
+    X = jnp.asarray(X)
+    Y = jnp.asarray(Y)
+    if X.ndim != 2:
+        raise ValueError(f"X must be a 2-d array (n, d), got shape {X.shape}")
+    if Y.ndim == 1:
+        Y = Y[:, None]
+    if Y.ndim != 2 or Y.shape[0] != X.shape[0]:
+        raise ValueError(f"Y must have shape (n,) or (n, m) with n = {X.shape[0]}, got {Y.shape}")
+    if X.shape[0] < 1 or Y.shape[1] < 1:
+        raise ValueError("need at least one training point and one output")
+    network.check_input_dim(X.shape[1])
+    for name, arr in (("X", X), ("Y", Y)):
+        if _concrete(arr) and not np.all(np.isfinite(np.asarray(arr))):
+            raise ValueError(f"{name} contains NaN or inf")
+    checks = (
+        ("width", network.width, "> 0 (inf for the GP limit)", lambda v: v > 0),
+        ("noise (σ²)", network.noise, "> 0 and finite", lambda v: (v > 0) & np.isfinite(v)),
+        ("sigma_w2", network.sigma_w2, "> 0 and finite", lambda v: (v > 0) & np.isfinite(v)),
+        ("sigma_a2", network.sigma_a2, "> 0 and finite", lambda v: (v > 0) & np.isfinite(v)),
+    )
+    for name, value, rule, ok in checks:
+        if _concrete(value):
+            v = np.asarray(value)
+            if np.isnan(v).any() or not np.all(ok(v)):
+                raise ValueError(f"{name} must be {rule}, got {v}")
+    dtype = jnp.result_type(X.dtype, Y.dtype, float)
+    return X.astype(dtype), Y.astype(dtype)
+
+
+def _default_rtol(dtype) -> float:
+    return 1e-11 if jnp.finfo(dtype).bits == 64 else 1e-5
+
+
+def _pack(M: Array) -> Array:
+    return M[jnp.triu_indices(M.shape[-1])]
+
+
+def _unpack(v: Array, S: int) -> Array:
+    M = jnp.zeros((S, S), v.dtype).at[jnp.triu_indices(S)].set(v)
+    return M + M.T - jnp.diag(jnp.diagonal(M))
+
+
+def _with_width(network: AbstractNetwork, width) -> AbstractNetwork:
+    return eqx.tree_at(lambda net: net.width, network, jnp.asarray(width, network.width.dtype))
+
+
+class _Continuation(eqx.Module):
+    u: Array  # inverse width reached so far (0 = the GP limit)
+    lam: Array  # the converged precision at u
+    h: Array  # next step in u
+    steps: Array  # Newton steps spent
+    stages: Array  # root finds tried
+    done: Array
+    failed: Array
+
+
+def _continuation(fn, solver, lam0, network, X, Y, stage_steps: int, max_stages: int):
+    """Adaptive homotopy in u = 1/C from the GP limit (u = 0) to the target width (SPEC §3).
+
+    The first stage tries the target directly, so easy problems cost one root find. A stage
+    that fails quarters the step in u and retries from the last converged point; one that
+    succeeds doubles the next step. Each vmapped element follows its own path. Inputs are
+    `stop_gradient`-ed: derivatives come from the final root find's implicit adjoint.
+    """
+    network, X, Y, lam0 = jax.lax.stop_gradient((network, X, Y, lam0))
+    u_target = jnp.where(jnp.isfinite(network.width), 1 / network.width, 0.0)
+
+    def cond(c: _Continuation):
+        return ~(c.done | c.failed)
+
+    def body(c: _Continuation):
+        u_try = jnp.minimum(u_target, c.u + c.h)
+        width = jnp.where(u_try > 0, 1 / jnp.where(u_try > 0, u_try, 1.0), jnp.inf)
+        sol = optx.root_find(
+            fn,
+            solver,
+            c.lam,
+            args=(_with_width(network, width), X, Y),
+            max_steps=stage_steps,
+            throw=False,
+        )
+        ok = sol.result == optx.RESULTS.successful
+        u = jnp.where(ok, u_try, c.u)
+        stages = c.stages + 1
+        return _Continuation(
+            u=u,
+            lam=jnp.where(ok, sol.value, c.lam),
+            h=jnp.where(ok, 2 * c.h, 0.25 * c.h),
+            steps=c.steps + sol.stats["num_steps"],
+            stages=stages,
+            done=ok & (u_try >= u_target),
+            failed=stages >= max_stages,
+        )
+
+    init = _Continuation(
+        u=jnp.zeros_like(u_target),
+        lam=lam0,
+        h=u_target,
+        steps=jnp.array(0),
+        stages=jnp.array(0),
+        done=u_target <= 0,
+        failed=jnp.array(False),
+    )
+    return jax.lax.while_loop(cond, body, init)
+
+
+def solve(
+    network: AbstractNetwork,
+    X: Float[Array, "n d"],
+    Y: Float[Array, "n m"] | Float[Array, " n"],
+    *,
+    solver: optx.AbstractRootFinder | None = None,
+    max_steps: int = 12,
+    max_stages: int = 64,
+    precision0: Float[Array, "S S"] | None = None,
+    adjoint: optx.AbstractAdjoint = optx.ImplicitAdjoint(),
+) -> Solution:
+    """Solve the first-layer Equations of State of SPEC §3 for a two-layer network.
+
+    The unknown is the precision Λ = Σ⁻¹ and the residual is
+    R(Λ) = Σ₀⁻¹ − Λ − (1/C) ∂_Σ tr[A Q_f(Σ)] (A = TTᵀ − m K_f⁻¹ held fixed), i.e.
+    (2/C) ∂F/∂Σ. The default solver is [`fls_jax.DampedNewton`][]. It starts from the GP
+    limit Λ = Σ₀⁻¹ and tries the target width directly; where that fails (small widths,
+    strong feature learning) an automatic homotopy in 1/C takes over, adapting its own steps,
+    separately for each element of a vmap. Any optimistix root finder can be passed instead.
+    Gradients with respect to the hyper-parameters and the data flow by implicit
+    differentiation of the final root find.
+
+    **Arguments:**
+
+    - `network`: an [`fls_jax.FCN`][] or [`fls_jax.PatchCNN`][].
+    - `X`: training inputs (n×d). `Y`: targets (n×m, or n for one output).
+    - `solver`: an optimistix root finder (default: damped Newton, rtol 1e-11 in float64).
+    - `max_steps`: iteration cap of each root find (continuation stage).
+    - `max_stages`: cap on the continuation stages (root finds) before giving up.
+    - `precision0`: starting Λ (default: the GP limit Σ₀⁻¹). The continuation starts from
+      the GP limit regardless, so `precision0` is used only for the first, direct attempt.
+    - `adjoint`: how to differentiate (default: implicit, no backprop through iterations).
+
+    **Returns:** a [`fls_jax.Solution`][]. Non-convergence is reported in `result` and
+    `converged`, never raised, so one failing element does not spoil a vmapped sweep; the
+    returned state is then the last converged point of the continuation or the last
+    accepted iterate, never NaN from a rejected step.
+    """
+    X, Y = _validate(network, X, Y)
+    if solver is None:
+        solver = DampedNewton(rtol=_default_rtol(X.dtype), atol=0.0)
+    S = network.filter_size(X.shape[1])
+    prior_precision = _pack(network.prior_precision(X.shape[1]).astype(X.dtype))
+
+    # The unknowns are the S(S+1)/2 entries of Λ's upper triangle.
+    def fn(lam, args):
+        net, X_, Y_ = args
+        return _pack(eos_residual(_unpack(lam, S), net, X_, Y_))
+
+    args = (network, X, Y)
+    if precision0 is None:
+        cont = _continuation(fn, solver, prior_precision, *args, max_steps, max_stages)
+        lam_start, steps, stages = cont.lam, cont.steps, cont.stages
+    else:
+        lam_start, steps, stages = _pack(jnp.asarray(precision0, X.dtype)), 0, 0
+    # The final root find, at the target width, carries the implicit adjoint. After a
+    # successful continuation it stops at once (its start already meets the tolerance).
+    sol = optx.root_find(
+        fn, solver, lam_start, args=args, max_steps=max_steps, adjoint=adjoint, throw=False
+    )
+    lam = _unpack(sol.value, S)
+    sigma = jnp.linalg.inv(lam)
+    sigma = 0.5 * (sigma + sigma.T)
+    rel = _fro(eos_residual(lam, network, X, Y)) / _fro(lam)
+    return Solution(
+        network=network,
+        X=X,
+        Y=Y,
+        sigma=sigma,
+        precision=lam,
+        free_energy=free_energy(network, sigma, X, Y),
+        residual=rel,
+        num_steps=steps + sol.stats["num_steps"],
+        num_stages=jnp.asarray(stages) + 1,
+        result=sol.result,
+        converged=(sol.result == optx.RESULTS.successful) & jnp.isfinite(rel),
+    )

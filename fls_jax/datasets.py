@@ -1,0 +1,58 @@
+"""Built-in teacher–student tasks (SPEC §4: the teacher direction gives Σ an alignment to report).
+
+Inputs are standard Gaussian, x ~ N(0, I_d). Arrays are NumPy float64; the solver casts them.
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+from scipy.special import erf
+
+
+class Task(NamedTuple):
+    """A regression task with a known teacher.
+
+    **Fields:** `X` (n×d), `Y` (n×1), `X_test` (n*×d), `Y_test` (n*×1), `teacher` (the unit
+    teacher filter w*, of the patch size S, or d for a fully connected teacher).
+    """
+
+    X: np.ndarray
+    Y: np.ndarray
+    X_test: np.ndarray
+    Y_test: np.ndarray
+    teacher: np.ndarray
+
+
+def _inputs(rng, n, n_test, d):
+    return rng.standard_normal((n, d)), rng.standard_normal((n_test, d))
+
+
+def linear_patch_teacher(
+    n: int = 64, n_test: int = 1000, patch_size: int = 8, patches: int = 4, seed: int = 0
+) -> Task:
+    """y = (1/√P) Σ_i w*·x_i: a linear CNN teacher with one unit filter shared by P patches.
+
+    The default task of the command line: a linear PatchCNN student of the same patch size
+    can represent it exactly, and its learned Σ should align with w*.
+    """
+    rng = np.random.default_rng(seed)
+    d = patch_size * patches
+    X, X_test = _inputs(rng, n, n_test, d)
+    w = rng.standard_normal(patch_size)
+    w /= np.linalg.norm(w)
+
+    def f(x):
+        return (x.reshape(len(x), patches, patch_size) @ w).sum(1, keepdims=True) / np.sqrt(patches)
+
+    return Task(X, f(X), X_test, f(X_test), w)
+
+
+def single_index_teacher(
+    n: int = 64, n_test: int = 1000, d: int = 16, scale: float = 2.0, seed: int = 0
+) -> Task:
+    """y = erf(scale · w*·x) with a unit w* ∈ R^d: a single-index teacher for FCN students."""
+    rng = np.random.default_rng(seed)
+    X, X_test = _inputs(rng, n, n_test, d)
+    w = rng.standard_normal(d)
+    w /= np.linalg.norm(w)
+    return Task(X, erf(scale * X @ w)[:, None], X_test, erf(scale * X_test @ w)[:, None], w)
