@@ -9,7 +9,7 @@ from ._activation import (
     ReLU as ReLU,
 )
 from ._free_energy import eos_residual as eos_residual, free_energy as free_energy
-from ._network import AbstractNetwork as AbstractNetwork, FCN as FCN, PatchCNN as PatchCNN
+from ._network import FCN as FCN, AbstractNetwork as AbstractNetwork, PatchCNN as PatchCNN
 from ._predict import Prediction as Prediction, predict as predict, sweep as sweep
 from ._solve import DampedNewton as DampedNewton, Solution as Solution, solve as solve
 

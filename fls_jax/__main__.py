@@ -3,6 +3,7 @@
 import argparse
 import sys
 import time
+from typing import Any
 
 import jax
 
@@ -41,7 +42,7 @@ def _sweep(a: argparse.Namespace) -> int:
     import fls_jax as fj
 
     activation = {"linear": fj.Linear, "erf": fj.Erf, "relu": fj.ReLU}[a.activation]()
-    common = dict(
+    common: dict[str, Any] = dict(
         width=1.0,
         sigma_w2=a.sigma_w2,
         sigma_a2=a.sigma_a2,
@@ -57,10 +58,10 @@ def _sweep(a: argparse.Namespace) -> int:
         task = fj.datasets.single_index_teacher(a.n, a.n_test, a.d, seed=a.seed)
         net = fj.FCN(**common)
         what = f"FCN d={a.d}, single-index erf teacher"
-    widths = sorted(a.widths) + [float("inf")]
+    widths = [*sorted(a.widths), float("inf")]
     print(f"fls_jax width sweep: {what}, {a.activation}, n={a.n}, σ²={a.noise}, {a.scaling}")
     t0 = time.perf_counter()
-    sol, pred = fj.sweep(net, task.X, task.Y, widths, task.X_test, task.Y_test)
+    sol, pred = fj.sweep(net, task.X, task.Y, np.asarray(widths), task.X_test, task.Y_test)
     jax.block_until_ready(pred)
     elapsed = time.perf_counter() - t0
     w = np.asarray(task.teacher)
@@ -81,7 +82,10 @@ def _sweep(a: argparse.Namespace) -> int:
             f"{int(sol.num_steps[k]):5d} {float(sol.residual[k]):8.1e} "
             f"{'yes' if bool(sol.converged[k]) else 'NO'}"
         )
-    print(f"{len(widths)} widths in {elapsed:.2f} s (compile included), backend {jax.default_backend()}")
+    print(
+        f"{len(widths)} widths in {elapsed:.2f} s (compile included), "
+        f"backend {jax.default_backend()}"
+    )
     if a.plot:
         import matplotlib
 

@@ -80,11 +80,26 @@ def _arccos_j1(rho):
     return jnp.sqrt(jnp.maximum(1 - rho**2, 0.0)) + (jnp.pi - jnp.arccos(rho)) * rho
 
 
+@jax.custom_jvp
+def _pi_minus_arccos(rho):
+    return jnp.pi - jnp.arccos(jnp.clip(rho, -1.0, 1.0))
+
+
+@_pi_minus_arccos.defjvp
+def _pi_minus_arccos_jvp(primals, tangents):
+    # d/dρ = 1/√(1−ρ²), infinite at |ρ| = 1. There (the diagonal of a kernel) ρ ≡ 1 along
+    # every admissible direction, so its tangent is zero up to roundoff: use 0, not inf·0.
+    (rho,), (drho,) = primals, tangents
+    inside = rho**2 < 1
+    d = jnp.where(inside, 1 / jnp.sqrt(jnp.where(inside, 1 - rho**2, 1.0)), 0.0)
+    return _pi_minus_arccos(rho), d * drho
+
+
 @_arccos_j1.defjvp
 def _arccos_j1_jvp(primals, tangents):
     # dJ/dρ = π − arccos ρ: finite at ρ = ±1 where the naive chain rule gives inf − inf.
     (rho,), (drho,) = primals, tangents
-    return _arccos_j1(rho), (jnp.pi - jnp.arccos(jnp.clip(rho, -1.0, 1.0))) * drho
+    return _arccos_j1(rho), _pi_minus_arccos(rho) * drho
 
 
 class ReLU(AbstractActivation):
@@ -144,4 +159,3 @@ class Quadrature(AbstractActivation):
 
         out, _ = jax.lax.scan(body, jnp.zeros_like(rho), (zs, ws))
         return out
-

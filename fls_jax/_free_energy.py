@@ -105,9 +105,10 @@ def eos_residual(
 
         R(Λ) = Σ₀⁻¹ − Λ − (1/C) ∂_Σ tr[A Q_f(Σ)] |_{Σ = Λ⁻¹}  =  (2/C) ∂F/∂Σ |_{Σ = Λ⁻¹}
 
-    Σ is built from the symmetric part of Λ while the linear term uses Λ itself, so the
-    antisymmetric part of Λ is driven to zero and the Jacobian is −I there (non-singular). Where Λ is not positive definite the residual is NaN, which
-    the solver's line search rejects.
+    Σ is built from the symmetric part of Λ while the linear term uses Λ itself, so an
+    antisymmetric part of Λ is driven to zero with Jacobian −I (never singular); `solve`
+    passes symmetric Λ (it iterates on the upper triangle). Where Λ is not positive
+    definite the residual is NaN, which the solver's line search rejects.
     """
     lam = 0.5 * (precision + precision.T)
     S = lam.shape[0]

@@ -3,7 +3,7 @@
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float
 
 from ._free_energy import spd_inverse_logdet
 from ._solve import Solution, _validate, solve
@@ -43,8 +43,8 @@ class Prediction(eqx.Module):
 
 def predict(
     solution: Solution,
-    X_test: Float[Array, "n_test d"],
-    Y_test: Float[Array, "n_test m"] | Float[Array, " n_test"] | None = None,
+    X_test: Float[ArrayLike, "n_test d"],
+    Y_test: Float[ArrayLike, "n_test m"] | Float[ArrayLike, " n_test"] | None = None,
 ) -> Prediction:
     """Predict test outputs and errors from a solved network (SPEC §4).
 
@@ -104,11 +104,11 @@ def predict(
 
 def sweep(
     network,
-    X: Float[Array, "n d"],
-    Y: Float[Array, "n m"] | Float[Array, " n"],
-    widths: Float[Array, " w"],
-    X_test: Float[Array, "n_test d"],
-    Y_test: Float[Array, "n_test m"] | Float[Array, " n_test"] | None = None,
+    X: Float[ArrayLike, "n d"],
+    Y: Float[ArrayLike, "n m"] | Float[ArrayLike, " n"],
+    widths: Float[ArrayLike, " w"],
+    X_test: Float[ArrayLike, "n_test d"],
+    Y_test: Float[ArrayLike, "n_test m"] | Float[ArrayLike, " n_test"] | None = None,
     **solve_kwargs,
 ) -> tuple[Solution, Prediction]:
     """Solve and predict at many widths in one jit-compiled, vmapped call.

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import lineax as lx
 import numpy as np
 import optimistix as optx
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from ._free_energy import eos_residual, free_energy
 from ._network import AbstractNetwork
@@ -81,9 +81,7 @@ class DampedNewton(optx.AbstractRootFinder):
         _, _, y_new, f_new, n_new, ok = jax.lax.while_loop(cond, body, init)
         y_out = jnp.where(ok, y_new, y)
         f_out = jnp.where(ok, f_new, f)
-        result = optx.RESULTS.where(
-            ok, optx.RESULTS.successful, optx.RESULTS.nonlinear_divergence
-        )
+        result = optx.RESULTS.where(ok, optx.RESULTS.successful, optx.RESULTS.nonlinear_divergence)
         state = _DampedNewtonState(f=f_out, f_norm=jnp.where(ok, n_new, f_norm), result=result)
         return y_out, state, aux
 
@@ -128,7 +126,11 @@ class Solution(eqx.Module):
 
 
 def _concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
+    try:
+        np.asarray(x)
+    except jax.errors.TracerArrayConversionError:
+        return False
+    return True
 
 
 def _validate(network: AbstractNetwork, X, Y) -> tuple[Array, Array]:
@@ -243,13 +245,13 @@ def _continuation(fn, solver, lam0, network, X, Y, stage_steps: int, max_stages:
 
 def solve(
     network: AbstractNetwork,
-    X: Float[Array, "n d"],
-    Y: Float[Array, "n m"] | Float[Array, " n"],
+    X: Float[ArrayLike, "n d"],
+    Y: Float[ArrayLike, "n m"] | Float[ArrayLike, " n"],
     *,
     solver: optx.AbstractRootFinder | None = None,
     max_steps: int = 12,
     max_stages: int = 64,
-    precision0: Float[Array, "S S"] | None = None,
+    precision0: Float[ArrayLike, "S S"] | None = None,
     adjoint: optx.AbstractAdjoint = optx.ImplicitAdjoint(),
 ) -> Solution:
     """Solve the first-layer Equations of State of SPEC §3 for a two-layer network.

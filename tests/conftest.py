@@ -1,0 +1,28 @@
+"""Test configuration: float64 everywhere (SPEC: the EoS need it at small σ²), shared data."""
+
+import jax
+
+
+jax.config.update("jax_enable_x64", True)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import fls_jax as fj  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def patch_task():
+    """A small linear-teacher task for PatchCNN (n = 32, S = 4, P = 3)."""
+    return fj.datasets.linear_patch_teacher(n=32, n_test=50, patch_size=4, patches=3, seed=1)
+
+
+@pytest.fixture(scope="session")
+def fcn_task():
+    """A small single-index erf task for FCN (n = 32, d = 6)."""
+    return fj.datasets.single_index_teacher(n=32, n_test=50, d=6, seed=2)
+
+
+@pytest.fixture(scope="session")
+def rng():
+    return np.random.default_rng(1234)
