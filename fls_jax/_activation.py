@@ -116,7 +116,9 @@ class ReLU(AbstractActivation):
 
     def kernel(self, a, b, c):
         ab = jnp.sqrt(a * b)
-        return ab / (2 * jnp.pi) * _arccos_j1(c / ab)
+        # A zero-variance input (e.g. an all-zero patch) gives φ ≡ 0 there: Φ = 0, not 0/0.
+        pos = ab > 0
+        return jnp.where(pos, ab / (2 * jnp.pi) * _arccos_j1(c / jnp.where(pos, ab, 1.0)), 0.0)
 
 
 class Quadrature(AbstractActivation):
@@ -143,7 +145,8 @@ class Quadrature(AbstractActivation):
         w = w / w.sum()  # probabilists' weights, normalised to a N(0, 1) expectation
         a, b, c = jnp.broadcast_arrays(jnp.asarray(a), jnp.asarray(b), jnp.asarray(c))
         sa, sb = jnp.sqrt(a), jnp.sqrt(b)
-        rho = jnp.clip(c / (sa * sb), -1.0, 1.0)
+        pos = sa * sb > 0  # a zero variance makes h ≡ 0 and ρ irrelevant: avoid 0/0
+        rho = jnp.where(pos, jnp.clip(c / jnp.where(pos, sa * sb, 1.0), -1.0, 1.0), 0.0)
         # Double `where`: on the diagonal (ρ = 1) the value is right and the gradient finite.
         one_minus = 1 - rho**2
         safe = one_minus > 0

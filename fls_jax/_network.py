@@ -18,6 +18,7 @@ from typing import Literal
 
 import equinox as eqx
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 from ._activation import AbstractActivation, Erf
@@ -132,7 +133,7 @@ class PatchCNN(AbstractNetwork):
     patch_size: int = eqx.field(static=True, kw_only=True)
 
     def __check_init__(self):
-        if int(self.patch_size) < 1:
+        if not isinstance(self.patch_size, int | np.integer) or self.patch_size < 1:
             raise ValueError(f"patch_size must be a positive integer, got {self.patch_size}")
 
     def patches(self, X):

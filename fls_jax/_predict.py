@@ -3,10 +3,11 @@
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from ._free_energy import spd_inverse_logdet
-from ._solve import Solution, _validate, solve
+from ._solve import Solution, _concrete, _validate, solve
 
 
 class Prediction(eqx.Module):
@@ -41,6 +42,25 @@ class Prediction(eqx.Module):
     converged: Array
 
 
+def _validate_test(X, Y, X_test, Y_test):
+    """Shape and finiteness checks of test data, before anything is traced."""
+    X_test = jnp.asarray(X_test, X.dtype)
+    if X_test.ndim != 2 or X_test.shape[1] != X.shape[1]:
+        raise ValueError(f"X_test must have shape (n_test, {X.shape[1]}), got {X_test.shape}")
+    arrays = [("X_test", X_test)]
+    if Y_test is not None:
+        Y_test = jnp.asarray(Y_test, X.dtype)
+        Y_test = Y_test[:, None] if Y_test.ndim == 1 else Y_test
+        want = (X_test.shape[0], Y.shape[1])
+        if Y_test.shape != want:
+            raise ValueError(f"Y_test must have shape {want}, got {Y_test.shape}")
+        arrays.append(("Y_test", Y_test))
+    for name, arr in arrays:
+        if _concrete(arr) and not np.all(np.isfinite(np.asarray(arr))):
+            raise ValueError(f"{name} contains NaN or inf")
+    return X_test, Y_test
+
+
 def predict(
     solution: Solution,
     X_test: Float[ArrayLike, "n_test d"],
@@ -59,10 +79,10 @@ def predict(
 
     **Returns:** a [`fls_jax.Prediction`][].
     """
+    if not isinstance(solution, Solution):
+        raise TypeError(f"predict needs an fls_jax.Solution, got {type(solution)}")
     net, X, Y, sigma = solution.network, solution.X, solution.Y, solution.sigma
-    X_test = jnp.asarray(X_test, X.dtype)
-    if X_test.ndim != 2 or X_test.shape[1] != X.shape[1]:
-        raise ValueError(f"X_test must have shape (n_test, {X.shape[1]}), got {X_test.shape}")
+    X_test, Y_test = _validate_test(X, Y, X_test, Y_test)
     n, m = Y.shape
     Qf = net.output_kernel(sigma, X)
     Kf_inv, _ = spd_inverse_logdet(Qf + net.noise * jnp.eye(n, dtype=X.dtype))
@@ -74,10 +94,6 @@ def predict(
     if Y_test is None:
         test_error = jnp.asarray(jnp.inf, X.dtype)
     else:
-        Y_test = jnp.asarray(Y_test, X.dtype)
-        Y_test = Y_test[:, None] if Y_test.ndim == 1 else Y_test
-        if Y_test.shape != mean.shape:
-            raise ValueError(f"Y_test must have shape {mean.shape}, got {Y_test.shape}")
         test_error = jnp.mean((mean - Y_test) ** 2)
 
     # χ: the target-driven precision shift (1/C) ∂_Σ tr[TTᵀ Q_f], whitened by the prior.
@@ -127,6 +143,7 @@ def sweep(
     if not bool(jnp.all(widths > 0)):
         raise ValueError(f"widths must be > 0 (inf for the GP limit), got {widths}")
     X, Y = _validate(network, X, Y)
+    X_test, Y_test = _validate_test(X, Y, X_test, Y_test)
     return _sweep(network, X, Y, widths.astype(X.dtype), X_test, Y_test, solve_kwargs)
 
 

@@ -107,7 +107,8 @@ class Solution(eqx.Module):
     - `free_energy`: F at the solution (SPEC §3).
     - `residual`: ‖R‖_F / ‖Σ⁻¹‖_F, the relative EoS residual reached.
     - `num_steps`: solver iterations, summed over the continuation stages.
-    - `num_stages`: root finds run (1 when the target width was solved directly).
+    - `num_stages`: continuation stages (root finds) run before the final check: 1 when
+      the target width was solved directly, 0 at C = ∞ or with `precision0`.
     - `result`: the optimistix result code (`optx.RESULTS.successful` when converged).
     - `converged`: whether the solve met its tolerance: check it, per element of a vmap.
     """
@@ -272,8 +273,8 @@ def solve(
     - `solver`: an optimistix root finder (default: damped Newton, rtol 1e-11 in float64).
     - `max_steps`: iteration cap of each root find (continuation stage).
     - `max_stages`: cap on the continuation stages (root finds) before giving up.
-    - `precision0`: starting Λ (default: the GP limit Σ₀⁻¹). The continuation starts from
-      the GP limit regardless, so `precision0` is used only for the first, direct attempt.
+    - `precision0`: a starting Λ (e.g. the solution at a neighbouring width). Given, it
+      replaces the GP-limit start *and* the continuation: one root find from there.
     - `adjoint`: how to differentiate (default: implicit, no backprop through iterations).
 
     **Returns:** a [`fls_jax.Solution`][]. Non-convergence is reported in `result` and
@@ -284,24 +285,43 @@ def solve(
     X, Y = _validate(network, X, Y)
     if solver is None:
         solver = DampedNewton(rtol=_default_rtol(X.dtype), atol=0.0)
+    if precision0 is not None:
+        precision0 = jnp.asarray(precision0, X.dtype)
+        S = network.filter_size(X.shape[1])
+        if precision0.shape != (S, S):
+            raise ValueError(f"precision0 must have shape {(S, S)}, got {precision0.shape}")
+    return _solve(network, X, Y, solver, max_steps, max_stages, precision0, adjoint)
+
+
+def _packed_residual(lam, args):
+    """EoS residual on the S(S+1)/2 upper-triangle entries of Λ (the solver's unknowns)."""
+    net, X, Y = args
+    S = net.filter_size(X.shape[1])
+    return _pack(eos_residual(_unpack(lam, S), net, X, Y))
+
+
+@eqx.filter_jit
+def _solve(network, X, Y, solver, max_steps, max_stages, precision0, adjoint) -> Solution:
     S = network.filter_size(X.shape[1])
-    prior_precision = _pack(network.prior_precision(X.shape[1]).astype(X.dtype))
-
-    # The unknowns are the S(S+1)/2 entries of Λ's upper triangle.
-    def fn(lam, args):
-        net, X_, Y_ = args
-        return _pack(eos_residual(_unpack(lam, S), net, X_, Y_))
-
     args = (network, X, Y)
     if precision0 is None:
-        cont = _continuation(fn, solver, prior_precision, *args, max_steps, max_stages)
+        prior_precision = _pack(network.prior_precision(X.shape[1]).astype(X.dtype))
+        cont = _continuation(
+            _packed_residual, solver, prior_precision, *args, max_steps, max_stages
+        )
         lam_start, steps, stages = cont.lam, cont.steps, cont.stages
     else:
-        lam_start, steps, stages = _pack(jnp.asarray(precision0, X.dtype)), 0, 0
+        lam_start, steps, stages = _pack(precision0), 0, 0
     # The final root find, at the target width, carries the implicit adjoint. After a
     # successful continuation it stops at once (its start already meets the tolerance).
     sol = optx.root_find(
-        fn, solver, lam_start, args=args, max_steps=max_steps, adjoint=adjoint, throw=False
+        _packed_residual,
+        solver,
+        lam_start,
+        args=args,
+        max_steps=max_steps,
+        adjoint=adjoint,
+        throw=False,
     )
     lam = _unpack(sol.value, S)
     sigma = jnp.linalg.inv(lam)
@@ -316,7 +336,7 @@ def solve(
         free_energy=free_energy(network, sigma, X, Y),
         residual=rel,
         num_steps=steps + sol.stats["num_steps"],
-        num_stages=jnp.asarray(stages) + 1,
+        num_stages=jnp.asarray(stages),
         result=sol.result,
         converged=(sol.result == optx.RESULTS.successful) & jnp.isfinite(rel),
     )

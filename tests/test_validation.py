@@ -1,0 +1,314 @@
+"""Bad input gives a clear Python error before anything is compiled (SPEC §1–4 inputs).
+
+`raises_before_compiling` calls the function twice. The first call may compile a few tiny
+eager ops (``Y[:, None]``, ``widths > 0``) that JAX then caches; the second call must raise the
+same error quickly while JAX traces and compiles nothing at all (counted through
+`jax.monitoring`), so the error cannot come from inside a traced solve.
+"""
+
+import contextlib
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import fls_jax as fj
+
+
+_COMPILE_EVENTS = "/jax/core/compile/"
+
+
+@contextlib.contextmanager
+def _record_jax_compiles():
+    events = []
+
+    def listener(event, duration_secs, **kwargs):
+        if event.startswith(_COMPILE_EVENTS):
+            events.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield events
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def raises_before_compiling(exc, match, fn, *args, **kwargs):
+    with pytest.raises(exc, match=match):
+        fn(*args, **kwargs)
+    with _record_jax_compiles() as events:
+        start = time.perf_counter()
+        with pytest.raises(exc, match=match) as info:
+            fn(*args, **kwargs)
+        elapsed = time.perf_counter() - start
+    assert not events, f"JAX traced or compiled before raising: {events}"
+    assert elapsed < 1.0, f"raising took {elapsed:.2f} s"
+    return info
+
+
+def _patch_net(**kw):
+    args = dict(
+        patch_size=4, width=16.0, sigma_w2=1.0, sigma_a2=1.0, noise=0.01, activation=fj.Linear()
+    )
+    return fj.PatchCNN(**(args | kw))
+
+
+def _fcn(**kw):
+    args = dict(width=16.0, sigma_w2=1.0, sigma_a2=1.0, noise=0.01, activation=fj.Erf())
+    return fj.FCN(**(args | kw))
+
+
+WIDTHS = [4.0, 16.0]
+
+
+def _solve(net, X, Y):
+    return fj.solve(net, X, Y)
+
+
+def _sweep(net, X, Y, X_test=None, Y_test=None):
+    return fj.sweep(net, X, Y, WIDTHS, X if X_test is None else X_test, Y_test)
+
+
+ENTRY_POINTS = [_solve, _sweep]
+
+
+# One compiled solve serves every valid-input test below: the networks differ only in array
+# leaves (width, sigma_w2), so they hit the same compiled program.
+solve_jit = eqx.filter_jit(fj.solve)
+
+
+@pytest.fixture(scope="module")
+def patch_solution(patch_task):
+    # A 1-d Y is valid input (one output): the solution carries it as n×1.
+    sol = solve_jit(_patch_net(), patch_task.X, patch_task.Y[:, 0])
+    assert bool(sol.converged)
+    assert sol.Y.shape == (32, 1)
+    return sol
+
+
+# ---------------------------------------------------------------------- shapes of X and Y
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_X_must_be_2d(patch_task, entry):
+    X, Y = patch_task.X, patch_task.Y
+    for bad in (X[:, 0], X[None]):
+        raises_before_compiling(
+            ValueError, r"X must be a 2-d array \(n, d\), got shape", entry, _patch_net(), bad, Y
+        )
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_Y_rows_must_match_X(patch_task, entry):
+    X, Y = patch_task.X, patch_task.Y
+    for bad in (Y[:-1], Y[:-1, 0], Y[None]):
+        raises_before_compiling(
+            ValueError,
+            r"Y must have shape \(n,\) or \(n, m\) with n = 32",
+            entry,
+            _patch_net(),
+            X,
+            bad,
+        )
+
+
+def test_Y_as_vector_is_accepted(patch_solution, patch_task):
+    # The valid counterpart (solved in the fixture): a 1-d Y is one output.
+    np.testing.assert_array_equal(np.asarray(patch_solution.Y), patch_task.Y)
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("which", ["X", "Y"])
+def test_nonfinite_data(patch_task, entry, value, which):
+    X, Y = patch_task.X.copy(), patch_task.Y.copy()
+    (X if which == "X" else Y)[3, 0] = value
+    raises_before_compiling(ValueError, f"{which} contains NaN or inf", entry, _patch_net(), X, Y)
+
+
+# -------------------------------------------------------------------- hyper-parameters
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+@pytest.mark.parametrize("noise", [0.0, -0.01, np.nan, np.inf])
+def test_noise_must_be_positive_and_finite(patch_task, entry, noise):
+    raises_before_compiling(
+        ValueError,
+        r"noise \(σ²\) must be > 0 and finite",
+        entry,
+        _patch_net(noise=noise),
+        patch_task.X,
+        patch_task.Y,
+    )
+
+
+@pytest.mark.parametrize("width", [0.0, -1.0, -np.inf, np.nan])
+def test_width_must_be_positive(patch_task, width):
+    raises_before_compiling(
+        ValueError,
+        r"width must be > 0 \(inf for the GP limit\), got",
+        fj.solve,
+        _patch_net(width=width),
+        patch_task.X,
+        patch_task.Y,
+    )
+
+
+@pytest.mark.parametrize("name", ["sigma_w2", "sigma_a2"])
+@pytest.mark.parametrize("value", [0.0, -1.0, np.nan, np.inf])
+def test_prior_variances_must_be_positive(fcn_task, name, value):
+    raises_before_compiling(
+        ValueError,
+        f"{name} must be > 0 and finite",
+        fj.solve,
+        _fcn(**{name: value}),
+        fcn_task.X,
+        fcn_task.Y,
+    )
+
+
+def test_network_must_be_a_network(patch_task):
+    raises_before_compiling(
+        TypeError, "network must be an fls_jax network", fj.solve, "fcn", patch_task.X, patch_task.Y
+    )
+
+
+# -------------------------------------------------------------------------- constructors
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+@pytest.mark.parametrize("patch_size", [5, 8, 24])
+def test_patch_size_must_divide_input(patch_task, entry, patch_size):
+    # d = 12: a patch of 5 or 8 does not tile it, and 24 > d.
+    raises_before_compiling(
+        ValueError,
+        f"patch_size {patch_size} does not divide the input dimension 12",
+        entry,
+        _patch_net(patch_size=patch_size),
+        patch_task.X,
+        patch_task.Y,
+    )
+
+
+@pytest.mark.parametrize("patch_size", [0, -4])
+def test_patch_size_must_be_positive(patch_size):
+    raises_before_compiling(
+        ValueError, "patch_size must be a positive integer", _patch_net, patch_size=patch_size
+    )
+
+
+@pytest.mark.parametrize("make", [_patch_net, _fcn], ids=["PatchCNN", "FCN"])
+@pytest.mark.parametrize("scaling", ["meanfield", "Standard", ""])
+def test_scaling_must_be_known(make, scaling):
+    raises_before_compiling(
+        ValueError,
+        r"scaling must be 'standard' or 'mean_field', got",
+        make,
+        scaling=scaling,
+    )
+
+
+@pytest.mark.parametrize("make", [_patch_net, _fcn], ids=["PatchCNN", "FCN"])
+@pytest.mark.parametrize(
+    "activation", [jnp.tanh, fj.Erf, "relu"], ids=["function", "class", "string"]
+)
+def test_activation_must_be_an_activation(make, activation):
+    raises_before_compiling(
+        TypeError,
+        "activation must be an fls_jax.AbstractActivation instance",
+        make,
+        activation=activation,
+    )
+
+
+# -------------------------------------------------------------------------------- sweep
+
+
+@pytest.mark.parametrize("widths", [[4.0, 0.0], [-1.0], [16.0, np.nan], [-np.inf, 4.0]])
+def test_sweep_widths_must_be_positive(patch_task, widths):
+    raises_before_compiling(
+        ValueError,
+        r"widths must be > 0 \(inf for the GP limit\)",
+        fj.sweep,
+        _patch_net(),
+        patch_task.X,
+        patch_task.Y,
+        widths,
+        patch_task.X_test,
+        patch_task.Y_test,
+    )
+
+
+@pytest.mark.parametrize("widths", [[], [[4.0, 16.0]]], ids=["empty", "2-d"])
+def test_sweep_widths_must_be_1d(patch_task, widths):
+    raises_before_compiling(
+        ValueError,
+        "widths must be a non-empty 1-d array",
+        fj.sweep,
+        _patch_net(),
+        patch_task.X,
+        patch_task.Y,
+        widths,
+        patch_task.X_test,
+    )
+
+
+def test_sweep_checks_test_inputs_before_tracing(patch_task):
+    raises_before_compiling(
+        ValueError,
+        r"X_test must have shape \(n_test, 12\)",
+        _sweep,
+        _patch_net(),
+        patch_task.X,
+        patch_task.Y,
+        X_test=patch_task.X_test[:, :8],
+    )
+
+
+# ------------------------------------------------------------------------------ predict
+
+
+@pytest.mark.parametrize("shape", [(50, 8), (50, 13), (12,), (1, 50, 12)])
+def test_predict_X_test_dimension(patch_solution, shape):
+    raises_before_compiling(
+        ValueError,
+        r"X_test must have shape \(n_test, 12\), got",
+        fj.predict,
+        patch_solution,
+        np.ones(shape),
+    )
+
+
+@pytest.mark.parametrize("shape", [(49, 1), (49,), (50, 2), (1, 50, 1)])
+def test_predict_Y_test_shape(patch_solution, patch_task, shape):
+    raises_before_compiling(
+        ValueError,
+        r"Y_test must have shape \(50, 1\), got",
+        fj.predict,
+        patch_solution,
+        patch_task.X_test,
+        np.ones(shape),
+    )
+
+
+def test_predict_accepts_vector_Y_test(patch_solution, patch_task):
+    pred = fj.predict(patch_solution, patch_task.X_test, patch_task.Y_test[:, 0])
+    ref = fj.predict(patch_solution, patch_task.X_test, patch_task.Y_test)
+    assert float(pred.test_error) == float(ref.test_error)
+
+
+# ---------------------------------------------------------------------- the GP limit
+
+
+@pytest.mark.parametrize("sigma_w2", [1.0, 1.7])
+def test_infinite_width_is_the_gp_limit(patch_task, sigma_w2):
+    # width = inf is valid input: Σ = Σ₀ = (σ_w²/S) I, with S = 4 here.
+    net = _patch_net(width=float("inf"), sigma_w2=sigma_w2)
+    sol = solve_jit(net, patch_task.X, patch_task.Y[:, 0])
+    assert bool(sol.converged)
+    expected = sigma_w2 / 4 * np.eye(4)
+    np.testing.assert_allclose(np.asarray(sol.sigma), expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(sol.precision), np.linalg.inv(expected), rtol=1e-12)
