@@ -147,11 +147,21 @@ def sweep(
     return _sweep(network, X, Y, widths.astype(X.dtype), X_test, Y_test, solve_kwargs)
 
 
-@eqx.filter_jit
 def _sweep(network, X, Y, widths, X_test, Y_test, solve_kwargs):
+    # Two compiled programs, the vmapped solves and then the vmapped predictions, so that a
+    # sweep's predictions can be recomputed without re-tracing the solver.
+    sols = _sweep_solve(network, X, Y, widths, solve_kwargs)
+    return sols, _sweep_predict(sols, X_test, Y_test)
+
+
+@eqx.filter_jit
+def _sweep_solve(network, X, Y, widths, solve_kwargs):
     def run(width):
-        net = eqx.tree_at(lambda n: n.width, network, width)
-        sol = solve(net, X, Y, **solve_kwargs)
-        return sol, predict(sol, X_test, Y_test)
+        return solve(eqx.tree_at(lambda n: n.width, network, width), X, Y, **solve_kwargs)
 
     return jax.vmap(run)(widths)
+
+
+@eqx.filter_jit
+def _sweep_predict(sols, X_test, Y_test):
+    return jax.vmap(lambda s: predict(s, X_test, Y_test))(sols)
