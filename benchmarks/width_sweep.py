@@ -113,7 +113,8 @@ def main():
     loop = time.perf_counter() - t0
 
     print(
-        f"{'C':>8} {'steps':>5} {'stages':>6} {'residual':>9} {'conv':>4} {'chi':>7} {'test err':>9}"
+        f"{'C':>8} {'steps':>5} {'stages':>6} {'residual':>9} {'conv':>4} {'chi':>7} "
+        f"{'test err':>9}"
     )
     for k, C in enumerate(widths):
         print(
