@@ -144,13 +144,10 @@ def sweep(
         raise ValueError(f"widths must be > 0 (inf for the GP limit), got {widths}")
     X, Y = _validate(network, X, Y)
     X_test, Y_test = _validate_test(X, Y, X_test, Y_test)
-    return _sweep(network, X, Y, widths.astype(X.dtype), X_test, Y_test, solve_kwargs)
-
-
-def _sweep(network, X, Y, widths, X_test, Y_test, solve_kwargs):
-    # Two compiled programs, the vmapped solves and then the vmapped predictions, so that a
-    # sweep's predictions can be recomputed without re-tracing the solver.
-    sols = _sweep_solve(network, X, Y, widths, solve_kwargs)
+    # Two compiled programs (vmapped solves, then vmapped predictions). They were split while
+    # chasing an XLA:CPU idle hang; the split alone did not cure it (see README), and it costs
+    # nothing measurable, so it stays.
+    sols = _sweep_solve(network, X, Y, widths.astype(X.dtype), solve_kwargs)
     return sols, _sweep_predict(sols, X_test, Y_test)
 
 
