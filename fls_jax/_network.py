@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ._activation import AbstractActivation, Erf
+from ._activation import AbstractActivation, Erf, Linear
 
 
 Scaling = Literal["standard", "mean_field"]
@@ -90,6 +90,11 @@ class AbstractNetwork(eqx.Module):
         """Q_f(X1, X2) = (s_a/P) Σ_i Φ_φ(X1_i Σ X2_iᵀ) (SPEC §3); X2 = None means X2 = X1."""
         P1 = self.patches(X1)
         P2 = P1 if X2 is None else self.patches(X2)
+        if isinstance(self.activation, Linear):
+            # Φ(K) = K: the patch average is one contraction over (patch, filter) indices,
+            # with no per-patch n×n kernels (P times less memory and traffic).
+            c = jnp.einsum("pns,st,pmt->nm", P1, sigma, P2) / P1.shape[0]
+            return self.readout_scale() * c
         a = jnp.einsum("pns,st,pnt->pn", P1, sigma, P1)
         b = a if X2 is None else jnp.einsum("pns,st,pnt->pn", P2, sigma, P2)
         c = jnp.einsum("pns,st,pmt->pnm", P1, sigma, P2)
