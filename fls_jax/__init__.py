@@ -1,9 +1,6 @@
 """fls_jax: the Equations of State of finite-width neural networks, in JAX (see SPEC §1–4)."""
 
-from . import (
-    _xla_flags as _xla_flags,  # first: sets XLA_FLAGS before any JAX work
-    datasets as datasets,
-)
+from . import datasets as datasets
 from ._activation import (
     AbstractActivation as AbstractActivation,
     Erf as Erf,
@@ -11,7 +8,12 @@ from ._activation import (
     Quadrature as Quadrature,
     ReLU as ReLU,
 )
-from ._free_energy import eos_residual as eos_residual, free_energy as free_energy
+from ._free_energy import (
+    eos_residual as eos_residual,
+    free_energy as free_energy,
+    gp_negative_log_evidence as gp_negative_log_evidence,
+)
+from ._linalg import DenseLU as DenseLU
 from ._network import FCN as FCN, AbstractNetwork as AbstractNetwork, PatchCNN as PatchCNN
 from ._predict import Prediction as Prediction, predict as predict, sweep as sweep
 from ._solve import DampedNewton as DampedNewton, Solution as Solution, solve as solve

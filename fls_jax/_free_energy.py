@@ -14,47 +14,17 @@ data term, so the physics lives here and nowhere else.
 
 import jax
 import jax.numpy as jnp
-import lineax as lx
 from jaxtyping import Array, Float
 
+from ._linalg import spd_inverse_logdet
 from ._network import AbstractNetwork
-
-
-@jax.custom_jvp
-def spd_inverse_logdet(K: Float[Array, "n n"]) -> tuple[Float[Array, "n n"], Float[Array, ""]]:
-    """(K⁻¹, log det K) of a symmetric positive-definite K, by one lineax Cholesky solve.
-
-    Its derivative is written by hand, d(K⁻¹) = −K⁻¹ dK K⁻¹ and d log det K = tr(K⁻¹ dK),
-    so every derivative of the free energy (the EoS, the Newton Jacobian, hyper-parameter
-    gradients) costs matrix products with the stored inverse, not new factorisations.
-    A K that is not positive definite gives NaN, which the solver's line search rejects.
-    """
-    n = K.shape[0]
-    op = lx.MatrixLinearOperator(K, lx.positive_semidefinite_tag)
-    state = lx.Cholesky().init(op, {})
-    chol = state[0]
-    solve = jax.vmap(
-        lambda b: lx.linear_solve(op, b, lx.Cholesky(), state=state, throw=False).value,
-        in_axes=1,
-        out_axes=1,
-    )
-    inv = solve(jnp.eye(n, dtype=K.dtype))
-    inv = 0.5 * (inv + inv.T)
-    return inv, 2 * jnp.sum(jnp.log(jnp.abs(jnp.diagonal(chol))))
-
-
-@spd_inverse_logdet.defjvp
-def _spd_inverse_logdet_jvp(primals, tangents):
-    (K,), (dK,) = primals, tangents
-    inv, logdet = spd_inverse_logdet(K)
-    return (inv, logdet), (-inv @ dK @ inv, jnp.sum(inv * dK))
 
 
 def _gaussian_kl(sigma: Float[Array, "S S"], prior_precision: Float[Array, "S S"]):
     """KL(N(0, Σ) ‖ N(0, Σ₀)) = ½[tr(Σ₀⁻¹Σ) − log det(Σ₀⁻¹Σ) − S]."""
     S = sigma.shape[0]
-    _, logdet_sigma = jnp.linalg.slogdet(sigma)
-    _, logdet_prec = jnp.linalg.slogdet(prior_precision)
+    _, logdet_sigma = spd_inverse_logdet(sigma)
+    _, logdet_prec = spd_inverse_logdet(prior_precision)
     return 0.5 * (jnp.sum(prior_precision * sigma) - logdet_sigma - logdet_prec - S)
 
 
@@ -163,11 +133,7 @@ def eos_residual(
     passes symmetric Λ (it iterates on the upper triangle). Where Λ is not positive
     definite the residual is NaN, which the solver's line search rejects.
     """
-    lam = 0.5 * (precision + precision.T)
-    S = lam.shape[0]
-    chol = jnp.linalg.cholesky(lam)
-    sigma = jax.scipy.linalg.cho_solve((chol, True), jnp.eye(S, dtype=lam.dtype))
-    sigma = 0.5 * (sigma + sigma.T)
+    sigma, _ = spd_inverse_logdet(0.5 * (precision + precision.T))
     grad_data = jax.grad(data_term, argnums=1)(network, sigma, X, Y)
     inv_width = jnp.where(jnp.isfinite(network.width), 1 / network.width, 0.0)
     return network.prior_precision(X.shape[1]) - precision + 2 * inv_width * grad_data

@@ -1,13 +1,25 @@
 """Predictions from a solved EoS state: test kernels, mean, variance, errors, χ (SPEC §4)."""
 
+from typing import Literal
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optimistix as optx
 from jaxtyping import Array, ArrayLike, Float
 
-from ._free_energy import spd_inverse_logdet
-from ._solve import Solution, _concrete, _validate, solve
+from ._linalg import DenseLU, eigvalsh, spd_inverse_logdet
+from ._solve import (
+    DampedNewton,
+    Solution,
+    _concrete,
+    _default_rtol,
+    _inverse_width,
+    _solve_from,
+    _validate,
+    solve,
+)
 
 
 class Prediction(eqx.Module):
@@ -103,7 +115,7 @@ def predict(
     shift = jax.grad(lambda s: jnp.sum(TTt * net.output_kernel(s, X)))(sigma) * inv_width
     prior_sqrt = jnp.sqrt(1 / jnp.diagonal(net.prior_precision(X.shape[1])))  # Σ₀ is ∝ I
     whitened = prior_sqrt[:, None] * shift * prior_sqrt[None, :]
-    chi = jnp.linalg.eigvalsh(0.5 * (whitened + whitened.T))[-1]
+    chi = eigvalsh(0.5 * (whitened + whitened.T))[-1]
     return Prediction(
         mean=mean,
         variance=variance,
@@ -112,7 +124,7 @@ def predict(
         test_error_draw=test_error + jnp.mean(variance),
         chi=chi,
         chi_proxy=jnp.sum(T * (Qf @ T)) * inv_width,
-        sigma_eigenvalues=jnp.linalg.eigvalsh(sigma),
+        sigma_eigenvalues=eigvalsh(sigma),
         free_energy=solution.free_energy,
         converged=solution.converged,
     )
@@ -125,29 +137,58 @@ def sweep(
     widths: Float[ArrayLike, " w"],
     X_test: Float[ArrayLike, "n_test d"],
     Y_test: Float[ArrayLike, "n_test m"] | Float[ArrayLike, " n_test"] | None = None,
+    *,
+    schedule: Literal["auto", "parallel", "path"] = "auto",
     **solve_kwargs,
 ) -> tuple[Solution, Prediction]:
-    """Solve and predict at many widths in one jit-compiled, vmapped call.
+    """Solve and predict at many widths in one jit-compiled call.
 
-    Every width runs its own solve (its own continuation and convergence check) in one
-    compiled program; the results are a [`fls_jax.Solution`][] and a
-    [`fls_jax.Prediction`][] whose array fields carry a leading width axis. `inf` is
-    allowed and gives the GP limit.
+    The results are a [`fls_jax.Solution`][] and a [`fls_jax.Prediction`][] whose array
+    fields carry a leading width axis, in the order of `widths`. `inf` is allowed and gives
+    the GP limit. Two schedules, same answers (to the solver tolerance); ``"auto"`` (default)
+    picks ``"path"`` on CPU and ``"parallel"`` on accelerators:
+
+    - ``"parallel"``: `jax.vmap` over widths; each width runs its own continuation
+      from the GP limit. Best where the device has parallel capacity to spare (a GPU with
+      small n); a vmapped loop runs until its slowest element (the narrowest width) is done.
+    - ``"path"``: `lax.scan` over the widths from wide to narrow; each solve continues from
+      the last converged, wider solution, so a dense sweep costs a few Newton steps per
+      width. Best where compute is the bottleneck (CPU, large n, many widths).
 
     **Arguments:** `network` (its `width` is replaced), training data `X`, `Y`, the
-    `widths`, test data `X_test`, `Y_test`, and keyword arguments for [`fls_jax.solve`][].
+    `widths`, test data `X_test`, `Y_test`, `schedule`, and keyword arguments for
+    [`fls_jax.solve`][] (`precision0` only with the parallel schedule).
     """
     widths = jnp.asarray(widths, dtype=float)
     if widths.ndim != 1 or widths.size == 0:
         raise ValueError(f"widths must be a non-empty 1-d array, got shape {widths.shape}")
     if not bool(jnp.all(widths > 0)):
         raise ValueError(f"widths must be > 0 (inf for the GP limit), got {widths}")
+    if schedule not in ("auto", "parallel", "path"):
+        raise ValueError(f"schedule must be 'auto', 'parallel' or 'path', got {schedule!r}")
+    if schedule == "auto":
+        schedule = "path" if jax.default_backend() == "cpu" else "parallel"
     X, Y = _validate(network, X, Y)
     X_test, Y_test = _validate_test(X, Y, X_test, Y_test)
-    # Two compiled programs (vmapped solves, then vmapped predictions). They were split while
-    # chasing an XLA:CPU idle hang; the split alone did not cure it (see README), and it costs
-    # nothing measurable, so it stays.
-    sols = _sweep_solve(network, X, Y, widths.astype(X.dtype), solve_kwargs)
+    widths = widths.astype(X.dtype)
+    # Two compiled programs, solves then predictions: a failed solve's diagnostics come back
+    # even if the prediction step were to fail.
+    if schedule == "parallel":
+        sols = _sweep_solve(network, X, Y, widths, solve_kwargs)
+    else:
+        if solve_kwargs.get("precision0") is not None:
+            raise ValueError("precision0 is not used by the path schedule (it warm-starts itself)")
+        solver = solve_kwargs.get("solver") or DampedNewton(rtol=_default_rtol(X.dtype), atol=0.0)
+        sols = _sweep_solve_path(
+            network,
+            X,
+            Y,
+            widths,
+            solver,
+            solve_kwargs.get("max_steps", 12),
+            solve_kwargs.get("max_stages", 64),
+            solve_kwargs.get("adjoint", optx.ImplicitAdjoint(linear_solver=DenseLU())),
+        )
     return sols, _sweep_predict(sols, X_test, Y_test)
 
 
@@ -157,6 +198,23 @@ def _sweep_solve(network, X, Y, widths, solve_kwargs):
         return solve(eqx.tree_at(lambda n: n.width, network, width), X, Y, **solve_kwargs)
 
     return jax.vmap(run)(widths)
+
+
+@eqx.filter_jit
+def _sweep_solve_path(network, X, Y, widths, solver, max_steps, max_stages, adjoint):
+    order = jnp.argsort(jnp.where(jnp.isfinite(widths), 1 / widths, 0.0))  # wide first
+
+    def step(carry, width):
+        u_prev, lam_prev = carry
+        net = eqx.tree_at(lambda n: n.width, network, width)
+        sol = _solve_from(net, X, Y, solver, max_steps, max_stages, u_prev, lam_prev, adjoint)
+        u = jnp.where(sol.converged, _inverse_width(net), u_prev)
+        return (u, jnp.where(sol.converged, sol.precision, lam_prev)), sol
+
+    lam0 = network.prior_precision(X.shape[1]).astype(X.dtype)
+    _, sols = jax.lax.scan(step, (jnp.zeros((), X.dtype), lam0), widths[order])
+    back = jnp.argsort(order)
+    return jax.tree.map(lambda x: x[back] if eqx.is_array(x) else x, sols)
 
 
 @eqx.filter_jit

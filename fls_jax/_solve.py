@@ -11,6 +11,7 @@ import optimistix as optx
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from ._free_energy import eos_residual, free_energy
+from ._linalg import DenseLU, spd_inverse_logdet
 from ._network import AbstractNetwork
 
 
@@ -46,7 +47,7 @@ class DampedNewton(optx.AbstractRootFinder):
     rtol: float
     atol: float
     norm: Any = optx.two_norm
-    linear_solver: lx.AbstractLinearSolver = lx.AutoLinearSolver(well_posed=None)
+    linear_solver: lx.AbstractLinearSolver = DenseLU()
     max_halvings: int = 40
 
     def init(self, fn, y, args, options, f_struct, aux_struct, tags):
@@ -180,6 +181,11 @@ def _unpack(v: Array, S: int) -> Array:
     return M + M.T - jnp.diag(jnp.diagonal(M))
 
 
+def _inverse_width(network: AbstractNetwork) -> Array:
+    finite = jnp.isfinite(network.width)
+    return jnp.where(finite, 1 / jnp.where(finite, network.width, 1.0), 0.0)
+
+
 def _with_width(network: AbstractNetwork, width) -> AbstractNetwork:
     return eqx.tree_at(lambda net: net.width, network, jnp.asarray(width, network.width.dtype))
 
@@ -194,16 +200,18 @@ class _Continuation(eqx.Module):
     failed: Array
 
 
-def _continuation(fn, solver, lam0, network, X, Y, stage_steps: int, max_stages: int):
-    """Adaptive homotopy in u = 1/C from the GP limit (u = 0) to the target width (SPEC §3).
+def _continuation(fn, solver, u0, lam0, network, X, Y, stage_steps: int, max_stages: int):
+    """Adaptive homotopy in u = 1/C from a solved point (u0, Λ0) to the target width (SPEC §3).
 
-    The first stage tries the target directly, so easy problems cost one root find. A stage
-    that fails quarters the step in u and retries from the last converged point; one that
-    succeeds doubles the next step. Each vmapped element follows its own path. Inputs are
-    `stop_gradient`-ed: derivatives come from the final root find's implicit adjoint.
+    `solve` starts from the GP limit (u0 = 0, Λ0 = Σ₀⁻¹); a path sweep starts from the
+    previous, wider, solution. The first stage tries the target directly, so easy problems
+    cost one root find. A stage that fails quarters the step in u and retries from the last
+    converged point; one that succeeds doubles the next step. Each vmapped element follows
+    its own path. Inputs are `stop_gradient`-ed: derivatives come from the final root
+    find's implicit adjoint.
     """
-    network, X, Y, lam0 = jax.lax.stop_gradient((network, X, Y, lam0))
-    u_target = jnp.where(jnp.isfinite(network.width), 1 / network.width, 0.0)
+    network, X, Y, u0, lam0 = jax.lax.stop_gradient((network, X, Y, u0, lam0))
+    u_target = _inverse_width(network)
 
     def cond(c: _Continuation):
         return ~(c.done | c.failed)
@@ -233,12 +241,12 @@ def _continuation(fn, solver, lam0, network, X, Y, stage_steps: int, max_stages:
         )
 
     init = _Continuation(
-        u=jnp.zeros_like(u_target),
+        u=u0,
         lam=lam0,
-        h=u_target,
+        h=u_target - u0,
         steps=jnp.array(0),
         stages=jnp.array(0),
-        done=u_target <= 0,
+        done=u_target <= u0,
         failed=jnp.array(False),
     )
     return jax.lax.while_loop(cond, body, init)
@@ -253,7 +261,7 @@ def solve(
     max_steps: int = 12,
     max_stages: int = 64,
     precision0: Float[ArrayLike, "S S"] | None = None,
-    adjoint: optx.AbstractAdjoint = optx.ImplicitAdjoint(),
+    adjoint: optx.AbstractAdjoint = optx.ImplicitAdjoint(linear_solver=DenseLU()),
 ) -> Solution:
     """Solve the first-layer Equations of State of SPEC §3 for a two-layer network.
 
@@ -302,18 +310,27 @@ def _packed_residual(lam, args):
 
 @eqx.filter_jit
 def _solve(network, X, Y, solver, max_steps, max_stages, precision0, adjoint) -> Solution:
+    if precision0 is None:
+        lam0 = network.prior_precision(X.shape[1]).astype(X.dtype)
+        return _solve_from(network, X, Y, solver, max_steps, max_stages, 0.0, lam0, adjoint)
+    return _solve_from(network, X, Y, solver, max_steps, 0, None, precision0, adjoint)
+
+
+def _solve_from(network, X, Y, solver, max_steps, max_stages, u0, lam0, adjoint) -> Solution:
+    """Continuation from the solved point (u0 = 1/C0, Λ0) (skipped when u0 is None), then
+    the final root find at the target width, which carries the implicit adjoint."""
     S = network.filter_size(X.shape[1])
     args = (network, X, Y)
-    if precision0 is None:
-        prior_precision = _pack(network.prior_precision(X.shape[1]).astype(X.dtype))
+    if u0 is None:
+        lam_start, steps, stages = _pack(lam0), 0, 0
+    else:
+        u0 = jnp.asarray(u0, X.dtype)
         cont = _continuation(
-            _packed_residual, solver, prior_precision, *args, max_steps, max_stages
+            _packed_residual, solver, u0, _pack(lam0), *args, max_steps, max_stages
         )
         lam_start, steps, stages = cont.lam, cont.steps, cont.stages
-    else:
-        lam_start, steps, stages = _pack(precision0), 0, 0
-    # The final root find, at the target width, carries the implicit adjoint. After a
-    # successful continuation it stops at once (its start already meets the tolerance).
+    # After a successful continuation the final root find stops at once (its start already
+    # meets the tolerance); it is there to carry the adjoint.
     sol = optx.root_find(
         _packed_residual,
         solver,
@@ -324,8 +341,7 @@ def _solve(network, X, Y, solver, max_steps, max_stages, precision0, adjoint) ->
         throw=False,
     )
     lam = _unpack(sol.value, S)
-    sigma = jnp.linalg.inv(lam)
-    sigma = 0.5 * (sigma + sigma.T)
+    sigma, _ = spd_inverse_logdet(lam)
     rel = _fro(eos_residual(lam, network, X, Y)) / _fro(lam)
     return Solution(
         network=network,

@@ -11,8 +11,10 @@ def _plain(K, Y):
     """The same quantity by jnp.linalg, differentiated by JAX's own rules."""
     n, m = Y.shape
     _, logdet = jnp.linalg.slogdet(K)
-    return 0.5 * jnp.sum(Y * jnp.linalg.solve(K, Y)) + 0.5 * m * logdet + 0.5 * n * m * jnp.log(
-        2 * jnp.pi
+    return (
+        0.5 * jnp.sum(Y * jnp.linalg.solve(K, Y))
+        + 0.5 * m * logdet
+        + 0.5 * n * m * jnp.log(2 * jnp.pi)
     )
 
 

@@ -93,7 +93,7 @@ def test_infinite_width_is_exact_gp(patch_task):
     net, _ = _make("patchcnn", "linear", jnp.inf, patch_task)
     sol = solve_jit(net, patch_task.X, patch_task.Y)
     assert bool(sol.converged) and int(sol.num_steps) == 0
-    np.testing.assert_array_equal(sol.sigma, 1.3 / 4 * np.eye(4))
+    np.testing.assert_allclose(sol.sigma, 1.3 / 4 * np.eye(4), rtol=1e-15, atol=1e-16)
 
 
 def _linear_patch_rhs(Sigma, X, Y, S, C, sigma_w2, sigma_a2, noise):
@@ -188,24 +188,34 @@ def test_mean_field_equals_standard_with_rescaled_readout(fcn_task):
     np.testing.assert_allclose(s_mf.sigma, s_st.sigma, rtol=1e-10)
 
 
-def test_sweep_equals_loop_and_jit_equals_eager(patch_task):
-    widths = [3.0, 12.0, 48.0, jnp.inf]
+@pytest.mark.parametrize("schedule", ["parallel", "path"])
+def test_sweep_equals_loop_and_jit_equals_eager(patch_task, schedule):
+    widths = [12.0, 3.0, jnp.inf, 48.0]  # unsorted: the path schedule sorts and unsorts
     net, _ = _make("patchcnn", "erf", 1.0, patch_task)
     sols, preds = fj.sweep(
-        net, patch_task.X, patch_task.Y, widths, patch_task.X_test, patch_task.Y_test
+        net,
+        patch_task.X,
+        patch_task.Y,
+        widths,
+        patch_task.X_test,
+        patch_task.Y_test,
+        schedule=schedule,
     )
     assert bool(jnp.all(sols.converged))
+    np.testing.assert_array_equal(sols.network.width, widths)
+    # The path schedule reaches each root from another start: equal to the solver tolerance.
+    rtol = 1e-10 if schedule == "parallel" else 1e-9
     for k, C in enumerate(widths):
         one = eqx.tree_at(lambda n: n.width, net, jnp.asarray(C, float))
         sol = solve_jit(one, patch_task.X, patch_task.Y)
         pred = predict_jit(sol, patch_task.X_test, patch_task.Y_test)
-        np.testing.assert_allclose(sols.sigma[k], sol.sigma, rtol=1e-10, atol=1e-14)
-        np.testing.assert_allclose(preds.mean[k], pred.mean, rtol=1e-10, atol=1e-14)
-        np.testing.assert_allclose(preds.test_error[k], pred.test_error, rtol=1e-10)
+        np.testing.assert_allclose(sols.sigma[k], sol.sigma, rtol=rtol, atol=1e-14)
+        np.testing.assert_allclose(preds.mean[k], pred.mean, rtol=rtol, atol=1e-14)
+        np.testing.assert_allclose(preds.test_error[k], pred.test_error, rtol=rtol)
     eager = fj.solve(
         eqx.tree_at(lambda n: n.width, net, jnp.asarray(12.0)), patch_task.X, patch_task.Y
     )
-    np.testing.assert_allclose(eager.sigma, sols.sigma[1], rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(eager.sigma, sols.sigma[0], rtol=rtol, atol=1e-14)
 
 
 def test_implicit_gradient_matches_finite_differences(fcn_task):

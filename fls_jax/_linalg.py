@@ -1,0 +1,116 @@
+"""Dense linear algebra that can be vmapped safely on XLA:CPU, with hand-written derivatives.
+
+jaxlib 0.10's CPU LAPACK kernels split a *batched* factorisation across XLA's intra-op thread
+pool and block until the pieces are done. When the thunk executor runs as many such calls at
+once as the pool has threads, every worker waits on the others and the program hangs at 0 %
+CPU: it happened in vmapped width sweeps on 2 cores (gdb: all workers in
+``jax::ParallelBatchMap`` under ``lapack_dtrsm_ffi``). jaxlib 0.11.2 compiles that path out,
+but it cannot be installed here. So every factorisation in fls_jax goes through this module,
+where on CPU a vmap becomes a loop of unbatched LAPACK calls (no cost that matters: LAPACK
+works matrix by matrix anyway), and other platforms keep their batched kernels.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import lineax as lx
+from jaxtyping import Array, Float
+
+
+def _cpu_sequential(f: Callable) -> Callable:
+    """f, except that under vmap on CPU it runs as a sequential loop over the batch."""
+    seq = jax.custom_batching.sequential_vmap(f)
+
+    def g(*args):
+        return jax.lax.platform_dependent(*args, cpu=seq, default=f)
+
+    return g
+
+
+@_cpu_sequential
+def _cholesky_inverse_logdet(K):
+    n = K.shape[0]
+    op = lx.MatrixLinearOperator(K, lx.positive_semidefinite_tag)
+    state = lx.Cholesky().init(op, {})
+    chol = state[0]
+    solve = jax.vmap(
+        lambda b: lx.linear_solve(op, b, lx.Cholesky(), state=state, throw=False).value,
+        in_axes=1,
+        out_axes=1,
+    )
+    inv = solve(jnp.eye(n, dtype=K.dtype))
+    return 0.5 * (inv + inv.T), 2 * jnp.sum(jnp.log(jnp.abs(jnp.diagonal(chol))))
+
+
+@jax.custom_jvp
+def spd_inverse_logdet(K: Float[Array, "n n"]) -> tuple[Float[Array, "n n"], Float[Array, ""]]:
+    """(K⁻¹, log det K) of a symmetric positive-definite K, by one lineax Cholesky solve.
+
+    Its derivative is written by hand, d(K⁻¹) = −K⁻¹ dK K⁻¹ and d log det K = tr(K⁻¹ dK),
+    so every derivative of the free energy (the EoS, the Newton Jacobian, hyper-parameter
+    gradients) costs matrix products with the stored inverse, not new factorisations.
+    A K that is not positive definite gives NaN, which the solver's line search rejects.
+    """
+    return _cholesky_inverse_logdet(K)
+
+
+@spd_inverse_logdet.defjvp
+def _spd_inverse_logdet_jvp(primals, tangents):
+    (K,), (dK,) = primals, tangents
+    inv, logdet = spd_inverse_logdet(K)
+    return (inv, logdet), (-inv @ dK @ inv, jnp.sum(inv * dK))
+
+
+@_cpu_sequential
+def _eigh(A):
+    w, V = jnp.linalg.eigh(A)
+    return w, V
+
+
+@jax.custom_jvp
+def eigvalsh(A: Float[Array, "n n"]) -> Float[Array, " n"]:
+    """Eigenvalues of a symmetric matrix, ascending; dλᵢ = vᵢᵀ dA vᵢ (distinct eigenvalues)."""
+    return _eigh(A)[0]
+
+
+@eigvalsh.defjvp
+def _eigvalsh_jvp(primals, tangents):
+    (A,), (dA,) = primals, tangents
+    w, V = _eigh(A)
+    return w, jnp.einsum("ji,jk,ki->i", V, dA, V)
+
+
+@_cpu_sequential
+def _dense_solve(A, b):
+    return jnp.linalg.solve(A, b)
+
+
+class DenseLU(lx.AbstractLinearSolver):
+    """lineax solver: materialise the operator and solve by LU (LAPACK), vmap-safe on CPU.
+
+    For the small dense systems of fls_jax (Newton steps and the implicit adjoint, of size
+    S(S+1)/2). Operators must act on a single 1-d array.
+    """
+
+    def init(self, operator: lx.AbstractLinearOperator, options: dict[str, Any]):
+        del options
+        if operator.in_size() != operator.out_size():
+            raise ValueError("DenseLU needs a square operator")
+        return operator.as_matrix()
+
+    def compute(self, state, vector, options):
+        del options
+        return _dense_solve(state, vector), lx.RESULTS.successful, {}
+
+    def transpose(self, state, options):
+        del options
+        return state.T, {}
+
+    def conj(self, state, options):
+        del options
+        return state.conj(), {}
+
+    def assume_full_rank(self):
+        return True
