@@ -17,6 +17,7 @@ from ._linalg import DenseLU as DenseLU
 from ._network import FCN as FCN, AbstractNetwork as AbstractNetwork, PatchCNN as PatchCNN
 from ._predict import Prediction as Prediction, predict as predict, sweep as sweep
 from ._solve import DampedNewton as DampedNewton, Solution as Solution, solve as solve
+from ._tune import TuneResult as TuneResult, tune as tune
 
 
 __version__ = "0.1.0"

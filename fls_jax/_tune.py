@@ -1,0 +1,295 @@
+"""Gradient-based hyper-parameter tuning through the solved Equations of State (SPEC §3–4).
+
+The predicted validation error and the free energy F (a variational negative log-evidence)
+are differentiable functions of the hyper-parameters through the EoS fixed point: `solve`
+differentiates its final root find implicitly, so one gradient costs about one extra Newton
+system, not a backward pass through the iterations. `tune` runs an optax optimiser on them.
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float
+
+from ._network import AbstractNetwork
+from ._predict import _validate_test, predict
+from ._solve import Solution, _validate, solve
+
+
+TUNABLE = ("sigma_w2", "sigma_a2", "noise", "width")
+
+
+class TuneResult(NamedTuple):
+    """What [`fls_jax.tune`][] found.
+
+    **Fields:**
+
+    - `network`: the network at the best objective value seen (with a converged solve).
+    - `solution`: the solve at that network.
+    - `history`: a dict of NumPy arrays, one entry per optimiser step: ``"step"``,
+      ``"objective"``, ``"grad_norm"`` (of the unconstrained parameters), ``"converged"``, and
+      one array per tuned hyper-parameter (its value at that step).
+    - `converged`: whether every solve along the way converged.
+    """
+
+    network: AbstractNetwork
+    solution: Solution
+    history: dict[str, np.ndarray]
+    converged: bool
+
+    def plot(self, path: str | None = None):
+        """Objective and hyper-parameters against the step (matplotlib); saved if `path`."""
+        import matplotlib
+
+        if path is not None:
+            matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        names = [k for k in self.history if k in TUNABLE]
+        fig, axes = plt.subplots(1, 1 + len(names), figsize=(3.6 * (1 + len(names)), 3.2))
+        axes = np.atleast_1d(axes)
+        axes[0].plot(self.history["step"], self.history["objective"])
+        axes[0].set_xlabel("step")
+        axes[0].set_ylabel("objective")
+        for ax, name in zip(axes[1:], names, strict=True):
+            ax.plot(self.history["step"], self.history[name])
+            ax.set_yscale("log")
+            ax.set_xlabel("step")
+            ax.set_ylabel(name)
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path, dpi=120)
+        return fig
+
+
+def _to_unconstrained(value: float, bound: tuple[float, float] | None) -> float:
+    if bound is None:
+        return float(np.log(value))
+    lo, hi = np.log(bound[0]), np.log(bound[1])
+    t = (np.log(value) - lo) / (hi - lo)
+    return float(np.log(t / (1 - t)))
+
+
+def _to_constrained(z: Array, bound: tuple[float, float] | None) -> Array:
+    """Positive by construction: exp(z), or exp of a sigmoid-squashed log inside (lo, hi)."""
+    if bound is None:
+        return jnp.exp(z)
+    lo, hi = np.log(bound[0]), np.log(bound[1])
+    return jnp.exp(lo + (hi - lo) * jax.nn.sigmoid(z))
+
+
+def _with_params(network, names, bounds, z):
+    values = [_to_constrained(z[i], bounds.get(k)) for i, k in enumerate(names)]
+    return eqx.tree_at(lambda m: [getattr(m, k) for k in names], network, values)
+
+
+def _free_energy_objective(sol: Solution, val) -> Array:
+    del val
+    return sol.free_energy
+
+
+def _validation_objective(sol: Solution, val) -> Array:
+    return predict(sol, *val).test_error
+
+
+class _UserObjective(eqx.Module):
+    fn: Callable = eqx.field(static=True)
+
+    def __call__(self, sol: Solution, val) -> Array:
+        del val
+        return self.fn(sol)
+
+
+def _objective_fn(objective) -> Callable[[Solution, Any], Array]:
+    if callable(objective):
+        return _UserObjective(objective)
+    if objective == "free_energy":
+        return _free_energy_objective
+    if objective == "validation_error":
+        return _validation_objective
+    raise ValueError(
+        "objective must be 'validation_error', 'free_energy' or a callable(solution) -> scalar, "
+        f"got {objective!r}"
+    )
+
+
+@eqx.filter_jit
+def _value_and_grad(z, network, names, bounds, X, Y, objective, val, precision0, solve_kwargs):
+    def f(z):
+        net = _with_params(network, names, bounds, z)
+        sol = solve(net, X, Y, precision0=precision0, **solve_kwargs)
+        return objective(sol, val), sol
+
+    (value, sol), grad = jax.value_and_grad(f, has_aux=True)(z)
+    return value, grad, sol
+
+
+def tune(
+    network: AbstractNetwork,
+    X: Float[ArrayLike, "n d"],
+    Y: Float[ArrayLike, "n m"] | Float[ArrayLike, " n"],
+    *,
+    params: Sequence[str] = ("sigma_w2", "noise"),
+    objective: str | Callable[[Solution], Array] = "validation_error",
+    X_val: Float[ArrayLike, "n_val d"] | None = None,
+    Y_val: Float[ArrayLike, "n_val m"] | Float[ArrayLike, " n_val"] | None = None,
+    bounds: dict[str, tuple[float, float]] | None = None,
+    optimizer: Any = None,
+    steps: int = 100,
+    progress: bool = True,
+    **solve_kwargs,
+) -> TuneResult:
+    """Tune hyper-parameters by gradient descent on a differentiable prediction of the EoS.
+
+    Each step solves the EoS at the current hyper-parameters (warm-started from the previous
+    solution), differentiates the objective implicitly through the fixed point, and applies
+    an optax update to the *unconstrained* parameters: z = log θ, or, for a bounded θ,
+    log θ = log lo + (log hi − log lo)·sigmoid(z), so every iterate is admissible.
+
+    **Arguments:**
+
+    - `network`: the starting point (an [`fls_jax.FCN`][] or [`fls_jax.PatchCNN`][]).
+    - `X`, `Y`: training data.
+    - `params`: which hyper-parameters to tune, from ``"sigma_w2"``, ``"sigma_a2"``,
+      ``"noise"`` (σ²) and ``"width"`` (C, as a continuous variable; must be finite).
+    - `objective`: ``"validation_error"`` (predicted test error of the mean predictor on
+      `X_val`, `Y_val`), ``"free_energy"`` (F, the variational negative log-evidence, for
+      model selection without validation data) or a callable ``solution -> scalar``.
+    - `bounds`: optional ``{name: (lo, hi)}`` box constraints (0 < lo < hi).
+    - `optimizer`: an optax `GradientTransformation` (default ``optax.adam(0.05)``; the
+      step acts on log-parameters, so 0.05 is a ≈5 % relative change).
+    - `steps`: optimiser steps.
+    - `progress`: show a progress bar (needs `rich`).
+    - `solve_kwargs`: passed to [`fls_jax.solve`][].
+
+    **Returns:** a [`fls_jax.TuneResult`][]. A step whose solve does not converge (even from
+    the GP-limit start) ends the run, with `converged=False`: the gradient of a failed solve
+    is never applied.
+    """
+    try:
+        import optax
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("fls_jax.tune needs optax: pip install 'fls_jax[tune]'") from e
+    names = tuple(params)
+    bounds = dict(bounds or {})
+    if not names:
+        raise ValueError("params must name at least one hyper-parameter")
+    for k in names:
+        if k not in TUNABLE:
+            raise ValueError(f"cannot tune {k!r}: choose from {TUNABLE}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"params has duplicates: {names}")
+    for k, (lo, hi) in bounds.items():
+        if k not in names:
+            raise ValueError(f"bounds given for {k!r}, which is not tuned")
+        if not 0 < lo < hi < np.inf:
+            raise ValueError(f"bounds for {k!r} must satisfy 0 < lo < hi < inf, got {(lo, hi)}")
+    if steps < 1:
+        raise ValueError(f"steps must be ≥ 1, got {steps}")
+    X, Y = _validate(network, X, Y)
+    if objective == "validation_error":
+        if X_val is None or Y_val is None:
+            raise ValueError("objective 'validation_error' needs X_val and Y_val")
+        X_val, Y_val = _validate_test(X, Y, X_val, Y_val)
+    start = []
+    for k in names:
+        v = float(np.asarray(getattr(network, k)))
+        if not np.isfinite(v) or v <= 0:
+            raise ValueError(f"{k} must start finite and > 0 to be tuned, got {v}")
+        lo, hi = bounds.get(k, (0.0, np.inf))
+        if not lo < v < hi:
+            raise ValueError(f"{k} = {v} starts outside its bounds {(lo, hi)}")
+        start.append(_to_unconstrained(v, bounds.get(k)))
+    fn = _objective_fn(objective)
+    val = (X_val, Y_val) if objective == "validation_error" else None
+    optimizer = optax.adam(0.05) if optimizer is None else optimizer
+    z = jnp.asarray(start, dtype=X.dtype)
+    opt_state = optimizer.init(z)
+    static_bounds = _Static(bounds)
+
+    def evaluate(z, precision0):
+        return _value_and_grad(
+            z, network, names, static_bounds, X, Y, fn, val, precision0, solve_kwargs
+        )
+
+    history: dict[str, list] = {"step": [], "objective": [], "grad_norm": [], "converged": []}
+    history |= {k: [] for k in names}
+    best = (np.inf, None, None)
+    precision = None
+    all_ok = True
+    bar = _progress(progress, steps)
+    for step in range(steps):
+        value, grad, sol = evaluate(z, precision)
+        if not bool(sol.converged) and precision is not None:
+            value, grad, sol = evaluate(z, None)  # fall back to the GP-limit start
+        ok = bool(sol.converged) and bool(jnp.all(jnp.isfinite(grad)))
+        history["step"].append(step)
+        history["objective"].append(float(value))
+        history["grad_norm"].append(float(jnp.linalg.norm(grad)))
+        history["converged"].append(ok)
+        for k in names:
+            history[k].append(float(getattr(sol.network, k)))
+        if bar is not None:
+            bar.update(step, value, {k: history[k][-1] for k in names})
+        if not ok:
+            all_ok = False
+            break
+        if float(value) < best[0]:
+            best = (float(value), sol.network, sol)
+        updates, opt_state = optimizer.update(grad, opt_state, z)
+        z = optax.apply_updates(z, updates)
+        precision = sol.precision
+    if bar is not None:
+        bar.close()
+    if best[1] is None:
+        raise RuntimeError(
+            "tune: the first solve did not converge; raise max_steps/max_stages or start from "
+            "other hyper-parameters"
+        )
+    return TuneResult(
+        network=best[1],
+        solution=best[2],
+        history={k: np.asarray(v) for k, v in history.items()},
+        converged=all_ok,
+    )
+
+
+class _Static(eqx.Module):
+    """Hashable holder, so the bounds dict is part of the compiled function's static key."""
+
+    items: tuple = eqx.field(static=True)
+
+    def __init__(self, d: dict):
+        self.items = tuple(sorted(d.items()))
+
+    def get(self, k):
+        return dict(self.items).get(k)
+
+
+class _Progress:
+    def __init__(self, steps: int):
+        from rich.progress import Progress
+
+        self._p = Progress()
+        self._p.start()
+        self._task = self._p.add_task("tune", total=steps)
+
+    def update(self, step, value, params):
+        text = " ".join(f"{k}={v:.3g}" for k, v in params.items())
+        self._p.update(self._task, completed=step + 1, description=f"F/err={value:.4g} {text}")
+
+    def close(self):
+        self._p.stop()
+
+
+def _progress(enabled: bool, steps: int) -> _Progress | None:
+    if not enabled:
+        return None
+    try:
+        return _Progress(steps)
+    except ImportError:
+        return None
