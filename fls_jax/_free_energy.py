@@ -83,14 +83,44 @@ def _gp_nle_jvp(primals, tangents):
     return value, jnp.sum(G * dK) + jnp.sum(T * dY)
 
 
+def _low_rank_negative_log_evidence(
+    Z: Float[Array, "n r"], B_inv: Float[Array, "r r"], logdet_B, noise, Y: Float[Array, "n m"]
+) -> Float[Array, ""]:
+    """D for K = σ²I + Z B Zᵀ of rank r < n, in r dimensions (Woodbury and the determinant lemma):
+
+    K⁻¹ = σ⁻²[I − Z W⁻¹ Zᵀ],  log det K = (n − r) log σ² + log det B + log det W,
+    W = σ² B⁻¹ + ZᵀZ.
+    """
+    n, m = Y.shape
+    r = Z.shape[1]
+    ZtY = Z.T @ Y
+    W_inv, logdet_W = spd_inverse_logdet(noise * B_inv + Z.T @ Z)
+    quad = (jnp.sum(Y * Y) - jnp.sum(ZtY * (W_inv @ ZtY))) / noise
+    logdet = (n - r) * jnp.log(noise) + logdet_B + logdet_W
+    return 0.5 * quad + 0.5 * m * logdet + 0.5 * n * m * jnp.log(2 * jnp.pi)
+
+
 def data_term(
     network: AbstractNetwork,
     sigma: Float[Array, "S S"],
     X: Float[Array, "n d"],
     Y: Float[Array, "n m"],
 ) -> Float[Array, ""]:
-    """½ tr(Yᵀ K_f⁻¹ Y) + (m/2) log det K_f + (nm/2) log 2π: the last layer's GP evidence."""
+    """½ tr(Yᵀ K_f⁻¹ Y) + (m/2) log det K_f + (nm/2) log 2π: the last layer's GP evidence.
+
+    When Q_f has rank r = P·S < n (linear φ: Q_f = Z (I_P ⊗ cΣ) Zᵀ with Z the n×PS patch
+    matrix, `AbstractNetwork.linear_features`) the same D is evaluated in r dimensions, so the
+    EoS and their Newton Jacobian cost O(n r²) once plus O(r³) per tangent instead of O(n³).
+    """
     n = Y.shape[0]
+    features = network.linear_features(X)
+    if features is not None and features[0].shape[1] < n:
+        Z, c = features
+        P = Z.shape[1] // sigma.shape[0]
+        sigma_inv, logdet_sigma = spd_inverse_logdet(sigma)
+        B_inv = jnp.kron(jnp.eye(P, dtype=sigma.dtype), sigma_inv / c)
+        logdet_B = P * (sigma.shape[0] * jnp.log(c) + logdet_sigma)
+        return _low_rank_negative_log_evidence(Z, B_inv, logdet_B, network.noise, Y)
     Kf = network.output_kernel(sigma, X) + network.noise * jnp.eye(n, dtype=Y.dtype)
     return gp_negative_log_evidence(Kf, Y)
 

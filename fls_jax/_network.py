@@ -101,6 +101,16 @@ class AbstractNetwork(eqx.Module):
         phi = self.activation.kernel(a[:, :, None], b[:, None, :], c)
         return self.readout_scale() * jnp.mean(phi, axis=0)
 
+    def linear_features(self, X: Float[Array, "n d"]) -> tuple[Float[Array, "n r"], Array] | None:
+        """(Z, c) with Q_f(Σ) = Z (I_P ⊗ cΣ) Zᵀ when φ is linear (else None): Z = [X_1 … X_P]
+        is n×PS and c = s_a/P, so Q_f has rank ≤ P·S (SPEC §3, linear PatchCNN). Standard
+        scaling only (mean-field's c vanishes at C = ∞, where the dense path is exact)."""
+        if not isinstance(self.activation, Linear) or self.scaling != "standard":
+            return None
+        Pt = self.patches(X)
+        Z = jnp.transpose(Pt, (1, 0, 2)).reshape(X.shape[0], -1)
+        return Z, self.readout_scale() / Pt.shape[0]
+
     def output_kernel_diag(
         self, sigma: Float[Array, "S S"], X: Float[Array, "n d"]
     ) -> Float[Array, " n"]:

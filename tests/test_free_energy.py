@@ -52,3 +52,33 @@ def test_hessian_vector_product_matches_finite_differences(rng):
     _, (pK, pY) = jax.jvp(jax.grad(_plain, argnums=(0, 1)), (K, Y), (dK, dY))
     np.testing.assert_allclose(hK, 0.5 * (pK + pK.T), rtol=1e-10, atol=1e-11)
     np.testing.assert_allclose(hY, pY, rtol=1e-10, atol=1e-11)
+
+
+def test_low_rank_data_term_equals_dense(rng, patch_task):
+    """Linear φ with P·S < n: the Woodbury evaluation of D (value, gradient, Hessian-vector
+    product in Σ) equals the dense Cholesky evaluation."""
+    import fls_jax as fj
+    from fls_jax._free_energy import data_term
+
+    X, Y = jnp.asarray(patch_task.X), jnp.asarray(patch_task.Y)  # n = 32 > P·S = 12
+    net = fj.PatchCNN(
+        patch_size=4, width=8.0, sigma_w2=1.3, sigma_a2=0.8, noise=0.02, activation=fj.Linear()
+    )
+    assert net.linear_features(X) is not None
+
+    def dense(sigma):
+        K = net.output_kernel(sigma, X) + net.noise * jnp.eye(len(X))
+        return gp_negative_log_evidence(K, Y)
+
+    def low(sigma):
+        return data_term(net, sigma, X, Y)
+
+    B = rng.standard_normal((4, 4))
+    sigma = jnp.asarray(B @ B.T / 4 + 0.3 * np.eye(4))
+    V = rng.standard_normal((4, 4))
+    V = jnp.asarray(V + V.T)
+    np.testing.assert_allclose(low(sigma), dense(sigma), rtol=1e-12)
+    np.testing.assert_allclose(jax.grad(low)(sigma), jax.grad(dense)(sigma), rtol=1e-9, atol=1e-11)
+    h_low = jax.jvp(jax.grad(low), (sigma,), (V,))[1]
+    h_dense = jax.jvp(jax.grad(dense), (sigma,), (V,))[1]
+    np.testing.assert_allclose(h_low, h_dense, rtol=1e-8, atol=1e-10)
