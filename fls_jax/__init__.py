@@ -1,6 +1,6 @@
 """fls_jax: the Equations of State of finite-width neural networks, in JAX (see SPEC §1–4)."""
 
-from . import datasets as datasets
+from . import datasets as datasets, sampling as sampling
 from ._activation import (
     AbstractActivation as AbstractActivation,
     Erf as Erf,

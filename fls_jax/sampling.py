@@ -1,0 +1,674 @@
+"""Ground truth: the weight posterior of the finite network, sampled (SPEC §1 and §6).
+
+The Equations of State (SPEC §3) approximate the posterior of a *finite* two-layer network,
+
+    p(θ | X, Y) ∝ exp(−‖f_θ(X) − Y‖² / (2σ²)) · N(w; 0, σ_w²/S · I) · N(a; 0, s_a/(C P) · I)
+
+with f_θ(x) = Σ_i Σ_c a_ic φ(w_c · x_i): the input cut into P patches x_i of size S (P = 1,
+S = d for [`fls_jax.FCN`][]), C filters w_c shared across patches, and s_a = σ_a² (standard
+scaling) or σ_a²/C (mean-field). Its C → ∞ output covariance is
+``network.output_kernel(Σ₀, X)``. This module samples that posterior exactly as written, for the
+same network objects the theory solves, and measures the observables the theory predicts
+(SPEC §6), with error bars, so that theory and networks can be compared field by field:
+
+- [`fls_jax.sampling.sample`][]: many independent chains, `jax.vmap`-ed and jit-compiled, a
+  `lax.scan` over steps. ``"mala"`` and ``"hmc"`` are BlackJAX's kernels (unbiased);
+  ``"langevin"`` is the paper's procedure, gradient descent plus Gaussian noise (the
+  unadjusted Langevin algorithm), whose stationary law is off by O(step size).
+- [`fls_jax.sampling.estimates`][]: the posterior mean predictor, ensemble variance, train and
+  test errors, the first-layer second moment Σ̂ = (1/C) Σ_c w_c w_cᵀ, its top eigenvalue and
+  its alignment with a teacher, each with a standard error over chains. The names match
+  [`fls_jax.Prediction`][] and [`fls_jax.Solution`][] (``sigma``).
+
+The chains run in prior-whitened coordinates, w = √(σ_w²/S) u and a = √(s_a/(C P)) v, so the
+prior is N(0, I) in every coordinate. That is a fixed linear change of variables: the posterior
+of (w, a) is the same distribution, only the samplers' isotropic proposals fit it better.
+
+BlackJAX is an optional dependency (``pip install fls_jax[sampling]``); it is imported when a
+sampler needs it.
+"""
+
+from typing import Literal, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+
+from ._network import AbstractNetwork
+from ._predict import _validate_test
+from ._solve import _validate
+
+
+Method = Literal["mala", "hmc", "langevin"]
+_METHODS = ("mala", "hmc", "langevin")
+_HMC_JITTER = 0.2  # HMC step sizes are drawn uniformly in ε·[1 − 0.2, 1 + 0.2] (no resonances)
+
+
+def _import_blackjax():
+    try:
+        import blackjax
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "fls_jax.sampling needs BlackJAX for the 'mala' and 'hmc' samplers: "
+            "pip install fls_jax[sampling]"
+        ) from err
+    return blackjax
+
+
+# --------------------------------------------------------------------------------------------
+# The finite network (SPEC §1)
+# --------------------------------------------------------------------------------------------
+
+
+def apply(
+    network: AbstractNetwork,
+    first_layer: Float[Array, "C S"],
+    readout: Float[Array, "m P C"],
+    X: Float[Array, "n d"],
+) -> Float[Array, "n m"]:
+    """The finite two-layer network of SPEC §1 and §3: f_k(x) = Σ_i Σ_c a_ic^(k) φ(w_c · x_i).
+
+    **Arguments:**
+
+    - `network`: an [`fls_jax.FCN`][] or [`fls_jax.PatchCNN`][] (its `activation` and patching
+      are used; the weights carry their own scale).
+    - `first_layer`: the C filters w_c as rows (C×S).
+    - `readout`: a_ic^(k) for output k, patch i, channel c (m×P×C).
+    - `X`: inputs (n×d).
+
+    **Returns:** the outputs f(X) (n×m).
+    """
+    h = jnp.einsum("pns,cs->pnc", network.patches(X), first_layer)
+    return jnp.einsum("pnc,kpc->nk", network.activation(h), readout)
+
+
+class _Model(eqx.Module):
+    """The posterior of SPEC §1 in prior-whitened coordinates θ = (u, v), flattened."""
+
+    network: AbstractNetwork
+    X: Array
+    Y: Array
+    X_test: Array
+    C: int = eqx.field(static=True)
+    S: int = eqx.field(static=True)
+    P: int = eqx.field(static=True)
+
+    @property
+    def m(self) -> int:
+        return self.Y.shape[1]
+
+    @property
+    def dim(self) -> int:
+        return self.C * self.S + self.m * self.P * self.C
+
+    def weights(self, theta):
+        C, S, P = self.C, self.S, self.P
+        net = self.network
+        w = jnp.sqrt(net.sigma_w2 / S) * theta[: C * S].reshape(C, S)
+        a_std = jnp.sqrt(net.readout_scale() / (C * P))
+        a = a_std * theta[C * S :].reshape(self.m, P, C)
+        return w, a
+
+    def logdensity(self, theta):
+        w, a = self.weights(theta)
+        r = apply(self.network, w, a, self.X) - self.Y
+        return -0.5 * jnp.sum(r**2) / self.network.noise - 0.5 * jnp.sum(theta**2)
+
+    def observe(self, theta):
+        w, a = self.weights(theta)
+        return (
+            apply(self.network, w, a, self.X),
+            apply(self.network, w, a, self.X_test),
+            w.T @ w / self.C,
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# The chains
+# --------------------------------------------------------------------------------------------
+
+
+class _ULAState(NamedTuple):
+    position: Array
+    logdensity: Array
+    logdensity_grad: Array
+
+
+def _ula_kernel(logdensity):
+    grad_fn = jax.value_and_grad(logdensity)
+
+    def init(theta):
+        return _ULAState(theta, *grad_fn(theta))
+
+    def step(state, key, eps):
+        # θ ← θ + ε ∇log p(θ) + √(2ε) ξ: gradient descent plus noise, no accept/reject.
+        xi = jax.random.normal(key, state.position.shape, state.position.dtype)
+        theta = state.position + eps * state.logdensity_grad + jnp.sqrt(2 * eps) * xi
+        return _ULAState(theta, *grad_fn(theta)), jnp.ones((), theta.dtype)
+
+    return init, step
+
+
+def _mala_kernel(logdensity):
+    blackjax = _import_blackjax()
+    mala = blackjax.mala.build_kernel()
+
+    def step(state, key, eps):
+        state, info = mala(key, state, logdensity, eps)
+        return state, info.acceptance_rate
+
+    return (lambda theta: blackjax.mala.init(theta, logdensity)), step
+
+
+def _hmc_kernel(logdensity, num_integration_steps: int):
+    blackjax = _import_blackjax()
+    hmc = blackjax.hmc.build_kernel()
+
+    def step(state, key, eps):
+        k_eps, k_hmc = jax.random.split(key)
+        jitter = jax.random.uniform(k_eps, (), eps.dtype, 1 - _HMC_JITTER, 1 + _HMC_JITTER)
+        ones = jnp.ones(state.position.shape, state.position.dtype)
+        state, info = hmc(k_hmc, state, logdensity, eps * jitter, ones, num_integration_steps)
+        return state, info.acceptance_rate
+
+    return (lambda theta: blackjax.hmc.init(theta, logdensity)), step
+
+
+def _kernel(method: str, logdensity, num_integration_steps: int):
+    """(init, step) for one chain; step(state, key, ε) → (state, acceptance probability)."""
+    if method == "langevin":
+        return _ula_kernel(logdensity)
+    if method == "mala":
+        return _mala_kernel(logdensity)
+    return _hmc_kernel(logdensity, num_integration_steps)
+
+
+def _dual_averaging(target):
+    _import_blackjax()
+    from blackjax.adaptation.step_size import dual_averaging_adaptation
+
+    return dual_averaging_adaptation(target)
+
+
+@eqx.filter_jit
+def _run_chains(
+    logdensity,
+    observe,
+    init_positions: Float[Array, "chains dim"],
+    key: PRNGKeyArray,
+    step_size: Float[Array, ""],
+    target_acceptance: Float[Array, ""],
+    *,
+    method: str,
+    num_samples: int,
+    burn_in: int,
+    thin: int,
+    num_integration_steps: int = 1,
+    adapt: bool = True,
+):
+    """Run independent chains of one kernel on a flat position vector (SPEC §6).
+
+    `logdensity(θ)` is the target's log density and `observe(θ)` the pytree of observables
+    recorded at every kept draw. Each chain runs `burn_in` steps (adapting its step size by
+    BlackJAX's dual averaging towards `target_acceptance` when `adapt`, for MALA/HMC only),
+    then `num_samples · thin` steps at the frozen step size, keeping every `thin`-th state.
+    The chains are `jax.vmap`-ed; the steps are `lax.scan`-s.
+
+    **Returns:** (observables with leading axes (chains, num_samples), log densities at the kept
+    draws (chains, num_samples), mean acceptance probability after burn-in (chains), the step
+    size used after burn-in (chains)).
+    """
+    init, step = _kernel(method, logdensity, num_integration_steps)
+    adapt = adapt and method != "langevin" and burn_in > 0
+    adapter = _dual_averaging(target_acceptance) if adapt else None
+
+    def one_chain(key, theta0):
+        state = init(theta0)
+        k_burn, k_run = jax.random.split(key)
+        if adapter is not None:
+            da_init, da_update, da_final = adapter
+
+            def burn(carry, k):
+                state, da = carry
+                state, acc = step(state, k, jnp.exp(da.log_step_size))
+                acc = jnp.where(jnp.isfinite(acc), acc, 0.0)
+                return (state, da_update(da, acc)), None
+
+            (state, da), _ = jax.lax.scan(
+                burn, (state, da_init(step_size)), jax.random.split(k_burn, burn_in)
+            )
+            eps = da_final(da)
+        else:
+            eps = step_size
+            if burn_in > 0:
+                state, _ = jax.lax.scan(
+                    lambda s, k: step(s, k, eps), state, jax.random.split(k_burn, burn_in)
+                )
+
+        def block(state, k):
+            state, acc = jax.lax.scan(
+                lambda s, kk: step(s, kk, eps), state, jax.random.split(k, thin)
+            )
+            acc = jnp.where(jnp.isfinite(acc), acc, 0.0)
+            return state, (observe(state.position), state.logdensity, jnp.mean(acc))
+
+        _, (obs, logp, acc) = jax.lax.scan(block, state, jax.random.split(k_run, num_samples))
+        return obs, logp, jnp.mean(acc), eps
+
+    keys = jax.random.split(key, init_positions.shape[0])
+    return jax.vmap(one_chain)(keys, init_positions)
+
+
+# --------------------------------------------------------------------------------------------
+# Public sampler
+# --------------------------------------------------------------------------------------------
+
+
+class Samples(eqx.Module):
+    """Observables of the kept posterior draws of a finite network (SPEC §6).
+
+    Arrays have leading axes (chains, draws). Chains are independent and start from the prior.
+
+    **Fields:**
+
+    - `f_train`: the network outputs on the training inputs, f(X) (chains×draws×n×m).
+    - `f_test`: the network outputs on the test inputs, f(X*) (chains×draws×n*×m).
+    - `sigma`: Σ̂ = (1/C) Σ_c w_c w_cᵀ, the first layer's second moment (chains×draws×S×S);
+      its posterior mean is what [`fls_jax.Solution`][]'s `sigma` predicts.
+    - `log_density`: the unnormalised log posterior at each kept draw (a burn-in trace).
+    - `acceptance_rate`: mean Metropolis acceptance probability after burn-in, per chain
+      (1 for ``"langevin"``: ULA accepts every step, which is the source of its bias).
+    - `step_size`: the step size used after burn-in, per chain (adapted for MALA/HMC).
+    - `rhat_f_test`, `rhat_sigma`: split R̂ over chains of each test prediction (n*×m) and each
+      entry of Σ̂ (S×S); values near 1 (say < 1.05) mean the chains agree.
+    - `ess_f_test`, `ess_sigma`: effective sample sizes of the same quantities.
+    - `method`, `width`: the sampler and the integer width C.
+    """
+
+    f_train: Float[Array, "chains draws n m"]
+    f_test: Float[Array, "chains draws n_test m"]
+    sigma: Float[Array, "chains draws S S"]
+    log_density: Float[Array, "chains draws"]
+    acceptance_rate: Float[Array, " chains"]
+    step_size: Float[Array, " chains"]
+    rhat_f_test: Float[np.ndarray, "n_test m"]
+    rhat_sigma: Float[np.ndarray, "S S"]
+    ess_f_test: Float[np.ndarray, "n_test m"]
+    ess_sigma: Float[np.ndarray, "S S"]
+    method: str = eqx.field(static=True)
+    width: int = eqx.field(static=True)
+
+    @property
+    def max_rhat(self) -> float:
+        """The largest split R̂ over the test predictions and the entries of Σ̂."""
+        vals = [np.asarray(self.rhat_f_test).ravel(), np.asarray(self.rhat_sigma).ravel()]
+        return float(np.max(np.concatenate(vals)))
+
+    @property
+    def diverged(self) -> np.ndarray:
+        """Per chain: whether any kept draw has a non-finite log density or observable."""
+        arrays = (self.log_density, self.f_train, self.f_test, self.sigma)
+        flat = [np.asarray(x).reshape(x.shape[0], -1) for x in arrays]
+        return np.asarray(~np.isfinite(np.concatenate(flat, axis=1)).all(axis=1))
+
+
+def _split_rhat_ess(x: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Split R̂ and effective sample size over axes (chains, draws), per trailing entry.
+
+    Split R̂ (Gelman et al., BDA3 §11.4): each chain is cut into two halves and
+    R̂ = √(V̂/W), V̂ = (N−1)/N W + B/N, with W the mean within-half variance and B/N the
+    variance of the half means. ESS: the multi-chain autocorrelation estimate with Geyer's
+    initial positive, monotone sequence of paired autocorrelations (as in Stan).
+    """
+    x = np.asarray(x, dtype=float)
+    K, T = x.shape[:2]
+    tail = x.shape[2:]
+    x = x.reshape(K, T, -1)
+    if x.shape[2] == 0:
+        return np.zeros(tail), np.zeros(tail)
+    half = T // 2
+    split = np.concatenate([x[:, :half], x[:, half : 2 * half]], axis=0)
+    W = split.var(1, ddof=1).mean(0)
+    B_over_N = split.mean(1).var(0, ddof=1)
+    var_plus = (half - 1) / half * W + B_over_N
+    rhat = np.sqrt(var_plus / np.where(W > 0, W, np.nan))
+    # Autocovariances of each chain by FFT, averaged over chains.
+    c = x - x.mean(1, keepdims=True)
+    nfft = 1 << (2 * T - 1).bit_length()
+    spec = np.fft.rfft(c, nfft, axis=1)
+    acov = np.fft.irfft(spec * np.conj(spec), nfft, axis=1)[:, :T] / T
+    W_full = x.var(1, ddof=1).mean(0)
+    var_full = (T - 1) / T * W_full + x.mean(1).var(0, ddof=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = 1 - (W_full - acov.mean(0)) / var_full  # (T, D)
+        pairs = rho[: 2 * (T // 2)].reshape(T // 2, 2, -1).sum(1)
+        keep = np.cumprod(pairs > 0, axis=0).astype(bool)
+        pairs = np.minimum.accumulate(np.where(keep, pairs, 0.0), axis=0)
+        tau = -1 + 2 * pairs.sum(0)
+        ess = K * T / np.maximum(tau, 1 / np.log10(K * T + 10))
+    return rhat.reshape(tail), ess.reshape(tail)
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_width(network: AbstractNetwork) -> int:
+    try:
+        width = np.asarray(network.width)
+    except jax.errors.TracerArrayConversionError as err:
+        raise ValueError("sample needs a concrete network width, not a traced one") from err
+    if width.shape != () or not np.isfinite(width) or width < 1 or width != np.round(width):
+        raise ValueError(
+            f"sampling needs a finite integer width C >= 1 (there is no finite network to "
+            f"sample at C = {width}; the GP limit is fj.solve with width=inf), got {width}"
+        )
+    return int(width)
+
+
+def sample(
+    network: AbstractNetwork,
+    X: Float[ArrayLike, "n d"],
+    Y: Float[ArrayLike, "n m"] | Float[ArrayLike, " n"],
+    X_test: Float[ArrayLike, "n_test d"] | None = None,
+    *,
+    key: PRNGKeyArray,
+    num_chains: int = 8,
+    num_samples: int = 200,
+    burn_in: int = 500,
+    thin: int = 1,
+    method: Method = "mala",
+    step_size: float | None = None,
+    num_integration_steps: int | None = None,
+    target_acceptance: float | None = None,
+    adapt_step_size: bool = True,
+) -> Samples:
+    """Sample the weight posterior of the finite network (SPEC §1), for ground truth (SPEC §6).
+
+    `num_chains` independent chains start from the prior and run in prior-whitened coordinates
+    (see the module docstring), vmapped and jit-compiled. Each runs `burn_in` steps, then
+    `num_samples · thin` steps keeping every `thin`-th; only the observables of the kept draws
+    are stored (see [`fls_jax.sampling.Samples`][]), about
+    ``8 · num_chains · num_samples · ((n + n*) m + S²)`` bytes.
+
+    Methods:
+
+    - ``"mala"``: BlackJAX's Metropolis-adjusted Langevin algorithm; unbiased.
+    - ``"hmc"``: BlackJAX's Hamiltonian Monte Carlo (identity mass matrix in the whitened
+      coordinates, `num_integration_steps` leapfrog steps, step size jittered by ±20 % per
+      transition); unbiased, and much faster to decorrelate than MALA when σ² is small.
+    - ``"langevin"``: the paper's procedure, gradient descent plus Gaussian noise, i.e. the
+      unadjusted Langevin algorithm θ ← θ + ε ∇log p(θ) + √(2ε) ξ, ξ ~ N(0, I). It has no
+      accept/reject step, so its stationary distribution is *not* the posterior: it is biased
+      by O(ε) (for a Gaussian posterior of precision Λ the variances along Λ's eigenvectors
+      are 1/(λ(1 − ελ/2)) instead of 1/λ; the mean is exact). It needs ε well below 2/λ_max.
+      Like the others it runs in the whitened coordinates, i.e. it is gradient descent with a
+      learning rate proportional to each layer's prior variance.
+
+    For MALA and HMC the step size is adapted during burn-in by BlackJAX's dual averaging
+    (towards `target_acceptance`, default 0.57 for MALA and 0.75 for HMC) and then frozen,
+    per chain, so the kept draws come from a fixed, valid Markov kernel.
+
+    **Arguments:**
+
+    - `network`: [`fls_jax.FCN`][] or [`fls_jax.PatchCNN`][] with a finite integer `width`.
+    - `X`, `Y`: training inputs (n×d) and targets (n×m or n).
+    - `X_test`: optional test inputs (n*×d) whose outputs are recorded.
+    - `key`: a JAX PRNG key.
+    - `num_chains` (>= 2, for R̂ and error bars), `num_samples` (kept draws per chain, >= 4),
+      `burn_in`, `thin`: chain lengths.
+    - `method`: ``"mala"`` (default), ``"hmc"`` or ``"langevin"``.
+    - `step_size`: ε (the initial value when adapted). Required for ``"langevin"``. Default
+      for MALA/HMC: from the GP-limit curvature λ = 1 + λ_max(Q_f(X))/σ² of the
+      likelihood, 0.5 λ^(−1) dim^(−1/3) (MALA) or 0.5 λ^(−1/2) (HMC).
+    - `num_integration_steps`: HMC leapfrog steps per transition; default ⌈1.5 √λ⌉ (a
+      trajectory of about 1.5 prior standard deviations at the initial step size), at most 256.
+    - `target_acceptance`: target of the step-size adaptation.
+    - `adapt_step_size`: adapt ε during burn-in (MALA/HMC).
+
+    **Returns:** a [`fls_jax.sampling.Samples`][].
+    """
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    X, Y = _validate(network, X, Y)
+    if X_test is None:
+        X_test = jnp.zeros((0, X.shape[1]), X.dtype)
+    else:
+        X_test, _ = _validate_test(X, Y, X_test, None)
+    C = _check_width(network)
+    num_chains = _check_int("num_chains", num_chains, 2)
+    num_samples = _check_int("num_samples", num_samples, 4)
+    burn_in = _check_int("burn_in", burn_in, 0)
+    thin = _check_int("thin", thin, 1)
+    if not (isinstance(key, jax.Array) and (key.shape == (2,) or key.shape == ())):
+        raise ValueError("key must be a single JAX PRNG key, e.g. jax.random.key(0)")
+    if method == "langevin" and step_size is None:
+        raise ValueError("method='langevin' needs an explicit step_size (its bias is O(step_size))")
+    for name, val in (("step_size", step_size), ("target_acceptance", target_acceptance)):
+        if val is not None and not (np.isfinite(val) and val > 0):
+            raise ValueError(f"{name} must be a finite positive number, got {val!r}")
+    if target_acceptance is not None and not 0 < target_acceptance < 1:
+        raise ValueError(f"target_acceptance must lie in (0, 1), got {target_acceptance}")
+    if num_integration_steps is not None:
+        num_integration_steps = _check_int("num_integration_steps", num_integration_steps, 1)
+
+    S = network.filter_size(X.shape[1])
+    P = int(network.patches(X[:1]).shape[0])
+    model = _Model(network, X, Y, X_test, C=C, S=S, P=P)
+    if step_size is None or (method == "hmc" and num_integration_steps is None):
+        q = network.output_kernel(_prior(network, S), X)
+        lam = 1.0 + float(np.linalg.eigvalsh(np.asarray(q))[-1]) / float(network.noise)
+        if step_size is None:
+            step_size = 0.5 / lam * model.dim ** (-1 / 3) if method == "mala" else 0.5 / lam**0.5
+        if num_integration_steps is None:
+            num_integration_steps = int(min(256, np.ceil(1.5 * np.sqrt(lam))))
+    if target_acceptance is None:
+        target_acceptance = 0.57 if method == "mala" else 0.75
+
+    k_init, k_run = jax.random.split(key)
+    init = jax.random.normal(k_init, (num_chains, model.dim), X.dtype)
+    (f_train, f_test, sigma), logp, acc, eps = _run_chains(
+        model.logdensity,
+        model.observe,
+        init,
+        k_run,
+        jnp.asarray(step_size, X.dtype),
+        jnp.asarray(target_acceptance, X.dtype),
+        method=method,
+        num_samples=num_samples,
+        burn_in=burn_in,
+        thin=thin,
+        num_integration_steps=num_integration_steps or 1,
+        adapt=adapt_step_size,
+    )
+    rhat_f, ess_f = _split_rhat_ess(f_test)
+    rhat_s, ess_s = _split_rhat_ess(sigma)
+    return Samples(
+        f_train=f_train,
+        f_test=f_test,
+        sigma=sigma,
+        log_density=logp,
+        acceptance_rate=acc,
+        step_size=eps,
+        rhat_f_test=rhat_f,
+        rhat_sigma=rhat_s,
+        ess_f_test=ess_f,
+        ess_sigma=ess_s,
+        method=method,
+        width=C,
+    )
+
+
+def _prior(network: AbstractNetwork, S: int) -> Array:
+    """Σ₀ = (σ_w²/S) I, the first-layer prior covariance (SPEC §2)."""
+    return (network.sigma_w2 / S) * jnp.eye(S, dtype=network.sigma_w2.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Estimators with error bars
+# --------------------------------------------------------------------------------------------
+
+
+class Estimate(NamedTuple):
+    """A sampled estimate and its standard error over independent chains."""
+
+    value: np.ndarray
+    stderr: np.ndarray
+
+    def z(self, theory: ArrayLike) -> np.ndarray:
+        """(theory − value) / stderr: how many error bars a prediction is away."""
+        return (np.asarray(theory) - self.value) / self.stderr
+
+
+class Estimates(NamedTuple):
+    """Posterior averages over sampled finite networks (SPEC §6), each an `Estimate`.
+
+    Field names follow [`fls_jax.Prediction`][] (and `sigma` follows [`fls_jax.Solution`][]):
+
+    - `mean`: the posterior mean predictor f̄(x*) (n*×m).
+    - `variance`: the ensemble variance Var f(x*), averaged over outputs (n*).
+    - `train_error`: mean over (n, m) of (f̄(X) − Y)², f̄ the posterior mean on train inputs.
+    - `test_error`: mean over (n*, m) of (f̄(x*) − Y*)² (NaN without `Y_test`).
+    - `test_error_draw`: E_θ of the mean squared test error of one draw (NaN without `Y_test`).
+    - `sigma`: the posterior mean of Σ̂ = (1/C) Σ_c w_c w_cᵀ (S×S).
+    - `sigma_top_eigenvalue`: the largest eigenvalue of that mean.
+    - `teacher_overlap`: (v₁ · w*/‖w*‖)², v₁ the top eigenvector of that mean (NaN without a
+      teacher); compare with [`fls_jax.sampling.teacher_overlap`][] of the theory's Σ.
+    """
+
+    mean: Estimate
+    variance: Estimate
+    train_error: Estimate
+    test_error: Estimate
+    test_error_draw: Estimate
+    sigma: Estimate
+    sigma_top_eigenvalue: Estimate
+    teacher_overlap: Estimate
+
+
+def teacher_overlap(sigma: Float[ArrayLike, "S S"], teacher: Float[ArrayLike, " S"]) -> float:
+    """(v₁ · w*/‖w*‖)², v₁ the top eigenvector of Σ: 1 when Σ's top direction is the teacher's.
+
+    Apply it to the theory's `Solution.sigma` to compare with
+    [`fls_jax.sampling.estimates`][]'s `teacher_overlap` (SPEC §4: alignment with a teacher).
+    """
+    sigma = np.asarray(sigma, dtype=float)
+    t = np.asarray(teacher, dtype=float).ravel()
+    if sigma.ndim != 2 or sigma.shape[0] != sigma.shape[1] or t.shape != (sigma.shape[0],):
+        raise ValueError(f"need an S×S sigma and an S-vector teacher, got {sigma.shape}, {t.shape}")
+    v = np.linalg.eigh(0.5 * (sigma + sigma.T))[1][:, -1]
+    return float((v @ t) ** 2 / (t @ t))
+
+
+def _jackknife(per_chain: list[np.ndarray], stat) -> Estimate:
+    """Leave-one-chain-out jackknife of stat(chain-averaged inputs): for a statistic linear in
+    the chain means this is exactly std over chain means / √K (chains are independent)."""
+    K = per_chain[0].shape[0]
+    full = [x.mean(0) for x in per_chain]
+    value = np.asarray(stat(*full), dtype=float)
+    loo = np.stack(
+        [
+            np.asarray(
+                stat(*[(K * f - x[k]) / (K - 1) for f, x in zip(full, per_chain, strict=True)])
+            )
+            for k in range(K)
+        ]
+    )
+    se = np.sqrt((K - 1) / K * np.sum((loo - loo.mean(0)) ** 2, axis=0))
+    return Estimate(value, se)
+
+
+def estimates(
+    samples: Samples,
+    Y: Float[ArrayLike, "n m"] | Float[ArrayLike, " n"],
+    Y_test: Float[ArrayLike, "n_test m"] | Float[ArrayLike, " n_test"] | None = None,
+    teacher: Float[ArrayLike, " S"] | None = None,
+) -> Estimates:
+    """Posterior averages and their standard errors from sampled networks (SPEC §6).
+
+    Each chain is reduced to its time averages; the standard error is the leave-one-chain-out
+    jackknife over the independent chains, which for the averages themselves is the std over
+    chain means / √(num_chains). Autocorrelation within a chain is thereby accounted for; a
+    bias from chains that have not forgotten their start is not (check `Samples.max_rhat`).
+    The errors of the mean predictor are corrected for the Monte-Carlo noise in f̄:
+    E[(f̂ − y)²] = (f̄ − y)² + stderr(f̂)², so stderr(f̂)² is subtracted.
+
+    **Arguments:**
+
+    - `samples`: from [`fls_jax.sampling.sample`][].
+    - `Y`: the training targets used for sampling (n×m or n).
+    - `Y_test`: optional test targets (n*×m or n*).
+    - `teacher`: optional teacher filter w* (S), e.g. `fls_jax.datasets.Task.teacher`.
+
+    **Returns:** an [`fls_jax.sampling.Estimates`][].
+    """
+    if not isinstance(samples, Samples):
+        raise TypeError(f"estimates needs fls_jax.sampling.Samples, got {type(samples)}")
+    f_tr, f_te = np.asarray(samples.f_train), np.asarray(samples.f_test)
+    sig = np.asarray(samples.sigma)
+    _, _, n, m = f_tr.shape
+    if samples.diverged.any():
+        raise ValueError(
+            f"chains {np.flatnonzero(samples.diverged).tolist()} diverged (non-finite values); "
+            "lower the step size"
+        )
+    Y = np.asarray(Y, dtype=float)
+    Y = Y[:, None] if Y.ndim == 1 else Y
+    if Y.shape != (n, m):
+        raise ValueError(f"Y must have shape {(n, m)} (as sampled), got {Y.shape}")
+    nt = f_te.shape[2]
+    if Y_test is not None:
+        Y_test = np.asarray(Y_test, dtype=float)
+        Y_test = Y_test[:, None] if Y_test.ndim == 1 else Y_test
+        if Y_test.shape != (nt, m):
+            raise ValueError(f"Y_test must have shape {(nt, m)}, got {Y_test.shape}")
+    S = sig.shape[-1]
+    if teacher is not None:
+        teacher = np.asarray(teacher, dtype=float).ravel()
+        if teacher.shape != (S,) or not np.any(teacher):
+            raise ValueError(f"teacher must be a non-zero vector of length S = {S}")
+
+    m1_tr, m1_te = f_tr.mean(1), f_te.mean(1)  # per-chain time averages
+    m2_te = (f_te**2).mean(1)
+    sig_c = sig.mean(1)
+    mean = _jackknife([m1_te], lambda a: a)
+    train_mean = _jackknife([m1_tr], lambda a: a)
+    variance = _jackknife([m1_te, m2_te], lambda a, b: (b - a**2).mean(-1))
+
+    def mse(f_bar, se, y):
+        err = _jackknife([f_bar], lambda a: np.mean((a - y) ** 2))
+        return Estimate(err.value - np.mean(se**2), err.stderr)
+
+    train_error = mse(m1_tr, train_mean.stderr, Y)
+    nan = Estimate(np.asarray(np.nan), np.asarray(np.nan))
+    if Y_test is None or nt == 0:
+        test_error = test_error_draw = nan
+    else:
+        test_error = mse(m1_te, mean.stderr, Y_test)
+        yt = Y_test
+        test_error_draw = _jackknife([m1_te, m2_te], lambda a, b: np.mean(b - 2 * a * yt + yt**2))
+
+    def top(s):
+        return np.linalg.eigvalsh(0.5 * (s + s.T))[-1]
+
+    sigma_est = _jackknife([sig_c], lambda a: a)
+    top_eig = _jackknife([sig_c], top)
+    if teacher is None:
+        overlap = nan
+    else:
+        t = teacher
+        overlap = _jackknife([sig_c], lambda s: teacher_overlap(s, t))
+    return Estimates(
+        mean=mean,
+        variance=variance,
+        train_error=train_error,
+        test_error=test_error,
+        test_error_draw=test_error_draw,
+        sigma=sigma_est,
+        sigma_top_eigenvalue=top_eig,
+        teacher_overlap=overlap,
+    )

@@ -1,0 +1,294 @@
+"""Ground-truth sampler (SPEC §1, §6) against closed forms, the GP limit and the EoS.
+
+Every check is against something independent of the sampler: the closed-form Gaussian posterior
+of Bayesian linear regression (and the closed-form stationary law of the unadjusted Langevin
+algorithm on it), the exact prior covariance of the network outputs, the GP-limit predictor, and
+the EoS solution at moderate width. Statistical bounds are stated as z-scores over independent
+chains; keys are fixed, so a failure is reproducible, not flaky.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import fls_jax as fj
+from fls_jax import sampling as fs
+
+
+Z_MAX = 4.5  # |z| bound over all entries: a false alarm has probability < 1e-3 per test here
+
+
+# --------------------------------------------------------------------------------------------
+# (a) the kernels on a Gaussian posterior in closed form
+# --------------------------------------------------------------------------------------------
+
+
+def _blr_logdensity(theta, A, y, noise):
+    return -0.5 * jnp.sum((A @ theta - y) ** 2) / noise - 0.5 * jnp.sum(theta**2)
+
+
+@pytest.fixture(scope="module")
+def blr():
+    """Bayesian linear regression: θ ~ N(0, I), y | θ ~ N(Aθ, s² I). Posterior N(μ, Λ⁻¹)."""
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((12, 4)) / np.sqrt(3.0)
+    y = rng.standard_normal(12)
+    noise = 0.5
+    lam = np.eye(4) + A.T @ A / noise
+    mu = np.linalg.solve(lam, A.T @ y / noise)
+    evals, evecs = np.linalg.eigh(lam)
+    logdensity = jax.tree_util.Partial(
+        _blr_logdensity, A=jnp.asarray(A), y=jnp.asarray(y), noise=noise
+    )
+    return logdensity, mu, evals, evecs
+
+
+def _identity(theta):
+    return theta
+
+
+def _run_blr(blr, method, step_size, **kw):
+    logdensity, *_ = blr
+    init = jax.random.normal(jax.random.key(1), (32, 4), jnp.float64)
+    theta, _, acc, eps = fs._run_chains(
+        logdensity,
+        _identity,
+        init,
+        jax.random.key(2),
+        jnp.asarray(step_size),
+        jnp.asarray(0.7),
+        method=method,
+        num_samples=300,
+        **kw,
+    )
+    return np.asarray(theta), np.asarray(acc), np.asarray(eps)
+
+
+def _moment_z(theta, mu, evecs, variances):
+    """z-scores of the chain-averaged first and second moments in Λ's eigenbasis."""
+    zc = (theta - mu) @ evecs  # (chains, draws, dim): N(0, diag(variances)) if exact
+    first = zc.mean(1)
+    second = np.einsum("kti,ktj->kij", zc, zc) / zc.shape[1]
+    K = theta.shape[0]
+    z1 = first.mean(0) / (first.std(0, ddof=1) / np.sqrt(K))
+    z2 = (second.mean(0) - np.diag(variances)) / (second.std(0, ddof=1) / np.sqrt(K))
+    return np.concatenate([z1, z2[np.triu_indices(len(mu))]])
+
+
+@pytest.mark.parametrize(
+    "method, step_size, kw",
+    [
+        ("mala", 0.05, dict(burn_in=300, thin=4)),
+        ("hmc", 0.2, dict(burn_in=200, thin=1, num_integration_steps=8)),
+    ],
+)
+def test_blackjax_kernels_sample_a_gaussian_posterior(blr, method, step_size, kw):
+    _, mu, evals, evecs = blr
+    theta, acc, eps = _run_blr(blr, method, step_size, **kw)
+    assert np.all(acc > 0.4) and np.all(eps > 0)
+    z = _moment_z(theta, mu, evecs, 1 / evals)
+    assert np.max(np.abs(z)) < Z_MAX, z
+
+
+def test_langevin_bias_is_the_closed_form_o_eps_bias(blr):
+    """ULA on N(μ, Λ⁻¹) has the stationary law N(μ, diag 1/(λ(1 − ελ/2))) in Λ's eigenbasis.
+
+    The sampled moments must match that law and, at this ε (ελ_max/2 = 0.3), reject the exact
+    posterior: ULA is implemented as stated and its bias is the documented O(ε) one.
+    """
+    _, mu, evals, evecs = blr
+    eps = 0.6 / evals[-1]
+    theta, acc, _ = _run_blr(blr, "langevin", eps, burn_in=300, thin=4)
+    assert np.all(acc == 1)
+    biased = 1 / (evals * (1 - eps * evals / 2))
+    assert np.max(np.abs(_moment_z(theta, mu, evecs, biased))) < Z_MAX
+    assert np.max(np.abs(_moment_z(theta, mu, evecs, 1 / evals))) > 2 * Z_MAX
+
+
+# --------------------------------------------------------------------------------------------
+# the model is the one the theory assumes
+# --------------------------------------------------------------------------------------------
+
+
+def test_prior_output_covariance_is_the_output_kernel():
+    """Under the prior, Cov f = (s_a/P) Σ_i Φ(X_i Σ₀ X_iᵀ) = output_kernel at *any* C (the
+    readout is independent and centred): checks patching, scales and the whitening."""
+    rng = np.random.default_rng(3)
+    X = jnp.asarray(rng.standard_normal((5, 6)))
+    for net in (
+        fj.PatchCNN(3, 1.5, 0.7, 0.1, fj.Erf(), patch_size=2),
+        fj.FCN(4, 2.0, 1.3, 0.1, fj.ReLU(), scaling="mean_field"),
+    ):
+        S = net.filter_size(6)
+        P = net.patches(X).shape[0]
+        model = fs._Model(net, X, jnp.zeros((5, 1)), X, C=int(net.width), S=S, P=P)
+        theta = jax.random.normal(jax.random.key(4), (40000, model.dim), jnp.float64)
+        f = np.asarray(jax.vmap(model.observe)(theta)[0][:, :, 0])
+        prods = f[:, :, None] * f[:, None, :]  # f is not Gaussian at finite C: empirical SE
+        cov, se = prods.mean(0), prods.std(0) / np.sqrt(len(f))
+        q = np.asarray(net.output_kernel(net.sigma_w2 / S * jnp.eye(S), X))
+        assert np.max(np.abs(cov - q) / se) < Z_MAX
+
+
+# --------------------------------------------------------------------------------------------
+# (b) wide network ≈ GP limit; (c) moderate width ≈ EoS
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def wide_fcn():
+    task = fj.datasets.single_index_teacher(n=16, n_test=4, d=4, scale=1.0, seed=5)
+    net = fj.FCN(256, 1.0, 1.0, 0.1, fj.Erf())
+    smp = fs.sample(
+        net,
+        task.X,
+        task.Y,
+        task.X_test,
+        key=jax.random.key(6),
+        num_chains=8,
+        num_samples=200,
+        burn_in=200,
+        method="hmc",
+    )
+    return task, net, smp
+
+
+def test_wide_network_matches_the_gp_limit(wide_fcn):
+    """C = 256 erf FCN: sampled mean predictor and ensemble variance vs GP regression with the
+    NNGP kernel, written out here (fj.solve at C = inf equals it: tests/test_solve.py)."""
+    task, net, smp = wide_fcn
+    assert smp.max_rhat < 1.1
+    assert np.all(np.asarray(smp.acceptance_rate) > 0.5)
+    est = fs.estimates(smp, task.Y, task.Y_test)
+    X, Xt, Y = (jnp.asarray(a) for a in (task.X, task.X_test, task.Y))
+    prior = jnp.eye(4) / 4
+    K = net.output_kernel(prior, X) + net.noise * jnp.eye(len(X))
+    Qs = net.output_kernel(prior, Xt, X)
+    gp_mean = np.asarray(Qs @ jnp.linalg.solve(K, Y))
+    prior_var = np.asarray(net.output_kernel_diag(prior, Xt))
+    gp_var = prior_var - np.asarray(jnp.sum(Qs * jnp.linalg.solve(K, Qs.T).T, axis=1))
+    assert np.max(np.abs(est.mean.z(gp_mean))) < Z_MAX
+    # The variance too (to O(1/C)); not a trivial match: the prior variance is far larger.
+    assert np.max(np.abs(est.variance.z(gp_var))) < Z_MAX
+    assert np.all(prior_var > 2 * gp_var)
+
+
+@pytest.fixture(scope="module")
+def linear_cnn(patch_task):
+    """Linear PatchCNN, C = 16, on the shared task (n = 32, S = 4, P = 3; χ ≈ 0.4)."""
+    net = fj.PatchCNN(16, 1.0, 1.0, 0.05, fj.Linear(), patch_size=4)
+    smp = fs.sample(
+        net,
+        patch_task.X,
+        patch_task.Y,
+        patch_task.X_test,
+        key=jax.random.key(8),
+        num_chains=8,
+        num_samples=200,
+        burn_in=200,
+        method="hmc",
+    )
+    return patch_task, net, smp
+
+
+def test_moderate_width_linear_cnn_matches_the_eos(linear_cnn):
+    """Linear PatchCNN, C = 16 (SPEC §3, §6): the EoS Σ and mean predictor vs sampled networks.
+
+    The first layer moves well away from the prior here (‖Σ̂ − Σ₀‖ ≈ 0.26 ‖Σ₀‖); the EoS must
+    track that move. Measured (benchmarks/THEORY_VS_SAMPLING.md has the width dependence):
+    ‖Σ_EoS − Σ̂‖ ≈ 4.5 % of ‖Σ̂‖, about 18 % of the move, against a Monte-Carlo floor of about
+    1.5 %: a real O(1/C) gap of the mean-field theory (SPEC §6 reports 7 % at C = 16 in a
+    stronger-learning case). The bounds below are 8 % and 1/3 of the move.
+    """
+    task, net, smp = linear_cnn
+    assert smp.max_rhat < 1.1
+    est = fs.estimates(smp, task.Y, task.Y_test, teacher=task.teacher)
+    sol = fj.solve(net, task.X, task.Y)
+    pred = fj.predict(sol, task.X_test, task.Y_test)
+    theory = np.asarray(sol.sigma)
+    prior = np.eye(4) / 4
+    sampled = est.sigma.value
+    move = np.linalg.norm(sampled - prior)
+    assert move > 0.15 * np.linalg.norm(prior)  # feature learning is visible
+    assert np.linalg.norm(theory - sampled) < 0.08 * np.linalg.norm(sampled)
+    assert np.linalg.norm(theory - sampled) < move / 3
+    assert abs(fs.teacher_overlap(theory, task.teacher) - est.teacher_overlap.value) < 0.05
+    # Mean predictor: within error bars plus 5 % of its scale (the EoS' own O(1/C²) error).
+    tol = Z_MAX * est.mean.stderr + 0.05 * np.std(task.Y_test)
+    assert np.all(np.abs(np.asarray(pred.mean) - est.mean.value) < tol)
+
+
+def test_split_rhat_and_ess_on_known_processes():
+    """AR(1) chains x_t = φ x_{t−1} + ξ_t have ESS = K T (1 − φ)/(1 + φ); offset chains R̂ > 1."""
+    rng = np.random.default_rng(9)
+    K, T, phi = 8, 2000, np.array([0.0, 0.5, 0.0])
+    x = np.zeros((K, T, 3))
+    noise = rng.standard_normal((K, T, 3))
+    for t in range(1, T):
+        x[:, t] = phi * x[:, t - 1] + noise[:, t]
+    x[:4, :, 2] += 1.0  # half the chains elsewhere
+    rhat, ess = fs._split_rhat_ess(x)
+    np.testing.assert_allclose(ess[:2], K * T * (1 - phi[:2]) / (1 + phi[:2]), rtol=0.15)
+    assert np.all(np.abs(rhat[:2] - 1) < 0.01) and rhat[2] > 1.1  # √(1 + 1/4) = 1.12
+
+
+# --------------------------------------------------------------------------------------------
+# estimators and bad input
+# --------------------------------------------------------------------------------------------
+
+
+def test_estimators_are_consistent(linear_cnn):
+    task, _, smp = linear_cnn
+    est = fs.estimates(smp, task.Y[:, 0], task.Y_test[:, 0], teacher=task.teacher)
+    f = np.asarray(smp.f_test)
+    K = f.shape[0]
+    # Linear statistics: the jackknife is the std over chain means / √K.
+    se = f.mean(1).std(0, ddof=1) / np.sqrt(K)
+    np.testing.assert_allclose(est.mean.stderr, se, rtol=1e-10)
+    np.testing.assert_allclose(est.mean.value, f.mean((0, 1)), rtol=1e-12)
+    # Draw error = mean-predictor error (bias-corrected) + ensemble variance + MC noise of f̄.
+    lhs = est.test_error_draw.value
+    rhs = est.test_error.value + est.variance.value.mean() + np.mean(est.mean.stderr**2)
+    np.testing.assert_allclose(lhs, rhs, rtol=1e-8)
+    s = est.sigma.value
+    np.testing.assert_allclose(est.sigma_top_eigenvalue.value, np.linalg.eigvalsh(s)[-1])
+    assert 0 <= est.teacher_overlap.value <= 1
+    assert np.isnan(fs.estimates(smp, task.Y).test_error.value)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(width=np.inf), "finite integer width"),
+        (dict(width=16.5), "finite integer width"),
+        (dict(num_chains=1), "num_chains"),
+        (dict(num_samples=2), "num_samples"),
+        (dict(thin=0), "thin"),
+        (dict(method="nuts"), "method"),
+        (dict(method="langevin"), "explicit step_size"),
+        (dict(step_size=-1.0), "step_size"),
+        (dict(target_acceptance=1.5), "target_acceptance"),
+        (dict(X_test=np.zeros((3, 5))), "X_test"),
+        (dict(Y=np.zeros(7)), "Y must have shape"),
+        (dict(key=0), "PRNG key"),
+    ],
+)
+def test_bad_input_is_rejected_before_compiling(kwargs, match):
+    X = np.random.default_rng(0).standard_normal((6, 12))
+    args = dict(X=X, Y=np.zeros(6), X_test=X[:2], key=jax.random.key(0))
+    width = kwargs.pop("width", 4)
+    args.update(kwargs)
+    net = fj.PatchCNN(width, 1.0, 1.0, 0.1, fj.Linear(), patch_size=4)
+    with pytest.raises(ValueError, match=match):
+        fs.sample(net, **args)
+
+
+def test_estimates_rejects_bad_targets(linear_cnn):
+    task, _, smp = linear_cnn
+    with pytest.raises(ValueError, match="Y must have shape"):
+        fs.estimates(smp, task.Y[:5])
+    with pytest.raises(ValueError, match="Y_test"):
+        fs.estimates(smp, task.Y, task.Y_test[:3])
+    with pytest.raises(ValueError, match="teacher"):
+        fs.estimates(smp, task.Y, teacher=np.ones(3))
