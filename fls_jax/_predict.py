@@ -9,12 +9,14 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, ArrayLike, Float
 
-from ._linalg import DenseLU, eigvalsh, spd_inverse_logdet
+from ._linalg import eigvalsh, spd_inverse_logdet
 from ._solve import (
-    DampedNewton,
+    _ADJOINT,
+    _MAX_STAGES,
+    _MAX_STEPS,
     Solution,
     _concrete,
-    _default_rtol,
+    _default_solver,
     _inverse_width,
     _solve_from,
     _validate,
@@ -176,19 +178,7 @@ def sweep(
     if schedule == "parallel":
         sols = _sweep_solve(network, X, Y, widths, solve_kwargs)
     else:
-        if solve_kwargs.get("precision0") is not None:
-            raise ValueError("precision0 is not used by the path schedule (it warm-starts itself)")
-        solver = solve_kwargs.get("solver") or DampedNewton(rtol=_default_rtol(X.dtype), atol=0.0)
-        sols = _sweep_solve_path(
-            network,
-            X,
-            Y,
-            widths,
-            solver,
-            solve_kwargs.get("max_steps", 12),
-            solve_kwargs.get("max_stages", 64),
-            solve_kwargs.get("adjoint", optx.ImplicitAdjoint(linear_solver=DenseLU())),
-        )
+        sols = _sweep_solve_path(network, X, Y, widths, *_path_options(X.dtype, **solve_kwargs))
     return sols, _sweep_predict(sols, X_test, Y_test)
 
 
@@ -198,6 +188,22 @@ def _sweep_solve(network, X, Y, widths, solve_kwargs):
         return solve(eqx.tree_at(lambda n: n.width, network, width), X, Y, **solve_kwargs)
 
     return jax.vmap(run)(widths)
+
+
+def _path_options(
+    dtype,
+    *,
+    solver: optx.AbstractRootFinder | None = None,
+    max_steps: int = _MAX_STEPS,
+    max_stages: int = _MAX_STAGES,
+    precision0=None,
+    adjoint: optx.AbstractAdjoint = _ADJOINT,
+):
+    """`solve`'s keyword arguments, with its defaults, for the path schedule."""
+    if precision0 is not None:
+        raise ValueError("precision0 is not used by the path schedule (it warm-starts itself)")
+    solver = _default_solver(dtype) if solver is None else solver
+    return solver, max_steps, max_stages, adjoint
 
 
 @eqx.filter_jit

@@ -172,6 +172,16 @@ def _default_rtol(dtype) -> float:
     return 1e-11 if jnp.finfo(dtype).bits == 64 else 1e-5
 
 
+def _default_solver(dtype) -> DampedNewton:
+    return DampedNewton(rtol=_default_rtol(dtype), atol=0.0)
+
+
+# Defaults of `solve`, shared with the path schedule of `sweep`.
+_MAX_STEPS = 12
+_MAX_STAGES = 64
+_ADJOINT = optx.ImplicitAdjoint(linear_solver=DenseLU())
+
+
 def _pack(M: Array) -> Array:
     return M[jnp.triu_indices(M.shape[-1])]
 
@@ -258,10 +268,10 @@ def solve(
     Y: Float[ArrayLike, "n m"] | Float[ArrayLike, " n"],
     *,
     solver: optx.AbstractRootFinder | None = None,
-    max_steps: int = 12,
-    max_stages: int = 64,
+    max_steps: int = _MAX_STEPS,
+    max_stages: int = _MAX_STAGES,
     precision0: Float[ArrayLike, "S S"] | None = None,
-    adjoint: optx.AbstractAdjoint = optx.ImplicitAdjoint(linear_solver=DenseLU()),
+    adjoint: optx.AbstractAdjoint = _ADJOINT,
 ) -> Solution:
     """Solve the first-layer Equations of State of SPEC §3 for a two-layer network.
 
@@ -292,7 +302,7 @@ def solve(
     """
     X, Y = _validate(network, X, Y)
     if solver is None:
-        solver = DampedNewton(rtol=_default_rtol(X.dtype), atol=0.0)
+        solver = _default_solver(X.dtype)
     if precision0 is not None:
         precision0 = jnp.asarray(precision0, X.dtype)
         S = network.filter_size(X.shape[1])
