@@ -1,6 +1,7 @@
 """The free energy F of SPEC §3, written once, and the Equations of State derived from it.
 
-    F(Σ) = ½ tr(Yᵀ K_f⁻¹ Y) + (m/2) log det K_f + (n m/2) log 2π  +  C · KL(N(0, Σ) ‖ N(0, Σ₀))
+    F = ½ tr(Yᵀ K_f⁻¹ Y) + (m/2) log det K_f + (n m/2) log 2π  +  C_1 · KL(N(0, Σ) ‖ N(0, Σ₀))
+        + Σ_{l=2..L} C_l · KL(N(0, K^(l)) ‖ N(0, Q^(l−1)))
 
 K_f = Q_f(Σ) + σ² I. The constant (n m/2) log 2π makes F at C = ∞ the exact negative log
 marginal likelihood of GP regression with the NNGP kernel, so F is a (variational) negative
@@ -9,7 +10,8 @@ log-evidence for model selection.
 The EoS are ∂F/∂Σ = 0. Since ∂F_data/∂Q_f = −½ A with A = TTᵀ − m K_f⁻¹ (the minus sign of
 SPEC §3), (2/C) ∂F/∂Σ = Σ₀⁻¹ − Σ⁻¹ − (1/C) ∂_Σ tr[A Q_f(Σ)] with A held fixed: exactly the
 first-layer EoS. The solver works on that residual, evaluated as the autodiff gradient of the
-data term, so the physics lives here and nowhere else.
+data term, so the physics lives here and nowhere else. Deeper layers are the same: each
+layer's residual is (2/C_l) ∂F/∂(its covariance), in the precision domain (`eos_residual`).
 """
 
 import jax
@@ -125,45 +127,162 @@ def data_term(
     return gp_negative_log_evidence(Kf, Y)
 
 
+def _layer_map(network: AbstractNetwork, layer: int, X: Float[Array, "n d"]):
+    """cov_l ↦ post-kernel of hidden layer l on the train set: Q^(l) (l < L) or Q_f (l = L)."""
+    if layer == 1:
+        return lambda sigma: network.first_layer_kernel(sigma, X)
+    return lambda K: network.post_kernel(layer, K)
+
+
+def _kl_to(K: Float[Array, "n n"], Q: Float[Array, "n n"]) -> Float[Array, ""]:
+    """KL(N(0, K) ‖ N(0, Q)) = ½[tr(Q⁻¹K) − log det K + log det Q − n]."""
+    Q_inv, logdet_Q = spd_inverse_logdet(Q)
+    _, logdet_K = spd_inverse_logdet(K)
+    return 0.5 * (jnp.sum(Q_inv * K) - logdet_K + logdet_Q - K.shape[0])
+
+
+def _inverse_width(network: AbstractNetwork) -> Array:
+    """u = 1/C, 0 in the GP limit (C = ∞)."""
+    finite = jnp.isfinite(network.width)
+    return jnp.where(finite, 1 / jnp.where(finite, network.width, 1.0), 0.0)
+
+
 def free_energy(
     network: AbstractNetwork,
     sigma: Float[Array, "S S"],
     X: Float[Array, "n d"],
     Y: Float[Array, "n m"],
+    kernels: tuple[Float[Array, "n n"], ...] = (),
 ) -> Float[Array, ""]:
-    """The free energy F of SPEC §3 at first-layer covariance Σ.
+    """The free energy F of SPEC §3 at first-layer covariance Σ (and, for a network of depth
+    L > 1, at the deeper pre-kernels K^(2), …, K^(L)).
 
     **Arguments:**
 
     - `network`: the network (priors, width, noise, activation).
     - `sigma`: Σ, the first-layer weight covariance (S×S, positive definite).
     - `X`, `Y`: training inputs (n×d) and targets (n×m).
+    - `kernels`: (K^(2), …, K^(L)), n×n each; empty for a depth-1 network.
 
-    **Returns:** F(Σ), a scalar. At C = ∞ the KL term is dropped (its minimiser Σ = Σ₀ is
-    then forced), so F is the NNGP regression's negative log marginal likelihood.
+    **Returns:** F, a scalar. At C = ∞ the KL terms are dropped (their minimisers, the GP
+    limit, are then forced), so F is the NNGP regression's negative log marginal likelihood.
     """
-    kl = _gaussian_kl(sigma, network.prior_precision(X.shape[1]))
+    L = network.depth
+    if len(kernels) != L - 1:
+        raise ValueError(f"a depth-{L} network needs {L - 1} kernels K^(2..L), got {len(kernels)}")
+    kl = network.width_ratio(1) * _gaussian_kl(sigma, network.prior_precision(X.shape[1]))
+    covs = (sigma, *kernels)
+    for layer in range(2, L + 1):
+        Q = _layer_map(network, layer - 1, X)(covs[layer - 2])
+        kl = kl + network.width_ratio(layer) * _kl_to(covs[layer - 1], Q)
+    if L == 1:
+        data = data_term(network, sigma, X, Y)
+    else:
+        eye = jnp.eye(Y.shape[0], dtype=Y.dtype)
+        Kf = network.post_kernel(L, kernels[-1]) + network.noise * eye
+        data = gp_negative_log_evidence(Kf, Y)
     finite = jnp.isfinite(network.width)
     width = jnp.where(finite, network.width, 0.0)
-    return data_term(network, sigma, X, Y) + jnp.where(finite, width * kl, 0.0)
+    return data + jnp.where(finite, width * kl, 0.0)
+
+
+def _layers(network: AbstractNetwork, lam1: Array, shifts: tuple[Array, ...], X):
+    """Forward pass over the layers from the solver's unknowns: Σ = Λ₁⁻¹ and, for l ≥ 2,
+    K^(l) = (Q^(l−1)⁻¹ + Δ_l)⁻¹, where Δ_l = K^(l)⁻¹ − Q^(l−1)⁻¹ is the layer's learned
+    precision shift (zero in the GP limit). Returns the covariances, the layers' prior
+    precisions (Σ₀⁻¹, Q^(1)⁻¹, …), the post-kernels (Q^(1), …, Q_f) and their pullbacks."""
+    covs = [spd_inverse_logdet(0.5 * (lam1 + lam1.T))[0]]
+    prior_precs = [network.prior_precision(X.shape[1])]
+    posts, pullbacks = [], []
+    for layer in range(1, network.depth + 1):
+        Q, pullback = jax.vjp(_layer_map(network, layer, X), covs[-1])
+        posts.append(Q)
+        pullbacks.append(pullback)
+        if layer < network.depth:
+            Q_inv, _ = spd_inverse_logdet(Q)
+            prior_precs.append(Q_inv)
+            delta = shifts[layer - 1]
+            covs.append(spd_inverse_logdet(Q_inv + 0.5 * (delta + delta.T))[0])
+    return covs, prior_precs, posts, pullbacks
+
+
+def _shift_residuals(network: AbstractNetwork, lam1: Array, shifts: tuple[Array, ...], X, Y):
+    """(R_1, …, R_L), R_l = (2/C_l) ∂F/∂cov_l in the precision domain (SPEC §3), from the
+    unknowns (Λ₁, Δ_2, …, Δ_L); R_l = Q^(l−1)⁻¹ − K^(l)⁻¹ + … = −Δ_l + … for l ≥ 2.
+
+    Deeper layers are solved for their precision shifts rather than their precisions: the
+    shifts are O(1/C), and the Newton system in them is well scaled, while K^(l)⁻¹ itself
+    moves with Q^(l−1)⁻¹, whose derivative grows like the square of Q's condition number.
+    B^(l+1) = Q⁻¹K^(l+1)Q⁻¹ − Q⁻¹ is evaluated as −Q⁻¹K^(l+1)Δ_{l+1}, without cancellation.
+    """
+    L = network.depth
+    if L == 1:
+        # (2/C) ∂D/∂Σ through `data_term` (feature-space evaluation for linear φ).
+        sigma = spd_inverse_logdet(0.5 * (lam1 + lam1.T))[0]
+        g = jax.grad(data_term, argnums=1)(network, sigma, X, Y)
+        u = _inverse_width(network) / network.width_ratio(1)
+        return (network.prior_precision(X.shape[1]) - lam1 + 2 * u * g,)
+    covs, prior_precs, posts, pullbacks = _layers(network, lam1, shifts, X)
+    residuals = []
+    for layer in range(1, L + 1):
+        r = network.width_ratio(layer)
+        if layer == L:
+            # (2/C_L) ∂D/∂K^(L): the cotangent is ∂D/∂Q_f = −½ A (SPEC §3).
+            Kf = posts[-1] + network.noise * jnp.eye(Y.shape[0], dtype=Y.dtype)
+            G = _evidence_grad(Kf, Y) * (2 * _inverse_width(network) / r)
+        else:
+            # (2 C_{l+1}/C_l) ∂KL(K^(l+1) ‖ Q^(l))/∂cov_l: ∂KL/∂Q = −½ B^(l+1) (SPEC §3).
+            delta = shifts[layer - 1]
+            B = -prior_precs[layer] @ covs[layer] @ (0.5 * (delta + delta.T))
+            G = -(network.width_ratio(layer + 1) / r) * 0.5 * (B + B.T)
+        (g,) = pullbacks[layer - 1](G)
+        if layer == 1:
+            residuals.append(prior_precs[0] - lam1 + g)
+        else:
+            residuals.append(g - shifts[layer - 2])
+    return tuple(residuals)
+
+
+def _shifts(network: AbstractNetwork, precisions: tuple[Array, ...], X) -> tuple[Array, ...]:
+    """Δ_l = Λ_l − Q^(l−1)⁻¹ (l = 2…L) from the precisions (Λ₁, …, Λ_L)."""
+    shifts, cov = [], spd_inverse_logdet(0.5 * (precisions[0] + precisions[0].T))[0]
+    for layer in range(2, network.depth + 1):
+        Q_inv, _ = spd_inverse_logdet(_layer_map(network, layer - 1, X)(cov))
+        lam = precisions[layer - 1]
+        shifts.append(lam - Q_inv)
+        cov = spd_inverse_logdet(0.5 * (lam + lam.T))[0]
+    return tuple(shifts)
+
+
+def _residuals(network: AbstractNetwork, precisions: tuple[Array, ...], X, Y) -> tuple:
+    """The residuals at given precisions (Λ₁, …, Λ_L)."""
+    return _shift_residuals(network, precisions[0], _shifts(network, precisions, X), X, Y)
 
 
 def eos_residual(
-    precision: Float[Array, "S S"],
+    precision: Float[Array, "S S"] | tuple[Array, ...],
     network: AbstractNetwork,
     X: Float[Array, "n d"],
     Y: Float[Array, "n m"],
-) -> Float[Array, "S S"]:
-    """The first-layer EoS residual in the precision domain (SPEC §3):
+) -> Float[Array, "S S"] | tuple[Array, ...]:
+    """The EoS residual in the precision domain (SPEC §3). For one hidden layer:
 
         R(Λ) = Σ₀⁻¹ − Λ − (1/C) ∂_Σ tr[A Q_f(Σ)] |_{Σ = Λ⁻¹}  =  (2/C) ∂F/∂Σ |_{Σ = Λ⁻¹}
 
-    Σ is built from the symmetric part of Λ while the linear term uses Λ itself, so an
-    antisymmetric part of Λ is driven to zero with Jacobian −I (never singular); `solve`
-    passes symmetric Λ (it iterates on the upper triangle). Where Λ is not positive
-    definite the residual is NaN, which the solver's line search rejects.
+    For depth L > 1, `precision` is the tuple (Σ⁻¹, K^(2)⁻¹, …, K^(L)⁻¹) and so is the
+    result: R_1 = Σ₀⁻¹ − Σ⁻¹ − (C_2/C_1) ∂_Σ tr[B^(2) Q^(1)(Σ)], R_l = Q^(l−1)⁻¹ − K^(l)⁻¹
+    − (C_{l+1}/C_l) ∂_K tr[B^(l+1) Q^(l)(K)] for 2 ≤ l < L, and R_L = Q^(L−1)⁻¹ − K^(L)⁻¹
+    − (1/C_L) ∂_K tr[A Q_f(K)], with A and B held fixed: R_l = (2/C_l) ∂F/∂cov_l.
+
+    Covariances are built from the symmetric part of each precision while the linear term
+    uses the precision itself, so an antisymmetric part is driven to zero with Jacobian −I
+    (never singular); `solve` passes symmetric precisions. Where a precision is not
+    positive definite the residual is NaN, which the solver's line search rejects.
     """
-    sigma, _ = spd_inverse_logdet(0.5 * (precision + precision.T))
-    grad_data = jax.grad(data_term, argnums=1)(network, sigma, X, Y)
-    inv_width = jnp.where(jnp.isfinite(network.width), 1 / network.width, 0.0)
-    return network.prior_precision(X.shape[1]) - precision + 2 * inv_width * grad_data
+    if isinstance(precision, tuple | list):
+        if len(precision) != network.depth:
+            raise ValueError(f"need {network.depth} precisions, got {len(precision)}")
+        return _residuals(network, tuple(precision), X, Y)
+    if network.depth != 1:
+        raise ValueError("a network of depth > 1 needs a tuple of precisions, one per layer")
+    return _residuals(network, (precision,), X, Y)[0]

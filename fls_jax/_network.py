@@ -1,4 +1,4 @@
-"""Two-layer architectures (SPEC §1–3): hyper-parameters as array leaves, one kernel path.
+"""Architectures (SPEC §1–3): hyper-parameters as array leaves, one kernel path.
 
 A network here is the posterior's *model*: architecture, priors, widths, noise and activation.
 Every numerical hyper-parameter is a float array leaf, so ``jax.vmap`` over widths, noise or
@@ -11,6 +11,12 @@ w ~ N(0, Σ) to every patch, and the readout averages over patches:
     Q_f(x, x') = (s_a / P) Σ_i Φ_φ(x_i Σ x_i'ᵀ)                (SPEC §3)
 
 with s_a = σ_a² (standard scaling) or σ_a²/C (mean-field scaling).
+
+Deeper networks (``depth`` = L > 1 hidden layers) put fully connected hidden layers
+between that first layer and the readout. Layer l ≥ 2 has the function-space pre-kernel
+K^(l) (n×n) with prior Q^(l−1) = σ_{w,l}² Φ(K^(l−1)), and the first layer's post-kernel is
+Q^(1) = σ_{w,2}² (1/P) Σ_i Φ(X_i Σ X_iᵀ) (a hidden layer that sees all P·C first-layer
+outputs); the readout acts on the last one, Q_f = s_a Φ(K^(L)) (SPEC §2–3).
 """
 
 import abc
@@ -32,31 +38,85 @@ def _leaf(x) -> Array:
 
 
 class AbstractNetwork(eqx.Module):
-    """A two-layer network: one hidden layer of `width` neurons/channels and a linear readout.
+    """A network: `depth` hidden layers of widths C_l = C · r_l and a linear readout.
 
     **Fields** (all numerical ones are float arrays, so they can be vmapped and differentiated):
 
     - `width`: C, the number of hidden neurons (FCN) or channels (PatchCNN); may be `inf`
-      (the GP limit, SPEC §1).
-    - `sigma_w2`: σ_w², first-layer prior variance times fan-in: w ~ N(0, σ_w²/S · I).
-    - `sigma_a2`: σ_a², readout prior variance times C (standard) or C² (mean-field).
+      (the GP limit, SPEC §1). Hidden layer l has C_l = C · `width_ratios`[l−1].
+    - `sigma_w2`: σ_w², prior variance times fan-in of the weights into each hidden layer
+      (first layer: w ~ N(0, σ_w²/S · I)); a scalar for all layers, or one per layer
+      (shape (depth,)).
+    - `sigma_a2`: σ_a², readout prior variance times C_L (standard) or C_L² (mean-field).
     - `noise`: σ², the likelihood noise / temperature (> 0).
-    - `activation`: an [`fls_jax.AbstractActivation`][].
+    - `activation`: an [`fls_jax.AbstractActivation`][], or a tuple of one per hidden layer.
     - `scaling`: ``"standard"`` or ``"mean_field"`` readout scaling (SPEC §1).
+    - `depth`: L, the number of hidden layers (static, keyword-only; default 1).
+    - `width_ratios`: (r_1, …, r_L), static, keyword-only; default all 1 (C_l = C).
     """
 
     width: Float[Array, ""] = eqx.field(converter=_leaf)
-    sigma_w2: Float[Array, ""] = eqx.field(converter=_leaf)
+    sigma_w2: Float[Array, ""] | Float[Array, " L"] = eqx.field(converter=_leaf)
     sigma_a2: Float[Array, ""] = eqx.field(converter=_leaf)
     noise: Float[Array, ""] = eqx.field(converter=_leaf)
-    activation: AbstractActivation = eqx.field(default_factory=Erf)
+    activation: AbstractActivation | tuple[AbstractActivation, ...] = eqx.field(default_factory=Erf)
     scaling: Scaling = eqx.field(static=True, default="standard")
+    depth: int = eqx.field(static=True, default=1, kw_only=True)
+    width_ratios: tuple[float, ...] | None = eqx.field(static=True, default=None, kw_only=True)
 
     def __check_init__(self):
         if self.scaling not in ("standard", "mean_field"):
             raise ValueError(f"scaling must be 'standard' or 'mean_field', got {self.scaling!r}")
-        if not isinstance(self.activation, AbstractActivation):
-            raise TypeError("activation must be an fls_jax.AbstractActivation instance")
+        if not isinstance(self.depth, int | np.integer) or self.depth < 1:
+            raise ValueError(f"depth must be a positive integer, got {self.depth!r}")
+        acts = self.activation if isinstance(self.activation, tuple) else (self.activation,)
+        if not all(isinstance(a, AbstractActivation) for a in acts):
+            raise TypeError("activation must be an fls_jax.AbstractActivation (or a tuple of them)")
+        if isinstance(self.activation, tuple) and len(acts) != self.depth:
+            raise ValueError(f"need {self.depth} activations (one per layer), got {len(acts)}")
+        if jnp.ndim(self.sigma_w2) not in (0, 1) or (
+            jnp.ndim(self.sigma_w2) == 1 and jnp.shape(self.sigma_w2)[0] != self.depth
+        ):
+            raise ValueError(
+                f"sigma_w2 must be a scalar or have shape ({self.depth},) (one per hidden "
+                f"layer), got shape {jnp.shape(self.sigma_w2)}"
+            )
+        if self.width_ratios is not None:
+            r = self.width_ratios
+            if (
+                not isinstance(r, tuple)
+                or len(r) != self.depth
+                or not all(isinstance(x, int | float) and np.isfinite(x) and x > 0 for x in r)
+            ):
+                raise ValueError(
+                    f"width_ratios must be a tuple of {self.depth} positive numbers, got {r!r}"
+                )
+
+    def layer_activation(self, layer: int) -> AbstractActivation:
+        """φ of hidden layer `layer` (1-based)."""
+        if isinstance(self.activation, tuple):
+            return self.activation[layer - 1]
+        return self.activation
+
+    def layer_sigma_w2(self, layer: int) -> Float[Array, ""]:
+        """σ_w² of the weights into hidden layer `layer` (1-based)."""
+        return self.sigma_w2 if jnp.ndim(self.sigma_w2) == 0 else self.sigma_w2[layer - 1]
+
+    def width_ratio(self, layer: int) -> float:
+        """r_l = C_l / C of hidden layer `layer` (1-based)."""
+        return 1.0 if self.width_ratios is None else float(self.width_ratios[layer - 1])
+
+    def post_scale(self, layer: int) -> Float[Array, ""]:
+        """The scale of layer `layer`'s post-kernel: σ_{w,l+1}² for l < L, s_a for l = L."""
+        return self.readout_scale() if layer == self.depth else self.layer_sigma_w2(layer + 1)
+
+    def post_kernel(self, layer: int, K: Float[Array, "n n"]) -> Float[Array, "n n"]:
+        """Post-kernel of hidden layer l ≥ 2 on the train set: scale · Φ_l(K^(l)) (SPEC §2);
+        Q^(l), the prior of K^(l+1), for l < L, and Q_f for l = L."""
+        g = jnp.diagonal(K)
+        return self.post_scale(layer) * self.layer_activation(layer).kernel(
+            g[:, None], g[None, :], K
+        )
 
     @abc.abstractmethod
     def patches(self, X: Float[Array, "n d"]) -> Float[Array, "P n S"]:
@@ -73,13 +133,46 @@ class AbstractNetwork(eqx.Module):
     def prior_precision(self, d: int) -> Float[Array, "S S"]:
         """Σ₀⁻¹ = (S/σ_w²) I, the first-layer prior precision (SPEC §2)."""
         S = self.filter_size(d)
-        return (S / self.sigma_w2) * jnp.eye(S, dtype=self.sigma_w2.dtype)
+        sw2 = self.layer_sigma_w2(1)
+        return (S / sw2) * jnp.eye(S, dtype=sw2.dtype)
 
     def readout_scale(self) -> Float[Array, ""]:
-        """s_a = σ_a² (standard) or σ_a²/C (mean-field) (SPEC §2)."""
+        """s_a = σ_a² (standard) or σ_a²/C_L (mean-field) (SPEC §2)."""
         if self.scaling == "standard":
             return self.sigma_a2
-        return jnp.where(jnp.isinf(self.width), 0.0, self.sigma_a2 / self.width)
+        width = self.width * self.width_ratio(self.depth)
+        return jnp.where(jnp.isinf(width), 0.0, self.sigma_a2 / width)
+
+    def first_layer_kernel(
+        self,
+        sigma: Float[Array, "S S"],
+        X1: Float[Array, "n1 d"],
+        X2: Float[Array, "n2 d"] | None = None,
+    ) -> Float[Array, "n1 n2"]:
+        """Post-kernel of the first layer, post_scale(1) · (1/P) Σ_i Φ_1(X1_i Σ X2_iᵀ)
+        (SPEC §2–3): Q_f for depth 1, Q^(1) for deeper networks; X2 = None means X2 = X1."""
+        P1 = self.patches(X1)
+        P2 = P1 if X2 is None else self.patches(X2)
+        act = self.layer_activation(1)
+        if isinstance(act, Linear):
+            # Φ(K) = K: the patch average is one contraction over (patch, filter) indices,
+            # with no per-patch n×n kernels (P times less memory and traffic).
+            c = jnp.einsum("pns,st,pmt->nm", P1, sigma, P2) / P1.shape[0]
+            return self.post_scale(1) * c
+        a = jnp.einsum("pns,st,pnt->pn", P1, sigma, P1)
+        b = a if X2 is None else jnp.einsum("pns,st,pnt->pn", P2, sigma, P2)
+        c = jnp.einsum("pns,st,pmt->pnm", P1, sigma, P2)
+        phi = act.kernel(a[:, :, None], b[:, None, :], c)
+        return self.post_scale(1) * jnp.mean(phi, axis=0)
+
+    def first_layer_kernel_diag(
+        self, sigma: Float[Array, "S S"], X: Float[Array, "n d"]
+    ) -> Float[Array, " n"]:
+        """The diagonal of `first_layer_kernel(sigma, X)`, without the n×n kernel."""
+        Pt = self.patches(X)
+        a = jnp.einsum("pns,st,pnt->pn", Pt, sigma, Pt)
+        phi = self.layer_activation(1).kernel(a, a, a)
+        return self.post_scale(1) * jnp.mean(phi, axis=0)
 
     def output_kernel(
         self,
@@ -87,25 +180,19 @@ class AbstractNetwork(eqx.Module):
         X1: Float[Array, "n1 d"],
         X2: Float[Array, "n2 d"] | None = None,
     ) -> Float[Array, "n1 n2"]:
-        """Q_f(X1, X2) = (s_a/P) Σ_i Φ_φ(X1_i Σ X2_iᵀ) (SPEC §3); X2 = None means X2 = X1."""
-        P1 = self.patches(X1)
-        P2 = P1 if X2 is None else self.patches(X2)
-        if isinstance(self.activation, Linear):
-            # Φ(K) = K: the patch average is one contraction over (patch, filter) indices,
-            # with no per-patch n×n kernels (P times less memory and traffic).
-            c = jnp.einsum("pns,st,pmt->nm", P1, sigma, P2) / P1.shape[0]
-            return self.readout_scale() * c
-        a = jnp.einsum("pns,st,pnt->pn", P1, sigma, P1)
-        b = a if X2 is None else jnp.einsum("pns,st,pnt->pn", P2, sigma, P2)
-        c = jnp.einsum("pns,st,pmt->pnm", P1, sigma, P2)
-        phi = self.activation.kernel(a[:, :, None], b[:, None, :], c)
-        return self.readout_scale() * jnp.mean(phi, axis=0)
+        """Q_f(X1, X2) = (s_a/P) Σ_i Φ_φ(X1_i Σ X2_iᵀ) of a depth-1 network (SPEC §3);
+        X2 = None means X2 = X1. Deeper networks' Q_f depends on K^(L): see `post_kernel`."""
+        if self.depth != 1:
+            raise ValueError("output_kernel(Σ) is defined for depth-1 networks only")
+        return self.first_layer_kernel(sigma, X1, X2)
 
     def linear_features(self, X: Float[Array, "n d"]) -> tuple[Float[Array, "n r"], Array] | None:
         """(Z, c) with Q_f(Σ) = Z (I_P ⊗ cΣ) Zᵀ when φ is linear (else None): Z = [X_1 … X_P]
         is n×PS and c = s_a/P, so Q_f has rank ≤ P·S (SPEC §3, linear PatchCNN). Standard
         scaling only (mean-field's c vanishes at C = ∞, where the dense path is exact)."""
-        if not isinstance(self.activation, Linear) or self.scaling != "standard":
+        if self.depth != 1 or not isinstance(self.activation, Linear):
+            return None
+        if self.scaling != "standard":
             return None
         Pt = self.patches(X)
         Z = jnp.transpose(Pt, (1, 0, 2)).reshape(X.shape[0], -1)
@@ -114,16 +201,17 @@ class AbstractNetwork(eqx.Module):
     def output_kernel_diag(
         self, sigma: Float[Array, "S S"], X: Float[Array, "n d"]
     ) -> Float[Array, " n"]:
-        """The diagonal Q_f(x, x) for each row x of X, without building the n×n kernel."""
-        Pt = self.patches(X)
-        a = jnp.einsum("pns,st,pnt->pn", Pt, sigma, Pt)
-        return self.readout_scale() * jnp.mean(self.activation.kernel(a, a, a), axis=0)
+        """The diagonal Q_f(x, x) of a depth-1 network, without building the n×n kernel."""
+        if self.depth != 1:
+            raise ValueError("output_kernel_diag(Σ) is defined for depth-1 networks only")
+        return self.first_layer_kernel_diag(sigma, X)
 
 
 class FCN(AbstractNetwork):
-    """Fully connected network with one hidden layer (SPEC §1–3):
+    """Fully connected network (SPEC §1–3). With one hidden layer (default):
     f(x) = Σ_c a_c φ(w_c · x), w_c ~ N(0, σ_w²/d · I), a_c ~ N(0, σ_a²/C) (standard) or
-    N(0, σ_a²/C²) (mean-field).
+    N(0, σ_a²/C²) (mean-field). With `depth` = L: h¹ = W¹x, h^(l) = W^(l) φ(h^(l−1)) with
+    W^(l) ~ N(0, σ_{w,l}²/C_{l−1}), f = a · φ(h^(L)), a ~ N(0, σ_a²/C_L).
     """
 
     def patches(self, X):

@@ -9,15 +9,16 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, ArrayLike, Float
 
-from ._linalg import eigvalsh, spd_inverse_logdet
+from ._free_energy import _inverse_width
+from ._linalg import _eigh, eigvalsh, spd_inverse_logdet
 from ._solve import (
-    _ADJOINT,
     _MAX_STAGES,
     _MAX_STEPS,
     Solution,
     _concrete,
+    _default_adjoint,
     _default_solver,
-    _inverse_width,
+    _gp_state,
     _solve_from,
     _validate,
     solve,
@@ -37,9 +38,16 @@ class Prediction(eqx.Module):
       only when `Y_test` was given; otherwise `inf` as a marker).
     - `test_error_draw`: expected test error of one network drawn from the posterior,
       `test_error` + mean `variance`.
-    - `chi`: the feature-learning scale λ_max(Σ₀^{1/2} (1/C) ∂_Σ tr[TTᵀ Q_f] Σ₀^{1/2}) (SPEC §4).
-    - `chi_proxy`: tr(Tᵀ Q_f T)/C, the scalar proxy used by the authors.
+    - `chi`: the feature-learning scale λ_max(P^{1/2} (1/C_L) ∂ tr[TTᵀ Q_f] P^{1/2}) of the
+      last hidden layer (SPEC §4): the derivative with respect to Σ and P = Σ₀ for one
+      hidden layer, with respect to K^(L) and P = Q^(L−1) for deeper networks.
+    - `chi_proxy`: tr(Tᵀ Q_f T)/C_L, the scalar proxy used by the authors.
     - `sigma_eigenvalues`: spectrum of the learned Σ, ascending.
+    - `kernel_eigenvalues`: spectra of the learned K^(2), …, K^(L) (ascending; empty for
+      one hidden layer).
+    - `layer_stretch`: per hidden layer, λ_max(P⁻¹ cov) − 1 with P the layer's prior
+      covariance (Σ₀ or Q^(l−1)): how far its learned covariance has grown along its most
+      adapted direction (0 in the GP limit).
     - `free_energy`: F at the solution (SPEC §3), copied from the solution.
     - `converged`: whether the solve converged (predictions from a failed solve are flagged).
     """
@@ -52,6 +60,8 @@ class Prediction(eqx.Module):
     chi: Float[Array, ""]
     chi_proxy: Float[Array, ""]
     sigma_eigenvalues: Float[Array, " S"]
+    kernel_eigenvalues: tuple[Float[Array, " n"], ...]
+    layer_stretch: Float[Array, " L"]
     free_energy: Float[Array, ""]
     converged: Array
 
@@ -75,6 +85,41 @@ def _validate_test(X, Y, X_test, Y_test):
     return X_test, Y_test
 
 
+def _whitened_top(prior: Array, shift: Array) -> Array:
+    """λ_max(P^{1/2} M P^{1/2}) for SPD P and symmetric M, through P's eigenvectors.
+    A diagnostic: not differentiated (stop_gradient)."""
+    prior, shift = jax.lax.stop_gradient((prior, shift))
+    w, V = _eigh(prior)
+    R = V * jnp.sqrt(jnp.clip(w, 0.0))[None, :]
+    M = R.T @ shift @ R
+    return eigvalsh(0.5 * (M + M.T))[-1]
+
+
+def _test_kernels(solution: Solution, X_test: Array):
+    """Q_f on train × train, test × train and the test diagonal (SPEC §4).
+
+    The first layer is exact in weight space; each deeper layer's test pre-kernel is the
+    prior conditional of its learned train block: with Q = Q^(l−1) and M = Q_{*X} Q_{XX}⁻¹,
+    K_{*X} = M K, K_{**} = Q_{**} − M Q_{X*} + M K Mᵀ (only the diagonal is needed).
+    Also returns the layer priors P_l and covariances, for the diagnostics."""
+    net, X, sigma = solution.network, solution.X, solution.sigma
+    tt = net.first_layer_kernel(sigma, X)
+    st = net.first_layer_kernel(sigma, X_test, X)
+    ss = net.first_layer_kernel_diag(sigma, X_test)
+    priors = [jnp.linalg.inv(net.prior_precision(X.shape[1]))]
+    for layer, K in enumerate(solution.kernels, start=2):
+        Q_inv, _ = spd_inverse_logdet(tt)
+        priors.append(tt)
+        M = st @ Q_inv
+        K_st = M @ K
+        k_ss = ss - jnp.sum(M * st, 1) + jnp.sum(K_st * M, 1)
+        act, scale, k_tt = net.layer_activation(layer), net.post_scale(layer), jnp.diagonal(K)
+        tt = net.post_kernel(layer, K)
+        st = scale * act.kernel(k_ss[:, None], k_tt[None, :], K_st)
+        ss = scale * act.kernel(k_ss, k_ss, k_ss)
+    return tt, st, ss, priors
+
+
 def predict(
     solution: Solution,
     X_test: Float[ArrayLike, "n_test d"],
@@ -82,8 +127,9 @@ def predict(
 ) -> Prediction:
     """Predict test outputs and errors from a solved network (SPEC §4).
 
-    The first layer is exact in weight space, so the test kernels are Q_f built from the
-    learned Σ: Q_f(x*, X) and Q_f(x*, x*).
+    The first layer is exact in weight space; deeper layers' test pre-kernels are the prior
+    conditionals of their learned train blocks (SPEC §4). The readout kernel Q_f then gives
+    f̄(x*) = Q_f(x*, X) T and v(x*) = Q_f(x*, x*) − Q_f(x*, X) K_f⁻¹ Q_f(X, x*).
 
     **Arguments:**
 
@@ -98,26 +144,37 @@ def predict(
     net, X, Y, sigma = solution.network, solution.X, solution.Y, solution.sigma
     X_test, Y_test = _validate_test(X, Y, X_test, Y_test)
     n, m = Y.shape
-    Qf = net.output_kernel(sigma, X)
+    Qf, Q_star, q_diag, priors = _test_kernels(solution, X_test)
     Kf_inv, _ = spd_inverse_logdet(Qf + net.noise * jnp.eye(n, dtype=X.dtype))
     T = Kf_inv @ Y
-    Q_star = net.output_kernel(sigma, X_test, X)
     mean = Q_star @ T
-    variance = net.output_kernel_diag(sigma, X_test) - jnp.sum((Q_star @ Kf_inv) * Q_star, 1)
+    variance = q_diag - jnp.sum((Q_star @ Kf_inv) * Q_star, 1)
     train_error = net.noise**2 * jnp.sum(T**2) / (n * m)
     if Y_test is None:
         test_error = jnp.asarray(jnp.inf, X.dtype)
     else:
         test_error = jnp.mean((mean - Y_test) ** 2)
 
-    # χ: the target-driven precision shift (1/C) ∂_Σ tr[TTᵀ Q_f], whitened by the prior.
-    finite = jnp.isfinite(net.width)
-    inv_width = jnp.where(finite, 1 / jnp.where(finite, net.width, 1.0), 0.0)
+    # χ: the target-driven precision shift (1/C_L) ∂ tr[TTᵀ Q_f] of the last hidden layer,
+    # whitened by that layer's prior.
+    L = net.depth
+    inv_width = _inverse_width(net) / net.width_ratio(L)
     TTt = T @ T.T
-    shift = jax.grad(lambda s: jnp.sum(TTt * net.output_kernel(s, X)))(sigma) * inv_width
-    prior_sqrt = jnp.sqrt(1 / jnp.diagonal(net.prior_precision(X.shape[1])))  # Σ₀ is ∝ I
-    whitened = prior_sqrt[:, None] * shift * prior_sqrt[None, :]
-    chi = eigvalsh(0.5 * (whitened + whitened.T))[-1]
+    if L == 1:
+        shift = jax.grad(lambda s: jnp.sum(TTt * net.output_kernel(s, X)))(sigma) * inv_width
+        prior_sqrt = jnp.sqrt(1 / jnp.diagonal(net.prior_precision(X.shape[1])))  # Σ₀ ∝ I
+        whitened = prior_sqrt[:, None] * shift * prior_sqrt[None, :]
+        chi = eigvalsh(0.5 * (whitened + whitened.T))[-1]
+    else:
+        K_L = solution.kernels[-1]
+        shift = jax.grad(lambda K: jnp.sum(TTt * net.post_kernel(L, K)))(K_L) * inv_width
+        chi = _whitened_top(priors[-1], 0.5 * (shift + shift.T))
+    covs = (sigma, *solution.kernels)
+    precs = (solution.precision, *solution.kernel_precisions)
+    # λ_max(P⁻¹ cov) − 1 = 1/λ_min(P^{1/2} Λ P^{1/2}) − 1.
+    stretch = jnp.stack(
+        [1 / -_whitened_top(P, -lam) - 1 for P, lam in zip(priors, precs, strict=True)]
+    )
     return Prediction(
         mean=mean,
         variance=variance,
@@ -127,6 +184,8 @@ def predict(
         chi=chi,
         chi_proxy=jnp.sum(T * (Qf @ T)) * inv_width,
         sigma_eigenvalues=eigvalsh(sigma),
+        kernel_eigenvalues=tuple(eigvalsh(K) for K in covs[1:]),
+        layer_stretch=stretch,
         free_energy=solution.free_energy,
         converged=solution.converged,
     )
@@ -178,7 +237,8 @@ def sweep(
     if schedule == "parallel":
         sols = _sweep_solve(network, X, Y, widths, solve_kwargs)
     else:
-        sols = _sweep_solve_path(network, X, Y, widths, *_path_options(X.dtype, **solve_kwargs))
+        options = _path_options(X.dtype, depth=network.depth, **solve_kwargs)
+        sols = _sweep_solve_path(network, X, Y, widths, *options)
     return sols, _sweep_predict(sols, X_test, Y_test)
 
 
@@ -197,12 +257,14 @@ def _path_options(
     max_steps: int = _MAX_STEPS,
     max_stages: int = _MAX_STAGES,
     precision0=None,
-    adjoint: optx.AbstractAdjoint = _ADJOINT,
+    adjoint: optx.AbstractAdjoint | None = None,
+    depth: int = 1,
 ):
     """`solve`'s keyword arguments, with its defaults, for the path schedule."""
     if precision0 is not None:
         raise ValueError("precision0 is not used by the path schedule (it warm-starts itself)")
-    solver = _default_solver(dtype) if solver is None else solver
+    solver = _default_solver(dtype, depth) if solver is None else solver
+    adjoint = _default_adjoint(depth) if adjoint is None else adjoint
     return solver, max_steps, max_stages, adjoint
 
 
@@ -211,14 +273,17 @@ def _sweep_solve_path(network, X, Y, widths, solver, max_steps, max_stages, adjo
     order = jnp.argsort(jnp.where(jnp.isfinite(widths), 1 / widths, 0.0))  # wide first
 
     def step(carry, width):
-        u_prev, lam_prev = carry
+        u_prev, state_prev = carry
         net = eqx.tree_at(lambda n: n.width, network, width)
-        sol = _solve_from(net, X, Y, solver, max_steps, max_stages, u_prev, lam_prev, adjoint)
+        sol, state = _solve_from(
+            net, X, Y, solver, max_steps, max_stages, u_prev, state_prev, adjoint
+        )
         u = jnp.where(sol.converged, _inverse_width(net), u_prev)
-        return (u, jnp.where(sol.converged, sol.precision, lam_prev)), sol
+        keep = jax.tree.map(lambda a, b: jnp.where(sol.converged, a, b), state, state_prev)
+        return (u, keep), sol
 
-    lam0 = network.prior_precision(X.shape[1]).astype(X.dtype)
-    _, sols = jax.lax.scan(step, (jnp.zeros((), X.dtype), lam0), widths[order])
+    state0 = _gp_state(network, X)
+    _, sols = jax.lax.scan(step, (jnp.zeros((), X.dtype), state0), widths[order])
     back = jnp.argsort(order)
     return jax.tree.map(lambda x: x[back] if eqx.is_array(x) else x, sols)
 

@@ -10,13 +10,18 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-from ._free_energy import eos_residual, free_energy
-from ._linalg import DenseLU, spd_inverse_logdet
+from ._free_energy import _inverse_width, _layers, _shift_residuals, _shifts, free_energy
+from ._linalg import DenseLU
 from ._network import AbstractNetwork
 
 
 def _fro(x) -> Array:
-    return jnp.sqrt(jnp.sum(x**2))
+    """Frobenius norm of an array or a pytree of arrays."""
+    return jnp.sqrt(sum(jnp.sum(leaf**2) for leaf in jax.tree.leaves(x)))
+
+
+def _where(cond, a, b):
+    return jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)
 
 
 class _DampedNewtonState(eqx.Module):
@@ -63,7 +68,7 @@ class DampedNewton(optx.AbstractRootFinder):
         f_norm = _fro(f)
 
         def trial(alpha):
-            y_new = y - alpha * delta
+            y_new = jax.tree.map(lambda v, dv: v - alpha * dv, y, delta)
             f_new, _ = fn(y_new, args)
             n_new = _fro(f_new)
             ok = jnp.isfinite(n_new) & (n_new <= (1 - 1e-4 * alpha) * f_norm)
@@ -80,8 +85,8 @@ class DampedNewton(optx.AbstractRootFinder):
 
         init = (jnp.array(0), jnp.array(1.0, f_norm.dtype), *trial(1.0))
         _, _, y_new, f_new, n_new, ok = jax.lax.while_loop(cond, body, init)
-        y_out = jnp.where(ok, y_new, y)
-        f_out = jnp.where(ok, f_new, f)
+        y_out = _where(ok, y_new, y)
+        f_out = _where(ok, f_new, f)
         result = optx.RESULTS.where(ok, optx.RESULTS.successful, optx.RESULTS.nonlinear_divergence)
         state = _DampedNewtonState(f=f_out, f_norm=jnp.where(ok, n_new, f_norm), result=result)
         return y_out, state, aux
@@ -97,7 +102,7 @@ class DampedNewton(optx.AbstractRootFinder):
 
 
 class Solution(eqx.Module):
-    """The solved Equations of State of a two-layer network (SPEC §3).
+    """The solved Equations of State of a network (SPEC §3).
 
     **Fields:**
 
@@ -105,6 +110,9 @@ class Solution(eqx.Module):
       that [`fls_jax.predict`][] needs only the test inputs).
     - `sigma`: Σ, the learned first-layer weight covariance (S×S).
     - `precision`: Σ⁻¹.
+    - `kernels`: (K^(2), …, K^(L)), the learned pre-kernels of the deeper layers on the
+      train set (n×n each); empty for one hidden layer.
+    - `kernel_precisions`: their inverses, the solver's unknowns.
     - `free_energy`: F at the solution (SPEC §3).
     - `residual`: ‖R‖_F / ‖Σ⁻¹‖_F, the relative EoS residual reached.
     - `num_steps`: solver iterations, summed over the continuation stages.
@@ -119,6 +127,8 @@ class Solution(eqx.Module):
     Y: Float[Array, "n m"]
     sigma: Float[Array, "S S"]
     precision: Float[Array, "S S"]
+    kernels: tuple[Float[Array, "n n"], ...]
+    kernel_precisions: tuple[Float[Array, "n n"], ...]
     free_energy: Float[Array, ""]
     residual: Float[Array, ""]
     num_steps: Int[Array, ""]
@@ -172,8 +182,26 @@ def _default_rtol(dtype) -> float:
     return 1e-11 if jnp.finfo(dtype).bits == 64 else 1e-5
 
 
-def _default_solver(dtype) -> DampedNewton:
-    return DampedNewton(rtol=_default_rtol(dtype), atol=0.0)
+def _krylov(rtol: float) -> lx.GMRES:
+    # lineax's GMRES always completes a restart cycle, so short cycles waste fewest
+    # Jacobian products: restart 20 measured 2× faster per Newton step than 60 (n = 256).
+    return lx.GMRES(rtol=rtol, atol=0.0, norm=optx.two_norm, restart=20, max_steps=100)
+
+
+def _default_solver(dtype, depth: int = 1) -> DampedNewton:
+    """Damped Newton; its linear solver is a dense LU of the S(S+1)/2-dimensional Jacobian
+    for one hidden layer, and matrix-free GMRES on Jacobian-vector products for deeper
+    networks, whose unknowns include n×n precisions (an inexact Newton method: each step
+    solves to 10⁻⁴ relative, enough for the outer iteration's superlinear convergence)."""
+    if depth == 1:
+        return DampedNewton(rtol=_default_rtol(dtype), atol=0.0)
+    return DampedNewton(rtol=_default_rtol(dtype), atol=0.0, linear_solver=_krylov(1e-4))
+
+
+def _default_adjoint(depth: int = 1) -> optx.AbstractAdjoint:
+    if depth == 1:
+        return _ADJOINT
+    return optx.ImplicitAdjoint(linear_solver=_krylov(1e-9))
 
 
 # Defaults of `solve`, shared with the path schedule of `sweep`.
@@ -191,9 +219,23 @@ def _unpack(v: Array, S: int) -> Array:
     return M + M.T - jnp.diag(jnp.diagonal(M))
 
 
-def _inverse_width(network: AbstractNetwork) -> Array:
-    finite = jnp.isfinite(network.width)
-    return jnp.where(finite, 1 / jnp.where(finite, network.width, 1.0), 0.0)
+def _to_state(lam1: Array, shifts: tuple[Array, ...]):
+    """The solver's unknowns: the upper triangle of Σ⁻¹ (one hidden layer), or that and
+    the deeper layers' n×n precision shifts Δ_l (`_shift_residuals`)."""
+    return _pack(lam1) if not shifts else (_pack(lam1), *shifts)
+
+
+def _from_state(state, S: int) -> tuple[Array, tuple[Array, ...]]:
+    if isinstance(state, tuple):
+        return _unpack(state[0], S), tuple(state[1:])
+    return _unpack(state, S), ()
+
+
+def _gp_state(network: AbstractNetwork, X: Array):
+    """The GP limit (SPEC §3): Σ = Σ₀ and K^(l) = Q^(l−1), i.e. all shifts zero."""
+    lam1 = network.prior_precision(X.shape[1]).astype(X.dtype)
+    n = X.shape[0]
+    return _to_state(lam1, tuple(jnp.zeros((n, n), X.dtype) for _ in range(network.depth - 1)))
 
 
 def _with_width(network: AbstractNetwork, width) -> AbstractNetwork:
@@ -202,7 +244,7 @@ def _with_width(network: AbstractNetwork, width) -> AbstractNetwork:
 
 class _Continuation(eqx.Module):
     u: Array  # inverse width reached so far (0 = the GP limit)
-    lam: Array  # the converged precision at u
+    lam: Any  # the converged unknowns at u
     h: Array  # next step in u
     steps: Array  # Newton steps spent
     stages: Array  # root finds tried
@@ -242,7 +284,7 @@ def _continuation(fn, solver, u0, lam0, network, X, Y, stage_steps: int, max_sta
         stages = c.stages + 1
         return _Continuation(
             u=u,
-            lam=jnp.where(ok, sol.value, c.lam),
+            lam=_where(ok, sol.value, c.lam),
             h=jnp.where(ok, 2 * c.h, 0.25 * c.h),
             steps=c.steps + sol.stats["num_steps"],
             stages=stages,
@@ -270,19 +312,21 @@ def solve(
     solver: optx.AbstractRootFinder | None = None,
     max_steps: int = _MAX_STEPS,
     max_stages: int = _MAX_STAGES,
-    precision0: Float[ArrayLike, "S S"] | None = None,
-    adjoint: optx.AbstractAdjoint = _ADJOINT,
+    precision0: Float[ArrayLike, "S S"] | tuple | None = None,
+    adjoint: optx.AbstractAdjoint | None = None,
 ) -> Solution:
-    """Solve the first-layer Equations of State of SPEC §3 for a two-layer network.
+    """Solve the Equations of State of SPEC §3.
 
-    The unknown is the precision Λ = Σ⁻¹ and the residual is
+    For one hidden layer the unknown is the precision Λ = Σ⁻¹ and the residual is
     R(Λ) = Σ₀⁻¹ − Λ − (1/C) ∂_Σ tr[A Q_f(Σ)] (A = TTᵀ − m K_f⁻¹ held fixed), i.e.
-    (2/C) ∂F/∂Σ. The default solver is [`fls_jax.DampedNewton`][]. It starts from the GP
-    limit Λ = Σ₀⁻¹ and tries the target width directly; where that fails (small widths,
-    strong feature learning) an automatic homotopy in 1/C takes over, adapting its own steps,
-    separately for each element of a vmap. Any optimistix root finder can be passed instead.
-    Gradients with respect to the hyper-parameters and the data flow by implicit
-    differentiation of the final root find.
+    (2/C) ∂F/∂Σ. For depth L > 1 the unknowns are Σ⁻¹ and the n×n precisions K^(l)⁻¹ of the
+    deeper layers, with the residuals of [`fls_jax.eos_residual`][]. The default solver is
+    [`fls_jax.DampedNewton`][] (dense LU for one hidden layer, matrix-free GMRES for deeper
+    networks). It starts from the GP limit and tries the target width directly; where that
+    fails (small widths, strong feature learning) an automatic homotopy in 1/C takes over,
+    adapting its own steps, separately for each element of a vmap. Any optimistix root
+    finder can be passed instead. Gradients with respect to the hyper-parameters and the
+    data flow by implicit differentiation of the final root find.
 
     **Arguments:**
 
@@ -291,8 +335,9 @@ def solve(
     - `solver`: an optimistix root finder (default: damped Newton, rtol 1e-11 in float64).
     - `max_steps`: iteration cap of each root find (continuation stage).
     - `max_stages`: cap on the continuation stages (root finds) before giving up.
-    - `precision0`: a starting Λ (e.g. the solution at a neighbouring width). Given, it
-      replaces the GP-limit start *and* the continuation: one root find from there.
+    - `precision0`: a starting Σ⁻¹ (e.g. the solution at a neighbouring width), or for
+      depth L > 1 the tuple (Σ⁻¹, K^(2)⁻¹, …, K^(L)⁻¹). Given, it replaces the GP-limit
+      start *and* the continuation: one root find from there.
     - `adjoint`: how to differentiate (default: implicit, no backprop through iterations).
 
     **Returns:** a [`fls_jax.Solution`][]. Non-convergence is reported in `result` and
@@ -302,67 +347,96 @@ def solve(
     """
     X, Y = _validate(network, X, Y)
     if solver is None:
-        solver = _default_solver(X.dtype)
+        solver = _default_solver(X.dtype, network.depth)
+    if adjoint is None:
+        adjoint = _default_adjoint(network.depth)
     if precision0 is not None:
-        precision0 = jnp.asarray(precision0, X.dtype)
-        S = network.filter_size(X.shape[1])
-        if precision0.shape != (S, S):
-            raise ValueError(f"precision0 must have shape {(S, S)}, got {precision0.shape}")
+        precision0 = _validate_precision0(network, X, precision0)
     return _solve(network, X, Y, solver, max_steps, max_stages, precision0, adjoint)
 
 
-def _packed_residual(lam, args):
-    """EoS residual on the S(S+1)/2 upper-triangle entries of Λ (the solver's unknowns)."""
+def _state_of(network, X, precisions):
+    """The solver's unknowns at given precisions (Λ₁, …, Λ_L)."""
+    return _to_state(precisions[0], _shifts(network, precisions, X))
+
+
+def _validate_precision0(network: AbstractNetwork, X: Array, precision0) -> tuple[Array, ...]:
+    S, n, L = network.filter_size(X.shape[1]), X.shape[0], network.depth
+    if L == 1 and not isinstance(precision0, tuple | list):
+        precision0 = (precision0,)
+    if not isinstance(precision0, tuple | list) or len(precision0) != L:
+        raise ValueError(f"precision0 must be a tuple of {L} precisions (Σ⁻¹, K^(2)⁻¹, …)")
+    shapes = [(S, S)] + [(n, n)] * (L - 1)
+    out = []
+    for p, shape in zip(precision0, shapes, strict=True):
+        p = jnp.asarray(p, X.dtype)
+        if p.shape != shape:
+            raise ValueError(f"precision0 must have shapes {shapes}, got {p.shape}")
+        out.append(p)
+    return tuple(out)
+
+
+def _state_residual(state, args):
+    """EoS residuals on the solver's unknowns (`_to_state`)."""
     net, X, Y = args
     S = net.filter_size(X.shape[1])
-    return _pack(eos_residual(_unpack(lam, S), net, X, Y))
+    R = _shift_residuals(net, *_from_state(state, S), X, Y)
+    return _to_state(R[0], R[1:])
 
 
 @eqx.filter_jit
 def _solve(network, X, Y, solver, max_steps, max_stages, precision0, adjoint) -> Solution:
     if precision0 is None:
-        lam0 = network.prior_precision(X.shape[1]).astype(X.dtype)
-        return _solve_from(network, X, Y, solver, max_steps, max_stages, 0.0, lam0, adjoint)
-    return _solve_from(network, X, Y, solver, max_steps, 0, None, precision0, adjoint)
+        state0 = _gp_state(network, X)
+        return _solve_from(network, X, Y, solver, max_steps, max_stages, 0.0, state0, adjoint)[0]
+    state0 = _state_of(network, X, precision0)
+    return _solve_from(network, X, Y, solver, max_steps, 0, None, state0, adjoint)[0]
 
 
-def _solve_from(network, X, Y, solver, max_steps, max_stages, u0, lam0, adjoint) -> Solution:
-    """Continuation from the solved point (u0 = 1/C0, Λ0) (skipped when u0 is None), then
-    the final root find at the target width, which carries the implicit adjoint."""
+def _solve_from(
+    network, X, Y, solver, max_steps, max_stages, u0, state0, adjoint
+) -> tuple[Solution, Any]:
+    """Continuation from the solved point (u0 = 1/C0, unknowns `state0`) (skipped when u0
+    is None), then the final root find at the target width, which carries the implicit
+    adjoint. Returns the solution and the unknowns reached (a warm start for the next)."""
     S = network.filter_size(X.shape[1])
     args = (network, X, Y)
     if u0 is None:
-        lam_start, steps, stages = _pack(lam0), 0, 0
+        start, steps, stages = state0, 0, 0
     else:
         u0 = jnp.asarray(u0, X.dtype)
-        cont = _continuation(
-            _packed_residual, solver, u0, _pack(lam0), *args, max_steps, max_stages
-        )
-        lam_start, steps, stages = cont.lam, cont.steps, cont.stages
+        cont = _continuation(_state_residual, solver, u0, state0, *args, max_steps, max_stages)
+        start, steps, stages = cont.lam, cont.steps, cont.stages
     # After a successful continuation the final root find stops at once (its start already
     # meets the tolerance); it is there to carry the adjoint.
     sol = optx.root_find(
-        _packed_residual,
+        _state_residual,
         solver,
-        lam_start,
+        start,
         args=args,
         max_steps=max_steps,
         adjoint=adjoint,
         throw=False,
     )
-    lam = _unpack(sol.value, S)
-    sigma, _ = spd_inverse_logdet(lam)
-    rel = _fro(eos_residual(lam, network, X, Y)) / _fro(lam)
-    return Solution(
+    lam1, shifts = _from_state(sol.value, S)
+    covs, prior_precs, _, _ = _layers(network, lam1, shifts, X)
+    covs = tuple(covs)
+    deeper = zip(prior_precs[1:], shifts, strict=True)
+    precisions = (lam1, *(P + 0.5 * (d + d.T) for P, d in deeper))
+    rel = _fro(_shift_residuals(network, lam1, shifts, X, Y)) / _fro(precisions)
+    solution = Solution(
         network=network,
         X=X,
         Y=Y,
-        sigma=sigma,
-        precision=lam,
-        free_energy=free_energy(network, sigma, X, Y),
+        sigma=covs[0],
+        precision=precisions[0],
+        kernels=covs[1:],
+        kernel_precisions=precisions[1:],
+        free_energy=free_energy(network, covs[0], X, Y, covs[1:]),
         residual=rel,
         num_steps=steps + sol.stats["num_steps"],
         num_stages=jnp.asarray(stages),
         result=sol.result,
         converged=(sol.result == optx.RESULTS.successful) & jnp.isfinite(rel),
     )
+    return solution, sol.value

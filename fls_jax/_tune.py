@@ -197,6 +197,11 @@ def tune(
         X_val, Y_val = _validate_test(X, Y, X_val, Y_val)
     start = []
     for k in names:
+        if np.ndim(getattr(network, k)) != 0:
+            raise ValueError(
+                f"tune handles scalar hyper-parameters; {k} has shape "
+                f"{np.shape(getattr(network, k))} (per-layer values)"
+            )
         v = float(np.asarray(getattr(network, k)))
         if not np.isfinite(v) or v <= 0:
             raise ValueError(f"{k} must start finite and > 0 to be tuned, got {v}")
@@ -242,7 +247,7 @@ def tune(
             best = (float(value), sol.network, sol)
         updates, opt_state = optimizer.update(grad, opt_state, z)
         z = optax.apply_updates(z, updates)
-        precision = sol.precision
+        precision = (sol.precision, *sol.kernel_precisions)
     if bar is not None:
         bar.close()
     if best[1] is None:

@@ -56,3 +56,24 @@ def single_index_teacher(
     w = rng.standard_normal(d)
     w /= np.linalg.norm(w)
     return Task(X, erf(scale * X @ w)[:, None], X_test, erf(scale * X_test @ w)[:, None], w)
+
+
+def deep_erf_teacher(
+    n: int = 128, n_test: int = 1000, d: int = 32, depth: int = 2, sigma_w2: float = 2.0, seed=0
+) -> Task:
+    """A width-1 erf network of `depth` hidden layers as the teacher (the setting of the
+    authors' deep-network experiment): h¹ = √σ_w² w*·x, h^(l) = √σ_w² erf(h^(l−1)),
+    y = erf(h^(L)), with a unit w* ∈ R^d (so each hⁱ has the variance a prior draw of
+    width-1 weights would give it)."""
+    rng = np.random.default_rng(seed)
+    X, X_test = _inputs(rng, n, n_test, d)
+    w = rng.standard_normal(d)
+    w /= np.linalg.norm(w)
+
+    def f(x):
+        h = np.sqrt(sigma_w2) * (x @ w)
+        for _ in range(depth - 1):
+            h = np.sqrt(sigma_w2) * erf(h)
+        return erf(h)[:, None]
+
+    return Task(X, f(X), X_test, f(X_test), w)

@@ -81,7 +81,7 @@ def apply(
     **Returns:** the outputs f(X) (n×m).
     """
     h = jnp.einsum("pns,cs->pnc", network.patches(X), first_layer)
-    return jnp.einsum("pnc,kpc->nk", network.activation(h), readout)
+    return jnp.einsum("pnc,kpc->nk", network.layer_activation(1)(h), readout)
 
 
 class _Model(eqx.Module):
@@ -435,6 +435,10 @@ def sample(
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
     X, Y = _validate(network, X, Y)
+    if network.depth != 1:
+        raise ValueError(
+            f"sample supports networks with one hidden layer; got depth {network.depth}"
+        )
     if X_test is None:
         X_test = jnp.zeros((0, X.shape[1]), X.dtype)
     else:

@@ -1,0 +1,267 @@
+"""Deep fully connected networks (issue 4, SPEC §2–4) against independent computations.
+
+References written here in NumPy: the deep NNGP recursion and GP regression with it, the
+erf kernel's derivative by hand (for the layer EoS), a plain fixed-point iteration of the
+deep linear EoS, and the reference solver's numbers in ../shared/reference/fcn3_erf_n128.
+"""
+
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.optimize
+
+import fls_jax as fj
+
+
+REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "fcn3_erf_n128"
+solve_jit = eqx.filter_jit(fj.solve)
+predict_jit = eqx.filter_jit(fj.predict)
+
+
+def _erf_np(K):
+    a = 1 + 2 * np.diag(K)
+    D = np.sqrt(np.outer(a, a))
+    s = 2 * K / D
+    return 2 / np.pi * np.arcsin(s), s, D, a
+
+
+def _erf_cross(kss, ktt, kst):
+    return 2 / np.pi * np.arcsin(2 * kst / np.sqrt(np.outer(1 + 2 * kss, 1 + 2 * ktt)))
+
+
+def _erf_pullback_np(G, K):
+    """∂ tr[G Φ_erf(K)] / ∂K by hand, the diagonal's dependence included."""
+    _, s, D, a = _erf_np(K)
+    H = G / np.sqrt(1 - s**2) * 2 / np.pi
+    return 2 * H / D - np.diag(2 * (H * s).sum(1) / a)
+
+
+def _deep_nngp(X1, X2, depth, sw2, sa2):
+    """The deep erf NNGP by its recursion (SPEC §2), on train (X1) × test (X2) jointly."""
+    Z = np.concatenate([X1, X2])
+    K = sw2 / Z.shape[1] * Z @ Z.T
+    for layer in range(depth):
+        K = (sa2 if layer == depth - 1 else sw2) * _erf_np(K)[0]
+    n = len(X1)
+    return K[:n, :n], K[n:, :n], np.diag(K)[n:]
+
+
+def _net(width, depth, act=None, **kw):
+    args = dict(sigma_w2=1.5, sigma_a2=0.7, noise=0.01, activation=act or fj.Erf())
+    return fj.FCN(width=width, depth=depth, **(args | kw))
+
+
+@pytest.fixture(scope="module")
+def deep_task():
+    return fj.datasets.deep_erf_teacher(n=20, n_test=30, d=5, depth=2, seed=3)
+
+
+@pytest.mark.parametrize("depth", [2, 3])
+def test_gp_limit_equals_deep_nngp_regression(deep_task, depth):
+    t = deep_task
+    net = _net(np.inf, depth)
+    sol = solve_jit(net, t.X, t.Y)
+    pred = predict_jit(sol, t.X_test, t.Y_test)
+    assert bool(sol.converged)
+    Qf, Qst, qss = _deep_nngp(t.X, t.X_test, depth, 1.5, 0.7)
+    Kf = Qf + 0.01 * np.eye(len(t.X))
+    mean = Qst @ np.linalg.solve(Kf, t.Y)
+    var = qss - np.sum(Qst * np.linalg.solve(Kf, Qst.T).T, 1)
+    np.testing.assert_allclose(pred.mean, mean, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(pred.variance, var, rtol=1e-7, atol=1e-10)
+    # K^(L) = Q^(L-1): the last pre-kernel is the NNGP of depth L - 1, scaled by σ_w².
+    K_prev = _deep_nngp(t.X, t.X[:0], depth - 1, 1.5, 1.5)[0]
+    np.testing.assert_allclose(sol.kernels[-1], K_prev, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(pred.layer_stretch, 0.0, atol=1e-8)
+
+
+@pytest.fixture(scope="module")
+def deep_solutions(deep_task):
+    t = deep_task
+    out = {}
+    for depth in (2, 3):
+        sol = solve_jit(_net(3.0, depth), t.X, t.Y)
+        assert bool(sol.converged), depth
+        out[depth] = sol
+    return out
+
+
+@pytest.mark.parametrize("depth", [2, 3])
+def test_free_energy_is_stationary_at_the_solution(deep_task, deep_solutions, depth):
+    t, sol = deep_task, deep_solutions[depth]
+    assert float(sol.residual) < 1e-10
+
+    def F(covs):
+        return fj.free_energy(sol.network, covs[0], t.X, t.Y, tuple(covs[1:]))
+
+    covs = [sol.sigma, *sol.kernels]
+    grads = jax.grad(F)(covs)
+    for cov, g in zip(covs, grads, strict=True):
+        # F is O(C ‖cov⁻¹‖ n), its gradient at the solution is roundoff only.
+        scale = float(sol.network.width) * float(jnp.linalg.norm(jnp.linalg.inv(cov)))
+        assert float(jnp.linalg.norm(g)) < 1e-9 * scale
+    # ... and it does move away from it: a perturbation has a non-zero gradient.
+    bumped = [covs[0] * 1.01, *covs[1:]]
+    assert float(jnp.linalg.norm(jax.grad(F)(bumped)[0])) > 1e-3
+
+
+def test_middle_layer_eos_by_hand(deep_task, deep_solutions):
+    """L = 3: K^(2)⁻¹ = Q^(1)⁻¹ − (C_3/C_2) ∂_K tr[B^(3) Q^(2)(K)], and the last layer's
+    K^(3)⁻¹ = Q^(2)⁻¹ − (1/C_3) ∂_K tr[A Q_f(K)], in NumPy with the hand-written derivative."""
+    t, sol = deep_task, deep_solutions[3]
+    X, Y = t.X, t.Y
+    C, sw2, sa2, noise = 3.0, 1.5, 0.7, 0.01
+    Sigma, (K2, K3) = np.asarray(sol.sigma), [np.asarray(k) for k in sol.kernels]
+    Q1 = sw2 * _erf_np(X @ Sigma @ X.T)[0]
+    Q2 = sw2 * _erf_np(K2)[0]
+    Q2i = np.linalg.inv(Q2)
+    B3 = Q2i @ K3 @ Q2i - Q2i
+    rhs2 = np.linalg.inv(Q1) - sw2 * _erf_pullback_np(B3, K2)
+    np.testing.assert_allclose(np.linalg.inv(K2), rhs2, rtol=1e-8, atol=1e-8 * np.abs(rhs2).max())
+    Kfi = np.linalg.inv(sa2 * _erf_np(K3)[0] + noise * np.eye(len(X)))
+    T = Kfi @ Y
+    A = T @ T.T - Kfi
+    rhs3 = Q2i - sa2 * _erf_pullback_np(A, K3) / C
+    np.testing.assert_allclose(np.linalg.inv(K3), rhs3, rtol=1e-8, atol=1e-8 * np.abs(rhs3).max())
+    # and the first layer: Σ⁻¹ = Σ₀⁻¹ − (C_2/C_1) ∂_Σ tr[B^(2) Q^(1)(XΣXᵀ)]
+    Q1i = np.linalg.inv(Q1)
+    B2 = Q1i @ K2 @ Q1i - Q1i
+    rhs1 = (
+        X.shape[1] / sw2 * np.eye(X.shape[1])
+        - X.T @ (sw2 * _erf_pullback_np(B2, X @ Sigma @ X.T)) @ X
+    )
+    np.testing.assert_allclose(
+        np.linalg.inv(Sigma), rhs1, rtol=1e-8, atol=1e-8 * np.abs(rhs1).max()
+    )
+
+
+def test_deep_linear_against_numpy_fixed_point():
+    """A deep linear network (L = 2, n ≤ d so that Q^(1) = σ_w² XΣXᵀ is invertible) against a
+    SciPy root find (MINPACK hybrid) of the same EoS written in NumPy, in (Σ⁻¹, Δ = K⁻¹ − Q⁻¹):
+    Σ⁻¹ = Σ₀⁻¹ − σ_w² Xᵀ B X with B = Q⁻¹KQ⁻¹ − Q⁻¹, and Δ = −(σ_a²/C) A (SPEC §3)."""
+    rng = np.random.default_rng(0)
+    n, d, C, sw2, sa2, noise = 8, 12, 4.0, 1.2, 0.9, 0.05
+    X = rng.standard_normal((n, d))
+    Y = X[:, :1] + 0.3 * X[:, 1:2]
+    net = fj.FCN(width=C, sigma_w2=sw2, sigma_a2=sa2, noise=noise, activation=fj.Linear(), depth=2)
+    sol = solve_jit(net, X, Y)
+    assert bool(sol.converged)
+    iu_d, iu_n = np.triu_indices(d), np.triu_indices(n)
+
+    def sym(v, m, iu):
+        M = np.zeros((m, m))
+        M[iu] = v
+        return M + np.triu(M, 1).T
+
+    def eos(v):
+        S_inv, delta = sym(v[: len(iu_d[0])], d, iu_d), sym(v[len(iu_d[0]) :], n, iu_n)
+        Qi = np.linalg.inv(sw2 * X @ np.linalg.inv(S_inv) @ X.T)
+        K = np.linalg.inv(Qi + delta)
+        B = Qi @ K @ Qi - Qi
+        Kfi = np.linalg.inv(sa2 * K + noise * np.eye(n))
+        T = Kfi @ Y
+        r1 = d / sw2 * np.eye(d) - sw2 * X.T @ B @ X - S_inv
+        r2 = -sa2 * (T @ T.T - Kfi) / C - delta
+        return np.concatenate([r1[iu_d], r2[iu_n]]), K
+
+    v0 = np.concatenate([(d / sw2 * np.eye(d))[iu_d], np.zeros(len(iu_n[0]))])
+    root = scipy.optimize.root(lambda v: eos(v)[0], v0, method="hybr", tol=1e-14)
+    assert np.abs(eos(root.x)[0]).max() < 1e-10, root.message
+    S_inv, K = sym(root.x[: len(iu_d[0])], d, iu_d), eos(root.x)[1]
+    np.testing.assert_allclose(sol.sigma, np.linalg.inv(S_inv), rtol=1e-8)
+    np.testing.assert_allclose(sol.kernels[0], K, rtol=1e-8, atol=1e-10)
+    # feature learning is not negligible here: Σ is far from its prior
+    assert np.linalg.norm(sol.sigma - sw2 / d * np.eye(d)) > 0.05 * sw2 / d * np.sqrt(d)
+
+
+def test_predict_at_train_points_reproduces_the_train_block(deep_task, deep_solutions):
+    t, sol = deep_task, deep_solutions[3]
+    pred = predict_jit(sol, t.X, t.Y)
+    Qf = np.asarray(sol.network.post_kernel(3, sol.kernels[-1]))
+    Kf = Qf + 0.01 * np.eye(len(t.X))
+    np.testing.assert_allclose(pred.mean, Qf @ np.linalg.solve(Kf, t.Y), rtol=1e-8, atol=1e-10)
+    var = np.diag(Qf - Qf @ np.linalg.solve(Kf, Qf))
+    np.testing.assert_allclose(pred.variance, var, rtol=1e-6, atol=1e-10)
+    assert pred.layer_stretch.shape == (3,) and bool(np.all(pred.layer_stretch > 0))
+    assert len(pred.kernel_eigenvalues) == 2 and float(pred.chi) > 0
+
+
+def test_sweep_equals_loop_deep(deep_task):
+    t = deep_task
+    widths = np.array([50.0, 3.0, np.inf])
+    net = _net(1.0, 2)
+    for schedule in ("path", "parallel"):
+        sols, preds = fj.sweep(net, t.X, t.Y, widths, t.X_test, t.Y_test, schedule=schedule)
+        for i, C in enumerate(widths):
+            ref = solve_jit(_net(C, 2), t.X, t.Y)
+            assert bool(sols.converged[i])
+            np.testing.assert_allclose(sols.kernels[0][i], ref.kernels[0], rtol=1e-9, atol=1e-12)
+            np.testing.assert_allclose(
+                preds.mean[i], predict_jit(ref, t.X_test).mean, rtol=1e-8, atol=1e-11
+            )
+
+
+def test_gradients_per_layer_priors_match_finite_differences(deep_task):
+    """d(test error)/d(σ_w² per layer, σ²) through the implicit adjoint (matrix-free GMRES)."""
+    t = deep_task
+
+    def loss(p):
+        net = fj.FCN(width=3.0, depth=2, sigma_w2=p[:2], sigma_a2=0.7, noise=p[2])
+        return predict_jit(solve_jit(net, t.X, t.Y), t.X_test, t.Y_test).test_error
+
+    p = jnp.array([1.5, 1.2, 0.01])
+    g = jax.grad(loss)(p)
+    for i in range(3):
+        h = 1e-5 * float(p[i])
+        e = jnp.zeros(3).at[i].set(h)
+        fd = (loss(p + e) - loss(p - e)) / (2 * h)
+        # relative to the largest component: d/dσ_{w,1}² is ~10⁻³ of the others here
+        np.testing.assert_allclose(g[i], fd, rtol=1e-5, atol=1e-6 * float(jnp.abs(g).max()))
+
+
+@pytest.mark.skipif(not REF.exists(), reason="reference data not present")
+def test_reproduces_reference_three_layer_erf():
+    """../shared/reference/fcn3_erf_n128: alpha and rmse at C = 10000 and 2000 to 1e-6."""
+    X = np.load(REF / "X_train.npy").astype(float)
+    Y = np.load(REF / "Y_train.npy").astype(float)
+    n = len(Y)
+    for C, alpha_ref, rmse_ref in [
+        (10000, 73.84511619476987, 0.12941721867627967),
+        (2000, 56.25473766764203, 0.1158302079882872),
+    ]:
+        net = fj.FCN(width=C, sigma_w2=2.0, sigma_a2=2 / 256, noise=1e-3, depth=2)
+        sol = solve_jit(net, X, Y)
+        assert bool(sol.converged)
+        Q = np.asarray(net.post_kernel(2, sol.kernels[0]))
+        Kf = Q + 1e-3 * np.eye(n)
+        tt = np.linalg.solve(Kf, Y)[:, 0]
+        y = Y[:, 0]
+        alpha = tt @ y / (y @ y)
+        fluct = np.trace(Q - Q @ np.linalg.solve(Kf, Q)) / n
+        rmse = np.sqrt((1e-6 * np.mean(tt**2) + fluct) / np.var(y))
+        assert abs(alpha / alpha_ref - 1) < 1e-6
+        assert abs(rmse / rmse_ref - 1) < 1e-6
+
+
+def test_deep_bad_input(deep_task):
+    with pytest.raises(ValueError, match="sigma_w2"):
+        fj.FCN(width=2.0, depth=2, sigma_w2=jnp.ones(3), sigma_a2=1.0, noise=0.1)
+    with pytest.raises(ValueError, match="activations"):
+        fj.FCN(width=2.0, depth=3, sigma_w2=1.0, sigma_a2=1.0, noise=0.1, activation=(fj.Erf(),))
+    with pytest.raises(ValueError, match="width_ratios"):
+        fj.FCN(width=2.0, depth=2, sigma_w2=1.0, sigma_a2=1.0, noise=0.1, width_ratios=(1.0, -1))
+    with pytest.raises(ValueError, match="depth"):
+        fj.FCN(width=2.0, depth=0, sigma_w2=1.0, sigma_a2=1.0, noise=0.1)
+    net = _net(2.0, 2)
+    with pytest.raises(ValueError, match="depth-1"):
+        net.output_kernel(jnp.eye(5), deep_task.X)
+    with pytest.raises(ValueError, match="one hidden layer"):
+        fj.sampling.sample(net, deep_task.X, deep_task.Y, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="precision0"):
+        fj.solve(net, deep_task.X, deep_task.Y, precision0=jnp.eye(5))
+    with pytest.raises(ValueError, match="kernels"):
+        fj.free_energy(net, jnp.eye(5), deep_task.X, deep_task.Y)
