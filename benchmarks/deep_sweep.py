@@ -33,7 +33,7 @@ import fls_jax as fj  # noqa: E402
 
 
 SW2, SA2, NOISE = 2.0, 2 / 256, 1e-3
-REF = "../shared/reference/fcn3_erf_n128/"
+REF = "tests/data/fcn3_erf_n128/"  # a copy of ../shared/reference/fcn3_erf_n128
 
 
 def observables(Q, Y, noise):
