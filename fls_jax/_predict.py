@@ -106,7 +106,7 @@ def _test_kernels(solution: Solution, X_test: Array):
     tt = net.first_layer_kernel(sigma, X)
     st = net.first_layer_kernel(sigma, X_test, X)
     ss = net.first_layer_kernel_diag(sigma, X_test)
-    priors = [jnp.linalg.inv(net.prior_precision(X.shape[1]))]
+    priors = [jnp.diag(1 / jnp.diagonal(net.prior_precision(X.shape[1])))]  # Σ₀ ∝ I
     for layer, K in enumerate(solution.kernels, start=2):
         Q_inv, _ = spd_inverse_logdet(tt)
         priors.append(tt)
