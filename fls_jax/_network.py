@@ -71,7 +71,9 @@ class AbstractNetwork(eqx.Module):
             raise ValueError(f"depth must be a positive integer, got {self.depth!r}")
         acts = self.activation if isinstance(self.activation, tuple) else (self.activation,)
         if not all(isinstance(a, AbstractActivation) for a in acts):
-            raise TypeError("activation must be an fls_jax.AbstractActivation (or a tuple of them)")
+            raise TypeError(
+                "activation must be an fls_jax.AbstractActivation instance (or a tuple of them)"
+            )
         if isinstance(self.activation, tuple) and len(acts) != self.depth:
             raise ValueError(f"need {self.depth} activations (one per layer), got {len(acts)}")
         if jnp.ndim(self.sigma_w2) not in (0, 1) or (
