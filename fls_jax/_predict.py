@@ -21,6 +21,8 @@ from ._solve import (
     _gp_state,
     _solve_from,
     _validate,
+    _where,
+    _with_width,
     solve,
 )
 
@@ -245,7 +247,7 @@ def sweep(
 @eqx.filter_jit
 def _sweep_solve(network, X, Y, widths, solve_kwargs):
     def run(width):
-        return solve(eqx.tree_at(lambda n: n.width, network, width), X, Y, **solve_kwargs)
+        return solve(_with_width(network, width), X, Y, **solve_kwargs)
 
     return jax.vmap(run)(widths)
 
@@ -274,13 +276,12 @@ def _sweep_solve_path(network, X, Y, widths, solver, max_steps, max_stages, adjo
 
     def step(carry, width):
         u_prev, state_prev = carry
-        net = eqx.tree_at(lambda n: n.width, network, width)
+        net = _with_width(network, width)
         sol, state = _solve_from(
             net, X, Y, solver, max_steps, max_stages, u_prev, state_prev, adjoint
         )
         u = jnp.where(sol.converged, _inverse_width(net), u_prev)
-        keep = jax.tree.map(lambda a, b: jnp.where(sol.converged, a, b), state, state_prev)
-        return (u, keep), sol
+        return (u, _where(sol.converged, state, state_prev)), sol
 
     state0 = _gp_state(network, X)
     _, sols = jax.lax.scan(step, (jnp.zeros((), X.dtype), state0), widths[order])
