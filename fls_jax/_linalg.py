@@ -35,11 +35,10 @@ def _cholesky_inverse_logdet(K):
     op = lx.MatrixLinearOperator(K, lx.positive_semidefinite_tag)
     state = lx.Cholesky().init(op, {})
     chol = state[0]
-    solve = jax.vmap(
-        lambda b: lx.linear_solve(op, b, lx.Cholesky(), state=state, throw=False).value,
-        in_axes=1,
-        out_axes=1,
-    )
+    # The solver's `compute` directly: `lx.linear_solve` compares the vector's structure with
+    # the operator's, which fails inside `jax.shard_map` (the vector's carries the mesh;
+    # lineax issue #185), and a sharded `sweep` runs this per device.
+    solve = jax.vmap(lambda b: lx.Cholesky().compute(state, b, {})[0], in_axes=1, out_axes=1)
     inv = solve(jnp.eye(n, dtype=K.dtype))
     return 0.5 * (inv + inv.T), 2 * jnp.sum(jnp.log(jnp.abs(jnp.diagonal(chol))))
 

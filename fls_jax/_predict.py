@@ -1,5 +1,6 @@
 """Predictions from a solved EoS state: test kernels, mean, variance, errors, χ (SPEC §4)."""
 
+from collections.abc import Sequence
 from typing import Literal
 
 import equinox as eqx
@@ -202,6 +203,7 @@ def sweep(
     Y_test: Float[ArrayLike, "n_test m"] | Float[ArrayLike, " n_test"] | None = None,
     *,
     schedule: Literal["auto", "parallel", "path"] = "auto",
+    devices: Sequence[jax.Device] | None = None,
     **solve_kwargs,
 ) -> tuple[Solution, Prediction]:
     """Solve and predict at many widths in one jit-compiled call.
@@ -218,9 +220,19 @@ def sweep(
       the last converged, wider solution, so a dense sweep costs a few Newton steps per
       width. Best where compute is the bottleneck (CPU, large n, many widths).
 
+    **Sharding.** With more than one device (default: all of `jax.devices()`), the width
+    axis is split across them with `jax.shard_map` over a one-axis `Mesh` (inputs placed
+    with a `NamedSharding`): device j gets every D-th width of the wide-to-narrow order, so
+    each device covers the whole range (balanced load; on the path schedule each device
+    walks its own, coarser path from the GP limit). The width count is padded with GP-limit
+    (``inf``) widths to a multiple of D, and the padding is dropped from the results. The
+    parallel schedule gives the unsharded run's answers; the path schedule gives them to
+    the solver tolerance (its warm starts differ). There is no communication between
+    devices.
+
     **Arguments:** `network` (its `width` is replaced), training data `X`, `Y`, the
-    `widths`, test data `X_test`, `Y_test`, `schedule`, and keyword arguments for
-    [`fls_jax.solve`][] (`precision0` only with the parallel schedule).
+    `widths`, test data `X_test`, `Y_test`, `schedule`, `devices`, and keyword arguments
+    for [`fls_jax.solve`][] (`precision0` only with the parallel schedule).
     """
     widths = jnp.asarray(widths, dtype=float)
     if widths.ndim != 1 or widths.size == 0:
@@ -234,14 +246,94 @@ def sweep(
     X, Y = _validate(network, X, Y)
     X_test, Y_test = _validate_test(X, Y, X_test, Y_test)
     widths = widths.astype(X.dtype)
+    devices = list(jax.devices() if devices is None else devices)
+    if not devices:
+        raise ValueError("devices must name at least one device")
+    options = (
+        (solve_kwargs,)
+        if schedule == "parallel"
+        else _path_options(X.dtype, depth=network.depth, **solve_kwargs)
+    )
+    local_solve = _local_solve_parallel if schedule == "parallel" else _local_solve_path
     # Two compiled programs, solves then predictions: a failed solve's diagnostics come back
     # even if the prediction step were to fail.
-    if schedule == "parallel":
-        sols = _sweep_solve(network, X, Y, widths, solve_kwargs)
-    else:
-        options = _path_options(X.dtype, depth=network.depth, **solve_kwargs)
-        sols = _sweep_solve_path(network, X, Y, widths, *options)
-    return sols, _sweep_predict(sols, X_test, Y_test)
+    if len(devices) == 1:
+        sols = local_solve((network, X, Y, *options), widths)
+        return sols, _local_predict((X_test, Y_test), sols)
+    mesh = jax.sharding.Mesh(np.array(devices), ("w",))
+    slots = _strided_slots(widths, len(devices))
+    padded = jnp.where(slots >= 0, widths[np.maximum(slots, 0)], jnp.inf)
+    padded = jax.device_put(padded, jax.sharding.NamedSharding(mesh, _SWEEP_AXIS))
+    replicated = _replicate((network, X, Y, *options), mesh)
+    sols = _on_devices(local_solve, mesh, replicated, padded)
+    preds = _on_devices(_local_predict, mesh, _replicate((X_test, Y_test), mesh), sols)
+    flat = slots.ravel()
+    back = np.empty(int(np.sum(flat >= 0)), dtype=int)
+    back[flat[flat >= 0]] = np.nonzero(flat >= 0)[0]
+    first = jax.sharding.SingleDeviceSharding(devices[0])
+
+    def gather(tree):
+        def take(x):
+            return jax.device_put(x, first).reshape(-1, *x.shape[2:])[back]
+
+        return jax.tree.map(lambda x: take(x) if eqx.is_array(x) else x, tree)
+
+    return gather(sols), gather(preds)
+
+
+_SWEEP_AXIS = jax.sharding.PartitionSpec("w")
+
+
+def _strided_slots(widths: Array, n_dev: int) -> np.ndarray:
+    """(n_dev, k) indices into `widths` (−1: padding): device j gets every n_dev-th width of
+    the wide-to-narrow order, so each device's share spans the whole range."""
+    w = np.asarray(widths)
+    per_dev = -(-w.size // n_dev)
+    order = np.argsort(np.where(np.isfinite(w), 1 / w, 0.0), kind="stable")
+    slots = np.concatenate([order, np.full(per_dev * n_dev - w.size, -1)])
+    return slots.reshape(per_dev, n_dev).T
+
+
+def _replicate(tree, mesh):
+    """The arrays of `tree`, copied to every device of `mesh`."""
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return jax.tree.map(lambda x: jax.device_put(x, sharding) if eqx.is_array(x) else x, tree)
+
+
+@eqx.filter_jit
+def _on_devices(fn, mesh, replicated, sharded):
+    """`fn(replicated, block)` on every device of `mesh` with `jax.shard_map`, where `block`
+    is that device's row of `sharded` (split along its first axis); the results are stacked
+    along a new first axis. Devices do not communicate. Non-array leaves stay static."""
+    dyn_r, static_r = eqx.partition(replicated, eqx.is_array)
+    dyn_s, static_s = eqx.partition(sharded, eqx.is_array)
+    static_out = []
+
+    def local(dr, ds):
+        block = eqx.combine(jax.tree.map(lambda x: x[0], ds), static_s)
+        out = fn(eqx.combine(dr, static_r), block)
+        dyn_out, static = eqx.partition(out, eqx.is_array)
+        static_out.append(static)
+        return jax.tree.map(lambda x: x[None], dyn_out)
+
+    spec = jax.sharding.PartitionSpec()
+    dyn_out = jax.shard_map(
+        local, mesh=mesh, in_specs=(spec, _SWEEP_AXIS), out_specs=_SWEEP_AXIS, check_vma=False
+    )(dyn_r, dyn_s)
+    return eqx.combine(dyn_out, static_out[-1])
+
+
+def _local_solve_parallel(args, widths):
+    network, X, Y, solve_kwargs = args
+    return _sweep_solve(network, X, Y, widths, solve_kwargs)
+
+
+def _local_solve_path(args, widths):
+    return _sweep_solve_path(*args[:3], widths, *args[3:])
+
+
+def _local_predict(args, sols):
+    return _sweep_predict(sols, *args)
 
 
 @eqx.filter_jit
