@@ -1,7 +1,7 @@
 """Predictions from a solved EoS state: test kernels, mean, variance, errors, χ (SPEC §4)."""
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -203,7 +203,7 @@ def sweep(
     Y_test: Float[ArrayLike, "n_test m"] | Float[ArrayLike, " n_test"] | None = None,
     *,
     schedule: Literal["auto", "parallel", "path"] = "auto",
-    devices: Sequence[jax.Device] | None = None,
+    devices: Sequence[Any] | None = None,
     **solve_kwargs,
 ) -> tuple[Solution, Prediction]:
     """Solve and predict at many widths in one jit-compiled call.
@@ -329,7 +329,8 @@ def _local_solve_parallel(args, widths):
 
 
 def _local_solve_path(args, widths):
-    return _sweep_solve_path(*args[:3], widths, *args[3:])
+    network, X, Y, solver, max_steps, max_stages, adjoint = args
+    return _sweep_solve_path(network, X, Y, widths, solver, max_steps, max_stages, adjoint)
 
 
 def _local_predict(args, sols):
