@@ -252,7 +252,12 @@ def sweep(
     options = (
         (solve_kwargs,)
         if schedule == "parallel"
-        else _path_options(X.dtype, depth=network.depth, **solve_kwargs)
+        else _path_options(
+            X.dtype,
+            depth=network.depth,
+            filter_size=network.filter_size(X.shape[1]),
+            **solve_kwargs,
+        )
     )
     local_solve = _local_solve_parallel if schedule == "parallel" else _local_solve_path
     # Two compiled programs, solves then predictions: a failed solve's diagnostics come back
@@ -354,11 +359,12 @@ def _path_options(
     precision0=None,
     adjoint: optx.AbstractAdjoint | None = None,
     depth: int = 1,
+    filter_size: int = 1,
 ):
     """`solve`'s keyword arguments, with its defaults, for the path schedule."""
     if precision0 is not None:
         raise ValueError("precision0 is not used by the path schedule (it warm-starts itself)")
-    solver = _default_solver(dtype, depth) if solver is None else solver
+    solver = _default_solver(dtype, depth, filter_size) if solver is None else solver
     adjoint = _default_adjoint(depth) if adjoint is None else adjoint
     return solver, max_steps, max_stages, adjoint
 

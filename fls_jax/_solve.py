@@ -188,12 +188,20 @@ def _krylov(rtol: float) -> lx.GMRES:
     return lx.GMRES(rtol=rtol, atol=0.0, norm=optx.two_norm, restart=20, max_steps=100)
 
 
-def _default_solver(dtype, depth: int = 1) -> DampedNewton:
+# Above this many first-layer unknowns S(S+1)/2 a one-hidden-layer Newton step uses GMRES:
+# a dense Jacobian costs one Jacobian-vector product per unknown. Measured on an erf FCN
+# (d = 32, 528 unknowns, n = 256): 15–17× faster per solve at C = 64 … 4096, 1.2× at C = 8,
+# same Σ to 6e-15 (`benchmarks/RESULTS.md`).
+_DENSE_NEWTON_MAX = 256
+
+
+def _default_solver(dtype, depth: int = 1, filter_size: int = 1) -> DampedNewton:
     """Damped Newton; its linear solver is a dense LU of the S(S+1)/2-dimensional Jacobian
-    for one hidden layer, and matrix-free GMRES on Jacobian-vector products for deeper
-    networks, whose unknowns include n×n precisions (an inexact Newton method: each step
-    solves to 10⁻⁴ relative, enough for the outer iteration's superlinear convergence)."""
-    if depth == 1:
+    for one hidden layer with few unknowns, and matrix-free GMRES on Jacobian-vector
+    products otherwise (S(S+1)/2 > 256, or deeper networks, whose unknowns include n×n
+    precisions): an inexact Newton method, each step solved to 10⁻⁴ relative, enough for
+    the outer iteration's fast convergence."""
+    if depth == 1 and filter_size * (filter_size + 1) // 2 <= _DENSE_NEWTON_MAX:
         return DampedNewton(rtol=_default_rtol(dtype), atol=0.0)
     return DampedNewton(rtol=_default_rtol(dtype), atol=0.0, linear_solver=_krylov(1e-4))
 
@@ -321,12 +329,13 @@ def solve(
     R(Λ) = Σ₀⁻¹ − Λ − (1/C) ∂_Σ tr[A Q_f(Σ)] (A = TTᵀ − m K_f⁻¹ held fixed), i.e.
     (2/C) ∂F/∂Σ. For depth L > 1 the unknowns are Σ⁻¹ and the n×n precisions K^(l)⁻¹ of the
     deeper layers, with the residuals of [`fls_jax.eos_residual`][]. The default solver is
-    [`fls_jax.DampedNewton`][] (dense LU for one hidden layer, matrix-free GMRES for deeper
-    networks). It starts from the GP limit and tries the target width directly; where that
-    fails (small widths, strong feature learning) an automatic homotopy in 1/C takes over,
-    adapting its own steps, separately for each element of a vmap. Any optimistix root
-    finder can be passed instead. Gradients with respect to the hyper-parameters and the
-    data flow by implicit differentiation of the final root find.
+    [`fls_jax.DampedNewton`][] (dense LU for one hidden layer with S(S+1)/2 ≤ 256 unknowns,
+    matrix-free GMRES otherwise and for deeper networks). It starts from the GP limit and
+    tries the target width directly; where that fails (small widths, strong feature
+    learning) an automatic homotopy in 1/C takes over, adapting its own steps, separately
+    for each element of a vmap. Any optimistix root finder can be passed instead.
+    Gradients with respect to the hyper-parameters and the data flow by implicit
+    differentiation of the final root find.
 
     **Arguments:**
 
@@ -347,7 +356,7 @@ def solve(
     """
     X, Y = _validate(network, X, Y)
     if solver is None:
-        solver = _default_solver(X.dtype, network.depth)
+        solver = _default_solver(X.dtype, network.depth, network.filter_size(X.shape[1]))
     if adjoint is None:
         adjoint = _default_adjoint(network.depth)
     if precision0 is not None:

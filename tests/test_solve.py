@@ -8,6 +8,7 @@ with a hand-derived kernel derivative, and central finite differences.
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import lineax as lx
 import numpy as np
 import optimistix as optx
 import pytest
@@ -155,6 +156,22 @@ def test_erf_fcn_satisfies_hand_derived_eos(width, fcn_task):
     if width == 2.0:  # strong feature learning: reached through the continuation
         assert int(sol.num_stages) > 1
     R = _erf_fcn_eos_residual(np.asarray(sol.sigma), fcn_task.X, fcn_task.Y, width, 1.3, 0.8, 0.02)
+    assert np.linalg.norm(R) / np.linalg.norm(sol.precision) < 1e-9
+
+
+def test_matrix_free_newton_for_many_unknowns(fcn_task):
+    # Above 256 first-layer unknowns the default Newton system is solved by GMRES on
+    # Jacobian-vector products; here it is forced on the small task and held to the same
+    # hand-derived EoS, through the continuation (C = 2, strong feature learning).
+    from fls_jax._solve import _default_solver, _krylov
+
+    assert isinstance(_default_solver(jnp.float64, 1, 22).linear_solver, fj.DenseLU)  # 253
+    assert isinstance(_default_solver(jnp.float64, 1, 23).linear_solver, lx.GMRES)  # 276
+    net, _ = _make("fcn", "erf", 2.0, fcn_task)
+    newton = fj.DampedNewton(rtol=1e-11, atol=0.0, linear_solver=_krylov(1e-4))
+    sol = solve_jit(net, fcn_task.X, fcn_task.Y, solver=newton)
+    assert bool(sol.converged) and int(sol.num_stages) > 1
+    R = _erf_fcn_eos_residual(np.asarray(sol.sigma), fcn_task.X, fcn_task.Y, 2.0, 1.3, 0.8, 0.02)
     assert np.linalg.norm(R) / np.linalg.norm(sol.precision) < 1e-9
 
 
