@@ -110,10 +110,11 @@ def main():
     # 2. fls_jax: a Python loop of jitted solves (compiled once, reused for every width).
     solve = eqx.filter_jit(fj.solve)
     loop_w = widths[np.linspace(0, len(widths) - 1, min(a.loop, len(widths))).astype(int)]
-    one = eqx.tree_at(lambda m: m.width, net, jnp.asarray(float(loop_w[0])))
-    jax.block_until_ready(solve(one, task.X, task.Y))  # compile
+    if a.loop:
+        one = eqx.tree_at(lambda m: m.width, net, jnp.asarray(float(loop_w[0])))
+        jax.block_until_ready(solve(one, task.X, task.Y))  # compile
     t0 = time.perf_counter()
-    loop_steps = []
+    loop_steps = [0]
     for C in loop_w:
         s = solve(eqx.tree_at(lambda m: m.width, net, jnp.asarray(float(C))), task.X, task.Y)
         loop_steps.append(int(s.num_steps))
@@ -149,10 +150,12 @@ def main():
         f"median {np.median(steps):.0f}, max {steps.max()}; max residual "
         f"{float(np.max(sol.residual)):.1e}"
     )
-    print(
-        f"fls_jax Python loop   : {loop:8.2f} s for {len(loop_w)} widths "
-        f"({loop / len(loop_w):.3f} s/width, steps/width median {np.median(loop_steps):.0f})"
-    )
+    if a.loop:
+        print(
+            f"fls_jax Python loop   : {loop:8.2f} s for {len(loop_w)} widths "
+            f"({loop / len(loop_w):.3f} s/width, "
+            f"steps/width median {np.median(loop_steps[1:]):.0f})"
+        )
     for C, its, ok, dt, diff in base_rows:
         print(
             f"NumPy fixed point C={C:7.1f}: {dt:8.2f} s, {its} iterations, converged={ok}, "

@@ -174,8 +174,39 @@ def _validate(network: AbstractNetwork, X, Y) -> tuple[Array, Array]:
             v = np.asarray(value)
             if np.isnan(v).any() or not np.all(ok(v)):
                 raise ValueError(f"{name} must be {rule}, got {v}")
-    dtype = jnp.result_type(X.dtype, Y.dtype, float)
+    # The widest of the data's and the hyper-parameters' dtypes: with JAX's float64 enabled
+    # a network's leaves are float64, and float32 data are promoted rather than mixed.
+    params = (network.width, network.noise, network.sigma_w2, network.sigma_a2)
+    dtype = jnp.result_type(X.dtype, Y.dtype, *(jnp.result_type(p) for p in params), float)
+    if jnp.finfo(dtype).bits < 64:
+        _check_float32(network, X)
     return X.astype(dtype), Y.astype(dtype)
+
+
+# Below this σ² / mean GP-kernel diagonal float32 is refused (docs/performance.md): at 1e-3
+# the float32 solves of benchmarks/float32.py failed at C = 4 and the mean predictor lost
+# 5e-4 of its size; at ≥ 1e-2 they converged with Σ within 1.5e-5 of float64.
+_FLOAT32_MIN_NOISE_RATIO = 5e-3
+
+
+def _check_float32(network: AbstractNetwork, X: Array) -> None:
+    """Refuse float32 where K_f = Q_f + σ²I is too ill-conditioned for its Cholesky."""
+    leaves = (network.noise, network.sigma_w2, network.sigma_a2, network.width, X)
+    if not all(_concrete(v) for v in leaves):
+        return
+    Xd = jnp.asarray(X, jnp.float32)
+    sigma0 = jnp.linalg.inv(network.prior_precision(X.shape[1]))
+    q = network.first_layer_kernel_diag(sigma0.astype(Xd.dtype), Xd)
+    for layer in range(2, network.depth + 1):  # the GP diagonal through deeper layers
+        q = network.post_scale(layer) * network.layer_activation(layer).kernel(q, q, q)
+    ratio = float(network.noise) / float(jnp.mean(q))
+    if not ratio >= _FLOAT32_MIN_NOISE_RATIO:
+        raise ValueError(
+            f"float32 is refused here: noise σ² is {ratio:.1e} of the mean GP-kernel diagonal "
+            f"(float32 needs ≥ {_FLOAT32_MIN_NOISE_RATIO:g}); K_f = Q_f + σ²I is too "
+            "ill-conditioned for a float32 Cholesky. Enable float64 with "
+            "jax.config.update('jax_enable_x64', True), or pass float64 data."
+        )
 
 
 def _default_rtol(dtype) -> float:

@@ -312,3 +312,22 @@ def test_infinite_width_is_the_gp_limit(patch_task, sigma_w2):
     expected = sigma_w2 / 4 * np.eye(4)
     np.testing.assert_allclose(np.asarray(sol.sigma), expected, rtol=0, atol=1e-12)
     np.testing.assert_allclose(np.asarray(sol.precision), np.linalg.inv(expected), rtol=1e-12)
+
+
+def test_float32_refused_when_ill_conditioned(fcn_task):
+    # All-float32 input (data and hyper-parameters): refused below σ²/k̄ = 5e-3, where the
+    # float32 solves of benchmarks/float32.py failed; accepted above.
+    from fls_jax._solve import _validate
+
+    X, Y = fcn_task.X.astype(np.float32), fcn_task.Y.astype(np.float32)
+
+    def net32(noise):
+        net = fj.FCN(width=4.0, sigma_w2=1.0, sigma_a2=1.0, noise=noise, activation=fj.Erf())
+        return jax.tree.map(lambda x: x.astype(jnp.float32) if eqx.is_array(x) else x, net)
+
+    with pytest.raises(ValueError, match="float32 is refused"):
+        fj.solve(net32(1e-4), X, Y)
+    assert _validate(net32(0.1), X, Y)[0].dtype == jnp.float32
+    # float32 data with float64 hyper-parameters (JAX's float64 on): promoted, not refused.
+    net64 = fj.FCN(width=4.0, sigma_w2=1.0, sigma_a2=1.0, noise=1e-4, activation=fj.Erf())
+    assert _validate(net64, X, Y)[0].dtype == jnp.float64
