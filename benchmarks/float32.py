@@ -28,6 +28,7 @@ def worker(out_path: str) -> None:
     import numpy as np
 
     import fls_jax as fj
+    from fls_jax._solve import _validate
 
     results = {}
     tasks = {
@@ -63,7 +64,8 @@ def worker(out_path: str) -> None:
                     net,
                     (jnp.asarray(C, dtype), jnp.asarray(noise, dtype)),
                 )
-                try:
+                try:  # the refusal is checked on concrete inputs, i.e. outside `jit`
+                    _validate(m, X, Y)
                     jax.block_until_ready(run(m, X, Y, Xt))
                 except ValueError as e:  # fls_jax refuses ill-conditioned float32 solves
                     results[f"{name}|{noise}|{C}"] = dict(refused=str(e).split(":")[0])
