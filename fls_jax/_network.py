@@ -138,6 +138,12 @@ class AbstractNetwork(eqx.Module):
         sw2 = self.layer_sigma_w2(1)
         return (S / sw2) * jnp.eye(S, dtype=sw2.dtype)
 
+    def prior_covariance(self, d: int) -> Float[Array, "S S"]:
+        """Σ₀ = (σ_w²/S) I, the first-layer prior covariance (SPEC §2), without an inverse."""
+        S = self.filter_size(d)
+        sw2 = self.layer_sigma_w2(1)
+        return (sw2 / S) * jnp.eye(S, dtype=sw2.dtype)
+
     def readout_scale(self) -> Float[Array, ""]:
         """s_a = σ_a² (standard) or σ_a²/C_L (mean-field) (SPEC §2)."""
         if self.scaling == "standard":

@@ -109,7 +109,7 @@ def _test_kernels(solution: Solution, X_test: Array):
     tt = net.first_layer_kernel(sigma, X)
     st = net.first_layer_kernel(sigma, X_test, X)
     ss = net.first_layer_kernel_diag(sigma, X_test)
-    priors = [jnp.diag(1 / jnp.diagonal(net.prior_precision(X.shape[1])))]  # Σ₀ ∝ I
+    priors = [net.prior_covariance(X.shape[1])]
     for layer, K in enumerate(solution.kernels, start=2):
         Q_inv, _ = spd_inverse_logdet(tt)
         priors.append(tt)
@@ -292,11 +292,15 @@ _SWEEP_AXIS = jax.sharding.PartitionSpec("w")
 def _strided_slots(widths: Array, n_dev: int) -> np.ndarray:
     """(n_dev, k) indices into `widths` (−1: padding): device j gets every n_dev-th width of
     the wide-to-narrow order, so each device's share spans the whole range."""
-    w = np.asarray(widths)
-    per_dev = -(-w.size // n_dev)
-    order = np.argsort(np.where(np.isfinite(w), 1 / w, 0.0), kind="stable")
-    slots = np.concatenate([order, np.full(per_dev * n_dev - w.size, -1)])
+    per_dev = -(-widths.size // n_dev)
+    order = np.asarray(_wide_first(widths))
+    slots = np.concatenate([order, np.full(per_dev * n_dev - widths.size, -1)])
     return slots.reshape(per_dev, n_dev).T
+
+
+def _wide_first(widths: Array) -> Array:
+    """Indices that order `widths` from wide (C = ∞ first) to narrow, stably."""
+    return jnp.argsort(jnp.where(jnp.isfinite(widths), 1 / widths, 0.0), stable=True)
 
 
 def _replicate(tree, mesh):
@@ -371,7 +375,7 @@ def _path_options(
 
 @eqx.filter_jit
 def _sweep_solve_path(network, X, Y, widths, solver, max_steps, max_stages, adjoint):
-    order = jnp.argsort(jnp.where(jnp.isfinite(widths), 1 / widths, 0.0))  # wide first
+    order = _wide_first(widths)
 
     def step(carry, width):
         u_prev, state_prev = carry

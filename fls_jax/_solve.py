@@ -195,8 +195,7 @@ def _check_float32(network: AbstractNetwork, X: Array) -> None:
     if not all(_concrete(v) for v in leaves):
         return
     Xd = jnp.asarray(X, jnp.float32)
-    sigma0 = jnp.linalg.inv(network.prior_precision(X.shape[1]))
-    q = network.first_layer_kernel_diag(sigma0.astype(Xd.dtype), Xd)
+    q = network.first_layer_kernel_diag(network.prior_covariance(X.shape[1]).astype(Xd.dtype), Xd)
     for layer in range(2, network.depth + 1):  # the GP diagonal through deeper layers
         q = network.post_scale(layer) * network.layer_activation(layer).kernel(q, q, q)
     ratio = float(network.noise) / float(jnp.mean(q))
