@@ -229,6 +229,8 @@ def test_sweep_equals_loop_and_jit_equals_eager(patch_task, schedule):
         np.testing.assert_allclose(sols.sigma[k], sol.sigma, rtol=rtol, atol=1e-14)
         np.testing.assert_allclose(preds.mean[k], pred.mean, rtol=rtol, atol=1e-14)
         np.testing.assert_allclose(preds.test_error[k], pred.test_error, rtol=rtol)
+    if schedule == "parallel":
+        return  # the eager solve below is one more compilation: once is enough
     eager = fj.solve(
         eqx.tree_at(lambda n: n.width, net, jnp.asarray(12.0)), patch_task.X, patch_task.Y
     )
