@@ -8,6 +8,7 @@ from ._activation import (
     Quadrature as Quadrature,
     ReLU as ReLU,
 )
+from ._anderson import Anderson as Anderson
 from ._free_energy import (
     eos_residual as eos_residual,
     free_energy as free_energy,

@@ -14,8 +14,8 @@ from ._free_energy import _inverse_width
 from ._linalg import _eigh, eigvalsh, spd_inverse_logdet
 from ._solve import (
     _MAX_STAGES,
-    _MAX_STEPS,
     Solution,
+    _chain,
     _concrete,
     _default_adjoint,
     _default_solver,
@@ -338,8 +338,8 @@ def _local_solve_parallel(args, widths):
 
 
 def _local_solve_path(args, widths):
-    network, X, Y, solver, max_steps, max_stages, adjoint = args
-    return _sweep_solve_path(network, X, Y, widths, solver, max_steps, max_stages, adjoint)
+    network, X, Y, chain, max_stages, adjoint = args
+    return _sweep_solve_path(network, X, Y, widths, chain, max_stages, adjoint)
 
 
 def _local_predict(args, sols):
@@ -357,8 +357,8 @@ def _sweep_solve(network, X, Y, widths, solve_kwargs):
 def _path_options(
     dtype,
     *,
-    solver: optx.AbstractRootFinder | None = None,
-    max_steps: int = _MAX_STEPS,
+    solver: optx.AbstractRootFinder | Sequence[optx.AbstractRootFinder] | None = None,
+    max_steps: int | Sequence[int] | None = None,
     max_stages: int = _MAX_STAGES,
     precision0=None,
     adjoint: optx.AbstractAdjoint | None = None,
@@ -370,19 +370,17 @@ def _path_options(
         raise ValueError("precision0 is not used by the path schedule (it warm-starts itself)")
     solver = _default_solver(dtype, depth, filter_size) if solver is None else solver
     adjoint = _default_adjoint(depth) if adjoint is None else adjoint
-    return solver, max_steps, max_stages, adjoint
+    return _chain(solver, max_steps), max_stages, adjoint
 
 
 @eqx.filter_jit
-def _sweep_solve_path(network, X, Y, widths, solver, max_steps, max_stages, adjoint):
+def _sweep_solve_path(network, X, Y, widths, chain, max_stages, adjoint):
     order = _wide_first(widths)
 
     def step(carry, width):
         u_prev, state_prev = carry
         net = _with_width(network, width)
-        sol, state = _solve_from(
-            net, X, Y, solver, max_steps, max_stages, u_prev, state_prev, adjoint
-        )
+        sol, state = _solve_from(net, X, Y, chain, max_stages, u_prev, state_prev, adjoint)
         u = jnp.where(sol.converged, _inverse_width(net), u_prev)
         return (u, _where(sol.converged, state, state_prev)), sol
 

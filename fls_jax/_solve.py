@@ -1,5 +1,6 @@
 """Solving the Equations of State: optimistix root finding over lineax solves (SPEC §3)."""
 
+from collections.abc import Sequence
 from typing import Any
 
 import equinox as eqx
@@ -10,6 +11,7 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
+from ._anderson import Anderson
 from ._free_energy import _inverse_width, _layers, _shift_residuals, _shifts, free_energy
 from ._linalg import DenseLU
 from ._network import AbstractNetwork
@@ -225,7 +227,7 @@ def _krylov(rtol: float) -> lx.GMRES:
 _DENSE_NEWTON_MAX = 256
 
 
-def _default_solver(dtype, depth: int = 1, filter_size: int = 1) -> DampedNewton:
+def _newton(dtype, depth: int = 1, filter_size: int = 1) -> DampedNewton:
     """Damped Newton; its linear solver is a dense LU of the S(S+1)/2-dimensional Jacobian
     for one hidden layer with few unknowns, and matrix-free GMRES on Jacobian-vector
     products otherwise (S(S+1)/2 > 256, or deeper networks, whose unknowns include n×n
@@ -236,14 +238,56 @@ def _default_solver(dtype, depth: int = 1, filter_size: int = 1) -> DampedNewton
     return DampedNewton(rtol=_default_rtol(dtype), atol=0.0, linear_solver=_krylov(1e-4))
 
 
+def _default_solver(dtype, depth: int = 1, filter_size: int = 1) -> tuple:
+    """The default chain: Anderson acceleration (one residual per iteration), and where it
+    fails, damped Newton from the same point (`_newton`)."""
+    anderson = Anderson(rtol=_default_rtol(dtype), atol=0.0, memory=_ANDERSON_MEMORY)
+    return (anderson, _newton(dtype, depth, filter_size))
+
+
+_ANDERSON_MEMORY = 30
+
+
+def _default_max_steps(solver: optx.AbstractRootFinder) -> int:
+    return _ANDERSON_MAX_STEPS if isinstance(solver, Anderson) else _MAX_STEPS
+
+
+Chain = tuple[tuple[optx.AbstractRootFinder, int], ...]
+
+
+def _chain(solver, max_steps) -> Chain:
+    """Normalise `solve`'s `solver` (a root finder or a sequence of them) and `max_steps`
+    (None, an int for all, or one per solver) to ((solver, max_steps), …)."""
+    solvers = tuple(solver) if isinstance(solver, list | tuple) else (solver,)
+    if not solvers or not all(isinstance(s, optx.AbstractRootFinder) for s in solvers):
+        raise TypeError(
+            f"solver must be an optimistix root finder or a sequence of them, got {solver}"
+        )
+    if max_steps is None:
+        steps = tuple(_default_max_steps(s) for s in solvers)
+    elif isinstance(max_steps, list | tuple):
+        steps = tuple(max_steps)
+    else:
+        steps = (max_steps,) * len(solvers)
+    if len(steps) != len(solvers) or not all(
+        isinstance(k, int | np.integer) and k >= 1 for k in steps
+    ):
+        raise ValueError(
+            f"max_steps must be None, an int ≥ 1 or one such int per solver, got {max_steps}"
+        )
+    return tuple((s, int(k)) for s, k in zip(solvers, steps, strict=True))
+
+
 def _default_adjoint(depth: int = 1) -> optx.AbstractAdjoint:
     if depth == 1:
         return _ADJOINT
     return optx.ImplicitAdjoint(linear_solver=_krylov(1e-9))
 
 
-# Defaults of `solve`, shared with the path schedule of `sweep`.
+# Defaults of `solve`, shared with the path schedule of `sweep`: iterations per root find of
+# Newton and of Anderson acceleration, and continuation stages.
 _MAX_STEPS = 12
+_ANDERSON_MAX_STEPS = 200
 _MAX_STAGES = 64
 _ADJOINT = optx.ImplicitAdjoint(linear_solver=DenseLU())
 
@@ -286,19 +330,54 @@ class _Continuation(eqx.Module):
     h: Array  # next step in u
     steps: Array  # Newton steps spent
     stages: Array  # root finds tried
+    failures: Array  # stages failed in a row
     done: Array
     failed: Array
 
 
-def _continuation(fn, solver, u0, lam0, network, X, Y, stage_steps: int, max_stages: int):
+def _attempt(fn, chain: Chain, lam, args, failures, after: int) -> tuple[Any, Array, Array]:
+    """Root-find from `lam` with the solvers of `chain` in turn: the i-th (i ≥ 1) starts
+    again from `lam`, and runs only where all earlier ones failed and the continuation has
+    already failed `i × after` times in a row (`failures`, `_fallback_after`). Returns the
+    value reached (`lam` where all failed), whether one succeeded, and the iterations
+    spent."""
+    value, ok, steps = lam, jnp.array(False), jnp.array(0)
+    for i, (solver, max_steps) in enumerate(chain):
+
+        def run(solver=solver, max_steps=max_steps):
+            sol = optx.root_find(fn, solver, lam, args=args, max_steps=max_steps, throw=False)
+            good = sol.result == optx.RESULTS.successful
+            return _where(good, sol.value, lam), good, sol.stats["num_steps"]
+
+        def skip(value=value, ok=ok):
+            return value, ok, jnp.array(0)
+
+        # Without vmap the cond skips a solver outright; under vmap both branches run, and
+        # the skipped elements' root finds stop at their first check.
+        value, ok, new_steps = jax.lax.cond(ok | (failures < i * after), skip, run)
+        steps = steps + new_steps
+    return value, ok, steps
+
+
+def _fallback_after(depth: int) -> int:
+    """Stages that must fail in a row before a continuation stage uses the chain's next
+    solver. For one hidden layer at once: a dense Newton step costs ~100 residuals and it
+    rescues the hard widths (erf FCN n = 256, C = 1: with 1 the continuation ran out of
+    stages). For deeper networks after one failure: there a GMRES Newton step costs ~350
+    residuals, and Anderson on a shorter step in u was 3–10× faster (C = 4, 8;
+    `benchmarks/RESULTS.md`)."""
+    return 0 if depth == 1 else 1
+
+
+def _continuation(fn, chain: Chain, u0, lam0, network, X, Y, max_stages: int):
     """Adaptive homotopy in u = 1/C from a solved point (u0, Λ0) to the target width (SPEC §3).
 
     `solve` starts from the GP limit (u0 = 0, Λ0 = Σ₀⁻¹); a path sweep starts from the
     previous, wider, solution. The first stage tries the target directly, so easy problems
-    cost one root find. A stage that fails quarters the step in u and retries from the last
-    converged point; one that succeeds doubles the next step. Each vmapped element follows
-    its own path. Inputs are `stop_gradient`-ed: derivatives come from the final root
-    find's implicit adjoint.
+    cost one root find. Each stage tries the solvers of `chain` in turn (`_attempt`). A
+    stage that fails quarters the step in u and retries from the last converged point; one
+    that succeeds doubles the next step. Each vmapped element follows its own path. Inputs
+    are `stop_gradient`-ed: derivatives come from the final root find's implicit adjoint.
     """
     network, X, Y, u0, lam0 = jax.lax.stop_gradient((network, X, Y, u0, lam0))
     u_target = _inverse_width(network)
@@ -309,23 +388,17 @@ def _continuation(fn, solver, u0, lam0, network, X, Y, stage_steps: int, max_sta
     def body(c: _Continuation):
         u_try = jnp.minimum(u_target, c.u + c.h)
         width = jnp.where(u_try > 0, 1 / jnp.where(u_try > 0, u_try, 1.0), jnp.inf)
-        sol = optx.root_find(
-            fn,
-            solver,
-            c.lam,
-            args=(_with_width(network, width), X, Y),
-            max_steps=stage_steps,
-            throw=False,
-        )
-        ok = sol.result == optx.RESULTS.successful
-        u = jnp.where(ok, u_try, c.u)
+        args = (_with_width(network, width), X, Y)
+        after = _fallback_after(network.depth)
+        lam, ok, steps = _attempt(fn, chain, c.lam, args, c.failures, after)
         stages = c.stages + 1
         return _Continuation(
-            u=u,
-            lam=_where(ok, sol.value, c.lam),
+            u=jnp.where(ok, u_try, c.u),
+            lam=lam,
             h=jnp.where(ok, 2 * c.h, 0.25 * c.h),
-            steps=c.steps + sol.stats["num_steps"],
+            steps=c.steps + steps,
             stages=stages,
+            failures=jnp.where(ok, 0, c.failures + 1),
             done=ok & (u_try >= u_target),
             failed=stages >= max_stages,
         )
@@ -336,6 +409,7 @@ def _continuation(fn, solver, u0, lam0, network, X, Y, stage_steps: int, max_sta
         h=u_target - u0,
         steps=jnp.array(0),
         stages=jnp.array(0),
+        failures=jnp.array(0),
         done=u_target <= u0,
         failed=jnp.array(False),
     )
@@ -347,8 +421,8 @@ def solve(
     X: Float[ArrayLike, "n d"],
     Y: Float[ArrayLike, "n m"] | Float[ArrayLike, " n"],
     *,
-    solver: optx.AbstractRootFinder | None = None,
-    max_steps: int = _MAX_STEPS,
+    solver: optx.AbstractRootFinder | Sequence[optx.AbstractRootFinder] | None = None,
+    max_steps: int | Sequence[int] | None = None,
     max_stages: int = _MAX_STAGES,
     precision0: Float[ArrayLike, "S S"] | tuple | None = None,
     adjoint: optx.AbstractAdjoint | None = None,
@@ -358,12 +432,14 @@ def solve(
     For one hidden layer the unknown is the precision Λ = Σ⁻¹ and the residual is
     R(Λ) = Σ₀⁻¹ − Λ − (1/C) ∂_Σ tr[A Q_f(Σ)] (A = TTᵀ − m K_f⁻¹ held fixed), i.e.
     (2/C) ∂F/∂Σ. For depth L > 1 the unknowns are Σ⁻¹ and the n×n precisions K^(l)⁻¹ of the
-    deeper layers, with the residuals of [`fls_jax.eos_residual`][]. The default solver is
-    [`fls_jax.DampedNewton`][] (dense LU for one hidden layer with S(S+1)/2 ≤ 256 unknowns,
-    matrix-free GMRES otherwise and for deeper networks). It starts from the GP limit and
+    deeper layers, with the residuals of [`fls_jax.eos_residual`][]. The default solver is a
+    chain: [`fls_jax.Anderson`][] acceleration of the fixed-point map (one residual
+    evaluation per iteration), and where it fails, [`fls_jax.DampedNewton`][] from the same
+    point (dense LU for one hidden layer with S(S+1)/2 ≤ 256 unknowns, matrix-free GMRES
+    otherwise and for deeper networks). It starts from the GP limit and
     tries the target width directly; where that fails (small widths, strong feature
     learning) an automatic homotopy in 1/C takes over, adapting its own steps, separately
-    for each element of a vmap. Any optimistix root finder can be passed instead.
+    for each element of a vmap. Any optimistix root finders can be passed instead.
     Gradients with respect to the hyper-parameters and the data flow by implicit
     differentiation of the final root find.
 
@@ -371,8 +447,11 @@ def solve(
 
     - `network`: an [`fls_jax.FCN`][] or [`fls_jax.PatchCNN`][].
     - `X`: training inputs (n×d). `Y`: targets (n×m, or n for one output).
-    - `solver`: an optimistix root finder (default: damped Newton, rtol 1e-11 in float64).
-    - `max_steps`: iteration cap of each root find (continuation stage).
+    - `solver`: an optimistix root finder, or a sequence of them tried in turn at each
+      continuation stage (default: Anderson then damped Newton, rtol 1e-11 in float64). The
+      last one carries the implicit adjoint.
+    - `max_steps`: iteration cap of each root find (continuation stage): one int for all
+      solvers or one per solver (default: 200 for Anderson, 12 for others).
     - `max_stages`: cap on the continuation stages (root finds) before giving up.
     - `precision0`: a starting Σ⁻¹ (e.g. the solution at a neighbouring width), or for
       depth L > 1 the tuple (Σ⁻¹, K^(2)⁻¹, …, K^(L)⁻¹). Given, it replaces the GP-limit
@@ -387,11 +466,12 @@ def solve(
     X, Y = _validate(network, X, Y)
     if solver is None:
         solver = _default_solver(X.dtype, network.depth, network.filter_size(X.shape[1]))
+    chain = _chain(solver, max_steps)
     if adjoint is None:
         adjoint = _default_adjoint(network.depth)
     if precision0 is not None:
         precision0 = _validate_precision0(network, X, precision0)
-    return _solve(network, X, Y, solver, max_steps, max_stages, precision0, adjoint)
+    return _solve(network, X, Y, chain, max_stages, precision0, adjoint)
 
 
 def _state_of(network, X, precisions):
@@ -424,36 +504,47 @@ def _state_residual(state, args):
 
 
 @eqx.filter_jit
-def _solve(network, X, Y, solver, max_steps, max_stages, precision0, adjoint) -> Solution:
+def _solve(network, X, Y, chain: Chain, max_stages, precision0, adjoint) -> Solution:
     if precision0 is None:
         state0 = _gp_state(network, X)
-        return _solve_from(network, X, Y, solver, max_steps, max_stages, 0.0, state0, adjoint)[0]
+        return _solve_from(network, X, Y, chain, max_stages, 0.0, state0, adjoint)[0]
     state0 = _state_of(network, X, precision0)
-    return _solve_from(network, X, Y, solver, max_steps, 0, None, state0, adjoint)[0]
+    return _solve_from(network, X, Y, chain, 0, None, state0, adjoint)[0]
 
 
 def _solve_from(
-    network, X, Y, solver, max_steps, max_stages, u0, state0, adjoint
+    network, X, Y, chain: Chain, max_stages, u0, state0, adjoint
 ) -> tuple[Solution, Any]:
     """Continuation from the solved point (u0 = 1/C0, unknowns `state0`) (skipped when u0
-    is None), then the final root find at the target width, which carries the implicit
-    adjoint. Returns the solution and the unknowns reached (a warm start for the next)."""
+    is None: then the chain's earlier solvers try from `state0`), then the final root find
+    at the target width with the chain's last solver, which carries the implicit adjoint.
+    Returns the solution and the unknowns reached (a warm start for the next)."""
     S = network.filter_size(X.shape[1])
     args = (network, X, Y)
     if u0 is None:
-        start, steps, stages = state0, 0, 0
+        # No continuation: no shorter step to try, so every solver of the chain may run.
+        start, _, steps = _attempt(
+            _state_residual,
+            chain[:-1],
+            jax.lax.stop_gradient(state0),
+            jax.lax.stop_gradient(args),
+            jnp.array(0),
+            0,
+        )
+        stages = 0
     else:
         u0 = jnp.asarray(u0, X.dtype)
-        cont = _continuation(_state_residual, solver, u0, state0, *args, max_steps, max_stages)
+        cont = _continuation(_state_residual, chain, u0, state0, *args, max_stages)
         start, steps, stages = cont.lam, cont.steps, cont.stages
     # After a successful continuation the final root find stops at once (its start already
     # meets the tolerance); it is there to carry the adjoint.
+    final_solver, final_steps = chain[-1]
     sol = optx.root_find(
         _state_residual,
-        solver,
+        final_solver,
         start,
         args=args,
-        max_steps=max_steps,
+        max_steps=final_steps,
         adjoint=adjoint,
         throw=False,
     )

@@ -1,0 +1,128 @@
+"""Anderson-accelerated fixed-point iteration of the EoS: one residual per iteration (SPEC §3).
+
+The EoS residuals are R(y) = G(y) − y with G the authors' fixed-point map (for one hidden
+layer, G(Λ) = Σ₀⁻¹ − (1/C) ∂_Σ tr[A Q_f(Σ)]|_{Σ=Λ⁻¹}). Each evaluation costs one
+factorisation of K_f plus kernel maps, the Cholesky-bound cost of an iteration; a Newton
+step costs that plus a linear solve whose every Jacobian-vector product is two n×n×n matrix
+products. The accelerated iteration needs more iterations than Newton but each is far
+cheaper; `solve` uses it first and falls back to Newton where it stalls.
+"""
+
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optimistix as optx
+from jax.flatten_util import ravel_pytree
+from jaxtyping import Array
+
+
+class _AndersonState(eqx.Module):
+    f: Any  # residual at the current iterate
+    f_norm: Array
+    dY: Array  # (m, N) iterate differences, newest in row `k % m`
+    dF: Array  # (m, N) residual differences
+    k: Array  # iterations done (number of valid history rows is min(k, m))
+    result: optx.RESULTS
+
+
+def _norm(x) -> Array:
+    return jnp.sqrt(sum(jnp.sum(leaf**2) for leaf in jax.tree.leaves(x)))
+
+
+class Anderson(optx.AbstractRootFinder):
+    """Anderson acceleration (Walker–Ni type II) of y ← y + β R(y), as an optimistix solver.
+
+    Each step evaluates the residual once: with the last `memory` differences ΔY of the
+    iterates and ΔF of the residuals, γ = argmin ‖R(y_k) − ΔF γ‖ (a ridge-regularised least
+    squares of size `memory`) and y_{k+1} = y_k + β R(y_k) − (ΔY + β ΔF) γ. Where the new
+    point leaves the domain (the residual is not finite: a precision not positive definite)
+    the step is halved until it is finite; the step taken enters the history either way
+    (clearing it instead made the deep EoS diverge). Stops when
+    ‖R(y)‖_F ≤ atol + rtol ‖y‖_F. Works per element under `jax.vmap`.
+
+    **Arguments:**
+
+    - `rtol`, `atol`: tolerances on the residual, relative to ‖y‖ and absolute.
+    - `memory`: number of past differences used (m).
+    - `mixing`: β, the damping of the underlying fixed-point step.
+    - `max_halvings`: most halvings of a step that leaves the domain.
+    """
+
+    rtol: float
+    atol: float
+    norm: Any = optx.two_norm
+    memory: int = 8
+    mixing: float = 1.0
+    max_halvings: int = 30
+
+    def init(self, fn, y, args, options, f_struct, aux_struct, tags):
+        del options, aux_struct, f_struct, tags
+        f, _ = fn(y, args)
+        flat, _ = ravel_pytree(y)
+        hist = jnp.zeros((self.memory, flat.size), flat.dtype)
+        return _AndersonState(
+            f=f, f_norm=_norm(f), dY=hist, dF=hist, k=jnp.array(0), result=optx.RESULTS.successful
+        )
+
+    def step(self, fn, y, args, options, state, tags):
+        del options, tags
+        y_flat, unravel = ravel_pytree(y)
+        f_flat, _ = ravel_pytree(state.f)
+        m = self.memory
+        valid = (jnp.arange(m) < jnp.minimum(state.k, m)).astype(y_flat.dtype)
+        dF = state.dF * valid[:, None]
+        dY = state.dY * valid[:, None]
+        # γ = argmin ‖f − dFᵀ γ‖ with a small ridge (relative to the history's scale) so that
+        # a degenerate history gives a short, not a wild, correction.
+        gram = dF @ dF.T
+        ridge = 1e-12 * jnp.trace(gram) + jnp.finfo(y_flat.dtype).tiny
+        gram = gram + ridge * jnp.eye(m, dtype=gram.dtype) + jnp.diag(1 - valid)
+        gamma = jnp.linalg.solve(gram, dF @ f_flat) * valid
+        beta = self.mixing
+        step = beta * f_flat - (dY + beta * dF).T @ gamma
+
+        def trial(alpha):
+            y_new = y_flat + alpha * step
+            f_new, aux = fn(unravel(y_new), args)
+            return y_new, f_new, aux, jnp.isfinite(_norm(f_new))
+
+        def cond(c):
+            i, _, _, _, _, ok = c
+            return (~ok) & (i < self.max_halvings)
+
+        def body(c):
+            i, alpha, *_ = c
+            return (i + 1, 0.5 * alpha, *trial(0.5 * alpha))
+
+        one = jnp.array(1.0, y_flat.dtype)
+        _, _, y_new, f_new, aux, ok = jax.lax.while_loop(
+            cond, body, (jnp.array(0), one, *trial(one))
+        )
+        f_new_flat, _ = ravel_pytree(f_new)
+        # Every accepted step, halved or not, is a valid secant pair for the history.
+        row = state.k % m
+        dY_new = jnp.where(ok, state.dY.at[row].set(y_new - y_flat), state.dY)
+        dF_new = jnp.where(ok, state.dF.at[row].set(f_new_flat - f_flat), state.dF)
+        k_new = jnp.where(ok, state.k + 1, state.k)
+        y_out = jnp.where(ok, y_new, y_flat)
+        result = optx.RESULTS.where(ok, optx.RESULTS.successful, optx.RESULTS.nonlinear_divergence)
+        new_state = _AndersonState(
+            f=jax.tree.map(lambda a, b: jnp.where(ok, a, b), f_new, state.f),
+            f_norm=jnp.where(ok, _norm(f_new), state.f_norm),
+            dY=dY_new,
+            dF=dF_new,
+            k=k_new,
+            result=result,
+        )
+        return unravel(y_out), new_state, aux
+
+    def terminate(self, fn, y, args, options, state, tags):
+        del fn, args, options, tags
+        small = state.f_norm <= self.atol + self.rtol * _norm(y)
+        failed = state.result != optx.RESULTS.successful
+        return small | failed, state.result
+
+    def postprocess(self, fn, y, aux, args, options, state, tags, result):
+        return y, aux, {}
