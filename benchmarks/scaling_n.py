@@ -83,7 +83,7 @@ def main():
         t0 = time.perf_counter()
         compiled = solve.lower(net, X, Y).compile()
         t_compile = time.perf_counter() - t0
-        mem = compiled.memory_analysis()
+        mem = compiled.compiled.memory_analysis()
         temp = getattr(mem, "temp_size_in_bytes", float("nan")) / 2**20 if mem else float("nan")
         sol, t_solve = timed(solve, net, X, Y, repeat=a.repeat)
         it = int(sol.num_steps)
