@@ -17,6 +17,8 @@ import optimistix as optx
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array
 
+from ._rootfind import _AbstractResidualRootFinder, _fro, _where
+
 
 class _AndersonState(eqx.Module):
     f: Any  # residual at the current iterate
@@ -27,11 +29,7 @@ class _AndersonState(eqx.Module):
     result: optx.RESULTS
 
 
-def _norm(x) -> Array:
-    return jnp.sqrt(sum(jnp.sum(leaf**2) for leaf in jax.tree.leaves(x)))
-
-
-class Anderson(optx.AbstractRootFinder):
+class Anderson(_AbstractResidualRootFinder):
     """Anderson acceleration (Walker–Ni type II) of y ← y + β R(y), as an optimistix solver.
 
     Each step evaluates the residual once: with the last `memory` differences ΔY of the
@@ -39,8 +37,7 @@ class Anderson(optx.AbstractRootFinder):
     squares of size `memory`) and y_{k+1} = y_k + β R(y_k) − (ΔY + β ΔF) γ. Where the new
     point leaves the domain (the residual is not finite: a precision not positive definite)
     the step is halved until it is finite, and the history restarts from the step taken.
-    Stops when
-    ‖R(y)‖_F ≤ atol + rtol ‖y‖_F. Works per element under `jax.vmap`.
+    Stops when ‖R(y)‖_F ≤ atol + rtol ‖y‖_F. Works per element under `jax.vmap`.
 
     **Arguments:**
 
@@ -50,9 +47,6 @@ class Anderson(optx.AbstractRootFinder):
     - `max_halvings`: most halvings of a step that leaves the domain.
     """
 
-    rtol: float
-    atol: float
-    norm: Any = optx.two_norm
     memory: int = 8
     mixing: float = 1.0
     max_halvings: int = 30
@@ -63,7 +57,7 @@ class Anderson(optx.AbstractRootFinder):
         flat, _ = ravel_pytree(y)
         hist = jnp.zeros((self.memory, flat.size), flat.dtype)
         return _AndersonState(
-            f=f, f_norm=_norm(f), dY=hist, dF=hist, k=jnp.array(0), result=optx.RESULTS.successful
+            f=f, f_norm=_fro(f), dY=hist, dF=hist, k=jnp.array(0), result=optx.RESULTS.successful
         )
 
     def step(self, fn, y, args, options, state, tags):
@@ -86,7 +80,7 @@ class Anderson(optx.AbstractRootFinder):
         def trial(alpha):
             y_new = y_flat + alpha * step
             f_new, aux = fn(unravel(y_new), args)
-            return y_new, f_new, aux, jnp.isfinite(_norm(f_new))
+            return y_new, f_new, aux, jnp.isfinite(_fro(f_new))
 
         def cond(c):
             i, _, _, _, _, ok = c
@@ -114,20 +108,11 @@ class Anderson(optx.AbstractRootFinder):
         y_out = jnp.where(ok, y_new, y_flat)
         result = optx.RESULTS.where(ok, optx.RESULTS.successful, optx.RESULTS.nonlinear_divergence)
         new_state = _AndersonState(
-            f=jax.tree.map(lambda a, b: jnp.where(ok, a, b), f_new, state.f),
-            f_norm=jnp.where(ok, _norm(f_new), state.f_norm),
+            f=_where(ok, f_new, state.f),
+            f_norm=jnp.where(ok, _fro(f_new), state.f_norm),
             dY=dY_new,
             dF=dF_new,
             k=k_new,
             result=result,
         )
         return unravel(y_out), new_state, aux
-
-    def terminate(self, fn, y, args, options, state, tags):
-        del fn, args, options, tags
-        small = state.f_norm <= self.atol + self.rtol * _norm(y)
-        failed = state.result != optx.RESULTS.successful
-        return small | failed, state.result
-
-    def postprocess(self, fn, y, aux, args, options, state, tags, result):
-        return y, aux, {}

@@ -12,6 +12,7 @@ from jaxtyping import Array, ArrayLike, Float
 
 from ._free_energy import _inverse_width
 from ._linalg import _eigh, eigvalsh, spd_inverse_logdet
+from ._rootfind import _where
 from ._solve import (
     _MAX_STAGES,
     Solution,
@@ -22,7 +23,6 @@ from ._solve import (
     _gp_state,
     _solve_from,
     _validate,
-    _where,
     _with_width,
     solve,
 )

@@ -15,15 +15,7 @@ from ._anderson import Anderson
 from ._free_energy import _inverse_width, _layers, _shift_residuals, _shifts, free_energy
 from ._linalg import DenseLU
 from ._network import AbstractNetwork
-
-
-def _fro(x) -> Array:
-    """Frobenius norm of an array or a pytree of arrays."""
-    return jnp.sqrt(sum(jnp.sum(leaf**2) for leaf in jax.tree.leaves(x)))
-
-
-def _where(cond, a, b):
-    return jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)
+from ._rootfind import _AbstractResidualRootFinder, _fro, _where
 
 
 class _DampedNewtonState(eqx.Module):
@@ -32,7 +24,7 @@ class _DampedNewtonState(eqx.Module):
     result: optx.RESULTS
 
 
-class DampedNewton(optx.AbstractRootFinder):
+class DampedNewton(_AbstractResidualRootFinder):
     """Newton's method with a backtracking line search on ‖residual‖, as an optimistix solver.
 
     Each step solves J δ = f(y) with `linear_solver` (lineax; by default the Jacobian of the
@@ -51,9 +43,6 @@ class DampedNewton(optx.AbstractRootFinder):
     - `max_halvings`: most step-length halvings per step.
     """
 
-    rtol: float
-    atol: float
-    norm: Any = optx.two_norm
     linear_solver: lx.AbstractLinearSolver = DenseLU()
     max_halvings: int = 40
 
@@ -92,15 +81,6 @@ class DampedNewton(optx.AbstractRootFinder):
         result = optx.RESULTS.where(ok, optx.RESULTS.successful, optx.RESULTS.nonlinear_divergence)
         state = _DampedNewtonState(f=f_out, f_norm=jnp.where(ok, n_new, f_norm), result=result)
         return y_out, state, aux
-
-    def terminate(self, fn, y, args, options, state, tags):
-        del fn, args, options, tags
-        small = state.f_norm <= self.atol + self.rtol * _fro(y)
-        failed = state.result != optx.RESULTS.successful
-        return small | failed, state.result
-
-    def postprocess(self, fn, y, aux, args, options, state, tags, result):
-        return y, aux, {}
 
 
 class Solution(eqx.Module):
