@@ -90,14 +90,25 @@ class DenseLU(lx.AbstractLinearSolver):
     """lineax solver: materialise the operator and solve by LU (LAPACK), vmap-safe on CPU.
 
     For the small dense systems of fls_jax (Newton steps and the implicit adjoint, of size
-    S(S+1)/2). Operators must act on a single 1-d array.
+    S(S+1)/2). Operators must act on a single 1-d array. A matrix-free operator is
+    materialised `columns` Jacobian-vector products at a time (`lax.map`), not all at once:
+    each product of the one-layer EoS carries P n×n kernel tangents, so building all
+    S(S+1)/2 columns together needed S(S+1)/2 · P · n² floats (266 GB for a PatchCNN with
+    S = 16, P = 8 at n = 1000).
     """
+
+    columns: int = 8
 
     def init(self, operator: lx.AbstractLinearOperator, options: dict[str, Any]):
         del options
         if operator.in_size() != operator.out_size():
             raise ValueError("DenseLU needs a square operator")
-        return operator.as_matrix()
+        if isinstance(operator, lx.MatrixLinearOperator):
+            return operator.as_matrix()
+        struct = operator.in_structure()
+        eye = jnp.eye(operator.in_size(), dtype=struct.dtype)
+        # Linearised once, so that the batches share one evaluation of the primal.
+        return jax.lax.map(lx.linearise(operator).mv, eye, batch_size=self.columns).T
 
     def compute(self, state, vector, options):
         del options

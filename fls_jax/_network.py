@@ -23,6 +23,7 @@ import abc
 from typing import Literal
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
@@ -167,11 +168,21 @@ class AbstractNetwork(eqx.Module):
             # with no per-patch n×n kernels (P times less memory and traffic).
             c = jnp.einsum("pns,st,pmt->nm", P1, sigma, P2) / P1.shape[0]
             return self.post_scale(1) * c
-        a = jnp.einsum("pns,st,pnt->pn", P1, sigma, P1)
-        b = a if X2 is None else jnp.einsum("pns,st,pnt->pn", P2, sigma, P2)
-        c = jnp.einsum("pns,st,pmt->pnm", P1, sigma, P2)
-        phi = act.kernel(a[:, :, None], b[:, None, :], c)
-        return self.post_scale(1) * jnp.mean(phi, axis=0)
+
+        # One patch at a time, rematerialised in the backward pass: the kernel's
+        # intermediates (and the EoS' derivatives of them) then take O(n²) memory, not
+        # O(P n²): a P = 8 PatchCNN's compiled solve needs several times less.
+        @jax.checkpoint
+        def add_patch(acc, patch):
+            p1, p2 = patch
+            a = jnp.einsum("ns,st,nt->n", p1, sigma, p1)
+            b = a if X2 is None else jnp.einsum("ns,st,nt->n", p2, sigma, p2)
+            c = p1 @ sigma @ p2.T
+            return acc + act.kernel(a[:, None], b[None, :], c), None
+
+        zero = jnp.zeros((P1.shape[1], P2.shape[1]), jnp.result_type(sigma, P1))
+        total, _ = jax.lax.scan(add_patch, zero, (P1, P2))
+        return self.post_scale(1) * total / P1.shape[0]
 
     def first_layer_kernel_diag(
         self, sigma: Float[Array, "S S"], X: Float[Array, "n d"]
