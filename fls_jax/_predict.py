@@ -123,6 +123,40 @@ def _test_kernels(solution: Solution, X_test: Array):
     return tt, st, ss, priors
 
 
+def _feature_space(net, X: Array) -> bool:
+    """Whether Q_f = Z (I_P ⊗ cΣ) Zᵀ has rank r = P·S < n (linear φ, one hidden layer): then
+    the readout is evaluated in r dimensions, as the solve's evidence is (`data_term`)."""
+    features = net.linear_features(X)
+    return features is not None and features[0].shape[1] < X.shape[0]
+
+
+def _readout_feature_space(net, sigma: Array, X: Array, Y: Array, X_test: Array):
+    """T = K_f⁻¹Y, the mean Q_f(x*, X) T and the variance v(x*) of SPEC §4 for
+    Q_f = Z B Zᵀ (B = I_P ⊗ cΣ, rank r < n), without an n×n matrix: with
+    W = σ²B⁻¹ + ZᵀZ, K_f⁻¹ = σ⁻²(I − Z W⁻¹ Zᵀ) (Woodbury), B Zᵀ K_f⁻¹ = W⁻¹Zᵀ, so
+    f̄(x*) = z*ᵀ W⁻¹ ZᵀY and v(x*) = z*ᵀ(B − B Zᵀ K_f⁻¹ Z B) z* = σ² z*ᵀ W⁻¹ z*.
+    Costs O(n r² + r³)."""
+    Z, c = net.linear_features(X)
+    Z_test, _ = net.linear_features(X_test)
+    eye = jnp.eye(Z.shape[1] // sigma.shape[0], dtype=sigma.dtype)
+    sigma_inv, _ = spd_inverse_logdet(sigma)
+    W_inv, _ = spd_inverse_logdet(net.noise * jnp.kron(eye, sigma_inv / c) + Z.T @ Z)
+    w_mean = W_inv @ (Z.T @ Y)  # posterior mean of the readout in feature space
+    T = (Y - Z @ w_mean) / net.noise
+    mean = Z_test @ w_mean  # = Z* B Zᵀ K_f⁻¹ Y, without the cancellation inside T
+    variance = net.noise * jnp.sum((Z_test @ W_inv) * Z_test, 1)
+    return T, mean, variance
+
+
+def _readout_quadratic(net, sigma: Array, X: Array, T: Array) -> Array:
+    """tr(Tᵀ Q_f(Σ) T) of a depth-1 network; in feature space when `_feature_space`."""
+    if _feature_space(net, X):
+        Z, c = net.linear_features(X)
+        V = (Z.T @ T).reshape(-1, sigma.shape[0], T.shape[1])  # (P, S, m)
+        return c * jnp.einsum("psk,st,ptk->", V, sigma, V)
+    return jnp.sum(T * (net.output_kernel(sigma, X) @ T))
+
+
 def predict(
     solution: Solution,
     X_test: Float[ArrayLike, "n_test d"],
@@ -147,11 +181,16 @@ def predict(
     net, X, Y, sigma = solution.network, solution.X, solution.Y, solution.sigma
     X_test, Y_test = _validate_test(X, Y, X_test, Y_test)
     n, m = Y.shape
-    Qf, Q_star, q_diag, priors = _test_kernels(solution, X_test)
-    Kf_inv, _ = spd_inverse_logdet(Qf + net.noise * jnp.eye(n, dtype=X.dtype))
-    T = Kf_inv @ Y
-    mean = Q_star @ T
-    variance = q_diag - jnp.sum((Q_star @ Kf_inv) * Q_star, 1)
+    if _feature_space(net, X):
+        Qf = None
+        T, mean, variance = _readout_feature_space(net, sigma, X, Y, X_test)
+        priors = [net.prior_covariance(X.shape[1])]
+    else:
+        Qf, Q_star, q_diag, priors = _test_kernels(solution, X_test)
+        Kf_inv, _ = spd_inverse_logdet(Qf + net.noise * jnp.eye(n, dtype=X.dtype))
+        T = Kf_inv @ Y
+        mean = Q_star @ T
+        variance = q_diag - jnp.sum((Q_star @ Kf_inv) * Q_star, 1)
     train_error = net.noise**2 * jnp.sum(T**2) / (n * m)
     if Y_test is None:
         test_error = jnp.asarray(jnp.inf, X.dtype)
@@ -162,16 +201,16 @@ def predict(
     # whitened by that layer's prior.
     L = net.depth
     inv_width = _inverse_width(net) / net.width_ratio(L)
-    TTt = T @ T.T
     if L == 1:
-        shift = jax.grad(lambda s: jnp.sum(TTt * net.output_kernel(s, X)))(sigma) * inv_width
+        shift = jax.grad(_readout_quadratic, argnums=1)(net, sigma, X, T) * inv_width
         prior_sqrt = jnp.sqrt(1 / jnp.diagonal(net.prior_precision(X.shape[1])))  # Σ₀ ∝ I
         whitened = prior_sqrt[:, None] * shift * prior_sqrt[None, :]
         chi = eigvalsh(0.5 * (whitened + whitened.T))[-1]
     else:
-        K_L = solution.kernels[-1]
+        K_L, TTt = solution.kernels[-1], T @ T.T
         shift = jax.grad(lambda K: jnp.sum(TTt * net.post_kernel(L, K)))(K_L) * inv_width
         chi = _whitened_top(priors[-1], 0.5 * (shift + shift.T))
+    quad = _readout_quadratic(net, sigma, X, T) if Qf is None else jnp.sum(T * (Qf @ T))
     covs = (sigma, *solution.kernels)
     precs = (solution.precision, *solution.kernel_precisions)
     # λ_max(P⁻¹ cov) − 1 = 1/λ_min(P^{1/2} Λ P^{1/2}) − 1.
@@ -185,7 +224,7 @@ def predict(
         test_error=test_error,
         test_error_draw=test_error + jnp.mean(variance),
         chi=chi,
-        chi_proxy=jnp.sum(T * (Qf @ T)) * inv_width,
+        chi_proxy=quad * inv_width,
         sigma_eigenvalues=eigvalsh(sigma),
         kernel_eigenvalues=tuple(eigvalsh(K) for K in covs[1:]),
         layer_stretch=stretch,

@@ -313,3 +313,30 @@ def test_erf_reference_numbers_are_plausible(fcn_task):
         align.append(w @ s @ w / np.trace(s))
     assert align[0] < align[1] < align[2]
     assert abs(erf(0.0)) == 0.0
+
+
+def test_linear_readout_in_feature_space_equals_dense_formulas(patch_task):
+    """Linear φ with P·S < n: `predict` works in r = P·S dimensions (Woodbury); compare every
+    readout quantity with the n×n formulas of SPEC §4 from the learned Σ, in NumPy."""
+    net, S = _make("patchcnn", "linear", 3.0, patch_task)
+    assert net.linear_features(patch_task.X)[0].shape[1] < len(patch_task.X)
+    sol = solve_jit(net, patch_task.X, patch_task.Y)
+    pred = predict_jit(sol, patch_task.X_test, patch_task.Y_test)
+    assert bool(sol.converged)
+    Sigma = np.asarray(sol.sigma)
+    Xp, Xs = _patches(patch_task.X, S), _patches(patch_task.X_test, S)
+    P, n = Xp.shape[0], len(patch_task.X)
+    Qf = 0.8 / P * sum(a @ Sigma @ a.T for a in Xp)
+    Qs = 0.8 / P * sum(b @ Sigma @ a.T for a, b in zip(Xp, Xs, strict=True))
+    qss = 0.8 / P * sum(np.einsum("ns,st,nt->n", b, Sigma, b) for b in Xs)
+    K = Qf + 0.02 * np.eye(n)
+    T = np.linalg.solve(K, patch_task.Y)
+    mean = Qs @ T
+    np.testing.assert_allclose(pred.mean, mean, rtol=1e-9, atol=1e-12)
+    var = qss - np.einsum("ij,ji->i", Qs, np.linalg.solve(K, Qs.T))
+    np.testing.assert_allclose(pred.variance, var, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(pred.train_error, 0.02**2 * np.mean(T**2), rtol=1e-9)
+    np.testing.assert_allclose(pred.test_error, np.mean((mean - patch_task.Y_test) ** 2), rtol=1e-9)
+    np.testing.assert_allclose(pred.chi_proxy, np.sum(T * (Qf @ T)) / 3.0, rtol=1e-9)
+    shift = 0.8 / (3.0 * P) * sum(a.T @ T @ T.T @ a for a in Xp)
+    np.testing.assert_allclose(pred.chi, np.linalg.eigvalsh(1.3 / S * shift)[-1], rtol=1e-9)
