@@ -75,6 +75,10 @@ def main():
     newton = _newton(X.dtype, net0.depth, S)
     anderson = fj.Anderson(rtol=1e-11, atol=0.0, memory=30)
     methods = {"default": {}, "newton": {"solver": newton}, "anderson": {"solver": anderson}}
+    for m in a.methods:
+        if m.startswith("stall"):  # the default chain with Anderson's `patience` set
+            stall = fj.Anderson(rtol=1e-11, atol=0.0, memory=30, patience=int(m[5:]))
+            methods[m] = {"solver": (stall, newton)}
     state0 = _gp_state(net0, X)
     res = jax.jit(lambda st, net: _state_residual(st, (net, X, Y)))
     _, t_res = timed(lambda: res(state0, at_width(net0, 64.0)), 5)

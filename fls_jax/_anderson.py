@@ -26,6 +26,8 @@ class _AndersonState(eqx.Module):
     dY: Array  # (m, N) iterate differences, newest in row `k % m`
     dF: Array  # (m, N) residual differences
     k: Array  # iterations done (number of valid history rows is min(k, m))
+    best: Array  # the smallest ‖R‖ at the last halving of it
+    stalled: Array  # iterations since ‖R‖ last fell below half of `best`
     result: optx.RESULTS
 
 
@@ -45,19 +47,31 @@ class Anderson(_AbstractResidualRootFinder):
     - `memory`: number of past differences used (m).
     - `mixing`: β, the damping of the underlying fixed-point step.
     - `max_halvings`: most halvings of a step that leaves the domain.
+    - `patience`: give up (result `nonlinear_divergence`, so that a chain moves on to its
+      next solver) after this many iterations without halving the smallest residual seen;
+      0 never gives up before `max_steps`.
     """
 
     memory: int = 8
     mixing: float = 1.0
     max_halvings: int = 30
+    patience: int = 0
 
     def init(self, fn, y, args, options, f_struct, aux_struct, tags):
         del options, aux_struct, f_struct, tags
         f, _ = fn(y, args)
         flat, _ = ravel_pytree(y)
         hist = jnp.zeros((self.memory, flat.size), flat.dtype)
+        f_norm = _fro(f)
         return _AndersonState(
-            f=f, f_norm=_fro(f), dY=hist, dF=hist, k=jnp.array(0), result=optx.RESULTS.successful
+            f=f,
+            f_norm=f_norm,
+            dY=hist,
+            dF=hist,
+            k=jnp.array(0),
+            best=f_norm,
+            stalled=jnp.array(0),
+            result=optx.RESULTS.successful,
         )
 
     def step(self, fn, y, args, options, state, tags):
@@ -106,13 +120,21 @@ class Anderson(_AbstractResidualRootFinder):
         dF_new = jnp.where(ok, base_F.at[row].set(f_new_flat - f_flat), state.dF)
         k_new = jnp.where(ok, jnp.where(restart, 1, state.k + 1), state.k)
         y_out = jnp.where(ok, y_new, y_flat)
-        result = optx.RESULTS.where(ok, optx.RESULTS.successful, optx.RESULTS.nonlinear_divergence)
+        f_norm = jnp.where(ok, _fro(f_new), state.f_norm)
+        halved = f_norm <= 0.5 * state.best
+        stalled = jnp.where(halved, 0, state.stalled + 1)
+        gave_up = (stalled >= self.patience) & (self.patience > 0)
+        result = optx.RESULTS.where(
+            ok & ~gave_up, optx.RESULTS.successful, optx.RESULTS.nonlinear_divergence
+        )
         new_state = _AndersonState(
             f=_where(ok, f_new, state.f),
-            f_norm=jnp.where(ok, _fro(f_new), state.f_norm),
+            f_norm=f_norm,
             dY=dY_new,
             dF=dF_new,
             k=k_new,
+            best=jnp.where(halved, f_norm, state.best),
+            stalled=stalled,
             result=result,
         )
         return unravel(y_out), new_state, aux

@@ -221,11 +221,18 @@ def _newton(dtype, depth: int = 1, filter_size: int = 1) -> DampedNewton:
 def _default_solver(dtype, depth: int = 1, filter_size: int = 1) -> tuple:
     """The default chain: Anderson acceleration (one residual per iteration), and where it
     fails, damped Newton from the same point (`_newton`)."""
-    anderson = Anderson(rtol=_default_rtol(dtype), atol=0.0, memory=_ANDERSON_MEMORY)
+    anderson = Anderson(
+        rtol=_default_rtol(dtype), atol=0.0, memory=_ANDERSON_MEMORY, patience=_ANDERSON_PATIENCE
+    )
     return (anderson, _newton(dtype, depth, filter_size))
 
 
 _ANDERSON_MEMORY = 30
+# Iterations without halving the smallest residual before the chain moves on to Newton:
+# erf FCN n = 128, C = 1 took 630 iterations with 40 against 1597 with none (and 883 with
+# 60); at C = 8 and 4 (one stage, 130–142 iterations) 40 changed nothing, 10–20 cut
+# converging runs short.
+_ANDERSON_PATIENCE = 40
 
 
 def _default_max_steps(solver: optx.AbstractRootFinder) -> int:
