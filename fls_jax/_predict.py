@@ -166,7 +166,9 @@ def predict(
 
     The first layer is exact in weight space; deeper layers' test pre-kernels are the prior
     conditionals of their learned train blocks (SPEC §4). The readout kernel Q_f then gives
-    f̄(x*) = Q_f(x*, X) T and v(x*) = Q_f(x*, x*) − Q_f(x*, X) K_f⁻¹ Q_f(X, x*).
+    f̄(x*) = Q_f(x*, X) T and v(x*) = Q_f(x*, x*) − Q_f(x*, X) K_f⁻¹ Q_f(X, x*). For linear
+    φ with one hidden layer and P·S < n these are evaluated in the P·S-dimensional feature
+    space (Woodbury), as the solve is: no n×n matrix is formed.
 
     **Arguments:**
 
