@@ -330,18 +330,25 @@ def _attempt(fn, chain: Chain, lam, args, failures, after: int) -> tuple[Any, Ar
     spent."""
     value, ok, steps = lam, jnp.array(False), jnp.array(0)
     for i, (solver, max_steps) in enumerate(chain):
+        active = ~(ok | (failures < i * after))
 
-        def run(solver=solver, max_steps=max_steps):
-            sol = optx.root_find(fn, solver, lam, args=args, max_steps=max_steps, throw=False)
-            good = sol.result == optx.RESULTS.successful
+        def run(solver=solver, max_steps=max_steps, active=active):
+            # A skipped element sees a zero residual, so that its root find stops at the
+            # first check: under vmap the cond below runs both branches, and without the
+            # mask every element would run the fallback solver wherever one needed it.
+            def masked(y, a):
+                return jax.tree.map(lambda r: jnp.where(active, r, 0.0), fn(y, a))
+
+            sol = optx.root_find(masked, solver, lam, args=args, max_steps=max_steps, throw=False)
+            good = active & (sol.result == optx.RESULTS.successful)
             return _where(good, sol.value, lam), good, sol.stats["num_steps"]
 
         def skip(value=value, ok=ok):
             return value, ok, jnp.array(0)
 
         # Without vmap the cond skips a solver outright; under vmap both branches run, and
-        # the skipped elements' root finds stop at their first check.
-        value, ok, new_steps = jax.lax.cond(ok | (failures < i * after), skip, run)
+        # the skipped elements' root finds stop at their first check (the mask above).
+        value, ok, new_steps = jax.lax.cond(active, run, skip)
         steps = steps + new_steps
     return value, ok, steps
 

@@ -201,6 +201,38 @@ def test_anderson_failure_is_reported_per_element(fcn_task):
     np.testing.assert_allclose(sols.sigma[0], ref.sigma, rtol=1e-9, atol=1e-13)
 
 
+class _CountingNewton(fj.DampedNewton):
+    """Damped Newton that counts its steps on the host (also inside vmapped loops)."""
+
+    def step(self, fn, y, args, options, state, tags):
+        jax.debug.callback(_NEWTON_STEPS.append, 1)
+        return super().step(fn, y, args, options, state, tags)
+
+
+_NEWTON_STEPS: list = []
+
+
+def test_vmapped_chain_skips_the_fallback_where_not_needed(fcn_task):
+    # Under vmap the chain's `lax.cond` runs both branches; the fallback must still take no
+    # step where every element's Anderson converged, and must run where Anderson failed.
+    net, _ = _make("fcn", "erf", 1.0, fcn_task)
+    newton = _CountingNewton(rtol=1e-11, atol=0.0)
+
+    def run(C, anderson_steps):
+        n = eqx.tree_at(lambda m: m.width, net, C)
+        chain = (fj.Anderson(rtol=1e-11, atol=0.0, memory=30), newton)
+        return fj.solve(n, fcn_task.X, fcn_task.Y, solver=chain, max_steps=(anderson_steps, 12))
+
+    widths = jnp.array([4096.0, 1024.0])
+    _NEWTON_STEPS.clear()
+    sols = jax.jit(jax.vmap(lambda C: run(C, 200)))(widths)
+    jax.effects_barrier()
+    assert bool(jnp.all(sols.converged)) and len(_NEWTON_STEPS) == 0
+    sols = jax.jit(jax.vmap(lambda C: run(C, 1)))(widths)  # Anderson cannot converge in 1
+    jax.effects_barrier()
+    assert bool(jnp.all(sols.converged)) and len(_NEWTON_STEPS) > 0
+
+
 def test_anderson_patience_gives_up_on_a_stall_only():
     # R(y) = 1 + y² has no real root: the residual cannot keep halving, so with patience 5
     # Anderson gives up within a few iterations (without it, it runs to max_steps). On a
