@@ -102,6 +102,14 @@ def _low_rank_negative_log_evidence(
     return 0.5 * quad + 0.5 * m * logdet + 0.5 * n * m * jnp.log(2 * jnp.pi)
 
 
+def _feature_space(network: AbstractNetwork, X: Float[Array, "n d"]):
+    """(Z, c) of `AbstractNetwork.linear_features` when Q_f = Z (I_P ⊗ cΣ) Zᵀ has rank
+    r = P·S < n (linear φ, one hidden layer), else None: then the evidence, the EoS and the
+    readout are evaluated in r dimensions. Decided from shapes, so it is static under jit."""
+    features = network.linear_features(X)
+    return features if features is not None and features[0].shape[1] < X.shape[0] else None
+
+
 def data_term(
     network: AbstractNetwork,
     sigma: Float[Array, "S S"],
@@ -115,8 +123,8 @@ def data_term(
     EoS and their Newton Jacobian cost O(n r²) once plus O(r³) per tangent instead of O(n³).
     """
     n = Y.shape[0]
-    features = network.linear_features(X)
-    if features is not None and features[0].shape[1] < n:
+    features = _feature_space(network, X)
+    if features is not None:
         Z, c = features
         P = Z.shape[1] // sigma.shape[0]
         sigma_inv, logdet_sigma = spd_inverse_logdet(sigma)

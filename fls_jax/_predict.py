@@ -10,7 +10,7 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, ArrayLike, Float
 
-from ._free_energy import _inverse_width
+from ._free_energy import _feature_space, _inverse_width
 from ._linalg import _eigh, eigvalsh, spd_inverse_logdet
 from ._rootfind import _where
 from ._solve import (
@@ -123,13 +123,6 @@ def _test_kernels(solution: Solution, X_test: Array):
     return tt, st, ss, priors
 
 
-def _feature_space(net, X: Array) -> bool:
-    """Whether Q_f = Z (I_P ⊗ cΣ) Zᵀ has rank r = P·S < n (linear φ, one hidden layer): then
-    the readout is evaluated in r dimensions, as the solve's evidence is (`data_term`)."""
-    features = net.linear_features(X)
-    return features is not None and features[0].shape[1] < X.shape[0]
-
-
 def _readout_feature_space(net, sigma: Array, X: Array, Y: Array, X_test: Array):
     """T = K_f⁻¹Y, the mean Q_f(x*, X) T and the variance v(x*) of SPEC §4 for
     Q_f = Z B Zᵀ (B = I_P ⊗ cΣ, rank r < n), without an n×n matrix: with
@@ -150,8 +143,9 @@ def _readout_feature_space(net, sigma: Array, X: Array, Y: Array, X_test: Array)
 
 def _readout_quadratic(net, sigma: Array, X: Array, T: Array) -> Array:
     """tr(Tᵀ Q_f(Σ) T) of a depth-1 network; in feature space when `_feature_space`."""
-    if _feature_space(net, X):
-        Z, c = net.linear_features(X)
+    features = _feature_space(net, X)
+    if features is not None:
+        Z, c = features
         V = (Z.T @ T).reshape(-1, sigma.shape[0], T.shape[1])  # (P, S, m)
         return c * jnp.einsum("psk,st,ptk->", V, sigma, V)
     return jnp.sum(T * (net.output_kernel(sigma, X) @ T))
@@ -183,7 +177,7 @@ def predict(
     net, X, Y, sigma = solution.network, solution.X, solution.Y, solution.sigma
     X_test, Y_test = _validate_test(X, Y, X_test, Y_test)
     n, m = Y.shape
-    if _feature_space(net, X):
+    if _feature_space(net, X) is not None:
         Qf = None
         T, mean, variance = _readout_feature_space(net, sigma, X, Y, X_test)
         priors = [net.prior_covariance(X.shape[1])]
