@@ -269,11 +269,15 @@ def sweep(
     `widths`, test data `X_test`, `Y_test`, `schedule`, `devices`, and keyword arguments
     for [`fls_jax.solve`][] (`precision0` only with the parallel schedule).
     """
+    try:  # checked in NumPy where the widths are concrete: `sweep` may run inside jit
+        w = np.asarray(widths, dtype=float)
+    except jax.errors.TracerArrayConversionError:
+        w = None
+    if w is not None and w.ndim == 1 and w.size and not np.all(w > 0):
+        raise ValueError(f"widths must be > 0 (inf for the GP limit), got {w}")
     widths = jnp.asarray(widths, dtype=float)
     if widths.ndim != 1 or widths.size == 0:
         raise ValueError(f"widths must be a non-empty 1-d array, got shape {widths.shape}")
-    if not bool(jnp.all(widths > 0)):
-        raise ValueError(f"widths must be > 0 (inf for the GP limit), got {widths}")
     if schedule not in ("auto", "parallel", "path"):
         raise ValueError(f"schedule must be 'auto', 'parallel' or 'path', got {schedule!r}")
     if schedule == "auto":

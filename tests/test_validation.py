@@ -256,6 +256,21 @@ def test_sweep_widths_must_be_1d(patch_task, widths):
     )
 
 
+def test_sweep_traces_inside_jit(patch_task):
+    """Concrete widths are checked in NumPy, so a sweep can sit inside a traced function (a
+    Jacobian of every width's test error with respect to σ², as in benchmarks/gradient_cost);
+    `jnp.all(widths > 0)` there was a tracer and `bool` of it failed."""
+
+    def errors(noise):
+        net = eqx.tree_at(lambda m: m.noise, _patch_net(), noise)
+        _, pred = fj.sweep(
+            net, patch_task.X, patch_task.Y, [4.0, 16.0], patch_task.X_test, patch_task.Y_test
+        )
+        return pred.test_error
+
+    assert jax.eval_shape(errors, jnp.asarray(0.1)).shape == (2,)
+
+
 def test_sweep_checks_test_inputs_before_tracing(patch_task):
     raises_before_compiling(
         ValueError,
