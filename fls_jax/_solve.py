@@ -13,7 +13,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from ._anderson import Anderson
 from ._free_energy import _inverse_width, _layers, _shift_residuals, _shifts, free_energy
-from ._linalg import DenseLU
+from ._linalg import DenseLU, KrylovOrDense
 from ._network import AbstractNetwork
 from ._rootfind import _AbstractResidualRootFinder, _fro, _where
 
@@ -276,7 +276,12 @@ def _default_adjoint(depth: int = 1) -> optx.AbstractAdjoint:
 _MAX_STEPS = 12
 _ANDERSON_MAX_STEPS = 200
 _MAX_STAGES = 64
-_ADJOINT = optx.ImplicitAdjoint(linear_solver=DenseLU())
+# The one-hidden-layer adjoint: GMRES to 1e-10, a dense LU where that fails (`KrylovOrDense`).
+_ADJOINT = optx.ImplicitAdjoint(
+    linear_solver=KrylovOrDense(
+        lx.GMRES(rtol=1e-10, atol=0.0, norm=optx.two_norm, restart=20, max_steps=100)
+    )
+)
 
 
 def _pack(M: Array) -> Array:
