@@ -100,6 +100,34 @@ def scipy_solve(X, Y, C, Sigma0, K0, f_tol=1e-9):
     return unpack(v)
 
 
+def baseline(X, Y, widths, count, rows, sols, t_fj):
+    """The SciPy baseline on the first `count` widths, warm-started along them from the GP
+    limit; compared with fls_jax's `rows` / `sols` where given."""
+    Sigma = SW2 / X.shape[1] * np.eye(X.shape[1])
+    K = SW2 * _erf_kernel(X @ Sigma @ X.T)[0]
+    times = []
+    for i, C in enumerate(widths[:count]):
+        t0 = time.perf_counter()
+        Sigma, K = scipy_solve(X, Y, C, Sigma, K)
+        times.append(time.perf_counter() - t0)
+        al, rm = observables(SA2 * _erf_kernel(K)[0], Y, NOISE)
+        line = f"scipy newton_krylov C = {C:.0f}: {times[-1]:.1f} s; alpha {al:.8f}, rmse {rm:.8f}"
+        if rows is not None:
+            line += (
+                f" (fls_jax {rows[i][1]:.8f}, {rows[i][2]:.8f}), |Σ − Σ_fj|/|Σ| = "
+                f"{np.linalg.norm(Sigma - sols.sigma[i]) / np.linalg.norm(Sigma):.1e}"
+            )
+        print(line, flush=True)
+    est = np.mean(times) * len(widths)
+    line = (
+        f"scipy baseline: {np.mean(times):.1f} s per width on the first {len(times)} "
+        f"(widest, easiest) widths; extrapolated ≥ {est:.0f} s for the sweep"
+    )
+    if t_fj is not None:
+        line += f" (vs fls_jax {t_fj:.1f} s: ≥ {est / t_fj:.1f}×)"
+    print(line)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", choices=["teacher", "reference"], default="teacher")
@@ -109,6 +137,17 @@ def main():
     p.add_argument("--plot", default="docs/deep_sweep.png")
     p.add_argument(
         "--newton", action="store_true", help="also run the sweep with damped Newton alone"
+    )
+    p.add_argument(
+        "--schedule",
+        choices=["path", "parallel"],
+        default="path",
+        help="path: a scan from wide to narrow; parallel: one vmapped call over all widths",
+    )
+    p.add_argument(
+        "--baseline-only",
+        action="store_true",
+        help="run only the SciPy baseline (compare with a full run's table)",
     )
     a = p.parse_args()
 
@@ -131,12 +170,15 @@ def main():
         f"{widths[-1]:.0f}"
     )
 
+    if a.baseline_only:
+        baseline(X, Y, widths, a.baseline, None, None, None)
+        return
     t0 = time.perf_counter()
-    sols, preds = fj.sweep(net, X, Y, widths, X_test, Y_test, schedule="path")
+    sols, preds = fj.sweep(net, X, Y, widths, X_test, Y_test, schedule=a.schedule)
     jax.block_until_ready(preds.mean)
     t_fj = time.perf_counter() - t0
     t0 = time.perf_counter()
-    fj.sweep(net, X, Y, widths[:2], X_test, Y_test, schedule="path")
+    fj.sweep(net, X, Y, widths[:2], X_test, Y_test, schedule=a.schedule)
     t_small = time.perf_counter() - t0
     print(
         f"fls_jax sweep: {t_fj:.1f} s for {len(widths)} widths in one call (compilation "
@@ -185,26 +227,7 @@ def main():
     )
 
     if a.baseline:
-        Sigma = SW2 / X.shape[1] * np.eye(X.shape[1])
-        K = SW2 * _erf_kernel(X @ Sigma @ X.T)[0]
-        times = []
-        for i, C in enumerate(widths[: a.baseline]):
-            t0 = time.perf_counter()
-            Sigma, K = scipy_solve(X, Y, C, Sigma, K)
-            times.append(time.perf_counter() - t0)
-            al, rm = observables(SA2 * _erf_kernel(K)[0], Y, NOISE)
-            print(
-                f"scipy newton_krylov C = {C:.0f}: {times[-1]:.1f} s; alpha {al:.8f} "
-                f"(fls_jax {rows[i][1]:.8f}), rmse {rm:.8f} (fls_jax {rows[i][2]:.8f}), "
-                f"|Σ − Σ_fj|/|Σ| = "
-                f"{np.linalg.norm(Sigma - sols.sigma[i]) / np.linalg.norm(Sigma):.1e}"
-            )
-        est = np.mean(times) * len(widths)
-        print(
-            f"scipy baseline: {np.mean(times):.1f} s per width on the first {len(times)} "
-            f"(widest, easiest) widths; extrapolated ≥ {est:.0f} s for the sweep "
-            f"(vs fls_jax {t_fj:.1f} s: ≥ {est / t_fj:.1f}×)"
-        )
+        baseline(X, Y, widths, a.baseline, rows, sols, t_fj)
 
     if a.plot:
         import matplotlib

@@ -121,9 +121,14 @@ def main():
             sig = est.sigma.value
             d_sigma = float(np.linalg.norm(sig_th - sig) / np.linalg.norm(sig))
             floor = float(np.linalg.norm(est.sigma.stderr) / np.linalg.norm(sig))
-            var = est.variance
-            var_mean = float(var.value.mean())
-            var_se = float(np.sqrt(np.sum(var.stderr**2)) / var.stderr.size)  # indep. bound
+            # The mean over test points, with its own jackknife over chains: the per-point
+            # errors are correlated (the same chains), so combining per-point standard errors
+            # as if independent (what the 2026-11-30 H200 run did) understates the error bar.
+            f_te = np.asarray(smp.f_test)
+            var = fs._jackknife(
+                [f_te.mean(1), (f_te**2).mean(1)], lambda a, b: float(np.mean(b - a**2))
+            )
+            var_mean, var_se = float(var.value), float(var.stderr)
             s = dict(
                 test_error=[float(est.test_error.value), float(est.test_error.stderr)],
                 train_error=[float(est.train_error.value), float(est.train_error.stderr)],
