@@ -14,7 +14,7 @@ from ._free_energy import (
     free_energy as free_energy,
     gp_negative_log_evidence as gp_negative_log_evidence,
 )
-from ._linalg import DenseLU as DenseLU
+from ._linalg import DenseLU as DenseLU, KrylovOrDense as KrylovOrDense
 from ._network import FCN as FCN, AbstractNetwork as AbstractNetwork, PatchCNN as PatchCNN
 from ._predict import Prediction as Prediction, predict as predict, sweep as sweep
 from ._solve import DampedNewton as DampedNewton, Solution as Solution, solve as solve

@@ -131,7 +131,7 @@ class KrylovOrDense(lx.AbstractLinearSolver):
 
     For the implicit adjoint of the one-hidden-layer EoS: GMRES needs a few tens of products
     with the transposed Jacobian where the dense path builds all S(S+1)/2 columns (measured
-    on a linear PatchCNN at n = 512, S = 16: gradient / solve 1.6 instead of 2.7). Where GMRES
+    on a linear PatchCNN at n = 512, S = 16: gradient / solve 1.5 instead of 2.7). Where GMRES
     fails (an ill-conditioned Jacobian) the operator is materialised and factorised, so the
     answer is never worse than `DenseLU`'s. The columns are built in a while loop whose trip
     count is zero where GMRES succeeded, so under `jax.vmap` (where a `cond` runs both
