@@ -403,15 +403,13 @@ def test_krylov_or_dense_falls_back_where_gmres_fails():
     where not; per element under vmap, with the dense columns built only if one needs them.
     Checked against numpy.linalg.solve on a well-conditioned matrix (GMRES converges) and an
     ill-conditioned non-normal one that 3 GMRES steps cannot solve."""
-    from fls_jax._linalg import KrylovOrDense
-
     rng = np.random.default_rng(0)
     N = 12
     easy = np.eye(N) + 0.05 * rng.standard_normal((N, N))
     Q, _ = np.linalg.qr(rng.standard_normal((N, N)))
     hard = Q @ np.diag(np.logspace(0, 6, N)) @ np.triu(rng.standard_normal((N, N)) + 3 * np.eye(N))
     b = rng.standard_normal(N)
-    solver = KrylovOrDense(lx.GMRES(rtol=1e-10, atol=0.0, restart=3, max_steps=3), columns=5)
+    solver = fj.KrylovOrDense(lx.GMRES(rtol=1e-10, atol=0.0, restart=3, max_steps=3), columns=5)
 
     def solve(A, b):  # a matrix-free operator, as the implicit adjoint's Jacobian is
         op = lx.FunctionLinearOperator(lambda v: A @ v, jax.ShapeDtypeStruct((N,), jnp.float64))
