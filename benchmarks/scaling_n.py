@@ -32,14 +32,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import fls_jax as fj  # noqa: E402
-from fls_jax._solve import (  # noqa: E402
-    _ANDERSON_MEMORY,
-    _ANDERSON_PATIENCE,
-    Anderson,
-    _default_rtol,
-    _gp_state,
-    _state_residual,
-)
+from fls_jax._solve import _default_solver, _gp_state, _state_residual  # noqa: E402
 
 
 def problem(arch: str, n: int, width: float):
@@ -56,14 +49,8 @@ def problem(arch: str, n: int, width: float):
 
 
 def solver_of(name: str):
-    if name == "default":
-        return None
-    return Anderson(
-        rtol=_default_rtol(jnp.float64),
-        atol=0.0,
-        memory=_ANDERSON_MEMORY,
-        patience=_ANDERSON_PATIENCE,
-    )
+    """None (the default chain) or the chain's first solver, Anderson, alone."""
+    return None if name == "default" else _default_solver(jnp.float64)[0]
 
 
 def timed(f, *args, repeat=1, warm=True):
