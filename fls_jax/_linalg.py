@@ -159,9 +159,18 @@ class KrylovOrDense(lx.AbstractLinearSolver):
         _, cols = jax.lax.while_loop(
             lambda carry: carry[0] < jnp.where(ok, 0, blocks), body, (jnp.array(0), zero)
         )
-        A = jnp.where(ok, jnp.eye(N, dtype=vector.dtype), cols.reshape(-1, N)[:N].T)
-        x = jnp.where(ok, x, _dense_solve(A, vector))
-        return x, lx.RESULTS.successful, stats
+
+        def dense(carry):  # the LU too runs only where needed (a `cond` would not, under vmap)
+            # t = 1 on the one trip; the dependence on the loop counter stops XLA from hoisting
+            # the loop-invariant factorisation out of the loop, where it would always run.
+            t = (carry[0] + 1).astype(vector.dtype)
+            A = jnp.where(ok, jnp.eye(N, dtype=vector.dtype), cols.reshape(-1, N)[:N].T)
+            return carry[0] + 1, _dense_solve(t * A, t * vector)
+
+        _, x_dense = jax.lax.while_loop(
+            lambda carry: carry[0] < jnp.where(ok, 0, 1), dense, (jnp.array(0), x)
+        )
+        return jnp.where(ok, x, x_dense), lx.RESULTS.successful, stats
 
     def transpose(self, state, options):
         return self.krylov.transpose(state, options)
