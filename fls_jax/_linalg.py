@@ -133,9 +133,10 @@ class KrylovOrDense(lx.AbstractLinearSolver):
     with the transposed Jacobian where the dense path builds all S(S+1)/2 columns (measured
     on a linear PatchCNN at n = 512, S = 16: gradient / solve 1.5 instead of 2.7). Where GMRES
     fails (an ill-conditioned Jacobian) the operator is materialised and factorised, so the
-    answer is never worse than `DenseLU`'s. The columns are built in a while loop whose trip
-    count is zero where GMRES succeeded, so under `jax.vmap` (where a `cond` runs both
-    branches) the fallback costs nothing unless some element of the batch needs it.
+    answer is never worse than `DenseLU`'s. The columns and their LU are computed in while
+    loops whose trip count is zero where GMRES succeeded, so under `jax.vmap` (where a `cond`
+    runs both branches) the fallback costs nothing unless some element of the batch needs it
+    (`benchmarks/krylov_or_dense.py`).
     """
 
     krylov: lx.GMRES
