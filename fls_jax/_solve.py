@@ -277,11 +277,7 @@ _MAX_STEPS = 12
 _ANDERSON_MAX_STEPS = 200
 _MAX_STAGES = 64
 # The one-hidden-layer adjoint: GMRES to 1e-10, a dense LU where that fails (`KrylovOrDense`).
-_ADJOINT = optx.ImplicitAdjoint(
-    linear_solver=KrylovOrDense(
-        lx.GMRES(rtol=1e-10, atol=0.0, norm=optx.two_norm, restart=20, max_steps=100)
-    )
-)
+_ADJOINT = optx.ImplicitAdjoint(linear_solver=KrylovOrDense(_krylov(1e-10)))
 
 
 def _pack(M: Array) -> Array:
