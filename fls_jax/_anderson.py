@@ -28,6 +28,7 @@ class _AndersonState(eqx.Module):
     k: Array  # iterations done (number of valid history rows is min(k, m))
     best: Array  # the smallest ‖R‖ at the last halving of it
     stalled: Array  # iterations since ‖R‖ last fell below half of `best`
+    beta: Array  # the current mixing β
     result: optx.RESULTS
 
 
@@ -38,7 +39,8 @@ class Anderson(_AbstractResidualRootFinder):
     iterates and ΔF of the residuals, γ = argmin ‖R(y_k) − ΔF γ‖ (a ridge-regularised least
     squares of size `memory`) and y_{k+1} = y_k + β R(y_k) − (ΔY + β ΔF) γ. Where the new
     point leaves the domain (the residual is not finite: a precision not positive definite)
-    the step is halved until it is finite, and the history restarts from the step taken.
+    or raises the residual more than `max_growth`-fold, the step is halved until it does
+    neither, and the history restarts from the step taken.
     Stops when ‖R(y)‖_F ≤ atol + rtol ‖y‖_F. Works per element under `jax.vmap`.
 
     **Arguments:**
@@ -50,12 +52,20 @@ class Anderson(_AbstractResidualRootFinder):
     - `patience`: give up (result `nonlinear_divergence`, so that a chain moves on to its
       next solver) after this many iterations without halving the smallest residual seen;
       0 never gives up before `max_steps`.
+    - `adaptive_mixing`: halve β for the rest of the root find each time a step had to be
+      cut back, so that a β too large for the problem corrects itself instead of
+      restarting the history at every step.
+    - `max_growth`: cut back a step whose residual norm exceeds this multiple of the
+      current one (default ∞: only non-finite residuals are cut back). `solve`'s default
+      uses 10 with adaptive mixing (`docs/equations.md`).
     """
 
     memory: int = 8
     mixing: float = 1.0
     max_halvings: int = 30
     patience: int = 0
+    adaptive_mixing: bool = False
+    max_growth: float = float("inf")
 
     def init(self, fn, y, args, options, f_struct, aux_struct, tags):
         del options, aux_struct, f_struct, tags
@@ -71,6 +81,7 @@ class Anderson(_AbstractResidualRootFinder):
             k=jnp.array(0),
             best=f_norm,
             stalled=jnp.array(0),
+            beta=jnp.asarray(self.mixing, flat.dtype),
             result=optx.RESULTS.successful,
         )
 
@@ -88,13 +99,15 @@ class Anderson(_AbstractResidualRootFinder):
         ridge = 1e-12 * jnp.trace(gram) + jnp.finfo(y_flat.dtype).tiny
         gram = gram + ridge * jnp.eye(m, dtype=gram.dtype) + jnp.diag(1 - valid)
         gamma = jnp.linalg.solve(gram, dF @ f_flat) * valid
-        beta = self.mixing
+        beta = state.beta
         step = beta * f_flat - (dY + beta * dF).T @ gamma
 
         def trial(alpha):
             y_new = y_flat + alpha * step
             f_new, aux = fn(unravel(y_new), args)
-            return y_new, f_new, aux, jnp.isfinite(_fro(f_new))
+            n_new = _fro(f_new)
+            ok = jnp.isfinite(n_new) & (n_new <= self.max_growth * state.f_norm)
+            return y_new, f_new, aux, ok
 
         def cond(c):
             i, _, _, _, _, ok = c
@@ -135,6 +148,7 @@ class Anderson(_AbstractResidualRootFinder):
             k=k_new,
             best=jnp.where(halved, f_norm, state.best),
             stalled=stalled,
+            beta=jnp.where(restart & self.adaptive_mixing, 0.5 * state.beta, state.beta),
             result=result,
         )
         return unravel(y_out), new_state, aux

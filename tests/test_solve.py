@@ -257,6 +257,28 @@ def test_anderson_patience_gives_up_on_a_stall_only():
     np.testing.assert_allclose(contraction(sol.value, None), 0.0, atol=1e-11)
 
 
+def test_anderson_adaptive_mixing_recovers_from_a_too_large_step():
+    # R(y) = 50 (log y* − log y) is NaN outside y > 0, and the plain step y + R(y) from
+    # y = 1 leaves that domain. With a fixed β = 1 every step is cut back and restarts the
+    # history; adaptive mixing halves β on each cut instead, and the history builds up. Both
+    # must reach the closed-form root y = y*; the adaptive run in far fewer iterations.
+    target = jnp.linspace(0.5, 2.0, 4)
+
+    def fn(y, _):
+        return 50.0 * (jnp.log(target) - jnp.log(y))
+
+    def run(adaptive):
+        solver = fj.Anderson(rtol=1e-12, atol=0.0, memory=4, adaptive_mixing=adaptive)
+        return optx.root_find(fn, solver, jnp.ones(4), max_steps=100, throw=False)
+
+    fixed, adaptive = run(False), run(True)
+    for sol in (fixed, adaptive):
+        assert sol.result == optx.RESULTS.successful
+        np.testing.assert_allclose(sol.value, target, rtol=1e-12)
+    assert int(adaptive.stats["num_steps"]) <= 20
+    assert int(fixed.stats["num_steps"]) >= 2 * int(adaptive.stats["num_steps"])
+
+
 @pytest.mark.parametrize("arch,kind", CASES)
 def test_free_energy_is_stationary_at_the_solution(arch, kind, patch_task, fcn_task):
     task = patch_task if arch == "patchcnn" else fcn_task
