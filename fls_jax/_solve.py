@@ -220,10 +220,26 @@ def _newton(dtype, depth: int = 1, filter_size: int = 1) -> DampedNewton:
 
 def _default_solver(dtype, depth: int = 1, filter_size: int = 1) -> tuple:
     """The default chain: Anderson acceleration (one residual per iteration), and where it
-    fails, damped Newton from the same point (`_newton`)."""
-    anderson = Anderson(
-        rtol=_default_rtol(dtype), atol=0.0, memory=_ANDERSON_MEMORY, patience=_ANDERSON_PATIENCE
-    )
+    fails, damped Newton from the same point (`_newton`). For deeper networks Anderson
+    mixes with β = 0.1, halved at each step cut back because it left the domain or raised
+    the residual more than 10× (`_DEEP_MIXING`)."""
+    if depth == 1:
+        anderson = Anderson(
+            rtol=_default_rtol(dtype),
+            atol=0.0,
+            memory=_ANDERSON_MEMORY,
+            patience=_ANDERSON_PATIENCE,
+        )
+    else:
+        anderson = Anderson(
+            rtol=_default_rtol(dtype),
+            atol=0.0,
+            memory=_ANDERSON_MEMORY,
+            mixing=_DEEP_MIXING,
+            patience=_DEEP_PATIENCE,
+            adaptive_mixing=True,
+            max_growth=10.0,
+        )
     return (anderson, _newton(dtype, depth, filter_size))
 
 
@@ -233,6 +249,18 @@ _ANDERSON_MEMORY = 30
 # 60); at C = 8 and 4 (one stage, 130–142 iterations) 40 changed nothing, 10–20 cut
 # converging runs short.
 _ANDERSON_PATIENCE = 40
+# Deeper networks: a plain step y + R(y) from a wider width's solution raised ‖R‖ ~170×
+# (the shifts couple to the first layer through K^(2)'s learned top direction). With β = 1
+# every step was cut back and restarted the history, and narrow widths took thousands of
+# iterations over dozens of continuation stages. With β = 0.1 the history builds up, though
+# the first ~50 iterations may raise the residual before it falls (hence the longer
+# patience). Three-layer erf FCN, deep-erf teacher, 13 widths 30000 … 90: n = 128, 3478 →
+# 755 iterations; n = 512, 2432 → 195 s, every width in one stage (`benchmarks/RESULTS.md`,
+# 2026-11-30). Adaptive mixing from β = 1 took 656 iterations at n = 128 but 4 stages at
+# n = 512, C = 90 (259 s). One hidden layer keeps a fixed β = 1: adaptive mixing saved
+# iterations at C = 64 (erf FCN n = 1024: 86 → 55) but cost 3× at C = 8 (n = 256).
+_DEEP_MIXING = 0.1
+_DEEP_PATIENCE = 100
 
 
 def _default_max_steps(solver: optx.AbstractRootFinder) -> int:
