@@ -14,8 +14,9 @@ plot of the times against n with an n³ line.
 
 `--solver anderson` solves with Anderson acceleration alone (≈ 16 n² floats of temporaries
 against ≈ 180 n² for the default chain's Newton fallback on the PatchCNN: the way to the
-largest n). `--memory-ns` only compiles the solve at those n and reports its temporaries,
-to find the largest n that fits the device without running it.
+largest n); `--solver adaptive` with Anderson alone, `adaptive_mixing=True` and
+`max_growth=10` (β from 1). `--memory-ns` only compiles the solve at those n and reports its
+temporaries, to find the largest n that fits the device without running it.
 """
 
 import argparse
@@ -49,8 +50,14 @@ def problem(arch: str, n: int, width: float):
 
 
 def solver_of(name: str):
-    """None (the default chain) or the chain's first solver, Anderson, alone."""
-    return None if name == "default" else _default_solver(jnp.float64)[0]
+    """None (the default chain), the chain's first solver, Anderson, alone, or that with
+    adaptive mixing and steps cut back where the residual grows more than 10×."""
+    if name == "default":
+        return None
+    anderson = _default_solver(jnp.float64)[0]
+    if name == "adaptive":
+        anderson = eqx.tree_at(lambda s: (s.adaptive_mixing, s.max_growth), anderson, (True, 10.0))
+    return anderson
 
 
 def timed(f, *args, repeat=1, warm=True):
@@ -70,7 +77,7 @@ def main():
     p.add_argument("--width", type=float, default=64.0)
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--plot", default=None, help="write a log-log plot to this file")
-    p.add_argument("--solver", choices=["default", "anderson"], default="default")
+    p.add_argument("--solver", choices=["default", "anderson", "adaptive"], default="default")
     p.add_argument("--memory-ns", type=int, nargs="*", default=[], help="compile only")
     a = p.parse_args()
     solver = solver_of(a.solver)
