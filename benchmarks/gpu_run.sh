@@ -4,7 +4,7 @@
 #     bash benchmarks/gpu_run.sh 1        # linear-algebra floor, scaling in n, gradients, deep
 #     bash benchmarks/gpu_run.sh 2        # theory vs sampling
 #     bash benchmarks/gpu_run.sh 3        # still owed after 2026-11-30: deep sweeps
-#     bash benchmarks/gpu_run.sh 4        # still owed: adaptive mixing on the erf FCN, ReLU case
+#     bash benchmarks/gpu_run.sh 4        # still owed: the ReLU theory case
 #     SMALL=1 bash benchmarks/gpu_run.sh 1   # the same steps at toy sizes (a CPU dry run)
 #
 # Every step has its own time limit and appends its output to $OUT/partN.log (default OUT
@@ -55,11 +55,11 @@ nvidia-smi --query-gpu=name,memory.total,clocks.sm,driver_version --format=csv 2
 
 if [ -n "${SMALL:-}" ]; then
     NS_FCN="128 256"; NS_CNN="128 256"; MEM_NS="512"; LIM_NS="256 512"; N_GRAD=256; N_DEEP=64
-    W_DEEP=3; NS_FCN_ADAPT="128 256"; TVS="--n 16 --n-test 16 --widths 16 --chains 2 --samples 10 --burn-in 10"
+    W_DEEP=3; TVS="--n 16 --n-test 16 --widths 16 --chains 2 --samples 10 --burn-in 10"
     TVS_RELU="$TVS --cases ReLU"
 else
     NS_FCN="1024 4096 8192 16384"; NS_CNN="1024 4096 8192 16384"; MEM_NS="24576 32768"
-    LIM_NS="4096 8192 16384"; N_GRAD=4096; N_DEEP=512; W_DEEP=13; NS_FCN_ADAPT="4096 8192"
+    LIM_NS="4096 8192 16384"; N_GRAD=4096; N_DEEP=512; W_DEEP=13
     TVS="--n 128 --widths 4 16 64 256 1024 --chains 32 --samples 200 --burn-in 300"
     TVS_RELU="$TVS --cases ReLU"
     TVS="$TVS --cases linear erf"
@@ -89,9 +89,7 @@ if [ "$PART" = 3 ]; then  # deep networks with Anderson's β = 0.1 (the default 
     step deep_4096 180 $PY benchmarks/deep_sweep.py --n $((N_DEEP * 8)) --widths 1 --baseline 0 \
         --plot "$OUT/deep_sweep_4096_gpu.png"
 fi
-if [ "$PART" = 4 ]; then  # adaptive mixing on the erf FCN's slow large-n solves; ReLU theory
-    step scaling_fcn_adaptive 150 $PY benchmarks/scaling_n.py --arch fcn --solver adaptive \
-        --ns $NS_FCN_ADAPT --repeat 1
+if [ "$PART" = 4 ]; then
     step theory_relu 150 $PY benchmarks/theory_vs_sampling.py $TVS_RELU \
         --out "$OUT/theory_vs_sampling_relu_gpu"
 fi
