@@ -57,7 +57,7 @@ class Anderson(_AbstractResidualRootFinder):
       restarting the history at every step.
     - `max_growth`: cut back a step whose residual norm exceeds this multiple of the
       current one (default ∞: only non-finite residuals are cut back). `solve`'s default
-      uses 10 with adaptive mixing (`docs/equations.md`).
+      for deeper networks uses 10 with adaptive mixing from β = 0.1 (`docs/equations.md`).
     """
 
     memory: int = 8

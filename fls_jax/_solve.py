@@ -258,7 +258,8 @@ _ANDERSON_PATIENCE = 40
 # 755 iterations; n = 512, 2432 → 195 s, every width in one stage (`benchmarks/RESULTS.md`,
 # 2026-11-30). Adaptive mixing from β = 1 took 656 iterations at n = 128 but 4 stages at
 # n = 512, C = 90 (259 s). One hidden layer keeps a fixed β = 1: adaptive mixing saved
-# iterations at C = 64 (erf FCN n = 1024: 86 → 55) but cost 3× at C = 8 (n = 256).
+# iterations at n = 1024, C = 64 (erf FCN: 86 → 55) but took 310 against 105 at n = 2048,
+# and 428 against 109 in the chain at n = 256, C = 8.
 _DEEP_MIXING = 0.1
 _DEEP_PATIENCE = 100
 
