@@ -223,23 +223,16 @@ def _default_solver(dtype, depth: int = 1, filter_size: int = 1) -> tuple:
     fails, damped Newton from the same point (`_newton`). For deeper networks Anderson
     mixes with β = 0.1, halved at each step cut back because it left the domain or raised
     the residual more than 10× (`_DEEP_MIXING`)."""
-    if depth == 1:
-        anderson = Anderson(
-            rtol=_default_rtol(dtype),
-            atol=0.0,
-            memory=_ANDERSON_MEMORY,
-            patience=_ANDERSON_PATIENCE,
-        )
-    else:
-        anderson = Anderson(
-            rtol=_default_rtol(dtype),
-            atol=0.0,
-            memory=_ANDERSON_MEMORY,
-            mixing=_DEEP_MIXING,
-            patience=_DEEP_PATIENCE,
-            adaptive_mixing=True,
-            max_growth=10.0,
-        )
+    deep = depth > 1
+    anderson = Anderson(
+        rtol=_default_rtol(dtype),
+        atol=0.0,
+        memory=_ANDERSON_MEMORY,
+        mixing=_DEEP_MIXING if deep else 1.0,
+        patience=_DEEP_PATIENCE if deep else _ANDERSON_PATIENCE,
+        adaptive_mixing=deep,
+        max_growth=10.0 if deep else float("inf"),
+    )
     return (anderson, _newton(dtype, depth, filter_size))
 
 
