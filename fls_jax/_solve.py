@@ -247,9 +247,9 @@ _ANDERSON_PATIENCE = 40
 # every step was cut back and restarted the history, and narrow widths took thousands of
 # iterations over dozens of continuation stages. With β = 0.1 the history builds up, though
 # the first ~50 iterations may raise the residual before it falls (hence the longer
-# patience). Three-layer erf FCN, deep-erf teacher, 13 widths 30000 … 90: n = 128, 3478 →
-# 755 iterations; n = 512, 2432 → 195 s, every width in one stage (`benchmarks/RESULTS.md`,
-# 2026-11-30). Adaptive mixing from β = 1 took 656 iterations at n = 128 but 4 stages at
+# patience). Three-layer erf FCN, deep-erf teacher, 13 widths 30000 … 90: n = 128, 3457 →
+# 795 iterations; n = 512, 2432 → 195 s, every width in one stage (`benchmarks/RESULTS.md`,
+# 2026-11-30). Adaptive mixing from β = 1 took 676 iterations at n = 128 but 4 stages at
 # n = 512, C = 90 (259 s). One hidden layer keeps a fixed β = 1: adaptive mixing saved
 # iterations at n = 1024, C = 64 (erf FCN: 86 → 55) but took 310 against 105 at n = 2048,
 # and 428 against 109 in the chain at n = 256, C = 8.
