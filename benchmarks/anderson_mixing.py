@@ -1,7 +1,7 @@
 """Anderson's mixing on the three-layer erf FCN sweep: the default chain with its Anderson
 settings varied (issues 4 and 6).
 
-    python benchmarks/anderson_mixing.py --n 128 --settings 1 0.1/100 a1/10/100
+    python benchmarks/anderson_mixing.py --n 128 --settings 1 0.1/100 a1/100/10
 
 Each setting is `[a]β[/patience[/growth]]`: β the mixing, `a` for `adaptive_mixing=True`,
 the patience (default 40) and `max_growth` (default ∞). The chain is that Anderson, then
@@ -21,19 +21,25 @@ jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from deep_sweep import NOISE, SA2, SW2  # noqa: E402
 
 import fls_jax as fj  # noqa: E402
-from fls_jax._solve import _ANDERSON_MEMORY, _newton  # noqa: E402
+from fls_jax._solve import (  # noqa: E402
+    _ANDERSON_MEMORY,
+    _ANDERSON_PATIENCE,
+    _default_rtol,
+    _newton,
+)
 
 
 def anderson(setting: str) -> fj.Anderson:
     adaptive = setting.startswith("a")
     parts = setting.removeprefix("a").split("/")
     beta = float(parts[0])
-    patience = int(parts[1]) if len(parts) > 1 else 40
+    patience = int(parts[1]) if len(parts) > 1 else _ANDERSON_PATIENCE
     growth = float(parts[2]) if len(parts) > 2 else float("inf")
     return fj.Anderson(
-        rtol=1e-11,
+        rtol=_default_rtol(jnp.float64),
         atol=0.0,
         memory=_ANDERSON_MEMORY,
         mixing=beta,
@@ -50,9 +56,7 @@ def main():
     p.add_argument("--settings", nargs="+", default=["1", "0.1/100"])
     a = p.parse_args()
     task = fj.datasets.deep_erf_teacher(n=a.n, n_test=100, d=32, depth=2, seed=0)
-    net = fj.FCN(
-        width=1.0, sigma_w2=2.0, sigma_a2=2 / 256, noise=1e-3, activation=fj.Erf(), depth=2
-    )
+    net = fj.FCN(width=1.0, sigma_w2=SW2, sigma_a2=SA2, noise=NOISE, activation=fj.Erf(), depth=2)
     widths = np.geomspace(30000, 90, a.widths)
     print(f"# three-layer erf FCN, n = {a.n}, {a.widths} widths 30000 … 90; jax {jax.__version__}")
     for setting in a.settings:

@@ -33,7 +33,12 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import fls_jax as fj  # noqa: E402
-from fls_jax._solve import _default_solver, _gp_state, _state_residual  # noqa: E402
+from fls_jax._solve import (  # noqa: E402
+    _DEEP_MAX_GROWTH,
+    _default_solver,
+    _gp_state,
+    _state_residual,
+)
 
 
 def problem(arch: str, n: int, width: float):
@@ -56,7 +61,9 @@ def solver_of(name: str):
         return None
     anderson = _default_solver(jnp.float64)[0]
     if name == "adaptive":
-        anderson = eqx.tree_at(lambda s: (s.adaptive_mixing, s.max_growth), anderson, (True, 10.0))
+        anderson = eqx.tree_at(
+            lambda s: (s.adaptive_mixing, s.max_growth), anderson, (True, _DEEP_MAX_GROWTH)
+        )
     return anderson
 
 

@@ -231,7 +231,7 @@ def _default_solver(dtype, depth: int = 1, filter_size: int = 1) -> tuple:
         mixing=_DEEP_MIXING if deep else 1.0,
         patience=_DEEP_PATIENCE if deep else _ANDERSON_PATIENCE,
         adaptive_mixing=deep,
-        max_growth=10.0 if deep else float("inf"),
+        max_growth=_DEEP_MAX_GROWTH if deep else float("inf"),
     )
     return (anderson, _newton(dtype, depth, filter_size))
 
@@ -255,6 +255,7 @@ _ANDERSON_PATIENCE = 40
 # and 428 against 109 in the chain at n = 256, C = 8.
 _DEEP_MIXING = 0.1
 _DEEP_PATIENCE = 100
+_DEEP_MAX_GROWTH = 10.0
 
 
 def _default_max_steps(solver: optx.AbstractRootFinder) -> int:
