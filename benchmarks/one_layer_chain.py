@@ -21,7 +21,9 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
+import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from scaling_n import problem  # noqa: E402
 
 import fls_jax as fj  # noqa: E402
 import fls_jax._solve as _solve  # noqa: E402
@@ -34,7 +36,7 @@ def main():
     p.add_argument("--variants", nargs="+", default=["40/0", "40/1"])
     a = p.parse_args()
     print(f"# {platform.processor() or platform.machine()}, jax {jax.__version__}, n = {a.n}")
-    task = fj.datasets.single_index_teacher(a.n, 10, 32, seed=0)
+    task, _, _ = problem("fcn", a.n, a.widths[0])
     S = task.X.shape[1]
     default_after = _solve._fallback_after
     print("| variant | C | iterations | stages | converged | residual | w*ᵀΣw* | time |")
@@ -42,13 +44,11 @@ def main():
     for variant in a.variants:
         patience, after = (int(v) for v in variant.split("/"))
         anderson, newton = _solve._default_solver(jnp.float64, 1, S)
-        anderson = fj.Anderson(
-            rtol=anderson.rtol, atol=0.0, memory=anderson.memory, patience=patience
-        )
+        anderson = eqx.tree_at(lambda s: s.patience, anderson, patience)
         _solve._fallback_after = lambda depth, after=after: after
         jax.clear_caches()  # the policy is read at trace time: recompile per variant
         for C in a.widths:
-            net = fj.FCN(width=C, sigma_w2=1.0, sigma_a2=1.0, noise=0.01, activation=fj.Erf())
+            _, net, _ = problem("fcn", a.n, C)
             t0 = time.perf_counter()
             s = jax.block_until_ready(fj.solve(net, task.X, task.Y, solver=(anderson, newton)))
             dt = time.perf_counter() - t0
