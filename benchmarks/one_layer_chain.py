@@ -1,15 +1,17 @@
-"""The one-hidden-layer default chain at narrow widths: when to hand over to Newton (issue 6).
+"""The one-hidden-layer chain at narrow widths: what to do where Anderson fails (issue 6).
 
-    python benchmarks/one_layer_chain.py --n 512 --widths 16 8 --variants 40/0 40/1 100/1
+    python benchmarks/one_layer_chain.py --n 512 --widths 16 8 --variants descent 40/0
 
 erf FCN (d = 32, σ² = 0.01, single-index teacher, the task of `scaling_n.py --arch fcn`),
-solved from the GP limit with the default chain (Anderson, then GMRES damped Newton), with
-Anderson's `patience` and the number of failed continuation stages before Newton runs
-(`_fallback_after`, 0 for one hidden layer in the package) varied: a variant `P/A` is
-patience P, Newton after A failures in a row. `A = 1` is what deeper networks use: a failed
-stage first retries Anderson on a quarter step in 1/C. Prints iterations, stages, the
-residual and the wall time (compilation included, one call per width; each variant is
-compiled afresh).
+solved from the GP limit. Variant `descent` is `solve(..., solver="descent")`: Anderson
+acceleration, and where it fails a BFGS descent on the free energy (`fj.FreeEnergyBFGS`)
+that hands over to GMRES damped Newton; `descent/A` runs the descent and Newton only after A
+failed continuation stages in a row. A variant `P/A` is the chain without the descent,
+Anderson then Newton from the same point, with Anderson's `patience` P and Newton only after
+A failed stages in a row (`_fallback_after`): `40/0` is the default, `40/1` is what deeper
+networks do (a failed stage first retries Anderson on a quarter step in 1/C). Prints
+iterations, stages, the residual and the wall time (compilation included, one call per
+width; each variant is compiled afresh).
 """
 
 import argparse
@@ -33,7 +35,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=512)
     p.add_argument("--widths", type=float, nargs="+", default=[16.0, 8.0])
-    p.add_argument("--variants", nargs="+", default=["40/0", "40/1"])
+    p.add_argument("--variants", nargs="+", default=["descent", "40/0"])
     a = p.parse_args()
     print(f"# {platform.processor() or platform.machine()}, jax {jax.__version__}, n = {a.n}")
     task, _, _ = problem("fcn", a.n, a.widths[0])
@@ -42,15 +44,19 @@ def main():
     print("| variant | C | iterations | stages | converged | residual | w*ᵀΣw* | time |")
     print("|---|---|---|---|---|---|---|---|")
     for variant in a.variants:
-        patience, after = (int(v) for v in variant.split("/"))
-        anderson, newton = _solve._default_solver(jnp.float64, 1, S)
-        anderson = eqx.tree_at(lambda s: s.patience, anderson, patience)
+        if variant.startswith("descent"):  # `descent` or `descent/A`
+            chain = _solve._descent_solver(jnp.float64, 1, S)
+            after = int(variant.split("/")[1]) if "/" in variant else default_after(1)
+        else:
+            patience, after = (int(v) for v in variant.split("/"))
+            anderson, newton = _solve._default_solver(jnp.float64, 1, S)
+            chain = (eqx.tree_at(lambda s: s.patience, anderson, patience), newton)
         _solve._fallback_after = lambda depth, after=after: after
         jax.clear_caches()  # the policy is read at trace time: recompile per variant
         for C in a.widths:
             _, net, _ = problem("fcn", a.n, C)
             t0 = time.perf_counter()
-            s = jax.block_until_ready(fj.solve(net, task.X, task.Y, solver=(anderson, newton)))
+            s = jax.block_until_ready(fj.solve(net, task.X, task.Y, solver=chain))
             dt = time.perf_counter() - t0
             w = task.teacher
             print(

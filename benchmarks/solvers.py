@@ -1,13 +1,15 @@
 """The default solver chain (Anderson acceleration, damped Newton where it fails) against
-damped Newton alone and Anderson alone, per width, on one problem (issue 6).
+damped Newton alone, Anderson alone and `solver="descent"` (a free-energy descent before
+Newton, one hidden layer), per width, on one problem (issue 6).
 
     python benchmarks/solvers.py --arch fcn --n 256 --widths 4096 64 8 4 1
 
 For each width and method: time per solve after compilation (best of `--repeat`), iterations
 (summed over continuation stages), stages, converged, relative EoS residual, and the largest
 difference of Σ (and of the deeper kernels) from damped Newton's solution relative to its
-largest entry. `t/(it·R)` is the time per iteration over the cost of one residual evaluation:
-≈ 1 means an iteration costs one residual, the Cholesky-bound cost of a fixed-point step.
+largest entry, and the free energy F there (which local minimum of F was reached).
+`t/(it·R)` is the time per iteration over the cost of one residual evaluation: ≈ 1 means an
+iteration costs one residual, the Cholesky-bound cost of a fixed-point step.
 """
 
 import argparse
@@ -75,6 +77,8 @@ def main():
     newton = _newton(X.dtype, net0.depth, S)
     anderson = fj.Anderson(rtol=1e-11, atol=0.0, memory=30)
     methods = {"default": {}, "newton": {"solver": newton}, "anderson": {"solver": anderson}}
+    if net0.depth == 1:  # the chain with a free-energy descent before Newton
+        methods["descent"] = {"solver": "descent"}
     for m in a.methods:
         if m.startswith("stall"):  # the default chain with Anderson's `patience` set
             stall = fj.Anderson(rtol=1e-11, atol=0.0, memory=30, patience=int(m[5:]))
@@ -88,7 +92,7 @@ def main():
     )
     print(
         f"{'C':>7} {'method':>9} {'time s':>9} {'iters':>6} {'stages':>6} {'conv':>5} "
-        f"{'residual':>9} {'t/(it·R)':>8} {'dΣ vs Newton':>12}"
+        f"{'residual':>9} {'t/(it·R)':>8} {'dΣ vs Newton':>12} {'F':>12}"
     )
     for C in a.widths:
         net = at_width(net0, C)
@@ -109,7 +113,7 @@ def main():
             print(
                 f"{C:7g} {m:>9} {t:9.3f} {it:6d} {int(sol.num_stages):6d} "
                 f"{bool(sol.converged)!s:>5} {float(sol.residual):9.1e} "
-                f"{t / max(it, 1) / t_res:8.2f} {diff:>12}",
+                f"{t / max(it, 1) / t_res:8.2f} {diff:>12} {float(sol.free_energy):12.6f}",
                 flush=True,
             )
 

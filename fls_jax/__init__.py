@@ -9,6 +9,7 @@ from ._activation import (
     ReLU as ReLU,
 )
 from ._anderson import Anderson as Anderson
+from ._descent import FreeEnergyBFGS as FreeEnergyBFGS
 from ._free_energy import (
     eos_residual as eos_residual,
     free_energy as free_energy,

@@ -19,8 +19,8 @@ from ._solve import (
     _chain,
     _concrete,
     _default_adjoint,
-    _default_solver,
     _gp_state,
+    _resolve_solver,
     _solve_from,
     _validate,
     _with_width,
@@ -396,7 +396,7 @@ def _sweep_solve(network, X, Y, widths, solve_kwargs):
 def _path_options(
     dtype,
     *,
-    solver: optx.AbstractRootFinder | Sequence[optx.AbstractRootFinder] | None = None,
+    solver: optx.AbstractRootFinder | Sequence[Any] | str | None = None,
     max_steps: int | Sequence[int] | None = None,
     max_stages: int = _MAX_STAGES,
     precision0=None,
@@ -407,7 +407,7 @@ def _path_options(
     """`solve`'s keyword arguments, with its defaults, for the path schedule."""
     if precision0 is not None:
         raise ValueError("precision0 is not used by the path schedule (it warm-starts itself)")
-    solver = _default_solver(dtype, depth, filter_size) if solver is None else solver
+    solver = _resolve_solver(solver, dtype, depth, filter_size)
     adjoint = _default_adjoint(depth) if adjoint is None else adjoint
     return _chain(solver, max_steps), max_stages, adjoint
 

@@ -12,6 +12,7 @@ import optimistix as optx
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from ._anderson import Anderson
+from ._descent import FreeEnergyBFGS
 from ._free_energy import _inverse_width, _layers, _shift_residuals, _shifts, free_energy
 from ._linalg import DenseLU, KrylovOrDense
 from ._network import AbstractNetwork
@@ -236,6 +237,43 @@ def _default_solver(dtype, depth: int = 1, filter_size: int = 1) -> tuple:
     return (anderson, _newton(dtype, depth, filter_size))
 
 
+def _descent_solver(dtype, depth: int = 1, filter_size: int = 1) -> tuple:
+    """`solver="descent"`: the default chain with a BFGS descent on the free energy
+    (`FreeEnergyBFGS`) between Anderson and Newton, so that Newton starts within 10⁻² of
+    a solution. One hidden layer only (the descent's stopping rule reads R off its
+    gradient), with at most `_DESCENT_MAX_UNKNOWNS` first-layer unknowns."""
+    unknowns = filter_size * (filter_size + 1) // 2
+    if depth > 1 or unknowns > _DESCENT_MAX_UNKNOWNS:
+        raise ValueError(
+            'solver="descent" is for one hidden layer with at most '
+            f"{_DESCENT_MAX_UNKNOWNS} first-layer unknowns S(S+1)/2 (its BFGS matrix is "
+            f"dense); this network has depth {depth} and {unknowns}. Use the default chain."
+        )
+    anderson, newton = _default_solver(dtype, depth, filter_size)
+    return (anderson, FreeEnergyBFGS(handover=_HANDOVER), newton)
+
+
+def _resolve_solver(solver, dtype, depth: int, filter_size: int):
+    """`solve`'s `solver`: None (the default chain), "descent" (`_descent_solver`), or what
+    the user passed."""
+    if solver is None:
+        return _default_solver(dtype, depth, filter_size)
+    if isinstance(solver, str):
+        if solver != "descent":
+            raise ValueError(
+                f'solver must be None, "descent" or optimistix solvers, got {solver!r}'
+            )
+        return _descent_solver(dtype, depth, filter_size)
+    return solver
+
+
+# The descent's BFGS keeps a dense inverse Hessian of the S(S+1)/2 unknowns per element of
+# a vmap: 35 MiB at S = 64, the largest S allowed.
+_DESCENT_MAX_UNKNOWNS = 2080
+# Relative residual at which the descent hands over to Newton (`FreeEnergyBFGS`).
+_HANDOVER = 1e-2
+
+
 _ANDERSON_MEMORY = 30
 # Iterations without halving the smallest residual before the chain moves on to Newton:
 # erf FCN n = 128, C = 1 took 630 iterations with 40 against 1597 with none (and 883 with
@@ -258,21 +296,31 @@ _DEEP_PATIENCE = 100
 _DEEP_MAX_GROWTH = 10.0
 
 
-def _default_max_steps(solver: optx.AbstractRootFinder) -> int:
+def _default_max_steps(solver: optx.AbstractRootFinder | optx.AbstractMinimiser) -> int:
+    if isinstance(solver, optx.AbstractMinimiser):
+        return _DESCENT_MAX_STEPS
     return _ANDERSON_MAX_STEPS if isinstance(solver, Anderson) else _MAX_STEPS
 
 
-Chain = tuple[tuple[optx.AbstractRootFinder, int], ...]
+Chain = tuple[tuple[optx.AbstractRootFinder | optx.AbstractMinimiser, int], ...]
 
 
 def _chain(solver, max_steps) -> Chain:
-    """Normalise `solve`'s `solver` (a root finder or a sequence of them) and `max_steps`
+    """Normalise `solve`'s `solver` (a root finder, or a sequence of root finders and
+    minimisers, each minimiser followed by a root finder) and `max_steps`
     (None, an int for all, or one per solver) to ((solver, max_steps), …)."""
     solvers = tuple(solver) if isinstance(solver, list | tuple) else (solver,)
-    if not solvers or not all(isinstance(s, optx.AbstractRootFinder) for s in solvers):
+    kinds = (optx.AbstractRootFinder, optx.AbstractMinimiser)
+    if not solvers or not all(isinstance(s, kinds) for s in solvers):
         raise TypeError(
-            f"solver must be an optimistix root finder or a sequence of them, got {solver}"
+            "solver must be an optimistix root finder or a sequence of root finders and "
+            f"minimisers, got {solver}"
         )
+    for s, after in zip(solvers, (*solvers[1:], None), strict=True):
+        if isinstance(s, optx.AbstractMinimiser) and not isinstance(after, optx.AbstractRootFinder):
+            raise ValueError(
+                f"a minimiser in `solver` must be followed by a root finder, got {solvers}"
+            )
     if max_steps is None:
         steps = tuple(_default_max_steps(s) for s in solvers)
     elif isinstance(max_steps, list | tuple):
@@ -298,6 +346,7 @@ def _default_adjoint(depth: int = 1) -> optx.AbstractAdjoint:
 # Newton and of Anderson acceleration, and continuation stages.
 _MAX_STEPS = 12
 _ANDERSON_MAX_STEPS = 200
+_DESCENT_MAX_STEPS = 1000
 _MAX_STAGES = 64
 # The one-hidden-layer adjoint: GMRES to 1e-10, a dense LU where that fails (`KrylovOrDense`).
 _ADJOINT = optx.ImplicitAdjoint(linear_solver=KrylovOrDense(_krylov(1e-10)))
@@ -346,35 +395,65 @@ class _Continuation(eqx.Module):
     failed: Array
 
 
-def _attempt(fn, chain: Chain, lam, args, failures, after: int) -> tuple[Any, Array, Array]:
-    """Root-find from `lam` with the solvers of `chain` in turn: the i-th (i ≥ 1) starts
-    again from `lam`, and runs only where all earlier ones failed and the continuation has
-    already failed `i × after` times in a row (`failures`, `_fallback_after`). Returns the
-    value reached (`lam` where all failed), whether one succeeded, and the iterations
-    spent."""
+def _masked(fn, active):
+    """`fn` where `active`, else zero (a zero residual, or a constant free energy), so that
+    a skipped element's solve stops at its first check: under vmap a `lax.cond` runs both
+    branches, and without the mask every element would run the fallback solver wherever
+    one needed it."""
+    return lambda y, a: jax.tree.map(lambda r: jnp.where(active, r, 0.0), fn(y, a))
+
+
+def _descend(solver, max_steps, lam, args, active) -> tuple[Any, Array, Array]:
+    """A minimiser of the chain on F/C from `lam`: (its end point where it succeeded, else
+    `lam`; whether it did; its steps). Without vmap an inactive element skips it."""
+
+    def run():
+        energy = _masked(_state_free_energy, active)
+        sol = optx.minimise(energy, solver, lam, args=args, max_steps=max_steps, throw=False)
+        good = active & (sol.result == optx.RESULTS.successful)
+        return _where(good, sol.value, lam), good, sol.stats["num_steps"]
+
+    return jax.lax.cond(active, run, lambda: (lam, active, jnp.array(0)))
+
+
+def _root(fn, solver, max_steps, start, lam, args, active, value, ok):
+    """A root finder of the chain from `start`: (the root where it succeeded, else `value`
+    if an earlier one did, else `lam`; success; its steps)."""
+
+    def run():
+        sol = optx.root_find(
+            _masked(fn, active), solver, start, args=args, max_steps=max_steps, throw=False
+        )
+        good = active & (sol.result == optx.RESULTS.successful)
+        return _where(good, sol.value, lam), good, sol.stats["num_steps"]
+
+    # Without vmap the cond skips a solver outright; under vmap both branches run, and
+    # the skipped elements' root finds stop at their first check (`_masked`).
+    return jax.lax.cond(active, run, lambda: (value, ok, jnp.array(0)))
+
+
+def _attempt(fn, chain: Chain, lam, args, failures, after: int) -> tuple[Any, Array, Array, Any]:
+    """Root-find from `lam` with the root finders of `chain` in turn: the i-th (i ≥ 1)
+    starts again from `lam`, and runs only where all earlier ones failed and the
+    continuation has already failed `i × after` times in a row (`failures`,
+    `_fallback_after`). A minimiser in the chain descends the free energy from `lam`
+    (`_state_free_energy`) under the same rule as the root finder after it, which then
+    starts from its end point, and runs only where the descent succeeded. Returns the
+    value reached (`lam` where all failed), whether a root finder succeeded, the
+    iterations spent, and where a root finder after the chain would start (the end point
+    of a trailing minimiser that succeeded, else the value)."""
     value, ok, steps = lam, jnp.array(False), jnp.array(0)
-    for i, (solver, max_steps) in enumerate(chain):
-        active = ~(ok | (failures < i * after))
-
-        def run(solver=solver, max_steps=max_steps, active=active):
-            # A skipped element sees a zero residual, so that its root find stops at the
-            # first check: under vmap the cond below runs both branches, and without the
-            # mask every element would run the fallback solver wherever one needed it.
-            def masked(y, a):
-                return jax.tree.map(lambda r: jnp.where(active, r, 0.0), fn(y, a))
-
-            sol = optx.root_find(masked, solver, lam, args=args, max_steps=max_steps, throw=False)
-            good = active & (sol.result == optx.RESULTS.successful)
-            return _where(good, sol.value, lam), good, sol.stats["num_steps"]
-
-        def skip(value=value, ok=ok):
-            return value, ok, jnp.array(0)
-
-        # Without vmap the cond skips a solver outright; under vmap both branches run, and
-        # the skipped elements' root finds stop at their first check (the mask above).
-        value, ok, new_steps = jax.lax.cond(active, run, skip)
+    start, ready = lam, jnp.array(True)  # where the next root finder starts; may it run
+    rank = 0  # root finders so far
+    for solver, max_steps in chain:
+        active = ready & ~(ok | (failures < rank * after))
+        if isinstance(solver, optx.AbstractMinimiser):
+            start, ready, new_steps = _descend(solver, max_steps, lam, args, active)
+        else:
+            value, ok, new_steps = _root(fn, solver, max_steps, start, lam, args, active, value, ok)
+            start, ready, rank = lam, jnp.array(True), rank + 1
         steps = steps + new_steps
-    return value, ok, steps
+    return value, ok, steps, _where(ok | ~ready, value, start)
 
 
 def _fallback_after(depth: int) -> int:
@@ -408,7 +487,7 @@ def _continuation(fn, chain: Chain, u0, lam0, network, X, Y, max_stages: int):
         width = jnp.where(u_try > 0, 1 / jnp.where(u_try > 0, u_try, 1.0), jnp.inf)
         args = (_with_width(network, width), X, Y)
         after = _fallback_after(network.depth)
-        lam, ok, steps = _attempt(fn, chain, c.lam, args, c.failures, after)
+        lam, ok, steps, _ = _attempt(fn, chain, c.lam, args, c.failures, after)
         stages = c.stages + 1
         return _Continuation(
             u=jnp.where(ok, u_try, c.u),
@@ -439,7 +518,7 @@ def solve(
     X: Float[ArrayLike, "n d"],
     Y: Float[ArrayLike, "n m"] | Float[ArrayLike, " n"],
     *,
-    solver: optx.AbstractRootFinder | Sequence[optx.AbstractRootFinder] | None = None,
+    solver: optx.AbstractRootFinder | Sequence[Any] | str | None = None,
     max_steps: int | Sequence[int] | None = None,
     max_stages: int = _MAX_STAGES,
     precision0: Float[ArrayLike, "S S"] | tuple | None = None,
@@ -452,10 +531,13 @@ def solve(
     (2/C) ∂F/∂Σ. For depth L > 1 the unknowns are Σ⁻¹ and the n×n precisions K^(l)⁻¹ of the
     deeper layers, with the residuals of [`fls_jax.eos_residual`][]. The default solver is a
     chain: [`fls_jax.Anderson`][] acceleration of the fixed-point map (one residual
-    evaluation per iteration), and where it fails, [`fls_jax.DampedNewton`][] from the same
-    point (dense LU for one hidden layer with S(S+1)/2 ≤ 256 unknowns, matrix-free GMRES
-    otherwise and for deeper networks). It starts from the GP limit and
-    tries the target width directly; where that fails (small widths, strong feature
+    evaluation per iteration), and where it fails, [`fls_jax.DampedNewton`][] (dense LU for
+    one hidden layer with S(S+1)/2 ≤ 256 unknowns, matrix-free GMRES otherwise and for
+    deeper networks). `solver="descent"` (one hidden layer) puts a BFGS descent on the
+    free energy ([`fls_jax.FreeEnergyBFGS`][]) between them, so that Newton starts within
+    10⁻² of a solution: much faster at narrow widths, but it may reach a different local
+    minimum of F than the continuation does (`docs/performance.md`). The solve starts from
+    the GP limit and tries the target width directly; where that fails (small widths, strong feature
     learning) an automatic homotopy in 1/C takes over, adapting its own steps, separately
     for each element of a vmap. Any optimistix root finders can be passed instead.
     Gradients with respect to the hyper-parameters and the data flow by implicit
@@ -465,11 +547,15 @@ def solve(
 
     - `network`: an [`fls_jax.FCN`][] or [`fls_jax.PatchCNN`][].
     - `X`: training inputs (n×d). `Y`: targets (n×m, or n for one output).
-    - `solver`: an optimistix root finder, or a sequence of them tried in turn at each
-      continuation stage (default: Anderson then damped Newton, rtol 1e-11 in float64). The
-      last one carries the implicit adjoint.
+    - `solver`: an optimistix root finder, or a sequence of root finders tried in turn at
+      each continuation stage (default: Anderson then damped Newton; rtol 1e-11 in
+      float64), or `"descent"` (above). A minimiser (`optx.AbstractMinimiser`) in the
+      sequence minimises F/C from the stage's start and the root finder after it starts
+      from its end point, where it succeeded. The last one, a root finder, carries the
+      implicit adjoint.
     - `max_steps`: iteration cap of each root find (continuation stage): one int for all
-      solvers or one per solver (default: 200 for Anderson, 12 for others).
+      solvers or one per solver (default: 200 for Anderson, 1000 for a minimiser, 12 for
+      others).
     - `max_stages`: cap on the continuation stages (root finds) before giving up.
     - `precision0`: a starting Σ⁻¹ (e.g. the solution at a neighbouring width), or for
       depth L > 1 the tuple (Σ⁻¹, K^(2)⁻¹, …, K^(L)⁻¹). Given, it replaces the GP-limit
@@ -482,8 +568,7 @@ def solve(
     accepted iterate, never NaN from a rejected step.
     """
     X, Y = _validate(network, X, Y)
-    if solver is None:
-        solver = _default_solver(X.dtype, network.depth, network.filter_size(X.shape[1]))
+    solver = _resolve_solver(solver, X.dtype, network.depth, network.filter_size(X.shape[1]))
     chain = _chain(solver, max_steps)
     if adjoint is None:
         adjoint = _default_adjoint(network.depth)
@@ -521,6 +606,14 @@ def _state_residual(state, args):
     return _to_state(R[0], R[1:])
 
 
+def _state_free_energy(state, args):
+    """F/C at the solver's unknowns (`_to_state`; 0 in the GP limit): what a minimiser in
+    the chain descends. Its stationary points are the EoS (SPEC §3)."""
+    net, X, Y = args
+    covs = _layers(net, *_from_state(state, net.filter_size(X.shape[1])), X)[0]
+    return _inverse_width(net) * free_energy(net, covs[0], X, Y, tuple(covs[1:]))
+
+
 @eqx.filter_jit
 def _solve(network, X, Y, chain: Chain, max_stages, precision0, adjoint) -> Solution:
     if precision0 is None:
@@ -541,7 +634,7 @@ def _solve_from(
     args = (network, X, Y)
     if u0 is None:
         # No continuation: no shorter step to try, so every solver of the chain may run.
-        start, _, steps = _attempt(
+        _, _, steps, start = _attempt(
             _state_residual,
             chain[:-1],
             jax.lax.stop_gradient(state0),

@@ -182,6 +182,52 @@ def test_matrix_free_newton_for_many_unknowns(fcn_task):
     np.testing.assert_allclose(chain.sigma, sol.sigma, rtol=1e-13, atol=1e-15)
 
 
+def test_free_energy_gradient_gives_the_eos_residual(fcn_task, rng):
+    # The descent's handover rule reads the EoS residual off the gradient of F/C in the
+    # packed precision, R = −2 Λ (∂f/∂Λ) Λ: checked against eos_residual away from the root.
+    from fls_jax._descent import _residual_from_gradient
+    from fls_jax._solve import _pack, _state_free_energy
+
+    net, d = _make("fcn", "erf", 3.0, fcn_task)
+    A = rng.normal(size=(d, d))
+    lam = d / 1.3 * (np.eye(d) + 0.1 * (A + A.T) / np.linalg.norm(A + A.T, 2))
+    y = _pack(jnp.asarray(lam))
+    g = jax.grad(_state_free_energy)(y, (net, fcn_task.X, fcn_task.Y))
+    R, Lam = _residual_from_gradient(y, g)
+    ref = fj.eos_residual(jnp.asarray(lam), net, fcn_task.X, fcn_task.Y)
+    np.testing.assert_allclose(Lam, lam, rtol=1e-15)
+    np.testing.assert_allclose(R, ref, rtol=1e-9, atol=1e-9 * float(jnp.abs(ref).max()))
+    assert float(jnp.abs(ref).max()) > 1e-2  # a point off the solution
+
+
+def test_free_energy_descent_brings_newton_within_reach(fcn_task):
+    # At C = 1 damped Newton from the GP limit needs a continuation (the test above, at
+    # C = 2). With Anderson capped at 2 iterations solver="descent" must go through the
+    # BFGS descent on F, which stops at a relative residual of 1e-2 (measured here with the
+    # package's residual), and Newton from there converges in the first stage, to the
+    # hand-derived EoS.
+    from fls_jax._solve import _gp_state, _state_free_energy, _state_residual, _unpack
+
+    net, d = _make("fcn", "erf", 1.0, fcn_task)
+    X, Y = fcn_task.X, fcn_task.Y
+    descent = fj.FreeEnergyBFGS(handover=1e-2)
+    start = optx.minimise(
+        _state_free_energy, descent, _gp_state(net, X), args=(net, X, Y), max_steps=1000
+    )
+    rel = lambda y: float(  # noqa: E731
+        jnp.linalg.norm(_state_residual(y, (net, X, Y))) / jnp.linalg.norm(_unpack(y, d))
+    )
+    assert rel(start.value) <= 1e-2 < rel(_gp_state(net, X))
+    assert 1 < int(start.stats["num_steps"]) < 1000
+
+    # solver="descent" is (Anderson, FreeEnergyBFGS(handover=1e-2), Newton).
+    sol = solve_jit(net, X, Y, solver="descent", max_steps=(2, 1000, 12))
+    assert bool(sol.converged) and int(sol.num_stages) == 1
+    assert int(sol.num_steps) > 2 + int(start.stats["num_steps"])  # Anderson, BFGS, Newton
+    R = _erf_fcn_eos_residual(np.asarray(sol.sigma), X, fcn_task.Y, 1.0, 1.3, 0.8, 0.02)
+    assert np.linalg.norm(R) / np.linalg.norm(sol.precision) < 1e-9
+
+
 def test_anderson_failure_is_reported_per_element(fcn_task):
     # Anderson alone, one stage of 30 iterations, vmapped over an easy and a hard width: the
     # easy one converges to the default solver's root, the hard one says it did not, with

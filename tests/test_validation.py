@@ -176,6 +176,32 @@ def test_network_must_be_a_network(patch_task):
     )
 
 
+@pytest.mark.parametrize(
+    "solver,exc,match",
+    [
+        (42, TypeError, "optimistix root finder"),
+        ((fj.DampedNewton(rtol=1e-9, atol=0.0), fj.FreeEnergyBFGS()), ValueError, "followed by"),
+        ((fj.FreeEnergyBFGS(), fj.FreeEnergyBFGS()), ValueError, "followed by"),
+        ("bfgs", ValueError, 'must be None, "descent"'),
+    ],
+)
+def test_solver_chain_must_end_each_minimiser_with_a_root_finder(fcn_task, solver, exc, match):
+    # A minimiser (the free-energy descent) hands over to the root finder after it, and the
+    # chain's last solver carries the implicit adjoint, so it must be a root finder.
+    raises_before_compiling(exc, match, fj.solve, _fcn(), fcn_task.X, fcn_task.Y, solver=solver)
+
+
+@pytest.mark.parametrize("depth,d", [(2, 6), (1, 65)])
+def test_descent_is_for_one_hidden_layer_with_few_unknowns(depth, d):
+    # The descent reads the residual off its gradient for one hidden layer only, and keeps a
+    # dense BFGS matrix: S(S+1)/2 = 2145 > 2080 unknowns at d = 65.
+    task = fj.datasets.single_index_teacher(n=8, n_test=2, d=d, seed=0)
+    net = fj.FCN(width=4.0, depth=depth, sigma_w2=1.0, sigma_a2=1.0, noise=0.01)
+    raises_before_compiling(
+        ValueError, "one hidden layer with at most", fj.solve, net, task.X, task.Y, solver="descent"
+    )
+
+
 # -------------------------------------------------------------------------- constructors
 
 
