@@ -264,6 +264,9 @@ def _resolve_solver(solver, dtype, depth: int, filter_size: int):
                 f'solver must be None, "descent" or optimistix solvers, got {solver!r}'
             )
         return _descent_solver(dtype, depth, filter_size)
+    solvers = solver if isinstance(solver, list | tuple) else (solver,)
+    if depth > 1 and any(isinstance(s, FreeEnergyBFGS) for s in solvers):
+        raise ValueError("FreeEnergyBFGS is for one hidden layer (it reads R off its gradient)")
     return solver
 
 
@@ -537,9 +540,10 @@ def solve(
     free energy ([`fls_jax.FreeEnergyBFGS`][]) between them, so that Newton starts within
     10⁻² of a solution: much faster at narrow widths, but it may reach a different local
     minimum of F than the continuation does (`docs/performance.md`). The solve starts from
-    the GP limit and tries the target width directly; where that fails (small widths, strong feature
-    learning) an automatic homotopy in 1/C takes over, adapting its own steps, separately
-    for each element of a vmap. Any optimistix root finders can be passed instead.
+    the GP limit and tries the target width directly; where that fails (small widths,
+    strong feature learning) an automatic homotopy in 1/C takes over, adapting its own
+    steps, separately for each element of a vmap. Any optimistix root finders can be passed
+    instead.
     Gradients with respect to the hyper-parameters and the data flow by implicit
     differentiation of the final root find.
 

@@ -200,6 +200,11 @@ def test_descent_is_for_one_hidden_layer_with_few_unknowns(depth, d):
     raises_before_compiling(
         ValueError, "one hidden layer with at most", fj.solve, net, task.X, task.Y, solver="descent"
     )
+    if depth > 1:
+        chain = (fj.FreeEnergyBFGS(), fj.DampedNewton(rtol=1e-9, atol=0.0))
+        raises_before_compiling(
+            ValueError, "for one hidden layer", fj.solve, net, task.X, task.Y, solver=chain
+        )
 
 
 # -------------------------------------------------------------------------- constructors
