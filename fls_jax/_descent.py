@@ -21,6 +21,7 @@ import lineax as lx
 import optimistix as optx
 from jaxtyping import Array
 
+from ._linalg import _unpack
 from ._rootfind import _fro
 
 
@@ -42,9 +43,8 @@ def _residual_from_gradient(y: Array, grad: Array) -> tuple[Array, Array]:
     """
     S = _side(y.shape[0])
     rows, cols = jnp.triu_indices(S)
-    Lam = jnp.zeros((S, S), y.dtype).at[rows, cols].set(y).at[cols, rows].set(y)
-    half = jnp.where(rows == cols, grad, 0.5 * grad)
-    G = jnp.zeros((S, S), y.dtype).at[rows, cols].set(half).at[cols, rows].set(half)
+    Lam = _unpack(y, S)
+    G = _unpack(jnp.where(rows == cols, grad, 0.5 * grad), S)
     return -2.0 * Lam @ G @ Lam, Lam
 
 

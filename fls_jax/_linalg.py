@@ -181,3 +181,14 @@ class KrylovOrDense(lx.AbstractLinearSolver):
 
     def assume_full_rank(self):
         return True
+
+
+def _pack(M: Array) -> Array:
+    """The upper triangle of a symmetric S×S matrix, row by row: S(S+1)/2 entries."""
+    return M[jnp.triu_indices(M.shape[-1])]
+
+
+def _unpack(v: Array, S: int) -> Array:
+    """The symmetric S×S matrix whose upper triangle is `v` (`_pack`'s inverse)."""
+    M = jnp.zeros((S, S), v.dtype).at[jnp.triu_indices(S)].set(v)
+    return M + M.T - jnp.diag(jnp.diagonal(M))

@@ -14,7 +14,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int
 from ._anderson import Anderson
 from ._descent import FreeEnergyBFGS
 from ._free_energy import _inverse_width, _layers, _shift_residuals, _shifts, free_energy
-from ._linalg import DenseLU, KrylovOrDense
+from ._linalg import DenseLU, KrylovOrDense, _pack, _unpack
 from ._network import AbstractNetwork
 from ._rootfind import _AbstractResidualRootFinder, _fro, _where
 
@@ -353,15 +353,6 @@ _DESCENT_MAX_STEPS = 1000
 _MAX_STAGES = 64
 # The one-hidden-layer adjoint: GMRES to 1e-10, a dense LU where that fails (`KrylovOrDense`).
 _ADJOINT = optx.ImplicitAdjoint(linear_solver=KrylovOrDense(_krylov(1e-10)))
-
-
-def _pack(M: Array) -> Array:
-    return M[jnp.triu_indices(M.shape[-1])]
-
-
-def _unpack(v: Array, S: int) -> Array:
-    M = jnp.zeros((S, S), v.dtype).at[jnp.triu_indices(S)].set(v)
-    return M + M.T - jnp.diag(jnp.diagonal(M))
 
 
 def _to_state(lam1: Array, shifts: tuple[Array, ...]):
