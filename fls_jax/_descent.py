@@ -78,11 +78,7 @@ class FreeEnergyBFGS(optx.AbstractBFGS):
 
     def terminate(self, fn, y, args, options, state, tags):
         done, result = super().terminate(fn, y, args, options, state, tags)
-        return done | _within(self.handover, y, state), result
-
-
-def _within(handover: float, y: Array, state) -> Array:
-    """Whether a quasi-Newton state's gradient at y implies ‖R‖_F ≤ handover ‖Λ‖_F. Before
-    the first step the state holds a zero gradient, not the one at y: never then."""
-    R, Lam = _residual_from_gradient(y, state.f_info.grad)
-    return ~state.first_step & (_fro(R) <= handover * _fro(Lam))
+        R, Lam = _residual_from_gradient(y, state.f_info.grad)
+        # Before the first step the state holds a zero gradient, not the one at y.
+        close = ~state.first_step & (_fro(R) <= self.handover * _fro(Lam))
+        return done | close, result
