@@ -2,16 +2,17 @@
 
     python benchmarks/one_layer_chain.py --n 512 --widths 16 8 --variants descent 40/0
 
-erf FCN (d = 32, σ² = 0.01, single-index teacher, the task of `scaling_n.py --arch fcn`),
-solved from the GP limit. Variant `descent` is `solve(..., solver="descent")`: Anderson
-acceleration, and where it fails a BFGS descent on the free energy (`fj.FreeEnergyBFGS`)
-that hands over to GMRES damped Newton; `descent/A` runs the descent and Newton only after A
-failed continuation stages in a row. A variant `P/A` is the chain without the descent,
-Anderson then Newton from the same point, with Anderson's `patience` P and Newton only after
-A failed stages in a row (`_fallback_after`): `40/0` is the default, `40/1` is what deeper
-networks do (a failed stage first retries Anderson on a quarter step in 1/C). Prints
-iterations, stages, the residual and the wall time (compilation included, one call per
-width; each variant is compiled afresh).
+erf FCN (d = 32 unless `--d`, σ² = 0.01, single-index teacher, the task of `scaling_n.py
+--arch fcn`), solved from the GP limit. Variant `descent` is `solve(..., solver="descent")`:
+Anderson acceleration, and where it fails a BFGS descent on the free energy
+(`fj.FreeEnergyBFGS`) that hands over to GMRES damped Newton, both allowed once a
+continuation stage has failed (`_escalation`); `descent/A` allows them after A failed stages
+(`descent/0`: from the first stage, i.e. straight from the GP limit). A variant `P/A` is the
+chain without the descent, Anderson then Newton from the same point, with Anderson's
+`patience` P and Newton only after A failed stages in a row (`_fallback_after`): `40/0` is
+the default, `40/1` is what deeper networks do (a failed stage first retries Anderson on a
+quarter step in 1/C). Prints iterations, stages, the residual, w*ᵀΣw* and the wall time
+(compilation included, one call per width; each variant is compiled afresh).
 """
 
 import argparse
@@ -34,24 +35,29 @@ import fls_jax._solve as _solve  # noqa: E402
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=512)
+    p.add_argument("--d", type=int, default=32)
     p.add_argument("--widths", type=float, nargs="+", default=[16.0, 8.0])
     p.add_argument("--variants", nargs="+", default=["descent", "40/0"])
     a = p.parse_args()
     print(f"# {platform.processor() or platform.machine()}, jax {jax.__version__}, n = {a.n}")
     task, _, _ = problem("fcn", a.n, a.widths[0])
+    if a.d != 32:
+        task = fj.datasets.single_index_teacher(a.n, 10, a.d, seed=0)
     S = task.X.shape[1]
-    default_after = _solve._fallback_after
+    print(f"# erf FCN d = {S}")
+    default_after, descent_after = _solve._fallback_after, _solve._DESCENT_AFTER
     print("| variant | C | iterations | stages | converged | residual | w*ᵀΣw* | time |")
     print("|---|---|---|---|---|---|---|---|")
     for variant in a.variants:
         if variant.startswith("descent"):  # `descent` or `descent/A`
             chain = _solve._descent_solver(jnp.float64, 1, S)
-            after = int(variant.split("/")[1]) if "/" in variant else default_after(1)
+            after = int(variant.split("/")[1]) if "/" in variant else descent_after
+            _solve._DESCENT_AFTER = after
         else:
             patience, after = (int(v) for v in variant.split("/"))
-            anderson, newton = _solve._default_solver(jnp.float64, 1, S)
+            anderson, newton = _solve._anderson_newton(jnp.float64, 1, S)
             chain = (eqx.tree_at(lambda s: s.patience, anderson, patience), newton)
-        _solve._fallback_after = lambda depth, after=after: after
+            _solve._fallback_after = lambda depth, after=after: after
         jax.clear_caches()  # the policy is read at trace time: recompile per variant
         for C in a.widths:
             _, net, _ = problem("fcn", a.n, C)
@@ -65,7 +71,7 @@ def main():
                 f"{dt:.1f} s |",
                 flush=True,
             )
-        _solve._fallback_after = default_after
+        _solve._fallback_after, _solve._DESCENT_AFTER = default_after, descent_after
 
 
 if __name__ == "__main__":

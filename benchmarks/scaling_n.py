@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import fls_jax as fj  # noqa: E402
 from fls_jax._solve import (  # noqa: E402
     _DEEP_MAX_GROWTH,
-    _default_solver,
+    _anderson_newton,
     _gp_state,
     _state_residual,
 )
@@ -59,7 +59,7 @@ def solver_of(name: str):
     adaptive mixing and steps cut back where the residual grows more than 10×."""
     if name == "default":
         return None
-    anderson = _default_solver(jnp.float64)[0]
+    anderson = _anderson_newton(jnp.float64)[0]
     if name == "adaptive":
         anderson = eqx.tree_at(
             lambda s: (s.adaptive_mixing, s.max_growth), anderson, (True, _DEEP_MAX_GROWTH)

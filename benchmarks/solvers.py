@@ -1,6 +1,7 @@
-"""The default solver chain (Anderson acceleration, damped Newton where it fails) against
-damped Newton alone, Anderson alone and `solver="descent"` (a free-energy descent before
-Newton, one hidden layer), per width, on one problem (issue 6).
+"""The default solver chain against the others, per width, on one problem (issue 6):
+`anderson-newton` (Anderson acceleration, damped Newton where it fails; the default for
+deeper networks), `descent` (that with a free-energy descent before Newton; the default for
+one hidden layer with S ≤ 64), damped Newton alone and Anderson alone.
 
     python benchmarks/solvers.py --arch fcn --n 256 --widths 4096 64 8 4 1
 
@@ -76,7 +77,12 @@ def main():
     S = net0.filter_size(X.shape[1])
     newton = _newton(X.dtype, net0.depth, S)
     anderson = fj.Anderson(rtol=1e-11, atol=0.0, memory=30)
-    methods = {"default": {}, "newton": {"solver": newton}, "anderson": {"solver": anderson}}
+    methods = {
+        "default": {},
+        "anderson-newton": {"solver": "anderson-newton"},
+        "newton": {"solver": newton},
+        "anderson": {"solver": anderson},
+    }
     if net0.depth == 1:  # the chain with a free-energy descent before Newton
         methods["descent"] = {"solver": "descent"}
     for m in a.methods:
@@ -91,7 +97,7 @@ def main():
         f"{time.strftime('%Y-%m-%d')}; one residual evaluation {1e3 * t_res:.1f} ms"
     )
     print(
-        f"{'C':>7} {'method':>9} {'time s':>9} {'iters':>6} {'stages':>6} {'conv':>5} "
+        f"{'C':>7} {'method':>15} {'time s':>9} {'iters':>6} {'stages':>6} {'conv':>5} "
         f"{'residual':>9} {'t/(it·R)':>8} {'dΣ vs Newton':>12} {'F':>12}"
     )
     for C in a.widths:
@@ -111,7 +117,7 @@ def main():
                 rel = (float(jnp.max(jnp.abs(u - v)) / jnp.max(jnp.abs(v))) for u, v in pairs)
                 diff = f"{max(rel):.1e}"
             print(
-                f"{C:7g} {m:>9} {t:9.3f} {it:6d} {int(sol.num_stages):6d} "
+                f"{C:7g} {m:>15} {t:9.3f} {it:6d} {int(sol.num_stages):6d} "
                 f"{bool(sol.converged)!s:>5} {float(sol.residual):9.1e} "
                 f"{t / max(it, 1) / t_res:8.2f} {diff:>12} {float(sol.free_energy):12.6f}",
                 flush=True,

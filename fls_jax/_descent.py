@@ -8,9 +8,9 @@ below and grows without bound as Σ → 0 or ∞ at finite width, so a descent m
 a merit function that the physics supplies. A quasi-Newton (BFGS) descent on F brings the
 iterate near a minimum in a few hundred gradient evaluations, each one costing about one
 residual, and hands over to Newton there, where its steps are full and cheap. Where F has
-several minima (narrow widths, several learnable directions) a descent that jumps straight to
-the target width can end in another one than the continuation in 1/C reaches, which is why
-it is `solve`'s `solver="descent"` and not the default.
+several minima (narrow widths, several learnable directions) a descent that jumps straight
+from the GP limit to the target width can end in another one than the continuation in 1/C
+reaches, so `solve` runs it only from the continuation's converged points (`_escalation`).
 """
 
 from collections.abc import Callable
@@ -23,6 +23,10 @@ from jaxtyping import Array
 
 from ._linalg import _unpack
 from ._rootfind import _fro
+
+
+_PSD = lx.positive_semidefinite_tag
+_Direct = optx.FunctionInfo.EvalGradHessian
 
 
 def _quiet(**kwargs) -> None:
@@ -55,11 +59,12 @@ class FreeEnergyBFGS(optx.AbstractBFGS):
     For one hidden layer only: the stopping rule reads the residual off the gradient,
     R = −2 Λ (∂f/∂Λ) Λ, and stops when ‖R‖_F ≤ `handover` ‖Λ‖_F, the relative residual of
     [`fls_jax.Solution`][]. It also stops, as `optx.BFGS` does, when both the iterate and f
-    stop changing (relative `rtol`, absolute `atol`). `solve(..., solver="descent")` runs
-    it where Anderson acceleration has failed and starts damped Newton from its end point
-    (in `solve`'s `solver` sequence, a minimiser hands over to the root finder after it).
-    A descent from far away can end in a different local minimum of F than the continuation
-    in 1/C reaches (`docs/performance.md`).
+    stop changing (relative `rtol`, absolute `atol`). `solve`'s default chain for one
+    hidden layer (`solver="descent"`) runs it where Anderson acceleration has failed and
+    starts damped Newton from its end point (in `solve`'s `solver` sequence, a minimiser
+    hands over to the root finder after it). A descent from far away can end in a different
+    local minimum of F than the continuation in 1/C reaches, so `solve` starts it only from
+    the continuation's converged points, once a stage has failed (`docs/performance.md`).
 
     **Arguments:**
 
@@ -75,6 +80,44 @@ class FreeEnergyBFGS(optx.AbstractBFGS):
     descent: optx.AbstractDescent = optx.NewtonDescent(linear_solver=lx.Cholesky())
     search: optx.AbstractSearch = optx.BacktrackingArmijo()
     verbose: Callable[..., None] = _quiet
+
+    # The curvature is a dense S(S+1)/2 matrix (`lx.MatrixLinearOperator`) rather than
+    # optimistix's pytree operator, whose input and output structures differ inside
+    # `jax.shard_map` (the output's carries the mesh) and fail lineax's symmetry check in a
+    # sharded `sweep`. Same BFGS update of the inverse (or direct) Hessian.
+
+    def init_hessian(self, y, f, grad):
+        eye = lx.MatrixLinearOperator(jnp.eye(y.shape[0], dtype=y.dtype), _PSD)
+        info = optx.FunctionInfo.EvalGradHessianInv if self.use_inverse else _Direct
+        return info(f, grad, eye), None
+
+    def update_hessian(self, y, y_eval, f_info, f_eval_info, hessian_update_state):
+        s = y_eval - y
+        g = f_eval_info.grad - f_info.grad
+        sg = jnp.dot(s, g)
+        # No update where the curvature condition fails (and on the first step, where the
+        # stored gradient is zero): the old matrix stays.
+        skip = ~(sg > jnp.finfo(sg.dtype).eps)
+        rho = jnp.where(skip, 0.0, 1.0 / jnp.where(skip, 1.0, sg))
+        if self.use_inverse:
+            H = f_info.hessian_inv.as_matrix()
+            Hg = H @ g
+            # (I − ρ s gᵀ) H (I − ρ g sᵀ) + ρ s sᵀ
+            new = (
+                H
+                - rho * (jnp.outer(s, Hg) + jnp.outer(Hg, s))
+                + (rho**2 * jnp.dot(g, Hg) + rho) * jnp.outer(s, s)
+            )
+            info = optx.FunctionInfo.EvalGradHessianInv
+        else:
+            B = f_info.hessian.as_matrix()
+            Bs = B @ s
+            sBs = jnp.dot(s, Bs)
+            curv = jnp.where(skip, 0.0, 1.0 / jnp.where(skip | (sBs <= 0), 1.0, sBs))
+            new = B + rho * jnp.outer(g, g) - curv * jnp.outer(Bs, Bs)
+            info = _Direct
+        operator = lx.MatrixLinearOperator(0.5 * (new + new.T), _PSD)
+        return info(f_eval_info.f, f_eval_info.grad, operator), None
 
     def terminate(self, fn, y, args, options, state, tags):
         done, result = super().terminate(fn, y, args, options, state, tags)

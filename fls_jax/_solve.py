@@ -219,11 +219,12 @@ def _newton(dtype, depth: int = 1, filter_size: int = 1) -> DampedNewton:
     return DampedNewton(rtol=_default_rtol(dtype), atol=0.0, linear_solver=_krylov(1e-4))
 
 
-def _default_solver(dtype, depth: int = 1, filter_size: int = 1) -> tuple:
-    """The default chain: Anderson acceleration (one residual per iteration), and where it
-    fails, damped Newton from the same point (`_newton`). For deeper networks Anderson
-    mixes with β = 0.1, halved at each step cut back because it left the domain or raised
-    the residual more than 10× (`_DEEP_MIXING`)."""
+def _anderson_newton(dtype, depth: int = 1, filter_size: int = 1) -> tuple:
+    """`solver="anderson-newton"`, the default for deeper networks and more than
+    `_DESCENT_MAX_UNKNOWNS` first-layer unknowns: Anderson acceleration (one residual per
+    iteration), and where it fails, damped Newton from the same point (`_newton`). For
+    deeper networks Anderson mixes with β = 0.1, halved at each step cut back because it
+    left the domain or raised the residual more than 10× (`_DEEP_MIXING`)."""
     deep = depth > 1
     anderson = Anderson(
         rtol=_default_rtol(dtype),
@@ -237,33 +238,43 @@ def _default_solver(dtype, depth: int = 1, filter_size: int = 1) -> tuple:
     return (anderson, _newton(dtype, depth, filter_size))
 
 
+def _descent_fits(depth: int, filter_size: int) -> bool:
+    return depth == 1 and filter_size * (filter_size + 1) // 2 <= _DESCENT_MAX_UNKNOWNS
+
+
 def _descent_solver(dtype, depth: int = 1, filter_size: int = 1) -> tuple:
-    """`solver="descent"`: the default chain with a BFGS descent on the free energy
-    (`FreeEnergyBFGS`) between Anderson and Newton, so that Newton starts within 10⁻² of
-    a solution. One hidden layer only (the descent's stopping rule reads R off its
-    gradient), with at most `_DESCENT_MAX_UNKNOWNS` first-layer unknowns."""
-    unknowns = filter_size * (filter_size + 1) // 2
-    if depth > 1 or unknowns > _DESCENT_MAX_UNKNOWNS:
+    """`solver="descent"`, the default for one hidden layer with at most
+    `_DESCENT_MAX_UNKNOWNS` first-layer unknowns: `_anderson_newton` with a BFGS descent on
+    the free energy (`FreeEnergyBFGS`) between Anderson and Newton, so that Newton starts
+    within 10⁻² of a solution; the descent and Newton run once a continuation stage has
+    failed (`_escalation`). One hidden layer only (the descent's stopping rule reads R off
+    its gradient)."""
+    if not _descent_fits(depth, filter_size):
+        unknowns = filter_size * (filter_size + 1) // 2
         raise ValueError(
             'solver="descent" is for one hidden layer with at most '
             f"{_DESCENT_MAX_UNKNOWNS} first-layer unknowns S(S+1)/2 (its BFGS matrix is "
-            f"dense); this network has depth {depth} and {unknowns}. Use the default chain."
+            f"dense); this network has depth {depth} and {unknowns}. Use "
+            'solver="anderson-newton".'
         )
-    anderson, newton = _default_solver(dtype, depth, filter_size)
+    anderson, newton = _anderson_newton(dtype, depth, filter_size)
     return (anderson, FreeEnergyBFGS(handover=_HANDOVER), newton)
 
 
 def _resolve_solver(solver, dtype, depth: int, filter_size: int):
-    """`solve`'s `solver`: None (the default chain), "descent" (`_descent_solver`), or what
-    the user passed."""
+    """`solve`'s `solver`: None ("descent" where it fits, else "anderson-newton"), one of
+    those names, or what the user passed."""
     if solver is None:
-        return _default_solver(dtype, depth, filter_size)
+        solver = "descent" if _descent_fits(depth, filter_size) else "anderson-newton"
     if isinstance(solver, str):
-        if solver != "descent":
-            raise ValueError(
-                f'solver must be None, "descent" or optimistix solvers, got {solver!r}'
-            )
-        return _descent_solver(dtype, depth, filter_size)
+        if solver == "descent":
+            return _descent_solver(dtype, depth, filter_size)
+        if solver == "anderson-newton":
+            return _anderson_newton(dtype, depth, filter_size)
+        raise ValueError(
+            'solver must be None, "descent", "anderson-newton" or optimistix solvers, got '
+            f"{solver!r}"
+        )
     solvers = solver if isinstance(solver, list | tuple) else (solver,)
     if depth > 1 and any(isinstance(s, FreeEnergyBFGS) for s in solvers):
         raise ValueError("FreeEnergyBFGS is for one hidden layer (it reads R off its gradient)")
@@ -299,19 +310,23 @@ _DEEP_PATIENCE = 100
 _DEEP_MAX_GROWTH = 10.0
 
 
-def _default_max_steps(solver: optx.AbstractRootFinder | optx.AbstractMinimiser) -> int:
+def _default_max_steps(
+    solver: optx.AbstractRootFinder | optx.AbstractMinimiser, filter_size: int
+) -> int:
     if isinstance(solver, optx.AbstractMinimiser):
-        return _DESCENT_MAX_STEPS
+        unknowns = filter_size * (filter_size + 1) // 2
+        return max(_DESCENT_MAX_STEPS, _DESCENT_STEPS_PER_UNKNOWN * unknowns)
     return _ANDERSON_MAX_STEPS if isinstance(solver, Anderson) else _MAX_STEPS
 
 
 Chain = tuple[tuple[optx.AbstractRootFinder | optx.AbstractMinimiser, int], ...]
 
 
-def _chain(solver, max_steps) -> Chain:
+def _chain(solver, max_steps, filter_size: int) -> Chain:
     """Normalise `solve`'s `solver` (a root finder, or a sequence of root finders and
     minimisers, each minimiser followed by a root finder) and `max_steps`
-    (None, an int for all, or one per solver) to ((solver, max_steps), …)."""
+    (None, an int for all, or one per solver) to ((solver, max_steps), …). A minimiser's
+    default cap grows with the S(S+1)/2 first-layer unknowns (`_default_max_steps`)."""
     solvers = tuple(solver) if isinstance(solver, list | tuple) else (solver,)
     kinds = (optx.AbstractRootFinder, optx.AbstractMinimiser)
     if not solvers or not all(isinstance(s, kinds) for s in solvers):
@@ -325,7 +340,7 @@ def _chain(solver, max_steps) -> Chain:
                 f"a minimiser in `solver` must be followed by a root finder, got {solvers}"
             )
     if max_steps is None:
-        steps = tuple(_default_max_steps(s) for s in solvers)
+        steps = tuple(_default_max_steps(s, filter_size) for s in solvers)
     elif isinstance(max_steps, list | tuple):
         steps = tuple(max_steps)
     else:
@@ -350,6 +365,10 @@ def _default_adjoint(depth: int = 1) -> optx.AbstractAdjoint:
 _MAX_STEPS = 12
 _ANDERSON_MAX_STEPS = 200
 _DESCENT_MAX_STEPS = 1000
+# BFGS builds its curvature from one gradient per step, so a descent needs more steps the
+# more unknowns it has: erf FCN d = 64 (2080 unknowns), n = 256, C = 1 took ~2550 BFGS steps
+# (one stage, 49 s); capped at 1000 it gave up and the continuation took 11 stages (174 s).
+_DESCENT_STEPS_PER_UNKNOWN = 2
 _MAX_STAGES = 64
 # The one-hidden-layer adjoint: GMRES to 1e-10, a dense LU where that fails (`KrylovOrDense`).
 _ADJOINT = optx.ImplicitAdjoint(linear_solver=KrylovOrDense(_krylov(1e-10)))
@@ -384,7 +403,7 @@ class _Continuation(eqx.Module):
     h: Array  # next step in u
     steps: Array  # iterations spent (all solvers)
     stages: Array  # root finds tried
-    failures: Array  # stages failed in a row
+    failures: Array  # stages failed in a row (or in all, `_escalation`)
     done: Array
     failed: Array
 
@@ -450,6 +469,29 @@ def _attempt(fn, chain: Chain, lam, args, failures, after: int) -> tuple[Any, Ar
     return value, ok, steps, _where(ok | ~ready, value, start)
 
 
+def _escalation(chain: Chain, depth: int) -> tuple[int, bool]:
+    """How a continuation escalates through `chain`: (stages that must fail before each
+    further solver may run, whether that count survives a success).
+
+    A chain without a minimiser: `_fallback_after`, counting failures in a row. A chain
+    with one (`solver="descent"`): the first stage tries the target with the first root
+    finder alone; once a stage has failed, every later stage may run the whole chain. A
+    descent that jumped from the GP limit to the target could end in another minimum of F
+    than the continuation's (erf PatchCNN S = 16, P = 8, n = 256, C = 4: F = −48.596 against
+    −48.900); started from the continuation's last converged point it reached the
+    continuation's (`benchmarks/RESULTS.md`, 2026-12-01). The count stays up after a success
+    because otherwise each success switched the descent off again, the next stage failed,
+    and the step in 1/C shrank geometrically (erf FCN n = 256, C = 1: 64 stages, no
+    convergence)."""
+    if any(isinstance(s, optx.AbstractMinimiser) for s, _ in chain):
+        return _DESCENT_AFTER, True
+    return _fallback_after(depth), False
+
+
+# Stages that must fail before a chain's minimiser (and what follows it) may run.
+_DESCENT_AFTER = 1
+
+
 def _fallback_after(depth: int) -> int:
     """Stages that must fail in a row before a continuation stage uses the chain's next
     solver. For one hidden layer at once: a dense Newton step costs ~100 residuals and it
@@ -467,11 +509,13 @@ def _continuation(fn, chain: Chain, u0, lam0, network, X, Y, max_stages: int):
     previous, wider, solution. The first stage tries the target directly, so easy problems
     cost one root find. Each stage tries the solvers of `chain` in turn (`_attempt`). A
     stage that fails quarters the step in u and retries from the last converged point; one
-    that succeeds doubles the next step. Each vmapped element follows its own path. Inputs
+    that succeeds doubles the next step. Failed stages unlock the chain's later solvers
+    (`_escalation`). Each vmapped element follows its own path. Inputs
     are `stop_gradient`-ed: derivatives come from the final root find's implicit adjoint.
     """
     network, X, Y, u0, lam0 = jax.lax.stop_gradient((network, X, Y, u0, lam0))
     u_target = _inverse_width(network)
+    after, sticky = _escalation(chain, network.depth)
 
     def cond(c: _Continuation):
         return ~(c.done | c.failed)
@@ -480,7 +524,6 @@ def _continuation(fn, chain: Chain, u0, lam0, network, X, Y, max_stages: int):
         u_try = jnp.minimum(u_target, c.u + c.h)
         width = jnp.where(u_try > 0, 1 / jnp.where(u_try > 0, u_try, 1.0), jnp.inf)
         args = (_with_width(network, width), X, Y)
-        after = _fallback_after(network.depth)
         lam, ok, steps, _ = _attempt(fn, chain, c.lam, args, c.failures, after)
         stages = c.stages + 1
         return _Continuation(
@@ -489,7 +532,7 @@ def _continuation(fn, chain: Chain, u0, lam0, network, X, Y, max_stages: int):
             h=jnp.where(ok, 2 * c.h, 0.25 * c.h),
             steps=c.steps + steps,
             stages=stages,
-            failures=jnp.where(ok, 0, c.failures + 1),
+            failures=jnp.where(ok, c.failures if sticky else 0, c.failures + 1),
             done=ok & (u_try >= u_target),
             failed=stages >= max_stages,
         )
@@ -523,18 +566,20 @@ def solve(
     For one hidden layer the unknown is the precision Λ = Σ⁻¹ and the residual is
     R(Λ) = Σ₀⁻¹ − Λ − (1/C) ∂_Σ tr[A Q_f(Σ)] (A = TTᵀ − m K_f⁻¹ held fixed), i.e.
     (2/C) ∂F/∂Σ. For depth L > 1 the unknowns are Σ⁻¹ and the n×n precisions K^(l)⁻¹ of the
-    deeper layers, with the residuals of [`fls_jax.eos_residual`][]. The default solver is a
-    chain: [`fls_jax.Anderson`][] acceleration of the fixed-point map (one residual
-    evaluation per iteration), and where it fails, [`fls_jax.DampedNewton`][] (dense LU for
-    one hidden layer with S(S+1)/2 ≤ 256 unknowns, matrix-free GMRES otherwise and for
-    deeper networks). `solver="descent"` (one hidden layer) puts a BFGS descent on the
-    free energy ([`fls_jax.FreeEnergyBFGS`][]) between them, so that Newton starts within
-    10⁻² of a solution: much faster at narrow widths, but it may reach a different local
-    minimum of F than the continuation does (`docs/performance.md`). The solve starts from
-    the GP limit and tries the target width directly; where that fails (small widths,
-    strong feature learning) an automatic homotopy in 1/C takes over, adapting its own
-    steps, separately for each element of a vmap. Any optimistix root finders can be passed
-    instead.
+    deeper layers, with the residuals of [`fls_jax.eos_residual`][]. The solver is a chain
+    of optimistix solvers, tried in turn at each continuation stage. The solve starts from
+    the GP limit and tries the target width directly with the chain's first solver; where
+    that fails (small widths, strong feature learning) an automatic homotopy in 1/C takes
+    over, adapting its own steps, separately for each element of a vmap, and its stages may
+    use the rest of the chain. The default is `"descent"` for one hidden layer with
+    S(S+1)/2 ≤ 2080 first-layer unknowns: [`fls_jax.Anderson`][] acceleration of the
+    fixed-point map (one residual evaluation per iteration); where it fails, a BFGS descent
+    on the free energy ([`fls_jax.FreeEnergyBFGS`][]) to within 10⁻² of a solution, then
+    [`fls_jax.DampedNewton`][] from there. The descent and Newton run once a stage has
+    failed, from the continuation's last converged point, which keeps the descent on the
+    continuation's branch of solutions (`docs/performance.md`). Otherwise (deeper networks,
+    larger S) `"anderson-newton"`: Anderson, and where it fails, Newton from the same point
+    (dense LU for S(S+1)/2 ≤ 256 unknowns, matrix-free GMRES otherwise).
     Gradients with respect to the hyper-parameters and the data flow by implicit
     differentiation of the final root find.
 
@@ -542,15 +587,15 @@ def solve(
 
     - `network`: an [`fls_jax.FCN`][] or [`fls_jax.PatchCNN`][].
     - `X`: training inputs (n×d). `Y`: targets (n×m, or n for one output).
-    - `solver`: an optimistix root finder, or a sequence of root finders tried in turn at
-      each continuation stage (default: Anderson then damped Newton; rtol 1e-11 in
-      float64), or `"descent"` (above). A minimiser (`optx.AbstractMinimiser`) in the
-      sequence minimises F/C from the stage's start and the root finder after it starts
-      from its end point, where it succeeded. The last one, a root finder, carries the
-      implicit adjoint.
+    - `solver`: None (above), `"descent"`, `"anderson-newton"` (rtol 1e-11 in float64),
+      an optimistix root finder, or a sequence of root finders and minimisers tried in turn
+      at each continuation stage. A minimiser (`optx.AbstractMinimiser`) minimises F/C from
+      the stage's start and the root finder after it starts from its end point, where it
+      succeeded; in a chain with a minimiser, the solvers after the first run once a stage
+      has failed. The last solver, a root finder, carries the implicit adjoint.
     - `max_steps`: iteration cap of each root find (continuation stage): one int for all
-      solvers or one per solver (default: 200 for Anderson, 1000 for a minimiser, 12 for
-      others).
+      solvers or one per solver (default: 200 for Anderson, max(1000, S(S+1)) for a
+      minimiser, 12 for others).
     - `max_stages`: cap on the continuation stages (root finds) before giving up.
     - `precision0`: a starting Σ⁻¹ (e.g. the solution at a neighbouring width), or for
       depth L > 1 the tuple (Σ⁻¹, K^(2)⁻¹, …, K^(L)⁻¹). Given, it replaces the GP-limit
@@ -563,8 +608,8 @@ def solve(
     accepted iterate, never NaN from a rejected step.
     """
     X, Y = _validate(network, X, Y)
-    solver = _resolve_solver(solver, X.dtype, network.depth, network.filter_size(X.shape[1]))
-    chain = _chain(solver, max_steps)
+    S = network.filter_size(X.shape[1])
+    chain = _chain(_resolve_solver(solver, X.dtype, network.depth, S), max_steps, S)
     if adjoint is None:
         adjoint = _default_adjoint(network.depth)
     if precision0 is not None:

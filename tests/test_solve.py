@@ -200,12 +200,30 @@ def test_free_energy_gradient_gives_the_eos_residual(fcn_task, rng):
     assert float(jnp.abs(ref).max()) > 1e-2  # a point off the solution
 
 
+@pytest.mark.parametrize("use_inverse", [True, False])
+def test_free_energy_bfgs_updates_its_curvature_as_optimistix_bfgs(use_inverse):
+    # FreeEnergyBFGS keeps its curvature as a dense matrix (optimistix's pytree operator
+    # fails inside shard_map); with its own stopping rule off it must take optimistix
+    # BFGS's steps, on a function that is not the free energy (6-d Rosenbrock).
+    def rosenbrock(y, args):
+        return jnp.sum(100 * (y[1:] - y[:-1] ** 2) ** 2 + (1 - y[:-1]) ** 2)
+
+    y0 = jnp.array([-1.2, 1.0, -0.5, 0.3, 0.8, -1.0])
+    ours = fj.FreeEnergyBFGS(handover=0.0, use_inverse=use_inverse)
+    ref = optx.BFGS(rtol=0.0, atol=0.0, use_inverse=use_inverse)
+    a = optx.minimise(rosenbrock, ours, y0, max_steps=20, throw=False)
+    b = optx.minimise(rosenbrock, ref, y0, max_steps=20, throw=False)
+    assert float(rosenbrock(a.value, None)) < 0.5 * float(rosenbrock(y0, None))
+    np.testing.assert_allclose(a.value, b.value, rtol=1e-12, atol=1e-12)
+
+
 def test_free_energy_descent_brings_newton_within_reach(fcn_task):
     # At C = 1 damped Newton from the GP limit needs a continuation (the test above, at
-    # C = 2). With Anderson capped at 2 iterations solver="descent" must go through the
-    # BFGS descent on F, which stops at a relative residual of 1e-2 (measured here with the
-    # package's residual), and Newton from there converges in the first stage, to the
-    # hand-derived EoS.
+    # C = 2). The BFGS descent on F from there stops at a relative residual of 1e-2
+    # (measured here with the package's residual). With Anderson capped at 2 iterations
+    # solver="descent" fails its first stage (Anderson alone), so a later stage must go
+    # through the descent and Newton, from the continuation's last converged point; it
+    # reaches the hand-derived EoS and the solution of the chain without the descent.
     from fls_jax._solve import _gp_state, _state_free_energy, _state_residual, _unpack
 
     net, d = _make("fcn", "erf", 1.0, fcn_task)
@@ -222,10 +240,15 @@ def test_free_energy_descent_brings_newton_within_reach(fcn_task):
 
     # solver="descent" is (Anderson, FreeEnergyBFGS(handover=1e-2), Newton).
     sol = solve_jit(net, X, Y, solver="descent", max_steps=(2, 1000, 12))
-    assert bool(sol.converged) and int(sol.num_stages) == 1
-    assert int(sol.num_steps) > 2 + int(start.stats["num_steps"])  # Anderson, BFGS, Newton
+    # Stage 1 tries C = 1 with Anderson alone and fails; from then on every stage runs the
+    # descent and Newton: u = 1/4, 3/4, 1. Had a success switched the descent off again,
+    # each following stage would fail and quarter the step.
+    assert bool(sol.converged) and int(sol.num_stages) == 4
     R = _erf_fcn_eos_residual(np.asarray(sol.sigma), X, fcn_task.Y, 1.0, 1.3, 0.8, 0.02)
     assert np.linalg.norm(R) / np.linalg.norm(sol.precision) < 1e-9
+    ref = solve_jit(net, X, Y, solver="anderson-newton")
+    assert bool(ref.converged)
+    np.testing.assert_allclose(sol.sigma, ref.sigma, atol=1e-9 * float(jnp.abs(ref.sigma).max()))
 
 
 def test_anderson_failure_is_reported_per_element(fcn_task):

@@ -182,7 +182,7 @@ def test_network_must_be_a_network(patch_task):
         (42, TypeError, "optimistix root finder"),
         ((fj.DampedNewton(rtol=1e-9, atol=0.0), fj.FreeEnergyBFGS()), ValueError, "followed by"),
         ((fj.FreeEnergyBFGS(), fj.FreeEnergyBFGS()), ValueError, "followed by"),
-        ("bfgs", ValueError, 'must be None, "descent"'),
+        ("bfgs", ValueError, 'must be None, "descent", "anderson-newton"'),
     ],
 )
 def test_solver_chain_must_end_each_minimiser_with_a_root_finder(fcn_task, solver, exc, match):
@@ -205,6 +205,24 @@ def test_descent_is_for_one_hidden_layer_with_few_unknowns(depth, d):
         raises_before_compiling(
             ValueError, "for one hidden layer", fj.solve, net, task.X, task.Y, solver=chain
         )
+
+
+@pytest.mark.parametrize("depth,S,descent", [(1, 64, True), (1, 65, False), (2, 4, False)])
+def test_default_chain_has_the_descent_where_it_applies(depth, S, descent):
+    # One hidden layer with S(S+1)/2 ≤ 2080 unknowns gets the free-energy descent between
+    # Anderson and Newton; deeper networks and larger S get Anderson then Newton.
+    from fls_jax._solve import _resolve_solver
+
+    chain = _resolve_solver(None, jnp.float64, depth, S)
+    assert [type(s) for s in chain] == [
+        fj.Anderson,
+        *([fj.FreeEnergyBFGS] if descent else []),
+        fj.DampedNewton,
+    ]
+    assert [type(s) for s in _resolve_solver("anderson-newton", jnp.float64, depth, S)] == [
+        fj.Anderson,
+        fj.DampedNewton,
+    ]
 
 
 # -------------------------------------------------------------------------- constructors
