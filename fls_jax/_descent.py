@@ -113,7 +113,7 @@ class FreeEnergyBFGS(optx.AbstractBFGS):
             B = f_info.hessian.as_matrix()
             Bs = B @ s
             sBs = jnp.dot(s, Bs)
-            curv = jnp.where(skip, 0.0, 1.0 / jnp.where(skip | (sBs <= 0), 1.0, sBs))
+            curv = jnp.where(skip, 0.0, 1.0 / jnp.where(skip, 1.0, sBs))
             new = B + rho * jnp.outer(g, g) - curv * jnp.outer(Bs, Bs)
             info = _Direct
         operator = lx.MatrixLinearOperator(0.5 * (new + new.T), _PSD)

@@ -208,13 +208,18 @@ def _krylov(rtol: float) -> lx.GMRES:
 _DENSE_NEWTON_MAX = 256
 
 
+def _unknowns(filter_size: int) -> int:
+    """The first layer's unknowns: the S(S+1)/2 entries of Σ⁻¹'s upper triangle."""
+    return filter_size * (filter_size + 1) // 2
+
+
 def _newton(dtype, depth: int = 1, filter_size: int = 1) -> DampedNewton:
     """Damped Newton; its linear solver is a dense LU of the S(S+1)/2-dimensional Jacobian
     for one hidden layer with few unknowns, and matrix-free GMRES on Jacobian-vector
     products otherwise (S(S+1)/2 > 256, or deeper networks, whose unknowns include n×n
     precisions): an inexact Newton method, each step solved to 10⁻⁴ relative, enough for
     the outer iteration's fast convergence."""
-    if depth == 1 and filter_size * (filter_size + 1) // 2 <= _DENSE_NEWTON_MAX:
+    if depth == 1 and _unknowns(filter_size) <= _DENSE_NEWTON_MAX:
         return DampedNewton(rtol=_default_rtol(dtype), atol=0.0)
     return DampedNewton(rtol=_default_rtol(dtype), atol=0.0, linear_solver=_krylov(1e-4))
 
@@ -239,7 +244,7 @@ def _anderson_newton(dtype, depth: int = 1, filter_size: int = 1) -> tuple:
 
 
 def _descent_fits(depth: int, filter_size: int) -> bool:
-    return depth == 1 and filter_size * (filter_size + 1) // 2 <= _DESCENT_MAX_UNKNOWNS
+    return depth == 1 and _unknowns(filter_size) <= _DESCENT_MAX_UNKNOWNS
 
 
 def _descent_solver(dtype, depth: int = 1, filter_size: int = 1) -> tuple:
@@ -250,11 +255,10 @@ def _descent_solver(dtype, depth: int = 1, filter_size: int = 1) -> tuple:
     failed (`_escalation`). One hidden layer only (the descent's stopping rule reads R off
     its gradient)."""
     if not _descent_fits(depth, filter_size):
-        unknowns = filter_size * (filter_size + 1) // 2
         raise ValueError(
             'solver="descent" is for one hidden layer with at most '
             f"{_DESCENT_MAX_UNKNOWNS} first-layer unknowns S(S+1)/2 (its BFGS matrix is "
-            f"dense); this network has depth {depth} and {unknowns}. Use "
+            f"dense); this network has depth {depth} and {_unknowns(filter_size)}. Use "
             'solver="anderson-newton".'
         )
     anderson, newton = _anderson_newton(dtype, depth, filter_size)
@@ -314,8 +318,7 @@ def _default_max_steps(
     solver: optx.AbstractRootFinder | optx.AbstractMinimiser, filter_size: int
 ) -> int:
     if isinstance(solver, optx.AbstractMinimiser):
-        unknowns = filter_size * (filter_size + 1) // 2
-        return max(_DESCENT_MAX_STEPS, _DESCENT_STEPS_PER_UNKNOWN * unknowns)
+        return max(_DESCENT_MAX_STEPS, _DESCENT_STEPS_PER_UNKNOWN * _unknowns(filter_size))
     return _ANDERSON_MAX_STEPS if isinstance(solver, Anderson) else _MAX_STEPS
 
 
@@ -479,7 +482,7 @@ def _escalation(chain: Chain, depth: int) -> tuple[int, bool]:
     descent that jumped from the GP limit to the target could end in another minimum of F
     than the continuation's (erf PatchCNN S = 16, P = 8, n = 256, C = 4: F = −48.596 against
     −48.900); started from the continuation's last converged point it reached the
-    continuation's (`benchmarks/RESULTS.md`, 2026-12-01). The count stays up after a success
+    continuation's (`docs/performance.md`, 2026-12-01). The count stays up after a success
     because otherwise each success switched the descent off again, the next stage failed,
     and the step in 1/C shrank geometrically (erf FCN n = 256, C = 1: 64 stages, no
     convergence)."""
