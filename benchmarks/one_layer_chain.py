@@ -11,13 +11,17 @@ continuation stage has failed (`_escalation`); `descent/A` allows them after A f
 chain without the descent, Anderson then Newton from the same point, with Anderson's
 `patience` P and Newton only after A failed stages in a row (`_fallback_after`): `40/0` is
 the default, `40/1` is what deeper networks do (a failed stage first retries Anderson on a
-quarter step in 1/C). Prints iterations, stages, the residual, w*ᵀΣw* and the wall time
-(compilation included, one call per width; each variant is compiled afresh).
+quarter step in 1/C). `lbfgs/H` is `descent` with the BFGS replaced by L-BFGS keeping the
+last H steps (`FreeEnergyLBFGS` below; measured, not adopted). Prints iterations, stages,
+the residual, w*ᵀΣw* and the wall time (compilation included, one call per width; each
+variant is compiled afresh).
 """
 
 import argparse
 import platform
 import time
+from collections.abc import Callable
+from typing import Any
 
 import jax
 
@@ -26,10 +30,35 @@ jax.config.update("jax_enable_x64", True)
 
 import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import optimistix as optx  # noqa: E402
 from scaling_n import problem  # noqa: E402
 
 import fls_jax as fj  # noqa: E402
 import fls_jax._solve as _solve  # noqa: E402
+from fls_jax._descent import _residual_from_gradient  # noqa: E402
+from fls_jax._rootfind import _fro  # noqa: E402
+
+
+class FreeEnergyLBFGS(optx.AbstractLBFGS):
+    """`fj.FreeEnergyBFGS` with optimistix's limited-memory curvature (the last
+    `history_length` steps) instead of a dense S(S+1)/2 matrix: the descent one would use
+    beyond S = 64. Same stopping rule. Measured, not adopted (`docs/performance.md`)."""
+
+    rtol: float = 0.0
+    atol: float = 0.0
+    handover: float = 1e-2
+    history_length: int = 30
+    norm: Callable[..., Any] = optx.max_norm
+    use_inverse: bool = True
+    descent: optx.AbstractDescent = optx.NewtonDescent()
+    search: optx.AbstractSearch = optx.BacktrackingArmijo()
+    verbose: Callable[..., None] = lambda **kwargs: None
+
+    def terminate(self, fn, y, args, options, state, tags):
+        done, result = super().terminate(fn, y, args, options, state, tags)
+        R, Lam = _residual_from_gradient(y, state.f_info.grad)
+        close = ~state.first_step & (_fro(R) <= self.handover * _fro(Lam))
+        return done | close, result
 
 
 def main():
@@ -49,7 +78,12 @@ def main():
     print("| variant | C | iterations | stages | converged | residual | w*ᵀΣw* | time |")
     print("|---|---|---|---|---|---|---|---|")
     for variant in a.variants:
-        if variant.startswith("descent"):  # `descent` or `descent/A`
+        if variant.startswith("lbfgs"):  # `lbfgs/H`: the descent with L-BFGS, history H
+            anderson, newton = _solve._anderson_newton(jnp.float64, 1, S)
+            history = int(variant.split("/")[1])
+            lbfgs = FreeEnergyLBFGS(handover=_solve._HANDOVER, history_length=history)
+            chain = (anderson, lbfgs, newton)
+        elif variant.startswith("descent"):  # `descent` or `descent/A`
             chain = _solve._descent_solver(jnp.float64, 1, S)
             after = int(variant.split("/")[1]) if "/" in variant else descent_after
             _solve._DESCENT_AFTER = after
