@@ -12,11 +12,13 @@ iterations; and XLA's buffer sizes for the compiled solve (`memory_analysis`: te
 and arguments), the peak memory a solve needs beyond its inputs. With `--plot`, a log-log
 plot of the times against n with an n³ line.
 
-`--solver anderson` solves with Anderson acceleration alone (≈ 16 n² floats of temporaries
-against ≈ 180 n² for the default chain's Newton fallback on the PatchCNN: the way to the
-largest n); `--solver adaptive` with Anderson alone, `adaptive_mixing=True` and
-`max_growth=10` (β from 1). `--memory-ns` only compiles the solve at those n and reports its
-temporaries, to find the largest n that fits the device without running it.
+`--solver anderson-newton` solves with that chain (the default for one hidden layer before
+the free-energy descent); `--solver anderson` with Anderson acceleration alone (≈ 16 n²
+floats of temporaries against ≈ 180 n² for the default chain's Newton fallback on the
+PatchCNN: the way to the largest n); `--solver adaptive` with Anderson alone,
+`adaptive_mixing=True` and `max_growth=10` (β from 1). `--memory-ns` only compiles the solve
+at those n and reports its temporaries, to find the largest n that fits the device without
+running it.
 """
 
 import argparse
@@ -55,10 +57,13 @@ def problem(arch: str, n: int, width: float):
 
 
 def solver_of(name: str):
-    """None (the default chain), the chain's first solver, Anderson, alone, or that with
-    adaptive mixing and steps cut back where the residual grows more than 10×."""
+    """None (the default chain), "anderson-newton", the chain's first solver, Anderson,
+    alone, or that with adaptive mixing and steps cut back where the residual grows more
+    than 10×."""
     if name == "default":
         return None
+    if name == "anderson-newton":
+        return name
     anderson = _anderson_newton(jnp.float64)[0]
     if name == "adaptive":
         anderson = eqx.tree_at(
@@ -80,11 +85,12 @@ def timed(f, *args, repeat=1, warm=True):
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--arch", choices=["fcn", "cnn"], default="fcn")
-    p.add_argument("--ns", type=int, nargs="+", default=[128, 256, 512, 1024])
+    p.add_argument("--ns", type=int, nargs="*", default=[128, 256, 512, 1024])
     p.add_argument("--width", type=float, default=64.0)
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--plot", default=None, help="write a log-log plot to this file")
-    p.add_argument("--solver", choices=["default", "anderson", "adaptive"], default="default")
+    solvers = ["default", "anderson-newton", "anderson", "adaptive"]
+    p.add_argument("--solver", choices=solvers, default="default")
     p.add_argument("--memory-ns", type=int, nargs="*", default=[], help="compile only")
     a = p.parse_args()
     solver = solver_of(a.solver)
