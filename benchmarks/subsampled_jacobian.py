@@ -14,7 +14,10 @@ Default mode: solve, build the full Jacobian J of the packed residual at the sol
 batches of 16 Jacobian-vector products) and, per subsample size n', the contraction
 ρ(I − J_a⁻¹ J) of the chord iteration y ← y − J_a⁻¹ R(y) that J_a would give (< 1: it
 converges on its own; the smaller, the fewer iterations), with J' of the unscaled subsample
-for comparison; `--at gp` builds J' at the GP limit instead, where a solve would start.
+for comparison, and the products with J that GMRES (fls_jax's Newton settings) needs on
+J δ = −R(GP limit) without and with J_a⁻¹ as its preconditioner. `--at gp` builds J and
+J' at the GP limit, where a solve starts (a preconditioner rebuilt at each Newton step);
+`--at gp-vs-solution` builds J' there and J at the solution (a preconditioner built once).
 `--anderson`: Anderson acceleration from the GP limit on the preconditioned residual
 −J_a⁻¹ R with J_a built there (n' = 0: no preconditioner), timed after compilation.
 """
@@ -29,13 +32,14 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
+import lineax as lx  # noqa: E402
 import numpy as np  # noqa: E402
 import optimistix as optx  # noqa: E402
 from scaling_n import problem  # noqa: E402
 
 import fls_jax as fj  # noqa: E402
 from fls_jax._linalg import _pack  # noqa: E402
-from fls_jax._solve import _gp_state, _state_residual  # noqa: E402
+from fls_jax._solve import _gp_state, _krylov, _state_residual  # noqa: E402
 
 
 def jacobian(net, X, Y, y):
@@ -61,13 +65,18 @@ def main():
     p.add_argument("--width", type=float, default=64.0)
     p.add_argument("--subsamples", type=int, nargs="+", default=[128, 256, 512])
     p.add_argument("--anderson", action="store_true")
-    p.add_argument("--at", choices=["solution", "gp"], default="solution", help="where J' is built")
+    p.add_argument(
+        "--at",
+        choices=["solution", "gp", "gp-vs-solution"],
+        default="solution",
+        help="where J and J' are built (gp-vs-solution: J' at the GP limit, J at the solution)",
+    )
     a = p.parse_args()
     task, net, what = problem("fcn", a.n, a.width)
     X, Y = jnp.asarray(task.X), jnp.asarray(task.Y)
     print(
-        f"# {what}, n = {a.n}, C = {a.width:g}; {platform.node()} {jax.default_backend()} "
-        f"{time.strftime('%Y-%m-%d')}"
+        f"# {what}, n = {a.n}, C = {a.width:g}, --at {a.at}; {platform.node()} "
+        f"{jax.default_backend()} {time.strftime('%Y-%m-%d')}"
     )
     jac = jax.jit(jacobian)
     if a.anderson:
@@ -76,9 +85,11 @@ def main():
     t0 = time.perf_counter()
     sol = jax.block_until_ready(fj.solve(net, X, Y))
     print(f"solve: {time.perf_counter() - t0:.1f} s, {int(sol.num_steps)} iterations")
-    y = _pack(sol.precision)
+    y_sol, y_gp = _pack(sol.precision), _gp_state(net, X)
+    y_J = y_gp if a.at == "gp" else y_sol
+    y_sub = y_sol if a.at == "solution" else y_gp
     t0 = time.perf_counter()
-    J = np.asarray(jac(net, X, Y, y))
+    J = np.asarray(jac(net, X, Y, y_J))
     print(f"full Jacobian ({J.shape[0]} columns): {time.perf_counter() - t0:.1f} s")
     ev = np.linalg.eigvals(J)
     print(
@@ -86,21 +97,42 @@ def main():
         f"max |imag| {np.abs(ev.imag).max():.1e}; ρ(I + J) (the plain fixed point) "
         f"{np.abs(np.linalg.eigvals(np.eye(len(J)) + J)).max():.2f}"
     )
+    # A Newton step's GMRES (fls_jax's settings: rtol 1e-4, restart 20, ≤ 100 cycles),
+    # counting products with J. The right-hand side is −R at the GP limit, the first Newton
+    # step's (at the solution R itself is rounding noise).
+    rhs = -jnp.asarray(_state_residual(y_gp, (net, X, Y)))
+    print(f"GMRES on J δ = −R(GP), no preconditioner: {gmres_products(J, rhs, None)} products")
     for n_sub in a.subsamples:
         idx = subsample(a.n, n_sub)
         t0 = time.perf_counter()
-        at = y if a.at == "solution" else _gp_state(net, X)
-        J_sub = np.asarray(jac(net, X[idx], Y[idx], at))
+        J_sub = np.asarray(jac(net, X[idx], Y[idx], y_sub))
         t = time.perf_counter() - t0
-        rho = np.abs(
-            np.linalg.eigvals(np.eye(len(J)) - np.linalg.solve(scaled(J_sub, a.n, n_sub), J))
-        )
+        J_a = scaled(J_sub, a.n, n_sub)
+        rho = np.abs(np.linalg.eigvals(np.eye(len(J)) - np.linalg.solve(J_a, J)))
         raw = np.abs(np.linalg.eigvals(np.eye(len(J)) - np.linalg.solve(J_sub, J)))
         print(
             f"n' = {n_sub}: J' in {t:.1f} s (compilation included); ρ(I − J_a⁻¹J) = "
-            f"{rho.max():.3f}, unscaled ρ(I − J'⁻¹J) = {raw.max():.3f}",
+            f"{rho.max():.3f}, unscaled ρ(I − J'⁻¹J) = {raw.max():.3f}; GMRES with J_a⁻¹: "
+            f"{gmres_products(J, rhs, np.linalg.inv(J_a))} products",
             flush=True,
         )
+
+
+def gmres_products(J, rhs, inverse) -> str:
+    """Products with J that lineax's GMRES (as fls_jax's Newton runs it) needs for J δ = rhs,
+    left-preconditioned by the matrix `inverse` if given, and whether it converged."""
+    count = []
+    J = jnp.asarray(J)
+
+    def mv(x):
+        jax.debug.callback(lambda: count.append(1))
+        return J @ x
+
+    op = lx.FunctionLinearOperator(mv, jax.ShapeDtypeStruct(rhs.shape, rhs.dtype))
+    options = {} if inverse is None else {"preconditioner": lx.MatrixLinearOperator(inverse)}
+    sol = lx.linear_solve(op, rhs, _krylov(1e-4), options=options, throw=False)
+    ok = sol.result == lx.RESULTS.successful
+    return f"{len(count)}{'' if ok else ' (not converged)'}"
 
 
 def anderson(net, X, Y, a):
