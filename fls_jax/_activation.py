@@ -17,6 +17,14 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 
+def _safe_sqrt(x: Array) -> Array:
+    """√x with a zero derivative at x = 0 instead of ∞ (double `where`). A zero variance
+    comes from an all-zero input or patch x, where ∂a/∂Σ = x xᵀ = 0: any finite partial of Φ
+    in a (and in c) is then multiplied by zero, but an infinite one made the EoS NaN."""
+    pos = x > 0
+    return jnp.where(pos, jnp.sqrt(jnp.where(pos, x, 1.0)), 0.0)
+
+
 class AbstractActivation(eqx.Module):
     """An activation φ and its Gaussian kernel map Φ_φ (SPEC §2).
 
@@ -115,7 +123,7 @@ class ReLU(AbstractActivation):
         return jnp.maximum(h, 0.0)
 
     def kernel(self, a, b, c):
-        ab = jnp.sqrt(a * b)
+        ab = _safe_sqrt(a * b)
         # A zero-variance input (e.g. an all-zero patch) gives φ ≡ 0 there: Φ = 0, not 0/0.
         pos = ab > 0
         return jnp.where(pos, ab / (2 * jnp.pi) * _arccos_j1(c / jnp.where(pos, ab, 1.0)), 0.0)
@@ -144,7 +152,7 @@ class Quadrature(AbstractActivation):
         z, w = np.polynomial.hermite_e.hermegauss(self.order)
         w = w / w.sum()  # probabilists' weights, normalised to a N(0, 1) expectation
         a, b, c = jnp.broadcast_arrays(jnp.asarray(a), jnp.asarray(b), jnp.asarray(c))
-        sa, sb = jnp.sqrt(a), jnp.sqrt(b)
+        sa, sb = _safe_sqrt(a), _safe_sqrt(b)
         pos = sa * sb > 0  # a zero variance makes h ≡ 0 and ρ irrelevant: avoid 0/0
         rho = jnp.where(pos, jnp.clip(c / jnp.where(pos, sa * sb, 1.0), -1.0, 1.0), 0.0)
         # Double `where`: on the diagonal (ρ = 1) the value is right and the gradient finite.

@@ -216,3 +216,25 @@ def test_quadrature_partial_derivatives_on_diagonal(kind):
 def test_zero_variance(act):
     # h ≡ 0, so E[relu(h) relu(h')] = 0.
     assert float(act.kernel(0.0, 1.0, 0.0)) == 0.0
+
+
+@pytest.mark.parametrize(
+    "act",
+    [fj.Erf(), fj.ReLU(), fj.Quadrature(jax.scipy.special.erf, order=20, odd=True)],
+    ids=["Erf", "ReLU", "Quadrature(erf)"],
+)
+def test_zero_input_row_gives_the_limit_of_a_vanishing_one(act):
+    # An all-zero input x (a zero variance a = xᵀΣx = 0) made ∂Φ/∂a infinite and the EoS NaN
+    # for ReLU and Quadrature (∞ · ∂a/∂Σ with ∂a/∂Σ = x xᵀ = 0). The residual there must be
+    # finite and equal the limit of a row shrinking to zero (x = 1e-9 v; Φ and its Σ-derivative
+    # are continuous in x, with an O(|x|) difference).
+    task = fj.datasets.single_index_teacher(n=12, n_test=4, d=3, seed=5)
+    lam = jnp.asarray(3 / 1.3 * np.eye(3) + 0.2)
+    net = fj.FCN(width=2.0, sigma_w2=1.3, sigma_a2=0.8, noise=0.02, activation=act)
+    X = np.array(task.X)
+    residual = {}
+    for scale in (0.0, 1e-9):
+        X[4] = scale * np.array(task.X[4])
+        residual[scale] = np.asarray(fj.eos_residual(lam, net, jnp.asarray(X), task.Y))
+    assert np.isfinite(residual[0.0]).all()
+    np.testing.assert_allclose(residual[0.0], residual[1e-9], rtol=0, atol=1e-6)
