@@ -17,10 +17,11 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 
-def _safe_sqrt(x: Array) -> Array:
+def _safe_sqrt(x: ArrayLike) -> Array:
     """√x with a zero derivative at x = 0 instead of ∞ (double `where`). A zero variance
     comes from an all-zero input or patch x, where ∂a/∂Σ = x xᵀ = 0: any finite partial of Φ
     in a (and in c) is then multiplied by zero, but an infinite one made the EoS NaN."""
+    x = jnp.asarray(x)
     pos = x > 0
     return jnp.where(pos, jnp.sqrt(jnp.where(pos, x, 1.0)), 0.0)
 
