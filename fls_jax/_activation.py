@@ -18,9 +18,10 @@ from jaxtyping import Array, ArrayLike, Float
 
 
 def _safe_sqrt(x: ArrayLike) -> Array:
-    """√x with a zero derivative at x = 0 instead of ∞ (double `where`). A zero variance
-    comes from an all-zero input or patch x, where ∂a/∂Σ = x xᵀ = 0: any finite partial of Φ
-    in a (and in c) is then multiplied by zero, but an infinite one made the EoS NaN."""
+    """√x with a zero derivative at x = 0 instead of ∞ (double `where`). For a variance: a
+    zero one comes from an all-zero input or patch x, where ∂a/∂Σ = x xᵀ = 0, so any finite
+    partial of Φ in a (and in c) is multiplied by zero, but an infinite one made the EoS NaN.
+    For √(1−ρ²): finite derivatives on the train-kernel diagonal, ρ = 1."""
     x = jnp.asarray(x)
     pos = x > 0
     return jnp.where(pos, jnp.sqrt(jnp.where(pos, x, 1.0)), 0.0)
@@ -156,10 +157,8 @@ class Quadrature(AbstractActivation):
         sa, sb = _safe_sqrt(a), _safe_sqrt(b)
         pos = sa * sb > 0  # a zero variance makes h ≡ 0 and ρ irrelevant: avoid 0/0
         rho = jnp.where(pos, jnp.clip(c / jnp.where(pos, sa * sb, 1.0), -1.0, 1.0), 0.0)
-        # Double `where`: on the diagonal (ρ = 1) the value is right and the gradient finite.
-        one_minus = 1 - rho**2
-        safe = one_minus > 0
-        perp = jnp.where(safe, jnp.sqrt(jnp.where(safe, one_minus, 1.0)), 0.0)
+        # On the diagonal (ρ = 1) the value is right and the gradient finite.
+        perp = _safe_sqrt(1 - rho**2)
         zs, ws = jnp.asarray(z, dtype=rho.dtype), jnp.asarray(w, dtype=rho.dtype)
 
         # h = √a z₁ ;  h' = √b (ρ z₁ + √(1−ρ²) z₂).  A scan over the z₁ nodes keeps memory
