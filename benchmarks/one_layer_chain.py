@@ -35,8 +35,7 @@ from scaling_n import problem  # noqa: E402
 
 import fls_jax as fj  # noqa: E402
 import fls_jax._solve as _solve  # noqa: E402
-from fls_jax._descent import _residual_from_gradient  # noqa: E402
-from fls_jax._rootfind import _fro  # noqa: E402
+from fls_jax._descent import _handed_over  # noqa: E402
 
 
 class FreeEnergyLBFGS(optx.AbstractLBFGS):
@@ -56,9 +55,7 @@ class FreeEnergyLBFGS(optx.AbstractLBFGS):
 
     def terminate(self, fn, y, args, options, state, tags):
         done, result = super().terminate(fn, y, args, options, state, tags)
-        R, Lam = _residual_from_gradient(y, state.f_info.grad)
-        close = ~state.first_step & (_fro(R) <= self.handover * _fro(Lam))
-        return done | close, result
+        return done | _handed_over(self.handover, y, state), result
 
 
 def main():

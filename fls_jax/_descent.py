@@ -121,7 +121,12 @@ class FreeEnergyBFGS(optx.AbstractBFGS):
 
     def terminate(self, fn, y, args, options, state, tags):
         done, result = super().terminate(fn, y, args, options, state, tags)
-        R, Lam = _residual_from_gradient(y, state.f_info.grad)
-        # Before the first step the state holds a zero gradient, not the one at y.
-        close = ~state.first_step & (_fro(R) <= self.handover * _fro(Lam))
-        return done | close, result
+        return done | _handed_over(self.handover, y, state), result
+
+
+def _handed_over(handover: float, y: Array, state) -> Array:
+    """The descent's stopping rule, on an optimistix quasi-Newton state at y:
+    ‖R‖_F ≤ `handover` ‖Λ‖_F with R read off the gradient (`_residual_from_gradient`)."""
+    R, Lam = _residual_from_gradient(y, state.f_info.grad)
+    # Before the first step the state holds a zero gradient, not the one at y.
+    return ~state.first_step & (_fro(R) <= handover * _fro(Lam))
