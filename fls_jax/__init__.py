@@ -16,7 +16,12 @@ from ._free_energy import (
     gp_negative_log_evidence as gp_negative_log_evidence,
 )
 from ._linalg import DenseLU as DenseLU, KrylovOrDense as KrylovOrDense
-from ._network import FCN as FCN, AbstractNetwork as AbstractNetwork, PatchCNN as PatchCNN
+from ._network import (
+    FCN as FCN,
+    AbstractNetwork as AbstractNetwork,
+    PatchCNN as PatchCNN,
+    inducing_points as inducing_points,
+)
 from ._predict import Prediction as Prediction, predict as predict, sweep as sweep
 from ._solve import DampedNewton as DampedNewton, Solution as Solution, solve as solve
 from ._tune import TuneResult as TuneResult, tune as tune

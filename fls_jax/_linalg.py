@@ -63,6 +63,34 @@ def _spd_inverse_logdet_jvp(primals, tangents):
 
 
 @_cpu_sequential
+def _cholesky_and_inverse(A):
+    L = jnp.linalg.cholesky(A)
+    eye = jnp.eye(A.shape[0], dtype=A.dtype)
+    return L, jax.scipy.linalg.solve_triangular(L, eye, lower=True)
+
+
+@jax.custom_jvp
+def cholesky_inverse(A: Float[Array, "r r"]) -> tuple[Float[Array, "r r"], Float[Array, "r r"]]:
+    """(L, L⁻¹) with L L ᵀ = A, L lower triangular, for a symmetric positive-definite A.
+
+    Its derivative is written by hand: with M = L⁻¹ dA L⁻ᵀ and Ψ its lower triangle with the
+    diagonal halved, dL = L Ψ and d(L⁻¹) = −Ψ L⁻¹ (matrix products only, and the rule calls
+    this function again, so derivatives of any order work). A that is not positive definite
+    gives NaN.
+    """
+    return _cholesky_and_inverse(A)
+
+
+@cholesky_inverse.defjvp
+def _cholesky_inverse_jvp(primals, tangents):
+    (A,), (dA,) = primals, tangents
+    L, L_inv = cholesky_inverse(A)
+    M = L_inv @ dA @ L_inv.T
+    psi = jnp.tril(M) - 0.5 * jnp.diag(jnp.diagonal(M))
+    return (L, L_inv), (L @ psi, -psi @ L_inv)
+
+
+@_cpu_sequential
 def _eigh(A):
     w, V = jnp.linalg.eigh(A)
     return w, V

@@ -20,6 +20,7 @@ outputs); the readout acts on the last one, Q_f = s_a Φ(K^(L)) (SPEC §2–3).
 """
 
 import abc
+import dataclasses
 from typing import Literal
 
 import equinox as eqx
@@ -54,6 +55,12 @@ class AbstractNetwork(eqx.Module):
     - `scaling`: ``"standard"`` or ``"mean_field"`` readout scaling (SPEC §1).
     - `depth`: L, the number of hidden layers (static, keyword-only; default 1).
     - `width_ratios`: (r_1, …, r_L), static, keyword-only; default all 1 (C_l = C).
+    - `inducing`: optional r×d inducing inputs U (keyword-only; one hidden layer only). Given,
+      the readout kernel is replaced by its Nyström approximation
+      Q_f ≈ Q_f(X, U) Q_f(U, U)⁻¹ Q_f(U, X), evaluated with Σ wherever Q_f is, so the free
+      energy, the EoS, their derivatives and `predict` cost O(n r²) time and O(n r) memory
+      instead of O(n³) and O(n²): the way past a dense Cholesky. An approximation, whose error
+      falls as r grows (`docs/performance.md`); [`fls_jax.inducing_points`][] picks U.
     """
 
     width: Float[Array, ""] = eqx.field(converter=_leaf)
@@ -64,8 +71,19 @@ class AbstractNetwork(eqx.Module):
     scaling: Scaling = eqx.field(static=True, default="standard")
     depth: int = eqx.field(static=True, default=1, kw_only=True)
     width_ratios: tuple[float, ...] | None = eqx.field(static=True, default=None, kw_only=True)
+    inducing: Float[Array, "r d"] | None = eqx.field(
+        default=None, kw_only=True, converter=lambda u: None if u is None else _leaf(u)
+    )
 
     def __check_init__(self):
+        if self.inducing is not None:
+            if self.depth != 1:
+                raise ValueError("inducing points are supported for one hidden layer only")
+            if jnp.ndim(self.inducing) != 2 or jnp.shape(self.inducing)[0] < 1:
+                raise ValueError(
+                    f"inducing must be a 2-d array (r, d) with r ≥ 1, got shape "
+                    f"{jnp.shape(self.inducing)}"
+                )
         if self.scaling not in ("standard", "mean_field"):
             raise ValueError(f"scaling must be 'standard' or 'mean_field', got {self.scaling!r}")
         if not isinstance(self.depth, int | np.integer) or self.depth < 1:
@@ -271,3 +289,62 @@ class PatchCNN(AbstractNetwork):
                 f"patch_size {self.patch_size} does not divide the input dimension {d}: "
                 "PatchCNN needs non-overlapping patches that tile the input"
             )
+
+
+@eqx.filter_jit
+def _pivoted_cholesky(network: AbstractNetwork, X: Float[Array, "n d"], r: int):
+    """Greedy pivoted Cholesky of Q_f(Σ₀) on X, one kernel column per step (O(n r) memory):
+    the r pivots, and the smallest pivot value relative to the largest diagonal entry."""
+    n = X.shape[0]
+    sigma0 = network.prior_covariance(X.shape[1])
+    diag = network.output_kernel_diag(sigma0, X)
+
+    def step(k, carry):
+        L, d, piv, smallest = carry
+        i = jnp.argmax(d)
+        col = network.output_kernel(sigma0, X, X[i][None])[:, 0]
+        col = (col - L @ L[i]) / jnp.sqrt(d[i])
+        smallest = jnp.minimum(smallest, d[i])
+        d = jnp.maximum(d - col**2, 0.0).at[i].set(0.0)
+        return L.at[:, k].set(col), d, piv.at[k].set(i), smallest
+
+    init = (jnp.zeros((n, r), X.dtype), diag, jnp.zeros(r, int), jnp.max(diag))
+    _, _, piv, smallest = jax.lax.fori_loop(0, r, step, init)
+    return piv, smallest / jnp.max(diag)
+
+
+def inducing_points(
+    network: AbstractNetwork, X: Float[Array, "n d"], r: int, *, tol: float = 1e-10
+) -> Float[Array, "r d"]:
+    """r rows of X to use as a network's `inducing` points (the Nyström approximation of
+    Q_f), chosen by greedy pivoted Cholesky of the GP-limit readout kernel Q_f(Σ₀): each
+    next point is the one whose kernel is worst explained by those chosen so far. Costs r
+    kernel columns, O(n r) memory and O(n r²) time.
+
+    **Arguments:** `network` (its priors and activation; one hidden layer), the training
+    inputs `X` (n×d) and the number of points `r` (1 ≤ r ≤ n); `tol`: a pivot below `tol`
+    times the largest kernel diagonal entry means the data hold fewer than r kernel-distinct
+    points, which is an error (ask for fewer).
+
+    **Returns:** U, r×d, for `FCN(..., inducing=U)` or `PatchCNN(..., inducing=U)`.
+    """
+    X = jnp.asarray(X, float)
+    if network.depth != 1:
+        raise ValueError("inducing points are supported for one hidden layer only")
+    if X.ndim != 2:
+        raise ValueError(f"X must be a 2-d array (n, d), got shape {X.shape}")
+    network.check_input_dim(X.shape[1])
+    if not isinstance(r, int | np.integer) or not 1 <= r <= X.shape[0]:
+        raise ValueError(f"r must be an integer in [1, n = {X.shape[0]}], got {r!r}")
+    # The pivots do not depend on the readout's scale; standard scaling keeps it non-zero.
+    net = dataclasses.replace(
+        network, scaling="standard", sigma_a2=1.0, width=jnp.inf, inducing=None
+    )
+    piv, smallest = _pivoted_cholesky(net, X, int(r))
+    if not float(smallest) > tol:
+        raise ValueError(
+            f"the GP kernel of these inputs has fewer than r = {r} distinct directions (a "
+            f"pivot fell to {float(smallest):.1e} of the largest diagonal entry): use fewer "
+            "inducing points"
+        )
+    return X[piv]

@@ -10,7 +10,7 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, ArrayLike, Float
 
-from ._free_energy import _feature_space, _inverse_width
+from ._free_energy import _inverse_width, _low_rank, _LowRank, _nystrom
 from ._linalg import _eigh, eigvalsh, spd_inverse_logdet
 from ._rootfind import _where
 from ._solve import (
@@ -123,31 +123,34 @@ def _test_kernels(solution: Solution, X_test: Array):
     return tt, st, ss, priors
 
 
-def _readout_feature_space(net, sigma: Array, X: Array, Y: Array, X_test: Array):
+def _readout_low_rank(net, sigma: Array, X: Array, Y: Array, X_test: Array, low_rank: _LowRank):
     """T = K_f⁻¹Y, the mean Q_f(x*, X) T and the variance v(x*) of SPEC §4 for
-    Q_f = Z B Zᵀ (B = I_P ⊗ cΣ, rank r < n), without an n×n matrix: with
-    W = σ²B⁻¹ + ZᵀZ, K_f⁻¹ = σ⁻²(I − Z W⁻¹ Zᵀ) (Woodbury), B Zᵀ K_f⁻¹ = W⁻¹Zᵀ, so
-    f̄(x*) = z*ᵀ W⁻¹ ZᵀY and v(x*) = z*ᵀ(B − B Zᵀ K_f⁻¹ Z B) z* = σ² z*ᵀ W⁻¹ z*.
-    Costs O(n r² + r³)."""
-    Z, c = net.linear_features(X)
-    Z_test, _ = net.linear_features(X_test)
-    eye = jnp.eye(Z.shape[1] // sigma.shape[0], dtype=sigma.dtype)
-    sigma_inv, _ = spd_inverse_logdet(sigma)
-    W_inv, _ = spd_inverse_logdet(net.noise * jnp.kron(eye, sigma_inv / c) + Z.T @ Z)
-    w_mean = W_inv @ (Z.T @ Y)  # posterior mean of the readout in feature space
-    T = (Y - Z @ w_mean) / net.noise
+    K_f = Z B Zᵀ + D with Z of rank r < n and D diagonal (`_low_rank`), without an n×n
+    matrix: with W = B⁻¹ + ZᵀD⁻¹Z, K_f⁻¹ = D⁻¹ − D⁻¹Z W⁻¹ ZᵀD⁻¹ (Woodbury) and
+    B Zᵀ K_f⁻¹ = W⁻¹ZᵀD⁻¹, so f̄(x*) = z*ᵀ W⁻¹ ZᵀD⁻¹Y and v(x*) = q** − z*ᵀ B z* + z*ᵀ W⁻¹ z*.
+    For linear φ the features are exact (q** = z*ᵀ B z*, D = σ²I). For a Nyström readout
+    z* = φ(x*) (`_nystrom`, B = I) and q** is the exact prior variance, as on the training
+    points. Costs O(n r² + r³)."""
+    Z, _, B_inv, _, noise = low_rank
+    if net.inducing is not None:
+        Z_test, gap = _nystrom(net, sigma, X_test)
+    else:
+        Z_test, gap = net.linear_features(X_test)[0], 0.0
+    D = jnp.broadcast_to(noise, (X.shape[0],))[:, None]
+    W_inv, _ = spd_inverse_logdet(B_inv + Z.T @ (Z / D))
+    w_mean = W_inv @ (Z.T @ (Y / D))  # posterior mean of the readout in feature space
+    T = (Y - Z @ w_mean) / D
     mean = Z_test @ w_mean  # = Z* B Zᵀ K_f⁻¹ Y, without the cancellation inside T
-    variance = net.noise * jnp.sum((Z_test @ W_inv) * Z_test, 1)
+    variance = gap + jnp.sum((Z_test @ W_inv) * Z_test, 1)
     return T, mean, variance
 
 
 def _readout_quadratic(net, sigma: Array, X: Array, T: Array) -> Array:
-    """tr(Tᵀ Q_f(Σ) T) of a depth-1 network; in feature space when `_feature_space`."""
-    features = _feature_space(net, X)
-    if features is not None:
-        Z, c = features
-        V = (Z.T @ T).reshape(-1, sigma.shape[0], T.shape[1])  # (P, S, m)
-        return c * jnp.einsum("psk,st,ptk->", V, sigma, V)
+    """tr(Tᵀ Q_f(Σ) T) of a depth-1 network; in r dimensions when `_low_rank`."""
+    low_rank = _low_rank(net, sigma, X)
+    if low_rank is not None:
+        V = low_rank.Z.T @ T
+        return jnp.sum(V * (low_rank.B @ V))
     return jnp.sum(T * (net.output_kernel(sigma, X) @ T))
 
 
@@ -162,7 +165,8 @@ def predict(
     conditionals of their learned train blocks (SPEC §4). The readout kernel Q_f then gives
     f̄(x*) = Q_f(x*, X) T and v(x*) = Q_f(x*, x*) − Q_f(x*, X) K_f⁻¹ Q_f(X, x*). For linear
     φ with one hidden layer and P·S < n these are evaluated in the P·S-dimensional feature
-    space (Woodbury), as the solve is: no n×n matrix is formed.
+    space (Woodbury), as the solve is: no n×n matrix is formed. So are they for a network
+    with `inducing` points (its Nyström readout), with the exact prior variance at x*.
 
     **Arguments:**
 
@@ -177,9 +181,10 @@ def predict(
     net, X, Y, sigma = solution.network, solution.X, solution.Y, solution.sigma
     X_test, Y_test = _validate_test(X, Y, X_test, Y_test)
     n, m = Y.shape
-    if _feature_space(net, X) is not None:
+    low_rank = _low_rank(net, sigma, X) if net.depth == 1 else None
+    if low_rank is not None:
         Qf = None
-        T, mean, variance = _readout_feature_space(net, sigma, X, Y, X_test)
+        T, mean, variance = _readout_low_rank(net, sigma, X, Y, X_test, low_rank)
         priors = [net.prior_covariance(X.shape[1])]
     else:
         Qf, Q_star, q_diag, priors = _test_kernels(solution, X_test)

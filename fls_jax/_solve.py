@@ -143,7 +143,12 @@ def _validate(network: AbstractNetwork, X, Y) -> tuple[Array, Array]:
     if X.shape[0] < 1 or Y.shape[1] < 1:
         raise ValueError("need at least one training point and one output")
     network.check_input_dim(X.shape[1])
-    for name, arr in (("X", X), ("Y", Y)):
+    U = network.inducing
+    if U is not None and U.shape[1] != X.shape[1]:
+        raise ValueError(f"inducing points must have d = {X.shape[1]} columns, got {U.shape}")
+    for name, arr in (("X", X), ("Y", Y), ("inducing", U)):
+        if arr is None:
+            continue
         if _concrete(arr) and not np.all(np.isfinite(np.asarray(arr))):
             raise ValueError(f"{name} contains NaN or inf")
     checks = (
