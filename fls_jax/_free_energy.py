@@ -134,9 +134,10 @@ def _nystrom(network: AbstractNetwork, sigma: Array, X: Array) -> tuple[Array, A
     (L Lᵀ = Q_f(U, U) + 10⁻¹⁰ relative jitter), so Φ Φᵀ = Q_f(X, U) Q_f(U, U)⁻¹ Q_f(U, X), and
     the diagonal it misses, Q_f(x, x) − ‖φ(x)‖² ≥ 0. Whitened features keep the Woodbury
     matrix I + ΦᵀD⁻¹Φ as well conditioned as K_f: with Q_f(U, U)⁻¹ inside it instead, its
-    condition number reached 10⁹ and the EoS residual had a round-off floor of 2·10⁻⁹
-    (erf FCN, n = 256, r = 128). Q_f(X, U) is not symmetric in its arguments, so the
-    symmetric part of Σ is used: the EoS are the gradient with respect to a covariance."""
+    condition number reached 10⁹, the EoS residual had a round-off floor of 1.6·10⁻⁹ of its
+    size at the GP limit, and solves stalled at 2·10⁻⁸ (erf FCN, n = 256, r = 128).
+    Q_f(X, U) is not symmetric in its arguments, so the symmetric part of Σ is used: the EoS
+    are the gradient with respect to a covariance."""
     if network.inducing is None:
         raise ValueError("the network has no inducing points")
     sigma = 0.5 * (sigma + sigma.T)
@@ -155,9 +156,10 @@ def _low_rank(network: AbstractNetwork, sigma: Array, X: Array) -> _LowRank | No
     - A network with `inducing` points U: the Nyström readout with its diagonal made exact
       (the "fully independent training conditional" of sparse GPs),
       Q_f ≈ Φ Φᵀ + diag(Q_f − Φ Φᵀ), Φ = Q_f(X, U) L⁻ᵀ, L Lᵀ = Q_f(U, U) (`_nystrom`), B = I.
-      Each output keeps its exact prior variance; without the diagonal the targets' part
-      outside span(Φ) would count as noise of variance σ², a drive ∝ 1/σ⁴ that made the EoS
-      unsolvable (erf FCN, n = 256, r = 128, C = 64: 64 stages, residual 0.44).
+      Each output keeps its exact prior variance. Without the diagonal the targets' part
+      outside span(Φ) counts as noise of variance σ², and Σ learned far more than the exact
+      EoS' Σ: errors of 61 % and 36 % against 7.8 % and 3.4 % with it (erf FCN, n = 512,
+      C = 64, r = 128 and 256; `benchmarks/inducing.py --without-diagonal`).
     - A linear network with P·S < n: its exact feature space (`_feature_space`).
     """
     if network.inducing is not None:

@@ -56,11 +56,12 @@ class AbstractNetwork(eqx.Module):
     - `depth`: L, the number of hidden layers (static, keyword-only; default 1).
     - `width_ratios`: (r_1, …, r_L), static, keyword-only; default all 1 (C_l = C).
     - `inducing`: optional r×d inducing inputs U (keyword-only; one hidden layer only). Given,
-      the readout kernel is replaced by its Nyström approximation
-      Q_f ≈ Q_f(X, U) Q_f(U, U)⁻¹ Q_f(U, X), evaluated with Σ wherever Q_f is, so the free
-      energy, the EoS, their derivatives and `predict` cost O(n r²) time and O(n r) memory
-      instead of O(n³) and O(n²): the way past a dense Cholesky. An approximation, whose error
-      falls as r grows (`docs/performance.md`); [`fls_jax.inducing_points`][] picks U.
+      the readout kernel is replaced by its Nyström approximation with the exact diagonal
+      (FITC), Q_f ≈ Q_f(X, U) Q_f(U, U)⁻¹ Q_f(U, X) + diag(the rest), evaluated at Σ wherever
+      Q_f is, so the free energy, the EoS, their derivatives and `predict` cost O(n r²) time
+      and O(n r) memory instead of O(n³) and O(n²): the way past a dense Cholesky. An
+      approximation, whose error falls as r grows (`docs/performance.md`);
+      [`fls_jax.inducing_points`][] picks U.
     """
 
     width: Float[Array, ""] = eqx.field(converter=_leaf)

@@ -146,11 +146,13 @@ def _readout_low_rank(net, sigma: Array, X: Array, Y: Array, X_test: Array, low_
 
 
 def _readout_quadratic(net, sigma: Array, X: Array, T: Array) -> Array:
-    """tr(Tᵀ Q_f(Σ) T) of a depth-1 network; in r dimensions when `_low_rank`."""
+    """tr(Tᵀ Q_f(Σ) T) of a depth-1 network; in r dimensions when `_low_rank` (with the
+    Nyström readout's diagonal correction, the part of its diagonal beyond σ²)."""
     low_rank = _low_rank(net, sigma, X)
     if low_rank is not None:
         V = low_rank.Z.T @ T
-        return jnp.sum(V * (low_rank.B @ V))
+        correction = jnp.broadcast_to(low_rank.noise - net.noise, (X.shape[0],))
+        return jnp.sum(V * (low_rank.B @ V)) + jnp.sum(correction[:, None] * T**2)
     return jnp.sum(T * (net.output_kernel(sigma, X) @ T))
 
 

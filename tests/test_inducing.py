@@ -74,9 +74,10 @@ def test_nystrom_readout_equals_dense_fitc_formulas(fcn_task):
     np.testing.assert_allclose(pred.mean, cross @ jnp.linalg.solve(K, Y), rtol=1e-8, atol=1e-10)
     var = qss - jnp.sum(cross * jnp.linalg.solve(K, cross.T).T, 1)
     np.testing.assert_allclose(pred.variance, var, rtol=1e-7, atol=1e-10)
-    np.testing.assert_allclose(
-        pred.train_error, NOISE**2 * jnp.mean(jnp.linalg.solve(K, Y) ** 2), rtol=1e-8
-    )
+    T = jnp.linalg.solve(K, Y)
+    np.testing.assert_allclose(pred.train_error, NOISE**2 * jnp.mean(T**2), rtol=1e-8)
+    Qf = K - NOISE * jnp.eye(len(X))  # the FITC readout kernel, diagonal included
+    np.testing.assert_allclose(pred.chi_proxy, jnp.sum(T * (Qf @ T)) / 4.0, rtol=1e-8)
 
 
 def test_inducing_points_on_every_input_give_the_exact_solution(fcn_task):
