@@ -9,9 +9,10 @@ operator v ↦ Q_f v + σ²v, applied in row blocks of the kernel (O(n·block) m
 second meets every entry of K_f⁻¹. A matrix-free code would estimate it with Hutchinson
 probes z (Rademacher): tr[K_f⁻¹ Q_f] ≈ (1/p) Σ_k (K_f⁻¹ z_k)ᵀ Q_f z_k, with K_f⁻¹z_k from
 CG, which is unbiased with an error ∝ 1/√p. With a rank-r Nyström approximation
-P = F Fᵀ + σ²I of K_f (landmarks by pivoted Cholesky of the GP-limit kernel, F = Q_f(X, X_r)
-L⁻ᵀ, L Lᵀ = Q_f(X_r, X_r)), P⁻¹ preconditions CG and serves as a control variate: the exact
-trace of P⁻¹ (Woodbury) plus probes of K_f⁻¹ − P⁻¹ only. This script measures, at the
+P = F Fᵀ + σ²I of K_f (landmarks from `fj.inducing_points`, a pivoted Cholesky of the GP
+kernel; F = Q_f(X, X_r) L⁻ᵀ, L Lᵀ = Q_f(X_r, X_r), fls_jax's Nyström features), P⁻¹
+preconditions CG and serves as a control variate: the exact trace of P⁻¹ (Woodbury) plus
+probes of K_f⁻¹ − P⁻¹ only. This script measures, at the
 solution of the dense solver (`--at solution`) or at the GP limit (`--at gp`):
 
 - the spectrum of Q_f against σ² (what a rank-r P can capture),
@@ -24,6 +25,7 @@ solution of the dense solver (`--at solution`) or at the GP limit (`--at gp`):
 """
 
 import argparse
+import dataclasses
 import platform
 import time
 
@@ -38,7 +40,7 @@ import numpy as np  # noqa: E402
 from scaling_n import problem  # noqa: E402
 
 import fls_jax as fj  # noqa: E402
-from fls_jax._free_energy import data_term  # noqa: E402
+from fls_jax._free_energy import _nystrom, data_term  # noqa: E402
 
 
 def row_blocks(X, block):
@@ -77,30 +79,12 @@ def bilinear(net, sigma, X, U, V, block):
     return total
 
 
-def pivots(net, sigma0, X, r):
-    """r landmarks by greedy pivoted Cholesky of the GP-limit kernel Q_f(Σ₀)."""
-    column = jax.jit(lambda i: net.output_kernel(sigma0, X, X[i][None])[:, 0])
-    d = np.array(net.output_kernel_diag(sigma0, X))
-    L = np.zeros((X.shape[0], r))
-    piv = []
-    for k in range(r):
-        i = int(np.argmax(d))
-        piv.append(i)
-        col = (np.asarray(column(i)) - L[:, :k] @ L[i, :k]) / np.sqrt(d[i])
-        L[:, k] = col
-        d = d - col**2
-    return np.array(piv)
-
-
-def nystrom(net, sigma, X, piv):
-    """F with P = F Fᵀ + σ²I, and P⁻¹ as a function (Woodbury)."""
-    Xr = X[piv]
-    Krr = net.output_kernel(sigma, Xr)
-    Krr = Krr + 1e-10 * jnp.trace(Krr) / len(piv) * jnp.eye(len(piv))
-    chol = jnp.linalg.cholesky(Krr)
-    F = jax.scipy.linalg.solve_triangular(chol, net.output_kernel(sigma, Xr, X), lower=True).T
+def nystrom(net, sigma, X, landmarks):
+    """F with P = F Fᵀ + σ²I (fls_jax's Nyström features on the landmarks), M = (σ²I + FᵀF)⁻¹
+    and P⁻¹ as a function (Woodbury)."""
+    F, _ = _nystrom(dataclasses.replace(net, inducing=landmarks), sigma, X)
     s2 = net.noise
-    M = jnp.linalg.inv(s2 * jnp.eye(len(piv)) + F.T @ F)
+    M = jnp.linalg.inv(s2 * jnp.eye(F.shape[1]) + F.T @ F)
     M = 0.5 * (M + M.T)
 
     def p_inv(v):
@@ -198,8 +182,7 @@ def main():
     )
     for r in args.ranks:
         if r > 0:
-            piv = pivots(net, sigma0, X, r)
-            F, M, p_inv = nystrom(net, sigma, X, piv)
+            F, M, p_inv = nystrom(net, sigma, X, fj.inducing_points(net, X, r))
             PK = np.asarray(jax.vmap(p_inv, in_axes=1, out_axes=1)(K))
             w = np.sort(np.linalg.eigvals(PK).real)
             cond = f"{w[-1] / w[0]:.3g}"
