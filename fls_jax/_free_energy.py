@@ -90,14 +90,14 @@ def _gp_nle_jvp(primals, tangents):
 def _low_rank_negative_log_evidence(
     Z: Float[Array, "n r"], B_inv: Float[Array, "r r"], logdet_B, noise, Y: Float[Array, "n m"]
 ) -> Float[Array, ""]:
-    """D for K = D_n + Z B Zᵀ with Z of rank r < n and D_n diagonal (`noise`: a scalar σ², or
-    an n-vector), in r dimensions (Woodbury and the determinant lemma): with Z̃ = D_n^{-1/2} Z,
+    """D for K = D_n + Z B Zᵀ with Z of rank r < n and D_n diagonal (`noise`: its n entries),
+    in r dimensions (Woodbury and the determinant lemma): with Z̃ = D_n^{-1/2} Z,
     Ỹ = D_n^{-1/2} Y and W = B⁻¹ + Z̃ᵀZ̃,
 
     YᵀK⁻¹Y = ỸᵀỸ − ỸᵀZ̃ W⁻¹ Z̃ᵀỸ,  log det K = Σ log D_n + log det B + log det W.
     """
     n, m = Y.shape
-    scale = jnp.broadcast_to(jnp.sqrt(noise), (n,))[:, None]
+    scale = jnp.sqrt(noise)[:, None]
     Zs, Ys = Z / scale, Y / scale
     ZtY = Zs.T @ Ys
     W_inv, logdet_W = spd_inverse_logdet(B_inv + Zs.T @ Zs)
@@ -119,8 +119,8 @@ _NYSTROM_JITTER = 1e-10
 
 
 class _LowRank(NamedTuple):
-    """K_f = Z B Zᵀ + diag(noise), with Z n×r: B, B⁻¹, log det B and the diagonal (σ², or
-    σ² plus the Nyström readout's correction)."""
+    """K_f = Z B Zᵀ + diag(noise), with Z n×r: B, B⁻¹, log det B and the diagonal, an
+    n-vector (σ², or σ² plus the Nyström readout's correction)."""
 
     Z: Array
     B: Array
@@ -174,7 +174,8 @@ def _low_rank(network: AbstractNetwork, sigma: Array, X: Array) -> _LowRank | No
     sigma_inv, logdet_sigma = spd_inverse_logdet(sigma)
     B_inv = jnp.kron(eye, sigma_inv / c)
     logdet_B = eye.shape[0] * (sigma.shape[0] * jnp.log(c) + logdet_sigma)
-    return _LowRank(Z, jnp.kron(eye, c * sigma), B_inv, logdet_B, network.noise)
+    noise = jnp.full(X.shape[0], network.noise, dtype=Z.dtype)
+    return _LowRank(Z, jnp.kron(eye, c * sigma), B_inv, logdet_B, noise)
 
 
 def data_term(

@@ -136,7 +136,7 @@ def _readout_low_rank(net, sigma: Array, X: Array, Y: Array, X_test: Array, low_
         Z_test, gap = _nystrom(net, sigma, X_test)
     else:
         Z_test, gap = net.linear_features(X_test)[0], 0.0
-    D = jnp.broadcast_to(noise, (X.shape[0],))[:, None]
+    D = noise[:, None]
     W_inv, _ = spd_inverse_logdet(B_inv + Z.T @ (Z / D))
     w_mean = W_inv @ (Z.T @ (Y / D))  # posterior mean of the readout in feature space
     T = (Y - Z @ w_mean) / D
@@ -151,8 +151,8 @@ def _readout_quadratic(net, sigma: Array, X: Array, T: Array) -> Array:
     low_rank = _low_rank(net, sigma, X)
     if low_rank is not None:
         V = low_rank.Z.T @ T
-        correction = jnp.broadcast_to(low_rank.noise - net.noise, (X.shape[0],))
-        return jnp.sum(V * (low_rank.B @ V)) + jnp.sum(correction[:, None] * T**2)
+        correction = (low_rank.noise - net.noise)[:, None]
+        return jnp.sum(V * (low_rank.B @ V)) + jnp.sum(correction * T**2)
     return jnp.sum(T * (net.output_kernel(sigma, X) @ T))
 
 
@@ -183,7 +183,7 @@ def predict(
     net, X, Y, sigma = solution.network, solution.X, solution.Y, solution.sigma
     X_test, Y_test = _validate_test(X, Y, X_test, Y_test)
     n, m = Y.shape
-    low_rank = _low_rank(net, sigma, X) if net.depth == 1 else None
+    low_rank = _low_rank(net, sigma, X)
     if low_rank is not None:
         Qf = None
         T, mean, variance = _readout_low_rank(net, sigma, X, Y, X_test, low_rank)
