@@ -12,8 +12,10 @@ and against the exact solution: the relative error of Σ, of the learned precisi
 Λ − Σ₀⁻¹ (the feature learning itself), of the mean predictor on the test points, and the
 test errors and free energies side by side. `--compile-only` reports XLA's temporaries of
 the compiled solve + predict without running it (the memory a larger n would need).
-`--without-diagonal` solves the plain Nyström model instead (K_f = ΦΦᵀ + σ²I, "DTC"),
-patched in here for comparison: fls_jax keeps the diagonal.
+`--anderson-only` solves with Anderson acceleration alone (at most 8 continuation stages),
+to see where the approximate EoS get stiff. `--without-diagonal` solves the plain Nyström
+model instead (K_f = ΦΦᵀ + σ²I, "DTC"), patched in here for comparison: fls_jax keeps the
+diagonal.
 """
 
 import argparse
@@ -33,9 +35,12 @@ from scaling_n import problem  # noqa: E402
 import fls_jax as fj  # noqa: E402
 
 
+SOLVER = {}  # `--anderson-only`: solve's keyword arguments
+
+
 @eqx.filter_jit
 def solve_predict(net, X, Y, X_test, Y_test):
-    sol = fj.solve(net, X, Y)
+    sol = fj.solve(net, X, Y, **SOLVER)
     return sol, fj.predict(sol, X_test, Y_test)
 
 
@@ -84,6 +89,11 @@ def main():
         "--compile-only", action="store_true", help="only compile, and report temporaries"
     )
     parser.add_argument(
+        "--anderson-only",
+        action="store_true",
+        help="solve with Anderson alone (rtol 1e-11) and at most 8 continuation stages",
+    )
+    parser.add_argument(
         "--without-diagonal",
         action="store_true",
         help="the plain Nyström readout (DTC) instead of FITC: drop the diagonal correction",
@@ -91,6 +101,8 @@ def main():
     args = parser.parse_args()
     if args.without_diagonal:
         without_diagonal()
+    if args.anderson_only:
+        SOLVER.update(solver=fj.Anderson(rtol=1e-11, atol=0.0), max_stages=8)
     machine = platform.processor() or platform.machine()
     print(f"# {platform.node()} {machine}, jax {jax.__version__}, {jax.devices()[0]}")
     print(f"# {time.strftime('%Y-%m-%d %H:%M')}  args: {vars(args)}")
