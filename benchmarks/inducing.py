@@ -115,7 +115,8 @@ def main():
     print(f"{label}, n = {args.n}, C = {args.width:g}, 1000 test points")
     prior = net.prior_precision(net.filter_size(X.shape[1]))
     print(
-        f"{'r':>6} {'solve+predict':>13} {'compile':>8} {'conv':>5} {'steps':>6} {'temp MiB':>9} "
+        f"{'r':>6} {'solve+predict':>13} {'compile':>8} {'conv':>5} {'steps':>6} {'resid':>8} "
+        f"{'temp MiB':>9} "
         f"{'Σ err':>9} {'shift err':>9} {'mean err':>9} {'test err':>9} {'F':>12}"
     )
     exact = None
@@ -127,7 +128,8 @@ def main():
         exact = sol, pred
         print(
             f"{'exact':>6} {t:>12.1f}s {tc:>7.1f}s {bool(sol.converged)!s:>5} "
-            f"{int(sol.num_steps):>6} {temp:>9.0f} {'':>9} {'':>9} {'':>9} "
+            f"{int(sol.num_steps):>6} {float(sol.residual):>8.1e} {temp:>9.0f} {'':>9} {'':>9} "
+            f"{'':>9} "
             f"{float(pred.test_error):>9.4g} {float(sol.free_energy):>12.6g}"
         )
     for r in args.ranks:
@@ -150,7 +152,7 @@ def main():
             )
         print(
             f"{r:>6} {t:>12.1f}s {tc:>7.1f}s {bool(sol.converged)!s:>5} {int(sol.num_steps):>6} "
-            f"{temp:>9.0f} {errs} {float(pred.test_error):>9.4g} "
+            f"{float(sol.residual):>8.1e} {temp:>9.0f} {errs} {float(pred.test_error):>9.4g} "
             f"{float(sol.free_energy):>12.6g}   (picking U: {t_pick:.1f} s)"
         )
 
