@@ -37,10 +37,11 @@ class Anderson(_AbstractResidualRootFinder):
 
     Each step evaluates the residual once: with the last `memory` differences ΔY of the
     iterates and ΔF of the residuals, γ = argmin ‖R(y_k) − ΔF γ‖ (a ridge-regularised least
-    squares of size `memory`) and y_{k+1} = y_k + β R(y_k) − (ΔY + β ΔF) γ. Where the new
-    point leaves the domain (the residual is not finite: a precision not positive definite)
-    or raises the residual more than `max_growth`-fold, the step is halved until it does
-    neither, and the history restarts from the step taken.
+    squares of size `memory`, each pair of differences divided by ‖ΔY‖) and
+    y_{k+1} = y_k + β R(y_k) − (ΔY + β ΔF) γ. Where the new point leaves the domain (the
+    residual is not finite: a precision not positive definite) or raises the residual more
+    than `max_growth`-fold, the step is halved until it does neither, and the history
+    restarts from the step taken.
     Stops when ‖R(y)‖_F ≤ atol + rtol ‖y‖_F. Works per element under `jax.vmap`.
 
     **Arguments:**
@@ -93,12 +94,21 @@ class Anderson(_AbstractResidualRootFinder):
         valid = (jnp.arange(m) < jnp.minimum(state.k, m)).astype(y_flat.dtype)
         dF = state.dF * valid[:, None]
         dY = state.dY * valid[:, None]
-        # γ = argmin ‖f − dFᵀ γ‖ with a small ridge (relative to the history's scale) so that
-        # a degenerate history gives a short, not a wild, correction.
-        gram = dF @ dF.T
-        ridge = 1e-12 * jnp.trace(gram) + jnp.finfo(y_flat.dtype).tiny
+        # γ = argmin ‖f − dFᵀ γ‖ with a small ridge, so that a degenerate history gives a
+        # short, not a wild, correction. Each pair (ΔY, ΔF) is first divided by ‖ΔY‖, so the
+        # rows of ΔF are Jacobian-vector products of unit directions, of comparable size.
+        # With a ridge relative to the raw history, the large steps of the first iterations
+        # outweighed the small recent ones, and the iteration stalled until they left the
+        # window (erf FCN d = 32, n = 1024, C = 64: 86 → 69 iterations; `benchmarks/RESULTS.md`).
+        # Dividing by ‖ΔF‖ instead trusts a pair with ΔF ≈ 0, i.e. no information, and made
+        # steps of 10¹¹ on R(y) = 1 + y².
+        tiny = jnp.finfo(y_flat.dtype).tiny
+        scale = valid / jnp.sqrt(jnp.sum(dY * dY, axis=1) + tiny)
+        dF_scaled = dF * scale[:, None]
+        gram = dF_scaled @ dF_scaled.T
+        ridge = 1e-12 * jnp.trace(gram) + tiny
         gram = gram + ridge * jnp.eye(m, dtype=gram.dtype) + jnp.diag(1 - valid)
-        gamma = jnp.linalg.solve(gram, dF @ f_flat) * valid
+        gamma = scale * jnp.linalg.solve(gram, dF_scaled @ f_flat)
         beta = state.beta
         step = beta * f_flat - (dY + beta * dF).T @ gamma
 

@@ -348,6 +348,24 @@ def test_anderson_adaptive_mixing_recovers_from_a_too_large_step():
     assert int(fixed.stats["num_steps"]) >= 2 * int(adaptive.stats["num_steps"])
 
 
+def test_anderson_on_a_linear_map_terminates_like_gmres_from_far_away():
+    # On R(y) = b − A y with memory ≥ N, Anderson (type II, β = 1) is GMRES in exact
+    # arithmetic (Walker & Ni 2011): the residual is zero after at most N + 1 steps. From a
+    # start 10⁶ away the first differences are 10⁶× the last ones; a ridge relative to the
+    # raw history's size then drowned the recent rows and took 122 steps here.
+    N = 20
+    rng = np.random.default_rng(0)
+    Q, _ = np.linalg.qr(rng.standard_normal((N, N)))
+    A = jnp.asarray(Q @ np.diag(np.geomspace(0.1, 50.0, N)) @ Q.T)
+    b = jnp.asarray(rng.standard_normal(N))
+    y_star = jnp.asarray(np.linalg.solve(np.asarray(A), np.asarray(b)))
+    solver = fj.Anderson(rtol=1e-12, atol=0.0, memory=2 * N)
+    sol = optx.root_find(lambda y, _: b - A @ y, solver, y_star + 1e6, max_steps=200, throw=False)
+    assert sol.result == optx.RESULTS.successful
+    assert int(sol.stats["num_steps"]) <= N + 5
+    np.testing.assert_allclose(sol.value, y_star, rtol=0, atol=1e-9)
+
+
 @pytest.mark.parametrize("arch,kind", CASES)
 def test_free_energy_is_stationary_at_the_solution(arch, kind, patch_task, fcn_task):
     task = patch_task if arch == "patchcnn" else fcn_task
