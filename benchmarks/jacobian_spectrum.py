@@ -33,26 +33,11 @@ jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from scaling_n import problem, timed  # noqa: E402
 
 import fls_jax as fj  # noqa: E402
 from fls_jax._linalg import _pack, _unpack  # noqa: E402
 from fls_jax._solve import _state_residual  # noqa: E402
-
-
-def problem(n: int, width: float, d: int):
-    task = fj.datasets.single_index_teacher(n, 10, d, seed=0)
-    net = fj.FCN(width=width, sigma_w2=1.0, sigma_a2=1.0, noise=0.01, activation=fj.Erf())
-    return task, net
-
-
-def best_time(f, *args, repeat=3):
-    jax.block_until_ready(f(*args))
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        jax.block_until_ready(f(*args))
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def kappa(A) -> str:
@@ -79,8 +64,9 @@ def sigma_weighting(U, rel, h: float, d: int) -> np.ndarray:
     return np.array([apply(c) for c in np.eye(d * (d + 1) // 2)]).T
 
 
-def report(n: int, width: float, d: int, batch: int, hs: list[float]) -> None:
-    task, net = problem(n, width, d)
+def report(n: int, width: float, batch: int, hs: list[float]) -> None:
+    task, net, _ = problem("fcn", n, width)
+    d = task.X.shape[1]
     X, Y = jnp.asarray(task.X), jnp.asarray(task.Y)
     args = (net, X, Y)
     t0 = time.perf_counter()
@@ -132,9 +118,9 @@ def report(n: int, width: float, d: int, batch: int, hs: list[float]) -> None:
             f"{kappa(-sigma_weighting(U, rel, h, d) @ J)}"
         )
     res = jax.jit(residual)
-    t_r = best_time(res, y)
+    t_r = timed(res, y, repeat=3)[1]
     for k in (2, d):
-        t_k = best_time(jvps, jnp.eye(N)[:k])
+        t_k = timed(jvps, jnp.eye(N)[:k], repeat=3)[1]
         print(
             f"  {k} products (with the linearisation): {t_k / t_r:.1f} residuals "
             f"of {t_r * 1e3:.1f} ms"
@@ -145,14 +131,13 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ns", type=int, nargs="+", default=[512])
     p.add_argument("--width", type=float, default=64.0)
-    p.add_argument("--d", type=int, default=32)
     p.add_argument("--batch", type=int, default=48)
     p.add_argument("--h", type=float, nargs="+", default=[10.0, 100.0])
     a = p.parse_args()
     print(f"# {platform.node()} {jax.devices()[0].device_kind} jax {jax.__version__}")
-    print(f"# erf FCN d={a.d}, single-index teacher, C={a.width:g}, σ²=0.01")
+    print(f"# erf FCN d=32, single-index teacher, C={a.width:g}, σ²=0.01")
     for n in a.ns:
-        report(n, a.width, a.d, a.batch, a.h)
+        report(n, a.width, a.batch, a.h)
 
 
 if __name__ == "__main__":

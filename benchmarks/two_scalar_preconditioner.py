@@ -26,6 +26,8 @@ jax.config.update("jax_enable_x64", True)
 import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from jacobian_spectrum import sym_basis  # noqa: E402
+from scaling_n import problem  # noqa: E402
 
 import fls_jax as fj  # noqa: E402
 from fls_jax._linalg import _pack, _unpack  # noqa: E402
@@ -37,8 +39,7 @@ D = 32
 
 def preconditioner(residual, y0, u):
     """(uu, V, a1, a2): M r = r + a1 uu (uu·r) + a2 (V Vᵀ r − uu (uu·r))."""
-    rows = [np.asarray(_pack(jnp.asarray(np.outer(u, v) + np.outer(v, u)))) for v in np.eye(D)]
-    V = np.linalg.qr(np.array(rows).T)[0]
+    V = sym_basis(u, D)
     uu = np.array(_pack(jnp.asarray(np.outer(u, u))))
     uu /= np.linalg.norm(uu)
     z = V @ np.random.default_rng(0).standard_normal(D)
@@ -87,9 +88,8 @@ def main():
     print(f"# {platform.node()} {jax.devices()[0].device_kind} jax {jax.__version__}")
     print("# erf FCN d=32, single-index teacher, σ²=0.01, to C = 64; iterations (true residual)")
     for n in a.ns:
-        task = fj.datasets.single_index_teacher(n, 10, D, seed=0)
+        task, net, _ = problem("fcn", n, 64.0)
         X, Y = jnp.asarray(task.X), jnp.asarray(task.Y)
-        net = fj.FCN(width=64.0, sigma_w2=1.0, sigma_a2=1.0, noise=0.01, activation=fj.Erf())
         args = (net, X, Y)
 
         def residual(y, args=args):
