@@ -150,10 +150,15 @@ def _readout_quadratic(net, sigma: Array, X: Array, T: Array) -> Array:
     Nyström readout's diagonal correction, the part of its diagonal beyond σ²)."""
     low_rank = _low_rank(net, sigma, X)
     if low_rank is not None:
-        V = low_rank.Z.T @ T
-        correction = (low_rank.noise - net.noise)[:, None]
-        return jnp.sum(V * (low_rank.B @ V)) + jnp.sum(correction * T**2)
+        return _low_rank_quadratic(low_rank, net.noise, T)
     return jnp.sum(T * (net.output_kernel(sigma, X) @ T))
+
+
+def _low_rank_quadratic(low_rank: _LowRank, noise, T: Array) -> Array:
+    """tr(Tᵀ Q_f T) for K_f = Z B Zᵀ + diag(`low_rank.noise`): Q_f is K_f less σ²I."""
+    V = low_rank.Z.T @ T
+    correction = (low_rank.noise - noise)[:, None]
+    return jnp.sum(V * (low_rank.B @ V)) + jnp.sum(correction * T**2)
 
 
 def predict(
@@ -185,13 +190,14 @@ def predict(
     n, m = Y.shape
     low_rank = _low_rank(net, sigma, X)
     if low_rank is not None:
-        Qf = None
         T, mean, variance = _readout_low_rank(net, sigma, X, Y, X_test, low_rank)
+        quad = _low_rank_quadratic(low_rank, net.noise, T)  # tr(Tᵀ Q_f T), for χ_proxy
         priors = [net.prior_covariance(X.shape[1])]
     else:
         Qf, Q_star, q_diag, priors = _test_kernels(solution, X_test)
         Kf_inv, _ = spd_inverse_logdet(Qf + net.noise * jnp.eye(n, dtype=X.dtype))
         T = Kf_inv @ Y
+        quad = jnp.sum(T * (Qf @ T))
         mean = Q_star @ T
         variance = q_diag - jnp.sum((Q_star @ Kf_inv) * Q_star, 1)
     train_error = net.noise**2 * jnp.sum(T**2) / (n * m)
@@ -213,7 +219,6 @@ def predict(
         K_L, TTt = solution.kernels[-1], T @ T.T
         shift = jax.grad(lambda K: jnp.sum(TTt * net.post_kernel(L, K)))(K_L) * inv_width
         chi = _whitened_top(priors[-1], 0.5 * (shift + shift.T))
-    quad = _readout_quadratic(net, sigma, X, T) if Qf is None else jnp.sum(T * (Qf @ T))
     covs = (sigma, *solution.kernels)
     precs = (solution.precision, *solution.kernel_precisions)
     # λ_max(P⁻¹ cov) − 1 = 1/λ_min(P^{1/2} Λ P^{1/2}) − 1.
