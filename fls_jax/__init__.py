@@ -8,7 +8,7 @@ from ._activation import (
     Quadrature as Quadrature,
     ReLU as ReLU,
 )
-from ._anderson import Anderson as Anderson
+from ._anderson import AbstractPreconditioner as AbstractPreconditioner, Anderson as Anderson
 from ._descent import FreeEnergyBFGS as FreeEnergyBFGS
 from ._free_energy import (
     eos_residual as eos_residual,

@@ -8,6 +8,7 @@ products. The accelerated iteration needs more iterations than Newton but each i
 cheaper; `solve` uses it first and falls back to Newton where it stalls.
 """
 
+import abc
 from typing import Any
 
 import equinox as eqx
@@ -20,15 +21,28 @@ from jaxtyping import Array
 from ._rootfind import _AbstractResidualRootFinder, _fro, _where
 
 
+class AbstractPreconditioner(eqx.Module):
+    """A fixed linear map M applied to the residual by [`fls_jax.Anderson`][], which then
+    iterates y ← y + β M R(y) (with M positive definite, its fixed points are the roots
+    of R). Built once, at the start of each root find."""
+
+    @abc.abstractmethod
+    def build(self, fn, y, args, active: Array) -> Any:
+        """M at the start point `y` of a root find of `fn` (optimistix's `fn(y, args)` →
+        (R, aux)), as a callable (an `eqx.Module`: it lives in the solver state) mapping a
+        residual to M times it; the identity where `active` (a traced bool) is false."""
+
+
 class _AndersonState(eqx.Module):
-    f: Any  # residual at the current iterate
-    f_norm: Array
+    f: Any  # the mixed residual M R at the current iterate (R without a preconditioner)
+    f_norm: Array  # ‖R‖_F, the true residual's norm
     dY: Array  # (m, N) iterate differences, newest in row `k % m`
     dF: Array  # (m, N) residual differences
     k: Array  # iterations done (number of valid history rows is min(k, m))
     best: Array  # the smallest ‖R‖ at the last halving of it
     stalled: Array  # iterations since ‖R‖ last fell below half of `best`
     beta: Array  # the current mixing β
+    precondition: Any  # M (`AbstractPreconditioner.build`), or None
     result: optx.RESULTS
 
 
@@ -43,6 +57,8 @@ class Anderson(_AbstractResidualRootFinder):
     than `max_growth`-fold, the step is halved until it does neither, and the history
     restarts from the step taken.
     Stops when ‖R(y)‖_F ≤ atol + rtol ‖y‖_F. Works per element under `jax.vmap`.
+    With a `preconditioner`, the iteration mixes M R(y) instead of R(y); the stopping rule,
+    the growth check and `patience` still read the true ‖R‖.
 
     **Arguments:**
 
@@ -59,6 +75,10 @@ class Anderson(_AbstractResidualRootFinder):
     - `max_growth`: cut back a step whose residual norm exceeds this multiple of the
       current one (default ∞: only non-finite residuals are cut back). `solve`'s default
       for deeper networks uses 10 with adaptive mixing from β = 0.1 (`docs/equations.md`).
+    - `preconditioner`: an `AbstractPreconditioner` built at the start of each root find,
+      where the root find's `options` do not say `{"precondition": False}` (a traced bool
+      is allowed: under `jax.vmap`, per element). `solve` uses one for one hidden layer
+      from warm starts (`docs/equations.md`).
     """
 
     memory: int = 8
@@ -67,13 +87,19 @@ class Anderson(_AbstractResidualRootFinder):
     patience: int = 0
     adaptive_mixing: bool = False
     max_growth: float = float("inf")
+    preconditioner: AbstractPreconditioner | None = None
 
     def init(self, fn, y, args, options, f_struct, aux_struct, tags):
-        del options, aux_struct, f_struct, tags
+        del aux_struct, f_struct, tags
         f, _ = fn(y, args)
         flat, _ = ravel_pytree(y)
         hist = jnp.zeros((self.memory, flat.size), flat.dtype)
         f_norm = _fro(f)
+        precondition = None
+        if self.preconditioner is not None:
+            active = jnp.asarray((options or {}).get("precondition", True))
+            precondition = self.preconditioner.build(fn, y, args, active)
+            f = precondition(f)
         return _AndersonState(
             f=f,
             f_norm=f_norm,
@@ -83,6 +109,7 @@ class Anderson(_AbstractResidualRootFinder):
             best=f_norm,
             stalled=jnp.array(0),
             beta=jnp.asarray(self.mixing, flat.dtype),
+            precondition=precondition,
             result=optx.RESULTS.successful,
         )
 
@@ -117,10 +144,10 @@ class Anderson(_AbstractResidualRootFinder):
             f_new, aux = fn(unravel(y_new), args)
             n_new = _fro(f_new)
             ok = jnp.isfinite(n_new) & (n_new <= self.max_growth * state.f_norm)
-            return y_new, f_new, aux, ok
+            return y_new, f_new, n_new, aux, ok
 
         def cond(c):
-            i, _, _, _, _, ok = c
+            i, *_, ok = c
             return (~ok) & (i < self.max_halvings)
 
         def body(c):
@@ -128,9 +155,11 @@ class Anderson(_AbstractResidualRootFinder):
             return (i + 1, 0.5 * alpha, *trial(0.5 * alpha))
 
         one = jnp.array(1.0, y_flat.dtype)
-        halvings, _, y_new, f_new, aux, ok = jax.lax.while_loop(
+        halvings, _, y_new, f_new, n_new, aux, ok = jax.lax.while_loop(
             cond, body, (jnp.array(0), one, *trial(one))
         )
+        if state.precondition is not None:
+            f_new = state.precondition(f_new)
         f_new_flat, _ = ravel_pytree(f_new)
         # A step cut back to stay in the domain restarts the history from that step's own
         # pair: clearing it all made the deep EoS diverge (plain steps, all halved), keeping
@@ -143,7 +172,7 @@ class Anderson(_AbstractResidualRootFinder):
         dF_new = jnp.where(ok, base_F.at[row].set(f_new_flat - f_flat), state.dF)
         k_new = jnp.where(ok, jnp.where(restart, 1, state.k + 1), state.k)
         y_out = jnp.where(ok, y_new, y_flat)
-        f_norm = jnp.where(ok, _fro(f_new), state.f_norm)
+        f_norm = jnp.where(ok, n_new, state.f_norm)
         halved = f_norm <= 0.5 * state.best
         stalled = jnp.where(halved, 0, state.stalled + 1)
         gave_up = (stalled >= self.patience) & (self.patience > 0)
@@ -159,6 +188,7 @@ class Anderson(_AbstractResidualRootFinder):
             best=jnp.where(halved, f_norm, state.best),
             stalled=stalled,
             beta=jnp.where(restart & self.adaptive_mixing, 0.5 * state.beta, state.beta),
+            precondition=state.precondition,
             result=result,
         )
         return unravel(y_out), new_state, aux

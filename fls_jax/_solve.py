@@ -1,5 +1,6 @@
 """Solving the Equations of State: optimistix root finding over lineax solves (SPEC §3)."""
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,7 +12,7 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-from ._anderson import Anderson
+from ._anderson import AbstractPreconditioner, Anderson
 from ._descent import FreeEnergyBFGS
 from ._free_energy import _inverse_width, _layers, _shift_residuals, _shifts, free_energy
 from ._linalg import DenseLU, KrylovOrDense, _pack, _unpack
@@ -229,12 +230,69 @@ def _newton(dtype, depth: int = 1, filter_size: int = 1) -> DampedNewton:
     return DampedNewton(rtol=_default_rtol(dtype), atol=0.0, linear_solver=_krylov(1e-4))
 
 
+class _TwoScalar(eqx.Module):
+    """M R = R + a₁ (uᵀRu) u uᵀ + a₂ (u wᵀ + w uᵀ − 2 (uᵀRu) u uᵀ), w = R u, on the packed
+    residual: R's component along u uᵀ scaled by 1 + a₁, the rest of its component in
+    V = {u vᵀ + v uᵀ} by 1 + a₂ (Frobenius-orthogonal projections; a₁, a₂ ∈ (−1, 0], so M
+    is positive definite)."""
+
+    u: Array
+    a1: Array
+    a2: Array
+
+    def __call__(self, f: Array) -> Array:
+        u = self.u
+        R = _unpack(f, u.shape[0])
+        w = R @ u
+        ru = u @ w
+        uu = jnp.outer(u, u)
+        uw = jnp.outer(u, w)
+        return _pack(R + self.a1 * ru * uu + self.a2 * (uw + uw.T - 2 * ru * uu))
+
+
+class _LearnedDirection(AbstractPreconditioner):
+    """One hidden layer's warm-start preconditioner (`docs/equations.md`): the stiff part
+    of the EoS Jacobian at a solution is the S-dimensional subspace V = {u vᵀ + v uᵀ} of Σ's
+    top eigenvector u (the learned direction), where −J's eigenvalues grow with n/C while
+    the rest stay near 1, so the plain step overshoots along V. M divides R's component
+    along u uᵀ by s₁ = −⟨u uᵀ, J u uᵀ⟩ and the rest of its component in V by
+    s₂ = −⟨Z, J Z⟩/⟨Z, Z⟩ (Z = u zᵀ + z uᵀ, z ⊥ u a fixed pseudo-random unit vector),
+    each floored at 1: two Jacobian-vector products at the start (`_TwoScalar`)."""
+
+    def build(self, fn, y, args, active):
+        S = (math.isqrt(8 * y.size + 1) - 1) // 2  # y holds S(S+1)/2 entries
+        lam = _unpack(y, S)
+        u = jnp.linalg.eigh(0.5 * (lam + lam.T))[1][:, 0]  # Λ's smallest: Σ's top
+        z = jax.random.normal(jax.random.key(0), (S,), y.dtype)
+        z = z - u * (u @ z)
+        z = z / jnp.linalg.norm(z)
+        Z1, Z2 = jnp.outer(u, u), jnp.outer(u, z) + jnp.outer(z, u)
+
+        def quotients():
+            _, lin = jax.linearize(lambda v: fn(v, args)[0], y)
+            JZ = jax.vmap(lin)(jnp.stack([_pack(Z1), _pack(Z2)]))
+            s1 = -jnp.sum(Z1 * _unpack(JZ[0], S))
+            s2 = -0.5 * jnp.sum(Z2 * _unpack(JZ[1], S))
+            return s1, s2
+
+        def identity():
+            return jnp.ones((), y.dtype), jnp.ones((), y.dtype)
+
+        s1, s2 = jax.lax.cond(active, quotients, identity)
+
+        def shrink(s):
+            return jnp.where(jnp.isfinite(s), 1 / jnp.maximum(s, 1.0) - 1, 0.0)
+
+        return _TwoScalar(u=u, a1=shrink(s1), a2=shrink(s2))
+
+
 def _anderson_newton(dtype, depth: int = 1, filter_size: int = 1) -> tuple:
     """`solver="anderson-newton"`, the default for deeper networks and more than
     `_DESCENT_MAX_UNKNOWNS` first-layer unknowns: Anderson acceleration (one residual per
     iteration), and where it fails, damped Newton from the same point (`_newton`). For
     deeper networks Anderson mixes with β = 0.1, halved at each step cut back because it
-    left the domain or raised the residual more than 10× (`_DEEP_MIXING`)."""
+    left the domain or raised the residual more than 10× (`_DEEP_MIXING`). For one hidden
+    layer it mixes a preconditioned residual from warm starts (`_LearnedDirection`)."""
     deep = depth > 1
     anderson = Anderson(
         rtol=_default_rtol(dtype),
@@ -244,6 +302,7 @@ def _anderson_newton(dtype, depth: int = 1, filter_size: int = 1) -> tuple:
         patience=_DEEP_PATIENCE if deep else _ANDERSON_PATIENCE,
         adaptive_mixing=deep,
         max_growth=_DEEP_MAX_GROWTH if deep else float("inf"),
+        preconditioner=None if deep else _LearnedDirection(),
     )
     return (anderson, _newton(dtype, depth, filter_size))
 
@@ -437,13 +496,25 @@ def _descend(solver, max_steps, lam, args, active) -> tuple[Any, Array, Array]:
     return jax.lax.cond(active, run, lambda: (lam, active, jnp.array(0)))
 
 
-def _root(fn, solver, max_steps, start, lam, args, active, value, ok):
+def _options(solver, warm) -> dict | None:
+    """A root find's optimistix `options`: an Anderson solver's preconditioner is built only
+    where the start is warm (a converged point of a neighbouring problem)."""
+    return {"precondition": warm} if isinstance(solver, Anderson) else None
+
+
+def _root(fn, solver, max_steps, start, lam, args, active, value, ok, warm):
     """A root finder of the chain from `start`: (the root where it succeeded, else `value`
     if an earlier one did, else `lam`; success; its steps)."""
 
     def run():
         sol = optx.root_find(
-            _masked(fn, active), solver, start, args=args, max_steps=max_steps, throw=False
+            _masked(fn, active),
+            solver,
+            start,
+            args=args,
+            options=_options(solver, warm),
+            max_steps=max_steps,
+            throw=False,
         )
         good = active & (sol.result == optx.RESULTS.successful)
         return _where(good, sol.value, lam), good, sol.stats["num_steps"]
@@ -453,7 +524,9 @@ def _root(fn, solver, max_steps, start, lam, args, active, value, ok):
     return jax.lax.cond(active, run, lambda: (value, ok, jnp.array(0)))
 
 
-def _attempt(fn, chain: Chain, lam, args, failures, after: int) -> tuple[Any, Array, Array, Any]:
+def _attempt(
+    fn, chain: Chain, lam, args, failures, after: int, warm
+) -> tuple[Any, Array, Array, Any]:
     """Root-find from `lam` with the root finders of `chain` in turn: the i-th (i ≥ 1)
     starts again from `lam`, and runs only where all earlier ones failed and the
     continuation has already failed `i × after` times in a row (`failures`,
@@ -462,7 +535,8 @@ def _attempt(fn, chain: Chain, lam, args, failures, after: int) -> tuple[Any, Ar
     starts from its end point, and runs only where the descent succeeded. Returns the
     value reached (`lam` where all failed), whether a root finder succeeded, the
     iterations spent, and where a root finder after the chain would start (the end point
-    of a trailing minimiser that succeeded, else the value)."""
+    of a trailing minimiser that succeeded, else the value). `warm`: whether `lam` is a
+    converged point of a neighbouring problem (`_options`)."""
     value, ok, steps = lam, jnp.array(False), jnp.array(0)
     start, ready = lam, jnp.array(True)  # where the next root finder starts; may it run
     rank = 0  # root finders so far
@@ -471,7 +545,9 @@ def _attempt(fn, chain: Chain, lam, args, failures, after: int) -> tuple[Any, Ar
         if isinstance(solver, optx.AbstractMinimiser):
             start, ready, new_steps = _descend(solver, max_steps, lam, args, active)
         else:
-            value, ok, new_steps = _root(fn, solver, max_steps, start, lam, args, active, value, ok)
+            value, ok, new_steps = _root(
+                fn, solver, max_steps, start, lam, args, active, value, ok, warm
+            )
             start, ready, rank = lam, jnp.array(True), rank + 1
         steps = steps + new_steps
     return value, ok, steps, _where(ok | ~ready, value, start)
@@ -532,7 +608,8 @@ def _continuation(fn, chain: Chain, u0, lam0, network, X, Y, max_stages: int):
         u_try = jnp.minimum(u_target, c.u + c.h)
         width = jnp.where(u_try > 0, 1 / jnp.where(u_try > 0, u_try, 1.0), jnp.inf)
         args = (_with_width(network, width), X, Y)
-        lam, ok, steps, _ = _attempt(fn, chain, c.lam, args, c.failures, after)
+        # A stage from a converged width (not the GP limit) is a warm start (`_options`).
+        lam, ok, steps, _ = _attempt(fn, chain, c.lam, args, c.failures, after, c.u > 0)
         stages = c.stages + 1
         return _Continuation(
             u=jnp.where(ok, u_try, c.u),
@@ -585,7 +662,10 @@ def solve(
     on the free energy ([`fls_jax.FreeEnergyBFGS`][]) to within 10⁻² of a solution, then
     [`fls_jax.DampedNewton`][] from there. The descent and Newton run once a stage has
     failed, from the continuation's last converged point, which keeps the descent on the
-    continuation's branch of solutions (`docs/performance.md`). Otherwise (deeper networks,
+    continuation's branch of solutions (`docs/performance.md`). From a warm start (a
+    continuation stage after the first, a path sweep's next width, `precision0`) Anderson
+    mixes a residual rescaled along the learned direction (two Jacobian-vector products;
+    `docs/equations.md`). Otherwise (deeper networks,
     larger S) `"anderson-newton"`: Anderson, and where it fails, Newton from the same point
     (dense LU for S(S+1)/2 ≤ 256 unknowns, matrix-free GMRES otherwise).
     Gradients with respect to the hyper-parameters and the data flow by implicit
@@ -689,6 +769,7 @@ def _solve_from(
             jax.lax.stop_gradient(args),
             jnp.array(0),
             0,
+            True,
         )
         stages = 0
     else:
@@ -703,6 +784,9 @@ def _solve_from(
         final_solver,
         start,
         args=args,
+        # From `precision0` the final root finder may do the work; after a continuation it
+        # starts at a root and needs no preconditioner.
+        options=_options(final_solver, u0 is None),
         max_steps=final_steps,
         adjoint=adjoint,
         throw=False,
