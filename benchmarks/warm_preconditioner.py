@@ -13,6 +13,11 @@ of the Jacobian (`_LearnedDirection` in `fls_jax/_solve.py`; the diagnosis is in
   the previous one: iterations, continuation stages, time after compilation, and the largest
   difference in F between the two runs.
 
+With `--from-gp C …`, solves from the GP limit at those widths, the first continuation stage
+aimed at the target directly (ρ = ∞) or at the width where the GP start's relative residual is
+ρ = 1 (`_first_fraction`, the default), each with the preconditioner in the later stages.
+`--no-sweep` skips the two measurements above.
+
 Problems as in `scaling_n.py` (erf FCN d = 32 with a single-index teacher, or erf PatchCNN
 S = 16, P = 8), σ² = 0.01.
 """
@@ -32,6 +37,7 @@ import numpy as np  # noqa: E402
 from scaling_n import problem  # noqa: E402
 
 import fls_jax as fj  # noqa: E402
+import fls_jax._solve as solve_module  # noqa: E402
 from fls_jax._solve import _resolve_solver  # noqa: E402
 
 
@@ -50,6 +56,27 @@ def best_of(f, repeat):
         out = jax.block_until_ready(f())
         best = min(best, time.perf_counter() - t0)
     return out, best
+
+
+def from_gp(arch: str, n: int, widths: list[float]) -> None:
+    """Solves from the GP limit, first stage direct (ρ = ∞) or aimed (ρ = 1)."""
+    task, net, name = problem(arch, n, 64.0)
+    X, Y = jnp.asarray(task.X), jnp.asarray(task.Y)
+    print(f"\n{name}, n = {n}, from the GP limit (time after compilation)")
+    for rho in (float("inf"), 1.0):
+        solve_module._FIRST_RESIDUAL = rho
+        jax.clear_caches()  # the constant is read when `solve` is traced
+        for C in widths:
+            net_c = eqx.tree_at(lambda m: m.width, net, jnp.asarray(C))
+            sol, t = best_of(lambda net_c=net_c: fj.solve(net_c, X, Y), 1)
+            print(
+                f"  C = {C:6g}, first stage ρ = {rho:3g}: {int(sol.num_steps):4d} iterations, "
+                f"{int(sol.num_stages):2d} stages, {t:7.2f} s, converged {bool(sol.converged)}, "
+                f"F = {float(sol.free_energy):.9f}",
+                flush=True,
+            )
+    solve_module._FIRST_RESIDUAL = 1.0
+    jax.clear_caches()
 
 
 def report(arch: str, n: int, widths: list[float], repeat: int) -> None:
@@ -96,10 +123,15 @@ def main():
         "--widths", type=float, nargs="+", default=[4096, 1024, 256, 128, 64, 32, 16, 8, 4]
     )
     p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--from-gp", type=float, nargs="*", default=[])
+    p.add_argument("--no-sweep", action="store_true")
     a = p.parse_args()
     print(f"# {platform.node()} {jax.devices()[0].device_kind} jax {jax.__version__}")
     for n in a.ns:
-        report(a.arch, n, a.widths, a.repeat)
+        if not a.no_sweep:
+            report(a.arch, n, a.widths, a.repeat)
+        if a.from_gp:
+            from_gp(a.arch, n, a.from_gp)
 
 
 if __name__ == "__main__":

@@ -586,12 +586,36 @@ def _fallback_after(depth: int) -> int:
     return 0 if depth == 1 else 1
 
 
+# From the GP limit, a one-hidden-layer continuation's first stage aims for the width at which
+# the GP start's relative residual is this (`_first_fraction`). Against trying the target
+# directly (with the warm-start preconditioner in both): erf FCN d = 32, C = 64, n = 1024 /
+# 2048: 69 / 117 → 51 / 59 iterations; n = 512, C = 16 / 4 / 1: 127 / 360 / 538 → 84 / 115 /
+# 162; 0.5 and 0.25 were within 20 % of 1 either way (`benchmarks/RESULTS.md`, 2026-12-01).
+_FIRST_RESIDUAL = 1.0
+
+
+def _first_fraction(fn, network, X, Y, u0, lam0) -> Array:
+    """The fraction of the way to the target in u = 1/C that the first stage tries. From
+    the GP limit of one hidden layer the residual R = 2u ∂_Σ D(Σ₀) is linear in u, so
+    ‖R‖/‖Λ‖ at the target, r, gives the u at which it is `_FIRST_RESIDUAL`: aim there
+    (fraction min(1, ρ/r)), and let the warm, preconditioned stages after it go on. A
+    first step straight to the target from a large r wandered for most of its iterations
+    (n = 2048: relative residual 4.7 at the start). Deeper networks keep the direct try."""
+    if network.depth > 1:
+        return jnp.ones((), X.dtype)
+    r = _fro(fn(lam0, (network, X, Y))) / _fro(lam0)
+    frac = jnp.minimum(1.0, _FIRST_RESIDUAL / r)
+    return jnp.where((u0 > 0) | ~jnp.isfinite(frac) | (frac <= 0), 1.0, frac)
+
+
 def _continuation(fn, chain: Chain, u0, lam0, network, X, Y, max_stages: int):
     """Adaptive homotopy in u = 1/C from a solved point (u0, Λ0) to the target width (SPEC §3).
 
     `solve` starts from the GP limit (u0 = 0, Λ0 = Σ₀⁻¹); a path sweep starts from the
     previous, wider, solution. The first stage tries the target directly, so easy problems
-    cost one root find. Each stage tries the solvers of `chain` in turn (`_attempt`). A
+    cost one root find; from the GP limit of one hidden layer with strong feature learning
+    it tries the width where the GP start's residual is ρ = 1 instead (`_first_fraction`).
+    Each stage tries the solvers of `chain` in turn (`_attempt`). A
     stage that fails quarters the step in u and retries from the last converged point; one
     that succeeds doubles the next step. Failed stages unlock the chain's later solvers
     (`_escalation`). Each vmapped element follows its own path. Inputs
@@ -625,7 +649,7 @@ def _continuation(fn, chain: Chain, u0, lam0, network, X, Y, max_stages: int):
     init = _Continuation(
         u=u0,
         lam=lam0,
-        h=u_target - u0,
+        h=(u_target - u0) * _first_fraction(fn, network, X, Y, u0, lam0),
         steps=jnp.array(0),
         stages=jnp.array(0),
         failures=jnp.array(0),
@@ -653,7 +677,9 @@ def solve(
     (2/C) ∂F/∂Σ. For depth L > 1 the unknowns are Σ⁻¹ and the n×n precisions K^(l)⁻¹ of the
     deeper layers, with the residuals of [`fls_jax.eos_residual`][]. The solver is a chain
     of optimistix solvers, tried in turn at each continuation stage. The solve starts from
-    the GP limit and tries the target width directly with the chain's first solver; where
+    the GP limit and tries the target width directly with the chain's first solver (for one
+    hidden layer, at most as far as the width where the GP start's relative residual is 1);
+    where
     that fails (small widths, strong feature learning) an automatic homotopy in 1/C takes
     over, adapting its own steps, separately for each element of a vmap, and its stages may
     use the rest of the chain. The default is `"descent"` for one hidden layer with

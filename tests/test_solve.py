@@ -427,10 +427,32 @@ def test_learned_direction_quotients_match_finite_differences(fcn_task):
     assert float(off.a1) == 0.0 and float(off.a2) == 0.0
 
 
+def test_first_stage_aims_where_the_gp_residual_is_one(fcn_task):
+    # At the GP limit Λ = Σ₀⁻¹ the one-layer residual is 2u ∂_Σ D(Σ₀), linear in u = 1/C; the
+    # first stage of a solve from there aims at the width where its relative (packed) norm is
+    # 1, checked by evaluating the residual at that width.
+    from fls_jax._solve import _first_fraction, _gp_state, _state_residual
+
+    X, Y = jnp.asarray(fcn_task.X), jnp.asarray(fcn_task.Y)
+    nets = [_make("fcn", "erf", C, fcn_task)[0] for C in (0.5, 1.0, 4.0)]
+    lam0 = nets[0].prior_precision(X.shape[1])
+    R = [np.asarray(fj.eos_residual(lam0, n, X, Y)) for n in nets]
+    np.testing.assert_allclose(R[0], 2 * R[1], rtol=1e-12, atol=0)
+    np.testing.assert_allclose(R[0], 8 * R[2], rtol=1e-12, atol=0)
+    y0 = _gp_state(nets[0], X)
+    frac = float(_first_fraction(_state_residual, nets[0], X, Y, jnp.asarray(0.0), y0))
+    assert 0 < frac < 1
+    first = eqx.tree_at(lambda m: m.width, nets[0], jnp.asarray(0.5 / frac))
+    r = jnp.linalg.norm(_state_residual(y0, (first, X, Y))) / jnp.linalg.norm(y0)
+    np.testing.assert_allclose(float(r), 1.0, rtol=1e-12)
+    warm = _first_fraction(_state_residual, nets[0], X, Y, jnp.asarray(0.25), y0)
+    assert float(warm) == 1.0  # from a converged width: the target directly
+
+
 def test_warm_start_preconditioner_keeps_the_roots_and_saves_iterations(fcn_task):
     # A path sweep down to C = 1 with the default chain, with and without the warm-start
-    # preconditioner: the same free energies, and far fewer iterations with it (220 against
-    # 1462 when written; `benchmarks/warm_preconditioner.py` measures larger n).
+    # preconditioner: the same free energies, and far fewer iterations with it (91 against
+    # 636 when written; `benchmarks/warm_preconditioner.py` measures larger n).
     from fls_jax._solve import _resolve_solver
 
     net, _ = _make("fcn", "erf", 1.0, fcn_task)
