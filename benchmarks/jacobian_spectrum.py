@@ -18,8 +18,8 @@ the dense Jacobian J = ∂R/∂Λ (one Jacobian-vector product per unknown, in b
   over the prior's);
 - the cost of a batch of Jacobian-vector products in residual evaluations.
 
-This is a diagnosis, not a solver: no preconditioner is used by `solve`
-(`benchmarks/RESULTS.md`).
+This is a diagnosis, not a solver; `solve` uses the two-Rayleigh-quotient preconditioner from
+warm starts (`_LearnedDirection`, measured by `warm_preconditioner.py`; `benchmarks/RESULTS.md`).
 """
 
 import argparse

@@ -1,4 +1,4 @@
-"""A two-parameter preconditioner of the one-layer fixed point, measured, not adopted (issue 6).
+"""A two-parameter preconditioner of the one-layer fixed point: the first measurement (issue 6).
 
     python benchmarks/two_scalar_preconditioner.py --ns 512 1024 2048
 
@@ -12,6 +12,11 @@ largest |eigenvalue| from the GP limit (where Σ is isotropic). M is positive de
 roots are those of R; the iteration stops on the true residual. For each n, both from the
 C = 128 solution and from the GP limit, to C = 64: plain Anderson, then preconditioned.
 Erf FCN d = 32, single-index teacher, σ² = 0.01.
+
+`solve` now uses this preconditioner from warm starts (`_LearnedDirection` in
+`fls_jax/_solve.py`, with Frobenius-orthogonal projections instead of the packed basis here);
+`warm_preconditioner.py` measures it inside the solver. This script keeps the first
+measurement, including the from-GP rows that kept it off the first stage of a solve.
 """
 
 import argparse

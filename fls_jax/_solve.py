@@ -601,11 +601,17 @@ def _first_fraction(fn, network, X, Y, u0, lam0) -> Array:
     (fraction min(1, ρ/r)), and let the warm, preconditioned stages after it go on. A
     first step straight to the target from a large r wandered for most of its iterations
     (n = 2048: relative residual 4.7 at the start). Deeper networks keep the direct try."""
+    one = jnp.ones((), X.dtype)
     if network.depth > 1:
-        return jnp.ones((), X.dtype)
-    r = _fro(fn(lam0, (network, X, Y))) / _fro(lam0)
-    frac = jnp.minimum(1.0, _FIRST_RESIDUAL / r)
-    return jnp.where((u0 > 0) | ~jnp.isfinite(frac) | (frac <= 0), 1.0, frac)
+        return one
+
+    def aimed():
+        r = _fro(fn(lam0, (network, X, Y))) / _fro(lam0)
+        frac = jnp.minimum(1.0, _FIRST_RESIDUAL / r)
+        return jnp.where(jnp.isfinite(frac) & (frac > 0), frac, 1.0).astype(X.dtype)
+
+    # From a converged width (a path sweep) the target directly: no residual is evaluated.
+    return jax.lax.cond(u0 > 0, lambda: one, aimed)
 
 
 def _continuation(fn, chain: Chain, u0, lam0, network, X, Y, max_stages: int):
