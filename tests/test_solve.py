@@ -240,10 +240,15 @@ def test_free_energy_descent_brings_newton_within_reach(fcn_task):
 
     # solver="descent" is (Anderson, FreeEnergyBFGS(handover=1e-2), Newton).
     sol = solve_jit(net, X, Y, solver="descent", max_steps=(2, 1000, 12))
-    # Stage 1 tries C = 1 with Anderson alone and fails; from then on every stage runs the
-    # descent and Newton: u = 1/4, 3/4, 1. Had a success switched the descent off again,
+    # Stage 1 tries u = f (the aimed first stage, `_first_fraction`) with Anderson alone and
+    # fails; from then on every stage runs the descent and Newton and succeeds, the step
+    # doubling: u = f/4, 3f/4, 7f/4, …, 1. Had a success switched the descent off again,
     # each following stage would fail and quarter the step.
-    assert bool(sol.converged) and int(sol.num_stages) == 4
+    from fls_jax._solve import _first_fraction
+
+    f = float(_first_fraction(_state_residual, net, X, Y, jnp.asarray(0.0), _gp_state(net, X)))
+    successes = next(k for k in range(1, 64) if (2**k - 1) * f / 4 >= 1)
+    assert bool(sol.converged) and int(sol.num_stages) == 1 + successes
     R = _erf_fcn_eos_residual(np.asarray(sol.sigma), X, fcn_task.Y, 1.0, 1.3, 0.8, 0.02)
     assert np.linalg.norm(R) / np.linalg.norm(sol.precision) < 1e-9
     ref = solve_jit(net, X, Y, solver="anderson-newton")
