@@ -621,11 +621,12 @@ def _continuation(fn, chain: Chain, u0, lam0, network, X, Y, max_stages: int):
     previous, wider, solution. The first stage tries the target directly, so easy problems
     cost one root find; from the GP limit of one hidden layer with strong feature learning
     it tries the width where the GP start's residual is ρ = 1 instead (`_first_fraction`).
-    Each stage tries the solvers of `chain` in turn (`_attempt`). A
-    stage that fails quarters the step in u and retries from the last converged point; one
-    that succeeds doubles the next step. Failed stages unlock the chain's later solvers
-    (`_escalation`). Each vmapped element follows its own path. Inputs
-    are `stop_gradient`-ed: derivatives come from the final root find's implicit adjoint.
+    Each stage tries the solvers of `chain` in turn (`_attempt`). A stage that fails
+    quarters the step in u and retries from the last converged point; one that succeeds
+    doubles the next step. Failed stages unlock the chain's later solvers (`_escalation`).
+    A stage from a converged width is a warm start (`_options`). Each vmapped element
+    follows its own path. Inputs are `stop_gradient`-ed: derivatives come from the final
+    root find's implicit adjoint.
     """
     network, X, Y, u0, lam0 = jax.lax.stop_gradient((network, X, Y, u0, lam0))
     u_target = _inverse_width(network)
@@ -685,10 +686,9 @@ def solve(
     of optimistix solvers, tried in turn at each continuation stage. The solve starts from
     the GP limit and tries the target width directly with the chain's first solver (for one
     hidden layer, at most as far as the width where the GP start's relative residual is 1);
-    where
-    that fails (small widths, strong feature learning) an automatic homotopy in 1/C takes
-    over, adapting its own steps, separately for each element of a vmap, and its stages may
-    use the rest of the chain. The default is `"descent"` for one hidden layer with
+    where that fails (small widths, strong feature learning) an automatic homotopy in 1/C
+    takes over, adapting its own steps, separately for each element of a vmap, and its
+    stages may use the rest of the chain. The default is `"descent"` for one hidden layer with
     S(S+1)/2 ≤ 2080 first-layer unknowns: [`fls_jax.Anderson`][] acceleration of the
     fixed-point map (one residual evaluation per iteration); where it fails, a BFGS descent
     on the free energy ([`fls_jax.FreeEnergyBFGS`][]) to within 10⁻² of a solution, then
@@ -697,9 +697,9 @@ def solve(
     continuation's branch of solutions (`docs/performance.md`). From a warm start (a
     continuation stage after the first, a path sweep's next width, `precision0`) Anderson
     mixes a residual rescaled along the learned direction (two Jacobian-vector products;
-    `docs/equations.md`). Otherwise (deeper networks,
-    larger S) `"anderson-newton"`: Anderson, and where it fails, Newton from the same point
-    (dense LU for S(S+1)/2 ≤ 256 unknowns, matrix-free GMRES otherwise).
+    `docs/equations.md`). Otherwise (deeper networks, larger S) `"anderson-newton"`:
+    Anderson, and where it fails, Newton from the same point (dense LU for S(S+1)/2 ≤ 256
+    unknowns, matrix-free GMRES otherwise).
     Gradients with respect to the hyper-parameters and the data flow by implicit
     differentiation of the final root find.
 
