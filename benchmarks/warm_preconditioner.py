@@ -24,7 +24,6 @@ S = 16, P = 8), σ² = 0.01.
 
 import argparse
 import platform
-import time
 
 import jax
 
@@ -35,6 +34,7 @@ import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from scaling_n import problem  # noqa: E402
+from solvers import timed  # noqa: E402
 
 import fls_jax as fj  # noqa: E402
 import fls_jax._solve as solve_module  # noqa: E402
@@ -48,16 +48,6 @@ def chains(net, X):
     return {"off": off, "on": on}
 
 
-def best_of(f, repeat):
-    out = jax.block_until_ready(f())  # compile
-    best = np.inf
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(f())
-        best = min(best, time.perf_counter() - t0)
-    return out, best
-
-
 def from_gp(arch: str, n: int, widths: list[float]) -> None:
     """Solves from the GP limit, first stage direct (ρ = ∞) or aimed (ρ = 1)."""
     task, net, name = problem(arch, n, 64.0)
@@ -68,7 +58,7 @@ def from_gp(arch: str, n: int, widths: list[float]) -> None:
         jax.clear_caches()  # the constant is read when `solve` is traced
         for C in widths:
             net_c = eqx.tree_at(lambda m: m.width, net, jnp.asarray(C))
-            sol, t = best_of(lambda net_c=net_c: fj.solve(net_c, X, Y), 1)
+            sol, t = timed(lambda net_c=net_c: fj.solve(net_c, X, Y), 1)
             print(
                 f"  C = {C:6g}, first stage ρ = {rho:3g}: {int(sol.num_steps):4d} iterations, "
                 f"{int(sol.num_stages):2d} stages, {t:7.2f} s, converged {bool(sol.converged)}, "
@@ -86,7 +76,7 @@ def report(arch: str, n: int, widths: list[float], repeat: int) -> None:
     wide = fj.solve(eqx.tree_at(lambda m: m.width, net, jnp.asarray(128.0)), X, Y)
     print(f"\n{name}, n = {n}")
     for key, chain in cs.items():
-        sol, t = best_of(
+        sol, t = timed(
             lambda chain=chain: fj.solve(net, X, Y, solver=chain, precision0=wide.precision),
             repeat,
         )
@@ -97,7 +87,7 @@ def report(arch: str, n: int, widths: list[float], repeat: int) -> None:
         )
     energies = {}
     for key, chain in cs.items():
-        (sols, _), t = best_of(
+        (sols, _), t = timed(
             lambda chain=chain: fj.sweep(
                 net, X, Y, jnp.asarray(widths), X[:8], schedule="path", solver=chain
             ),
