@@ -18,6 +18,7 @@ import optimistix as optx
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array
 
+from ._linalg import _dense_solve
 from ._rootfind import _AbstractResidualRootFinder, _fro, _where
 
 
@@ -135,7 +136,7 @@ class Anderson(_AbstractResidualRootFinder):
         gram = dF_scaled @ dF_scaled.T
         ridge = 1e-12 * jnp.trace(gram) + tiny
         gram = gram + ridge * jnp.eye(m, dtype=gram.dtype) + jnp.diag(1 - valid)
-        gamma = scale * jnp.linalg.solve(gram, dF_scaled @ f_flat)
+        gamma = scale * _dense_solve(gram, dF_scaled @ f_flat)
         beta = state.beta
         step = beta * f_flat - (dY + beta * dF).T @ gamma
 

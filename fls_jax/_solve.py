@@ -15,7 +15,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int
 from ._anderson import AbstractPreconditioner, Anderson
 from ._descent import FreeEnergyBFGS
 from ._free_energy import _inverse_width, _layers, _shift_residuals, _shifts, free_energy
-from ._linalg import DenseLU, KrylovOrDense, _pack, _unpack
+from ._linalg import DenseLU, KrylovOrDense, _eigh, _pack, _unpack
 from ._network import AbstractNetwork
 from ._rootfind import _AbstractResidualRootFinder, _fro, _where
 
@@ -262,7 +262,7 @@ class _LearnedDirection(AbstractPreconditioner):
     def build(self, fn, y, args, active):
         S = (math.isqrt(8 * y.size + 1) - 1) // 2  # y holds S(S+1)/2 entries
         lam = _unpack(y, S)
-        u = jnp.linalg.eigh(0.5 * (lam + lam.T))[1][:, 0]  # Λ's smallest: Σ's top
+        u = _eigh(0.5 * (lam + lam.T))[1][:, 0]  # Λ's smallest: Σ's top
         z = jax.random.normal(jax.random.key(0), (S,), y.dtype)
         z = z - u * (u @ z)
         z = z / jnp.linalg.norm(z)
