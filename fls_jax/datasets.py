@@ -13,7 +13,8 @@ class Task(NamedTuple):
     """A regression task with a known teacher.
 
     **Fields:** `X` (n×d), `Y` (n×1), `X_test` (n*×d), `Y_test` (n*×1), `teacher` (the unit
-    teacher filter w*, of the patch size S, or d for a fully connected teacher).
+    teacher filter w*, of the patch size S, or d for a fully connected teacher; for a
+    multi-index teacher the d×k matrix of its orthonormal directions).
     """
 
     X: np.ndarray
@@ -56,6 +57,23 @@ def single_index_teacher(
     w = rng.standard_normal(d)
     w /= np.linalg.norm(w)
     return Task(X, erf(scale * X @ w)[:, None], X_test, erf(scale * X_test @ w)[:, None], w)
+
+
+def multi_index_teacher(
+    n: int = 64, n_test: int = 1000, d: int = 16, k: int = 2, scale: float = 2.0, seed: int = 0
+) -> Task:
+    """y = (1/√k) Σ_i erf(scale · w_i·x) with orthonormal w_1 … w_k ∈ R^d: a k-index teacher
+    for FCN students, whose Σ learns k directions. `teacher` is the d×k matrix (w_1 … w_k)."""
+    if not 1 <= k <= d:
+        raise ValueError(f"need 1 ≤ k ≤ d, got k = {k}, d = {d}")
+    rng = np.random.default_rng(seed)
+    X, X_test = _inputs(rng, n, n_test, d)
+    W = np.linalg.qr(rng.standard_normal((d, k)))[0]
+
+    def f(x):
+        return erf(scale * x @ W).sum(1, keepdims=True) / np.sqrt(k)
+
+    return Task(X, f(X), X_test, f(X_test), W)
 
 
 def deep_erf_teacher(

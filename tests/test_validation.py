@@ -92,6 +92,12 @@ def patch_solution(patch_task):
 # ---------------------------------------------------------------------- shapes of X and Y
 
 
+def test_multi_index_teacher_needs_k_between_1_and_d():
+    for k in (0, 4):
+        with pytest.raises(ValueError, match="1 ≤ k ≤ d"):
+            fj.datasets.multi_index_teacher(n=4, n_test=2, d=3, k=k)
+
+
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
 def test_X_must_be_2d(patch_task, entry):
     X, Y = patch_task.X, patch_task.Y
