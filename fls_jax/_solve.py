@@ -230,60 +230,64 @@ def _newton(dtype, depth: int = 1, filter_size: int = 1) -> DampedNewton:
     return DampedNewton(rtol=_default_rtol(dtype), atol=0.0, linear_solver=_krylov(1e-4))
 
 
-class _TwoScalar(eqx.Module):
-    """M R = R + a₁ (uᵀRu) u uᵀ + a₂ (u wᵀ + w uᵀ − 2 (uᵀRu) u uᵀ), w = R u, on the packed
-    residual: R's component along u uᵀ scaled by 1 + a₁, the rest of its component in
-    V = {u vᵀ + v uᵀ} by 1 + a₂ (Frobenius-orthogonal projections; a₁, a₂ ∈ (−1, 0], so M
-    is positive definite)."""
+class _Subspace(eqx.Module):
+    """M R on the packed residual, for U = (u₁ … u_k) orthonormal (S×k) and the
+    Frobenius-orthogonal split R = U B Uᵀ + (C Uᵀ + U Cᵀ) + P R P (B = UᵀRU, C = P R U,
+    P = I − U Uᵀ): M R = U (B ⊙ D) Uᵀ + (C' Uᵀ + U C'ᵀ) + P R P with C' = C diag(c). That is,
+    R's component along u_i u_jᵀ + u_j u_iᵀ is scaled by D_ij and its component in
+    {u_i vᵀ + v u_iᵀ : v ⊥ U} by c_i; D_ij, c_i ∈ (0, 1], so M is positive definite."""
 
-    u: Array
-    a1: Array
-    a2: Array
+    U: Array
+    D: Array
+    c: Array
 
     def __call__(self, f: Array) -> Array:
-        u = self.u
-        R = _unpack(f, u.shape[0])
-        w = R @ u
-        ru = u @ w
-        uu = jnp.outer(u, u)
-        uw = jnp.outer(u, w)
-        return _pack(R + self.a1 * ru * uu + self.a2 * (uw + uw.T - 2 * ru * uu))
+        U = self.U
+        R = _unpack(f, U.shape[0])
+        RU = R @ U
+        B = U.T @ RU
+        dC = (RU - U @ B) * (self.c - 1)
+        dR = U @ (B * (self.D - 1)) @ U.T + dC @ U.T + U @ dC.T
+        return _pack(R + dR)
 
 
-class _LearnedDirection(AbstractPreconditioner):
+class _LearnedSubspace(AbstractPreconditioner):
     """One hidden layer's warm-start preconditioner (`docs/equations.md`): the stiff part
-    of the EoS Jacobian at a solution is the S-dimensional subspace V = {u vᵀ + v uᵀ} of Σ's
-    top eigenvector u (the learned direction), where −J's eigenvalues grow with n/C while
-    the rest stay near 1, so the plain step overshoots along V. M divides R's component
-    along u uᵀ by s₁ = −⟨u uᵀ, J u uᵀ⟩ and the rest of its component in V by
-    s₂ = −⟨Z, J Z⟩/⟨Z, Z⟩ (Z = u zᵀ + z uᵀ, z ⊥ u a fixed pseudo-random unit vector),
-    each floored at 1: two Jacobian-vector products at the start (`_TwoScalar`)."""
+    of the EoS Jacobian J at a solution is the subspace {u vᵀ + v uᵀ} of Σ's top eigenvectors
+    u (the learned directions), where −J's eigenvalues grow with n/C while the rest stay
+    near 1, so the plain step overshoots there. With U the top `directions` eigenvectors of
+    Σ (Λ's smallest), M divides R's component along E_ij = u_i u_jᵀ + u_j u_iᵀ (i ≤ j) by
+    q_ij = −⟨E_ij, J E_ij⟩/⟨E_ij, E_ij⟩ and its component in {u_i vᵀ + v u_iᵀ : v ⊥ U} by
+    the Rayleigh quotient r_i on one such direction (v a fixed pseudo-random unit vector),
+    each floored at 1 (`_Subspace`): k(k+1)/2 + k Jacobian-vector products at the start."""
+
+    directions: int = eqx.field(static=True, default=3)
 
     def build(self, fn, y, args, active):
         S = (math.isqrt(8 * y.size + 1) - 1) // 2  # y holds S(S+1)/2 entries
+        k = min(self.directions, S)
         lam = _unpack(y, S)
-        u = _eigh(0.5 * (lam + lam.T))[1][:, 0]  # Λ's smallest: Σ's top
-        z = jax.random.normal(jax.random.key(0), (S,), y.dtype)
-        z = z - u * (u @ z)
-        z = z / jnp.linalg.norm(z)
-        Z1, Z2 = jnp.outer(u, u), jnp.outer(u, z) + jnp.outer(z, u)
+        U = _eigh(0.5 * (lam + lam.T))[1][:, :k]  # Λ's smallest: Σ's top
+        z = jax.random.normal(jax.random.key(0), (S, k), y.dtype)
+        z = z - U @ (U.T @ z)
+        z = z / jnp.linalg.norm(z, axis=0)  # NaN where U spans R^S: c_i is then moot
+        pairs = [(i, j) for i in range(k) for j in range(i, k)]
+        E = [jnp.outer(U[:, i], U[:, j]) for i, j in pairs]
+        E = [e + e.T if i != j else e for e, (i, j) in zip(E, pairs, strict=True)]
+        E += [jnp.outer(U[:, i], z[:, i]) + jnp.outer(z[:, i], U[:, i]) for i in range(k)]
+        E = jnp.stack(E)
 
         def quotients():
             _, lin = jax.linearize(lambda v: fn(v, args)[0], y)
-            JZ = jax.vmap(lin)(jnp.stack([_pack(Z1), _pack(Z2)]))
-            s1 = -jnp.sum(Z1 * _unpack(JZ[0], S))
-            s2 = -0.5 * jnp.sum(Z2 * _unpack(JZ[1], S))
-            return s1, s2
+            JE = jax.vmap(lambda e: _unpack(lin(_pack(e)), S))(E)
+            return -jnp.sum(E * JE, axis=(1, 2)) / jnp.sum(E * E, axis=(1, 2))
 
-        def identity():
-            return jnp.ones((), y.dtype), jnp.ones((), y.dtype)
-
-        s1, s2 = jax.lax.cond(active, quotients, identity)
-
-        def shrink(s):
-            return jnp.where(jnp.isfinite(s), 1 / jnp.maximum(s, 1.0) - 1, 0.0)
-
-        return _TwoScalar(u=u, a1=shrink(s1), a2=shrink(s2))
+        q = jax.lax.cond(active, quotients, lambda: jnp.ones(len(E), y.dtype))
+        factor = jnp.where(jnp.isfinite(q), 1 / jnp.maximum(q, 1.0), 1.0)
+        D = jnp.ones((k, k), y.dtype)
+        for (i, j), f in zip(pairs, factor, strict=False):
+            D = D.at[i, j].set(f).at[j, i].set(f)
+        return _Subspace(U=U, D=D, c=factor[len(pairs) :])
 
 
 def _anderson_newton(dtype, depth: int = 1, filter_size: int = 1) -> tuple:
@@ -292,7 +296,7 @@ def _anderson_newton(dtype, depth: int = 1, filter_size: int = 1) -> tuple:
     iteration), and where it fails, damped Newton from the same point (`_newton`). For
     deeper networks Anderson mixes with β = 0.1, halved at each step cut back because it
     left the domain or raised the residual more than 10× (`_DEEP_MIXING`). For one hidden
-    layer it mixes a preconditioned residual from warm starts (`_LearnedDirection`)."""
+    layer it mixes a preconditioned residual from warm starts (`_LearnedSubspace`)."""
     deep = depth > 1
     anderson = Anderson(
         rtol=_default_rtol(dtype),
@@ -302,7 +306,7 @@ def _anderson_newton(dtype, depth: int = 1, filter_size: int = 1) -> tuple:
         patience=_DEEP_PATIENCE if deep else _ANDERSON_PATIENCE,
         adaptive_mixing=deep,
         max_growth=_DEEP_MAX_GROWTH if deep else float("inf"),
-        preconditioner=None if deep else _LearnedDirection(),
+        preconditioner=None if deep else _LearnedSubspace(),
     )
     return (anderson, _newton(dtype, depth, filter_size))
 
@@ -696,10 +700,10 @@ def solve(
     failed, from the continuation's last converged point, which keeps the descent on the
     continuation's branch of solutions (`docs/performance.md`). From a warm start (a
     continuation stage after the first, a path sweep's next width, `precision0`) Anderson
-    mixes a residual rescaled along the learned direction (two Jacobian-vector products;
-    `docs/equations.md`). Otherwise (deeper networks, larger S) `"anderson-newton"`:
-    Anderson, and where it fails, Newton from the same point (dense LU for S(S+1)/2 ≤ 256
-    unknowns, matrix-free GMRES otherwise).
+    mixes a residual rescaled along Σ's three top (learned) directions (nine
+    Jacobian-vector products; `docs/equations.md`). Otherwise (deeper networks, larger S)
+    `"anderson-newton"`: Anderson, and where it fails, Newton from the same point (dense LU
+    for S(S+1)/2 ≤ 256 unknowns, matrix-free GMRES otherwise).
     Gradients with respect to the hyper-parameters and the data flow by implicit
     differentiation of the final root find.
 
