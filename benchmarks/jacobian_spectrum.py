@@ -12,14 +12,15 @@ the dense Jacobian J = ∂R/∂Λ (one Jacobian-vector product per unknown, in b
 - how much of the stiff part lies in the d-dimensional subspace V = {u vᵀ + v uᵀ : v ∈ R^d},
   u the top eigenvector of Σ (the learned direction; the teacher's w* on this task);
 - κ of −M J for three preconditioners M: Newton on V (M = I − W (VᵀJV)⁻¹ Vᵀ, W = JV + V,
-  d Jacobian-vector products), two Rayleigh quotients (one scale for u uᵀ and one for the
-  rest of V, 2 products) and a Σ-weighting with no products (M scales the component along
-  a bᵀ + b aᵀ, for eigenvectors a, b of Σ, by 1/(1 + h (s_a s_b)^½), s = eigenvalues of Σ
-  over the prior's);
+  d Jacobian-vector products), `solve`'s own (`_LearnedSubspace` on k = 1 and 2 of Σ's top
+  eigenvectors: k(k+1)/2 + k products) and a Σ-weighting with no products (M scales the
+  component along a bᵀ + b aᵀ, for eigenvectors a, b of Σ, by 1/(1 + h (s_a s_b)^½),
+  s = eigenvalues of Σ over the prior's);
 - the cost of a batch of Jacobian-vector products in residual evaluations.
 
-This is a diagnosis, not a solver; `solve` uses the two-Rayleigh-quotient preconditioner from
-warm starts (`_LearnedDirection`, measured by `warm_preconditioner.py`; `benchmarks/RESULTS.md`).
+`--arch cnn` takes the erf PatchCNN instead (S = 16: d reads S above), `--index k` a k-index
+FCN teacher. This is a diagnosis, not a solver; `solve` uses its preconditioner from warm
+starts (`_LearnedSubspace`, measured by `warm_preconditioner.py`; `benchmarks/RESULTS.md`).
 """
 
 import argparse
@@ -37,7 +38,7 @@ from scaling_n import problem, timed  # noqa: E402
 
 import fls_jax as fj  # noqa: E402
 from fls_jax._linalg import _pack, _unpack  # noqa: E402
-from fls_jax._solve import _state_residual  # noqa: E402
+from fls_jax._solve import _LearnedSubspace, _state_residual  # noqa: E402
 
 
 def kappa(A) -> str:
@@ -64,9 +65,9 @@ def sigma_weighting(U, rel, h: float, d: int) -> np.ndarray:
     return np.array([apply(c) for c in np.eye(d * (d + 1) // 2)]).T
 
 
-def report(n: int, width: float, batch: int, hs: list[float]) -> None:
-    task, net, _ = problem("fcn", n, width)
-    d = task.X.shape[1]
+def report(arch: str, n: int, width: float, batch: int, hs: list[float], index: int) -> None:
+    task, net, _ = problem(arch, n, width, index)
+    d = net.filter_size(task.X.shape[1])
     X, Y = jnp.asarray(task.X), jnp.asarray(task.Y)
     args = (net, X, Y)
     t0 = time.perf_counter()
@@ -99,19 +100,19 @@ def report(n: int, width: float, batch: int, hs: list[float]) -> None:
     overlap = np.linalg.norm(V.T @ (top / np.linalg.norm(top, axis=0)), axis=0)
     print(
         f"  the top {d} eigenvectors' overlap with sym(u vᵀ): min {overlap.min():.3f}, "
-        f"median {np.median(overlap):.3f} (|u·w*| = {abs(float(u @ task.teacher)):.3f})"
+        f"median {np.median(overlap):.3f} "
+        f"(‖W*ᵀu‖ = {np.linalg.norm(np.atleast_2d(task.teacher.T) @ u):.3f})"
     )
     JV = J @ V
     M = np.eye(N) - (JV + V) @ np.linalg.solve(V.T @ JV, V.T)
     print(f"  −MJ, Newton on V ({d} products): {kappa(-M @ J)}")
-    uu = np.array(_pack(jnp.asarray(np.outer(u, u))))
-    uu /= np.linalg.norm(uu)
-    s1 = uu @ J @ uu
-    s2 = (np.trace(V.T @ JV) - s1) / (d - 1)
-    P_uu = np.outer(uu, uu)
-    M = np.eye(N) + (-1 / s1 - 1) * P_uu + (-1 / s2 - 1) * (V @ V.T - P_uu)
-    print(f"  −MJ, two Rayleigh quotients (2 products): {kappa(-M @ J)}")
-    rel = s * float(net.prior_precision(d)[0, 0])
+    for k in (1, 2):
+        M = _LearnedSubspace(directions=k).build(
+            lambda z, a: (residual(z), None), y, None, jnp.asarray(True)
+        )
+        Mm = np.stack([np.asarray(M(e)) for e in jnp.eye(N)], axis=1)
+        print(f"  −MJ, `solve`'s preconditioner on {k} direction(s): {kappa(-Mm @ J)}")
+    rel = s * float(net.prior_precision(task.X.shape[1])[0, 0])
     for h in hs:
         print(
             f"  −MJ, Σ-weighting h = {h:g} (no products): "
@@ -129,15 +130,17 @@ def report(n: int, width: float, batch: int, hs: list[float]) -> None:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", choices=["fcn", "cnn"], default="fcn")
     p.add_argument("--ns", type=int, nargs="+", default=[512])
+    p.add_argument("--index", type=int, default=1, help="k of a k-index FCN teacher")
     p.add_argument("--width", type=float, default=64.0)
     p.add_argument("--batch", type=int, default=48)
     p.add_argument("--h", type=float, nargs="+", default=[10.0, 100.0])
     a = p.parse_args()
     print(f"# {platform.node()} {jax.devices()[0].device_kind} jax {jax.__version__}")
-    print(f"# erf FCN d=32, single-index teacher, C={a.width:g}, σ²=0.01")
+    print(f"# {problem(a.arch, 8, a.width, a.index)[2]}, C={a.width:g}, σ²=0.01")
     for n in a.ns:
-        report(n, a.width, a.batch, a.h)
+        report(a.arch, n, a.width, a.batch, a.h, a.index)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,9 @@ from fls_jax._solve import (  # noqa: E402
 )
 
 
-def problem(arch: str, n: int, width: float):
+def problem(arch: str, n: int, width: float, index: int = 1):
+    """The benchmark task: erf PatchCNN S = 16, P = 8 with a linear teacher, or erf FCN
+    d = 32 with a single-index teacher (or a k-index one, `index` = k)."""
     if arch == "cnn":
         S, P = 16, 8
         task = fj.datasets.linear_patch_teacher(n, 10, S, P, seed=0)
@@ -51,8 +53,11 @@ def problem(arch: str, n: int, width: float):
             patch_size=S, width=width, sigma_w2=1.0, sigma_a2=1.0, noise=0.01, activation=fj.Erf()
         )
         return task, net, f"erf PatchCNN S={S} P={P}"
-    task = fj.datasets.single_index_teacher(n, 10, 32, seed=0)
     net = fj.FCN(width=width, sigma_w2=1.0, sigma_a2=1.0, noise=0.01, activation=fj.Erf())
+    if index > 1:
+        task = fj.datasets.multi_index_teacher(n, 10, 32, k=index, seed=0)
+        return task, net, f"erf FCN d=32, {index}-index teacher"
+    task = fj.datasets.single_index_teacher(n, 10, 32, seed=0)
     return task, net, "erf FCN d=32"
 
 

@@ -13,8 +13,8 @@ roots are those of R; the iteration stops on the true residual. For each n, both
 C = 128 solution and from the GP limit, to C = 64: plain Anderson, then preconditioned.
 Erf FCN d = 32, single-index teacher, σ² = 0.01.
 
-`solve` now uses this preconditioner from warm starts (`_LearnedDirection` in
-`fls_jax/_solve.py`, with Frobenius-orthogonal projections instead of the packed basis here);
+`solve` now uses its successor from warm starts (`_LearnedSubspace` in `fls_jax/_solve.py`:
+Frobenius-orthogonal projections instead of the packed basis here, on Σ's top three directions);
 `warm_preconditioner.py` measures it inside the solver. This script keeps the first
 measurement, including the from-GP rows that kept it off the first stage of a solve.
 """
