@@ -22,8 +22,7 @@ def _safe_sqrt(x: ArrayLike) -> Array:
     """√x with a zero derivative at x = 0 instead of ∞ (double `where`). For a variance: a
     zero one comes from an all-zero input or patch x, where ∂a/∂Σ = x xᵀ = 0, so any finite
     partial of Φ in a (and in c) is multiplied by zero, but an infinite one made the EoS NaN.
-    For √(1−ρ²) in the quadrature: defined at ρ = 1 (Φ's derivatives there come from `_pair`'s
-    Gaussian identities, not from this square root)."""
+    For √(1−ρ²): finite derivatives on the train-kernel diagonal, ρ = 1."""
     x = jnp.asarray(x)
     pos = x > 0
     return jnp.where(pos, jnp.sqrt(jnp.where(pos, x, 1.0)), 0.0)
