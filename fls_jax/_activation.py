@@ -21,10 +21,13 @@ def _safe_sqrt(x: ArrayLike) -> Array:
     """√x with a zero derivative at x = 0 instead of ∞ (double `where`). For a variance: a
     zero one comes from an all-zero input or patch x, where ∂a/∂Σ = x xᵀ = 0, so any finite
     partial of Φ in a (and in c) is multiplied by zero, but an infinite one made the EoS NaN.
-    For √(1−ρ²): finite derivatives on the train-kernel diagonal, ρ = 1."""
+    For √(1−ρ²): finite derivatives on the train-kernel diagonal, ρ = 1. A negative or NaN x
+    (a variance from a Σ that is not positive definite) stays NaN: an activation must not
+    turn an invalid kernel into a finite one, or the solver's line search, which rejects
+    NaN residuals, would accept a point outside the positive-definite cone."""
     x = jnp.asarray(x)
     pos = x > 0
-    return jnp.where(pos, jnp.sqrt(jnp.where(pos, x, 1.0)), 0.0)
+    return jnp.where(pos, jnp.sqrt(jnp.where(pos, x, 1.0)), jnp.where(x == 0, 0.0, jnp.nan))
 
 
 class AbstractActivation(eqx.Module):
@@ -127,8 +130,9 @@ class ReLU(AbstractActivation):
     def kernel(self, a, b, c):
         ab = _safe_sqrt(a * b)
         # A zero-variance input (e.g. an all-zero patch) gives φ ≡ 0 there: Φ = 0, not 0/0.
-        pos = ab > 0
-        return jnp.where(pos, ab / (2 * jnp.pi) * _arccos_j1(c / jnp.where(pos, ab, 1.0)), 0.0)
+        # A NaN one (Σ not positive definite) stays NaN (`_safe_sqrt`).
+        zero = ab == 0
+        return jnp.where(zero, 0.0, ab / (2 * jnp.pi) * _arccos_j1(c / jnp.where(zero, 1.0, ab)))
 
 
 class Quadrature(AbstractActivation):
@@ -155,8 +159,9 @@ class Quadrature(AbstractActivation):
         w = w / w.sum()  # probabilists' weights, normalised to a N(0, 1) expectation
         a, b, c = jnp.broadcast_arrays(jnp.asarray(a), jnp.asarray(b), jnp.asarray(c))
         sa, sb = _safe_sqrt(a), _safe_sqrt(b)
-        pos = sa * sb > 0  # a zero variance makes h ≡ 0 and ρ irrelevant: avoid 0/0
-        rho = jnp.where(pos, jnp.clip(c / jnp.where(pos, sa * sb, 1.0), -1.0, 1.0), 0.0)
+        # A zero variance makes h ≡ 0 and ρ irrelevant: avoid 0/0. A NaN one stays NaN.
+        zero = sa * sb == 0
+        rho = jnp.where(zero, 0.0, jnp.clip(c / jnp.where(zero, 1.0, sa * sb), -1.0, 1.0))
         # On the diagonal (ρ = 1) the value is right and the gradient finite.
         perp = _safe_sqrt(1 - rho**2)
         zs, ws = jnp.asarray(z, dtype=rho.dtype), jnp.asarray(w, dtype=rho.dtype)

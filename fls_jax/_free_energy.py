@@ -294,7 +294,7 @@ def _shift_residuals(network: AbstractNetwork, lam1: Array, shifts: tuple[Array,
         sigma = spd_inverse_logdet(0.5 * (lam1 + lam1.T))[0]
         g = jax.grad(data_term, argnums=1)(network, sigma, X, Y)
         u = _inverse_width(network) / network.width_ratio(1)
-        return (network.prior_precision(X.shape[1]) - lam1 + 2 * u * g,)
+        return _outside_domain((network.prior_precision(X.shape[1]) - lam1 + 2 * u * g,), (sigma,))
     covs, prior_precs, posts, pullbacks = _layers(network, lam1, shifts, X)
     residuals = []
     for layer in range(1, L + 1):
@@ -313,7 +313,19 @@ def _shift_residuals(network: AbstractNetwork, lam1: Array, shifts: tuple[Array,
             residuals.append(prior_precs[0] - lam1 + g)
         else:
             residuals.append(g - shifts[layer - 2])
-    return tuple(residuals)
+    return _outside_domain(tuple(residuals), covs)
+
+
+def _outside_domain(residuals: tuple[Array, ...], covs) -> tuple[Array, ...]:
+    """The residuals, or NaN where a layer's covariance is not finite: its precision is not
+    positive definite (`spd_inverse_logdet` gives NaN), which is outside the EoS' domain.
+    The solvers' line searches reject a NaN residual; this holds whatever an activation
+    makes of a NaN kernel (a guard in Φ that maps it to a finite value made a finite,
+    meaningless residual, and a solve converged on it)."""
+    bad = jnp.zeros((), bool)
+    for cov in covs:
+        bad = bad | ~jnp.all(jnp.isfinite(cov))
+    return tuple(jnp.where(bad, jnp.nan, r) for r in residuals)
 
 
 def _shifts(network: AbstractNetwork, precisions: tuple[Array, ...], X) -> tuple[Array, ...]:

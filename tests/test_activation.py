@@ -238,3 +238,55 @@ def test_zero_input_row_gives_the_limit_of_a_vanishing_one(act):
         residual[scale] = np.asarray(fj.eos_residual(lam, net, jnp.asarray(X), task.Y))
     assert np.isfinite(residual[0.0]).all()
     np.testing.assert_allclose(residual[0.0], residual[1e-9], rtol=0, atol=1e-6)
+
+
+class _NanToZero(fj.AbstractActivation):
+    """erf, with a kernel that takes a NaN variance or covariance as 0: what a careless guard
+    in Φ does (Quadrature's zero-variance guard did)."""
+
+    odd = True
+
+    def __call__(self, h):
+        return jax.scipy.special.erf(h)
+
+    def kernel(self, a, b, c):
+        a, b, c = (jnp.where(jnp.isnan(v), 0.0, v) for v in (a, b, c))
+        return fj.Erf().kernel(a, b, c)
+
+
+@pytest.mark.parametrize("act", [fj.ReLU(), fj.Quadrature(_relu, order=20)])
+def test_kernel_of_an_invalid_variance_is_nan(act):
+    # A NaN or negative variance comes from a Σ that is not positive definite; Φ must not
+    # make it finite (it did: 0, and a solve then converged outside the domain).
+    assert np.isnan(act.kernel(jnp.nan, 1.0, 0.2))
+    assert np.isnan(act.kernel(-1.0, 1.0, 0.2))
+    assert np.isnan(act.kernel(1.0, 1.0, jnp.nan))
+
+
+@pytest.mark.parametrize(
+    "act",
+    [
+        fj.Erf(),
+        fj.ReLU(),
+        fj.Quadrature(jax.scipy.special.erf, order=20, odd=True),
+        _NanToZero(),
+    ],
+    ids=["Erf", "ReLU", "Quadrature(erf)", "NaN-to-zero"],
+)
+def test_residual_is_nan_outside_the_positive_definite_cone(act):
+    # The solvers' domain guard: at a precision that is not positive definite the EoS
+    # residual is NaN, whatever the activation makes of NaN (`_NanToZero` launders it), for
+    # one hidden layer and for a deeper layer's precision. A finite residual there was a
+    # root that `solve` reported converged (Quadrature(erf): an eigenvalue −1.6e7 of Σ⁻¹).
+    task = fj.datasets.single_index_teacher(n=12, n_test=4, d=3, seed=5)
+    kw = dict(width=2.0, sigma_w2=1.3, sigma_a2=0.8, noise=0.02, activation=act)
+    good, bad = jnp.eye(3), jnp.diag(jnp.array([1.0, -2.0, 3.0]))
+    shallow = fj.eos_residual(bad, fj.FCN(**kw), task.X, task.Y)
+    assert np.isnan(np.asarray(shallow)).all()
+    deep = fj.FCN(depth=2, **kw)
+    K_bad = jnp.eye(12).at[0, 0].set(-1.0)
+    for R in fj.eos_residual((good, K_bad), deep, task.X, task.Y):
+        assert np.isnan(np.asarray(R)).all()
+    # and finite at a positive-definite point, so the NaN above is the guard's
+    for R in fj.eos_residual((good, jnp.eye(12)), deep, task.X, task.Y):
+        assert np.isfinite(np.asarray(R)).all()
