@@ -8,6 +8,7 @@ diagonal, so a new activation is one class with one method.
 """
 
 import abc
+import functools
 from collections.abc import Callable
 
 import equinox as eqx
@@ -21,10 +22,10 @@ def _safe_sqrt(x: ArrayLike) -> Array:
     """√x with a zero derivative at x = 0 instead of ∞ (double `where`). For a variance: a
     zero one comes from an all-zero input or patch x, where ∂a/∂Σ = x xᵀ = 0, so any finite
     partial of Φ in a (and in c) is multiplied by zero, but an infinite one made the EoS NaN.
-    For √(1−ρ²): finite derivatives on the train-kernel diagonal, ρ = 1. A negative or NaN x
-    (a variance from a Σ that is not positive definite) stays NaN: an activation must not
-    turn an invalid kernel into a finite one, or the solver's line search, which rejects
-    NaN residuals, would accept a point outside the positive-definite cone."""
+    For √(1−ρ²) in the quadrature: defined at ρ = 1 (Φ's derivatives there come from `_pair`'s
+    Gaussian identities, not from this square root). A negative or NaN x (a variance from a Σ
+    that is not positive definite) stays NaN: an activation must not turn an invalid kernel
+    into a finite one (the solver's line search rejects NaN residuals)."""
     x = jnp.asarray(x)
     pos = x > 0
     return jnp.where(pos, jnp.sqrt(jnp.where(pos, x, 1.0)), jnp.where(x == 0, 0.0, jnp.nan))
@@ -145,6 +146,12 @@ class Quadrature(AbstractActivation):
       evaluations of φ per entry). The rule is exact for polynomials of degree
       < 2·order; smooth φ converge exponentially fast, kinks (ReLU) only algebraically.
     - `odd`: whether φ is odd (the zero-mean Gaussian EoS are then exact in form).
+
+    Derivatives of Φ in (a, b, c) are Gaussian expectations of φ' (Price's theorem and
+    Stein's lemma, `_pair`), by the same quadrature, so they are right on the diagonal
+    c = √(ab) of a train kernel too; higher derivatives follow the same rules. A kink in φ
+    (ReLU) has φ'' = 0 under JAX, so Φ's second derivatives miss its δ: use the closed form
+    ([`fls_jax.ReLU`][]) where Newton steps or gradients of the EoS need them.
     """
 
     fn: Callable[[Array], Array] = eqx.field(static=True)
@@ -155,23 +162,65 @@ class Quadrature(AbstractActivation):
         return self.fn(jnp.asarray(h))
 
     def kernel(self, a, b, c):
-        z, w = np.polynomial.hermite_e.hermegauss(self.order)
-        w = w / w.sum()  # probabilists' weights, normalised to a N(0, 1) expectation
         a, b, c = jnp.broadcast_arrays(jnp.asarray(a), jnp.asarray(b), jnp.asarray(c))
-        sa, sb = _safe_sqrt(a), _safe_sqrt(b)
-        # A zero variance makes h ≡ 0 and ρ irrelevant: avoid 0/0. A NaN one stays NaN.
-        zero = sa * sb == 0
-        rho = jnp.where(zero, 0.0, jnp.clip(c / jnp.where(zero, 1.0, sa * sb), -1.0, 1.0))
-        # On the diagonal (ρ = 1) the value is right and the gradient finite.
-        perp = _safe_sqrt(1 - rho**2)
-        zs, ws = jnp.asarray(z, dtype=rho.dtype), jnp.asarray(w, dtype=rho.dtype)
+        return _pair(self.fn, self.fn, self.order, a, b, c)
 
-        # h = √a z₁ ;  h' = √b (ρ z₁ + √(1−ρ²) z₂).  A scan over the z₁ nodes keeps memory
-        # at one broadcast of the z₂ nodes per entry.
-        def body(acc, node):
-            z1, w1 = node
-            inner = self.fn(sb[..., None] * (rho[..., None] * z1 + perp[..., None] * zs))
-            return acc + w1 * self.fn(sa * z1) * (inner @ ws), None
 
-        out, _ = jax.lax.scan(body, jnp.zeros_like(rho), (zs, ws))
-        return out
+def _derivative(f: Callable[[Array], Array]) -> Callable[[Array], Array]:
+    """f' of an elementwise f, elementwise."""
+    return lambda h: jax.jvp(f, (h,), (jnp.ones_like(h),))[1]
+
+
+def _times_h(f: Callable[[Array], Array]) -> Callable[[Array], Array]:
+    return lambda h: h * f(h)
+
+
+def _quadrature(f, g, order: int, a, b, c):
+    """E[f(h) g(h')] for (h, h') ~ N(0, [[a, c], [c, b]]) by tensor-product Gauss–Hermite
+    quadrature: h = √a z₁, h' = √b (ρ z₁ + √(1−ρ²) z₂), ρ = c/√(ab)."""
+    z, w = np.polynomial.hermite_e.hermegauss(order)
+    w = w / w.sum()  # probabilists' weights, normalised to a N(0, 1) expectation
+    sa, sb = _safe_sqrt(a), _safe_sqrt(b)
+    # A zero variance makes h ≡ 0 and ρ irrelevant: avoid 0/0. A NaN one stays NaN.
+    zero = sa * sb == 0
+    rho = jnp.where(zero, 0.0, jnp.clip(c / jnp.where(zero, 1.0, sa * sb), -1.0, 1.0))
+    perp = _safe_sqrt(1 - rho**2)
+    zs, ws = jnp.asarray(z, dtype=rho.dtype), jnp.asarray(w, dtype=rho.dtype)
+
+    # A scan over the z₁ nodes keeps memory at one broadcast of the z₂ nodes per entry.
+    def body(acc, node):
+        z1, w1 = node
+        inner = g(sb[..., None] * (rho[..., None] * z1 + perp[..., None] * zs))
+        return acc + w1 * f(sa * z1) * (inner @ ws), None
+
+    out, _ = jax.lax.scan(body, jnp.zeros_like(rho), (zs, ws))
+    return out
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
+def _pair(f, g, order: int, a, b, c):
+    """E[f(h) g(h')] for (h, h') ~ N(0, [[a, c], [c, b]]) (`_quadrature`), differentiated by
+    Gaussian identities rather than through the quadrature's ρ and √(1−ρ²), whose derivatives
+    are wrong at ρ = 1 (every diagonal entry of a train kernel): Price's theorem
+    ∂_c E[f g] = E[f'(h) g'(h')], and the heat equation ∂_a E[f g] = ½ E[f''(h) g(h')] with
+    Stein's lemma E[h f'(h) g(h')] = a E[f'' g] + c E[f' g'] to avoid f'':
+    ∂_a E[f g] = (E[h f'(h) g(h')] − c E[f' g']) / 2a, and likewise in b. Each term is again
+    a `_pair`, so higher derivatives follow the same rules. A zero variance (an all-zero
+    input, where ∂a/∂Σ = 0) gets a zero partial (SPEC §2)."""
+    return _quadrature(f, g, order, a, b, c)
+
+
+@_pair.defjvp
+def _pair_jvp(f, g, order, primals, tangents):
+    a, b, c = primals
+    da, db, dc = tangents
+    df, dg = _derivative(f), _derivative(g)
+    both = _pair(df, dg, order, a, b, c)
+
+    def partial(var, term):
+        zero = var == 0
+        return jnp.where(zero, 0.0, (term - c * both) / (2 * jnp.where(zero, 1.0, var)))
+
+    d_a = partial(a, _pair(_times_h(df), g, order, a, b, c))
+    d_b = partial(b, _pair(f, _times_h(dg), order, a, b, c))
+    return _pair(f, g, order, a, b, c), d_a * da + d_b * db + both * dc

@@ -196,16 +196,23 @@ def test_quadrature_gradient_finite_on_diagonal(kind):
     np.testing.assert_allclose(along, closed_along, rtol=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fls_jax bug: Quadrature's partial derivatives are wrong where c/√(ab) rounds to "
-    "exactly 1 (t = 1, 0.25; clip's tie gradient halves dρ and the √(1−ρ²) term is dropped); "
-    "only the derivative along (1, 1, 1) is right there",
-)
 @pytest.mark.parametrize("kind", ["erf", "relu"])
 def test_quadrature_partial_derivatives_on_diagonal(kind):
+    # Where c/√(ab) is exactly 1 (t = 1, 0.25) differentiating through the quadrature's ρ and
+    # √(1−ρ²) halved ∂ρ and dropped a term; the Gaussian identities of `_pair` do not.
     partial, _, closed_partial, _ = _diagonal_grads(kind)
     np.testing.assert_allclose(partial, closed_partial, rtol=1e-6, atol=1e-9)
+
+
+def test_quadrature_second_derivatives_match_the_closed_form():
+    # The Hessian in (a, b, c) of Quadrature(erf) against the arcsine formula's, on the
+    # diagonal (ρ = 1, as in a train kernel) and off it: what Newton steps and the warm-start
+    # preconditioner differentiate.
+    quad, closed = QUAD_DIAG["erf"]
+    for point in ((0.7, 0.7, 0.7), (0.9, 0.4, 0.3)):
+        got = np.array(jax.hessian(quad.kernel, argnums=(0, 1, 2))(*point))
+        want = np.array(jax.hessian(closed.kernel, argnums=(0, 1, 2))(*point))
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
 
 
 @pytest.mark.parametrize(
