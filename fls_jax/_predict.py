@@ -185,8 +185,14 @@ def predict(
     """
     if not isinstance(solution, Solution):
         raise TypeError(f"predict needs an fls_jax.Solution, got {type(solution)}")
+    X_test, Y_test = _validate_test(solution.X, solution.Y, X_test, Y_test)
+    return _predict(solution, X_test, Y_test)
+
+
+@eqx.filter_jit
+def _predict(solution: Solution, X_test: Array, Y_test: Array | None) -> Prediction:
+    """`predict` after validation: one compiled program per network structure and shapes."""
     net, X, Y, sigma = solution.network, solution.X, solution.Y, solution.sigma
-    X_test, Y_test = _validate_test(X, Y, X_test, Y_test)
     n, m = Y.shape
     low_rank = _low_rank(net, sigma, X)
     if low_rank is not None:
