@@ -7,7 +7,6 @@ deep linear EoS, and the reference solver's numbers in ../shared/reference/fcn3_
 
 from pathlib import Path
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,8 +18,6 @@ import fls_jax as fj
 
 # A copy of ../shared/reference/fcn3_erf_n128's data (the values are quoted in the test).
 REF = Path(__file__).resolve().parent / "data" / "fcn3_erf_n128"
-solve_jit = eqx.filter_jit(fj.solve)
-predict_jit = eqx.filter_jit(fj.predict)
 
 
 def _erf_np(K):
@@ -65,8 +62,8 @@ def deep_task():
 def test_gp_limit_equals_deep_nngp_regression(deep_task, depth):
     t = deep_task
     net = _net(np.inf, depth)
-    sol = solve_jit(net, t.X, t.Y)
-    pred = predict_jit(sol, t.X_test, t.Y_test)
+    sol = fj.solve(net, t.X, t.Y)
+    pred = fj.predict(sol, t.X_test, t.Y_test)
     assert bool(sol.converged)
     Qf, Qst, qss = _deep_nngp(t.X, t.X_test, depth, 1.5, 0.7)
     Kf = Qf + 0.01 * np.eye(len(t.X))
@@ -85,7 +82,7 @@ def deep_solutions(deep_task):
     t = deep_task
     out = {}
     for depth in (2, 3):
-        sol = solve_jit(_net(3.0, depth), t.X, t.Y)
+        sol = fj.solve(_net(3.0, depth), t.X, t.Y)
         assert bool(sol.converged), depth
         out[depth] = sol
     return out
@@ -149,7 +146,7 @@ def test_deep_linear_against_numpy_fixed_point():
     X = rng.standard_normal((n, d))
     Y = X[:, :1] + 0.3 * X[:, 1:2]
     net = fj.FCN(width=C, sigma_w2=sw2, sigma_a2=sa2, noise=noise, activation=fj.Linear(), depth=2)
-    sol = solve_jit(net, X, Y)
+    sol = fj.solve(net, X, Y)
     assert bool(sol.converged)
     iu_d, iu_n = np.triu_indices(d), np.triu_indices(n)
 
@@ -184,7 +181,7 @@ def test_deep_linear_against_numpy_fixed_point():
 
 def test_predict_at_train_points_reproduces_the_train_block(deep_task, deep_solutions):
     t, sol = deep_task, deep_solutions[3]
-    pred = predict_jit(sol, t.X, t.Y)
+    pred = fj.predict(sol, t.X, t.Y)
     Qf = np.asarray(sol.network.post_kernel(3, sol.kernels[-1]))
     Kf = Qf + 0.01 * np.eye(len(t.X))
     np.testing.assert_allclose(pred.mean, Qf @ np.linalg.solve(Kf, t.Y), rtol=1e-8, atol=1e-10)
@@ -202,11 +199,11 @@ def test_sweep_equals_loop_deep(deep_task):
     # every depth, and is checked against the loop in test_solve.py.
     sols, preds = fj.sweep(net, t.X, t.Y, widths, t.X_test, t.Y_test, schedule="path")
     for i, C in enumerate(widths):
-        ref = solve_jit(_net(C, 2), t.X, t.Y)
+        ref = fj.solve(_net(C, 2), t.X, t.Y)
         assert bool(sols.converged[i])
         np.testing.assert_allclose(sols.kernels[0][i], ref.kernels[0], rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(
-            preds.mean[i], predict_jit(ref, t.X_test).mean, rtol=1e-8, atol=1e-11
+            preds.mean[i], fj.predict(ref, t.X_test).mean, rtol=1e-8, atol=1e-11
         )
 
 
@@ -216,7 +213,7 @@ def test_gradients_per_layer_priors_match_finite_differences(deep_task):
 
     def loss(p):
         net = fj.FCN(width=3.0, depth=2, sigma_w2=p[:2], sigma_a2=0.7, noise=p[2])
-        return predict_jit(solve_jit(net, t.X, t.Y), t.X_test, t.Y_test).test_error
+        return fj.predict(fj.solve(net, t.X, t.Y), t.X_test, t.Y_test).test_error
 
     p = jnp.array([1.5, 1.2, 0.01])
     g = jax.grad(loss)(p)
@@ -238,7 +235,7 @@ def test_reproduces_reference_three_layer_erf():
         (2000, 56.25473766764203, 0.1158302079882872),
     ]:
         net = fj.FCN(width=C, sigma_w2=2.0, sigma_a2=2 / 256, noise=1e-3, depth=2)
-        sol = solve_jit(net, X, Y)
+        sol = fj.solve(net, X, Y)
         assert bool(sol.converged)
         Q = np.asarray(net.post_kernel(2, sol.kernels[0]))
         Kf = Q + 1e-3 * np.eye(n)

@@ -17,10 +17,6 @@ from scipy.special import erf
 import fls_jax as fj
 
 
-solve_jit = eqx.filter_jit(fj.solve)
-predict_jit = eqx.filter_jit(fj.predict)
-
-
 def _patches(X, S):
     n, d = X.shape
     return np.transpose(X.reshape(n, d // S, S), (1, 0, 2))
@@ -68,8 +64,8 @@ def test_gp_limit_equals_direct_gp_regression(arch, kind, patch_task, fcn_task):
     # At C = 1e9 the EoS shift Σ by O(|∂tr[AQ_f]|/C) ≈ 1e-8 relative on this data (physics,
     # not error), so the 1e-8 comparison with the GP is made at C = 1e10.
     net, S = _make(arch, kind, 1e10, task)
-    sol = solve_jit(net, task.X, task.Y)
-    pred = predict_jit(sol, task.X_test, task.Y_test)
+    sol = fj.solve(net, task.X, task.Y)
+    pred = fj.predict(sol, task.X_test, task.Y_test)
     assert bool(sol.converged)
     sigma0 = 1.3 / S * np.eye(S)
     assert np.linalg.norm(sol.sigma - sigma0) < 1e-8 * np.linalg.norm(sigma0)
@@ -83,7 +79,7 @@ def test_gp_limit_equals_direct_gp_regression(arch, kind, patch_task, fcn_task):
     np.testing.assert_allclose(pred.variance, var, rtol=1e-7, atol=1e-10)
     np.testing.assert_allclose(pred.test_error, np.mean((mean - task.Y_test) ** 2), rtol=1e-8)
     # F at C = ∞ is the GP negative log marginal likelihood.
-    sol = solve_jit(eqx.tree_at(lambda m: m.width, net, jnp.asarray(jnp.inf)), task.X, task.Y)
+    sol = fj.solve(eqx.tree_at(lambda m: m.width, net, jnp.asarray(jnp.inf)), task.X, task.Y)
     n = len(task.X)
     nll = 0.5 * task.Y[:, 0] @ np.linalg.solve(K, task.Y[:, 0])
     nll += 0.5 * np.linalg.slogdet(K)[1] + 0.5 * n * np.log(2 * np.pi)
@@ -92,7 +88,7 @@ def test_gp_limit_equals_direct_gp_regression(arch, kind, patch_task, fcn_task):
 
 def test_infinite_width_is_exact_gp(patch_task):
     net, _ = _make("patchcnn", "linear", jnp.inf, patch_task)
-    sol = solve_jit(net, patch_task.X, patch_task.Y)
+    sol = fj.solve(net, patch_task.X, patch_task.Y)
     assert bool(sol.converged) and int(sol.num_steps) == 0
     np.testing.assert_allclose(sol.sigma, 1.3 / 4 * np.eye(4), rtol=1e-15, atol=1e-16)
 
@@ -112,7 +108,7 @@ def _linear_patch_rhs(Sigma, X, Y, S, C, sigma_w2, sigma_a2, noise):
 def test_linear_patchcnn_closed_form_eos_and_numpy_fixed_point(width, patch_task):
     X, Y = patch_task.X, patch_task.Y
     net, S = _make("patchcnn", "linear", width, patch_task)
-    sol = solve_jit(net, X, Y)
+    sol = fj.solve(net, X, Y)
     assert bool(sol.converged) and float(sol.residual) < 1e-10
     Sigma = np.asarray(sol.sigma)
     rhs = _linear_patch_rhs(Sigma, X, Y, S, width, 1.3, 0.8, 0.02)
@@ -151,7 +147,7 @@ def _erf_fcn_eos_residual(Sigma, X, Y, C, sigma_w2, sigma_a2, noise):
 @pytest.mark.parametrize("width", [2.0, 8.0, 64.0])
 def test_erf_fcn_satisfies_hand_derived_eos(width, fcn_task):
     net, _ = _make("fcn", "erf", width, fcn_task)
-    sol = solve_jit(net, fcn_task.X, fcn_task.Y)
+    sol = fj.solve(net, fcn_task.X, fcn_task.Y)
     assert bool(sol.converged)
     R = _erf_fcn_eos_residual(np.asarray(sol.sigma), fcn_task.X, fcn_task.Y, width, 1.3, 0.8, 0.02)
     assert np.linalg.norm(R) / np.linalg.norm(sol.precision) < 1e-9
@@ -167,7 +163,7 @@ def test_matrix_free_newton_for_many_unknowns(fcn_task):
     assert isinstance(_newton(jnp.float64, 1, 23).linear_solver, lx.GMRES)  # 276
     net, _ = _make("fcn", "erf", 2.0, fcn_task)
     newton = fj.DampedNewton(rtol=1e-11, atol=0.0, linear_solver=_krylov(1e-4))
-    sol = solve_jit(net, fcn_task.X, fcn_task.Y, solver=newton)
+    sol = fj.solve(net, fcn_task.X, fcn_task.Y, solver=newton)
     assert bool(sol.converged) and int(sol.num_stages) > 1
     R = _erf_fcn_eos_residual(np.asarray(sol.sigma), fcn_task.X, fcn_task.Y, 2.0, 1.3, 0.8, 0.02)
     assert np.linalg.norm(R) / np.linalg.norm(sol.precision) < 1e-9
@@ -176,7 +172,7 @@ def test_matrix_free_newton_for_many_unknowns(fcn_task):
     # fails: with Anderson capped at 2 iterations it fails at every stage, and the chain must
     # then walk exactly Newton's path, 2 Anderson iterations more per stage.
     anderson = fj.Anderson(rtol=1e-11, atol=0.0)
-    chain = solve_jit(net, fcn_task.X, fcn_task.Y, solver=(anderson, newton), max_steps=(2, 12))
+    chain = fj.solve(net, fcn_task.X, fcn_task.Y, solver=(anderson, newton), max_steps=(2, 12))
     assert bool(chain.converged) and int(chain.num_stages) == int(sol.num_stages)
     assert int(chain.num_steps) == int(sol.num_steps) + 2 * int(sol.num_stages)
     np.testing.assert_allclose(chain.sigma, sol.sigma, rtol=1e-13, atol=1e-15)
@@ -239,7 +235,7 @@ def test_free_energy_descent_brings_newton_within_reach(fcn_task):
     assert 1 < int(start.stats["num_steps"]) < 1000
 
     # solver="descent" is (Anderson, FreeEnergyBFGS(handover=1e-2), Newton).
-    sol = solve_jit(net, X, Y, solver="descent", max_steps=(2, 1000, 12))
+    sol = fj.solve(net, X, Y, solver="descent", max_steps=(2, 1000, 12))
     # Stage 1 tries u = f (the aimed first stage, `_first_fraction`) with Anderson alone and
     # fails; from then on every stage runs the descent and Newton and succeeds, the step
     # doubling: u = f/4, 3f/4, 7f/4, …, 1. Had a success switched the descent off again,
@@ -251,7 +247,7 @@ def test_free_energy_descent_brings_newton_within_reach(fcn_task):
     assert bool(sol.converged) and int(sol.num_stages) == 1 + successes
     R = _erf_fcn_eos_residual(np.asarray(sol.sigma), X, fcn_task.Y, 1.0, 1.3, 0.8, 0.02)
     assert np.linalg.norm(R) / np.linalg.norm(sol.precision) < 1e-9
-    ref = solve_jit(net, X, Y, solver="anderson-newton")
+    ref = fj.solve(net, X, Y, solver="anderson-newton")
     assert bool(ref.converged)
     np.testing.assert_allclose(sol.sigma, ref.sigma, atol=1e-9 * float(jnp.abs(ref.sigma).max()))
 
@@ -271,7 +267,7 @@ def test_anderson_failure_is_reported_per_element(fcn_task):
     assert [bool(c) for c in sols.converged] == [True, False]
     assert bool(jnp.all(jnp.isfinite(sols.sigma))) and float(sols.residual[1]) > 1e-10
     wide = eqx.tree_at(lambda m: m.width, net, jnp.asarray(4096.0))
-    ref = solve_jit(wide, fcn_task.X, fcn_task.Y)
+    ref = fj.solve(wide, fcn_task.X, fcn_task.Y)
     np.testing.assert_allclose(sols.sigma[0], ref.sigma, rtol=1e-9, atol=1e-13)
 
 
@@ -414,7 +410,7 @@ def test_learned_subspace_quotients_match_finite_differences(fcn_task):
     task = fj.datasets.multi_index_teacher(n=32, n_test=4, d=6, k=2, seed=2)
     net, _ = _make("fcn", "erf", 4.0, task)
     X, Y = jnp.asarray(task.X), jnp.asarray(task.Y)
-    lam = np.asarray(solve_jit(net, X, Y).precision)
+    lam = np.asarray(fj.solve(net, X, Y).precision)
     S = lam.shape[0]
     residual = jax.jit(lambda L: fj.eos_residual(L, net, X, Y))
     fn = lambda v, _: (_pack(residual(_unpack(v, S))), None)  # noqa: E731
@@ -502,7 +498,7 @@ def test_warm_start_preconditioner_keeps_the_roots_and_saves_iterations():
 def test_free_energy_is_stationary_at_the_solution(arch, kind, patch_task, fcn_task):
     task = patch_task if arch == "patchcnn" else fcn_task
     net, S = _make(arch, kind, 6.0, task)
-    sol = solve_jit(net, task.X, task.Y)
+    sol = fj.solve(net, task.X, task.Y)
     assert bool(sol.converged)
     g = jax.grad(fj.free_energy, argnums=1)(
         net, sol.sigma, jnp.asarray(task.X), jnp.asarray(task.Y)
@@ -523,8 +519,8 @@ def test_mean_field_equals_standard_with_rescaled_readout(fcn_task):
     C = 5.0
     mf, _ = _make("fcn", "erf", C, fcn_task, scaling="mean_field", sigma_a2=0.8 * C)
     st, _ = _make("fcn", "erf", C, fcn_task)
-    s_mf = solve_jit(mf, fcn_task.X, fcn_task.Y)
-    s_st = solve_jit(st, fcn_task.X, fcn_task.Y)
+    s_mf = fj.solve(mf, fcn_task.X, fcn_task.Y)
+    s_st = fj.solve(st, fcn_task.X, fcn_task.Y)
     np.testing.assert_allclose(s_mf.sigma, s_st.sigma, rtol=1e-10)
 
 
@@ -548,17 +544,17 @@ def test_sweep_equals_loop_and_jit_equals_eager(patch_task, schedule):
     rtol, atol = (1e-10, 1e-14) if schedule == "parallel" else (1e-9, 1e-11)
     for k, C in enumerate(widths):
         one = eqx.tree_at(lambda n: n.width, net, jnp.asarray(C, float))
-        sol = solve_jit(one, patch_task.X, patch_task.Y)
-        pred = predict_jit(sol, patch_task.X_test, patch_task.Y_test)
+        sol = fj.solve(one, patch_task.X, patch_task.Y)
+        pred = fj.predict(sol, patch_task.X_test, patch_task.Y_test)
         np.testing.assert_allclose(sols.sigma[k], sol.sigma, rtol=rtol, atol=atol)
         np.testing.assert_allclose(preds.mean[k], pred.mean, rtol=rtol, atol=atol)
         np.testing.assert_allclose(preds.test_error[k], pred.test_error, rtol=rtol)
     if schedule == "parallel":
-        return  # the eager solve below is one more compilation: once is enough
-    eager = fj.solve(
+        return  # the solve under an outer jit below is one more compilation: once is enough
+    jitted = eqx.filter_jit(fj.solve)(
         eqx.tree_at(lambda n: n.width, net, jnp.asarray(12.0)), patch_task.X, patch_task.Y
     )
-    np.testing.assert_allclose(eager.sigma, sols.sigma[0], rtol=rtol, atol=atol)
+    np.testing.assert_allclose(jitted.sigma, sols.sigma[0], rtol=rtol, atol=atol)
 
 
 def test_implicit_gradient_matches_finite_differences(fcn_task):
@@ -594,8 +590,8 @@ def test_non_convergence_is_reported_not_nan(fcn_task):
 
 def test_single_output_vector_targets(patch_task):
     net, _ = _make("patchcnn", "linear", 8.0, patch_task)
-    a = solve_jit(net, patch_task.X, patch_task.Y[:, 0])
-    b = solve_jit(net, patch_task.X, patch_task.Y)
+    a = fj.solve(net, patch_task.X, patch_task.Y[:, 0])
+    b = fj.solve(net, patch_task.X, patch_task.Y)
     np.testing.assert_allclose(a.sigma, b.sigma, rtol=1e-12)
 
 
@@ -605,7 +601,7 @@ def test_erf_reference_numbers_are_plausible(fcn_task):
     w = fcn_task.teacher
     align = []
     for C in (256.0, 16.0, 2.0):
-        sol = solve_jit(eqx.tree_at(lambda n: n.width, net, jnp.asarray(C)), fcn_task.X, fcn_task.Y)
+        sol = fj.solve(eqx.tree_at(lambda n: n.width, net, jnp.asarray(C)), fcn_task.X, fcn_task.Y)
         s = np.asarray(sol.sigma)
         align.append(w @ s @ w / np.trace(s))
     assert align[0] < align[1] < align[2]
@@ -617,8 +613,8 @@ def test_linear_readout_in_feature_space_equals_dense_formulas(patch_task):
     readout quantity with the n×n formulas of SPEC §4 from the learned Σ, in NumPy."""
     net, S = _make("patchcnn", "linear", 3.0, patch_task)
     assert net.linear_features(patch_task.X)[0].shape[1] < len(patch_task.X)
-    sol = solve_jit(net, patch_task.X, patch_task.Y)
-    pred = predict_jit(sol, patch_task.X_test, patch_task.Y_test)
+    sol = fj.solve(net, patch_task.X, patch_task.Y)
+    pred = fj.predict(sol, patch_task.X_test, patch_task.Y_test)
     assert bool(sol.converged)
     Sigma = np.asarray(sol.sigma)
     Xp, Xs = _patches(patch_task.X, S), _patches(patch_task.X_test, S)

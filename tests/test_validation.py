@@ -75,15 +75,14 @@ def _sweep(net, X, Y, X_test=None, Y_test=None):
 ENTRY_POINTS = [_solve, _sweep]
 
 
-# One compiled solve serves every valid-input test below: the networks differ only in array
-# leaves (width, sigma_w2), so they hit the same compiled program.
-solve_jit = eqx.filter_jit(fj.solve)
+# One compiled solve (`fj.solve`'s own jit, shared with the other test modules) serves every
+# valid-input test below: the networks differ only in array leaves (width, sigma_w2).
 
 
 @pytest.fixture(scope="module")
 def patch_solution(patch_task):
     # A 1-d Y is valid input (one output): the solution carries it as n×1.
-    sol = solve_jit(_patch_net(), patch_task.X, patch_task.Y[:, 0])
+    sol = fj.solve(_patch_net(), patch_task.X, patch_task.Y[:, 0])
     assert bool(sol.converged)
     assert sol.Y.shape == (32, 1)
     return sol
@@ -377,7 +376,7 @@ def test_predict_accepts_vector_Y_test(patch_solution, patch_task):
 def test_infinite_width_is_the_gp_limit(patch_task, sigma_w2):
     # width = inf is valid input: Σ = Σ₀ = (σ_w²/S) I, with S = 4 here.
     net = _patch_net(width=float("inf"), sigma_w2=sigma_w2)
-    sol = solve_jit(net, patch_task.X, patch_task.Y[:, 0])
+    sol = fj.solve(net, patch_task.X, patch_task.Y[:, 0])
     assert bool(sol.converged)
     expected = sigma_w2 / 4 * np.eye(4)
     np.testing.assert_allclose(np.asarray(sol.sigma), expected, rtol=0, atol=1e-12)
