@@ -35,6 +35,7 @@ jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from jacobian_spectrum import kappa  # noqa: E402
 from jax.flatten_util import ravel_pytree  # noqa: E402
 
 import fls_jax as fj  # noqa: E402
@@ -44,12 +45,6 @@ from fls_jax._solve import _LearnedSubspace, _state_of, _state_residual  # noqa:
 
 
 SW2, SA2, NOISE = 2.0, 2.0 / 256, 1e-3
-
-
-def kappa(A) -> str:
-    e = np.linalg.eigvals(A)
-    lo, hi = e.real.min(), e.real.max()
-    return f"[{lo:.3f}, {hi:.1f}], κ = {hi / lo:.1f}, max |Im| {np.abs(e.imag).max():.2f}"
 
 
 def report(task, C: float, batch: int) -> None:
