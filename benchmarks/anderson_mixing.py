@@ -3,8 +3,10 @@ settings varied (issues 4 and 6).
 
     python benchmarks/anderson_mixing.py --n 128 --settings 1 0.1/100 a1/100/10
 
-Each setting is `[a]β[/patience[/growth]]`: β the mixing, `a` for `adaptive_mixing=True`,
-the patience (default 40) and `max_growth` (default ∞). The chain is that Anderson, then
+Each setting is `[p][a]β[/patience[/growth]]`: β the mixing, `a` for `adaptive_mixing=True`,
+the patience (default 40) and `max_growth` (default ∞); `p` adds the prototype preconditioner
+`PrecisionStep` below (the step of the precision coordinates, `deep_jacobian.py`), which like
+the one-layer one is built at warm starts only. The chain is that Anderson, then
 the deep default's damped Newton. Data: `deep_erf_teacher(n, n_test=100, d=32, depth=2,
 seed=0)`; network of `deep_sweep.py`; widths geometric from 30000 to 90, path schedule.
 Prints, per setting, the time (compilation included), the iterations and the stages per
@@ -13,17 +15,23 @@ width.
 
 import argparse
 import time
+from typing import Any
 
 import jax
 
 
 jax.config.update("jax_enable_x64", True)
 
+import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from deep_sweep import NOISE, SA2, SW2  # noqa: E402
+from jaxtyping import Array  # noqa: E402
 
 import fls_jax as fj  # noqa: E402
+from fls_jax._anderson import AbstractPreconditioner  # noqa: E402
+from fls_jax._free_energy import _layer_map  # noqa: E402
+from fls_jax._linalg import _unpack, spd_inverse_logdet  # noqa: E402
 from fls_jax._solve import (  # noqa: E402
     _ANDERSON_MEMORY,
     _ANDERSON_PATIENCE,
@@ -32,7 +40,38 @@ from fls_jax._solve import (  # noqa: E402
 )
 
 
+class _Step(eqx.Module):
+    net: Any
+    X: Array
+    sigma: Array
+    Q_inv: Array
+    active: Array
+
+    def __call__(self, f):
+        R1 = _unpack(f[0], self.sigma.shape[0])
+        dsigma = -self.sigma @ R1 @ self.sigma
+        _, dQ = jax.jvp(_layer_map(self.net, 1, self.X), (self.sigma,), (dsigma,))
+        dQ_inv = -self.Q_inv @ dQ @ self.Q_inv
+        return (f[0], f[1] - jnp.where(self.active, dQ_inv, 0.0))
+
+
+class PrecisionStep(AbstractPreconditioner):
+    """Depth 2 only, a prototype: M R = (R₁, R₂ − (∂Q^(1)⁻¹/∂Λ₁) R₁), the step that
+    Λ₂ ← Λ₂ + R₂ would take in the solver's unknowns (Λ₁, Δ₂), linearised at the root
+    find's start. In the precision coordinates the EoS Jacobian has a real spectrum
+    (`deep_jacobian.py`); in the shifts it has a complex, at narrow widths unstable, pair."""
+
+    def build(self, fn, y, args, active):
+        net, X, _ = args
+        lam1 = _unpack(y[0], X.shape[1])
+        sigma = spd_inverse_logdet(0.5 * (lam1 + lam1.T))[0]
+        Q_inv = spd_inverse_logdet(_layer_map(net, 1, X)(sigma))[0]
+        return _Step(net=net, X=X, sigma=sigma, Q_inv=Q_inv, active=active)
+
+
 def anderson(setting: str) -> fj.Anderson:
+    precondition = setting.startswith("p")
+    setting = setting.removeprefix("p")
     adaptive = setting.startswith("a")
     parts = setting.removeprefix("a").split("/")
     beta = float(parts[0])
@@ -46,6 +85,7 @@ def anderson(setting: str) -> fj.Anderson:
         patience=patience,
         adaptive_mixing=adaptive,
         max_growth=growth,
+        preconditioner=PrecisionStep() if precondition else None,
     )
 
 
