@@ -7,7 +7,11 @@ The Equations of State (SPEC §3) approximate the posterior of a *finite* two-la
 with f_θ(x) = Σ_i Σ_c a_ic φ(w_c · x_i): the input cut into P patches x_i of size S (P = 1,
 S = d for [`fls_jax.FCN`][]), C filters w_c shared across patches, and s_a = σ_a² (standard
 scaling) or σ_a²/C (mean-field). Its C → ∞ output covariance is
-``network.output_kernel(Σ₀, X)``. This module samples that posterior exactly as written, for the
+``network.output_kernel(Σ₀, X)``. A network of depth L > 1 (`docs/deep.md`) has, after that
+first layer, fully connected layers h^(l) = W_l φ(h^(l−1)) of widths C_l with
+W_l ~ N(0, σ_{w,l}²/fan-in) (fan-in P·C_1 for l = 2, C_{l−1} after) and a readout
+a ~ N(0, s_a/C_L) on the last; its deeper layers' pre-kernels are what `Solution.kernels`
+predicts. This module samples that posterior exactly as written, for the
 same network objects the theory solves, and measures the observables the theory predicts
 (SPEC §6), with error bars, so that theory and networks can be compared field by field:
 
@@ -17,11 +21,13 @@ same network objects the theory solves, and measures the observables the theory 
   unadjusted Langevin algorithm), whose stationary law is off by O(step size).
 - [`fls_jax.sampling.estimates`][]: the posterior mean predictor, ensemble variance, train and
   test errors, the first-layer second moment Σ̂ = (1/C) Σ_c w_c w_cᵀ, its top eigenvalue and
-  its alignment with a teacher, each with a standard error over chains. The names match
-  [`fls_jax.Prediction`][] and [`fls_jax.Solution`][] (``sigma``).
+  its alignment with a teacher, and for deep networks the pre-kernels K̂^(l) = (1/C_l) H_l H_lᵀ
+  of the deeper layers, each with a standard error over chains. The names match
+  [`fls_jax.Prediction`][] and [`fls_jax.Solution`][] (``sigma``, ``kernels``).
 
-The chains run in prior-whitened coordinates, w = √(σ_w²/S) u and a = √(s_a/(C P)) v, so the
-prior is N(0, I) in every coordinate. That is a fixed linear change of variables: the posterior
+The chains run in prior-whitened coordinates, w = √(σ_w²/S) u and a = √(s_a/(C P)) v (and
+each deeper W_l scaled by its prior standard deviation), so the prior is N(0, I) in every
+coordinate. That is a fixed linear change of variables: the posterior
 of (w, a) is the same distribution, only the samplers' isotropic proposals fit it better.
 
 BlackJAX is an optional dependency (``pip install fls_jax[sampling]``); it is imported when a
@@ -36,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
+from ._free_energy import _layers
 from ._network import AbstractNetwork
 from ._predict import _validate_test
 from ._solve import _validate
@@ -65,33 +72,62 @@ def _import_blackjax():
 def apply(
     network: AbstractNetwork,
     first_layer: Float[Array, "C S"],
-    readout: Float[Array, "m P C"],
+    readout: Float[Array, "m P_out C_L"],
     X: Float[Array, "n d"],
+    hidden: tuple[Float[Array, "C_l fan_in"], ...] = (),
 ) -> Float[Array, "n m"]:
-    """The finite two-layer network of SPEC §1 and §3: f_k(x) = Σ_i Σ_c a_ic^(k) φ(w_c · x_i).
+    """The finite network of SPEC §1–3: f_k(x) = Σ_i Σ_c a_ic^(k) φ(w_c · x_i) for one hidden
+    layer; for depth L > 1 the deeper layers are fully connected (`docs/deep.md`).
 
     **Arguments:**
 
-    - `network`: an [`fls_jax.FCN`][] or [`fls_jax.PatchCNN`][] (its `activation` and patching
+    - `network`: an [`fls_jax.FCN`][] or [`fls_jax.PatchCNN`][] (its activations and patching
       are used; the weights carry their own scale).
-    - `first_layer`: the C filters w_c as rows (C×S).
-    - `readout`: a_ic^(k) for output k, patch i, channel c (m×P×C).
+    - `first_layer`: the C_1 filters w_c as rows (C_1×S).
+    - `readout`: a_ic^(k) for output k, patch i, channel c (m×P×C) for one hidden layer;
+      a_c^(k) (m×1×C_L) for deeper networks, whose readout sees the last layer's C_L units.
     - `X`: inputs (n×d).
+    - `hidden`: for depth L > 1, the weights W_2, …, W_L into the deeper layers, W_l of shape
+      C_l×(P·C_1) for l = 2 (all P·C_1 outputs of the first layer) and C_l×C_{l−1} after.
 
     **Returns:** the outputs f(X) (n×m).
     """
+    return _forward(network, first_layer, readout, X, hidden)[0]
+
+
+def _forward(network, first_layer, readout, X, hidden):
+    """f(X) and the deeper layers' pre-activations h^(l)(X) (n×C_l, l = 2…L)."""
+    if len(hidden) != network.depth - 1:
+        raise ValueError(
+            f"a depth-{network.depth} network needs {network.depth - 1} hidden weight "
+            f"matrices, got {len(hidden)}"
+        )
     h = jnp.einsum("pns,cs->pnc", network.patches(X), first_layer)
-    return jnp.einsum("pnc,kpc->nk", network.layer_activation(1)(h), readout)
+    post = network.layer_activation(1)(h)  # P×n×C_1
+    if network.depth == 1:
+        return jnp.einsum("pnc,kpc->nk", post, readout), ()
+    post = jnp.transpose(post, (1, 0, 2)).reshape(X.shape[0], -1)  # n×(P·C_1)
+    pre = []
+    for layer, W in enumerate(hidden, start=2):
+        h = post @ W.T
+        pre.append(h)
+        post = network.layer_activation(layer)(h)
+    return jnp.einsum("nc,kc->nk", post, readout[:, 0]), tuple(pre)
 
 
 class _Model(eqx.Module):
-    """The posterior of SPEC §1 in prior-whitened coordinates θ = (u, v), flattened."""
+    """The posterior of SPEC §1 in prior-whitened coordinates θ = (u, v), flattened.
+
+    `widths` are the integer widths (C_1, …, C_L). The weights into deeper layer l have prior
+    N(0, σ_{w,l}²/fan-in), fan-in P·C_1 for l = 2 and C_{l−1} after, so that the pre-kernel of
+    layer l has prior mean Q^(l−1) (`docs/deep.md`); the readout N(0, s_a/(C_L P_out)).
+    """
 
     network: AbstractNetwork
     X: Array
     Y: Array
     X_test: Array
-    C: int = eqx.field(static=True)
+    widths: tuple[int, ...] = eqx.field(static=True)
     S: int = eqx.field(static=True)
     P: int = eqx.field(static=True)
 
@@ -100,29 +136,46 @@ class _Model(eqx.Module):
         return self.Y.shape[1]
 
     @property
+    def P_out(self) -> int:
+        """Readout groups: the P patches for one hidden layer, 1 for deeper networks."""
+        return self.P if len(self.widths) == 1 else 1
+
+    def _shapes(self) -> list[tuple[int, int, int]]:
+        """(rows, columns, fan-in) of w, W_2, …, W_L and the readout."""
+        C = self.widths
+        shapes = [(C[0], self.S, self.S)]
+        for layer in range(2, len(C) + 1):
+            fan_in = self.P * C[0] if layer == 2 else C[layer - 2]
+            shapes.append((C[layer - 1], fan_in, fan_in))
+        shapes.append((self.m, self.P_out * C[-1], self.P_out * C[-1]))
+        return shapes
+
+    @property
     def dim(self) -> int:
-        return self.C * self.S + self.m * self.P * self.C
+        return sum(r * c for r, c, _ in self._shapes())
 
     def weights(self, theta):
-        C, S, P = self.C, self.S, self.P
         net = self.network
-        w = jnp.sqrt(net.sigma_w2 / S) * theta[: C * S].reshape(C, S)
-        a_std = jnp.sqrt(net.readout_scale() / (C * P))
-        a = a_std * theta[C * S :].reshape(self.m, P, C)
-        return w, a
+        mats, start = [], 0
+        for layer, (rows, cols, fan_in) in enumerate(self._shapes(), start=1):
+            block = theta[start : start + rows * cols].reshape(rows, cols)
+            start += rows * cols
+            var = net.readout_scale() if layer > net.depth else net.layer_sigma_w2(layer)
+            mats.append(jnp.sqrt(var / fan_in) * block)
+        readout = mats[-1].reshape(self.m, self.P_out, self.widths[-1])
+        return mats[0], readout, tuple(mats[1:-1])
 
     def logdensity(self, theta):
-        w, a = self.weights(theta)
-        r = apply(self.network, w, a, self.X) - self.Y
+        w, a, hidden = self.weights(theta)
+        r = apply(self.network, w, a, self.X, hidden) - self.Y
         return -0.5 * jnp.sum(r**2) / self.network.noise - 0.5 * jnp.sum(theta**2)
 
     def observe(self, theta):
-        w, a = self.weights(theta)
-        return (
-            apply(self.network, w, a, self.X),
-            apply(self.network, w, a, self.X_test),
-            w.T @ w / self.C,
-        )
+        w, a, hidden = self.weights(theta)
+        f_train, pre = _forward(self.network, w, a, self.X, hidden)
+        kernels = tuple(h @ h.T / h.shape[1] for h in pre)
+        f_test = apply(self.network, w, a, self.X_test, hidden)
+        return f_train, f_test, w.T @ w / w.shape[0], kernels
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,19 +330,24 @@ class Samples(eqx.Module):
     - `f_test`: the network outputs on the test inputs, f(X*) (chains×draws×n*×m).
     - `sigma`: Σ̂ = (1/C) Σ_c w_c w_cᵀ, the first layer's second moment (chains×draws×S×S);
       its posterior mean is what [`fls_jax.Solution`][]'s `sigma` predicts.
+    - `kernels`: for depth L > 1, (K̂^(2), …, K̂^(L)), K̂^(l) = (1/C_l) H_l H_lᵀ with H_l the
+      n×C_l pre-activations of layer l on the training inputs (chains×draws×n×n each); their
+      posterior means are what `Solution.kernels` predicts. Empty for one hidden layer.
     - `log_density`: the unnormalised log posterior at each kept draw (a burn-in trace).
     - `acceptance_rate`: mean Metropolis acceptance probability after burn-in, per chain
       (1 for ``"langevin"``: ULA accepts every step, which is the source of its bias).
     - `step_size`: the step size used after burn-in, per chain (adapted for MALA/HMC).
-    - `rhat_f_test`, `rhat_sigma`: split R̂ over chains of each test prediction (n*×m) and each
-      entry of Σ̂ (S×S); values near 1 (say < 1.05) mean the chains agree.
-    - `ess_f_test`, `ess_sigma`: effective sample sizes of the same quantities.
+    - `rhat_f_test`, `rhat_sigma`, `rhat_kernels`: split R̂ over chains of each test prediction
+      (n*×m), each entry of Σ̂ (S×S) and of each K̂^(l) (n×n); values near 1 (say < 1.05)
+      mean the chains agree.
+    - `ess_f_test`, `ess_sigma`: effective sample sizes of the test predictions and of Σ̂.
     - `method`, `width`: the sampler and the integer width C.
     """
 
     f_train: Float[Array, "chains draws n m"]
     f_test: Float[Array, "chains draws n_test m"]
     sigma: Float[Array, "chains draws S S"]
+    kernels: tuple[Float[Array, "chains draws n n"], ...]
     log_density: Float[Array, "chains draws"]
     acceptance_rate: Float[Array, " chains"]
     step_size: Float[Array, " chains"]
@@ -297,19 +355,21 @@ class Samples(eqx.Module):
     rhat_sigma: Float[np.ndarray, "S S"]
     ess_f_test: Float[np.ndarray, "n_test m"]
     ess_sigma: Float[np.ndarray, "S S"]
+    rhat_kernels: tuple[Float[np.ndarray, "n n"], ...]
     method: str = eqx.field(static=True)
     width: int = eqx.field(static=True)
 
     @property
     def max_rhat(self) -> float:
-        """The largest split R̂ over the test predictions and the entries of Σ̂."""
-        vals = [np.asarray(self.rhat_f_test).ravel(), np.asarray(self.rhat_sigma).ravel()]
+        """The largest split R̂ over the test predictions and the entries of Σ̂ and K̂^(l)."""
+        vals = [np.asarray(x).ravel() for x in (self.rhat_f_test, self.rhat_sigma)]
+        vals += [np.asarray(x).ravel() for x in self.rhat_kernels]
         return float(np.max(np.concatenate(vals)))
 
     @property
     def diverged(self) -> np.ndarray:
         """Per chain: whether any kept draw has a non-finite log density or observable."""
-        arrays = (self.log_density, self.f_train, self.f_test, self.sigma)
+        arrays = (self.log_density, self.f_train, self.f_test, self.sigma, *self.kernels)
         flat = [np.asarray(x).reshape(x.shape[0], -1) for x in arrays]
         return np.asarray(~np.isfinite(np.concatenate(flat, axis=1)).all(axis=1))
 
@@ -357,7 +417,8 @@ def _check_int(name: str, value, minimum: int) -> int:
     return int(value)
 
 
-def _check_width(network: AbstractNetwork) -> int:
+def _check_widths(network: AbstractNetwork) -> tuple[int, ...]:
+    """The integer widths (C_1, …, C_L), C_l = C · r_l, or a ValueError."""
     try:
         width = np.asarray(network.width)
     except jax.errors.TracerArrayConversionError as err:
@@ -367,7 +428,12 @@ def _check_width(network: AbstractNetwork) -> int:
             f"sampling needs a finite integer width C >= 1 (there is no finite network to "
             f"sample at C = {width}; the GP limit is fj.solve with width=inf), got {width}"
         )
-    return int(width)
+    widths = tuple(float(width) * network.width_ratio(l) for l in range(1, network.depth + 1))
+    if any(w != np.round(w) for w in widths):
+        raise ValueError(
+            f"sampling needs integer layer widths C · width_ratios, got {widths} for C = {width}"
+        )
+    return tuple(int(w) for w in widths)
 
 
 def sample(
@@ -393,7 +459,12 @@ def sample(
     (see the module docstring), vmapped and jit-compiled. Each runs `burn_in` steps, then
     `num_samples · thin` steps keeping every `thin`-th; only the observables of the kept draws
     are stored (see [`fls_jax.sampling.Samples`][]), about
-    ``8 · num_chains · num_samples · ((n + n*) m + S²)`` bytes.
+    ``8 · num_chains · num_samples · ((n + n*) m + S² + (L − 1) n²)`` bytes for depth L.
+
+    Deep networks (depth L > 1, `docs/deep.md`) are sampled as they are defined there: the
+    first layer as for one hidden layer, then fully connected layers of widths C_l = C · r_l
+    with weights N(0, σ_{w,l}²/fan-in), and a readout N(0, s_a/C_L); the pre-kernels of the
+    deeper layers on the training inputs are recorded (`Samples.kernels`).
 
     Methods:
 
@@ -415,7 +486,8 @@ def sample(
 
     **Arguments:**
 
-    - `network`: [`fls_jax.FCN`][] or [`fls_jax.PatchCNN`][] with a finite integer `width`.
+    - `network`: [`fls_jax.FCN`][] or [`fls_jax.PatchCNN`][], of any depth, with a finite
+      integer `width` (and integer layer widths C · r_l).
     - `X`, `Y`: training inputs (n×d) and targets (n×m or n).
     - `X_test`: optional test inputs (n*×d) whose outputs are recorded.
     - `key`: a JAX PRNG key.
@@ -423,7 +495,8 @@ def sample(
       `burn_in`, `thin`: chain lengths.
     - `method`: ``"mala"`` (default), ``"hmc"`` or ``"langevin"``.
     - `step_size`: ε (the initial value when adapted). Required for ``"langevin"``. Default
-      for MALA/HMC: from the GP-limit curvature λ = 1 + λ_max(Q_f(X))/σ² of the
+      for MALA/HMC: from the GP-limit curvature λ = 1 + λ_max(Q_f(X))/σ² (Q_f the NNGP
+      output kernel) of the
       likelihood, 0.5 λ^(−1) dim^(−1/3) (MALA) or 0.5 λ^(−1/2) (HMC).
     - `num_integration_steps`: HMC leapfrog steps per transition; default ⌈1.5 √λ⌉ (a
       trajectory of about 1.5 prior standard deviations at the initial step size), at most 256.
@@ -435,15 +508,11 @@ def sample(
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
     X, Y = _validate(network, X, Y)
-    if network.depth != 1:
-        raise ValueError(
-            f"sample supports networks with one hidden layer; got depth {network.depth}"
-        )
     if X_test is None:
         X_test = jnp.zeros((0, X.shape[1]), X.dtype)
     else:
         X_test, _ = _validate_test(X, Y, X_test, None)
-    C = _check_width(network)
+    widths = _check_widths(network)
     num_chains = _check_int("num_chains", num_chains, 2)
     num_samples = _check_int("num_samples", num_samples, 4)
     burn_in = _check_int("burn_in", burn_in, 0)
@@ -462,9 +531,9 @@ def sample(
 
     S = network.filter_size(X.shape[1])
     P = int(network.patches(X[:1]).shape[0])
-    model = _Model(network, X, Y, X_test, C=C, S=S, P=P)
+    model = _Model(network, X, Y, X_test, widths=widths, S=S, P=P)
     if step_size is None or (method == "hmc" and num_integration_steps is None):
-        q = network.output_kernel(_prior(network, S), X)
+        q = _gp_output_kernel(network, X)
         lam = 1.0 + float(np.linalg.eigvalsh(np.asarray(q))[-1]) / float(network.noise)
         if step_size is None:
             step_size = 0.5 / lam * model.dim ** (-1 / 3) if method == "mala" else 0.5 / lam**0.5
@@ -475,7 +544,7 @@ def sample(
 
     k_init, k_run = jax.random.split(key)
     init = jax.random.normal(k_init, (num_chains, model.dim), X.dtype)
-    (f_train, f_test, sigma), logp, acc, eps = _run_chains(
+    (f_train, f_test, sigma, kernels), logp, acc, eps = _run_chains(
         model.logdensity,
         model.observe,
         init,
@@ -495,6 +564,7 @@ def sample(
         f_train=f_train,
         f_test=f_test,
         sigma=sigma,
+        kernels=kernels,
         log_density=logp,
         acceptance_rate=acc,
         step_size=eps,
@@ -502,14 +572,17 @@ def sample(
         rhat_sigma=rhat_s,
         ess_f_test=ess_f,
         ess_sigma=ess_s,
+        rhat_kernels=tuple(_split_rhat_ess(k)[0] for k in kernels),
         method=method,
-        width=C,
+        width=int(np.asarray(network.width)),
     )
 
 
-def _prior(network: AbstractNetwork, S: int) -> Array:
-    """Σ₀ = (σ_w²/S) I, the first-layer prior covariance (SPEC §2)."""
-    return (network.sigma_w2 / S) * jnp.eye(S, dtype=network.sigma_w2.dtype)
+def _gp_output_kernel(network: AbstractNetwork, X: Array) -> Array:
+    """Q_f(X, X) of the GP limit (SPEC §2): the NNGP recursion Σ₀ → Q^(1) → … → Q_f."""
+    lam0 = network.prior_precision(X.shape[1]).astype(X.dtype)
+    zeros = tuple(jnp.zeros((X.shape[0],) * 2, X.dtype) for _ in range(network.depth - 1))
+    return _layers(network, lam0, zeros, X)[2][-1]
 
 
 # --------------------------------------------------------------------------------------------
@@ -542,6 +615,9 @@ class Estimates(NamedTuple):
     - `sigma_top_eigenvalue`: the largest eigenvalue of that mean.
     - `teacher_overlap`: (v₁ · w*/‖w*‖)², v₁ the top eigenvector of that mean (NaN without a
       teacher); compare with [`fls_jax.sampling.teacher_overlap`][] of the theory's Σ.
+    - `kernels`: for depth L > 1, the posterior means of the pre-kernels K̂^(2), …, K̂^(L) on
+      the training inputs (n×n each), to compare with `Solution.kernels`; empty for one
+      hidden layer.
     """
 
     mean: Estimate
@@ -552,6 +628,7 @@ class Estimates(NamedTuple):
     sigma: Estimate
     sigma_top_eigenvalue: Estimate
     teacher_overlap: Estimate
+    kernels: tuple[Estimate, ...] = ()
 
 
 def teacher_overlap(sigma: Float[ArrayLike, "S S"], teacher: Float[ArrayLike, " S"]) -> float:
@@ -675,4 +752,5 @@ def estimates(
         sigma=sigma_est,
         sigma_top_eigenvalue=top_eig,
         teacher_overlap=overlap,
+        kernels=tuple(_jackknife([np.asarray(k).mean(1)], lambda a: a) for k in samples.kernels),
     )
