@@ -15,7 +15,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int
 from ._anderson import AbstractPreconditioner, Anderson
 from ._descent import FreeEnergyBFGS
 from ._free_energy import _inverse_width, _layers, _shift_residuals, _shifts, free_energy
-from ._linalg import DenseLU, KrylovOrDense, _eigh, _pack, _unpack
+from ._linalg import DenseLU, KrylovOrDense, _eigh, _pack, _unpack, cholesky_inverse
 from ._network import AbstractNetwork
 from ._rootfind import _AbstractResidualRootFinder, _fro, _where
 
@@ -169,7 +169,31 @@ def _validate(network: AbstractNetwork, X, Y) -> tuple[Array, Array]:
     dtype = jnp.result_type(X.dtype, Y.dtype, *(jnp.result_type(p) for p in params), float)
     if jnp.finfo(dtype).bits < 64:
         _check_float32(network, X)
+    if network.depth > 1:
+        _check_deep_priors(network, X.astype(dtype))
     return X.astype(dtype), Y.astype(dtype)
+
+
+def _check_deep_priors(network: AbstractNetwork, X: Array) -> None:
+    """Refuse a deep network whose GP-limit prior kernels Q^(1), …, Q^(L−1) on the training
+    inputs are singular: its deeper layers are solved relative to Q^(l)⁻¹ (docs/deep.md)."""
+    if not all(_concrete(v) for v in (X, network.sigma_w2)):
+        return
+    eps = float(jnp.finfo(X.dtype).eps)
+    Q = network.first_layer_kernel(network.prior_covariance(X.shape[1]).astype(X.dtype), X)
+    for layer in range(1, network.depth):
+        pivots = jnp.diagonal(cholesky_inverse(Q)[0])
+        ratio = float(jnp.min(pivots) ** 2 / jnp.max(jnp.diagonal(Q)))
+        if not ratio > 100 * eps:
+            raise ValueError(
+                f"the GP-limit prior kernel Q^({layer}) of hidden layer {layer + 1} is singular "
+                f"on the training inputs (smallest Cholesky pivot² / largest diagonal = "
+                f"{ratio:.1e}). A network of depth > 1 solves its deeper layers relative to "
+                "Q^(l)⁻¹ (docs/deep.md), so Q^(l) must be positive definite. Causes: duplicate "
+                "training inputs, or linear layers seeing more training points than input "
+                "dimensions (a deep linear FCN needs n ≤ d)."
+            )
+        Q = network.post_kernel(layer + 1, Q)
 
 
 # Below this σ² / mean GP-kernel diagonal float32 is refused (docs/performance.md): at 1e-3

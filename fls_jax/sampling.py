@@ -42,7 +42,6 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ._free_energy import _layers
 from ._network import AbstractNetwork
 from ._predict import _validate_test
 from ._solve import _validate
@@ -579,10 +578,12 @@ def sample(
 
 
 def _gp_output_kernel(network: AbstractNetwork, X: Array) -> Array:
-    """Q_f(X, X) of the GP limit (SPEC §2): the NNGP recursion Σ₀ → Q^(1) → … → Q_f."""
-    lam0 = network.prior_precision(X.shape[1]).astype(X.dtype)
-    zeros = tuple(jnp.zeros((X.shape[0],) * 2, X.dtype) for _ in range(network.depth - 1))
-    return _layers(network, lam0, zeros, X)[2][-1]
+    """Q_f(X, X) of the GP limit (SPEC §2): the NNGP recursion Σ₀ → Q^(1) → … → Q_f, with
+    K^(l) = Q^(l−1) (no inverse: Q^(l) may be singular, e.g. linear layers with n > d)."""
+    Q = network.first_layer_kernel(network.prior_covariance(X.shape[1]).astype(X.dtype), X)
+    for layer in range(2, network.depth + 1):
+        Q = network.post_kernel(layer, Q)
+    return Q
 
 
 # --------------------------------------------------------------------------------------------

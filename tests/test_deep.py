@@ -14,6 +14,7 @@ import pytest
 import scipy.optimize
 
 import fls_jax as fj
+from fls_jax._solve import _validate
 
 
 # A copy of ../shared/reference/fcn3_erf_n128's data (the values are quoted in the test).
@@ -260,8 +261,16 @@ def test_deep_bad_input(deep_task):
     net = _net(2.0, 2)
     with pytest.raises(ValueError, match="depth-1"):
         net.output_kernel(jnp.eye(5), deep_task.X)
-    with pytest.raises(ValueError, match="one hidden layer"):
-        fj.sampling.sample(net, deep_task.X, deep_task.Y, key=jax.random.key(0))
+    # Singular GP-limit priors Q^(l): a duplicated input, and a deep linear FCN with n > d.
+    X, Y = jnp.asarray(deep_task.X), jnp.asarray(deep_task.Y)
+    with pytest.raises(ValueError, match="Q\\^\\(1\\) of hidden layer 2 is singular"):
+        fj.solve(net, jnp.concatenate([X, X[:1]]), jnp.concatenate([Y, Y[:1]]))
+    linear = fj.FCN(2.0, 1.0, 1.0, 0.1, (fj.Erf(), fj.Linear(), fj.Linear()), depth=3)
+    _validate(linear, X, Y)  # Q^(2) = σ_w² Q^(1), positive definite after an erf layer: accepted
+    with pytest.raises(ValueError, match="n ≤ d"):
+        fj.solve(_net(2.0, 2, fj.Linear()), X, Y)  # n = 20 > d = 5
+    with pytest.raises(ValueError, match="singular"):
+        fj.sampling.sample(_net(2.0, 2, fj.Linear()), X, Y, key=jax.random.key(0))
     with pytest.raises(ValueError, match="precision0"):
         fj.solve(net, deep_task.X, deep_task.Y, precision0=jnp.eye(5))
     with pytest.raises(ValueError, match="kernels"):
