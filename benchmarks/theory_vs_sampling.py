@@ -3,13 +3,17 @@
     python benchmarks/theory_vs_sampling.py --n 48 --chains 4 --samples 100 --burn-in 200
 
 For each case (linear PatchCNN on a linear patch teacher, erf FCN on a single-index teacher, erf
-PatchCNN, ReLU FCN) and each width C, the theory side is one `fj.sweep` (GP limit included) and
-the ground truth is `fls_jax.sampling.sample(method="hmc")` with error bars over chains. Printed
-per row: χ (the theory's feature-learning scale), test error, train error and ensemble variance
-(mean over test points) of theory and samples, the relative Frobenius distance
-‖Σ_theory − Σ̂‖/‖Σ̂‖ next to the Monte-Carlo noise floor ‖stderr(Σ̂)‖/‖Σ̂‖, the teacher
-overlap of both, the largest split R̂ and the mean acceptance rate. Numbers go to a JSON file,
-and a PNG when matplotlib is installed.
+PatchCNN, ReLU FCN, deep erf FCNs of depth 2 and 3 on the single-index teacher, and a deep
+linear FCN on a linear teacher in d ≥ n dimensions (`--cases deep`), and a one-hidden-layer
+linear FCN on that teacher) and each width C, the theory
+side is one `fj.sweep` (GP limit included) and the ground truth is
+`fls_jax.sampling.sample(method="hmc")` with error bars over chains. Printed per row: χ (the
+theory's feature-learning scale), test error, train error and ensemble variance (mean over test
+points) of theory and samples, the relative Frobenius distance ‖Σ_theory − Σ̂‖/‖Σ̂‖ next to the
+Monte-Carlo noise floor ‖stderr(Σ̂)‖/‖Σ̂‖, the teacher overlap of both, the largest split R̂ and
+the mean acceptance rate. For deep networks also the last hidden layer's pre-kernel: ‖K_theory −
+K̂‖/‖K̂‖ (`dK`), its Monte-Carlo floor, and how far K̂ moved from its GP limit, ‖K̂ − K_GP‖/‖K̂‖
+(`Kmove`). Numbers go to a JSON file, and a PNG when matplotlib is installed.
 """
 
 import argparse
@@ -22,6 +26,8 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
+import equinox as eqx  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import fls_jax as fj  # noqa: E402
@@ -33,11 +39,18 @@ def cases(n: int, n_test: int, noise: float):
     lin = fj.datasets.linear_patch_teacher(n, n_test, patch_size=8, patches=4, seed=0)
     sidx = fj.datasets.single_index_teacher(n, n_test, d=16, scale=2.0, seed=0)
     erf_cnn = fj.datasets.linear_patch_teacher(n, n_test, patch_size=4, patches=8, seed=1)
+    # A deep linear FCN needs n ≤ d (its prior kernel X Xᵀ is singular otherwise): a linear
+    # teacher in d = max(64, n) dimensions.
+    lin_fcn = fj.datasets.linear_patch_teacher(n, n_test, patch_size=max(64, n), patches=1, seed=2)
     return [
         ("linear PatchCNN", fj.PatchCNN(1, 1.0, 1.0, noise, fj.Linear(), patch_size=8), lin),
         ("erf FCN", fj.FCN(1, 1.0, 1.0, noise, fj.Erf()), sidx),
         ("erf PatchCNN", fj.PatchCNN(1, 1.0, 1.0, noise, fj.Erf(), patch_size=4), erf_cnn),
         ("ReLU FCN", fj.FCN(1, 1.0, 1.0, noise, fj.ReLU()), sidx),
+        ("linear FCN d>=n", fj.FCN(1, 1.0, 1.0, noise, fj.Linear()), lin_fcn),
+        ("deep erf FCN L=2", fj.FCN(1, 1.0, 1.0, noise, fj.Erf(), depth=2), sidx),
+        ("deep erf FCN L=3", fj.FCN(1, 1.0, 1.0, noise, fj.Erf(), depth=3), sidx),
+        ("deep lin FCN L=2", fj.FCN(1, 1.0, 1.0, noise, fj.Linear(), depth=2), lin_fcn),
     ]
 
 
@@ -67,7 +80,8 @@ def main():
     header = (
         f"{'case':16} {'C':>6} {'chi':>7} | {'test th':>8} {'test smp':>15} | {'train th':>8} "
         f"{'train smp':>15} | {'var th':>8} {'var smp':>15} | {'dΣ':>6} {'floor':>6} | "
-        f"{'ovl th':>6} {'ovl smp':>11} | {'Rhat':>5} {'acc':>4} {'sec':>5}"
+        f"{'ovl th':>6} {'ovl smp':>11} | {'dK':>6} {'floor':>6} {'Kmove':>6} | "
+        f"{'Rhat':>5} {'acc':>4} {'sec':>5}"
     )
     print(header)
     for name, net, task in cases(a.n, a.n_test, a.noise):
@@ -75,6 +89,8 @@ def main():
             continue
         widths = np.array([*a.widths, np.inf], dtype=float)
         sols, preds = fj.sweep(net, task.X, task.Y, widths, task.X_test, task.Y_test)
+        deep = net.depth > 1
+        K_gp = np.asarray(sols.kernels[-1][-1]) if deep else None
         for j, C in enumerate(widths):
             sig_th = np.asarray(sols.sigma[j])
             th = dict(
@@ -97,14 +113,7 @@ def main():
                 continue
             t0 = time.perf_counter()
             smp = fs.sample(
-                net.__class__(
-                    int(C),
-                    net.sigma_w2,
-                    net.sigma_a2,
-                    net.noise,
-                    net.activation,
-                    **({"patch_size": net.patch_size} if isinstance(net, fj.PatchCNN) else {}),
-                ),
+                eqx.tree_at(lambda m: m.width, net, jnp.asarray(float(C))),
                 task.X,
                 task.Y,
                 task.X_test,
@@ -121,6 +130,13 @@ def main():
             sig = est.sigma.value
             d_sigma = float(np.linalg.norm(sig_th - sig) / np.linalg.norm(sig))
             floor = float(np.linalg.norm(est.sigma.stderr) / np.linalg.norm(sig))
+            d_k = k_floor = k_move = float("nan")
+            if deep:
+                K_th, K_smp = np.asarray(sols.kernels[-1][j]), est.kernels[-1].value
+                norm = np.linalg.norm(K_smp)
+                d_k = float(np.linalg.norm(K_th - K_smp) / norm)
+                k_floor = float(np.linalg.norm(est.kernels[-1].stderr) / norm)
+                k_move = float(np.linalg.norm(K_smp - K_gp) / norm)
             # The mean over test points, with its own jackknife over chains: the per-point
             # errors are correlated (the same chains), so combining per-point standard errors
             # as if independent (what the 2026-11-30 H200 run did) understates the error bar.
@@ -140,6 +156,9 @@ def main():
                 overlap=[float(est.teacher_overlap.value), float(est.teacher_overlap.stderr)],
                 sigma_distance=d_sigma,
                 sigma_floor=floor,
+                kernel_distance=d_k,
+                kernel_floor=k_floor,
+                kernel_move=k_move,
                 max_rhat=smp.max_rhat,
                 acceptance=float(np.mean(smp.acceptance_rate)),
                 seconds=sec,
@@ -151,7 +170,8 @@ def main():
                 f"{_fmt(*s['test_error']):>15} | {th['train_error']:8.4g} "
                 f"{_fmt(*s['train_error']):>15} | {th['variance']:8.4g} "
                 f"{_fmt(*s['variance']):>15} | {d_sigma:6.3f} {floor:6.3f} | "
-                f"{th['overlap']:6.3f} {_fmt(*s['overlap']):>11} | {s['max_rhat']:5.2f} "
+                f"{th['overlap']:6.3f} {_fmt(*s['overlap']):>11} | {d_k:6.3f} {k_floor:6.3f} "
+                f"{k_move:6.3f} | {s['max_rhat']:5.2f} "
                 f"{s['acceptance']:4.2f} {sec:5.0f}",
                 flush=True,
             )
@@ -175,10 +195,14 @@ def main():
             for r, q in zip(rs, ratio, strict=True)
         ]
         ax[0].errorbar(C, ratio, yerr=rel, marker="o", label=name, capsize=2)
-        ax[1].plot(C, [r["sampled"]["sigma_distance"] for r in rs], marker="o", label=name)
+        line = ax[1].plot(C, [r["sampled"]["sigma_distance"] for r in rs], marker="o", label=name)
+        if any(np.isfinite(r["sampled"]["kernel_distance"]) for r in rs):
+            dk = [r["sampled"]["kernel_distance"] for r in rs]
+            ax[1].plot(C, dk, marker="s", ls="--", color=line[0].get_color(), label=name + ", K")
     ax[0].axhline(1, color="k", lw=0.5)
     ax[0].set(xscale="log", yscale="log", xlabel="width C", ylabel="test error: theory / sampled")
-    ax[1].set(xscale="log", yscale="log", xlabel="width C", ylabel="‖Σ_theory − Σ̂‖ / ‖Σ̂‖")
+    ylabel = "‖Σ_th − Σ̂‖/‖Σ̂‖ (dashed: ‖K_th − K̂‖/‖K̂‖)"
+    ax[1].set(xscale="log", yscale="log", xlabel="width C", ylabel=ylabel)
     ax[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(a.out + ".png", dpi=120)
