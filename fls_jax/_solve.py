@@ -180,10 +180,8 @@ def _check_deep_priors(network: AbstractNetwork, X: Array) -> None:
     if not all(_concrete(v) for v in (X, network.sigma_w2)):
         return
     eps = float(jnp.finfo(X.dtype).eps)
-    Q = network.first_layer_kernel(network.prior_covariance(X.shape[1]).astype(X.dtype), X)
-    for layer in range(1, network.depth):
-        pivots = jnp.diagonal(cholesky_inverse(Q)[0])
-        ratio = float(jnp.min(pivots) ** 2 / jnp.max(jnp.diagonal(Q)))
+    ratios = np.asarray(_prior_pivot_ratios(network, X))
+    for layer, ratio in enumerate(ratios, start=1):
         if not ratio > 100 * eps:
             raise ValueError(
                 f"the GP-limit prior kernel Q^({layer}) of hidden layer {layer + 1} is singular "
@@ -193,7 +191,19 @@ def _check_deep_priors(network: AbstractNetwork, X: Array) -> None:
                 "training inputs, or linear layers seeing more training points than input "
                 "dimensions (a deep linear FCN needs n ≤ d)."
             )
+
+
+@eqx.filter_jit
+def _prior_pivot_ratios(network: AbstractNetwork, X: Array) -> Array:
+    """min pivot² / max diagonal of the Cholesky factor of each GP-limit Q^(l), l < L (NaN
+    where it fails). Compiled once per shape, so validating a solve traces nothing after."""
+    Q = network.first_layer_kernel(network.prior_covariance(X.shape[1]).astype(X.dtype), X)
+    ratios = []
+    for layer in range(1, network.depth):
+        pivots = jnp.diagonal(cholesky_inverse(Q)[0])
+        ratios.append(jnp.min(pivots) ** 2 / jnp.max(jnp.diagonal(Q)))
         Q = network.post_kernel(layer + 1, Q)
+    return jnp.stack(ratios)
 
 
 # Below this σ² / mean GP-kernel diagonal float32 is refused (docs/performance.md): at 1e-3

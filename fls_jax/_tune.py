@@ -32,7 +32,8 @@ class TuneResult(NamedTuple):
     - `solution`: the solve at that network.
     - `history`: a dict of NumPy arrays, one entry per optimiser step: ``"step"``,
       ``"objective"``, ``"grad_norm"`` (of the unconstrained parameters), ``"converged"``, and
-      one array per tuned hyper-parameter (its value at that step).
+      one array per tuned hyper-parameter (its value at each step: shape (steps,), or
+      (steps, L) for a per-layer σ_w²).
     - `converged`: whether every solve along the way converged.
     """
 
@@ -66,12 +67,12 @@ class TuneResult(NamedTuple):
         return fig
 
 
-def _to_unconstrained(value: float, bound: tuple[float, float] | None) -> float:
+def _to_unconstrained(value: np.ndarray, bound: tuple[float, float] | None) -> np.ndarray:
     if bound is None:
-        return float(np.log(value))
+        return np.log(value)
     lo, hi = np.log(bound[0]), np.log(bound[1])
     t = (np.log(value) - lo) / (hi - lo)
-    return float(np.log(t / (1 - t)))
+    return np.log(t / (1 - t))
 
 
 def _to_constrained(z: Array, bound: tuple[float, float] | None) -> Array:
@@ -82,8 +83,14 @@ def _to_constrained(z: Array, bound: tuple[float, float] | None) -> Array:
     return jnp.exp(lo + (hi - lo) * jax.nn.sigmoid(z))
 
 
-def _with_params(network, names, bounds, z):
-    values = [_to_constrained(z[i], bounds.get(k)) for i, k in enumerate(names)]
+def _with_params(network, names, shapes, bounds, z):
+    """The network at unconstrained parameters z: each name's values, flattened, in turn
+    (one for a scalar, L for a per-layer σ_w² of shape (L,))."""
+    values, start = [], 0
+    for k, shape in zip(names, shapes, strict=True):
+        size = int(np.prod(shape))
+        values.append(_to_constrained(z[start : start + size], bounds.get(k)).reshape(shape))
+        start += size
     return eqx.tree_at(lambda m: [getattr(m, k) for k in names], network, values)
 
 
@@ -118,9 +125,11 @@ def _objective_fn(objective) -> Callable[[Solution, Any], Array]:
 
 
 @eqx.filter_jit
-def _value_and_grad(z, network, names, bounds, X, Y, objective, val, precision0, solve_kwargs):
+def _value_and_grad(
+    z, network, names, shapes, bounds, X, Y, objective, val, precision0, solve_kwargs
+):
     def f(z):
-        net = _with_params(network, names, bounds, z)
+        net = _with_params(network, names, shapes, bounds, z)
         sol = solve(net, X, Y, precision0=precision0, **solve_kwargs)
         return objective(sol, val), sol
 
@@ -155,11 +164,13 @@ def tune(
     - `network`: the starting point (an [`fls_jax.FCN`][] or [`fls_jax.PatchCNN`][]).
     - `X`, `Y`: training data.
     - `params`: which hyper-parameters to tune, from ``"sigma_w2"``, ``"sigma_a2"``,
-      ``"noise"`` (σ²) and ``"width"`` (C, as a continuous variable; must be finite).
+      ``"noise"`` (σ²) and ``"width"`` (C, as a continuous variable; must be finite). A
+      per-layer σ_w² (shape (L,), deep networks) is tuned per layer.
     - `objective`: ``"validation_error"`` (predicted test error of the mean predictor on
       `X_val`, `Y_val`), ``"free_energy"`` (F, the variational negative log-evidence, for
       model selection without validation data) or a callable ``solution -> scalar``.
-    - `bounds`: optional ``{name: (lo, hi)}`` box constraints (0 < lo < hi).
+    - `bounds`: optional ``{name: (lo, hi)}`` box constraints (0 < lo < hi; for a per-layer
+      σ_w², the same box for every layer).
     - `optimizer`: an optax `GradientTransformation` (default ``optax.adam(0.05)``; the
       step acts on log-parameters, so 0.05 is a ≈5 % relative change).
     - `steps`: optimiser steps.
@@ -195,30 +206,27 @@ def tune(
         if X_val is None or Y_val is None:
             raise ValueError("objective 'validation_error' needs X_val and Y_val")
         X_val, Y_val = _validate_test(X, Y, X_val, Y_val)
-    start = []
+    start, shapes = [], []
     for k in names:
-        if np.ndim(getattr(network, k)) != 0:
-            raise ValueError(
-                f"tune handles scalar hyper-parameters; {k} has shape "
-                f"{np.shape(getattr(network, k))} (per-layer values)"
-            )
-        v = float(np.asarray(getattr(network, k)))
-        if not np.isfinite(v) or v <= 0:
+        v = np.asarray(getattr(network, k), dtype=float)
+        if not np.all(np.isfinite(v)) or not np.all(v > 0):
             raise ValueError(f"{k} must start finite and > 0 to be tuned, got {v}")
         lo, hi = bounds.get(k, (0.0, np.inf))
-        if not lo < v < hi:
+        if not np.all((lo < v) & (v < hi)):
             raise ValueError(f"{k} = {v} starts outside its bounds {(lo, hi)}")
-        start.append(_to_unconstrained(v, bounds.get(k)))
+        start.append(np.ravel(_to_unconstrained(v, bounds.get(k))))
+        shapes.append(v.shape)
+    shapes = tuple(shapes)
     fn = _objective_fn(objective)
     val = (X_val, Y_val) if objective == "validation_error" else None
     optimizer = optax.adam(0.05) if optimizer is None else optimizer
-    z = jnp.asarray(start, dtype=X.dtype)
+    z = jnp.asarray(np.concatenate(start), dtype=X.dtype)
     opt_state = optimizer.init(z)
     static_bounds = _Static(bounds)
 
     def evaluate(z, precision0):
         return _value_and_grad(
-            z, network, names, static_bounds, X, Y, fn, val, precision0, solve_kwargs
+            z, network, names, shapes, static_bounds, X, Y, fn, val, precision0, solve_kwargs
         )
 
     history: dict[str, list] = {"step": [], "objective": [], "grad_norm": [], "converged": []}
@@ -237,7 +245,7 @@ def tune(
         history["grad_norm"].append(float(jnp.linalg.norm(grad)))
         history["converged"].append(ok)
         for k in names:
-            history[k].append(float(getattr(sol.network, k)))
+            history[k].append(np.asarray(getattr(sol.network, k), dtype=float))
         if bar is not None:
             bar.update(step, value, {k: history[k][-1] for k in names})
         if not ok:
@@ -284,7 +292,7 @@ class _Progress:
         self._task = self._p.add_task("tune", total=steps)
 
     def update(self, step, value, params):
-        text = " ".join(f"{k}={v:.3g}" for k, v in params.items())
+        text = " ".join(f"{k}={np.array2string(v, precision=3)}" for k, v in params.items())
         self._p.update(self._task, completed=step + 1, description=f"F/err={value:.4g} {text}")
 
     def close(self):

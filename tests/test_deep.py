@@ -226,6 +226,41 @@ def test_gradients_per_layer_priors_match_finite_differences(deep_task):
         np.testing.assert_allclose(g[i], fd, rtol=1e-5, atol=1e-6 * float(jnp.abs(g).max()))
 
 
+def test_tune_per_layer_sigma_w2_follows_finite_differences(deep_task):
+    """`tune` on a per-layer σ_w² (shape (2,)): its first gradient, in log σ_w², equals
+    central finite differences of the predicted test error through `solve` and `predict`,
+    and its first steps move each layer's σ_w² against its own derivative."""
+    t = deep_task
+    sw2 = np.array([1.5, 1.5])
+
+    def net(s):
+        return fj.FCN(width=3.0, depth=2, sigma_w2=jnp.asarray(s), sigma_a2=0.7, noise=0.01)
+
+    def err(s):
+        return float(fj.predict(fj.solve(net(s), t.X, t.Y), t.X_test, t.Y_test).test_error)
+
+    h = 1e-4
+    fd = np.array(
+        [(err(sw2 * np.exp(h * e)) - err(sw2 * np.exp(-h * e))) / (2 * h) for e in np.eye(2)]
+    )
+    assert np.all(np.abs(fd) > 1e-4)  # both layers matter here
+    res = fj.tune(
+        net(sw2),
+        t.X,
+        t.Y,
+        params=("sigma_w2",),
+        X_val=t.X_test,
+        Y_val=t.Y_test,
+        steps=2,
+        progress=False,
+    )
+    assert res.converged and res.history["sigma_w2"].shape == (2, 2)
+    np.testing.assert_allclose(res.history["grad_norm"][0], np.linalg.norm(fd), rtol=1e-4)
+    np.testing.assert_allclose(res.history["objective"][0], err(sw2), rtol=1e-10)
+    step = np.log(res.history["sigma_w2"][1] / res.history["sigma_w2"][0])
+    assert np.all(np.sign(step) == -np.sign(fd))
+
+
 def test_reproduces_reference_three_layer_erf():
     """../shared/reference/fcn3_erf_n128: alpha and rmse at C = 10000 and 2000 to 1e-6."""
     X = np.load(REF / "X_train.npy").astype(float)
