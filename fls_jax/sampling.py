@@ -170,11 +170,18 @@ class _Model(eqx.Module):
         return -0.5 * jnp.sum(r**2) / self.network.noise - 0.5 * jnp.sum(theta**2)
 
     def observe(self, theta):
+        """What is kept at every draw: f(X), f(X*) and Σ̂."""
         w, a, hidden = self.weights(theta)
-        f_train, pre = _forward(self.network, w, a, self.X, hidden)
-        kernels = tuple(h @ h.T / h.shape[1] for h in pre)
+        f_train = apply(self.network, w, a, self.X, hidden)
         f_test = apply(self.network, w, a, self.X_test, hidden)
-        return f_train, f_test, w.T @ w / w.shape[0], kernels
+        return f_train, f_test, w.T @ w / w.shape[0]
+
+    def kernels(self, theta):
+        """The deeper layers' pre-kernels K̂^(l) = (1/C_l) H_l H_lᵀ on the training inputs:
+        accumulated over the draws of each chain, not kept per draw (n² floats each)."""
+        w, a, hidden = self.weights(theta)
+        _, pre = _forward(self.network, w, a, self.X, hidden)
+        return tuple(h @ h.T / h.shape[1] for h in pre)
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,18 +266,24 @@ def _run_chains(
     thin: int,
     num_integration_steps: int = 1,
     adapt: bool = True,
+    accumulate=None,
 ):
     """Run independent chains of one kernel on a flat position vector (SPEC §6).
 
     `logdensity(θ)` is the target's log density and `observe(θ)` the pytree of observables
-    recorded at every kept draw. Each chain runs `burn_in` steps (adapting its step size by
-    BlackJAX's dual averaging towards `target_acceptance` when `adapt`, for MALA/HMC only),
-    then `num_samples · thin` steps at the frozen step size, keeping every `thin`-th state.
-    The chains are `jax.vmap`-ed; the steps are `lax.scan`-s.
+    recorded at every kept draw; `accumulate(θ)`, if given, a pytree of large observables
+    that are only summed over each chain's kept draws (see below). Each chain runs `burn_in`
+    steps (adapting its step size by BlackJAX's dual averaging towards `target_acceptance`
+    when `adapt`, for MALA/HMC only), then `num_samples · thin` steps at the frozen step
+    size, keeping every `thin`-th state. The chains are `jax.vmap`-ed; the steps are
+    `lax.scan`-s.
 
     **Returns:** (observables with leading axes (chains, num_samples), log densities at the kept
     draws (chains, num_samples), mean acceptance probability after burn-in (chains), the step
-    size used after burn-in (chains)).
+    size used after burn-in (chains), and, with `accumulate` (else None), per leaf of
+    `accumulate(θ)` (sum over all kept draws, sum and sum of squares over the first
+    ⌊num_samples/2⌋ draws, the same over the next ⌊num_samples/2⌋), each with a leading
+    chains axis: a chain's mean and split R̂ without storing the draws).
     """
     init, step = _kernel(method, logdensity, num_integration_steps)
     adapt = adapt and method != "langevin" and burn_in > 0
@@ -299,15 +312,40 @@ def _run_chains(
                     lambda s, k: step(s, k, eps), state, jax.random.split(k_burn, burn_in)
                 )
 
-        def block(state, k):
+        half = num_samples // 2
+
+        def block(carry, inputs):
+            state, sums = carry
+            k, i = inputs
             state, acc = jax.lax.scan(
                 lambda s, kk: step(s, kk, eps), state, jax.random.split(k, thin)
             )
             acc = jnp.where(jnp.isfinite(acc), acc, 0.0)
-            return state, (observe(state.position), state.logdensity, jnp.mean(acc))
+            if accumulate is not None:
+                first, second = i < half, (i >= half) & (i < 2 * half)
 
-        _, (obs, logp, acc) = jax.lax.scan(block, state, jax.random.split(k_run, num_samples))
-        return obs, logp, jnp.mean(acc), eps
+                def add(m, x):
+                    total, s1, q1, s2, q2 = m
+                    return (
+                        total + x,
+                        s1 + jnp.where(first, x, 0),
+                        q1 + jnp.where(first, x**2, 0),
+                        s2 + jnp.where(second, x, 0),
+                        q2 + jnp.where(second, x**2, 0),
+                    )
+
+                x = accumulate(state.position)
+                sums = jax.tree.map(lambda xi, m: add(m, xi), x, sums)
+            return (state, sums), (observe(state.position), state.logdensity, jnp.mean(acc))
+
+        if accumulate is None:
+            sums0 = None
+        else:
+            shapes = jax.eval_shape(accumulate, state.position)
+            sums0 = jax.tree.map(lambda x: (jnp.zeros(x.shape, x.dtype),) * 5, shapes)
+        inputs = (jax.random.split(k_run, num_samples), jnp.arange(num_samples))
+        (_, sums), (obs, logp, acc) = jax.lax.scan(block, (state, sums0), inputs)
+        return obs, logp, jnp.mean(acc), eps, sums
 
     keys = jax.random.split(key, init_positions.shape[0])
     return jax.vmap(one_chain)(keys, init_positions)
@@ -330,7 +368,8 @@ class Samples(eqx.Module):
     - `sigma`: Σ̂ = (1/C) Σ_c w_c w_cᵀ, the first layer's second moment (chains×draws×S×S);
       its posterior mean is what [`fls_jax.Solution`][]'s `sigma` predicts.
     - `kernels`: for depth L > 1, (K̂^(2), …, K̂^(L)), K̂^(l) = (1/C_l) H_l H_lᵀ with H_l the
-      n×C_l pre-activations of layer l on the training inputs (chains×draws×n×n each); their
+      n×C_l pre-activations of layer l on the training inputs, averaged over each chain's
+      kept draws (chains×n×n each: n² floats per draw would not fit at large n); their
       posterior means are what `Solution.kernels` predicts. Empty for one hidden layer.
     - `log_density`: the unnormalised log posterior at each kept draw (a burn-in trace).
     - `acceptance_rate`: mean Metropolis acceptance probability after burn-in, per chain
@@ -346,7 +385,7 @@ class Samples(eqx.Module):
     f_train: Float[Array, "chains draws n m"]
     f_test: Float[Array, "chains draws n_test m"]
     sigma: Float[Array, "chains draws S S"]
-    kernels: tuple[Float[Array, "chains draws n n"], ...]
+    kernels: tuple[Float[Array, "chains n n"], ...]
     log_density: Float[Array, "chains draws"]
     acceptance_rate: Float[Array, " chains"]
     step_size: Float[Array, " chains"]
@@ -410,6 +449,19 @@ def _split_rhat_ess(x: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     return rhat.reshape(tail), ess.reshape(tail)
 
 
+def _split_rhat_from_sums(s1, q1, s2, q2, half: int) -> np.ndarray:
+    """Split R̂ (as in `_split_rhat_ess`) from each chain's sums and sums of squares over the
+    two halves of its draws (leading axis: chains), without the draws themselves."""
+    s = np.concatenate([np.asarray(s1), np.asarray(s2)])
+    q = np.concatenate([np.asarray(q1), np.asarray(q2)])
+    means = s / half
+    var = np.maximum(q - half * means**2, 0.0) / (half - 1)
+    W = var.mean(0)
+    var_plus = (half - 1) / half * W + means.var(0, ddof=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.sqrt(var_plus / np.where(W > 0, W, np.nan))
+
+
 def _check_int(name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -458,7 +510,8 @@ def sample(
     (see the module docstring), vmapped and jit-compiled. Each runs `burn_in` steps, then
     `num_samples · thin` steps keeping every `thin`-th; only the observables of the kept draws
     are stored (see [`fls_jax.sampling.Samples`][]), about
-    ``8 · num_chains · num_samples · ((n + n*) m + S² + (L − 1) n²)`` bytes for depth L.
+    ``8 · num_chains · (num_samples · ((n + n*) m + S²) + 5 (L − 1) n²)`` bytes for depth L
+    (each deeper layer's pre-kernel is summed over the draws, not kept per draw).
 
     Deep networks (depth L > 1, `docs/deep.md`) are sampled as they are defined there: the
     first layer as for one hidden layer, then fully connected layers of widths C_l = C · r_l
@@ -543,7 +596,7 @@ def sample(
 
     k_init, k_run = jax.random.split(key)
     init = jax.random.normal(k_init, (num_chains, model.dim), X.dtype)
-    (f_train, f_test, sigma, kernels), logp, acc, eps = _run_chains(
+    (f_train, f_test, sigma), logp, acc, eps, sums = _run_chains(
         model.logdensity,
         model.observe,
         init,
@@ -556,7 +609,10 @@ def sample(
         thin=thin,
         num_integration_steps=num_integration_steps or 1,
         adapt=adapt_step_size,
+        accumulate=model.kernels,
     )
+    kernel_sums: tuple = sums or ()
+    kernels = tuple(total / num_samples for total, *_ in kernel_sums)
     rhat_f, ess_f = _split_rhat_ess(f_test)
     rhat_s, ess_s = _split_rhat_ess(sigma)
     return Samples(
@@ -571,7 +627,10 @@ def sample(
         rhat_sigma=rhat_s,
         ess_f_test=ess_f,
         ess_sigma=ess_s,
-        rhat_kernels=tuple(_split_rhat_ess(k)[0] for k in kernels),
+        rhat_kernels=tuple(
+            _split_rhat_from_sums(s1, q1, s2, q2, num_samples // 2)
+            for _, s1, q1, s2, q2 in kernel_sums
+        ),
         method=method,
         width=int(np.asarray(network.width)),
     )
@@ -753,5 +812,5 @@ def estimates(
         sigma=sigma_est,
         sigma_top_eigenvalue=top_eig,
         teacher_overlap=overlap,
-        kernels=tuple(_jackknife([np.asarray(k).mean(1)], lambda a: a) for k in samples.kernels),
+        kernels=tuple(_jackknife([np.asarray(k)], lambda a: a) for k in samples.kernels),
     )

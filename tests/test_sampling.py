@@ -51,7 +51,7 @@ def _identity(theta):
 def _run_blr(blr, method, step_size, **kw):
     logdensity, *_ = blr
     init = jax.random.normal(jax.random.key(1), (32, 4), jnp.float64)
-    theta, _, acc, eps = fs._run_chains(
+    theta, _, acc, eps, sums = fs._run_chains(
         logdensity,
         _identity,
         init,
@@ -60,9 +60,18 @@ def _run_blr(blr, method, step_size, **kw):
         jnp.asarray(0.7),
         method=method,
         num_samples=300,
+        accumulate=_identity,
         **kw,
     )
-    return np.asarray(theta), np.asarray(acc), np.asarray(eps)
+    theta = np.asarray(theta)
+    # The accumulated sums (what deep networks' n×n kernels use) against the kept draws.
+    total, s1, q1, s2, q2 = (np.asarray(x) for x in sums)
+    np.testing.assert_allclose(total, theta.sum(1), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(s1, theta[:, :150].sum(1), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(q2, (theta[:, 150:] ** 2).sum(1), rtol=1e-10, atol=1e-10)
+    rhat = fs._split_rhat_from_sums(s1, q1, s2, q2, 150)
+    np.testing.assert_allclose(rhat, fs._split_rhat_ess(theta)[0], rtol=1e-8)
+    return theta, np.asarray(acc), np.asarray(eps)
 
 
 def _moment_z(theta, mu, evecs, variances):
@@ -178,7 +187,8 @@ def test_deep_prior_moments_are_the_nngp_recursion(arch):
     S, P = net.filter_size(6), net.patches(X).shape[0]
     model = fs._Model(net, X, jnp.zeros((5, 1)), X, widths=widths, S=S, P=P)
     theta = jax.random.normal(jax.random.key(4), (40000, model.dim), jnp.float64)
-    f, _, _, kernels = jax.vmap(model.observe)(theta)
+    f = jax.vmap(model.observe)(theta)[0]
+    kernels = jax.vmap(model.kernels)(theta)
     f = np.asarray(f[:, :, 0])
     draws = [np.asarray(k) for k in kernels] + [f[:, :, None] * f[:, None, :]]
     expected = [*expected, s_a * expected[-1]]
@@ -305,7 +315,8 @@ def test_deep_erf_network_matches_the_deep_eos(deep_erf_fcn):
     are 8 % and a third of the move."""
     task, net, smp = deep_erf_fcn
     assert smp.max_rhat < 1.1
-    assert len(smp.kernels) == 1 and smp.kernels[0].shape[2:] == (16, 16)
+    assert len(smp.kernels) == 1 and smp.kernels[0].shape == (8, 16, 16)
+    assert np.all(smp.rhat_kernels[0] < 1.1)
     est = fs.estimates(smp, task.Y, task.Y_test)
     X = np.asarray(task.X)
     gp = _arcsin(X @ X.T / 4)  # Q^(1) = σ_w² Φ(X Σ₀ Xᵀ), Σ₀ = I/d
