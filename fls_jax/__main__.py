@@ -28,6 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--sigma-a2", type=float, default=1.0)
     s.add_argument("--scaling", choices=["standard", "mean_field"], default="standard")
     s.add_argument(
+        "--depth", type=int, default=1, help="hidden layers L (deep networks: docs/deep.md)"
+    )
+    s.add_argument(
         "--widths", type=float, nargs="+", default=[2.0**k for k in range(2, 11)], help="C"
     )
     s.add_argument("--seed", type=int, default=0)
@@ -49,6 +52,7 @@ def _sweep(a: argparse.Namespace) -> int:
         noise=a.noise,
         activation=activation,
         scaling=a.scaling,
+        depth=a.depth,
     )
     if a.arch == "patchcnn":
         task = fj.datasets.linear_patch_teacher(a.n, a.n_test, a.patch_size, a.patches, a.seed)
@@ -59,7 +63,10 @@ def _sweep(a: argparse.Namespace) -> int:
         net = fj.FCN(**common)
         what = f"FCN d={a.d}, single-index erf teacher"
     widths = [*sorted(a.widths), float("inf")]
-    print(f"fls_jax width sweep: {what}, {a.activation}, n={a.n}, σ²={a.noise}, {a.scaling}")
+    print(
+        f"fls_jax width sweep: {what}, {a.activation}, depth {a.depth}, n={a.n}, σ²={a.noise}, "
+        f"{a.scaling}"
+    )
     t0 = time.perf_counter()
     sol, pred = fj.sweep(net, task.X, task.Y, np.asarray(widths), task.X_test, task.Y_test)
     jax.block_until_ready(pred)
@@ -67,18 +74,22 @@ def _sweep(a: argparse.Namespace) -> int:
     w = np.asarray(task.teacher)
     sig = np.asarray(sol.sigma)
     align = np.einsum("i,kij,j->k", w, sig, w) / np.trace(sig, axis1=1, axis2=2)
+    # Deep networks: the last hidden layer's stretch λ_max(Q⁻¹K^(L)) − 1 (docs/deep.md).
+    deep = a.depth > 1
+    stretch_head = " K stretch" if deep else ""
     head = (
         f"{'width':>8} {'chi':>9} {'train err':>10} {'test err':>10} {'draw err':>10} "
-        f"{'lam_max(Σ)':>10} {'w*ΣW*/trΣ':>9} {'steps':>5} {'resid':>8} conv"
+        f"{'lam_max(Σ)':>10} {'w*ΣW*/trΣ':>9}{stretch_head} {'steps':>5} {'resid':>8} conv"
     )
     print(head)
     print("-" * len(head))
     for k, C in enumerate(widths):
         label = "GP" if np.isinf(C) else f"{C:g}"
+        stretch = f" {float(pred.layer_stretch[k, -1]):9.3g}" if deep else ""
         print(
             f"{label:>8} {float(pred.chi[k]):9.3g} {float(pred.train_error[k]):10.4g} "
             f"{float(pred.test_error[k]):10.4g} {float(pred.test_error_draw[k]):10.4g} "
-            f"{float(pred.sigma_eigenvalues[k, -1]):10.4g} {align[k]:9.3f} "
+            f"{float(pred.sigma_eigenvalues[k, -1]):10.4g} {align[k]:9.3f}{stretch} "
             f"{int(sol.num_steps[k]):5d} {float(sol.residual[k]):8.1e} "
             f"{'yes' if bool(sol.converged[k]) else 'NO'}"
         )

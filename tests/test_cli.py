@@ -1,0 +1,21 @@
+"""The command line of the README's main job (`python -m fls_jax sweep`), one and two layers."""
+
+import pytest
+
+from fls_jax.__main__ import main
+
+
+@pytest.mark.parametrize(
+    "argv", [[], ["--arch", "fcn", "--activation", "erf", "--d", "20", "--depth", "2"]]
+)
+def test_sweep_prints_a_converged_table_and_writes_the_plot(argv, tmp_path, capsys):
+    plot = tmp_path / "sweep.png"
+    common = ["--n", "16", "--n-test", "20", "--widths", "4", "64", "--plot", str(plot)]
+    assert main(["sweep", *common, *argv]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
+    assert all(rows[w][-1] == "yes" for w in ("4", "64", "GP"))
+    assert plot.stat().st_size > 0
+    if "--depth" in argv:
+        assert "K stretch" in out and abs(float(rows["GP"][-4])) < 1e-10  # none in the GP limit
+        assert float(rows["4"][-4]) > float(rows["64"][-4]) > 0  # more at narrower widths
