@@ -203,21 +203,26 @@ def test_deep_prior_moments_are_the_nngp_recursion(arch):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def wide_fcn():
-    task = fj.datasets.single_index_teacher(n=16, n_test=4, d=4, scale=1.0, seed=5)
-    net = fj.FCN(256, 1.0, 1.0, 0.1, fj.Erf())
-    smp = fs.sample(
+def _hmc(net, task, key: int):
+    """8 HMC chains × 200 draws after 200 of burn-in, the networks' settings below."""
+    return fs.sample(
         net,
         task.X,
         task.Y,
         task.X_test,
-        key=jax.random.key(6),
+        key=jax.random.key(key),
         num_chains=8,
         num_samples=200,
         burn_in=200,
         method="hmc",
     )
+
+
+@pytest.fixture(scope="module")
+def wide_fcn():
+    task = fj.datasets.single_index_teacher(n=16, n_test=4, d=4, scale=1.0, seed=5)
+    net = fj.FCN(256, 1.0, 1.0, 0.1, fj.Erf())
+    smp = _hmc(net, task, key=6)
     return task, net, smp
 
 
@@ -245,17 +250,7 @@ def test_wide_network_matches_the_gp_limit(wide_fcn):
 def linear_cnn(patch_task):
     """Linear PatchCNN, C = 16, on the shared task (n = 32, S = 4, P = 3; χ ≈ 0.4)."""
     net = fj.PatchCNN(16, 1.0, 1.0, 0.05, fj.Linear(), patch_size=4)
-    smp = fs.sample(
-        net,
-        patch_task.X,
-        patch_task.Y,
-        patch_task.X_test,
-        key=jax.random.key(8),
-        num_chains=8,
-        num_samples=200,
-        burn_in=200,
-        method="hmc",
-    )
+    smp = _hmc(net, patch_task, key=8)
     return patch_task, net, smp
 
 
@@ -291,17 +286,7 @@ def deep_erf_fcn():
     """Three-layer (depth 2) erf FCN, C = 32, single-index teacher (n = 16, d = 4)."""
     task = fj.datasets.single_index_teacher(n=16, n_test=8, d=4, scale=1.0, seed=5)
     net = fj.FCN(32, 1.0, 1.0, 0.05, fj.Erf(), depth=2)
-    smp = fs.sample(
-        net,
-        task.X,
-        task.Y,
-        task.X_test,
-        key=jax.random.key(6),
-        num_chains=8,
-        num_samples=200,
-        burn_in=200,
-        method="hmc",
-    )
+    smp = _hmc(net, task, key=6)
     return task, net, smp
 
 
