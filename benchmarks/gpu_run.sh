@@ -62,7 +62,7 @@ else
     LIM_NS="4096 8192 16384"; N_GRAD=4096; N_DEEP=512; W_DEEP=13
     TVS="--n 128 --widths 4 16 64 256 1024 --chains 32 --samples 200 --burn-in 300"
     TVS_RELU="$TVS --cases ReLU"
-    TVS="$TVS --cases linear erf"
+    TVS="$TVS --cases linear-PatchCNN erf"  # name prefixes: part 2's three one-layer cases
 fi
 
 if [ "$PART" = 1 ]; then

@@ -54,6 +54,11 @@ def cases(n: int, n_test: int, noise: float):
     ]
 
 
+def _key(name: str) -> str:
+    """A case name as `--cases` matches it: lower case, spaces as '-' (one shell word)."""
+    return name.lower().replace(" ", "-")
+
+
 def _fmt(v, se=None):
     return f"{v:.4g}" if se is None else f"{v:.4g}±{se:.2g}"
 
@@ -68,7 +73,12 @@ def main():
     p.add_argument("--samples", type=int, default=100, help="kept draws per chain")
     p.add_argument("--burn-in", type=int, default=200)
     p.add_argument("--thin", type=int, default=1)
-    p.add_argument("--cases", nargs="+", default=None, help="subset of case names (substrings)")
+    p.add_argument(
+        "--cases",
+        nargs="+",
+        default=None,
+        help="subset of cases: prefixes of their names, any case, '-' for a space",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="theory_vs_sampling", help="prefix of the .json / .png")
     a = p.parse_args()
@@ -85,7 +95,7 @@ def main():
     )
     print(header)
     for name, net, task in cases(a.n, a.n_test, a.noise):
-        if a.cases and not any(c.lower() in name.lower() for c in a.cases):
+        if a.cases and not any(_key(name).startswith(_key(c)) for c in a.cases):
             continue
         widths = np.array([*a.widths, np.inf], dtype=float)
         sols, preds = fj.sweep(net, task.X, task.Y, widths, task.X_test, task.Y_test)
