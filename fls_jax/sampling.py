@@ -1,6 +1,7 @@
 """Ground truth: the weight posterior of the finite network, sampled (SPEC §1 and §6).
 
-The Equations of State (SPEC §3) approximate the posterior of a *finite* two-layer network,
+The Equations of State (SPEC §3) approximate the posterior of a *finite* network; with one
+hidden layer,
 
     p(θ | X, Y) ∝ exp(−‖f_θ(X) − Y‖² / (2σ²)) · N(w; 0, σ_w²/S · I) · N(a; 0, s_a/(C P) · I)
 
