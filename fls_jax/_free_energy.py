@@ -207,6 +207,17 @@ def _layer_map(network: AbstractNetwork, layer: int, X: Float[Array, "n d"]):
     return lambda K: network.post_kernel(layer, K)
 
 
+def _gp_post_kernels(network: AbstractNetwork, X: Float[Array, "n d"]) -> list[Array]:
+    """The GP limit's post-kernels (Q^(1), …, Q^(L−1), Q_f) on X (SPEC §2): the NNGP
+    recursion with Σ = Σ₀ and K^(l) = Q^(l−1), without any inverse (Q^(l) may be singular)."""
+    cov = network.prior_covariance(X.shape[1]).astype(X.dtype)
+    posts = []
+    for layer in range(1, network.depth + 1):
+        cov = _layer_map(network, layer, X)(cov)
+        posts.append(cov)
+    return posts
+
+
 def _kl_to(K: Float[Array, "n n"], Q: Float[Array, "n n"]) -> Float[Array, ""]:
     """KL(N(0, K) ‖ N(0, Q)) = ½[tr(Q⁻¹K) − log det K + log det Q − n]."""
     Q_inv, logdet_Q = spd_inverse_logdet(Q)

@@ -14,7 +14,14 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from ._anderson import AbstractPreconditioner, Anderson
 from ._descent import FreeEnergyBFGS
-from ._free_energy import _inverse_width, _layers, _shift_residuals, _shifts, free_energy
+from ._free_energy import (
+    _gp_post_kernels,
+    _inverse_width,
+    _layers,
+    _shift_residuals,
+    _shifts,
+    free_energy,
+)
 from ._linalg import DenseLU, KrylovOrDense, _eigh, _pack, _unpack, cholesky_inverse
 from ._network import AbstractNetwork
 from ._rootfind import _AbstractResidualRootFinder, _fro, _where
@@ -197,12 +204,10 @@ def _check_deep_priors(network: AbstractNetwork, X: Array) -> None:
 def _prior_pivot_ratios(network: AbstractNetwork, X: Array) -> Array:
     """min pivot² / max diagonal of the Cholesky factor of each GP-limit Q^(l), l < L (NaN
     where it fails). Compiled once per shape, so validating a solve traces nothing after."""
-    Q = network.first_layer_kernel(network.prior_covariance(X.shape[1]).astype(X.dtype), X)
     ratios = []
-    for layer in range(1, network.depth):
+    for Q in _gp_post_kernels(network, X)[:-1]:
         pivots = jnp.diagonal(cholesky_inverse(Q)[0])
         ratios.append(jnp.min(pivots) ** 2 / jnp.max(jnp.diagonal(Q)))
-        Q = network.post_kernel(layer + 1, Q)
     return jnp.stack(ratios)
 
 

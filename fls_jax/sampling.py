@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
+from ._free_energy import _gp_post_kernels
 from ._network import AbstractNetwork
 from ._predict import _validate_test
 from ._solve import _validate
@@ -586,7 +587,7 @@ def sample(
     P = int(network.patches(X[:1]).shape[0])
     model = _Model(network, X, Y, X_test, widths=widths, S=S, P=P)
     if step_size is None or (method == "hmc" and num_integration_steps is None):
-        q = _gp_output_kernel(network, X)
+        q = _gp_post_kernels(network, X)[-1]
         lam = 1.0 + float(np.linalg.eigvalsh(np.asarray(q))[-1]) / float(network.noise)
         if step_size is None:
             step_size = 0.5 / lam * model.dim ** (-1 / 3) if method == "mala" else 0.5 / lam**0.5
@@ -635,15 +636,6 @@ def sample(
         method=method,
         width=int(np.asarray(network.width)),
     )
-
-
-def _gp_output_kernel(network: AbstractNetwork, X: Array) -> Array:
-    """Q_f(X, X) of the GP limit (SPEC §2): the NNGP recursion Σ₀ → Q^(1) → … → Q_f, with
-    K^(l) = Q^(l−1) (no inverse: Q^(l) may be singular, e.g. linear layers with n > d)."""
-    Q = network.first_layer_kernel(network.prior_covariance(X.shape[1]).astype(X.dtype), X)
-    for layer in range(2, network.depth + 1):
-        Q = network.post_kernel(layer, Q)
-    return Q
 
 
 # --------------------------------------------------------------------------------------------
