@@ -430,10 +430,7 @@ def _split_rhat_ess(x: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(tail), np.zeros(tail)
     half = T // 2
     split = np.concatenate([x[:, :half], x[:, half : 2 * half]], axis=0)
-    W = split.var(1, ddof=1).mean(0)
-    B_over_N = split.mean(1).var(0, ddof=1)
-    var_plus = (half - 1) / half * W + B_over_N
-    rhat = np.sqrt(var_plus / np.where(W > 0, W, np.nan))
+    rhat = _split_rhat(split.mean(1), split.var(1, ddof=1), half)
     # Autocovariances of each chain by FFT, averaged over chains.
     c = x - x.mean(1, keepdims=True)
     nfft = 1 << (2 * T - 1).bit_length()
@@ -457,8 +454,13 @@ def _split_rhat_from_sums(s1, q1, s2, q2, half: int) -> np.ndarray:
     s = np.concatenate([np.asarray(s1), np.asarray(s2)])
     q = np.concatenate([np.asarray(q1), np.asarray(q2)])
     means = s / half
-    var = np.maximum(q - half * means**2, 0.0) / (half - 1)
-    W = var.mean(0)
+    return _split_rhat(means, np.maximum(q - half * means**2, 0.0) / (half - 1), half)
+
+
+def _split_rhat(means: np.ndarray, variances: np.ndarray, half: int) -> np.ndarray:
+    """R̂ = √(V̂/W), V̂ = (N−1)/N W + B/N, from the means and variances (ddof 1) of the 2K
+    half-chains of N = `half` draws each (leading axis), per trailing entry."""
+    W = variances.mean(0)
     var_plus = (half - 1) / half * W + means.var(0, ddof=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.sqrt(var_plus / np.where(W > 0, W, np.nan))
