@@ -23,6 +23,7 @@ from ._network import (
     inducing_points as inducing_points,
 )
 from ._predict import Prediction as Prediction, predict as predict, sweep as sweep
+from ._renorm import Renormalised as Renormalised, renormalise as renormalise
 from ._solve import DampedNewton as DampedNewton, Solution as Solution, solve as solve
 from ._tune import TuneResult as TuneResult, tune as tune
 

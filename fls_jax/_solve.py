@@ -136,8 +136,10 @@ def _concrete(x) -> bool:
     return True
 
 
-def _validate(network: AbstractNetwork, X, Y) -> tuple[Array, Array]:
-    """Clear Python errors for bad input, before anything is traced or compiled."""
+def _validate(network: AbstractNetwork, X, Y, *, deep_priors: bool = True) -> tuple[Array, Array]:
+    """Clear Python errors for bad input, before anything is traced or compiled.
+    `deep_priors`: also refuse deep networks with singular GP-limit priors (what the EoS need,
+    and the scale mixture of `renormalise` does not)."""
     if not isinstance(network, AbstractNetwork):
         raise TypeError(f"network must be an fls_jax network (FCN, PatchCNN), got {type(network)}")
     X = jnp.asarray(X)
@@ -176,7 +178,7 @@ def _validate(network: AbstractNetwork, X, Y) -> tuple[Array, Array]:
     dtype = jnp.result_type(X.dtype, Y.dtype, *(jnp.result_type(p) for p in params), float)
     if jnp.finfo(dtype).bits < 64:
         _check_float32(network, X)
-    if network.depth > 1:
+    if network.depth > 1 and deep_priors:
         _check_deep_priors(network, X.astype(dtype))
     return X.astype(dtype), Y.astype(dtype)
 
@@ -196,7 +198,8 @@ def _check_deep_priors(network: AbstractNetwork, X: Array) -> None:
                 f"{ratio:.1e}). A network of depth > 1 solves its deeper layers relative to "
                 "Q^(l)⁻¹ (docs/deep.md), so Q^(l) must be positive definite. Causes: duplicate "
                 "training inputs, or linear layers seeing more training points than input "
-                "dimensions (a deep linear FCN needs n ≤ d)."
+                "dimensions (a deep linear FCN needs n ≤ d; fls_jax.renormalise gives its "
+                "exact posterior at any n)."
             )
 
 

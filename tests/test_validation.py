@@ -400,3 +400,21 @@ def test_float32_refused_when_ill_conditioned(fcn_task):
     # float32 data with float64 hyper-parameters (JAX's float64 on): promoted, not refused.
     net64 = fj.FCN(width=4.0, sigma_w2=1.0, sigma_a2=1.0, noise=1e-4, activation=fj.Erf())
     assert _validate(net64, X, Y)[0].dtype == jnp.float64
+
+
+def test_renormalise_bad_input():
+    rng = np.random.default_rng(0)
+    X, Y, X_test = rng.standard_normal((3, 2)), rng.standard_normal(3), rng.standard_normal((4, 2))
+    lin = fj.FCN(2.0, 1.0, 1.0, 0.25, fj.Linear())
+    cnn = fj.PatchCNN(2.0, 1.0, 1.0, 0.25, fj.Linear(), patch_size=1)
+    raises_before_compiling(ValueError, "P×P", fj.renormalise, cnn, X, Y, X_test)
+    deep_erf = fj.FCN(2.0, 1.0, 1.0, 0.25, fj.Erf(), depth=2)
+    raises_before_compiling(ValueError, "linear", fj.renormalise, deep_erf, X, Y, X_test)
+    two = np.stack([Y, Y], axis=1)
+    raises_before_compiling(ValueError, "one output", fj.renormalise, lin, X, two, X_test)
+    raises_before_compiling(ValueError, "method", fj.renormalise, lin, X, Y, X_test, method="x")
+    induced = fj.FCN(2.0, 1.0, 1.0, 0.25, fj.Linear(), inducing=X[:2])
+    raises_before_compiling(ValueError, "inducing", fj.renormalise, induced, X, Y, X_test)
+    negative = fj.FCN(2.0, 1.0, 1.0, -1.0, fj.Linear())
+    raises_before_compiling(ValueError, "noise", fj.renormalise, negative, X, Y, X_test)
+    raises_before_compiling(ValueError, "X_test", fj.renormalise, lin, X, Y, X_test[:, :1])

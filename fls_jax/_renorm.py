@@ -1,0 +1,298 @@
+"""Kernel renormalisation by scalars (SPEC §5): the exact posterior of a linear FCN, and its
+proportional-limit saddle point.
+
+A linear FCN f(x) = a · W_L ⋯ W_1 x (one output) is x · v with v = W_1ᵀ z_1, z_L = a and
+z_{l−1} = W_lᵀ z_l. Given z_l, z_{l−1} is isotropic Gaussian with variance ‖z_l‖² σ_{w,l}²/C_{l−1},
+so ‖z_1‖² is σ_a² (or σ_a²/C_L, mean-field) · Π σ_{w,l}² times a product of independent
+χ²_{C_l}/C_l, and v | z_1 ~ N(0, ‖z_1‖² σ_{w,1}²/d · I). Hence, exactly, at any n, d and widths:
+
+    f(X ∪ X*) | u  ~  N(0, u K),   u = Π_l g_l,   g_l ~ Gamma(shape C_l/2, scale 2/C_l)
+
+with K the network's GP-limit (NNGP) kernel: a linear FCN is a *scale mixture* of its GP. Its
+posterior is the one-dimensional mixture p(u | Y) ∝ p(u) N(Y; 0, uK + σ²I), and every
+prediction is an average over u of GP predictions. The mode of the joint posterior of the
+log-scales v_l = log g_l minimises
+
+    S(v) = Σ_l (C_l/2)(e^{v_l} − v_l) + ½ Yᵀ(uK + σ²)⁻¹Y + ½ log det(uK + σ²),   u = e^{Σ v_l},
+
+the scalar effective action of the back-propagating kernel renormalisation (Li & Sompolinsky
+2021) and of the proportional-limit theory (Pacelli, Ariosto et al. 2023), which is exact as n
+and C → ∞ at fixed n/C. For one hidden layer of any activation the same two objects, with K the
+NNGP kernel, are that theory's Gaussian-equivalence approximation (not exact).
+"""
+
+import math
+from typing import Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optimistix as optx
+from jax.scipy.special import gammaln, logsumexp, polygamma
+from jaxtyping import Array, ArrayLike, Bool, Float
+
+from ._activation import Linear
+from ._free_energy import _gp_post_kernels
+from ._network import FCN, AbstractNetwork
+from ._predict import _validate_test
+from ._solve import _validate
+
+
+Method = Literal["mixture", "saddle"]
+
+# Quadrature: points of each grid, and half-widths in standard deviations (Laplace for the
+# posterior of log u, exact for each layer's prior of log g_l; further left at small widths).
+# The trapezoid rule on a smooth, fast-decaying integrand is spectrally accurate once the
+# spacing is below its width.
+_GRID = 1025
+_INNER_GRID = 4097  # intermediate densities of L ≥ 3, interpolated linearly
+_HALF_WIDTH = 24.0
+# The grid holds the posterior when its log-weight at both ends is this far below its peak.
+_EDGE_DROP = 25.0
+_BRACKET = 50.0  # the saddle's log u is sought in [−50, 50]
+
+
+class Renormalised(eqx.Module):
+    """Predictions of a GP whose kernel is renormalised by a scalar u (SPEC §5), from
+    [`fls_jax.renormalise`][]. Errors are those of one output.
+
+    **Fields:**
+
+    - `mean`: the posterior mean predictor on the test inputs (n*×1).
+    - `variance`: the posterior variance of the network output at each test input (n*):
+      E_u[GP variance] + Var_u[GP mean].
+    - `train_error`: mean squared train residual of the mean predictor.
+    - `test_error`: its mean squared test error (`inf` when no `Y_test` was given).
+    - `test_error_draw`: expected test error of one network draw, `test_error` + mean
+      `variance`.
+    - `scale`: E[u | Y] (method ``"mixture"``) or the saddle point's u* (``"saddle"``).
+    - `scale_sd`: the posterior standard deviation of u (0 for ``"saddle"``).
+    - `layer_scales`: the saddle point's per-layer factors u_l* (L,), u* = Π u_l*.
+    - `log_evidence`: log p(Y | X): the mixture's (exact for linear FCNs) or its Laplace
+      approximation at the saddle.
+    - `converged`: the saddle was found and is a minimum of S, and (``"mixture"``) the
+      quadrature grid holds the posterior. Predictions with `converged` False are flagged,
+      not trustworthy.
+    """
+
+    mean: Float[Array, "n_test 1"]
+    variance: Float[Array, " n_test"]
+    train_error: Float[Array, ""]
+    test_error: Float[Array, ""]
+    test_error_draw: Float[Array, ""]
+    scale: Float[Array, ""]
+    scale_sd: Float[Array, ""]
+    layer_scales: Float[Array, " L"]
+    log_evidence: Float[Array, ""]
+    converged: Bool[Array, ""]
+
+
+def renormalise(
+    network: AbstractNetwork,
+    X: Float[ArrayLike, "n d"],
+    Y: Float[ArrayLike, "n 1"] | Float[ArrayLike, " n"],
+    X_test: Float[ArrayLike, "n_test d"],
+    Y_test: Float[ArrayLike, "n_test 1"] | Float[ArrayLike, " n_test"] | None = None,
+    *,
+    method: Method = "mixture",
+) -> Renormalised:
+    """Predictions of the scalar kernel renormalisation theories (SPEC §5).
+
+    The network's GP-limit kernel K is rescaled by u = Π_l g_l, g_l ~ Gamma(C_l/2, 2/C_l)
+    a priori (module docstring). ``method="mixture"`` integrates the posterior of log u on a
+    grid (1025 points, trapezoid rule; L ≥ 3 interpolates an intermediate density); for a
+    **linear FCN of any depth this is the exact Bayesian posterior of the finite network**,
+    at any n, d and widths, n > d included. ``method="saddle"`` takes the posterior mode of
+    the log-scales, the proportional-limit theory (Li & Sompolinsky's back-propagating kernel
+    renormalisation for deep linear networks; Pacelli et al.'s for one hidden layer), found by
+    bisection (optimistix) on the stationarity condition of S.
+
+    Supported: `FCN` with linear activations at any depth, or one hidden layer of any
+    activation (where both methods are approximations); one output; standard or mean-field
+    scaling; `width` may be `inf` (the GP). A PatchCNN's kernel is renormalised by a P×P
+    matrix, not a scalar, and is refused, as are `inducing` points.
+
+    **Arguments:** the `network`, training data `X` (n×d), `Y` (n or n×1), test inputs
+    `X_test` and optional targets `Y_test`; `method`: ``"mixture"`` or ``"saddle"``.
+
+    **Returns:** a [`fls_jax.Renormalised`][]. Under `jax.vmap` over the network's width it
+    compiles once.
+    """
+    if not isinstance(network, AbstractNetwork):
+        raise TypeError(f"network must be an fls_jax network, got {type(network)}")
+    if not isinstance(network, FCN):
+        raise ValueError(
+            "renormalise supports FCN only: a PatchCNN's kernel is renormalised by a P×P "
+            "matrix of patch overlaps, not by one scalar"
+        )
+    if network.inducing is not None:
+        raise ValueError("renormalise does not take inducing points")
+    if network.depth > 1 and not all(
+        isinstance(network.layer_activation(layer), Linear) for layer in range(1, network.depth + 1)
+    ):
+        raise ValueError(
+            "renormalise needs linear activations in every layer of a deep network (one "
+            "hidden layer may have any activation)"
+        )
+    if method not in ("mixture", "saddle"):
+        raise ValueError(f"method must be 'mixture' or 'saddle', got {method!r}")
+    X, Y = _validate(network, X, Y, deep_priors=False)
+    if Y.shape[1] != 1:
+        raise ValueError(
+            f"renormalise takes one output (Y of shape (n,) or (n, 1)), got m = {Y.shape[1]}: "
+            "with m outputs the scale is an m×m matrix"
+        )
+    X_test, Y_test = _validate_test(X, Y, X_test, Y_test)
+    return _renormalise(network, X, Y, X_test, Y_test, method)
+
+
+def _half_shapes(network: AbstractNetwork) -> Array:
+    """k_l = C_l/2 per hidden layer: the shapes of the Gamma factors of u."""
+    return jnp.stack(
+        [network.width * network.width_ratio(layer) / 2 for layer in range(1, network.depth + 1)]
+    )
+
+
+def _stirling_remainder(k: Array) -> Array:
+    """R(k) = log Γ(k) − (k − ½) log k + k − ½ log 2π, without the cancellation at large k."""
+    big = k > 1e6
+    ks = jnp.where(big, 1.0, k)
+    direct = gammaln(ks) - (ks - 0.5) * jnp.log(ks) + ks - 0.5 * math.log(2 * math.pi)
+    kb = jnp.where(big, k, 1.0)
+    return jnp.where(big, 1 / (12 * kb) - 1 / (360 * kb**3), direct)
+
+
+def _log_gamma_factor(v: Array, k: Array) -> Array:
+    """log-density of v = log g, g ~ Gamma(shape k, scale 1/k): k log k − log Γ(k) + k(v − e^v),
+    written as ½ log(k/2π) − R(k) − k(e^v − 1 − v) so that it stays accurate for large k."""
+    return 0.5 * jnp.log(k / (2 * math.pi)) - _stirling_remainder(k) - k * (jnp.expm1(v) - v)
+
+
+@eqx.filter_jit
+def _renormalise(network, X, Y, X_test, Y_test, method: Method) -> Renormalised:
+    n = X.shape[0]
+    full = _gp_post_kernels(network, jnp.concatenate([X, X_test]))[-1]
+    lam, V = jnp.linalg.eigh(full[:n, :n])
+    lam = jnp.maximum(lam, 0.0)
+    y = V.T @ Y[:, 0]
+    KsV = full[n:, :n] @ V
+    kss = jnp.diagonal(full)[n:]
+    noise = network.noise
+    k = _half_shapes(network)
+    gp = jnp.isinf(k[0])  # all layers are infinite together (finite width ratios)
+
+    def log_likelihood(z):
+        den = jnp.exp(z) * lam + noise
+        return -0.5 * (jnp.sum(y**2 / den) + jnp.sum(jnp.log(den)) + n * math.log(2 * math.pi))
+
+    def pull(z):
+        """g(z) = u ∂_u of −log N(Y; 0, uK + σ²): dS/dz of the likelihood part."""
+        a = jnp.exp(z) * lam
+        den = a + noise
+        return 0.5 * jnp.sum(a / den - y**2 * a / den**2)
+
+    def stationarity(z, _):
+        # ∂S/∂v_l = k_l(e^{v_l} − 1) + g = 0 gives u_l = 1 − g/k_l; then z = Σ_l log u_l.
+        t = jnp.maximum(1 - pull(z) / k, jnp.exp(-2 * _BRACKET))
+        return z - jnp.sum(jnp.log(t))
+
+    sol = optx.root_find(
+        stationarity,
+        optx.Bisection(rtol=0.0, atol=1e-10, flip=False),
+        jnp.zeros((), X.dtype),
+        options=dict(lower=-_BRACKET, upper=_BRACKET),
+        max_steps=256,
+        throw=False,
+    )
+    z_star = jnp.where(gp, 0.0, sol.value)
+    g_star = pull(z_star)
+    v_star = jnp.log1p(-g_star / k)
+    # The Hessian of S in v is diag(k e^v) + g'(z) 11ᵀ: the Laplace variance of z = Σ v_l is
+    # s / (1 + g' s) with s = Σ 1/(k e^v) (Sherman–Morrison); a minimum needs 1 + g' s > 0.
+    curvature = jax.grad(pull)(z_star)
+    s = jnp.sum(jnp.where(gp, 0.0, 1 / (k * jnp.exp(v_star))))
+    stiffness = 1 + curvature * s
+    ok = (sol.result == optx.RESULTS.successful) & (stiffness > 0) & jnp.all(v_star > -jnp.inf)
+    ok = ok | gp
+    var_z = jnp.where(stiffness > 0, s / stiffness, s)
+
+    if method == "saddle":
+        z = z_star[None]
+        w = jnp.ones(1, X.dtype)
+        log_prior = jnp.sum(jnp.where(gp, 0.0, _log_gamma_factor(v_star, k)))
+        laplace = 0.5 * (network.depth * math.log(2 * math.pi) - jnp.log(stiffness))
+        laplace = laplace - 0.5 * jnp.sum(jnp.log(k) + v_star)
+        log_evidence = log_likelihood(z_star) + jnp.where(gp, 0.0, log_prior + laplace)
+    else:
+        # Towards u → 0 the prior of z decays only like e^{k_min z}: the grid reaches far
+        # enough left for that tail to fall by more than the edge test asks.
+        right = _HALF_WIDTH * jnp.sqrt(var_z)
+        left = jnp.maximum(right, (_EDGE_DROP + 7) / jnp.min(k))
+        z = z_star + jnp.linspace(-left, right, _GRID)
+        log_prior = _log_prior(z, k, v_star)
+        lw = log_prior + jax.vmap(log_likelihood)(z)
+        h = z[1] - z[0]
+        log_evidence = jnp.where(gp, log_likelihood(0.0), logsumexp(lw) + jnp.log(h))
+        w = jnp.where(gp, 1.0 / _GRID, jnp.exp(lw - logsumexp(lw)))
+        peak = jnp.max(lw)
+        ok = ok & (gp | (jnp.maximum(lw[0], lw[-1]) < peak - _EDGE_DROP))
+
+    u = jnp.exp(z)
+    den = u[:, None] * lam + noise  # (grid, n)
+    gain = u[:, None] / den  # the GP mean's filter per eigen-direction, per u
+    mean = KsV @ ((w @ gain) * y)
+    residual = V @ (noise * (w @ (1 / den)) * y)
+    means_u = (gain * y) @ KsV.T  # (grid, n*)
+    spread = w @ (means_u - mean[None]) ** 2
+    variance = (w @ u) * kss - (w @ (u[:, None] * gain)) @ (KsV**2).T + spread
+    if Y_test is None:
+        test_error = jnp.asarray(jnp.inf, X.dtype)
+    else:
+        test_error = jnp.mean((mean - Y_test[:, 0]) ** 2)
+    scale = w @ u
+    finite = jnp.all(jnp.isfinite(mean)) & jnp.all(jnp.isfinite(variance))
+    return Renormalised(
+        mean=mean[:, None],
+        variance=variance,
+        train_error=jnp.mean(residual**2),
+        test_error=test_error,
+        test_error_draw=test_error + jnp.mean(variance),
+        scale=scale,
+        scale_sd=jnp.sqrt(jnp.maximum(w @ (u - scale) ** 2, 0.0)),
+        layer_scales=jnp.exp(v_star),
+        log_evidence=log_evidence,
+        converged=ok & finite,
+    )
+
+
+def _log_prior(z: Array, k: Array, v_star: Array) -> Array:
+    """The prior log-density of z = log u = Σ_l v_l on the grid z: layer 1's analytic, then
+    one convolution per further layer (trapezoid rule over v_l on ±24 of its standard
+    deviations about the saddle's v_l*). An intermediate density (L ≥ 3) is tabulated on a
+    finer grid and interpolated linearly."""
+    L = k.shape[0]
+    sd = jnp.sqrt(polygamma(1, jnp.where(jnp.isinf(k), 1.0, k)))
+    unit = jnp.linspace(-1.0, 1.0, _GRID)
+    s_grids = [v_star[l] + _HALF_WIDTH * sd[l] * unit for l in range(L)]
+    # Where each partial sum v_1 + … + v_l is needed: back from the final grid.
+    lo, hi = [z[0]] * L, [z[-1]] * L
+    for l in range(L - 1, 0, -1):
+        lo[l - 1], hi[l - 1] = lo[l] - s_grids[l][-1], hi[l] - s_grids[l][0]
+
+    def density(layer):  # a function t -> log p(v_1 + … + v_layer = t), layer 0-based
+        if layer == 0:
+            return lambda t: _log_gamma_factor(t, k[0])
+        inner = density(layer - 1)
+        s = s_grids[layer]
+        log_ds = jnp.log(s[1] - s[0]) + _log_gamma_factor(s, k[layer])
+
+        def convolved(t):
+            return logsumexp(inner(t[:, None] - s[None, :]) + log_ds[None, :], axis=1)
+
+        if layer == L - 1:
+            return convolved
+        grid = jnp.linspace(lo[layer], hi[layer], _INNER_GRID)
+        table = convolved(grid)
+        return lambda t: jnp.interp(t, grid, table, left=-jnp.inf, right=-jnp.inf)
+
+    return density(L - 1)(z)
