@@ -563,7 +563,9 @@ def sample(
     """
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
-    X, Y = _validate(network, X, Y)
+    # Weights are sampled directly: a singular GP-limit prior (a deep linear FCN with n > d)
+    # is no obstacle here, unlike for the EoS.
+    X, Y = _validate(network, X, Y, deep_priors=False)
     if X_test is None:
         X_test = jnp.zeros((0, X.shape[1]), X.dtype)
     else:
