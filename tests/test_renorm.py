@@ -114,6 +114,10 @@ def test_saddle_closed_form(depth):
     np.testing.assert_allclose(r.layer_scales, roots[0], rtol=1e-8)
     np.testing.assert_allclose(r.scale, roots[0] ** depth, rtol=1e-8)
     assert float(r.scale) > 1.5
+    if depth == 1:  # the mixture sits about its mode; the Laplace evidence is close to its
+        mix = fj.renormalise(net, X, Y, X[:2])
+        assert abs(float(mix.scale) - float(r.scale)) < 0.25 * float(mix.scale_sd)
+        assert abs(float(mix.log_evidence) - float(r.log_evidence)) < 0.05
 
 
 def test_vmap_over_widths(tiny):
