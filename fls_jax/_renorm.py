@@ -185,11 +185,8 @@ def _renormalise(network, X, Y, X_test, Y_test, method: Method) -> Renormalised:
         den = jnp.exp(z) * lam + noise
         return -0.5 * (jnp.sum(y**2 / den) + jnp.sum(jnp.log(den)) + n * math.log(2 * math.pi))
 
-    def pull(z):
-        """g(z) = u ∂_u of −log N(Y; 0, uK + σ²): dS/dz of the likelihood part."""
-        a = jnp.exp(z) * lam
-        den = a + noise
-        return 0.5 * jnp.sum(a / den - y**2 * a / den**2)
+    # g(z) = u ∂_u of −log N(Y; 0, uK + σ²): dS/dz of the likelihood part.
+    pull = jax.grad(lambda z: -log_likelihood(z))
 
     def stationarity(z, _):
         # ∂S/∂v_l = k_l(e^{v_l} − 1) + g = 0 gives u_l = 1 − g/k_l; then z = Σ_l log u_l.
