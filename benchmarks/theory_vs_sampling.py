@@ -150,10 +150,9 @@ def main():
             # The mean over test points, with its own jackknife over chains: the per-point
             # errors are correlated (the same chains), so combining per-point standard errors
             # as if independent (what the 2026-11-30 H200 run did) understates the error bar.
-            f_te = np.asarray(smp.f_test)
-            var = fs._jackknife(
-                [f_te.mean(1), (f_te**2).mean(1)], lambda a, b: float(np.mean(b - a**2))
-            )
+            f_te = np.asarray(smp.f_test_mean)  # E[f | hidden weights] and Var[f | hidden]
+            m2 = (f_te**2 + np.asarray(smp.f_test_var)[..., None]).mean(1)
+            var = fs._jackknife([f_te.mean(1), m2], lambda a, b: float(np.mean(b - a**2)))
             var_mean, var_se = float(var.value), float(var.stderr)
             s = dict(
                 test_error=[float(est.test_error.value), float(est.test_error.stderr)],
