@@ -15,6 +15,7 @@ from ._free_energy import (
     free_energy as free_energy,
     gp_negative_log_evidence as gp_negative_log_evidence,
 )
+from ._learning_curve import LearningCurve as LearningCurve, learning_curve as learning_curve
 from ._linalg import DenseLU as DenseLU, KrylovOrDense as KrylovOrDense
 from ._network import (
     FCN as FCN,

@@ -418,3 +418,21 @@ def test_renormalise_bad_input():
     negative = fj.FCN(2.0, 1.0, 1.0, -1.0, fj.Linear())
     raises_before_compiling(ValueError, "noise", fj.renormalise, negative, X, Y, X_test)
     raises_before_compiling(ValueError, "X_test", fj.renormalise, lin, X, Y, X_test[:, :1])
+
+
+def test_learning_curve_bad_input():
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((5, 2)), rng.standard_normal(5)
+    gp = fj.FCN(np.inf, 1.0, 1.0, 0.1, fj.Erf())
+    lc = fj.learning_curve
+    raises_before_compiling(ValueError, "width=inf", lc, fj.FCN(8.0, 1.0, 1.0, 0.1), X, Y, [2.0])
+    mf = fj.FCN(np.inf, 1.0, 1.0, 0.1, scaling="mean_field")
+    raises_before_compiling(ValueError, "standard readout scaling", lc, mf, X, Y, [2.0])
+    raises_before_compiling(ValueError, "positive", lc, gp, X, Y, [0.0, 2.0])
+    raises_before_compiling(ValueError, "positive", lc, gp, X, Y, [[2.0]])
+    raises_before_compiling(ValueError, "target_noise", lc, gp, X, Y, [2.0], target_noise=-1.0)
+    raises_before_compiling(ValueError, "method", lc, gp, X, Y, [2.0], method="replica")
+    induced = fj.FCN(np.inf, 1.0, 1.0, 0.1, inducing=X[:2])
+    raises_before_compiling(ValueError, "inducing", lc, induced, X, Y, [2.0])
+    raises_before_compiling(ValueError, "Y must have shape", lc, gp, X, Y[:3], [2.0])
+    raises_before_compiling(ValueError, "noise", lc, fj.FCN(np.inf, 1.0, 1.0, 0.0), X, Y, [2.0])
