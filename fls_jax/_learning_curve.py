@@ -21,13 +21,14 @@ Both are averages over training sets; neither is exact at finite n (the self-con
 exact as n, M and the number of relevant modes grow together). `tests/test_learning_curve.py`
 measures them against GP regression on drawn training sets.
 
-In matrix form, with A = n K/M + κ I: Σ_ρ η_ρ/(nη_ρ + κ) = (M − κ tr A⁻¹)/n,
-γ = ‖I − κ A⁻¹‖²_F / n and Σ_ρ κ² a_ρ²/(nη_ρ + κ)² = κ² ‖A⁻¹y‖²/M. The code finds κ by
-bisection on the eigenvalues, then evaluates these with a Cholesky factor of A, through which
-gradients flow (no derivative of eigenvectors, which degenerate modes would make undefined);
-κ's own dependence on the hyper-parameters enters by the implicit function theorem.
+The code takes one eigendecomposition of K/M, finds κ per n by bisection on the eigenvalues
+and sums over modes. Its derivatives are written by hand (`_curve_jvp`) as traces
+tr(dK f(K)) and bilinear forms in the eigenbasis, with κ's dependence from the implicit
+function theorem: autodiff through the eigenvectors would be wrong wherever eigenvalues are
+degenerate, e.g. the many zero eigenvalues of a linear kernel with M > d.
 """
 
+import functools
 from typing import Literal
 
 import equinox as eqx
@@ -85,8 +86,8 @@ def learning_curve(
     See the module docstring for the equations. The kernel is the network's NNGP output
     kernel (any depth, FCN or PatchCNN, SPEC §2); σ² is `network.noise`. Differentiable
     (`jax.grad` of `test_error` with respect to σ_w², σ_a², σ², `target_noise` or the pool),
-    and `jax.jit`-able; the cost is one M×M eigendecomposition plus one Cholesky
-    factorisation per training-set size.
+    and `jax.jit`-able; the cost is one M×M eigendecomposition, O(M) per training-set size,
+    and for a derivative one M×M change of basis plus O(M²) per size.
 
     **Arguments:**
 
@@ -138,55 +139,9 @@ def _learning_curve(network, X, Y, ns, target_noise, method: Method) -> Learning
     M = X.shape[0]
     K = _gp_post_kernels(network, X)[-1] / M  # the integral operator on the pool's measure
     K = 0.5 * (K + K.T)
-    eta, U = jnp.linalg.eigh(jax.lax.stop_gradient(K))
-    eta = jnp.maximum(eta, 0.0)
-    noise = network.noise
-    eye = jnp.eye(M, dtype=X.dtype)
-    tol = 1e3 * float(jnp.finfo(X.dtype).eps)
-
-    def resolvent(n, kappa):
-        A = n * K + kappa * eye
-        return jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(A), True), eye)
-
-    def one(n):
-        if method == "equivalent_kernel":
-            kappa = noise
-        else:
-            sg_noise = jax.lax.stop_gradient(noise)
-
-            def excess(log_kappa, _):  # κ − σ² − κ Σ η/(nη + κ): −σ²·(…) ≤ 0 at κ = σ²
-                kappa = jnp.exp(log_kappa)
-                return kappa - sg_noise - kappa * jnp.sum(eta / (n * eta + kappa))
-
-            lo = jnp.log(sg_noise)
-            hi = jnp.log(sg_noise + jnp.sum(eta))
-            sol = optx.root_find(
-                excess,
-                optx.Bisection(rtol=0.0, atol=tol, flip=False),
-                0.5 * (lo + hi),
-                options=dict(lower=lo, upper=hi),
-                max_steps=256,
-                throw=False,
-            )
-            k0 = jax.lax.stop_gradient(jnp.exp(sol.value))
-            slope = 1 - jnp.sum(n * eta**2 / (n * eta + k0) ** 2)  # ∂(excess)/∂κ = 1 − γ
-            # κ's dependence on (K, σ²) by the implicit function theorem: a Newton step whose
-            # value is zero at the root and whose derivative is −∂_θ excess / (1 − γ).
-            Ainv = resolvent(n, k0)
-            res = k0 - noise - k0 * (M - k0 * jnp.trace(Ainv)) / n
-            kappa = k0 - (res - jax.lax.stop_gradient(res)) / slope
-        Ainv = resolvent(n, kappa)
-        resid = eye - kappa * Ainv  # n K A⁻¹
-        gamma = jnp.sum(resid**2) / n
-        bias = kappa**2 * jnp.mean(jnp.sum((Ainv @ Y) ** 2, axis=0)) / M
-        if method == "equivalent_kernel":
-            error = bias + gamma * target_noise
-        else:
-            error = (bias + gamma * target_noise) / (1 - gamma)
-        return error, kappa, gamma
-
-    error, kappa, gamma = jax.lax.map(one, ns)
-    power = jnp.mean((U.T @ jax.lax.stop_gradient(Y)) ** 2, axis=1) / M
+    error, kappa, gamma, eta, power = _curve(
+        K, Y, network.noise, target_noise, ns, method == "self_consistent"
+    )
     return LearningCurve(
         n=ns,
         test_error=error,
@@ -196,3 +151,95 @@ def _learning_curve(network, X, Y, ns, target_noise, method: Method) -> Learning
         target_power=power[::-1],
         method=method,
     )
+
+
+def _spectral(K, Y, noise, target_noise, ns, self_consistent: bool):
+    """E_g, κ, γ per n from one eigendecomposition, and what the JVP needs."""
+    M = K.shape[0]
+    eta, U = jnp.linalg.eigh(K)
+    eta = jnp.maximum(eta, 0.0)
+    yr = U.T @ Y  # the target in the eigenbasis (M×m)
+    tol = 1e3 * float(jnp.finfo(K.dtype).eps)
+
+    def kappa_of(n):
+        if not self_consistent:
+            return noise
+
+        def excess(log_kappa, _):  # κ − σ² − κ Σ η/(nη + κ): −σ²·(…) ≤ 0 at κ = σ²
+            kappa = jnp.exp(log_kappa)
+            return kappa - noise - kappa * jnp.sum(eta / (n * eta + kappa))
+
+        lo, hi = jnp.log(noise), jnp.log(noise + jnp.sum(eta))
+        sol = optx.root_find(
+            excess,
+            optx.Bisection(rtol=0.0, atol=tol, flip=False),
+            0.5 * (lo + hi),
+            options=dict(lower=lo, upper=hi),
+            max_steps=256,
+            throw=False,
+        )
+        return jnp.exp(sol.value)
+
+    kappa = jax.vmap(kappa_of)(ns)
+    a = ns[:, None] * eta + kappa[:, None]  # nη_ρ + κ, (k, M)
+    gamma = jnp.sum(ns[:, None] * eta**2 / a**2, axis=1)
+    power = jnp.mean(yr**2, axis=1) / M  # a_ρ², averaged over outputs
+    bias = kappa**2 * jnp.sum(power / a**2, axis=1)
+    error = bias + gamma * target_noise
+    if self_consistent:
+        error = error / (1 - gamma)
+    return error, kappa, gamma, eta, power, U, yr, a, bias
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(5,))
+def _curve(K, Y, noise, target_noise, ns, self_consistent: bool):
+    """(E_g, κ, γ) per n, and the spectrum (η, a²). Differentiable in K, Y, σ² and σ_ε²; the
+    spectrum's outputs are not (their tangents are zero)."""
+    return _spectral(K, Y, noise, target_noise, ns, self_consistent)[:5]
+
+
+@_curve.defjvp
+def _curve_jvp(self_consistent, primals, tangents):
+    """Tangents from traces tr(dK f(K)) = Σ_ρ (UᵀdK U)_ρρ f(η_ρ) and bilinear forms in the
+    eigenbasis, which degenerate modes leave well defined. With A = nK + κI, a_ρ = nη_ρ + κ:
+
+    dκ = (dσ² + κ² tr(dK A⁻²)) / (1 − γ)           (self-consistent; dσ² for the EK)
+    dγ = 2nκ tr(dK K A⁻³) − 2n dκ tr(K² A⁻³)
+    d(yᵀA⁻²y) = 2(A⁻²y)ᵀdy − 2n (A⁻²y)ᵀ dK (A⁻¹y) − 2 dκ yᵀA⁻³y
+    """
+    K, Y, noise, target_noise, ns = primals
+    dK, dY, dnoise, dtarget, _ = tangents
+    error, kappa, gamma, eta, power, U, yr, a, bias = _spectral(
+        K, Y, noise, target_noise, ns, self_consistent
+    )
+    M, m = Y.shape
+    dKr = U.T @ dK @ U  # the tangent in the eigenbasis (once for all n)
+    dKd = jnp.diagonal(dKr)
+    dyr = U.T @ dY
+    n = ns[:, None]
+    kk = kappa[:, None]
+    if self_consistent:
+        dkappa = (dnoise + kappa**2 * jnp.sum(dKd / a**2, axis=1)) / (1 - gamma)
+    else:
+        dkappa = jnp.broadcast_to(dnoise, kappa.shape)
+    dk = dkappa[:, None]
+    dgamma = jnp.sum(2 * n * kk * dKd * eta / a**3 - 2 * n * dk * eta**2 / a**3, axis=1)
+    # Q = mean_j y_jᵀA⁻²y_j per n; u2 = A⁻²y, u1 = A⁻¹y in the eigenbasis, (k, M, m).
+    u2 = yr[None] / a[..., None] ** 2
+    u1 = yr[None] / a[..., None]
+    dQ = (
+        2 * jnp.sum(u2 * dyr[None], axis=(1, 2))
+        - 2 * ns * jnp.einsum("kri,rs,ksi->k", u2, dKr, u1)
+        - 2 * dkappa * jnp.sum(yr[None] ** 2 / a[..., None] ** 3, axis=(1, 2))
+    ) / m
+    Q = bias / kappa**2 * M
+    dbias = (2 * kappa * dkappa * Q + kappa**2 * dQ) / M
+    numer = bias + gamma * target_noise
+    dnumer = dbias + dgamma * target_noise + gamma * dtarget
+    if self_consistent:
+        derror = dnumer / (1 - gamma) + numer * dgamma / (1 - gamma) ** 2
+    else:
+        derror = dnumer
+    primal_out = (error, kappa, gamma, eta, power)
+    tangent_out = (derror, dkappa, dgamma, jnp.zeros_like(eta), jnp.zeros_like(power))
+    return primal_out, tangent_out

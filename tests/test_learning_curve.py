@@ -126,19 +126,33 @@ def test_against_gp_regression_on_drawn_training_sets(pool, curves):
         assert ek[i] < 0.7 * mc  # the equivalent kernel misses the renormalised ridge
 
 
-def test_gradients_match_finite_differences(pool):
-    """jax.grad of E_g(n = 16) with respect to σ_w² and σ² (through κ's implicit dependence)
-    against central differences of the function itself."""
+@pytest.mark.parametrize(
+    "kind, method",
+    [("erf", "self_consistent"), ("erf", "equivalent_kernel"), ("linear", "self_consistent")],
+)
+def test_gradients_match_finite_differences(pool, kind, method):
+    """jax.grad of E_g(n = 16) with respect to σ_w², σ², σ_ε² and the pool's targets (a random
+    direction) against central differences. The linear kernel on M = 400 > d = 8 inputs has
+    392 zero eigenvalues: derivatives through eigenvectors would be undefined there."""
     X, Y = pool
+    act = fj.Erf() if kind == "erf" else fj.Linear()
+    V = np.random.default_rng(1).standard_normal(Y.shape)
 
-    def err(params):
-        sw2, noise = params
-        return fj.learning_curve(_net(noise, sw2), X, Y, [16.0]).test_error[0]
+    def err(params, t=0.0):
+        sw2, noise, target_noise = params
+        net = fj.FCN(np.inf, sw2, SA2, noise, act)
+        curve = fj.learning_curve(
+            net, X, Y + t * V, [16.0], target_noise=target_noise, method=method
+        )
+        return curve.test_error[0]
 
-    p = jnp.array([SW2, NOISE])
+    p = jnp.array([SW2, NOISE, 0.02])
     g = np.asarray(jax.grad(err)(p))
-    for i, h in enumerate([1e-5, 1e-7]):
-        e = np.zeros(2)
+    for i, h in enumerate([1e-5, 1e-7, 1e-5]):
+        e = np.zeros(3)
         e[i] = h
         fd = (float(err(p + e)) - float(err(p - e))) / (2 * h)
         np.testing.assert_allclose(g[i], fd, rtol=1e-5)
+    g_y = float(jax.grad(lambda t: err(p, t))(0.0))
+    fd = (float(err(p, 1e-6)) - float(err(p, -1e-6))) / 2e-6
+    np.testing.assert_allclose(g_y, fd, rtol=1e-5)
