@@ -156,3 +156,15 @@ def test_gradients_match_finite_differences(pool, kind, method):
     g_y = float(jax.grad(lambda t: err(p, t))(0.0))
     fd = (float(err(p, 1e-6)) - float(err(p, -1e-6))) / 2e-6
     np.testing.assert_allclose(g_y, fd, rtol=1e-5)
+
+
+def test_vmap_over_hyperparameters_equals_loop(pool):
+    X, Y = pool
+
+    def err(noise):
+        return fj.learning_curve(_net(noise), X, Y, NS).test_error
+
+    noises = jnp.array([0.003, 0.01, 0.05])
+    batched = np.asarray(jax.jit(jax.vmap(err))(noises))
+    for k, s2 in enumerate(noises):
+        np.testing.assert_allclose(batched[k], err(float(s2)), rtol=1e-10)
