@@ -625,8 +625,9 @@ def sample(
     (see the module docstring), vmapped and jit-compiled. Each runs `burn_in` steps, then
     `num_samples · thin` steps keeping every `thin`-th; only the observables of the kept draws
     are stored (see [`fls_jax.sampling.Samples`][]), about
-    ``8 · num_chains · (num_samples · (2 (n + n*) m + n* + S²) + 5 (L − 1) n²)`` bytes for
-    depth L (each deeper layer's pre-kernel is summed over the draws, not kept per draw).
+    ``8 · num_chains · (num_samples · ((n + n*) m + S²) + 5 (L − 1) n²)`` bytes for depth L
+    (each deeper layer's pre-kernel is summed over the draws, not kept per draw), and
+    ``8 · num_chains · num_samples · ((n + n*) m + n*)`` more with ``readout="marginal"``.
 
     The readout. Given the hidden weights the network is linear in its readout, whose
     posterior is then Gaussian: Bayesian linear regression on the last layer's D = P_out·C_L
