@@ -14,6 +14,11 @@ Monte-Carlo test error per σ_w², their argmins, and `jax.grad` of the predicti
 
 Task: a single-index erf teacher (d = 16, scale 1.5) with an erf FCN's NNGP kernel, σ² = 0.01;
 the pool (the data measure) is M inputs of the task.
+
+A third table (finite width): a linear FCN (d = 32, targets of a linear teacher ×3, σ² = 0.01,
+pool of 1000) at C = 4, 16 and ∞. `fj.learning_curve` at finite width (the kernel scale u(n)
+at the saddle point, the ridge σ²/u) against the exact posterior, `fj.renormalise`, averaged
+over `--finite-draws` training sets per n: test error and u, both ways.
 """
 
 import argparse
@@ -58,6 +63,7 @@ def main():
     p.add_argument("--draws", type=int, default=100, help="training sets per n (Monte Carlo)")
     p.add_argument("--ns", type=int, nargs="+", default=[4, 16, 64, 128, 256, 512])
     p.add_argument("--scan-n", type=int, default=64)
+    p.add_argument("--finite-draws", type=int, default=40, help="training sets per n, finite C")
     a = p.parse_args()
     t = fj.datasets.single_index_teacher(n=a.pool, n_test=1, d=16, scale=1.5, seed=7)
     X, Y = jnp.asarray(t.X), jnp.asarray(t.Y)
@@ -118,6 +124,37 @@ def main():
         f"# argmin over the grid: predicted σ_w² = {sw2s[int(np.argmin(pred))]:.3f}, "
         f"Monte Carlo σ_w² = {sw2s[int(np.argmin(mcs))]:.3f}"
     )
+    finite_width(a.finite_draws)
+
+
+def finite_width(draws: int):
+    """A linear FCN's learning curve at finite width against its exact posterior."""
+    t = fj.datasets.linear_patch_teacher(1000, 1, patch_size=32, patches=1, seed=3)
+    X, Y = np.asarray(t.X), 3 * np.asarray(t.Y)
+    ns = [16, 32, 64, 128]
+    rng = np.random.default_rng(0)
+    print(
+        f"\n{'C':>5} {'n':>4} | {'predicted':>10} {'u':>6} | {'exact, averaged':>19} {'u':>6} | "
+        f"{'ratio':>6}"
+    )
+    for C in (4.0, 16.0, np.inf):
+        net = fj.FCN(C, 1.0, 1.0, 0.01, fj.Linear())
+        lc = fj.learning_curve(net, X, Y, ns)
+        for i, n in enumerate(ns):
+            runs = []
+            for _ in range(draws):
+                idx = rng.integers(0, len(X), n)
+                r = fj.renormalise(net, X[idx], Y[idx], X, Y)
+                runs.append((float(r.test_error), float(r.scale)))
+            runs = np.asarray(runs)
+            err, u = runs.mean(0)
+            se = runs[:, 0].std() / np.sqrt(draws)
+            pred = float(lc.test_error[i])
+            print(
+                f"{C:5.0f} {n:4d} | {pred:10.4e} {float(lc.scale[i]):6.3f} | "
+                f"{err:10.4e}±{se:7.1e} {u:6.3f} | {pred / err:6.3f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

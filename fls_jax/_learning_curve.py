@@ -21,6 +21,15 @@ Both are averages over training sets; neither is exact at finite n (the self-con
 exact as n, M and the number of relevant modes grow together). `tests/test_learning_curve.py`
 measures them against GP regression on drawn training sets.
 
+**Finite width** (FCNs whose kernel a scalar renormalises: linear ones of any depth, exactly;
+one hidden layer of any activation, as the proportional-limit approximation; see
+`fj.renormalise`). The mean predictor at kernel scale u is the GP's with the ridge σ²/u: finite
+width enters as a renormalised noise. u(n) is the saddle point of `fj.renormalise`'s action
+with its data terms replaced by their training-set averages: for a training set of n points
+and ridge λ, tr K(K + λ)⁻¹ → Σ_ρ nη_ρ/(nη_ρ + κ), yᵀ(K + λ)⁻¹y/n → [Σ_ρ κa_ρ²/(nη_ρ + κ) + σ_ε²]/κ
+and λ²yᵀ(K + λ)⁻²y/n → (λ/κ)²(E_g + σ_ε²), with κ = κ(λ). Then E_g is the self-consistent
+curve at the ridge σ²/u(n). Values only: a derivative at finite width is a run-time error.
+
 The code takes one eigendecomposition of K/M, finds κ per n by bisection on the eigenvalues
 and sums over modes. Its derivatives are written by hand (`_curve_jvp`) as traces
 tr(dK f(K)) and bilinear forms in the eigenbasis, with κ's dependence from the implicit
@@ -40,6 +49,7 @@ from jaxtyping import Array, ArrayLike, Float
 
 from ._free_energy import _gp_post_kernels
 from ._network import AbstractNetwork
+from ._renorm import _BRACKET, _check_one_output, _check_scalar_renormalisation, _half_shapes
 from ._solve import _concrete, _validate
 
 
@@ -57,6 +67,8 @@ class LearningCurve(eqx.Module):
       input from the data measure, against the noiseless target (k).
     - `kappa`: the renormalised ridge κ(n) (σ² for the equivalent kernel) (k).
     - `gamma`: γ(n) = Σ_ρ n η_ρ²/(n η_ρ + κ)² (k).
+    - `scale`: at finite width, the kernel's scale u(n) at the saddle point (the ridge is
+      σ²/u); 1 at width ``inf`` (k).
     - `eigenvalues`: the kernel's eigenvalues η_ρ on the data measure, descending (M).
     - `target_power`: the target's power a_ρ² in each mode, averaged over outputs (M);
       Σ_ρ a_ρ² is the target's mean square, E_g at n = 0.
@@ -67,6 +79,7 @@ class LearningCurve(eqx.Module):
     test_error: Float[Array, " k"]
     kappa: Float[Array, " k"]
     gamma: Float[Array, " k"]
+    scale: Float[Array, " k"]
     eigenvalues: Float[Array, " M"]
     target_power: Float[Array, " M"]
     method: str = eqx.field(static=True)
@@ -81,18 +94,22 @@ def learning_curve(
     target_noise: float | Float[ArrayLike, ""] = 0.0,
     method: Method = "self_consistent",
 ) -> LearningCurve:
-    """The learning curve of the network's GP limit (SPEC §5), without training.
+    """The learning curve of a network (SPEC §5): its expected test error against the number
+    of training points, without training.
 
     See the module docstring for the equations. The kernel is the network's NNGP output
-    kernel (any depth, FCN or PatchCNN, SPEC §2); σ² is `network.noise`. Differentiable
-    (`jax.grad` of `test_error` with respect to σ_w², σ_a², σ², `target_noise` or the pool),
-    and `jax.jit`-able; the cost is one M×M eigendecomposition, O(M) per training-set size,
-    and for a derivative one M×M change of basis plus O(M²) per size.
+    kernel (any depth, FCN or PatchCNN, SPEC §2); σ² is `network.noise`. At width ``inf``
+    it is GP regression's curve, differentiable (`jax.grad` of `test_error` with respect to
+    σ_w², σ_a², σ², `target_noise` or the pool); the cost is one M×M eigendecomposition,
+    O(M) per training-set size, and for a derivative one M×M change of basis plus O(M²) per
+    size. At finite width (FCNs with one output, linear when deep) the kernel's scale u(n)
+    renormalises the noise; values only. `jax.jit`-able either way.
 
     **Arguments:**
 
     - `network`: an [`fls_jax.FCN`][] or [`fls_jax.PatchCNN`][] at width ``inf`` with
-      standard readout scaling (a mean-field readout's GP limit vanishes).
+      standard readout scaling (a mean-field readout's GP limit vanishes), or an FCN at a
+      finite width: linear in every layer when deep, either scaling.
     - `X`: M inputs drawn from the data measure (the pool; M of a few hundred to a few
       thousand resolves the modes that matter for n up to about M/4).
     - `Y`: the target's noiseless values on the pool (M×m or M).
@@ -107,17 +124,19 @@ def learning_curve(
     X, Y = _validate(network, X, Y, deep_priors=False)
     if network.inducing is not None:
         raise ValueError("learning_curve does not take inducing points")
-    if getattr(network, "scaling", "standard") != "standard":
+    # A traced width (a network built under jax.jit) is only known when the program runs:
+    # then both branches are compiled and the width picks one (`_learning_curve`).
+    concrete = _concrete(network.width)
+    finite = concrete and bool(np.isfinite(np.asarray(network.width)).all())
+    if finite:
+        _check_scalar_renormalisation(network, "learning_curve at finite width")
+        _check_one_output(Y, "learning_curve at finite width")
+        if method != "self_consistent":
+            raise ValueError("learning_curve at finite width has method='self_consistent' only")
+    elif getattr(network, "scaling", "standard") != "standard":
         raise ValueError(
-            "learning_curve needs standard readout scaling: a mean-field network's GP limit "
-            "is zero (its readout variance σ_a²/C² vanishes as C → ∞)"
-        )
-    # A traced width (under jax.jit) cannot be checked here; the kernel is the GP's anyway.
-    if _concrete(network.width) and np.isfinite(np.asarray(network.width)).any():
-        raise ValueError(
-            "learning_curve is the GP-limit (C = inf) theory: pass the network with width=inf "
-            "(finite-width learning curves are not implemented; at finite C use fj.solve and "
-            "fj.predict on drawn training sets, or fj.renormalise for linear FCNs)"
+            "learning_curve needs standard readout scaling at width=inf: a mean-field "
+            "network's GP limit is zero (its readout variance σ_a²/C² vanishes as C → ∞)"
         )
     if _concrete(n):
         values = np.asarray(n, dtype=float)
@@ -131,22 +150,56 @@ def learning_curve(
             raise ValueError(f"target_noise must be a finite number >= 0, got {target_noise}")
     n = jnp.asarray(n, X.dtype)
     target_noise = jnp.asarray(target_noise, X.dtype)
-    return _learning_curve(network, X, Y, jnp.atleast_1d(n), target_noise, method)
+    branch = "finite" if finite else ("gp" if concrete else "runtime")
+    return _learning_curve(network, X, Y, jnp.atleast_1d(n), target_noise, method, branch)
 
 
 @eqx.filter_jit
-def _learning_curve(network, X, Y, ns, target_noise, method: Method) -> LearningCurve:
+def _learning_curve(network, X, Y, ns, target_noise, method: Method, branch: str) -> LearningCurve:
     M = X.shape[0]
     K = _gp_post_kernels(network, X)[-1] / M  # the integral operator on the pool's measure
     K = 0.5 * (K + K.T)
-    error, kappa, gamma, eta, power = _curve(
-        K, Y, network.noise, target_noise, ns, method == "self_consistent"
-    )
+    noise = network.noise
+    sc = method == "self_consistent"
+
+    def gp():
+        error, kappa, gamma, eta, power = _curve(K, Y, noise, target_noise, ns, sc)
+        return error, kappa, gamma, jnp.ones_like(kappa), eta, power
+
+    def finite():
+        return _finite_width_curve(K, Y, noise, target_noise, ns, _half_shapes(network))
+
+    if branch == "gp":
+        out = gp()
+    elif branch == "finite":
+        out = finite()
+    else:  # the width is traced: decided at run time
+        renormalisable = True
+        try:
+            _check_scalar_renormalisation(network, "")
+            _check_one_output(Y, "")
+        except ValueError:
+            renormalisable = False
+        if renormalisable and sc:
+            out = jax.lax.cond(jnp.isinf(network.width), gp, finite)
+        else:
+            out = gp()
+            out = (
+                eqx.error_if(
+                    out[0],
+                    jnp.isfinite(network.width),
+                    "learning_curve at finite width needs an FCN (linear when deep) with one "
+                    "output and method='self_consistent'",
+                ),
+                *out[1:],
+            )
+    error, kappa, gamma, scale, eta, power = out
     return LearningCurve(
         n=ns,
         test_error=error,
         kappa=kappa,
         gamma=gamma,
+        scale=scale,
         eigenvalues=eta[::-1],
         target_power=power[::-1],
         method=method,
@@ -162,23 +215,7 @@ def _spectral(K, Y, noise, target_noise, ns, self_consistent: bool):
     tol = 1e3 * float(jnp.finfo(K.dtype).eps)
 
     def kappa_of(n):
-        if not self_consistent:
-            return noise
-
-        def excess(log_kappa, _):  # κ − σ² − κ Σ η/(nη + κ): −σ²·(…) ≤ 0 at κ = σ²
-            kappa = jnp.exp(log_kappa)
-            return kappa - noise - kappa * jnp.sum(eta / (n * eta + kappa))
-
-        lo, hi = jnp.log(noise), jnp.log(noise + jnp.sum(eta))
-        sol = optx.root_find(
-            excess,
-            optx.Bisection(rtol=0.0, atol=tol, flip=False),
-            0.5 * (lo + hi),
-            options=dict(lower=lo, upper=hi),
-            max_steps=256,
-            throw=False,
-        )
-        return jnp.exp(sol.value)
+        return _kappa(eta, noise, n, tol) if self_consistent else noise
 
     kappa = jax.vmap(kappa_of)(ns)
     a = ns[:, None] * eta + kappa[:, None]  # nη_ρ + κ, (k, M)
@@ -243,3 +280,99 @@ def _curve_jvp(self_consistent, primals, tangents):
     primal_out = (error, kappa, gamma, eta, power)
     tangent_out = (derror, dkappa, dgamma, jnp.zeros_like(eta), jnp.zeros_like(power))
     return primal_out, tangent_out
+
+
+def _kappa(eta, ridge, n, tol):
+    """The renormalised ridge: κ = λ + κ Σ η/(nη + κ), by bisection in log κ."""
+
+    def excess(log_kappa, _):  # κ − λ − κ Σ η/(nη + κ): −λ·(…) ≤ 0 at κ = λ
+        kappa = jnp.exp(log_kappa)
+        return kappa - ridge - kappa * jnp.sum(eta / (n * eta + kappa))
+
+    lo, hi = jnp.log(ridge), jnp.log(ridge + jnp.sum(eta))
+    sol = optx.root_find(
+        excess,
+        optx.Bisection(rtol=0.0, atol=tol, flip=False),
+        0.5 * (lo + hi),
+        options=dict(lower=lo, upper=hi),
+        max_steps=256,
+        throw=False,
+    )
+    return jnp.exp(sol.value)
+
+
+@jax.custom_jvp
+def _finite_width_curve(K, Y, noise, target_noise, ns, k):
+    """The learning curve of a finite-width FCN whose kernel is renormalised by a scalar u
+    (SPEC §5, `docs/learning_curves.md`): u(n) at the saddle point of `fj.renormalise`'s
+    effective action with the data terms replaced by their training-set averages, then the
+    GP curve with the ridge σ²/u. Returns (E_g, κ, γ, u, η, a²) per n."""
+    M = K.shape[0]
+    eta, U = jnp.linalg.eigh(K)
+    eta = jnp.maximum(eta, 0.0)
+    power = jnp.mean((U.T @ Y) ** 2, axis=1) / M
+    tol = 1e3 * float(jnp.finfo(K.dtype).eps)
+    gp = jnp.isinf(k[0])
+    s2 = target_noise
+
+    def typical(n, ridge):
+        """Training-set averages at ridge λ: (E_g, κ, γ, tr K(K+λ)⁻¹, yᵀ(K+λ)⁻¹y,
+        λ²yᵀ(K+λ)⁻²y), the last two per training point (Bordelon et al.'s deterministic
+        equivalents, measured in tests/test_learning_curve.py)."""
+        kappa = _kappa(eta, ridge, n, tol)
+        a = n * eta + kappa
+        gamma = jnp.sum(n * eta**2 / a**2)
+        error = (kappa**2 * jnp.sum(power / a**2) + gamma * s2) / (1 - gamma)
+        dof = jnp.sum(n * eta / a)
+        quad = (kappa * jnp.sum(power / a) + s2) / kappa
+        train = (ridge / kappa) ** 2 * (error + s2)
+        return error, kappa, gamma, dof, quad, train
+
+    def one(n):
+        def pull(z):  # g(z) = u ∂_u[−log N(Y; 0, uK + σ²)], averaged over training sets
+            ridge = noise * jnp.exp(-z)
+            _, _, _, dof, quad, train = typical(n, ridge)
+            return 0.5 * (dof - jnp.exp(-z) * n * (quad - train / ridge))
+
+        def stationarity(z, _):  # as in fj.renormalise: u_l = 1 − g/k_l, z = Σ_l log u_l
+            t = jnp.maximum(1 - pull(z) / k, jnp.exp(-2 * _BRACKET))
+            return z - jnp.sum(jnp.log(t))
+
+        sol = optx.root_find(
+            stationarity,
+            optx.Bisection(rtol=0.0, atol=tol, flip=False),
+            jnp.zeros((), K.dtype),
+            options=dict(lower=-_BRACKET, upper=_BRACKET),
+            max_steps=256,
+            throw=False,
+        )
+        z = jnp.where(gp, 0.0, sol.value)
+        error, kappa, gamma, *_ = typical(n, noise * jnp.exp(-z))
+        return error, kappa, gamma, jnp.exp(z)
+
+    error, kappa, gamma, scale = jax.lax.map(one, ns)
+    return error, kappa, gamma, scale, eta, power
+
+
+@_finite_width_curve.defjvp
+def _finite_width_curve_jvp(primals, tangents):
+    """At C = ∞ (u = 1) the curve is the GP's, and so are its derivatives. At finite width
+    the derivative of u(n) is not implemented: running such a derivative is an error."""
+    K, Y, noise, target_noise, ns, k = primals
+    dK, dY, dnoise, dtarget, _, _ = tangents
+    error, kappa, gamma, scale, eta, power = _finite_width_curve(*primals)
+    error = eqx.error_if(
+        error,
+        jnp.isfinite(k[0]),
+        "derivatives of finite-width learning curves are not implemented (values only); "
+        "the GP limit's (width=inf) are",
+    )
+
+    def gp(K, Y, noise, target_noise):
+        return _curve(K, Y, noise, target_noise, ns, True)[:3]
+
+    _, (derror, dkappa, dgamma) = jax.jvp(
+        gp, (K, Y, noise, target_noise), (dK, dY, dnoise, dtarget)
+    )
+    zeros = (jnp.zeros_like(scale), jnp.zeros_like(eta), jnp.zeros_like(power))
+    return (error, kappa, gamma, scale, eta, power), (derror, dkappa, dgamma, *zeros)

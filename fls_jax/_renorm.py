@@ -118,32 +118,42 @@ def renormalise(
     **Returns:** a [`fls_jax.Renormalised`][]. Under `jax.vmap` over the network's width it
     compiles once.
     """
+    _check_scalar_renormalisation(network, "renormalise")
+    if method not in ("mixture", "saddle"):
+        raise ValueError(f"method must be 'mixture' or 'saddle', got {method!r}")
+    X, Y = _validate(network, X, Y, deep_priors=False)
+    _check_one_output(Y, "renormalise")
+    X_test, Y_test = _validate_test(X, Y, X_test, Y_test)
+    return _renormalise(network, X, Y, X_test, Y_test, method)
+
+
+def _check_scalar_renormalisation(network, who: str) -> None:
+    """The networks whose kernel is renormalised by one scalar per layer: FCNs, linear in
+    every layer when deep (one hidden layer may have any activation), without inducing points."""
     if not isinstance(network, AbstractNetwork):
         raise TypeError(f"network must be an fls_jax network, got {type(network)}")
     if not isinstance(network, FCN):
         raise ValueError(
-            "renormalise supports FCN only: a PatchCNN's kernel is renormalised by a P×P "
+            f"{who} supports FCN only: a PatchCNN's kernel is renormalised by a P×P "
             "matrix of patch overlaps, not by one scalar"
         )
     if network.inducing is not None:
-        raise ValueError("renormalise does not take inducing points")
+        raise ValueError(f"{who} does not take inducing points")
     if network.depth > 1 and not all(
         isinstance(network.layer_activation(layer), Linear) for layer in range(1, network.depth + 1)
     ):
         raise ValueError(
-            "renormalise needs linear activations in every layer of a deep network (one "
+            f"{who} needs linear activations in every layer of a deep network (one "
             "hidden layer may have any activation)"
         )
-    if method not in ("mixture", "saddle"):
-        raise ValueError(f"method must be 'mixture' or 'saddle', got {method!r}")
-    X, Y = _validate(network, X, Y, deep_priors=False)
+
+
+def _check_one_output(Y: Array, who: str) -> None:
     if Y.shape[1] != 1:
         raise ValueError(
-            f"renormalise takes one output (Y of shape (n,) or (n, 1)), got m = {Y.shape[1]}: "
+            f"{who} takes one output (Y of shape (n,) or (n, 1)), got m = {Y.shape[1]}: "
             "with m outputs the scale is an m×m matrix"
         )
-    X_test, Y_test = _validate_test(X, Y, X_test, Y_test)
-    return _renormalise(network, X, Y, X_test, Y_test, method)
 
 
 def _half_shapes(network: AbstractNetwork) -> Array:
