@@ -218,14 +218,23 @@ def _spectral(K, Y, noise, target_noise, ns, self_consistent: bool):
         return _kappa(eta, noise, n, tol) if self_consistent else noise
 
     kappa = jax.vmap(kappa_of)(ns)
-    a = ns[:, None] * eta + kappa[:, None]  # nη_ρ + κ, (k, M)
-    gamma = jnp.sum(ns[:, None] * eta**2 / a**2, axis=1)
     power = jnp.mean(yr**2, axis=1) / M  # a_ρ², averaged over outputs
-    bias = kappa**2 * jnp.sum(power / a**2, axis=1)
+    error, gamma, bias = jax.vmap(
+        lambda n, kap: _error(eta, power, n, kap, target_noise, self_consistent)
+    )(ns, kappa)
+    a = ns[:, None] * eta + kappa[:, None]  # nη_ρ + κ, (k, M)
+    return error, kappa, gamma, eta, power, U, yr, a, bias
+
+
+def _error(eta, power, n, kappa, target_noise, self_consistent: bool):
+    """E_g at n points given κ (the module docstring's formula), with γ and the bias term."""
+    a = n * eta + kappa
+    gamma = jnp.sum(n * eta**2 / a**2)
+    bias = kappa**2 * jnp.sum(power / a**2)
     error = bias + gamma * target_noise
     if self_consistent:
         error = error / (1 - gamma)
-    return error, kappa, gamma, eta, power, U, yr, a, bias
+    return error, gamma, bias
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(5,))
@@ -317,12 +326,12 @@ def _finite_width_curve(K, Y, noise, target_noise, ns, k):
 
     def typical(n, ridge):
         """Training-set averages at ridge λ: (E_g, κ, γ, tr K(K+λ)⁻¹, yᵀ(K+λ)⁻¹y,
-        λ²yᵀ(K+λ)⁻²y), the last two per training point (Bordelon et al.'s deterministic
-        equivalents, measured in tests/test_learning_curve.py)."""
+        λ²yᵀ(K+λ)⁻²y), the last two per training point: deterministic equivalents in the
+        spirit of Bordelon et al., measured against drawn training sets in
+        benchmarks/logs/deterministic_equivalents_cpu.log."""
         kappa = _kappa(eta, ridge, n, tol)
         a = n * eta + kappa
-        gamma = jnp.sum(n * eta**2 / a**2)
-        error = (kappa**2 * jnp.sum(power / a**2) + gamma * s2) / (1 - gamma)
+        error, gamma, _ = _error(eta, power, n, kappa, s2, True)
         dof = jnp.sum(n * eta / a)
         quad = (kappa * jnp.sum(power / a) + s2) / kappa
         train = (ridge / kappa) ** 2 * (error + s2)
