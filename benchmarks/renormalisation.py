@@ -16,6 +16,11 @@ saddle point beside both, on four linear-teacher tasks:
 Printed per width: train and test error of the mean predictor for GP, EoS, mixture, saddle
 and the sampled networks (± standard error over chains), the posterior scale u, and seconds.
 
+`--eos-only` prints instead one table without sampling: the EoS against the exact mixture for
+linear FCNs of depth 1, 2 and 3 with n = 48 < d = 64 (where the EoS solve deep networks too),
+widths 4–256, typical targets and targets ×3: ratios of train error, test error and mean
+ensemble variance, and the mixture's E[u].
+
 A second table (`--proportional`, no sampling) grows n and C together at α = n/C = 2 on a
 linear teacher with targets ×3, where the saddle point (the proportional-limit theory) should
 approach the exact mixture: it prints both scales, both test errors and the mixture's seconds.
@@ -71,7 +76,11 @@ def main():
         default=[32, 128, 512, 2048],
         help="n of the proportional-limit table (C = n/2); none to skip",
     )
+    p.add_argument("--eos-only", action="store_true", help="only the EoS-vs-exact depth table")
     a = p.parse_args()
+    if a.eos_only:
+        eos_against_exact(a.noise)
+        return
     print(
         f"# {platform.processor() or platform.machine()}, jax {jax.__version__}, "
         f"{jax.devices()[0].platform}; {a.chains} chains × {a.samples} draws, burn-in {a.burn_in}"
@@ -159,6 +168,33 @@ def main():
     with open(a.out, "w") as f:
         json.dump(rows, f, indent=1)
     print(f"# wrote {a.out}")
+
+
+def eos_against_exact(noise):
+    """Deep linear FCNs at n < d: the EoS' predictions as ratios to the exact posterior's."""
+    t = fj.datasets.linear_patch_teacher(48, 200, patch_size=64, patches=1, seed=2)
+    print(
+        f"{'targets':>7} {'L':>2} {'C':>5} | {'train EoS/exact':>15} {'test':>7} "
+        f"{'variance':>8} | {'E[u]':>6} {'converged':>9} {'s EoS':>6}"
+    )
+    for scale in (1.0, 3.0):
+        Y, Y_test = scale * t.Y, scale * t.Y_test
+        for depth in (1, 2, 3):
+            for C in (4.0, 16.0, 64.0, 256.0):
+                net = fj.FCN(C, 1.0, 1.0, noise, fj.Linear(), depth=depth)
+                mix = fj.renormalise(net, t.X, Y, t.X_test, Y_test)
+                pred, sec = _timed(
+                    lambda net=net, Y=Y, Yt=Y_test: fj.predict(fj.solve(net, t.X, Y), t.X_test, Yt)
+                )
+                sol_ok = bool(fj.solve(net, t.X, Y).converged)
+                var = float(np.mean(pred.variance)) / float(np.mean(mix.variance))
+                print(
+                    f"{'×' + format(scale, '.0f'):>7} {depth:2d} {C:5.0f} | "
+                    f"{float(pred.train_error) / float(mix.train_error):15.3f} "
+                    f"{float(pred.test_error) / float(mix.test_error):7.3f} {var:8.3f} | "
+                    f"{float(mix.scale):6.3f} {sol_ok!s:>9} {sec:6.1f}",
+                    flush=True,
+                )
 
 
 def proportional(ns, noise):
