@@ -49,7 +49,12 @@ from jaxtyping import Array, ArrayLike, Float
 
 from ._free_energy import _gp_post_kernels
 from ._network import AbstractNetwork
-from ._renorm import _BRACKET, _check_one_output, _check_scalar_renormalisation, _half_shapes
+from ._renorm import (
+    _check_one_output,
+    _check_scalar_renormalisation,
+    _half_shapes,
+    _solve_log_scale,
+)
 from ._solve import _concrete, _validate
 
 
@@ -343,19 +348,7 @@ def _finite_width_curve(K, Y, noise, target_noise, ns, k):
             _, _, _, dof, quad, train = typical(n, ridge)
             return 0.5 * (dof - jnp.exp(-z) * n * (quad - train / ridge))
 
-        def stationarity(z, _):  # as in fj.renormalise: u_l = 1 − g/k_l, z = Σ_l log u_l
-            t = jnp.maximum(1 - pull(z) / k, jnp.exp(-2 * _BRACKET))
-            return z - jnp.sum(jnp.log(t))
-
-        sol = optx.root_find(
-            stationarity,
-            optx.Bisection(rtol=0.0, atol=tol, flip=False),
-            jnp.zeros((), K.dtype),
-            options=dict(lower=-_BRACKET, upper=_BRACKET),
-            max_steps=256,
-            throw=False,
-        )
-        z = jnp.where(gp, 0.0, sol.value)
+        z = jnp.where(gp, 0.0, _solve_log_scale(pull, k, K.dtype).value)
         error, kappa, gamma, *_ = typical(n, noise * jnp.exp(-z))
         return error, kappa, gamma, jnp.exp(z)
 
