@@ -28,7 +28,8 @@ width enters as a renormalised noise. u(n) is the saddle point of `fj.renormalis
 with its data terms replaced by their training-set averages: for a training set of n points
 and ridge λ, tr K(K + λ)⁻¹ → Σ_ρ nη_ρ/(nη_ρ + κ), yᵀ(K + λ)⁻¹y/n → [Σ_ρ κa_ρ²/(nη_ρ + κ) + σ_ε²]/κ
 and λ²yᵀ(K + λ)⁻²y/n → (λ/κ)²(E_g + σ_ε²), with κ = κ(λ). Then E_g is the self-consistent
-curve at the ridge σ²/u(n). Values only: a derivative at finite width is a run-time error.
+curve at the ridge σ²/u(n). Its derivatives include u's own, by the implicit function
+theorem on the saddle-point equation.
 
 The code takes one eigendecomposition of K/M, finds κ per n by bisection on the eigenvalues
 and sums over modes. Its derivatives are written by hand (`_curve_jvp`) as traces
@@ -54,6 +55,7 @@ from ._renorm import (
     _check_scalar_renormalisation,
     _half_shapes,
     _solve_log_scale,
+    _stationarity_gap,
 )
 from ._solve import _concrete, _validate
 
@@ -108,7 +110,9 @@ def learning_curve(
     σ_w², σ_a², σ², `target_noise` or the pool); the cost is one M×M eigendecomposition,
     O(M) per training-set size, and for a derivative one M×M change of basis plus O(M²) per
     size. At finite width (FCNs with one output, linear when deep) the kernel's scale u(n)
-    renormalises the noise; values only. `jax.jit`-able either way.
+    renormalises the noise, differentiably too (u's own derivative included). `jax.jit`-able
+    either way; a network built under `jax.jit` has a traced width, and the branch is then
+    chosen when the program runs.
 
     **Arguments:**
 
@@ -168,7 +172,7 @@ def _learning_curve(network, X, Y, ns, target_noise, method: Method, branch: str
     sc = method == "self_consistent"
 
     def gp():
-        error, kappa, gamma, eta, power = _curve(K, Y, noise, target_noise, ns, sc)
+        error, kappa, gamma, _, _, eta, power = _curve(K, Y, noise, target_noise, ns, sc)
         return error, kappa, gamma, jnp.ones_like(kappa), eta, power
 
     def finite():
@@ -211,24 +215,28 @@ def _learning_curve(network, X, Y, ns, target_noise, method: Method, branch: str
     )
 
 
-def _spectral(K, Y, noise, target_noise, ns, self_consistent: bool):
-    """E_g, κ, γ per n from one eigendecomposition, and what the JVP needs."""
+def _spectral(K, Y, ridge, target_noise, ns, self_consistent: bool):
+    """E_g, κ, γ, tr K(K+λ)⁻¹ and yᵀ(K+λ)⁻¹y/n (their training-set averages) per n from one
+    eigendecomposition, at the ridge λ (a scalar or one per n), and what the JVP needs."""
     M = K.shape[0]
     eta, U = jnp.linalg.eigh(K)
     eta = jnp.maximum(eta, 0.0)
     yr = U.T @ Y  # the target in the eigenbasis (M×m)
     tol = 1e3 * float(jnp.finfo(K.dtype).eps)
+    ridge = jnp.broadcast_to(ridge, ns.shape)
 
-    def kappa_of(n):
-        return _kappa(eta, noise, n, tol) if self_consistent else noise
+    def kappa_of(n, r):
+        return _kappa(eta, r, n, tol) if self_consistent else r
 
-    kappa = jax.vmap(kappa_of)(ns)
+    kappa = jax.vmap(kappa_of)(ns, ridge)
     power = jnp.mean(yr**2, axis=1) / M  # a_ρ², averaged over outputs
     error, gamma, bias = jax.vmap(
         lambda n, kap: _error(eta, power, n, kap, target_noise, self_consistent)
     )(ns, kappa)
     a = ns[:, None] * eta + kappa[:, None]  # nη_ρ + κ, (k, M)
-    return error, kappa, gamma, eta, power, U, yr, a, bias
+    dof = jnp.sum(ns[:, None] * eta / a, axis=1)
+    quad = jnp.sum(power / a, axis=1) + target_noise / kappa
+    return (error, kappa, gamma, dof, quad, eta, power), (U, yr, a, bias)
 
 
 def _error(eta, power, n, kappa, target_noise, self_consistent: bool):
@@ -243,10 +251,10 @@ def _error(eta, power, n, kappa, target_noise, self_consistent: bool):
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(5,))
-def _curve(K, Y, noise, target_noise, ns, self_consistent: bool):
-    """(E_g, κ, γ) per n, and the spectrum (η, a²). Differentiable in K, Y, σ² and σ_ε²; the
-    spectrum's outputs are not (their tangents are zero)."""
-    return _spectral(K, Y, noise, target_noise, ns, self_consistent)[:5]
+def _curve(K, Y, ridge, target_noise, ns, self_consistent: bool):
+    """(E_g, κ, γ, tr K(K+λ)⁻¹, yᵀ(K+λ)⁻¹y/n) per n, and the spectrum (η, a²). Differentiable
+    in K, Y, the ridge λ and σ_ε²; the spectrum's outputs are not (their tangents are zero)."""
+    return _spectral(K, Y, ridge, target_noise, ns, self_consistent)[0]
 
 
 @_curve.defjvp
@@ -254,34 +262,38 @@ def _curve_jvp(self_consistent, primals, tangents):
     """Tangents from traces tr(dK f(K)) = Σ_ρ (UᵀdK U)_ρρ f(η_ρ) and bilinear forms in the
     eigenbasis, which degenerate modes leave well defined. With A = nK + κI, a_ρ = nη_ρ + κ:
 
-    dκ = (dσ² + κ² tr(dK A⁻²)) / (1 − γ)           (self-consistent; dσ² for the EK)
+    dκ = (dλ + κ² tr(dK A⁻²)) / (1 − γ)            (self-consistent; dλ for the EK)
     dγ = 2nκ tr(dK K A⁻³) − 2n dκ tr(K² A⁻³)
-    d(yᵀA⁻²y) = 2(A⁻²y)ᵀdy − 2n (A⁻²y)ᵀ dK (A⁻¹y) − 2 dκ yᵀA⁻³y
+    d tr(nK A⁻¹) = nκ tr(dK A⁻²) − n dκ tr(K A⁻²)
+    d(yᵀA⁻ᵖy) = p (A⁻ᵖy)ᵀdy − Σ_(q+r=p+1) (A⁻^q y)ᵀ(n dK + dκ)(A⁻^r y)   (p = 1, 2)
     """
-    K, Y, noise, target_noise, ns = primals
-    dK, dY, dnoise, dtarget, _ = tangents
-    error, kappa, gamma, eta, power, U, yr, a, bias = _spectral(
-        K, Y, noise, target_noise, ns, self_consistent
-    )
+    K, Y, ridge, target_noise, ns = primals
+    dK, dY, dridge, dtarget, _ = tangents
+    out, (U, yr, a, bias) = _spectral(K, Y, ridge, target_noise, ns, self_consistent)
+    _, kappa, gamma, _, _, eta, power = out
     M, m = Y.shape
+    dridge = jnp.broadcast_to(dridge, ns.shape)
     dKr = U.T @ dK @ U  # the tangent in the eigenbasis (once for all n)
     dKd = jnp.diagonal(dKr)
     dyr = U.T @ dY
     n = ns[:, None]
     kk = kappa[:, None]
     if self_consistent:
-        dkappa = (dnoise + kappa**2 * jnp.sum(dKd / a**2, axis=1)) / (1 - gamma)
+        dkappa = (dridge + kappa**2 * jnp.sum(dKd / a**2, axis=1)) / (1 - gamma)
     else:
-        dkappa = jnp.broadcast_to(dnoise, kappa.shape)
+        dkappa = dridge
     dk = dkappa[:, None]
     dgamma = jnp.sum(2 * n * kk * dKd * eta / a**3 - 2 * n * dk * eta**2 / a**3, axis=1)
-    # Q = mean_j y_jᵀA⁻²y_j per n; u2 = A⁻²y, u1 = A⁻¹y in the eigenbasis, (k, M, m).
-    u2 = yr[None] / a[..., None] ** 2
+    ddof = jnp.sum(n * kk * dKd / a**2 - n * dk * eta / a**2, axis=1)
+    # A⁻¹y and A⁻²y in the eigenbasis, (k, M, m); forms averaged over outputs.
     u1 = yr[None] / a[..., None]
+    u2 = yr[None] / a[..., None] ** 2
+    y3 = jnp.sum(yr[None] ** 2 / a[..., None] ** 3, axis=(1, 2))
+    # Q = mean_j y_jᵀA⁻²y_j per n (the bias is κ²Q/M).
     dQ = (
         2 * jnp.sum(u2 * dyr[None], axis=(1, 2))
         - 2 * ns * jnp.einsum("kri,rs,ksi->k", u2, dKr, u1)
-        - 2 * dkappa * jnp.sum(yr[None] ** 2 / a[..., None] ** 3, axis=(1, 2))
+        - 2 * dkappa * y3
     ) / m
     Q = bias / kappa**2 * M
     dbias = (2 * kappa * dkappa * Q + kappa**2 * dQ) / M
@@ -291,9 +303,12 @@ def _curve_jvp(self_consistent, primals, tangents):
         derror = dnumer / (1 - gamma) + numer * dgamma / (1 - gamma) ** 2
     else:
         derror = dnumer
-    primal_out = (error, kappa, gamma, eta, power)
-    tangent_out = (derror, dkappa, dgamma, jnp.zeros_like(eta), jnp.zeros_like(power))
-    return primal_out, tangent_out
+    dquad = (
+        2 * jnp.sum(u1 * dyr[None], axis=(1, 2)) - ns * jnp.einsum("kri,rs,ksi->k", u1, dKr, u1)
+    ) / (m * M)
+    dquad = dquad - dkappa * Q / M + dtarget / kappa - target_noise * dkappa / kappa**2
+    zeros = (jnp.zeros_like(eta), jnp.zeros_like(power))
+    return out, (derror, dkappa, dgamma, ddof, dquad, *zeros)
 
 
 def _kappa(eta, ridge, n, tol):
@@ -315,66 +330,52 @@ def _kappa(eta, ridge, n, tol):
     return jnp.exp(sol.value)
 
 
-@jax.custom_jvp
 def _finite_width_curve(K, Y, noise, target_noise, ns, k):
     """The learning curve of a finite-width FCN whose kernel is renormalised by a scalar u
     (SPEC §5, `docs/learning_curves.md`): u(n) at the saddle point of `fj.renormalise`'s
     effective action with the data terms replaced by their training-set averages, then the
-    GP curve with the ridge σ²/u. Returns (E_g, κ, γ, u, η, a²) per n."""
-    M = K.shape[0]
-    eta, U = jnp.linalg.eigh(K)
+    GP curve with the ridge σ²/u. Returns (E_g, κ, γ, u, η, a²) per n.
+
+    The saddle z = log u is found by bisection on the spectrum; its derivatives enter by the
+    implicit function theorem, a Newton step z* − (H(z*) − H(z*)|_const)/∂_z H whose value is
+    z* and whose derivative is −∂_θ H/∂_z H, with H(z) = z − Σ_l log(1 − g(z)/k_l)."""
+    eta, U = jnp.linalg.eigh(jax.lax.stop_gradient(K))
     eta = jnp.maximum(eta, 0.0)
-    power = jnp.mean((U.T @ Y) ** 2, axis=1) / M
+    M = K.shape[0]
+    power = jnp.mean((U.T @ jax.lax.stop_gradient(Y)) ** 2, axis=1) / M
     tol = 1e3 * float(jnp.finfo(K.dtype).eps)
     gp = jnp.isinf(k[0])
-    s2 = target_noise
+    sg = jax.lax.stop_gradient
+    sg_noise, sg_s2, sg_k = sg(noise), sg(target_noise), sg(k)
 
-    def typical(n, ridge):
-        """Training-set averages at ridge λ: (E_g, κ, γ, tr K(K+λ)⁻¹, yᵀ(K+λ)⁻¹y,
-        λ²yᵀ(K+λ)⁻²y), the last two per training point: deterministic equivalents in the
-        spirit of Bordelon et al., measured against drawn training sets in
-        benchmarks/logs/deterministic_equivalents_cpu.log."""
+    def pull(dof, quad, error, kappa, ridge, n, z, s2):
+        """g(z) = u ∂_u[−log N(Y; 0, uK + σ²)] from the training-set averages at ridge λ:
+        tr K(K + λ)⁻¹, yᵀ(K + λ)⁻¹y/n and the training error (λ/κ)²(E_g + σ_ε²)."""
+        train = (ridge / kappa) ** 2 * (error + s2)
+        return 0.5 * (dof - jnp.exp(-z) * n * (quad - train / ridge))
+
+    def cheap_pull(n, z):  # the same on the fixed spectrum: for the bisection and ∂_z H
+        ridge = sg_noise * jnp.exp(-z)
         kappa = _kappa(eta, ridge, n, tol)
         a = n * eta + kappa
-        error, gamma, _ = _error(eta, power, n, kappa, s2, True)
+        error, _, _ = _error(eta, power, n, kappa, sg_s2, True)
         dof = jnp.sum(n * eta / a)
-        quad = (kappa * jnp.sum(power / a) + s2) / kappa
-        train = (ridge / kappa) ** 2 * (error + s2)
-        return error, kappa, gamma, dof, quad, train
+        quad = jnp.sum(power / a) + sg_s2 / kappa
+        return pull(dof, quad, error, kappa, ridge, n, z, sg_s2)
 
-    def one(n):
-        def pull(z):  # g(z) = u ∂_u[−log N(Y; 0, uK + σ²)], averaged over training sets
-            ridge = noise * jnp.exp(-z)
-            _, _, _, dof, quad, train = typical(n, ridge)
-            return 0.5 * (dof - jnp.exp(-z) * n * (quad - train / ridge))
+    def solve_z(n):
+        z = _solve_log_scale(lambda z: cheap_pull(n, z), sg_k, K.dtype).value
+        slope = jax.grad(lambda z: _stationarity_gap(cheap_pull(n, z), z, sg_k))(z)
+        return jnp.where(gp, 0.0, z), slope
 
-        z = jnp.where(gp, 0.0, _solve_log_scale(pull, k, K.dtype).value)
-        error, kappa, gamma, *_ = typical(n, noise * jnp.exp(-z))
-        return error, kappa, gamma, jnp.exp(z)
-
-    error, kappa, gamma, scale = jax.lax.map(one, ns)
-    return error, kappa, gamma, scale, eta, power
-
-
-@_finite_width_curve.defjvp
-def _finite_width_curve_jvp(primals, tangents):
-    """At C = ∞ (u = 1) the curve is the GP's, and so are its derivatives. At finite width
-    the derivative of u(n) is not implemented: running such a derivative is an error."""
-    K, Y, noise, target_noise, ns, k = primals
-    dK, dY, dnoise, dtarget, _, _ = tangents
-    error, kappa, gamma, scale, eta, power = _finite_width_curve(*primals)
-    error = eqx.error_if(
-        error,
-        jnp.isfinite(k[0]),
-        "derivatives of finite-width learning curves are not implemented (values only); "
-        "the GP limit's (width=inf) are",
+    z_star, slope = jax.lax.map(solve_z, ns)
+    # One evaluation at z* with the derivatives of (K, Y, σ², σ_ε²), for ∂_θ H; one with z's.
+    ridge_star = noise * jnp.exp(-z_star)
+    error, kappa, gamma, dof, quad, _, _ = _curve(K, Y, ridge_star, target_noise, ns, True)
+    h = jax.vmap(_stationarity_gap, in_axes=(0, 0, None))(
+        pull(dof, quad, error, kappa, ridge_star, ns, z_star, target_noise), z_star, k
     )
-
-    def gp(K, Y, noise, target_noise):
-        return _curve(K, Y, noise, target_noise, ns, True)[:3]
-
-    _, (derror, dkappa, dgamma) = jax.jvp(
-        gp, (K, Y, noise, target_noise), (dK, dY, dnoise, dtarget)
-    )
-    zeros = (jnp.zeros_like(scale), jnp.zeros_like(eta), jnp.zeros_like(power))
-    return (error, kappa, gamma, scale, eta, power), (derror, dkappa, dgamma, *zeros)
+    z = z_star - jnp.where(gp, 0.0, (h - sg(h)) / jnp.where(gp, 1.0, slope))
+    ridge = noise * jnp.exp(-z)
+    error, kappa, gamma, _, _, _, _ = _curve(K, Y, ridge, target_noise, ns, True)
+    return error, kappa, gamma, jnp.exp(z), eta, power
