@@ -170,13 +170,15 @@ def _learning_curve(network, X, Y, ns, target_noise, method: Method, branch: str
     K = 0.5 * (K + K.T)
     noise = network.noise
     sc = method == "self_consistent"
+    eta, U = _eigen(K)  # one eigendecomposition for every branch and evaluation
 
     def gp():
-        error, kappa, gamma, _, _, eta, power = _curve(K, Y, noise, target_noise, ns, sc)
+        error, kappa, gamma, _, _, _, power = _curve(K, Y, noise, target_noise, ns, eta, U, sc)
         return error, kappa, gamma, jnp.ones_like(kappa), eta, power
 
     def finite():
-        return _finite_width_curve(K, Y, noise, target_noise, ns, _half_shapes(network))
+        k = _half_shapes(network)
+        return _finite_width_curve(K, Y, noise, target_noise, ns, k, eta, U)
 
     if branch == "gp":
         out = gp()
@@ -215,12 +217,22 @@ def _learning_curve(network, X, Y, ns, target_noise, method: Method, branch: str
     )
 
 
-def _spectral(K, Y, ridge, target_noise, ns, self_consistent: bool):
-    """E_g, κ, γ, tr K(K+λ)⁻¹ and yᵀ(K+λ)⁻¹y/n (their training-set averages) per n from one
-    eigendecomposition, at the ridge λ (a scalar or one per n), and what the JVP needs."""
-    M = K.shape[0]
-    eta, U = jnp.linalg.eigh(K)
-    eta = jnp.maximum(eta, 0.0)
+def _eigen(K):
+    """η (clipped at 0) and the eigenvectors of K. Nothing is differentiated through them:
+    `_curve_jvp` carries K's derivatives."""
+    eta, U = jnp.linalg.eigh(jax.lax.stop_gradient(K))
+    return jnp.maximum(eta, 0.0), U
+
+
+def _power(U, Y):
+    """a_ρ² = (u_ρ · y)²/M, averaged over outputs."""
+    return jnp.mean((U.T @ Y) ** 2, axis=1) / Y.shape[0]
+
+
+def _spectral(K, Y, ridge, target_noise, ns, eta, U, self_consistent: bool):
+    """E_g, κ, γ, tr K(K+λ)⁻¹ and yᵀ(K+λ)⁻¹y/n (their training-set averages) per n on K's
+    eigendecomposition (η, U), at the ridge λ (a scalar or one per n), and what the JVP
+    needs."""
     yr = U.T @ Y  # the target in the eigenbasis (M×m)
     tol = 1e3 * float(jnp.finfo(K.dtype).eps)
     ridge = jnp.broadcast_to(ridge, ns.shape)
@@ -229,7 +241,7 @@ def _spectral(K, Y, ridge, target_noise, ns, self_consistent: bool):
         return _kappa(eta, r, n, tol) if self_consistent else r
 
     kappa = jax.vmap(kappa_of)(ns, ridge)
-    power = jnp.mean(yr**2, axis=1) / M  # a_ρ², averaged over outputs
+    power = _power(U, Y)
     error, gamma, bias = jax.vmap(
         lambda n, kap: _error(eta, power, n, kap, target_noise, self_consistent)
     )(ns, kappa)
@@ -250,11 +262,12 @@ def _error(eta, power, n, kappa, target_noise, self_consistent: bool):
     return error, gamma, bias
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(5,))
-def _curve(K, Y, ridge, target_noise, ns, self_consistent: bool):
-    """(E_g, κ, γ, tr K(K+λ)⁻¹, yᵀ(K+λ)⁻¹y/n) per n, and the spectrum (η, a²). Differentiable
-    in K, Y, the ridge λ and σ_ε²; the spectrum's outputs are not (their tangents are zero)."""
-    return _spectral(K, Y, ridge, target_noise, ns, self_consistent)[0]
+@functools.partial(jax.custom_jvp, nondiff_argnums=(7,))
+def _curve(K, Y, ridge, target_noise, ns, eta, U, self_consistent: bool):
+    """(E_g, κ, γ, tr K(K+λ)⁻¹, yᵀ(K+λ)⁻¹y/n) per n, and the spectrum (η, a²), given K's
+    eigendecomposition (η, U) from `_eigen`. Differentiable in K, Y, the ridge λ and σ_ε²;
+    the spectrum's outputs are not (their tangents are zero)."""
+    return _spectral(K, Y, ridge, target_noise, ns, eta, U, self_consistent)[0]
 
 
 @_curve.defjvp
@@ -267,9 +280,9 @@ def _curve_jvp(self_consistent, primals, tangents):
     d tr(nK A⁻¹) = nκ tr(dK A⁻²) − n dκ tr(K A⁻²)
     d(yᵀA⁻ᵖy) = p (A⁻ᵖy)ᵀdy − Σ_(q+r=p+1) (A⁻^q y)ᵀ(n dK + dκ)(A⁻^r y)   (p = 1, 2)
     """
-    K, Y, ridge, target_noise, ns = primals
-    dK, dY, dridge, dtarget, _ = tangents
-    out, (U, yr, a, bias) = _spectral(K, Y, ridge, target_noise, ns, self_consistent)
+    K, Y, ridge, target_noise, ns, eta, U = primals
+    dK, dY, dridge, dtarget = tangents[:4]
+    out, (U, yr, a, bias) = _spectral(K, Y, ridge, target_noise, ns, eta, U, self_consistent)
     _, kappa, gamma, _, _, eta, power = out
     M, m = Y.shape
     dridge = jnp.broadcast_to(dridge, ns.shape)
@@ -330,7 +343,7 @@ def _kappa(eta, ridge, n, tol):
     return jnp.exp(sol.value)
 
 
-def _finite_width_curve(K, Y, noise, target_noise, ns, k):
+def _finite_width_curve(K, Y, noise, target_noise, ns, k, eta, U):
     """The learning curve of a finite-width FCN whose kernel is renormalised by a scalar u
     (SPEC §5, `docs/learning_curves.md`): u(n) at the saddle point of `fj.renormalise`'s
     effective action with the data terms replaced by their training-set averages, then the
@@ -339,10 +352,7 @@ def _finite_width_curve(K, Y, noise, target_noise, ns, k):
     The saddle z = log u is found by bisection on the spectrum; its derivatives enter by the
     implicit function theorem, a Newton step z* − (H(z*) − H(z*)|_const)/∂_z H whose value is
     z* and whose derivative is −∂_θ H/∂_z H, with H(z) = z − Σ_l log(1 − g(z)/k_l)."""
-    eta, U = jnp.linalg.eigh(jax.lax.stop_gradient(K))
-    eta = jnp.maximum(eta, 0.0)
-    M = K.shape[0]
-    power = jnp.mean((U.T @ jax.lax.stop_gradient(Y)) ** 2, axis=1) / M
+    power = _power(U, jax.lax.stop_gradient(Y))
     tol = 1e3 * float(jnp.finfo(K.dtype).eps)
     gp = jnp.isinf(k[0])
     sg = jax.lax.stop_gradient
@@ -371,11 +381,11 @@ def _finite_width_curve(K, Y, noise, target_noise, ns, k):
     z_star, slope = jax.lax.map(solve_z, ns)
     # One evaluation at z* with the derivatives of (K, Y, σ², σ_ε²), for ∂_θ H; one with z's.
     ridge_star = noise * jnp.exp(-z_star)
-    error, kappa, gamma, dof, quad, _, _ = _curve(K, Y, ridge_star, target_noise, ns, True)
+    error, kappa, gamma, dof, quad, _, _ = _curve(K, Y, ridge_star, target_noise, ns, eta, U, True)
     h = jax.vmap(_stationarity_gap, in_axes=(0, 0, None))(
         pull(dof, quad, error, kappa, ridge_star, ns, z_star, target_noise), z_star, k
     )
     z = z_star - jnp.where(gp, 0.0, (h - sg(h)) / jnp.where(gp, 1.0, slope))
     ridge = noise * jnp.exp(-z)
-    error, kappa, gamma, _, _, _, _ = _curve(K, Y, ridge, target_noise, ns, True)
+    error, kappa, gamma, _, _, _, _ = _curve(K, Y, ridge, target_noise, ns, eta, U, True)
     return error, kappa, gamma, jnp.exp(z), eta, power
