@@ -19,6 +19,17 @@ the scalar effective action of the back-propagating kernel renormalisation (Li &
 2021) and of the proportional-limit theory (Pacelli, Ariosto et al. 2023), which is exact as n
 and C → ∞ at fixed n/C. For one hidden layer of any activation the same two objects, with K the
 NNGP kernel, are that theory's Gaussian-equivalence approximation (not exact).
+
+With m outputs and one hidden layer the scale becomes an m×m matrix U, the *kernel shape
+renormalisation* (Baglioni, Pacelli et al. 2024): for a linear FCN, f(X ∪ X*) | U ~ N(0, U ⊗ K)
+exactly, with U = AAᵀ/σ_a² ~ Wishart_m(C, I/C) from the readout A, and for any activation
+that is the Gaussian-equivalence approximation. Its density with respect to the invariant
+measure det U^{−(m+1)/2} dU is ∝ det U^{C/2} e^{−C tr U/2}, so the saddle point minimises
+
+    S(U) = (C/2)(tr U − log det U) + ½ vec(Y)ᵀ(U ⊗ K + σ²)⁻¹vec(Y) + ½ log det(U ⊗ K + σ²),
+
+the m = 1 action above. U couples the outputs: their predictions share evidence through its
+off-diagonal entries, which the EoS of SPEC §3 (outputs i.i.d. given the kernel) do not have.
 """
 
 import math
@@ -35,7 +46,7 @@ from ._activation import Linear
 from ._free_energy import _gp_post_kernels
 from ._network import FCN, AbstractNetwork
 from ._predict import _validate_test
-from ._solve import _validate
+from ._solve import _concrete, _validate
 
 
 Method = Literal["mixture", "saddle"]
@@ -53,23 +64,29 @@ _BRACKET = 50.0  # the saddle's log u is sought in [−50, 50]
 
 
 class Renormalised(eqx.Module):
-    """Predictions of a GP whose kernel is renormalised by a scalar u (SPEC §5), from
-    [`fls_jax.renormalise`][]. Errors are those of one output.
+    """Predictions of a GP whose kernel is renormalised by a scalar u, or by an m×m matrix U
+    for m outputs (SPEC §5), from [`fls_jax.renormalise`][]. Errors are averaged over outputs.
 
     **Fields:**
 
-    - `mean`: the posterior mean predictor on the test inputs (n*×1).
-    - `variance`: the posterior variance of the network output at each test input (n*):
-      E_u[GP variance] + Var_u[GP mean].
-    - `train_error`: mean squared train residual of the mean predictor.
+    - `mean`: the posterior mean predictor on the test inputs (n*×m).
+    - `variance`: the posterior variance of the network output at each test input (n*),
+      averaged over outputs: E_u[GP variance] + Var_u[GP mean] for one output.
+    - `train_error`: mean squared train residual of the mean predictor (over points and
+      outputs).
     - `test_error`: its mean squared test error (`inf` when no `Y_test` was given).
     - `test_error_draw`: expected test error of one network draw, `test_error` + mean
       `variance`.
-    - `scale`: E[u | Y] (method ``"mixture"``) or the saddle point's u* (``"saddle"``).
+    - `scale`: E[u | Y] (method ``"mixture"``) or the saddle point's u* (``"saddle"``);
+      tr U*/m for m outputs.
     - `scale_sd`: the posterior standard deviation of u (0 for ``"saddle"``).
     - `layer_scales`: the saddle point's per-layer factors u_l* (L,), u* = Π u_l*.
     - `log_evidence`: log p(Y | X): the mixture's (exact for linear FCNs) or its Laplace
       approximation at the saddle.
+    - `output_scale`: the m×m renormalisation of the outputs' kernel, U* (``"saddle"``; for
+      one output [[`scale`]]).
+    - `output_covariance`: the posterior covariance between the m outputs, averaged over the
+      test inputs (m×m); its trace over m is the mean of `variance`.
     - `converged`: the saddle was found and is a minimum of S, and (``"mixture"``) the
       quadrature grid holds the posterior. Predictions with `converged` False are flagged,
       not trustworthy.
@@ -84,15 +101,17 @@ class Renormalised(eqx.Module):
     scale_sd: Float[Array, ""]
     layer_scales: Float[Array, " L"]
     log_evidence: Float[Array, ""]
+    output_scale: Float[Array, "m m"]
+    output_covariance: Float[Array, "m m"]
     converged: Bool[Array, ""]
 
 
 def renormalise(
     network: AbstractNetwork,
     X: Float[ArrayLike, "n d"],
-    Y: Float[ArrayLike, "n 1"] | Float[ArrayLike, " n"],
+    Y: Float[ArrayLike, "n m"] | Float[ArrayLike, " n"],
     X_test: Float[ArrayLike, "n_test d"],
-    Y_test: Float[ArrayLike, "n_test 1"] | Float[ArrayLike, " n_test"] | None = None,
+    Y_test: Float[ArrayLike, "n_test m"] | Float[ArrayLike, " n_test"] | None = None,
     *,
     method: Method = "mixture",
 ) -> Renormalised:
@@ -107,12 +126,18 @@ def renormalise(
     renormalisation for deep linear networks; Pacelli et al.'s for one hidden layer), found by
     bisection (optimistix) on the stationarity condition of S.
 
-    Supported: `FCN` with linear activations at any depth, or one hidden layer of any
-    activation (where both methods are approximations); one output; standard or mean-field
-    scaling; `width` may be `inf` (the GP). A PatchCNN's kernel is renormalised by a P×P
-    matrix, not a scalar, and is refused, as are `inducing` points.
+    With m > 1 outputs (one hidden layer, ``method="saddle"``) the kernel is renormalised by
+    an m×m matrix U* (module docstring): the minimum of S(U) over positive-definite U, found
+    by BFGS on a Cholesky factor of U from U = I and polished by Newton's method (optimistix),
+    with the Laplace approximation of the evidence in the coordinates U*^{1/2} e^Z U*^{1/2}.
 
-    **Arguments:** the `network`, training data `X` (n×d), `Y` (n or n×1), test inputs
+    Supported: `FCN` with linear activations at any depth, or one hidden layer of any
+    activation (where both methods are approximations); one output, or m outputs with one
+    hidden layer, `method="saddle"` and width C > m − 1 (the Wishart prior of U); standard or
+    mean-field scaling; `width` may be `inf` (the GP). A PatchCNN's kernel is renormalised by
+    a P×P matrix, not a scalar, and is refused, as are `inducing` points.
+
+    **Arguments:** the `network`, training data `X` (n×d), `Y` (n or n×m), test inputs
     `X_test` and optional targets `Y_test`; `method`: ``"mixture"`` or ``"saddle"``.
 
     **Returns:** a [`fls_jax.Renormalised`][]. Under `jax.vmap` over the network's width it
@@ -122,9 +147,33 @@ def renormalise(
     if method not in ("mixture", "saddle"):
         raise ValueError(f"method must be 'mixture' or 'saddle', got {method!r}")
     X, Y = _validate(network, X, Y, deep_priors=False)
-    _check_one_output(Y, "renormalise")
+    m = Y.shape[1]
+    if m > 1:
+        _check_output_renormalisation(network, m, method)
     X_test, Y_test = _validate_test(X, Y, X_test, Y_test)
+    if m > 1:
+        return _renormalise_outputs(network, X, Y, X_test, Y_test)
     return _renormalise(network, X, Y, X_test, Y_test, method)
+
+
+def _check_output_renormalisation(network: AbstractNetwork, m: int, method: str) -> None:
+    """What the m×m renormalisation of m > 1 outputs supports (before compiling)."""
+    if network.depth > 1:
+        raise ValueError(
+            f"renormalise takes m > 1 outputs (got m = {m}) for one hidden layer only: a deep "
+            "network's outputs are renormalised by one m×m matrix per layer, not implemented"
+        )
+    if method != "saddle":
+        raise ValueError(
+            f"with m = {m} outputs the scale is an m×m matrix, whose posterior is not "
+            "integrated on a grid: use method='saddle' (or fls_jax.sampling for the exact "
+            "posterior)"
+        )
+    if _concrete(network.width) and not float(network.width) > m - 1:
+        raise ValueError(
+            f"width must be > m − 1 = {m - 1} for the Wishart prior of the m×m scale, got "
+            f"{float(network.width)}"
+        )
 
 
 def _check_scalar_renormalisation(network, who: str) -> None:
@@ -256,7 +305,150 @@ def _renormalise(network, X, Y, X_test, Y_test, method: Method) -> Renormalised:
         scale_sd=jnp.sqrt(jnp.maximum(w @ (u - scale) ** 2, 0.0)),
         layer_scales=jnp.exp(v_star),
         log_evidence=log_evidence,
+        output_scale=scale[None, None],
+        output_covariance=jnp.mean(variance)[None, None],
         converged=ok & finite,
+    )
+
+
+def _log_wishart_constant(k: Array, m: int) -> Array:
+    """km log k − km − log Γ_m(k): the log-density of U ~ Wishart_m(2k, I/(2k)) with respect
+    to det U^{−(m+1)/2} dU at U = I. Term by term in Stirling's form (s_j = (j − 1)/2),
+    (s + ½) log k − (k − s − ½) log(1 − s/k) − s − ½ log 2π − R(k − s), so that nothing
+    cancels at large k; for m = 1 it is `_log_gamma_factor`'s constant."""
+    total = jnp.asarray(-m * (m - 1) / 4 * math.log(math.pi), k.dtype)
+    for j in range(m):
+        s = j / 2
+        total = total + (
+            (s + 0.5) * jnp.log(k)
+            - (k - s - 0.5) * jnp.log1p(-s / k)
+            - s
+            - 0.5 * math.log(2 * math.pi)
+            - _stirling_remainder(k - s)
+        )
+    return total
+
+
+def _symmetric(z: Array, m: int) -> Array:
+    """The symmetric m×m matrix whose upper triangle (row-major, diagonal included) is z."""
+    rows, cols = jnp.triu_indices(m)
+    Z = jnp.zeros((m, m), z.dtype).at[rows, cols].set(z)
+    return Z + jnp.triu(Z, 1).T
+
+
+def _cholesky_factor(theta: Array, m: int) -> Array:
+    """Lower-triangular L with log-diagonal: the unconstrained parameters of U = LLᵀ."""
+    rows, cols = jnp.tril_indices(m)
+    L = jnp.zeros((m, m), theta.dtype).at[rows, cols].set(theta)
+    diag = jnp.diagonal(L)
+    return L + jnp.diag(jnp.exp(diag) - diag)
+
+
+@eqx.filter_jit
+def _renormalise_outputs(network, X, Y, X_test, Y_test) -> Renormalised:
+    """m outputs, one hidden layer: the saddle point U* of the kernel shape renormalisation
+    (module docstring) and the GP predictions with kernel U* ⊗ K."""
+    n, m = Y.shape
+    full = _gp_post_kernels(network, jnp.concatenate([X, X_test]))[-1]
+    lam, V = jnp.linalg.eigh(full[:n, :n])
+    lam = jnp.maximum(lam, 0.0)
+    y = V.T @ Y  # (n, m): row i is the targets' component along eigenvector i
+    KsV = full[n:, :n] @ V
+    kss = jnp.diagonal(full)[n:]
+    noise = network.noise
+    eye = jnp.eye(m, dtype=X.dtype)
+    k_true = network.width / 2
+    gp = jnp.isinf(k_true)
+    k = jnp.where(gp, 1.0, k_true)  # any finite value keeps the solve finite; U = I below
+
+    def blocks(U):  # Cholesky factors of M_i = λ_i U + σ² I, one m×m block per eigen-direction
+        return jnp.linalg.cholesky(lam[:, None, None] * U + noise * eye)
+
+    def solve(cho, b):  # M_i⁻¹ b_i for a stack b of (n, m, r)
+        half = jax.scipy.linalg.solve_triangular(cho, b, lower=True)
+        return jax.scipy.linalg.solve_triangular(cho, half, lower=True, trans="T")
+
+    def neg_log_likelihood(U):
+        cho = blocks(U)
+        alpha = solve(cho, y[..., None])[..., 0]
+        logdet = 2 * jnp.sum(jnp.log(jnp.diagonal(cho, axis1=1, axis2=2)))
+        return 0.5 * (jnp.sum(y * alpha) + logdet + n * m * math.log(2 * math.pi))
+
+    def action(U):  # S(U), up to U-independent constants
+        logdet_U = 2 * jnp.sum(jnp.log(jnp.diagonal(jnp.linalg.cholesky(U))))
+        return k * (jnp.trace(U) - logdet_U - m) + neg_log_likelihood(U)
+
+    def objective(theta, _):
+        L = _cholesky_factor(theta, m)
+        return action(L @ L.T)
+
+    theta0 = jnp.zeros(m * (m + 1) // 2, X.dtype)
+    tol = float(jnp.finfo(X.dtype).eps) ** 0.5
+    descent = optx.minimise(
+        objective, optx.BFGS(rtol=tol, atol=tol), theta0, max_steps=1000, throw=False
+    )
+    polish = optx.root_find(
+        lambda theta, _: jax.grad(objective)(theta, None),
+        optx.Newton(rtol=1e3 * tol**2, atol=1e3 * tol**2),
+        descent.value,
+        max_steps=32,
+        throw=False,
+    )
+    L = _cholesky_factor(polish.value, m)
+    U = jnp.where(gp, eye, L @ L.T)
+
+    # The Hessian of S in the coordinates U*^{1/2} e^Z U*^{1/2} (Z symmetric, its upper
+    # triangle free): e^Z to second order suffices at Z = 0.
+    mu, P = jnp.linalg.eigh(U)
+    root = (P * jnp.sqrt(mu)) @ P.T
+
+    def local(z):
+        Z = _symmetric(z, m)
+        return action(root @ (eye + Z + Z @ Z / 2) @ root)
+
+    z0 = jnp.zeros(m * (m + 1) // 2, X.dtype)
+    hessian = jax.hessian(local)(z0)
+    gradient = jax.grad(local)(z0)
+    sign, logdet_h = jnp.linalg.slogdet(hessian)
+    minimum = (sign > 0) & jnp.all(jnp.linalg.eigvalsh(hessian) > 0)
+    stationary = jnp.max(jnp.abs(gradient)) <= 1e3 * tol * (1 + k * m)
+    wishart = k > (m - 1) / 2
+    ok = gp | ((polish.result == optx.RESULTS.successful) & minimum & stationary & wishart)
+
+    log_prior = _log_wishart_constant(jnp.where(wishart, k, m), m) - k * (
+        jnp.trace(U) - jnp.sum(jnp.log(mu)) - m
+    )
+    laplace = 0.5 * (m * (m + 1) / 2 * math.log(2 * math.pi) - logdet_h)
+    log_likelihood = -neg_log_likelihood(U)
+    log_evidence = log_likelihood + jnp.where(gp, 0.0, log_prior + laplace)
+
+    cho = blocks(U)
+    alpha = solve(cho, y[..., None])[..., 0]  # (n, m)
+    mean = KsV @ (alpha @ U)
+    residual = noise * (V @ alpha)
+    # Cov(f(x*)) = U k(x*, x*) − Σ_i (K*V)_{x* i}² U M_i⁻¹ U, per test input (m×m).
+    shrink = U @ solve(cho, jnp.broadcast_to(U, (n, m, m)))
+    covariance = kss[:, None, None] * U - jnp.einsum("xi,iab->xab", KsV**2, shrink)
+    variance = jnp.trace(covariance, axis1=1, axis2=2) / m
+    if Y_test is None:
+        test_error = jnp.asarray(jnp.inf, X.dtype)
+    else:
+        test_error = jnp.mean((mean - Y_test) ** 2)
+    scale = jnp.trace(U) / m
+    finite = jnp.all(jnp.isfinite(mean)) & jnp.all(jnp.isfinite(variance))
+    return Renormalised(
+        mean=mean,
+        variance=variance,
+        train_error=jnp.mean(residual**2),
+        test_error=test_error,
+        test_error_draw=test_error + jnp.mean(variance),
+        scale=scale,
+        scale_sd=jnp.zeros((), X.dtype),
+        layer_scales=scale[None],
+        log_evidence=log_evidence,
+        output_scale=U,
+        output_covariance=jnp.mean(covariance, axis=0),
+        converged=ok & finite & jnp.isfinite(log_evidence),
     )
 
 

@@ -411,7 +411,15 @@ def test_renormalise_bad_input():
     deep_erf = fj.FCN(2.0, 1.0, 1.0, 0.25, fj.Erf(), depth=2)
     raises_before_compiling(ValueError, "linear", fj.renormalise, deep_erf, X, Y, X_test)
     two = np.stack([Y, Y], axis=1)
-    raises_before_compiling(ValueError, "one output", fj.renormalise, lin, X, two, X_test)
+    raises_before_compiling(ValueError, "method='saddle'", fj.renormalise, lin, X, two, X_test)
+    deep_lin = fj.FCN(2.0, 1.0, 1.0, 0.25, fj.Linear(), depth=2)
+    raises_before_compiling(
+        ValueError, "one hidden layer", fj.renormalise, deep_lin, X, two, X_test, method="saddle"
+    )
+    three = np.stack([Y, Y, Y], axis=1)
+    raises_before_compiling(
+        ValueError, "Wishart", fj.renormalise, lin, X, three, X_test, method="saddle"
+    )
     raises_before_compiling(ValueError, "method", fj.renormalise, lin, X, Y, X_test, method="x")
     induced = fj.FCN(2.0, 1.0, 1.0, 0.25, fj.Linear(), inducing=X[:2])
     raises_before_compiling(ValueError, "inducing", fj.renormalise, induced, X, Y, X_test)
