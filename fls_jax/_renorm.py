@@ -30,6 +30,14 @@ measure det U^{−(m+1)/2} dU is ∝ det U^{C/2} e^{−C tr U/2}, so the saddle 
 
 the m = 1 action above. U couples the outputs: their predictions share evidence through its
 off-diagonal entries, which the EoS of SPEC §3 (outputs i.i.d. given the kernel) do not have.
+
+A PatchCNN f(x) = Σ_i Σ_c a_ic φ(w_c · x_i) is the same with patches in place of outputs (the
+*local kernel renormalisation*, Aiudi, Pacelli et al.): given the readout, f is a sum over
+channels of independent terms with kernel Σ_ij G_ij κ_ij, G = AAᵀ the readout's P×P Gram
+matrix and κ_ij(x, x′) = E[φ(w · x_i) φ(w · x′_j)] over the filter's prior. With U = (P/s_a) G
+~ Wishart_P(C, I/C) the kernel is (s_a/P) Σ_ij U_ij κ_ij (the NNGP kernel at U = I) and S(U)
+is as above with that kernel: exact, as a mixture, for a linear PatchCNN; the
+Gaussian-equivalence approximation otherwise.
 """
 
 import math
@@ -44,7 +52,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float
 
 from ._activation import Linear
 from ._free_energy import _gp_post_kernels
-from ._network import FCN, AbstractNetwork
+from ._network import FCN, AbstractNetwork, PatchCNN
 from ._predict import _validate_test
 from ._solve import _concrete, _validate
 
@@ -78,13 +86,14 @@ class Renormalised(eqx.Module):
     - `test_error_draw`: expected test error of one network draw, `test_error` + mean
       `variance`.
     - `scale`: E[u | Y] (method ``"mixture"``) or the saddle point's u* (``"saddle"``);
-      tr U*/m for m outputs.
+      the mean eigenvalue of `scale_matrix` when that is a matrix.
     - `scale_sd`: the posterior standard deviation of u (0 for ``"saddle"``).
     - `layer_scales`: the saddle point's per-layer factors u_l* (L,), u* = Π u_l*.
     - `log_evidence`: log p(Y | X): the mixture's (exact for linear FCNs) or its Laplace
       approximation at the saddle.
-    - `output_scale`: the m×m renormalisation of the outputs' kernel, U* (``"saddle"``; for
-      one output [[`scale`]]).
+    - `scale_matrix`: the saddle point's matrix U*: over outputs for an FCN with m outputs
+      (the kernel U* ⊗ K, m×m), over pairs of patches for a PatchCNN (Σ_ij U*_ij κ_ij, P×P);
+      [[`scale`]] for an FCN with one output.
     - `output_covariance`: the posterior covariance between the m outputs, averaged over the
       test inputs (m×m); its trace over m is the mean of `variance`.
     - `converged`: the saddle was found and is a minimum of S, and (``"mixture"``) the
@@ -101,7 +110,7 @@ class Renormalised(eqx.Module):
     scale_sd: Float[Array, ""]
     layer_scales: Float[Array, " L"]
     log_evidence: Float[Array, ""]
-    output_scale: Float[Array, "m m"]
+    scale_matrix: Float[Array, "q q"]
     output_covariance: Float[Array, "m m"]
     converged: Bool[Array, ""]
 
@@ -115,7 +124,7 @@ def renormalise(
     *,
     method: Method = "mixture",
 ) -> Renormalised:
-    """Predictions of the scalar kernel renormalisation theories (SPEC §5).
+    """Predictions of the kernel renormalisation theories (SPEC §5).
 
     The network's GP-limit kernel K is rescaled by u = Π_l g_l, g_l ~ Gamma(C_l/2, 2/C_l)
     a priori (module docstring). ``method="mixture"`` integrates the posterior of log u on a
@@ -126,16 +135,17 @@ def renormalise(
     renormalisation for deep linear networks; Pacelli et al.'s for one hidden layer), found by
     bisection (optimistix) on the stationarity condition of S.
 
-    With m > 1 outputs (one hidden layer, ``method="saddle"``) the kernel is renormalised by
-    an m×m matrix U* (module docstring): the minimum of S(U) over positive-definite U, found
-    by BFGS on a Cholesky factor of U from U = I and polished by Newton's method (optimistix),
-    with the Laplace approximation of the evidence in the coordinates U*^{1/2} e^Z U*^{1/2}.
+    Two cases renormalise the kernel by a matrix U (module docstring), ``method="saddle"``
+    only: an FCN with m > 1 outputs (m×m, U ⊗ K) and a PatchCNN (P×P over patch pairs, one
+    output). U* minimises S(U) over positive-definite U: BFGS on a Cholesky factor of U from
+    U = I, polished by Newton's method (optimistix); the evidence is the Laplace
+    approximation in the coordinates U*^{1/2} e^Z U*^{1/2}.
 
     Supported: `FCN` with linear activations at any depth, or one hidden layer of any
-    activation (where both methods are approximations); one output, or m outputs with one
-    hidden layer, `method="saddle"` and width C > m − 1 (the Wishart prior of U); standard or
-    mean-field scaling; `width` may be `inf` (the GP). A PatchCNN's kernel is renormalised by
-    a P×P matrix, not a scalar, and is refused, as are `inducing` points.
+    activation (where both methods are approximations), one output or, with one hidden layer,
+    m outputs; a one-hidden-layer `PatchCNN` of any activation with one output; standard or
+    mean-field scaling; `width` may be `inf` (the GP), and must exceed q − 1 for a q×q matrix
+    U (its Wishart prior). `inducing` points are refused.
 
     **Arguments:** the `network`, training data `X` (n×d), `Y` (n or n×m), test inputs
     `X_test` and optional targets `Y_test`; `method`: ``"mixture"`` or ``"saddle"``.
@@ -143,36 +153,52 @@ def renormalise(
     **Returns:** a [`fls_jax.Renormalised`][]. Under `jax.vmap` over the network's width it
     compiles once.
     """
-    _check_scalar_renormalisation(network, "renormalise")
     if method not in ("mixture", "saddle"):
         raise ValueError(f"method must be 'mixture' or 'saddle', got {method!r}")
+    patches = isinstance(network, PatchCNN)
+    if patches:
+        _check_patch_renormalisation(network)
+    else:
+        _check_scalar_renormalisation(network, "renormalise")
     X, Y = _validate(network, X, Y, deep_priors=False)
     m = Y.shape[1]
-    if m > 1:
-        _check_output_renormalisation(network, m, method)
+    if patches:
+        _check_one_output(Y, "renormalise for a PatchCNN")
+        P = X.shape[1] // network.patch_size
+        _check_matrix_renormalisation(network, P, method, f"a PatchCNN's {P}×{P} patch scale")
+    elif m > 1:
+        if network.depth > 1:
+            raise ValueError(
+                f"renormalise takes m > 1 outputs (got m = {m}) for one hidden layer only: a "
+                "deep network's outputs are renormalised by one m×m matrix per layer, not "
+                "implemented"
+            )
+        _check_matrix_renormalisation(network, m, method, f"the {m}×{m} scale of {m} outputs")
     X_test, Y_test = _validate_test(X, Y, X_test, Y_test)
+    if patches:
+        return _renormalise_patches(network, X, Y, X_test, Y_test)
     if m > 1:
         return _renormalise_outputs(network, X, Y, X_test, Y_test)
     return _renormalise(network, X, Y, X_test, Y_test, method)
 
 
-def _check_output_renormalisation(network: AbstractNetwork, m: int, method: str) -> None:
-    """What the m×m renormalisation of m > 1 outputs supports (before compiling)."""
+def _check_patch_renormalisation(network: PatchCNN) -> None:
+    if network.inducing is not None:
+        raise ValueError("renormalise does not take inducing points")
     if network.depth > 1:
-        raise ValueError(
-            f"renormalise takes m > 1 outputs (got m = {m}) for one hidden layer only: a deep "
-            "network's outputs are renormalised by one m×m matrix per layer, not implemented"
-        )
+        raise ValueError("renormalise takes a PatchCNN with one hidden layer only")
+
+
+def _check_matrix_renormalisation(network: AbstractNetwork, q: int, method: str, what: str):
+    """What a q×q matrix renormalisation supports (before compiling)."""
     if method != "saddle":
         raise ValueError(
-            f"with m = {m} outputs the scale is an m×m matrix, whose posterior is not "
-            "integrated on a grid: use method='saddle' (or fls_jax.sampling for the exact "
-            "posterior)"
+            f"{what} is a matrix, whose posterior is not integrated on a grid: use "
+            "method='saddle' (or fls_jax.sampling for the exact posterior)"
         )
-    if _concrete(network.width) and not float(network.width) > m - 1:
+    if _concrete(network.width) and not float(network.width) > q - 1:
         raise ValueError(
-            f"width must be > m − 1 = {m - 1} for the Wishart prior of the m×m scale, got "
-            f"{float(network.width)}"
+            f"width must be > {q - 1} for the Wishart prior of {what}, got {float(network.width)}"
         )
 
 
@@ -184,7 +210,8 @@ def _check_scalar_renormalisation(network, who: str) -> None:
     if not isinstance(network, FCN):
         raise ValueError(
             f"{who} supports FCN only: a PatchCNN's kernel is renormalised by a P×P "
-            "matrix of patch overlaps, not by one scalar"
+            "matrix over patch pairs, not by one scalar (renormalise(method='saddle') "
+            "has it)"
         )
     if network.inducing is not None:
         raise ValueError(f"{who} does not take inducing points")
@@ -305,7 +332,7 @@ def _renormalise(network, X, Y, X_test, Y_test, method: Method) -> Renormalised:
         scale_sd=jnp.sqrt(jnp.maximum(w @ (u - scale) ** 2, 0.0)),
         layer_scales=jnp.exp(v_star),
         log_evidence=log_evidence,
-        output_scale=scale[None, None],
+        scale_matrix=scale[None, None],
         output_covariance=jnp.mean(variance)[None, None],
         converged=ok & finite,
     )
@@ -344,6 +371,82 @@ def _cholesky_factor(theta: Array, m: int) -> Array:
     return L + jnp.diag(jnp.exp(diag) - diag)
 
 
+class _MatrixSaddle(eqx.Module):
+    """The minimum U* of k(tr U − log det U − m) + nll(U) over positive-definite m×m U, and
+    what the Laplace approximation of the evidence needs (see `_matrix_saddle`)."""
+
+    U: Array
+    log_evidence: Array  # −nll(U*) + log prior(U*) + Laplace term (nll includes 2π's)
+    converged: Array
+
+
+def _matrix_saddle(nll, m: int, k: Array, dtype) -> _MatrixSaddle:
+    """Minimise S(U) = k(tr U − log det U − m) + nll(U), the action of an m×m Wishart_m(2k,
+    I/(2k)) scale (with respect to det U^{−(m+1)/2} dU) and a likelihood −nll: BFGS on a
+    Cholesky factor of U from U = I, polished by Newton's method (optimistix), then checked
+    to be a stationary minimum in the coordinates U*^{1/2} e^Z U*^{1/2} (Z symmetric, its
+    upper triangle free), where the Laplace approximation of the evidence is taken. `k` may
+    be traced; k ≤ (m − 1)/2 has no Wishart prior and is reported as not converged."""
+
+    def action(U):
+        logdet_U = 2 * jnp.sum(jnp.log(jnp.diagonal(jnp.linalg.cholesky(U))))
+        return k * (jnp.trace(U) - logdet_U - m) + nll(U)
+
+    def objective(theta, _):
+        L = _cholesky_factor(theta, m)
+        return action(L @ L.T)
+
+    p = m * (m + 1) // 2
+    eps = float(jnp.finfo(dtype).eps)
+    tol = eps**0.5
+    theta0 = jnp.zeros(p, dtype)
+    descent = optx.minimise(
+        objective, optx.BFGS(rtol=tol, atol=tol), theta0, max_steps=1000, throw=False
+    )
+    # Newton stops when the gradient is within its round-off, which grows with the action:
+    # the gradient is measured in units of the action at U = I.
+    unit = 1 + jnp.abs(objective(theta0, None))
+    polish = optx.root_find(
+        lambda theta, _: jax.grad(objective)(theta, None) / unit,
+        optx.Newton(rtol=1e4 * eps, atol=1e4 * eps),
+        descent.value,
+        max_steps=32,
+        throw=False,
+    )
+    L = _cholesky_factor(polish.value, m)
+    U = L @ L.T
+
+    # e^Z to second order suffices for the Hessian at Z = 0.
+    eye = jnp.eye(m, dtype=dtype)
+    mu, P = jnp.linalg.eigh(U)
+    root = (P * jnp.sqrt(mu)) @ P.T
+
+    def local(z):
+        Z = _symmetric(z, m)
+        return action(root @ (eye + Z + Z @ Z / 2) @ root)
+
+    hessian = jax.hessian(local)(theta0)
+    gradient = jax.grad(local)(theta0)
+    _, logdet_h = jnp.linalg.slogdet(hessian)
+    minimum = jnp.all(jnp.linalg.eigvalsh(hessian) > 0)
+    stationary = jnp.max(jnp.abs(gradient)) <= 1e3 * tol * (1 + k * m)
+    wishart = k > (m - 1) / 2
+    ok = (polish.result == optx.RESULTS.successful) & minimum & stationary & wishart
+    log_prior = _log_wishart_constant(jnp.where(wishart, k, m), m) - k * (
+        jnp.trace(U) - jnp.sum(jnp.log(mu)) - m
+    )
+    laplace = 0.5 * (p * math.log(2 * math.pi) - logdet_h)
+    log_evidence = -nll(U) + log_prior + laplace
+    return _MatrixSaddle(U, log_evidence, ok & jnp.isfinite(log_evidence))
+
+
+def _gp_or_finite(network) -> tuple[Array, Array]:
+    """(gp, k): whether the width is infinite, and k = C/2 (any finite value at C = ∞, which
+    keeps the saddle's solve finite; its result is then replaced by the GP's)."""
+    gp = jnp.isinf(network.width)
+    return gp, jnp.where(gp, 1.0, network.width / 2)
+
+
 @eqx.filter_jit
 def _renormalise_outputs(network, X, Y, X_test, Y_test) -> Renormalised:
     """m outputs, one hidden layer: the saddle point U* of the kernel shape renormalisation
@@ -357,9 +460,7 @@ def _renormalise_outputs(network, X, Y, X_test, Y_test) -> Renormalised:
     kss = jnp.diagonal(full)[n:]
     noise = network.noise
     eye = jnp.eye(m, dtype=X.dtype)
-    k_true = network.width / 2
-    gp = jnp.isinf(k_true)
-    k = jnp.where(gp, 1.0, k_true)  # any finite value keeps the solve finite; U = I below
+    gp, k = _gp_or_finite(network)
 
     def blocks(U):  # Cholesky factors of M_i = λ_i U + σ² I, one m×m block per eigen-direction
         return jnp.linalg.cholesky(lam[:, None, None] * U + noise * eye)
@@ -374,53 +475,10 @@ def _renormalise_outputs(network, X, Y, X_test, Y_test) -> Renormalised:
         logdet = 2 * jnp.sum(jnp.log(jnp.diagonal(cho, axis1=1, axis2=2)))
         return 0.5 * (jnp.sum(y * alpha) + logdet + n * m * math.log(2 * math.pi))
 
-    def action(U):  # S(U), up to U-independent constants
-        logdet_U = 2 * jnp.sum(jnp.log(jnp.diagonal(jnp.linalg.cholesky(U))))
-        return k * (jnp.trace(U) - logdet_U - m) + neg_log_likelihood(U)
-
-    def objective(theta, _):
-        L = _cholesky_factor(theta, m)
-        return action(L @ L.T)
-
-    theta0 = jnp.zeros(m * (m + 1) // 2, X.dtype)
-    tol = float(jnp.finfo(X.dtype).eps) ** 0.5
-    descent = optx.minimise(
-        objective, optx.BFGS(rtol=tol, atol=tol), theta0, max_steps=1000, throw=False
-    )
-    polish = optx.root_find(
-        lambda theta, _: jax.grad(objective)(theta, None),
-        optx.Newton(rtol=1e3 * tol**2, atol=1e3 * tol**2),
-        descent.value,
-        max_steps=32,
-        throw=False,
-    )
-    L = _cholesky_factor(polish.value, m)
-    U = jnp.where(gp, eye, L @ L.T)
-
-    # The Hessian of S in the coordinates U*^{1/2} e^Z U*^{1/2} (Z symmetric, its upper
-    # triangle free): e^Z to second order suffices at Z = 0.
-    mu, P = jnp.linalg.eigh(U)
-    root = (P * jnp.sqrt(mu)) @ P.T
-
-    def local(z):
-        Z = _symmetric(z, m)
-        return action(root @ (eye + Z + Z @ Z / 2) @ root)
-
-    z0 = jnp.zeros(m * (m + 1) // 2, X.dtype)
-    hessian = jax.hessian(local)(z0)
-    gradient = jax.grad(local)(z0)
-    sign, logdet_h = jnp.linalg.slogdet(hessian)
-    minimum = (sign > 0) & jnp.all(jnp.linalg.eigvalsh(hessian) > 0)
-    stationary = jnp.max(jnp.abs(gradient)) <= 1e3 * tol * (1 + k * m)
-    wishart = k > (m - 1) / 2
-    ok = gp | ((polish.result == optx.RESULTS.successful) & minimum & stationary & wishart)
-
-    log_prior = _log_wishart_constant(jnp.where(wishart, k, m), m) - k * (
-        jnp.trace(U) - jnp.sum(jnp.log(mu)) - m
-    )
-    laplace = 0.5 * (m * (m + 1) / 2 * math.log(2 * math.pi) - logdet_h)
-    log_likelihood = -neg_log_likelihood(U)
-    log_evidence = log_likelihood + jnp.where(gp, 0.0, log_prior + laplace)
+    saddle = _matrix_saddle(neg_log_likelihood, m, k, X.dtype)
+    U = jnp.where(gp, eye, saddle.U)
+    ok = gp | saddle.converged
+    log_evidence = jnp.where(gp, -neg_log_likelihood(eye), saddle.log_evidence)
 
     cho = blocks(U)
     alpha = solve(cho, y[..., None])[..., 0]  # (n, m)
@@ -446,9 +504,88 @@ def _renormalise_outputs(network, X, Y, X_test, Y_test) -> Renormalised:
         scale_sd=jnp.zeros((), X.dtype),
         layer_scales=scale[None],
         log_evidence=log_evidence,
-        output_scale=U,
+        scale_matrix=U,
         output_covariance=jnp.mean(covariance, axis=0),
-        converged=ok & finite & jnp.isfinite(log_evidence),
+        converged=ok & finite,
+    )
+
+
+def _patch_pair_kernels(network: PatchCNN, X1: Array, X2: Array) -> Array:
+    """κ_ij(x, x′) = (s_a/P) Φ_φ(x_iᵀΣ₀x_i, x′_jᵀΣ₀x′_j, x_iᵀΣ₀x′_j) for every pair of
+    patches (P×P×n1×n2): (s_a/P) E[φ(w · x_i) φ(w · x′_j)], w ~ N(0, Σ₀). Its patch-diagonal
+    sum is the NNGP kernel, `output_kernel(Σ₀)`."""
+    sigma0 = network.prior_covariance(X1.shape[1]).astype(X1.dtype)
+    P1, P2 = network.patches(X1), network.patches(X2)
+    a = jnp.einsum("pns,st,pnt->pn", P1, sigma0, P1)
+    b = jnp.einsum("pns,st,pnt->pn", P2, sigma0, P2)
+    c = jnp.einsum("pns,st,qmt->pqnm", P1, sigma0, P2)
+    phi = network.layer_activation(1).kernel(a[:, None, :, None], b[None, :, None, :], c)
+    return network.post_scale(1) / P1.shape[0] * phi
+
+
+def _patch_pair_diagonal(network: PatchCNN, X: Array) -> Array:
+    """κ_ij(x, x) for each input (P×P×n), without the n×n kernels."""
+    sigma0 = network.prior_covariance(X.shape[1]).astype(X.dtype)
+    Pt = network.patches(X)
+    c = jnp.einsum("pns,st,qnt->pqn", Pt, sigma0, Pt)
+    a = jnp.diagonal(c, axis1=0, axis2=1).T  # (P, n)
+    phi = network.layer_activation(1).kernel(a[:, None, :], a[None, :, :], c)
+    return network.post_scale(1) / Pt.shape[0] * phi
+
+
+@eqx.filter_jit
+def _renormalise_patches(network, X, Y, X_test, Y_test) -> Renormalised:
+    """A one-hidden-layer PatchCNN, one output: the saddle point U* of the local kernel
+    renormalisation (module docstring) and the GP predictions with kernel Σ_ij U*_ij κ_ij."""
+    n = X.shape[0]
+    kappa = _patch_pair_kernels(network, X, X)  # (P, P, n, n)
+    P = kappa.shape[0]
+    noise = network.noise
+    eye_n = jnp.eye(n, dtype=X.dtype)
+    y = Y[:, 0]
+    gp, k = _gp_or_finite(network)
+
+    def factor(U):  # Cholesky factor of K_U + σ² I
+        return jnp.linalg.cholesky(jnp.einsum("pq,pqab->ab", U, kappa) + noise * eye_n)
+
+    def neg_log_likelihood(U):
+        cho = factor(U)
+        half = jax.scipy.linalg.solve_triangular(cho, y, lower=True)
+        logdet = 2 * jnp.sum(jnp.log(jnp.diagonal(cho)))
+        return 0.5 * (half @ half + logdet + n * math.log(2 * math.pi))
+
+    eye = jnp.eye(P, dtype=X.dtype)
+    saddle = _matrix_saddle(neg_log_likelihood, P, k, X.dtype)
+    U = jnp.where(gp, eye, saddle.U)
+    ok = gp | saddle.converged
+    log_evidence = jnp.where(gp, -neg_log_likelihood(eye), saddle.log_evidence)
+
+    cho = factor(U)
+    alpha = jax.scipy.linalg.cho_solve((cho, True), y)
+    cross = jnp.einsum("pq,pqab->ab", U, _patch_pair_kernels(network, X_test, X))  # (n*, n)
+    mean = cross @ alpha
+    half = jax.scipy.linalg.solve_triangular(cho, cross.T, lower=True)
+    prior = jnp.einsum("pq,pqx->x", U, _patch_pair_diagonal(network, X_test))
+    variance = prior - jnp.sum(half**2, axis=0)
+    if Y_test is None:
+        test_error = jnp.asarray(jnp.inf, X.dtype)
+    else:
+        test_error = jnp.mean((mean - Y_test[:, 0]) ** 2)
+    scale = jnp.trace(U) / P
+    finite = jnp.all(jnp.isfinite(mean)) & jnp.all(jnp.isfinite(variance))
+    return Renormalised(
+        mean=mean[:, None],
+        variance=variance,
+        train_error=jnp.mean((noise * alpha) ** 2),
+        test_error=test_error,
+        test_error_draw=test_error + jnp.mean(variance),
+        scale=scale,
+        scale_sd=jnp.zeros((), X.dtype),
+        layer_scales=scale[None],
+        log_evidence=log_evidence,
+        scale_matrix=U,
+        output_covariance=jnp.mean(variance)[None, None],
+        converged=ok & finite,
     )
 
 

@@ -407,7 +407,25 @@ def test_renormalise_bad_input():
     X, Y, X_test = rng.standard_normal((3, 2)), rng.standard_normal(3), rng.standard_normal((4, 2))
     lin = fj.FCN(2.0, 1.0, 1.0, 0.25, fj.Linear())
     cnn = fj.PatchCNN(2.0, 1.0, 1.0, 0.25, fj.Linear(), patch_size=1)
-    raises_before_compiling(ValueError, "P×P", fj.renormalise, cnn, X, Y, X_test)
+    raises_before_compiling(ValueError, "method='saddle'", fj.renormalise, cnn, X, Y, X_test)
+    narrow_cnn = fj.PatchCNN(1.0, 1.0, 1.0, 0.25, fj.Linear(), patch_size=1)
+    raises_before_compiling(
+        ValueError, "Wishart", fj.renormalise, narrow_cnn, X, Y, X_test, method="saddle"
+    )
+    raises_before_compiling(
+        ValueError,
+        "one output",
+        fj.renormalise,
+        cnn,
+        X,
+        np.stack([Y, Y], axis=1),
+        X_test,
+        method="saddle",
+    )
+    deep_cnn = fj.PatchCNN(2.0, 1.0, 1.0, 0.25, fj.Linear(), patch_size=1, depth=2)
+    raises_before_compiling(
+        ValueError, "one hidden layer", fj.renormalise, deep_cnn, X, Y, X_test, method="saddle"
+    )
     deep_erf = fj.FCN(2.0, 1.0, 1.0, 0.25, fj.Erf(), depth=2)
     raises_before_compiling(ValueError, "linear", fj.renormalise, deep_erf, X, Y, X_test)
     two = np.stack([Y, Y], axis=1)
