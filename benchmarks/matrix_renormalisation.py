@@ -3,13 +3,16 @@ PatchCNN (P×P), against the exact posterior, sampled networks, simpler theories
 
     python benchmarks/matrix_renormalisation.py --part outputs
     python benchmarks/matrix_renormalisation.py --part patches
+    python benchmarks/matrix_renormalisation.py --part timing
 
 `fls_jax.renormalise(..., method="saddle")` renormalises the kernel by a matrix U when one
 hidden layer serves several outputs (f | U ~ N(0, U ⊗ K)) or several patches (kernel
 Σ_ij U_ij κ_ij over patch pairs). For linear networks that is exact as a mixture over
-U ~ Wishart(C, I/C); the script integrates that mixture by importance sampling (proposal: a
-Wishart centred on the saddle point with (C + n)/2 degrees of freedom, `--draws` draws; the
-effective sample size is printed), which gives the exact posterior without MCMC. For erf
+U ~ Wishart(C, I/C); the script integrates that mixture by importance sampling, which gives
+the exact posterior without MCMC: U = U*^{1/2} e^Z U*^{1/2} about the saddle point U*, the free
+entries of Z drawn from a multivariate t (4 degrees of freedom) shaped by the posterior's
+Hessian there, `--draws` draws; the effective sample size (ESS) is printed, and rows with an
+ESS below ~1000 are not reliable. For erf
 networks the ground truth is HMC (`fls_jax.sampling`, the readout integrated out, 8 chains;
 ± is the standard error over chains).
 
@@ -27,6 +30,10 @@ patches of 4), sampled. Besides the saddle point: the GP (U = I), the EoS, and t
 renormalisation U = uI (the saddle restricted to multiples of I, i.e. the FCN theory applied
 to the PatchCNN's NNGP kernel). Printed: train and test error, mean ensemble variance, and
 the largest off-diagonal entry of U* relative to its diagonal. C must exceed P − 1.
+
+`--part timing`: seconds for the P×P saddle point and for the EoS solve (`fj.solve` +
+`fj.predict`) of an erf PatchCNN (P = 8) as n grows, first call (with compilation) and a
+second at another width.
 """
 
 import argparse
@@ -44,7 +51,6 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.optimize import minimize_scalar  # noqa: E402
 from scipy.special import logsumexp  # noqa: E402
-from scipy.stats import wishart  # noqa: E402
 
 import fls_jax as fj  # noqa: E402
 from fls_jax import sampling as fs  # noqa: E402
@@ -60,41 +66,114 @@ def outputs_task(n, n_test, d, rho, scale, noise, seed):
     return X, Y, X_test, X_test @ B
 
 
+def _sym(z, q):
+    """Symmetric q×q matrices from their upper triangles (rows of z, row-major)."""
+    rows, cols = np.triu_indices(q)
+    Z = np.zeros((len(z), q, q))
+    Z[:, rows, cols] = z
+    Z[:, cols, rows] = z
+    return Z
+
+
+def _log_exp_jacobian(mu):
+    """log |d e^Z / dZ| on symmetric matrices (upper-triangle coordinates), from the
+    eigenvalues μ of Z: Σ_i μ_i + Σ_{i<j} log((e^{μ_i} − e^{μ_j})/(μ_i − μ_j))."""
+    a, b = mu[:, :, None], mu[:, None, :]
+    gap = a - b
+    safe = np.where(np.abs(gap) < 1e-9, 1.0, gap)
+    pair = np.where(
+        np.abs(gap) < 1e-9,
+        (a + b) / 2,
+        np.maximum(a, b) + np.log(-np.expm1(-np.abs(safe))) - np.log(np.abs(safe)),
+    )
+    q = mu.shape[1]
+    iu = np.triu_indices(q, 1)
+    return mu.sum(1) + pair[:, iu[0], iu[1]].sum(1)
+
+
 def exact_mixture(kernels, Y, Y_test, noise, C, U_star, draws, seed, chunk=2000):
     """The posterior of a GP mixture over U ~ Wishart_q(C, I/C), by importance sampling.
 
     `kernels(U)` maps a stack of q×q matrices to (K, K*, k**): train (s×N×N), cross
     (s×N*×N) and the test blocks of the prior covariance needed (s×N*×b×b, the b outputs
-    at each test input) for targets vec(Y) of length N = n·b. Returns E[U | Y], the posterior
-    mean predictor's train and test errors, and the posterior covariance of the b outputs
-    averaged over test inputs (b×b)."""
+    at each test input) for targets vec(Y) of length N = n·b. Draws are U = R e^Z R with
+    R = U*^{1/2} and the free entries of Z from a multivariate t (4 degrees of freedom) whose
+    scale is the inverse Hessian of the log posterior at Z = 0 (finite differences), so the
+    proposal follows the posterior's shape at any width. Returns E[U | Y], the posterior
+    mean predictor's train and test errors, the posterior covariance of the b outputs
+    averaged over test inputs (b×b) and the effective sample size."""
+    from scipy.stats import multivariate_t
+
     q = U_star.shape[0]
+    p = q * (q + 1) // 2
     n, b = Y.shape
     y = Y.T.reshape(-1)
-    nu = (C + n) / 2  # wider than the posterior: safe tails
-    proposal = wishart(df=nu, scale=U_star / nu)
-    Us = proposal.rvs(draws, random_state=seed).reshape(draws, q, q)
-    prior = wishart(df=C, scale=np.eye(q) / C)
-    log_w = prior.logpdf(Us.transpose(1, 2, 0)) - proposal.logpdf(Us.transpose(1, 2, 0))
-    parts = []
-    for s in range(0, draws, chunk):
-        K, Ks, kss = kernels(Us[s : s + chunk])
-        L = np.linalg.cholesky(K + noise * np.eye(n * b))
+    mu, V = np.linalg.eigh(U_star)
+    root = (V * np.sqrt(mu)) @ V.T
+
+    def unpack(z):
+        lam, Q = np.linalg.eigh(_sym(z, q))
+        lam = np.clip(lam, -30, 30)  # far outside the posterior: weight 0 below
+        Us = root @ np.einsum("sij,sj,skj->sik", Q, np.exp(lam), Q) @ root
+        return 0.5 * (Us + Us.transpose(0, 2, 1)), lam
+
+    def posterior(z, moments=False):
+        """log prior(U) + log |dU/dZ| + log likelihood, and (moments) the GP's fits."""
+        Us, lam = unpack(z)
+        logdet_U = np.linalg.slogdet(Us)[1]
+        out = (C - q - 1) / 2 * logdet_U - C / 2 * np.trace(Us, axis1=1, axis2=2)
+        out = out + _log_exp_jacobian(lam)
+        out = np.where(np.abs(lam).max(1) < 30, out, -np.inf)
+        K, Ks, kss = kernels(Us)
+        with np.errstate(all="ignore"):
+            L = np.linalg.cholesky(K + noise * np.eye(n * b))
         half = np.linalg.solve(L, np.broadcast_to(y, K.shape[:2])[..., None])[..., 0]
-        log_w[s : s + chunk] -= 0.5 * (
-            np.sum(half**2, 1) + 2 * np.sum(np.log(np.diagonal(L, axis1=1, axis2=2)), 1)
-        )
+        out = out - 0.5 * np.sum(half**2, 1) - np.sum(np.log(np.diagonal(L, axis1=1, axis2=2)), 1)
+        if not moments:
+            return out
         alpha = np.linalg.solve(L.transpose(0, 2, 1), half[..., None])[..., 0]
         proj = np.linalg.solve(L, Ks.transpose(0, 2, 1))  # (s, N, N*)
-        n_test = Ks.shape[1] // b
-        proj = proj.reshape(len(K), n * b, b, n_test)
+        proj = proj.reshape(len(K), n * b, b, Ks.shape[1] // b)
         cov = kss - np.einsum("sjax,sjbx->sxab", proj, proj)
-        parts.append((np.einsum("sij,sj->si", K, alpha), np.einsum("sij,sj->si", Ks, alpha), cov))
+        fit = np.einsum("sij,sj->si", K, alpha)
+        return out, (Us, fit, np.einsum("sij,sj->si", Ks, alpha), cov)
+
+    # The Hessian at Z = 0 by central differences (step h in every pair of coordinates).
+    h, eye = 1e-3, np.eye(p)
+    steps = [np.zeros(p)]
+    for i in range(p):
+        for j in range(i, p):
+            for si in (1, -1):
+                for sj in (1, -1):
+                    steps.append(h * (si * eye[i] + sj * eye[j]))
+    f = posterior(np.stack(steps))
+    hess = np.zeros((p, p))
+    k = 1
+    for i in range(p):
+        for j in range(i, p):
+            pp, pm, mp, mm = f[k : k + 4]
+            hess[i, j] = hess[j, i] = (pp - pm - mp + mm) / (4 * h * h)
+            k += 4
+    # i = j: steps ±2h, so (f(2h) − 2f(0) + f(−2h))/(4h²) is the second derivative.
+    for i in range(p):
+        base = 1 + 4 * sum(p - r for r in range(i))
+        hess[i, i] = (f[base] - 2 * f[0] + f[base + 3]) / (4 * h * h)
+    proposal = multivariate_t(loc=np.zeros(p), shape=np.linalg.inv(-hess), df=4)
+    z = proposal.rvs(draws, random_state=seed).reshape(draws, p)
+    log_w, parts = [], []
+    for s in range(0, draws, chunk):
+        lw, part = posterior(z[s : s + chunk], moments=True)
+        lw = lw - proposal.logpdf(z[s : s + chunk])
+        bad = ~np.isfinite(lw)  # overflowed far out in the tails: weight 0
+        log_w.append(np.where(bad, -np.inf, lw))
+        parts.append(tuple(np.where(bad.reshape((-1,) + (1,) * (x.ndim - 1)), 0, x) for x in part))
+    log_w = np.concatenate(log_w)
     w = np.exp(log_w - logsumexp(log_w))
-    fit = np.einsum("s,si->i", w, np.concatenate([p[0] for p in parts]))
-    means = np.concatenate([p[1] for p in parts])
+    Us = np.concatenate([part[0] for part in parts])
+    fit = w @ np.concatenate([part[1] for part in parts])
+    means = np.concatenate([part[2] for part in parts])
     mean = w @ means
-    cov = np.einsum("s,sxab->xab", w, np.concatenate([p[2] for p in parts]))
+    cov = np.einsum("s,sxab->xab", w, np.concatenate([part[3] for part in parts]))
     m_s = means.reshape(draws, b, -1)
     spread = np.einsum("s,sax,sbx->xab", w, m_s, m_s) - np.einsum(
         "ax,bx->xab", mean.reshape(b, -1), mean.reshape(b, -1)
@@ -391,9 +470,55 @@ def part_patches(a, rows):
             )
 
 
+def part_timing(a, rows):
+    """The P×P saddle point's cost against the EoS solve as n grows (erf PatchCNN, P = 8)."""
+    print(
+        "\n# timing: erf PatchCNN (P = 8 patches of 4), C = 64 then 65 (no recompilation), "
+        "sigma^2 = 0.01; seconds (first call includes compilation)"
+    )
+    print(
+        f"{'n':>6} | {'saddle 1st':>10} {'saddle':>8} {'conv':>5} | {'EoS 1st':>8} "
+        f"{'EoS':>8} {'conv':>5} | {'test saddle':>11} {'test EoS':>10}"
+    )
+    base = fj.PatchCNN(64.0, 1.0, 1.0, 0.01, fj.Erf(), patch_size=4)
+    for n in a.timing:
+        t = fj.datasets.linear_patch_teacher(n, 200, patch_size=4, patches=8, seed=1)
+        X, Y, X_test, Y_test = t.X, t.Y[:, :1], t.X_test, t.Y_test[:, :1]
+        times, outs = {}, {}
+
+        def saddle(net, X=X, Y=Y, X_test=X_test, Y_test=Y_test):
+            return fj.renormalise(net, X, Y, X_test, Y_test, method="saddle")
+
+        def eos_solve(net, X=X, Y=Y, X_test=X_test, Y_test=Y_test):
+            return fj.predict(fj.solve(net, X, Y), X_test, Y_test)
+
+        for name, run in (("saddle", saddle), ("eos", eos_solve)):
+            for label, C in (("first", 64.0), ("again", 65.0)):
+                t0 = time.perf_counter()
+                out = jax.block_until_ready(run(at(base, C)))
+                times[name, label] = time.perf_counter() - t0
+            outs[name] = out
+        row = dict(
+            part="timing",
+            n=n,
+            seconds={f"{k[0]} {k[1]}": v for k, v in times.items()},
+            converged=[bool(outs["saddle"].converged), bool(outs["eos"].converged)],
+            test_error=[float(outs["saddle"].test_error), float(outs["eos"].test_error)],
+        )
+        rows.append(row)
+        print(
+            f"{n:6d} | {times['saddle', 'first']:10.2f} {times['saddle', 'again']:8.2f} "
+            f"{row['converged'][0]!s:>5} | {times['eos', 'first']:8.2f} "
+            f"{times['eos', 'again']:8.2f} {row['converged'][1]!s:>5} | "
+            f"{row['test_error'][0]:11.4e} {row['test_error'][1]:10.4e}",
+            flush=True,
+        )
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--part", choices=["outputs", "patches", "all"], default="all")
+    p.add_argument("--part", choices=["outputs", "patches", "timing", "all"], default="all")
+    p.add_argument("--timing", type=int, nargs="*", default=[128, 256, 512, 1024], help="n")
     p.add_argument("--widths", type=float, nargs="+", default=[2, 4, 8, 16, 64, 256])
     p.add_argument("--sampled", type=float, nargs="*", default=[4, 16, 64])
     p.add_argument("--n", type=int, default=48)
@@ -416,6 +541,8 @@ def main():
         part_outputs(a, rows)
     if a.part in ("patches", "all"):
         part_patches(a, rows)
+    if a.part in ("timing", "all"):
+        part_timing(a, rows)
     with open(a.out, "w") as fh:
         json.dump(dict(args=vars(a), rows=rows), fh, indent=1)
 

@@ -137,9 +137,9 @@ def renormalise(
 
     Two cases renormalise the kernel by a matrix U (module docstring), ``method="saddle"``
     only: an FCN with m > 1 outputs (m×m, U ⊗ K) and a PatchCNN (P×P over patch pairs, one
-    output). U* minimises S(U) over positive-definite U: BFGS on a Cholesky factor of U from
-    U = I, polished by Newton's method (optimistix); the evidence is the Laplace
-    approximation in the coordinates U*^{1/2} e^Z U*^{1/2}.
+    output). U* minimises S(U) over positive-definite U: BFGS (optimistix) on a Cholesky
+    factor of U from U = I, preconditioned by the Hessian there; the evidence is the
+    Laplace approximation in the coordinates U*^{1/2} e^Z U*^{1/2}.
 
     Supported: `FCN` with linear activations at any depth, or one hidden layer of any
     activation (where both methods are approximations), one output or, with one hidden layer,
@@ -382,11 +382,12 @@ class _MatrixSaddle(eqx.Module):
 
 def _matrix_saddle(nll, m: int, k: Array, dtype) -> _MatrixSaddle:
     """Minimise S(U) = k(tr U − log det U − m) + nll(U), the action of an m×m Wishart_m(2k,
-    I/(2k)) scale (with respect to det U^{−(m+1)/2} dU) and a likelihood −nll: BFGS on a
-    Cholesky factor of U from U = I, polished by Newton's method (optimistix), then checked
-    to be a stationary minimum in the coordinates U*^{1/2} e^Z U*^{1/2} (Z symmetric, its
-    upper triangle free), where the Laplace approximation of the evidence is taken. `k` may
-    be traced; k ≤ (m − 1)/2 has no Wishart prior and is reported as not converged."""
+    I/(2k)) scale (with respect to det U^{−(m+1)/2} dU) and a likelihood −nll: BFGS
+    (optimistix, implicit gradients) on a Cholesky factor of U from U = I, preconditioned by
+    the Hessian there, then checked to be a stationary minimum in the coordinates
+    U*^{1/2} e^Z U*^{1/2} (Z symmetric, its upper triangle free), where the Laplace
+    approximation of the evidence is taken. `k` may be traced; k ≤ (m − 1)/2 has no Wishart
+    prior and is reported as not converged."""
 
     def action(U):
         logdet_U = 2 * jnp.sum(jnp.log(jnp.diagonal(jnp.linalg.cholesky(U))))
@@ -397,23 +398,24 @@ def _matrix_saddle(nll, m: int, k: Array, dtype) -> _MatrixSaddle:
         return action(L @ L.T)
 
     p = m * (m + 1) // 2
-    eps = float(jnp.finfo(dtype).eps)
-    tol = eps**0.5
+    tol = float(jnp.finfo(dtype).eps) ** 0.5
     theta0 = jnp.zeros(p, dtype)
-    descent = optx.minimise(
-        objective, optx.BFGS(rtol=tol, atol=tol), theta0, max_steps=1000, throw=False
-    )
-    # Newton stops when the gradient is within its round-off, which grows with the action:
-    # the gradient is measured in units of the action at U = I.
-    unit = 1 + jnp.abs(objective(theta0, None))
-    polish = optx.root_find(
-        lambda theta, _: jax.grad(objective)(theta, None) / unit,
-        optx.Newton(rtol=1e4 * eps, atol=1e4 * eps),
-        descent.value,
-        max_steps=32,
+    # BFGS in coordinates where S's Hessian at U = I is the identity (its eigenvalues'
+    # magnitudes, floored): ~p steps where plain BFGS took ~10p (275 against 29 for a
+    # PatchCNN with P = 8). The coordinates are held fixed under differentiation: the
+    # minimiser does not depend on them, and the implicit gradient is then exact.
+    lam, V = jnp.linalg.eigh(jax.hessian(objective)(theta0, None))
+    lam = jnp.abs(lam)
+    lam = jnp.maximum(lam, 1e-6 * jnp.max(lam) + jnp.finfo(dtype).tiny)
+    T = jax.lax.stop_gradient(V / jnp.sqrt(lam))
+    sol = optx.minimise(
+        lambda xi, _: objective(T @ xi, None),
+        optx.BFGS(rtol=tol, atol=tol),
+        theta0,
+        max_steps=1000,
         throw=False,
     )
-    L = _cholesky_factor(polish.value, m)
+    L = _cholesky_factor(T @ sol.value, m)
     U = L @ L.T
 
     # e^Z to second order suffices for the Hessian at Z = 0.
@@ -431,7 +433,7 @@ def _matrix_saddle(nll, m: int, k: Array, dtype) -> _MatrixSaddle:
     minimum = jnp.all(jnp.linalg.eigvalsh(hessian) > 0)
     stationary = jnp.max(jnp.abs(gradient)) <= 1e3 * tol * (1 + k * m)
     wishart = k > (m - 1) / 2
-    ok = (polish.result == optx.RESULTS.successful) & minimum & stationary & wishart
+    ok = (sol.result == optx.RESULTS.successful) & minimum & stationary & wishart
     log_prior = _log_wishart_constant(jnp.where(wishart, k, m), m) - k * (
         jnp.trace(U) - jnp.sum(jnp.log(mu)) - m
     )

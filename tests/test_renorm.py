@@ -340,7 +340,7 @@ def test_patch_renormalisation_against_dense_algebra():
 
 def test_matrix_renormalisation_gradients(two_outputs):
     """The gradient of the test error through the m×m saddle point (implicit, from
-    optimistix's Newton polish) in σ_w² and in C, against central finite differences."""
+    optimistix's BFGS) in σ_w² and in C, against central finite differences."""
     X, Y, X_test, Y_test = two_outputs
 
     def test_error(params):
@@ -351,11 +351,11 @@ def test_matrix_renormalisation_gradients(two_outputs):
     at = (jnp.asarray(1.3), jnp.asarray(6.0))
     grad = jax.grad(test_error)(at)
     for i in range(2):
-        h = 1e-5 * float(at[i])
+        h = 1e-3 * float(at[i])  # the solve's 1e-9 accuracy limits smaller steps
         up = [float(v) for v in at]
         down = list(up)
         up[i] += h
         down[i] -= h
         fd = (test_error(up) - test_error(down)) / (2 * h)
-        np.testing.assert_allclose(grad[i], fd, rtol=1e-6)
+        np.testing.assert_allclose(grad[i], fd, rtol=1e-5)
         assert abs(float(grad[i])) > 1e-4
