@@ -490,11 +490,20 @@ def _renormalise_outputs(network, X, Y, X_test, Y_test) -> Renormalised:
     shrink = U @ solve(cho, jnp.broadcast_to(U, (n, m, m)))
     covariance = kss[:, None, None] * U - jnp.einsum("xi,iab->xab", KsV**2, shrink)
     variance = jnp.trace(covariance, axis1=1, axis2=2) / m
+    return _matrix_result(
+        U, mean, variance, residual, jnp.mean(covariance, axis=0), Y_test, log_evidence, ok
+    )
+
+
+def _matrix_result(
+    U, mean, variance, residual, covariance, Y_test, log_evidence, ok
+) -> Renormalised:
+    """The `Renormalised` of a matrix scale U, from the predictions with it."""
     if Y_test is None:
-        test_error = jnp.asarray(jnp.inf, X.dtype)
+        test_error = jnp.asarray(jnp.inf, mean.dtype)
     else:
         test_error = jnp.mean((mean - Y_test) ** 2)
-    scale = jnp.trace(U) / m
+    scale = jnp.trace(U) / U.shape[0]
     finite = jnp.all(jnp.isfinite(mean)) & jnp.all(jnp.isfinite(variance))
     return Renormalised(
         mean=mean,
@@ -503,11 +512,11 @@ def _renormalise_outputs(network, X, Y, X_test, Y_test) -> Renormalised:
         test_error=test_error,
         test_error_draw=test_error + jnp.mean(variance),
         scale=scale,
-        scale_sd=jnp.zeros((), X.dtype),
+        scale_sd=jnp.zeros((), mean.dtype),
         layer_scales=scale[None],
         log_evidence=log_evidence,
         scale_matrix=U,
-        output_covariance=jnp.mean(covariance, axis=0),
+        output_covariance=covariance,
         converged=ok & finite,
     )
 
@@ -569,25 +578,9 @@ def _renormalise_patches(network, X, Y, X_test, Y_test) -> Renormalised:
     half = jax.scipy.linalg.solve_triangular(cho, cross.T, lower=True)
     prior = jnp.einsum("pq,pqx->x", U, _patch_pair_diagonal(network, X_test))
     variance = prior - jnp.sum(half**2, axis=0)
-    if Y_test is None:
-        test_error = jnp.asarray(jnp.inf, X.dtype)
-    else:
-        test_error = jnp.mean((mean - Y_test[:, 0]) ** 2)
-    scale = jnp.trace(U) / P
-    finite = jnp.all(jnp.isfinite(mean)) & jnp.all(jnp.isfinite(variance))
-    return Renormalised(
-        mean=mean[:, None],
-        variance=variance,
-        train_error=jnp.mean((noise * alpha) ** 2),
-        test_error=test_error,
-        test_error_draw=test_error + jnp.mean(variance),
-        scale=scale,
-        scale_sd=jnp.zeros((), X.dtype),
-        layer_scales=scale[None],
-        log_evidence=log_evidence,
-        scale_matrix=U,
-        output_covariance=jnp.mean(variance)[None, None],
-        converged=ok & finite,
+    covariance = jnp.mean(variance)[None, None]
+    return _matrix_result(
+        U, mean[:, None], variance, noise * alpha, covariance, Y_test, log_evidence, ok
     )
 
 
