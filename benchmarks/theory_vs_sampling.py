@@ -79,6 +79,12 @@ def main():
         default=None,
         help="subset of cases: prefixes of their names, any case, '-' for a space",
     )
+    p.add_argument(
+        "--readout",
+        choices=["joint", "marginal"],
+        default="joint",
+        help="the sampler's readout: in the chain, or integrated out (Rao-Blackwellised)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="theory_vs_sampling", help="prefix of the .json / .png")
     a = p.parse_args()
@@ -133,6 +139,7 @@ def main():
                 burn_in=a.burn_in,
                 thin=a.thin,
                 method="hmc",
+                readout=a.readout,
             )
             jax.block_until_ready(smp.f_test)
             sec = time.perf_counter() - t0
