@@ -2,6 +2,7 @@
 PatchCNN (P×P), against the exact posterior, sampled networks, simpler theories and the EoS.
 
     python benchmarks/matrix_renormalisation.py --part outputs
+    python benchmarks/matrix_renormalisation.py --part deep
     python benchmarks/matrix_renormalisation.py --part patches
     python benchmarks/matrix_renormalisation.py --part timing
 
@@ -23,6 +24,10 @@ renormalisation of each output alone (`renormalise` per column: exact for a line
 with that one output), and the EoS (`fj.solve`). Printed: E[U | Y] and U*, the test error of
 each mean predictor, and Cov(f_1(x*), f_2(x*)) averaged over test inputs (0 for the
 per-output theories and the EoS, whose outputs are independent given the kernel).
+
+`--part deep`: the same two outputs (in d = 64 > n, where the EoS solve deep linear
+networks) for a depth-2 linear FCN, whose scale is composed of one m×m factor per layer,
+against HMC at the widths `--sampled`; per-output: the exact scalar mixture of each output.
 
 `--part patches`: the two PatchCNN tasks of `theory_vs_sampling.py` (n = 48, σ² = 0.01): a
 linear PatchCNN (P = 4 patches of 8) on a linear patch teacher, exact; an erf PatchCNN (P = 8
@@ -345,6 +350,53 @@ def part_outputs(a, rows):
         )
 
 
+def part_deep(a, rows):
+    """Two outputs of a depth-2 linear FCN (one m×m factor per layer) against HMC."""
+    X, Y, X_test, Y_test = outputs_task(a.n, 100, 64, a.rho, a.target_scale, 0.5, a.seed)
+    lin = fj.FCN(1.0, 1.0, 1.0, 0.5, fj.Linear(), depth=2)
+    gp = fj.renormalise(at(lin, np.inf), X, Y, X_test, Y_test, method="saddle")
+    print(
+        f"\n# deep: linear FCN of depth 2, the outputs task with d = 64 > n (the EoS need it); "
+        f"HMC ({a.chains} chains x {a.samples} draws, burn-in {a.burn_in}, readout integrated "
+        f"out); GP test error {float(gp.test_error):.4e}"
+    )
+    print(
+        f"{'C':>5} | {'U* 11 12 22':>22} | {'test sampled':>20} {'saddle':>10} "
+        f"{'per-out':>10} {'EoS':>10} | {'cov12 sampled':>20} {'saddle':>10} | "
+        f"{'Rhat':>5} {'sec':>5}"
+    )
+    for j, C in enumerate(a.sampled):
+        net = at(lin, C)
+        r = fj.renormalise(net, X, Y, X_test, Y_test, method="saddle")
+        U_star = np.asarray(r.scale_matrix)
+        sep = [fj.renormalise(net, X, Y[:, i], X_test, Y_test[:, i]) for i in (0, 1)]
+        err_sep = float(np.mean([float(s.test_error) for s in sep]))
+        th_eos = eos(net, X, Y, X_test, Y_test)
+        smp = sampled(net, X, Y, X_test, Y_test, a, jax.random.key(a.seed + 300 + j))
+        row = dict(
+            part="deep",
+            network="linear FCN, depth 2",
+            width=C,
+            saddle_U=U_star.tolist(),
+            saddle_test=float(r.test_error),
+            saddle_cross=float(r.output_covariance[0, 1]),
+            per_output_test=err_sep,
+            eos=th_eos,
+            sampled=smp,
+            converged=bool(r.converged),
+        )
+        rows.append(row)
+        print(
+            f"{C:5.0f} | {U_star[0, 0]:6.3f} {U_star[0, 1]:7.3f} {U_star[1, 1]:6.3f}   | "
+            f"{smp['test_error'][0]:10.4e}±{smp['test_error'][1]:8.2e} "
+            f"{row['saddle_test']:10.4e} {err_sep:10.4e} {th_eos['test_error']:10.4e} | "
+            f"{smp['cross'][0]:10.4e}±{smp['cross'][1]:8.2e} {row['saddle_cross']:10.4e} | "
+            f"{smp['max_rhat']:5.2f} {smp['seconds']:5.0f}"
+            + ("" if row["converged"] else "  NOT CONVERGED"),
+            flush=True,
+        )
+
+
 def scalar_patch_theory(net, X, Y, X_test, Y_test):
     """U = uI: the saddle of (PC/2)(u − log u) + the GP's −log evidence with kernel uK (K the
     NNGP kernel), by scipy on log u; then the GP predictions with uK."""
@@ -517,7 +569,7 @@ def part_timing(a, rows):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--part", choices=["outputs", "patches", "timing", "all"], default="all")
+    p.add_argument("--part", choices=["outputs", "deep", "patches", "timing", "all"], default="all")
     p.add_argument("--timing", type=int, nargs="*", default=[128, 256, 512, 1024], help="n")
     p.add_argument("--widths", type=float, nargs="+", default=[2, 4, 8, 16, 64, 256])
     p.add_argument("--sampled", type=float, nargs="*", default=[4, 16, 64])
@@ -539,6 +591,8 @@ def main():
     rows = []
     if a.part in ("outputs", "all"):
         part_outputs(a, rows)
+    if a.part in ("deep", "all"):
+        part_deep(a, rows)
     if a.part in ("patches", "all"):
         part_patches(a, rows)
     if a.part in ("timing", "all"):

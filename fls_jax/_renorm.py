@@ -30,6 +30,11 @@ measure det U^{−(m+1)/2} dU is ∝ det U^{C/2} e^{−C tr U/2}, so the saddle 
 
 the m = 1 action above. U couples the outputs: their predictions share evidence through its
 off-diagonal entries, which the EoS of SPEC §3 (outputs i.i.d. given the kernel) do not have.
+A deep linear FCN composes its layers' Gram matrices: with z_L = A and z_{l−1} = z_l W_l (m×C_l),
+G_{l−1} = z_{l−1}z_{l−1}ᵀ given G_l is Wishart_m(C_{l−1}, σ_{w,l}² G_l/C_{l−1}), so that, with
+V_l = R_l R_lᵀ ~ Wishart_m(C_l, I/C_l) independent, chol(U) = R_L ⋯ R_1 exactly (in
+distribution), and the saddle point is the joint mode of the V_l: the m-output form of the
+back-propagating kernel renormalisation. For m = 1 these are the g_l above.
 
 A PatchCNN f(x) = Σ_i Σ_c a_ic φ(w_c · x_i) is the same with patches in place of outputs (the
 *local kernel renormalisation*, Aiudi, Pacelli et al.): given the readout, f is a sum over
@@ -88,7 +93,8 @@ class Renormalised(eqx.Module):
     - `scale`: E[u | Y] (method ``"mixture"``) or the saddle point's u* (``"saddle"``);
       the mean eigenvalue of `scale_matrix` when that is a matrix.
     - `scale_sd`: the posterior standard deviation of u (0 for ``"saddle"``).
-    - `layer_scales`: the saddle point's per-layer factors u_l* (L,), u* = Π u_l*.
+    - `layer_scales`: the saddle point's per-layer factors u_l* (L,), u* = Π u_l*; for a
+      matrix scale the mean eigenvalue of each layer's factor V_l*.
     - `log_evidence`: log p(Y | X): the mixture's (exact for linear FCNs) or its Laplace
       approximation at the saddle.
     - `scale_matrix`: the saddle point's matrix U*: over outputs for an FCN with m outputs
@@ -136,16 +142,17 @@ def renormalise(
     bisection (optimistix) on the stationarity condition of S.
 
     Two cases renormalise the kernel by a matrix U (module docstring), ``method="saddle"``
-    only: an FCN with m > 1 outputs (m×m, U ⊗ K) and a PatchCNN (P×P over patch pairs, one
-    output). U* minimises S(U) over positive-definite U: BFGS (optimistix) on a Cholesky
-    factor of U from U = I, preconditioned by the Hessian there; the evidence is the
-    Laplace approximation in the coordinates U*^{1/2} e^Z U*^{1/2}.
+    only: an FCN with m > 1 outputs (m×m, U ⊗ K; for a deep linear FCN one m×m factor per
+    layer) and a PatchCNN (P×P over patch pairs, one output). U* minimises S over
+    positive-definite matrices: BFGS (optimistix) on Cholesky factors from the identity,
+    preconditioned by the Hessian there; the evidence is the Laplace approximation in the
+    coordinates V*^{1/2} e^Z V*^{1/2} of each factor.
 
     Supported: `FCN` with linear activations at any depth, or one hidden layer of any
-    activation (where both methods are approximations), one output or, with one hidden layer,
-    m outputs; a one-hidden-layer `PatchCNN` of any activation with one output; standard or
-    mean-field scaling; `width` may be `inf` (the GP), and must exceed q − 1 for a q×q matrix
-    U (its Wishart prior). `inducing` points are refused.
+    activation (where both methods are approximations), with one output or m; a
+    one-hidden-layer `PatchCNN` of any activation with one output; standard or mean-field
+    scaling; `width` may be `inf` (the GP), and every hidden layer's width must exceed q − 1
+    for a q×q matrix (its Wishart prior). `inducing` points are refused.
 
     **Arguments:** the `network`, training data `X` (n×d), `Y` (n or n×m), test inputs
     `X_test` and optional targets `Y_test`; `method`: ``"mixture"`` or ``"saddle"``.
@@ -167,12 +174,6 @@ def renormalise(
         P = X.shape[1] // network.patch_size
         _check_matrix_renormalisation(network, P, method, f"a PatchCNN's {P}×{P} patch scale")
     elif m > 1:
-        if network.depth > 1:
-            raise ValueError(
-                f"renormalise takes m > 1 outputs (got m = {m}) for one hidden layer only: a "
-                "deep network's outputs are renormalised by one m×m matrix per layer, not "
-                "implemented"
-            )
         _check_matrix_renormalisation(network, m, method, f"the {m}×{m} scale of {m} outputs")
     X_test, Y_test = _validate_test(X, Y, X_test, Y_test)
     if patches:
@@ -196,10 +197,16 @@ def _check_matrix_renormalisation(network: AbstractNetwork, q: int, method: str,
             f"{what} is a matrix, whose posterior is not integrated on a grid: use "
             "method='saddle' (or fls_jax.sampling for the exact posterior)"
         )
-    if _concrete(network.width) and not float(network.width) > q - 1:
-        raise ValueError(
-            f"width must be > {q - 1} for the Wishart prior of {what}, got {float(network.width)}"
+    if _concrete(network.width):
+        narrowest = min(
+            float(network.width * network.width_ratio(layer))
+            for layer in range(1, network.depth + 1)
         )
+        if not narrowest > q - 1:
+            raise ValueError(
+                f"every hidden layer's width must be > {q - 1} for the Wishart prior of "
+                f"{what}, got {narrowest}"
+            )
 
 
 def _check_scalar_renormalisation(network, who: str) -> None:
@@ -372,35 +379,48 @@ def _cholesky_factor(theta: Array, m: int) -> Array:
 
 
 class _MatrixSaddle(eqx.Module):
-    """The minimum U* of k(tr U − log det U − m) + nll(U) over positive-definite m×m U, and
-    what the Laplace approximation of the evidence needs (see `_matrix_saddle`)."""
+    """The saddle point of `_matrix_saddle`: the product scale U*, the per-layer factors
+    V_l* (L×m×m), the Laplace approximation of the log evidence and the convergence flag."""
 
     U: Array
-    log_evidence: Array  # −nll(U*) + log prior(U*) + Laplace term (nll includes 2π's)
+    layers: Array
+    log_evidence: Array
     converged: Array
 
 
 def _matrix_saddle(nll, m: int, k: Array, dtype) -> _MatrixSaddle:
-    """Minimise S(U) = k(tr U − log det U − m) + nll(U), the action of an m×m Wishart_m(2k,
-    I/(2k)) scale (with respect to det U^{−(m+1)/2} dU) and a likelihood −nll: BFGS
-    (optimistix, implicit gradients) on a Cholesky factor of U from U = I, preconditioned by
-    the Hessian there, then checked to be a stationary minimum in the coordinates
-    U*^{1/2} e^Z U*^{1/2} (Z symmetric, its upper triangle free), where the Laplace
-    approximation of the evidence is taken. `k` may be traced; k ≤ (m − 1)/2 has no Wishart
-    prior and is reported as not converged."""
+    """Minimise S = Σ_l k_l(tr V_l − log det V_l − m) + nll(U) over positive-definite m×m
+    V_1, …, V_L, with chol(U) = R_L ⋯ R_1 and V_l = R_l R_lᵀ: L independent Wishart_m(2k_l,
+    I/(2k_l)) factors (each with respect to det V^{−(m+1)/2} dV) composed as a deep linear
+    network composes its layers' Gram matrices, and a likelihood −nll of U. One layer is
+    the single matrix U = V_1.
 
-    def action(U):
-        logdet_U = 2 * jnp.sum(jnp.log(jnp.diagonal(jnp.linalg.cholesky(U))))
-        return k * (jnp.trace(U) - logdet_U - m) + nll(U)
+    BFGS (optimistix, implicit gradients) on the Cholesky factors from V_l = I,
+    preconditioned by the Hessian there; then checked to be a stationary minimum in the
+    coordinates V_l*^{1/2} e^{Z_l} V_l*^{1/2} (Z_l symmetric, upper triangles free), where the
+    Laplace approximation of the evidence is taken. `k` (L,) may be traced; k_l ≤ (m − 1)/2
+    has no Wishart prior and is reported as not converged."""
+    layers = k.shape[0]
+    p = m * (m + 1) // 2
+
+    def product(R):  # R: (L, m, m) lower-triangular factors → U
+        C = R[-1]
+        for layer in range(layers - 2, -1, -1):
+            C = C @ R[layer]
+        return C @ C.T
+
+    def prior(R):  # Σ_l k_l (tr V_l − log det V_l − m), V_l = R_l R_lᵀ
+        trace = jnp.sum(R**2, axis=(1, 2))
+        logdet = 2 * jnp.sum(jnp.log(jnp.diagonal(R, axis1=1, axis2=2)), axis=1)
+        return jnp.sum(k * (trace - logdet - m))
 
     def objective(theta, _):
-        L = _cholesky_factor(theta, m)
-        return action(L @ L.T)
+        R = jax.vmap(lambda t: _cholesky_factor(t, m))(theta.reshape(layers, p))
+        return prior(R) + nll(product(R))
 
-    p = m * (m + 1) // 2
     tol = float(jnp.finfo(dtype).eps) ** 0.5
-    theta0 = jnp.zeros(p, dtype)
-    # BFGS in coordinates where S's Hessian at U = I is the identity (its eigenvalues'
+    theta0 = jnp.zeros(layers * p, dtype)
+    # BFGS in coordinates where S's Hessian at V_l = I is the identity (its eigenvalues'
     # magnitudes, floored): ~p steps where plain BFGS took ~10p (275 against 29 for a
     # PatchCNN with P = 8). The coordinates are held fixed under differentiation: the
     # minimiser does not depend on them, and the implicit gradient is then exact.
@@ -415,38 +435,41 @@ def _matrix_saddle(nll, m: int, k: Array, dtype) -> _MatrixSaddle:
         max_steps=1000,
         throw=False,
     )
-    L = _cholesky_factor(T @ sol.value, m)
-    U = L @ L.T
+    R = jax.vmap(lambda t: _cholesky_factor(t, m))((T @ sol.value).reshape(layers, p))
+    V_star = R @ jnp.swapaxes(R, 1, 2)
+    U = product(R)
 
     # e^Z to second order suffices for the Hessian at Z = 0.
     eye = jnp.eye(m, dtype=dtype)
-    mu, P = jnp.linalg.eigh(U)
-    root = (P * jnp.sqrt(mu)) @ P.T
+    mu, P = jnp.linalg.eigh(V_star)
+    roots = (P * jnp.sqrt(mu)[:, None, :]) @ jnp.swapaxes(P, 1, 2)
 
     def local(z):
-        Z = _symmetric(z, m)
-        return action(root @ (eye + Z + Z @ Z / 2) @ root)
+        Z = jax.vmap(lambda zl: _symmetric(zl, m))(z.reshape(layers, p))
+        Vs = roots @ (eye + Z + Z @ Z / 2) @ roots
+        return prior(jnp.linalg.cholesky(Vs)) + nll(product(jnp.linalg.cholesky(Vs)))
 
     hessian = jax.hessian(local)(theta0)
     gradient = jax.grad(local)(theta0)
     _, logdet_h = jnp.linalg.slogdet(hessian)
     minimum = jnp.all(jnp.linalg.eigvalsh(hessian) > 0)
-    stationary = jnp.max(jnp.abs(gradient)) <= 1e3 * tol * (1 + k * m)
-    wishart = k > (m - 1) / 2
+    stationary = jnp.max(jnp.abs(gradient)) <= 1e3 * tol * (1 + jnp.sum(k) * m)
+    wishart = jnp.all(k > (m - 1) / 2)
     ok = (sol.result == optx.RESULTS.successful) & minimum & stationary & wishart
-    log_prior = _log_wishart_constant(jnp.where(wishart, k, m), m) - k * (
-        jnp.trace(U) - jnp.sum(jnp.log(mu)) - m
-    )
-    laplace = 0.5 * (p * math.log(2 * math.pi) - logdet_h)
+    constants = jax.vmap(lambda kl: _log_wishart_constant(kl, m))(jnp.where(wishart, k, m))
+    log_prior = jnp.sum(constants) - prior(R)
+    laplace = 0.5 * (layers * p * math.log(2 * math.pi) - logdet_h)
     log_evidence = -nll(U) + log_prior + laplace
-    return _MatrixSaddle(U, log_evidence, ok & jnp.isfinite(log_evidence))
+    return _MatrixSaddle(U, V_star, log_evidence, ok & jnp.isfinite(log_evidence))
 
 
 def _gp_or_finite(network) -> tuple[Array, Array]:
-    """(gp, k): whether the width is infinite, and k = C/2 (any finite value at C = ∞, which
-    keeps the saddle's solve finite; its result is then replaced by the GP's)."""
-    gp = jnp.isinf(network.width)
-    return gp, jnp.where(gp, 1.0, network.width / 2)
+    """(gp, k): whether the width is infinite, and k_l = C_l/2 per hidden layer (any finite
+    value at C = ∞, which keeps the saddle's solve finite; its result is then replaced by the
+    GP's)."""
+    k = _half_shapes(network)
+    gp = jnp.isinf(k[0])  # all layers are infinite together (finite width ratios)
+    return gp, jnp.where(gp, 1.0, k)
 
 
 @eqx.filter_jit
@@ -479,6 +502,7 @@ def _renormalise_outputs(network, X, Y, X_test, Y_test) -> Renormalised:
 
     saddle = _matrix_saddle(neg_log_likelihood, m, k, X.dtype)
     U = jnp.where(gp, eye, saddle.U)
+    layers = jnp.where(gp, eye, saddle.layers)
     ok = gp | saddle.converged
     log_evidence = jnp.where(gp, -neg_log_likelihood(eye), saddle.log_evidence)
 
@@ -490,15 +514,15 @@ def _renormalise_outputs(network, X, Y, X_test, Y_test) -> Renormalised:
     shrink = U @ solve(cho, jnp.broadcast_to(U, (n, m, m)))
     covariance = kss[:, None, None] * U - jnp.einsum("xi,iab->xab", KsV**2, shrink)
     variance = jnp.trace(covariance, axis1=1, axis2=2) / m
-    return _matrix_result(
-        U, mean, variance, residual, jnp.mean(covariance, axis=0), Y_test, log_evidence, ok
-    )
+    covariance = jnp.mean(covariance, axis=0)
+    return _matrix_result(U, layers, mean, variance, residual, covariance, Y_test, log_evidence, ok)
 
 
 def _matrix_result(
-    U, mean, variance, residual, covariance, Y_test, log_evidence, ok
+    U, layers, mean, variance, residual, covariance, Y_test, log_evidence, ok
 ) -> Renormalised:
-    """The `Renormalised` of a matrix scale U, from the predictions with it."""
+    """The `Renormalised` of a matrix scale U (per-layer factors `layers`, L×q×q), from the
+    predictions with it."""
     if Y_test is None:
         test_error = jnp.asarray(jnp.inf, mean.dtype)
     else:
@@ -513,7 +537,7 @@ def _matrix_result(
         test_error_draw=test_error + jnp.mean(variance),
         scale=scale,
         scale_sd=jnp.zeros((), mean.dtype),
-        layer_scales=scale[None],
+        layer_scales=jnp.trace(layers, axis1=1, axis2=2) / U.shape[0],
         log_evidence=log_evidence,
         scale_matrix=U,
         output_covariance=covariance,
@@ -568,6 +592,7 @@ def _renormalise_patches(network, X, Y, X_test, Y_test) -> Renormalised:
     eye = jnp.eye(P, dtype=X.dtype)
     saddle = _matrix_saddle(neg_log_likelihood, P, k, X.dtype)
     U = jnp.where(gp, eye, saddle.U)
+    layers = jnp.where(gp, eye, saddle.layers)
     ok = gp | saddle.converged
     log_evidence = jnp.where(gp, -neg_log_likelihood(eye), saddle.log_evidence)
 
@@ -579,8 +604,9 @@ def _renormalise_patches(network, X, Y, X_test, Y_test) -> Renormalised:
     prior = jnp.einsum("pq,pqx->x", U, _patch_pair_diagonal(network, X_test))
     variance = prior - jnp.sum(half**2, axis=0)
     covariance = jnp.mean(variance)[None, None]
+    residual = noise * alpha
     return _matrix_result(
-        U, mean[:, None], variance, noise * alpha, covariance, Y_test, log_evidence, ok
+        U, layers, mean[:, None], variance, residual, covariance, Y_test, log_evidence, ok
     )
 
 

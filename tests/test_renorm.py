@@ -262,6 +262,62 @@ def test_uncoupled_outputs_and_the_gp(two_outputs):
         np.testing.assert_allclose(batched.variance[1], ref.variance, rtol=1e-9)
 
 
+def test_deep_linear_outputs(two_outputs):
+    """A depth-2 linear FCN with m = 2 outputs: chol(U) = R_2 R_1, one m×m Wishart factor per
+    layer. U* against a dense solver of the joint action (scipy); targets [y, 0] separate into
+    the two scalar depth-2 saddles (bisection, the other code path); one output through the
+    matrix path is the scalar saddle, per-layer scales and log evidence included."""
+    from scipy.optimize import minimize
+
+    from fls_jax._renorm import _renormalise_outputs
+
+    X, Y, X_test, Y_test = two_outputs
+    net = fj.FCN(6.0, 1.0, 1.0, 0.05, fj.Linear(), depth=2)
+    r = fj.renormalise(net, X, 2 * Y, X_test, 2 * Y_test, method="saddle")
+    assert bool(r.converged)
+    K = X @ X.T / 8
+    rows, cols = np.tril_indices(2)
+
+    def factor(theta):
+        R = np.zeros((2, 2))
+        R[rows, cols] = theta
+        R[np.diag_indices(2)] = np.exp(np.diag(R))
+        return R
+
+    def action(theta):
+        R1, R2 = factor(theta[:3]), factor(theta[3:])
+        C = R2 @ R1
+        A = np.kron(C @ C.T, K) + 0.05 * np.eye(32)
+        v = 2 * Y.T.reshape(-1)
+        prior = sum(3.0 * (np.sum(R**2) - 2 * np.sum(np.log(np.diag(R)))) for R in (R1, R2))
+        return prior + 0.5 * (v @ np.linalg.solve(A, v) + np.linalg.slogdet(A)[1])
+
+    theta = minimize(action, np.zeros(6), method="BFGS", options=dict(gtol=1e-10)).x
+    C = factor(theta[3:]) @ factor(theta[:3])
+    assert abs(float(r.scale_matrix[0, 1])) > 0.5  # coupled, and the scale has grown
+    np.testing.assert_allclose(r.scale_matrix, C @ C.T, rtol=1e-6, atol=1e-8)
+
+    zero = np.zeros(16)
+    pair = fj.renormalise(
+        net, X, np.stack([2 * Y[:, 0], zero], 1), X_test, 2 * Y_test, method="saddle"
+    )
+    ones = [
+        fj.renormalise(net, X, col, X_test, 2 * Y_test[:, 0], method="saddle")
+        for col in (2 * Y[:, 0], zero)
+    ]
+    np.testing.assert_allclose(
+        pair.scale_matrix, np.diag([float(o.scale) for o in ones]), rtol=1e-7, atol=1e-9
+    )
+    m1 = _renormalise_outputs(
+        net, *(jnp.asarray(a) for a in (X, 2 * Y[:, :1], X_test, 2 * Y_test[:, :1]))
+    )
+    assert bool(m1.converged)
+    for field in ("scale", "layer_scales", "mean", "variance", "log_evidence"):
+        np.testing.assert_allclose(
+            getattr(m1, field), getattr(ones[0], field), rtol=1e-8, atol=1e-11
+        )
+
+
 def test_patch_renormalisation_against_dense_algebra():
     """A linear PatchCNN (P = 4 patches of S = 4): U* over patch pairs against a dense solver
     whose kernel (σ_a σ_w²/(S P)) Σ_ij U_ij X_i X_jᵀ is built here from the patches, the

@@ -430,9 +430,10 @@ def test_renormalise_bad_input():
     raises_before_compiling(ValueError, "linear", fj.renormalise, deep_erf, X, Y, X_test)
     two = np.stack([Y, Y], axis=1)
     raises_before_compiling(ValueError, "method='saddle'", fj.renormalise, lin, X, two, X_test)
-    deep_lin = fj.FCN(2.0, 1.0, 1.0, 0.25, fj.Linear(), depth=2)
+    # Every layer needs C_l > m − 1: here the second has C_2 = 1 for m = 2.
+    deep_lin = fj.FCN(2.0, 1.0, 1.0, 0.25, fj.Linear(), depth=2, width_ratios=(1.0, 0.5))
     raises_before_compiling(
-        ValueError, "one hidden layer", fj.renormalise, deep_lin, X, two, X_test, method="saddle"
+        ValueError, "Wishart", fj.renormalise, deep_lin, X, two, X_test, method="saddle"
     )
     three = np.stack([Y, Y, Y], axis=1)
     raises_before_compiling(
