@@ -388,7 +388,7 @@ class _MatrixSaddle(eqx.Module):
     converged: Array
 
 
-def _matrix_saddle(nll, m: int, k: Array, dtype) -> _MatrixSaddle:
+def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype) -> _MatrixSaddle:
     """Minimise S = Σ_l k_l(tr V_l − log det V_l − m) + nll(U) over positive-definite m×m
     V_1, …, V_L, with chol(U) = R_L ⋯ R_1 and V_l = R_l R_lᵀ: L independent Wishart_m(2k_l,
     I/(2k_l)) factors (each with respect to det V^{−(m+1)/2} dV) composed as a deep linear
@@ -398,8 +398,13 @@ def _matrix_saddle(nll, m: int, k: Array, dtype) -> _MatrixSaddle:
     BFGS (optimistix, implicit gradients) on the Cholesky factors from V_l = I,
     preconditioned by the Hessian there; then checked to be a stationary minimum in the
     coordinates V_l*^{1/2} e^{Z_l} V_l*^{1/2} (Z_l symmetric, upper triangles free), where the
-    Laplace approximation of the evidence is taken. `k` (L,) may be traced; k_l ≤ (m − 1)/2
-    has no Wishart prior and is reported as not converged."""
+    Laplace approximation of the evidence is taken. k_l = C_l/2 per hidden layer of the
+    `network`, which may be traced; k_l ≤ (m − 1)/2 has no Wishart prior and is reported as
+    not converged. At C = ∞ the result is the GP's, V_l = I (the solve runs at a finite
+    stand-in width and is discarded, which keeps it finite)."""
+    k = _half_shapes(network)
+    gp = jnp.isinf(k[0])  # all layers are infinite together (finite width ratios)
+    k = jnp.where(gp, 1.0, k)
     layers = k.shape[0]
     p = m * (m + 1) // 2
 
@@ -460,16 +465,12 @@ def _matrix_saddle(nll, m: int, k: Array, dtype) -> _MatrixSaddle:
     log_prior = jnp.sum(constants) - prior(R)
     laplace = 0.5 * (layers * p * math.log(2 * math.pi) - logdet_h)
     log_evidence = -nll(U) + log_prior + laplace
-    return _MatrixSaddle(U, V_star, log_evidence, ok & jnp.isfinite(log_evidence))
-
-
-def _gp_or_finite(network) -> tuple[Array, Array]:
-    """(gp, k): whether the width is infinite, and k_l = C_l/2 per hidden layer (any finite
-    value at C = ∞, which keeps the saddle's solve finite; its result is then replaced by the
-    GP's)."""
-    k = _half_shapes(network)
-    gp = jnp.isinf(k[0])  # all layers are infinite together (finite width ratios)
-    return gp, jnp.where(gp, 1.0, k)
+    return _MatrixSaddle(
+        U=jnp.where(gp, eye, U),
+        layers=jnp.where(gp, eye, V_star),
+        log_evidence=jnp.where(gp, -nll(eye), log_evidence),
+        converged=gp | (ok & jnp.isfinite(log_evidence)),
+    )
 
 
 @eqx.filter_jit
@@ -485,7 +486,6 @@ def _renormalise_outputs(network, X, Y, X_test, Y_test) -> Renormalised:
     kss = jnp.diagonal(full)[n:]
     noise = network.noise
     eye = jnp.eye(m, dtype=X.dtype)
-    gp, k = _gp_or_finite(network)
 
     def blocks(U):  # Cholesky factors of M_i = λ_i U + σ² I, one m×m block per eigen-direction
         return jnp.linalg.cholesky(lam[:, None, None] * U + noise * eye)
@@ -500,12 +500,8 @@ def _renormalise_outputs(network, X, Y, X_test, Y_test) -> Renormalised:
         logdet = 2 * jnp.sum(jnp.log(jnp.diagonal(cho, axis1=1, axis2=2)))
         return 0.5 * (jnp.sum(y * alpha) + logdet + n * m * math.log(2 * math.pi))
 
-    saddle = _matrix_saddle(neg_log_likelihood, m, k, X.dtype)
-    U = jnp.where(gp, eye, saddle.U)
-    layers = jnp.where(gp, eye, saddle.layers)
-    ok = gp | saddle.converged
-    log_evidence = jnp.where(gp, -neg_log_likelihood(eye), saddle.log_evidence)
-
+    saddle = _matrix_saddle(neg_log_likelihood, m, network, X.dtype)
+    U = saddle.U
     cho = blocks(U)
     alpha = solve(cho, y[..., None])[..., 0]  # (n, m)
     mean = KsV @ (alpha @ U)
@@ -515,14 +511,14 @@ def _renormalise_outputs(network, X, Y, X_test, Y_test) -> Renormalised:
     covariance = kss[:, None, None] * U - jnp.einsum("xi,iab->xab", KsV**2, shrink)
     variance = jnp.trace(covariance, axis1=1, axis2=2) / m
     covariance = jnp.mean(covariance, axis=0)
-    return _matrix_result(U, layers, mean, variance, residual, covariance, Y_test, log_evidence, ok)
+    return _matrix_result(saddle, mean, variance, residual, covariance, Y_test)
 
 
 def _matrix_result(
-    U, layers, mean, variance, residual, covariance, Y_test, log_evidence, ok
+    saddle: _MatrixSaddle, mean, variance, residual, covariance, Y_test
 ) -> Renormalised:
-    """The `Renormalised` of a matrix scale U (per-layer factors `layers`, L×q×q), from the
-    predictions with it."""
+    """The `Renormalised` of a matrix saddle point, from the predictions with its scale."""
+    U = saddle.U
     if Y_test is None:
         test_error = jnp.asarray(jnp.inf, mean.dtype)
     else:
@@ -537,11 +533,11 @@ def _matrix_result(
         test_error_draw=test_error + jnp.mean(variance),
         scale=scale,
         scale_sd=jnp.zeros((), mean.dtype),
-        layer_scales=jnp.trace(layers, axis1=1, axis2=2) / U.shape[0],
-        log_evidence=log_evidence,
+        layer_scales=jnp.trace(saddle.layers, axis1=1, axis2=2) / U.shape[0],
+        log_evidence=saddle.log_evidence,
         scale_matrix=U,
         output_covariance=covariance,
-        converged=ok & finite,
+        converged=saddle.converged & finite,
     )
 
 
@@ -578,7 +574,6 @@ def _renormalise_patches(network, X, Y, X_test, Y_test) -> Renormalised:
     noise = network.noise
     eye_n = jnp.eye(n, dtype=X.dtype)
     y = Y[:, 0]
-    gp, k = _gp_or_finite(network)
 
     def factor(U):  # Cholesky factor of K_U + σ² I
         return jnp.linalg.cholesky(jnp.einsum("pq,pqab->ab", U, kappa) + noise * eye_n)
@@ -589,13 +584,8 @@ def _renormalise_patches(network, X, Y, X_test, Y_test) -> Renormalised:
         logdet = 2 * jnp.sum(jnp.log(jnp.diagonal(cho)))
         return 0.5 * (half @ half + logdet + n * math.log(2 * math.pi))
 
-    eye = jnp.eye(P, dtype=X.dtype)
-    saddle = _matrix_saddle(neg_log_likelihood, P, k, X.dtype)
-    U = jnp.where(gp, eye, saddle.U)
-    layers = jnp.where(gp, eye, saddle.layers)
-    ok = gp | saddle.converged
-    log_evidence = jnp.where(gp, -neg_log_likelihood(eye), saddle.log_evidence)
-
+    saddle = _matrix_saddle(neg_log_likelihood, P, network, X.dtype)
+    U = saddle.U
     cho = factor(U)
     alpha = jax.scipy.linalg.cho_solve((cho, True), y)
     cross = jnp.einsum("pq,pqab->ab", U, _patch_pair_kernels(network, X_test, X))  # (n*, n)
@@ -604,10 +594,7 @@ def _renormalise_patches(network, X, Y, X_test, Y_test) -> Renormalised:
     prior = jnp.einsum("pq,pqx->x", U, _patch_pair_diagonal(network, X_test))
     variance = prior - jnp.sum(half**2, axis=0)
     covariance = jnp.mean(variance)[None, None]
-    residual = noise * alpha
-    return _matrix_result(
-        U, layers, mean[:, None], variance, residual, covariance, Y_test, log_evidence, ok
-    )
+    return _matrix_result(saddle, mean[:, None], variance, noise * alpha, covariance, Y_test)
 
 
 def _stationarity_gap(g: Array, z: Array, k: Array) -> Array:
