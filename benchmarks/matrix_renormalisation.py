@@ -306,59 +306,29 @@ def part_outputs(a, rows):
         )
 
     erf = fj.FCN(1.0, 1.0, 1.0, 0.5, fj.Erf())
-    gp = fj.renormalise(at(erf, np.inf), X, Y, X_test, Y_test, method="saddle")
-    print(
-        f"\n# outputs: erf FCN, same task; HMC ({a.chains} chains x {a.samples} draws, burn-in "
-        f"{a.burn_in}, readout integrated out); GP test error {float(gp.test_error):.4e}"
-    )
-    print(
-        f"{'C':>5} | {'U* 11 12 22':>22} | {'test sampled':>20} {'saddle':>10} "
-        f"{'per-out':>10} {'EoS':>10} | {'cov12 sampled':>20} {'saddle':>10} | "
-        f"{'Rhat':>5} {'sec':>5}"
-    )
-    for j, C in enumerate(a.sampled):
-        net = at(erf, C)
-        r = fj.renormalise(net, X, Y, X_test, Y_test, method="saddle")
-        U_star = np.asarray(r.scale_matrix)
-        sep = [
-            fj.renormalise(net, X, Y[:, i], X_test, Y_test[:, i], method="saddle") for i in (0, 1)
-        ]
-        err_sep = float(np.mean([float(s.test_error) for s in sep]))
-        th_eos = eos(net, X, Y, X_test, Y_test)
-        smp = sampled(net, X, Y, X_test, Y_test, a, jax.random.key(a.seed + 100 + j))
-        row = dict(
-            part="outputs",
-            network="erf FCN",
-            width=C,
-            saddle_U=U_star.tolist(),
-            saddle_test=float(r.test_error),
-            saddle_cross=float(r.output_covariance[0, 1]),
-            per_output_test=err_sep,
-            eos=th_eos,
-            sampled=smp,
-            converged=bool(r.converged),
-        )
-        rows.append(row)
-        print(
-            f"{C:5.0f} | {U_star[0, 0]:6.3f} {U_star[0, 1]:7.3f} {U_star[1, 1]:6.3f}   | "
-            f"{smp['test_error'][0]:10.4e}±{smp['test_error'][1]:8.2e} "
-            f"{row['saddle_test']:10.4e} {err_sep:10.4e} {th_eos['test_error']:10.4e} | "
-            f"{smp['cross'][0]:10.4e}±{smp['cross'][1]:8.2e} {row['saddle_cross']:10.4e} | "
-            f"{smp['max_rhat']:5.2f} {smp['seconds']:5.0f}"
-            + ("" if row["converged"] else "  NOT CONVERGED"),
-            flush=True,
-        )
+    title = "outputs: erf FCN, same task"
+    task = (X, Y, X_test, Y_test)
+    sampled_outputs(a, rows, ("outputs", "erf FCN", title), erf, task, "saddle", 100)
 
 
 def part_deep(a, rows):
     """Two outputs of a depth-2 linear FCN (one m×m factor per layer) against HMC."""
-    X, Y, X_test, Y_test = outputs_task(a.n, 100, 64, a.rho, a.target_scale, 0.5, a.seed)
+    task = outputs_task(a.n, 100, 64, a.rho, a.target_scale, 0.5, a.seed)
     lin = fj.FCN(1.0, 1.0, 1.0, 0.5, fj.Linear(), depth=2)
-    gp = fj.renormalise(at(lin, np.inf), X, Y, X_test, Y_test, method="saddle")
+    title = "deep: linear FCN of depth 2, the outputs task with d = 64 > n (the EoS need it)"
+    sampled_outputs(a, rows, ("deep", "linear FCN, depth 2", title), lin, task, "mixture", 300)
+
+
+def sampled_outputs(a, rows, names, base, task, per_output, seed):
+    """Two outputs against HMC at the widths `a.sampled`: the m×m saddle, each output's own
+    scalar renormalisation (`per_output`: its method), the EoS. `names`: (part, network,
+    title)."""
+    part, network, title = names
+    X, Y, X_test, Y_test = task
+    gp = fj.renormalise(at(base, np.inf), X, Y, X_test, Y_test, method="saddle")
     print(
-        f"\n# deep: linear FCN of depth 2, the outputs task with d = 64 > n (the EoS need it); "
-        f"HMC ({a.chains} chains x {a.samples} draws, burn-in {a.burn_in}, readout integrated "
-        f"out); GP test error {float(gp.test_error):.4e}"
+        f"\n# {title}; HMC ({a.chains} chains x {a.samples} draws, burn-in {a.burn_in}, "
+        f"readout integrated out); GP test error {float(gp.test_error):.4e}"
     )
     print(
         f"{'C':>5} | {'U* 11 12 22':>22} | {'test sampled':>20} {'saddle':>10} "
@@ -366,16 +336,18 @@ def part_deep(a, rows):
         f"{'Rhat':>5} {'sec':>5}"
     )
     for j, C in enumerate(a.sampled):
-        net = at(lin, C)
+        net = at(base, C)
         r = fj.renormalise(net, X, Y, X_test, Y_test, method="saddle")
         U_star = np.asarray(r.scale_matrix)
-        sep = [fj.renormalise(net, X, Y[:, i], X_test, Y_test[:, i]) for i in (0, 1)]
+        sep = [
+            fj.renormalise(net, X, Y[:, i], X_test, Y_test[:, i], method=per_output) for i in (0, 1)
+        ]
         err_sep = float(np.mean([float(s.test_error) for s in sep]))
         th_eos = eos(net, X, Y, X_test, Y_test)
-        smp = sampled(net, X, Y, X_test, Y_test, a, jax.random.key(a.seed + 300 + j))
+        smp = sampled(net, X, Y, X_test, Y_test, a, jax.random.key(a.seed + seed + j))
         row = dict(
-            part="deep",
-            network="linear FCN, depth 2",
+            part=part,
+            network=network,
             width=C,
             saddle_U=U_star.tolist(),
             saddle_test=float(r.test_error),
