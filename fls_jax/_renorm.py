@@ -451,8 +451,8 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype) -> _MatrixSaddl
 
     def local(z):
         Z = jax.vmap(lambda zl: _symmetric(zl, m))(z.reshape(layers, p))
-        Vs = roots @ (eye + Z + Z @ Z / 2) @ roots
-        return prior(jnp.linalg.cholesky(Vs)) + nll(product(jnp.linalg.cholesky(Vs)))
+        R = jnp.linalg.cholesky(roots @ (eye + Z + Z @ Z / 2) @ roots)
+        return prior(R) + nll(product(R))
 
     hessian = jax.hessian(local)(theta0)
     gradient = jax.grad(local)(theta0)
@@ -475,8 +475,9 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype) -> _MatrixSaddl
 
 @eqx.filter_jit
 def _renormalise_outputs(network, X, Y, X_test, Y_test) -> Renormalised:
-    """m outputs, one hidden layer: the saddle point U* of the kernel shape renormalisation
-    (module docstring) and the GP predictions with kernel U* ⊗ K."""
+    """m outputs (one hidden layer, or a deep linear FCN with one m×m factor per layer): the
+    saddle point U* of the kernel shape renormalisation (module docstring) and the GP
+    predictions with kernel U* ⊗ K."""
     n, m = Y.shape
     full = _gp_post_kernels(network, jnp.concatenate([X, X_test]))[-1]
     lam, V = jnp.linalg.eigh(full[:n, :n])
