@@ -41,7 +41,7 @@ from jax.flatten_util import ravel_pytree  # noqa: E402
 import fls_jax as fj  # noqa: E402
 from fls_jax._free_energy import _layer_map  # noqa: E402
 from fls_jax._linalg import _pack, _unpack, spd_inverse_logdet  # noqa: E402
-from fls_jax._solve import _LearnedSubspace, _state_of, _state_residual  # noqa: E402
+from fls_jax._solve import _LearnedSubspace, _state_residual, _to_state  # noqa: E402
 
 
 SW2, SA2, NOISE = 2.0, 2.0 / 256, 1e-3
@@ -58,7 +58,7 @@ def report(task, C: float, batch: int) -> None:
         f"{int(sol.num_steps)} iterations, {int(sol.num_stages)} stages, "
         f"residual {float(sol.residual):.1e}"
     )
-    state = _state_of(net, X, (sol.precision, *sol.kernel_precisions))
+    state = _to_state(sol.precision, sol.kernel_shifts)
     y, unravel = ravel_pytree(state)
     N, n1 = y.size, d * (d + 1) // 2
     args = (net, X, Y)
@@ -78,7 +78,7 @@ def report(task, C: float, batch: int) -> None:
 
     # the learned subspaces of each block, as orthonormal columns in the flat coordinates
     u = np.linalg.eigh(np.asarray(sol.sigma))[1][:, -1]
-    Q_inv = np.asarray(sol.kernel_precisions[0]) - np.asarray(state[1])  # Q^(1)⁻¹ = Λ₂ − Δ₂
+    Q_inv = np.linalg.inv(np.asarray(_layer_map(net, 1, X)(sol.sigma)))  # Q^(1)⁻¹
     ev, Ev = np.linalg.eigh(0.5 * (Q_inv + Q_inv.T))
     Qh_inv = Ev @ np.diag(np.sqrt(ev)) @ Ev.T  # Q^{-1/2}
     K = np.asarray(sol.kernels[0])

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._linalg import cholesky_inverse, spd_inverse_logdet
+from ._linalg import cholesky_inverse, shifted_covariance, spd_inverse_logdet
 from ._network import AbstractNetwork
 
 
@@ -218,13 +218,6 @@ def _gp_post_kernels(network: AbstractNetwork, X: Float[Array, "n d"]) -> list[A
     return posts
 
 
-def _kl_to(K: Float[Array, "n n"], Q: Float[Array, "n n"]) -> Float[Array, ""]:
-    """KL(N(0, K) ‖ N(0, Q)) = ½[tr(Q⁻¹K) − log det K + log det Q − n]."""
-    Q_inv, logdet_Q = spd_inverse_logdet(Q)
-    _, logdet_K = spd_inverse_logdet(K)
-    return 0.5 * (jnp.sum(Q_inv * K) - logdet_K + logdet_Q - K.shape[0])
-
-
 def _inverse_width(network: AbstractNetwork) -> Array:
     """u = 1/C, 0 in the GP limit (C = ∞)."""
     finite = jnp.isfinite(network.width)
@@ -246,7 +239,9 @@ def free_energy(
     - `network`: the network (priors, width, noise, activation).
     - `sigma`: Σ, the first-layer weight covariance (S×S, positive definite).
     - `X`, `Y`: training inputs (n×d) and targets (n×m).
-    - `kernels`: (K^(2), …, K^(L)), n×n each; empty for a depth-1 network.
+    - `kernels`: (K^(2), …, K^(L)), n×n each and positive definite; empty for a depth-1
+      network. (A solution on a singular prior Q^(l) has singular K^(l): its F is
+      `Solution.free_energy`, from the precision shifts.)
 
     **Returns:** F, a scalar. At C = ∞ the KL terms are dropped (their minimisers, the GP
     limit, are then forced), so F is the NNGP regression's negative log marginal likelihood.
@@ -254,40 +249,57 @@ def free_energy(
     L = network.depth
     if len(kernels) != L - 1:
         raise ValueError(f"a depth-{L} network needs {L - 1} kernels K^(2..L), got {len(kernels)}")
+    # F is written in the solver's coordinates: Δ_l = K^(l)⁻¹ − Q^(l−1)⁻¹.
+    shifts, cov = [], sigma
+    for layer, K in enumerate(kernels, start=2):
+        Q = _layer_map(network, layer - 1, X)(cov)
+        shifts.append(spd_inverse_logdet(K)[0] - spd_inverse_logdet(Q)[0])
+        cov = K
+    return _free_energy(network, sigma, tuple(shifts), X, Y)
+
+
+def _free_energy(network: AbstractNetwork, sigma: Array, shifts: tuple[Array, ...], X, Y):
+    """F of SPEC §3 at Σ and the deeper layers' precision shifts Δ_l (`_layers`), written
+    without any Q⁻¹: with K = Q(I + ΔQ)⁻¹, Q⁻¹K = I − ΔK, so
+    KL(N(0, K) ‖ N(0, Q)) = ½[log det(I + ΔQ) − tr(ΔK)], the KL on Q's range where Q is
+    singular."""
+    L = network.depth
     kl = network.width_ratio(1) * _gaussian_kl(sigma, network.prior_precision(X.shape[1]))
-    covs = (sigma, *kernels)
-    for layer in range(2, L + 1):
-        Q = _layer_map(network, layer - 1, X)(covs[layer - 2])
-        kl = kl + network.width_ratio(layer) * _kl_to(covs[layer - 1], Q)
     if L == 1:
         data = data_term(network, sigma, X, Y)
     else:
+        covs, posts, _, logdets = _layers(network, sigma, shifts, X)
+        for layer in range(2, L + 1):
+            delta = _sym(shifts[layer - 2])
+            layer_kl = 0.5 * (logdets[layer - 2] - jnp.sum(delta * covs[layer - 1]))
+            kl = kl + network.width_ratio(layer) * layer_kl
         eye = jnp.eye(Y.shape[0], dtype=Y.dtype)
-        Kf = network.post_kernel(L, kernels[-1]) + network.noise * eye
-        data = gp_negative_log_evidence(Kf, Y)
+        data = gp_negative_log_evidence(posts[-1] + network.noise * eye, Y)
     finite = jnp.isfinite(network.width)
     width = jnp.where(finite, network.width, 0.0)
     return data + jnp.where(finite, width * kl, 0.0)
 
 
-def _layers(network: AbstractNetwork, lam1: Array, shifts: tuple[Array, ...], X):
-    """Forward pass over the layers from the solver's unknowns: Σ = Λ₁⁻¹ and, for l ≥ 2,
-    K^(l) = (Q^(l−1)⁻¹ + Δ_l)⁻¹, where Δ_l = K^(l)⁻¹ − Q^(l−1)⁻¹ is the layer's learned
-    precision shift (zero in the GP limit). Returns the covariances, the layers' prior
-    precisions (Σ₀⁻¹, Q^(1)⁻¹, …), the post-kernels (Q^(1), …, Q_f) and their pullbacks."""
-    covs = [spd_inverse_logdet(0.5 * (lam1 + lam1.T))[0]]
-    prior_precs = [network.prior_precision(X.shape[1])]
-    posts, pullbacks = [], []
+def _sym(M: Array) -> Array:
+    return 0.5 * (M + M.T)
+
+
+def _layers(network: AbstractNetwork, sigma: Array, shifts: tuple[Array, ...], X):
+    """Forward pass over the layers from Σ and the precision shifts of the deeper layers:
+    K^(l) = (Q^(l−1)⁻¹ + Δ_l)⁻¹ = Q^(l−1)(I + Δ_l Q^(l−1))⁻¹ (`shifted_covariance`: no Q⁻¹,
+    so Q^(l−1) may be singular), where Δ_l = K^(l)⁻¹ − Q^(l−1)⁻¹ is the layer's learned
+    precision shift (zero in the GP limit). Returns the covariances (Σ, K^(2), …), the
+    post-kernels (Q^(1), …, Q_f), their pullbacks and log det(I + Δ_l Q^(l−1))."""
+    covs, posts, pullbacks, logdets = [sigma], [], [], []
     for layer in range(1, network.depth + 1):
         Q, pullback = jax.vjp(_layer_map(network, layer, X), covs[-1])
         posts.append(Q)
         pullbacks.append(pullback)
         if layer < network.depth:
-            Q_inv, _ = spd_inverse_logdet(Q)
-            prior_precs.append(Q_inv)
-            delta = shifts[layer - 1]
-            covs.append(spd_inverse_logdet(Q_inv + 0.5 * (delta + delta.T))[0])
-    return covs, prior_precs, posts, pullbacks
+            K, logdet = shifted_covariance(_sym(Q), _sym(shifts[layer - 1]))
+            covs.append(K)
+            logdets.append(logdet)
+    return covs, posts, pullbacks, logdets
 
 
 def _shift_residuals(network: AbstractNetwork, lam1: Array, shifts: tuple[Array, ...], X, Y):
@@ -297,16 +309,18 @@ def _shift_residuals(network: AbstractNetwork, lam1: Array, shifts: tuple[Array,
     Deeper layers are solved for their precision shifts rather than their precisions: the
     shifts are O(1/C), and the Newton system in them is well scaled, while K^(l)⁻¹ itself
     moves with Q^(l−1)⁻¹, whose derivative grows like the square of Q's condition number.
-    B^(l+1) = Q⁻¹K^(l+1)Q⁻¹ − Q⁻¹ is evaluated as −Q⁻¹K^(l+1)Δ_{l+1}, without cancellation.
+    Nothing needs Q⁻¹: K^(l) = Q(I + ΔQ)⁻¹ (`_layers`) and B^(l+1) = Q⁻¹K^(l+1)Q⁻¹ − Q⁻¹
+    = ΔKΔ − Δ (Δ = Δ_{l+1}, K = K^(l+1), since Q⁻¹K = I − ΔK), so a singular GP-limit prior
+    (duplicate inputs, a deep linear FCN with n > d) is solved as any other.
     """
     L = network.depth
+    sigma = spd_inverse_logdet(_sym(lam1))[0]
     if L == 1:
         # (2/C) ∂D/∂Σ through `data_term` (feature-space evaluation for linear φ).
-        sigma = spd_inverse_logdet(0.5 * (lam1 + lam1.T))[0]
         g = jax.grad(data_term, argnums=1)(network, sigma, X, Y)
         u = _inverse_width(network) / network.width_ratio(1)
         return _outside_domain((network.prior_precision(X.shape[1]) - lam1 + 2 * u * g,), (sigma,))
-    covs, prior_precs, posts, pullbacks = _layers(network, lam1, shifts, X)
+    covs, posts, pullbacks, _ = _layers(network, sigma, shifts, X)
     residuals = []
     for layer in range(1, L + 1):
         r = network.width_ratio(layer)
@@ -316,12 +330,11 @@ def _shift_residuals(network: AbstractNetwork, lam1: Array, shifts: tuple[Array,
             G = _evidence_grad(Kf, Y) * (2 * _inverse_width(network) / r)
         else:
             # (2 C_{l+1}/C_l) ∂KL(K^(l+1) ‖ Q^(l))/∂cov_l: ∂KL/∂Q = −½ B^(l+1) (SPEC §3).
-            delta = shifts[layer - 1]
-            B = -prior_precs[layer] @ covs[layer] @ (0.5 * (delta + delta.T))
-            G = -(network.width_ratio(layer + 1) / r) * 0.5 * (B + B.T)
+            delta, K = _sym(shifts[layer - 1]), covs[layer]
+            G = -(network.width_ratio(layer + 1) / r) * _sym(delta @ K @ delta - delta)
         (g,) = pullbacks[layer - 1](G)
         if layer == 1:
-            residuals.append(prior_precs[0] - lam1 + g)
+            residuals.append(network.prior_precision(X.shape[1]) - lam1 + g)
         else:
             residuals.append(g - shifts[layer - 2])
     return _outside_domain(tuple(residuals), covs)
@@ -339,22 +352,6 @@ def _outside_domain(residuals: tuple[Array, ...], covs) -> tuple[Array, ...]:
     return tuple(jnp.where(bad, jnp.nan, r) for r in residuals)
 
 
-def _shifts(network: AbstractNetwork, precisions: tuple[Array, ...], X) -> tuple[Array, ...]:
-    """Δ_l = Λ_l − Q^(l−1)⁻¹ (l = 2…L) from the precisions (Λ₁, …, Λ_L)."""
-    shifts, cov = [], spd_inverse_logdet(0.5 * (precisions[0] + precisions[0].T))[0]
-    for layer in range(2, network.depth + 1):
-        Q_inv, _ = spd_inverse_logdet(_layer_map(network, layer - 1, X)(cov))
-        lam = precisions[layer - 1]
-        shifts.append(lam - Q_inv)
-        cov = spd_inverse_logdet(0.5 * (lam + lam.T))[0]
-    return tuple(shifts)
-
-
-def _residuals(network: AbstractNetwork, precisions: tuple[Array, ...], X, Y) -> tuple:
-    """The residuals at given precisions (Λ₁, …, Λ_L)."""
-    return _shift_residuals(network, precisions[0], _shifts(network, precisions, X), X, Y)
-
-
 def eos_residual(
     precision: Float[Array, "S S"] | tuple[Array, ...],
     network: AbstractNetwork,
@@ -365,20 +362,25 @@ def eos_residual(
 
         R(Λ) = Σ₀⁻¹ − Λ − (1/C) ∂_Σ tr[A Q_f(Σ)] |_{Σ = Λ⁻¹}  =  (2/C) ∂F/∂Σ |_{Σ = Λ⁻¹}
 
-    For depth L > 1, `precision` is the tuple (Σ⁻¹, K^(2)⁻¹, …, K^(L)⁻¹) and so is the
-    result: R_1 = Σ₀⁻¹ − Σ⁻¹ − (C_2/C_1) ∂_Σ tr[B^(2) Q^(1)(Σ)], R_l = Q^(l−1)⁻¹ − K^(l)⁻¹
-    − (C_{l+1}/C_l) ∂_K tr[B^(l+1) Q^(l)(K)] for 2 ≤ l < L, and R_L = Q^(L−1)⁻¹ − K^(L)⁻¹
-    − (1/C_L) ∂_K tr[A Q_f(K)], with A and B held fixed: R_l = (2/C_l) ∂F/∂cov_l.
+    For depth L > 1, `precision` is the tuple of the solver's unknowns (Σ⁻¹, Δ_2, …, Δ_L),
+    with Δ_l = K^(l)⁻¹ − Q^(l−1)⁻¹ the deeper layers' precision shifts (`Solution.precision`
+    and `Solution.kernel_shifts`), and so is the result: R_1 = Σ₀⁻¹ − Σ⁻¹
+    − (C_2/C_1) ∂_Σ tr[B^(2) Q^(1)(Σ)], R_l = Q^(l−1)⁻¹ − K^(l)⁻¹ − (C_{l+1}/C_l)
+    ∂_K tr[B^(l+1) Q^(l)(K)] for 2 ≤ l < L, and R_L = Q^(L−1)⁻¹ − K^(L)⁻¹
+    − (1/C_L) ∂_K tr[A Q_f(K)], with A and B held fixed: R_l = (2/C_l) ∂F/∂cov_l. In the
+    shifts, Q^(l−1)⁻¹ − K^(l)⁻¹ = −Δ_l, and no Q⁻¹ is formed (`_shift_residuals`).
 
-    Covariances are built from the symmetric part of each precision while the linear term
-    uses the precision itself, so an antisymmetric part is driven to zero with Jacobian −I
-    (never singular); `solve` passes symmetric precisions. Where a precision is not
+    Covariances are built from the symmetric part of each unknown while the linear term
+    uses the unknown itself, so an antisymmetric part is driven to zero with Jacobian −I
+    (never singular); `solve` passes symmetric ones. Where Σ⁻¹ or Q^(l−1)⁻¹ + Δ_l is not
     positive definite the residual is NaN, which the solver's line search rejects.
     """
     if isinstance(precision, tuple | list):
         if len(precision) != network.depth:
-            raise ValueError(f"need {network.depth} precisions, got {len(precision)}")
-        return _residuals(network, tuple(precision), X, Y)
+            raise ValueError(
+                f"need {network.depth} unknowns (Σ⁻¹, Δ_2, …, Δ_L), got {len(precision)}"
+            )
+        return _shift_residuals(network, precision[0], tuple(precision[1:]), X, Y)
     if network.depth != 1:
-        raise ValueError("a network of depth > 1 needs a tuple of precisions, one per layer")
-    return _residuals(network, (precision,), X, Y)[0]
+        raise ValueError("a network of depth > 1 needs the tuple (Σ⁻¹, Δ_2, …, Δ_L)")
+    return _shift_residuals(network, precision, (), X, Y)[0]

@@ -102,20 +102,23 @@ def _test_kernels(solution: Solution, X_test: Array):
     """Q_f on train × train, test × train and the test diagonal (SPEC §4).
 
     The first layer is exact in weight space; each deeper layer's test pre-kernel is the
-    prior conditional of its learned train block: with Q = Q^(l−1) and M = Q_{*X} Q_{XX}⁻¹,
-    K_{*X} = M K, K_{**} = Q_{**} − M Q_{X*} + M K Mᵀ (only the diagonal is needed).
-    Also returns the layer priors P_l and covariances, for the diagnostics."""
+    prior conditional of its learned train block: with Q = Q^(l−1), K_{*X} = Q_{*X}Q⁻¹K and
+    K_{**} = Q_{**} − Q_{*X}(Q⁻¹ − Q⁻¹KQ⁻¹)Q_{X*} (only the diagonal is needed). In the
+    layer's precision shift Δ (Q⁻¹K = I − ΔK) these are K_{*X} = Q_{*X}(I − ΔK) and
+    K_{**} = Q_{**} + Q_{*X} B Q_{X*}, B = ΔKΔ − Δ: no Q⁻¹, so Q may be singular (Q_{*X}
+    then lies in Q's range, and these are the conditionals with Q's pseudo-inverse).
+    Also returns the layer priors P_l, for the diagnostics."""
     net, X, sigma = solution.network, solution.X, solution.sigma
     tt = net.first_layer_kernel(sigma, X)
     st = net.first_layer_kernel(sigma, X_test, X)
     ss = net.first_layer_kernel_diag(sigma, X_test)
     priors = [net.prior_covariance(X.shape[1])]
-    for layer, K in enumerate(solution.kernels, start=2):
-        Q_inv, _ = spd_inverse_logdet(tt)
+    eye = jnp.eye(X.shape[0], dtype=X.dtype)
+    deeper = zip(solution.kernels, solution.kernel_shifts, strict=True)
+    for layer, (K, delta) in enumerate(deeper, start=2):
         priors.append(tt)
-        M = st @ Q_inv
-        K_st = M @ K
-        k_ss = ss - jnp.sum(M * st, 1) + jnp.sum(K_st * M, 1)
+        K_st = st @ (eye - delta @ K)
+        k_ss = ss + jnp.sum((st @ (delta @ K @ delta - delta)) * st, 1)
         act, scale, k_tt = net.layer_activation(layer), net.post_scale(layer), jnp.diagonal(K)
         tt = net.post_kernel(layer, K)
         st = scale * act.kernel(k_ss[:, None], k_tt[None, :], K_st)
@@ -226,10 +229,10 @@ def _predict(solution: Solution, X_test: Array, Y_test: Array | None) -> Predict
         shift = jax.grad(lambda K: jnp.sum(TTt * net.post_kernel(L, K)))(K_L) * inv_width
         chi = _whitened_top(priors[-1], 0.5 * (shift + shift.T))
     covs = (sigma, *solution.kernels)
-    precs = (solution.precision, *solution.kernel_precisions)
-    # λ_max(P⁻¹ cov) − 1 = 1/λ_min(P^{1/2} Λ P^{1/2}) − 1.
+    shifts = (solution.precision - net.prior_precision(X.shape[1]), *solution.kernel_shifts)
+    # λ_max(P⁻¹ cov) − 1 = 1/λ_min(I + P^{1/2} Δ P^{1/2}) − 1, Δ = cov⁻¹ − P⁻¹.
     stretch = jnp.stack(
-        [1 / -_whitened_top(P, -lam) - 1 for P, lam in zip(priors, precs, strict=True)]
+        [1 / (1 - _whitened_top(P, -d)) - 1 for P, d in zip(priors, shifts, strict=True)]
     )
     return Prediction(
         mean=mean,

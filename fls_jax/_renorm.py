@@ -167,7 +167,7 @@ def renormalise(
         _check_patch_renormalisation(network)
     else:
         _check_scalar_renormalisation(network, "renormalise")
-    X, Y = _validate(network, X, Y, deep_priors=False)
+    X, Y = _validate(network, X, Y)
     m = Y.shape[1]
     if patches:
         _check_one_output(Y, "renormalise for a PatchCNN")

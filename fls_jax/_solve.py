@@ -15,14 +15,13 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int
 from ._anderson import AbstractPreconditioner, Anderson
 from ._descent import FreeEnergyBFGS
 from ._free_energy import (
-    _gp_post_kernels,
+    _free_energy,
     _inverse_width,
     _layers,
     _shift_residuals,
-    _shifts,
-    free_energy,
+    _sym,
 )
-from ._linalg import DenseLU, KrylovOrDense, _eigh, _pack, _unpack, cholesky_inverse
+from ._linalg import DenseLU, KrylovOrDense, _eigh, _pack, _unpack, spd_inverse_logdet
 from ._network import AbstractNetwork
 from ._rootfind import _AbstractResidualRootFinder, _fro, _where
 
@@ -103,9 +102,13 @@ class Solution(eqx.Module):
     - `precision`: Σ⁻¹.
     - `kernels`: (K^(2), …, K^(L)), the learned pre-kernels of the deeper layers on the
       train set (n×n each); empty for one hidden layer.
-    - `kernel_precisions`: their inverses, the solver's unknowns.
+    - `kernel_shifts`: (Δ_2, …, Δ_L), Δ_l = K^(l)⁻¹ − Q^(l−1)⁻¹, the deeper layers' learned
+      precision shifts (zero in the GP limit) and, with Σ⁻¹, the solver's unknowns. They
+      exist where the GP-limit prior Q^(l−1) is singular (then so is K^(l), which lives
+      on Q^(l−1)'s range): K^(l) = Q^(l−1)(I + Δ_l Q^(l−1))⁻¹.
     - `free_energy`: F at the solution (SPEC §3).
-    - `residual`: ‖R‖_F / ‖Σ⁻¹‖_F, the relative EoS residual reached.
+    - `residual`: ‖(R_1, …, R_L)‖_F / ‖(Σ⁻¹, Δ_2, …, Δ_L)‖_F, the EoS residual reached
+      relative to the unknowns (‖R‖_F / ‖Σ⁻¹‖_F for one hidden layer).
     - `num_steps`: solver iterations, summed over the continuation stages.
     - `num_stages`: continuation stages (root finds) run before the final check: 1 when
       the target width was solved directly, 0 at C = ∞ or with `precision0`.
@@ -119,7 +122,7 @@ class Solution(eqx.Module):
     sigma: Float[Array, "S S"]
     precision: Float[Array, "S S"]
     kernels: tuple[Float[Array, "n n"], ...]
-    kernel_precisions: tuple[Float[Array, "n n"], ...]
+    kernel_shifts: tuple[Float[Array, "n n"], ...]
     free_energy: Float[Array, ""]
     residual: Float[Array, ""]
     num_steps: Int[Array, ""]
@@ -136,10 +139,8 @@ def _concrete(x) -> bool:
     return True
 
 
-def _validate(network: AbstractNetwork, X, Y, *, deep_priors: bool = True) -> tuple[Array, Array]:
-    """Clear Python errors for bad input, before anything is traced or compiled.
-    `deep_priors`: also refuse deep networks with singular GP-limit priors (what the EoS need,
-    and the scale mixture of `renormalise` does not)."""
+def _validate(network: AbstractNetwork, X, Y) -> tuple[Array, Array]:
+    """Clear Python errors for bad input, before anything is traced or compiled."""
     if not isinstance(network, AbstractNetwork):
         raise TypeError(f"network must be an fls_jax network (FCN, PatchCNN), got {type(network)}")
     X = jnp.asarray(X)
@@ -178,40 +179,7 @@ def _validate(network: AbstractNetwork, X, Y, *, deep_priors: bool = True) -> tu
     dtype = jnp.result_type(X.dtype, Y.dtype, *(jnp.result_type(p) for p in params), float)
     if jnp.finfo(dtype).bits < 64:
         _check_float32(network, X)
-    if network.depth > 1 and deep_priors:
-        _check_deep_priors(network, X.astype(dtype))
     return X.astype(dtype), Y.astype(dtype)
-
-
-def _check_deep_priors(network: AbstractNetwork, X: Array) -> None:
-    """Refuse a deep network whose GP-limit prior kernels Q^(1), …, Q^(L−1) on the training
-    inputs are singular: its deeper layers are solved relative to Q^(l)⁻¹ (docs/deep.md)."""
-    if not all(_concrete(v) for v in (X, network.sigma_w2)):
-        return
-    eps = float(jnp.finfo(X.dtype).eps)
-    ratios = np.asarray(_prior_pivot_ratios(network, X))
-    for layer, ratio in enumerate(ratios, start=1):
-        if not ratio > 100 * eps:
-            raise ValueError(
-                f"the GP-limit prior kernel Q^({layer}) of hidden layer {layer + 1} is singular "
-                f"on the training inputs (smallest Cholesky pivot² / largest diagonal = "
-                f"{ratio:.1e}). A network of depth > 1 solves its deeper layers relative to "
-                "Q^(l)⁻¹ (docs/deep.md), so Q^(l) must be positive definite. Causes: duplicate "
-                "training inputs, or linear layers seeing more training points than input "
-                "dimensions (a deep linear FCN needs n ≤ d; fls_jax.renormalise gives its "
-                "exact posterior at any n)."
-            )
-
-
-@eqx.filter_jit
-def _prior_pivot_ratios(network: AbstractNetwork, X: Array) -> Array:
-    """min pivot² / max diagonal of the Cholesky factor of each GP-limit Q^(l), l < L (NaN
-    where it fails). Compiled once per shape, so validating a solve traces nothing after."""
-    ratios = []
-    for Q in _gp_post_kernels(network, X)[:-1]:
-        pivots = jnp.diagonal(cholesky_inverse(Q)[0])
-        ratios.append(jnp.min(pivots) ** 2 / jnp.max(jnp.diagonal(Q)))
-    return jnp.stack(ratios)
 
 
 # Below this σ² / mean GP-kernel diagonal float32 is refused (docs/performance.md): at 1e-3
@@ -727,8 +695,10 @@ def solve(
 
     For one hidden layer the unknown is the precision Λ = Σ⁻¹ and the residual is
     R(Λ) = Σ₀⁻¹ − Λ − (1/C) ∂_Σ tr[A Q_f(Σ)] (A = TTᵀ − m K_f⁻¹ held fixed), i.e.
-    (2/C) ∂F/∂Σ. For depth L > 1 the unknowns are Σ⁻¹ and the n×n precisions K^(l)⁻¹ of the
-    deeper layers, with the residuals of [`fls_jax.eos_residual`][]. The solver is a chain
+    (2/C) ∂F/∂Σ. For depth L > 1 the unknowns are Σ⁻¹ and the deeper layers' n×n precision
+    shifts Δ_l = K^(l)⁻¹ − Q^(l−1)⁻¹, with the residuals of [`fls_jax.eos_residual`][]; no
+    Q^(l−1)⁻¹ is formed, so singular GP-limit priors (duplicate inputs, a deep linear FCN
+    with n > d) are solved too. The solver is a chain
     of optimistix solvers, tried in turn at each continuation stage. The solve starts from
     the GP limit and tries the target width directly with the chain's first solver (for one
     hidden layer, at most as far as the width where the GP start's relative residual is 1);
@@ -764,8 +734,9 @@ def solve(
       minimiser, 12 for others).
     - `max_stages`: cap on the continuation stages (root finds) before giving up.
     - `precision0`: a starting Σ⁻¹ (e.g. the solution at a neighbouring width), or for
-      depth L > 1 the tuple (Σ⁻¹, K^(2)⁻¹, …, K^(L)⁻¹). Given, it replaces the GP-limit
-      start *and* the continuation: one root find from there.
+      depth L > 1 the tuple of unknowns (Σ⁻¹, Δ_2, …, Δ_L), i.e.
+      `(sol.precision, *sol.kernel_shifts)`. Given, it replaces the GP-limit start *and*
+      the continuation: one root find from there.
     - `adjoint`: how to differentiate (default: implicit, no backprop through iterations).
 
     **Returns:** a [`fls_jax.Solution`][]. Non-convergence is reported in `result` and
@@ -783,17 +754,12 @@ def solve(
     return _solve(network, X, Y, chain, max_stages, precision0, adjoint)
 
 
-def _state_of(network, X, precisions):
-    """The solver's unknowns at given precisions (Λ₁, …, Λ_L)."""
-    return _to_state(precisions[0], _shifts(network, precisions, X))
-
-
 def _validate_precision0(network: AbstractNetwork, X: Array, precision0) -> tuple[Array, ...]:
     S, n, L = network.filter_size(X.shape[1]), X.shape[0], network.depth
     if L == 1 and not isinstance(precision0, tuple | list):
         precision0 = (precision0,)
     if not isinstance(precision0, tuple | list) or len(precision0) != L:
-        raise ValueError(f"precision0 must be a tuple of {L} precisions (Σ⁻¹, K^(2)⁻¹, …)")
+        raise ValueError(f"precision0 must be a tuple of {L} unknowns (Σ⁻¹, Δ_2, …, Δ_L)")
     shapes = [(S, S)] + [(n, n)] * (L - 1)
     out = []
     for p, shape in zip(precision0, shapes, strict=True):
@@ -816,8 +782,9 @@ def _state_free_energy(state, args):
     """F/C at the solver's unknowns (`_to_state`; 0 in the GP limit): what a minimiser in
     the chain descends. Its stationary points are the EoS (SPEC §3)."""
     net, X, Y = args
-    covs = _layers(net, *_from_state(state, net.filter_size(X.shape[1])), X)[0]
-    return _inverse_width(net) * free_energy(net, covs[0], X, Y, tuple(covs[1:]))
+    lam1, shifts = _from_state(state, net.filter_size(X.shape[1]))
+    sigma = spd_inverse_logdet(_sym(lam1))[0]
+    return _inverse_width(net) * _free_energy(net, sigma, shifts, X, Y)
 
 
 @eqx.filter_jit
@@ -825,7 +792,7 @@ def _solve(network, X, Y, chain: Chain, max_stages, precision0, adjoint) -> Solu
     if precision0 is None:
         state0 = _gp_state(network, X)
         return _solve_from(network, X, Y, chain, max_stages, 0.0, state0, adjoint)[0]
-    state0 = _state_of(network, X, precision0)
+    state0 = _to_state(precision0[0], tuple(precision0[1:]))
     return _solve_from(network, X, Y, chain, 0, None, state0, adjoint)[0]
 
 
@@ -870,20 +837,18 @@ def _solve_from(
         throw=False,
     )
     lam1, shifts = _from_state(sol.value, S)
-    covs, prior_precs, _, _ = _layers(network, lam1, shifts, X)
-    covs = tuple(covs)
-    deeper = zip(prior_precs[1:], shifts, strict=True)
-    precisions = (lam1, *(P + 0.5 * (d + d.T) for P, d in deeper))
-    rel = _fro(_shift_residuals(network, lam1, shifts, X, Y)) / _fro(precisions)
+    shifts = tuple(_sym(d) for d in shifts)
+    covs = tuple(_layers(network, spd_inverse_logdet(_sym(lam1))[0], shifts, X)[0])
+    rel = _fro(_shift_residuals(network, lam1, shifts, X, Y)) / _fro((lam1, *shifts))
     solution = Solution(
         network=network,
         X=X,
         Y=Y,
         sigma=covs[0],
-        precision=precisions[0],
+        precision=lam1,
         kernels=covs[1:],
-        kernel_precisions=precisions[1:],
-        free_energy=free_energy(network, covs[0], X, Y, covs[1:]),
+        kernel_shifts=shifts,
+        free_energy=_free_energy(network, covs[0], shifts, X, Y),
         residual=rel,
         num_steps=steps + sol.stats["num_steps"],
         num_stages=jnp.asarray(stages),

@@ -255,7 +255,7 @@ def tune(
             best = (float(value), sol.network, sol)
         updates, opt_state = optimizer.update(grad, opt_state, z)
         z = optax.apply_updates(z, updates)
-        precision = (sol.precision, *sol.kernel_precisions)
+        precision = (sol.precision, *sol.kernel_shifts)
     if bar is not None:
         bar.close()
     if best[1] is None:

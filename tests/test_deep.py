@@ -14,7 +14,6 @@ import pytest
 import scipy.optimize
 
 import fls_jax as fj
-from fls_jax._solve import _validate
 
 
 # A copy of ../shared/reference/fcn3_erf_n128's data (the values are quoted in the test).
@@ -180,6 +179,90 @@ def test_deep_linear_against_numpy_fixed_point():
     assert np.linalg.norm(sol.sigma - sw2 / d * np.eye(d)) > 0.05 * sw2 / d * np.sqrt(d)
 
 
+def test_deep_linear_singular_prior_against_weight_space_eos():
+    """A deep linear network with n > d, whose GP-limit prior Q^(1) = σ_w² XΣXᵀ has rank d:
+    the EoS are solved without Q⁻¹ (K = Q(I + ΔQ)⁻¹). The reference is the same variational
+    problem in weight space, written here in NumPy: the second layer's pre-activation is
+    h(x) = vᵀx, v ~ N(0, σ_w² Σ) a priori and N(0, S) in the posterior, so K^(2) = XSXᵀ and
+    F = D(σ_a² XSXᵀ + σ²I) + C KL(Σ ‖ Σ₀) + C KL(S ‖ σ_w² Σ), all d×d (X has full column
+    rank, so the KL on Q's range is the KL in v). Its stationarity conditions,
+    S⁻¹ = (σ_w²Σ)⁻¹ − (σ_a²/C) XᵀAX and Σ⁻¹ = Σ₀⁻¹ + Σ⁻¹ − Σ⁻¹SΣ⁻¹/σ_w², are root-found by
+    MINPACK. Σ, K^(2), the test predictions and F must agree."""
+    rng = np.random.default_rng(1)
+    n, d, C, sw2, sa2, noise = 16, 6, 4.0, 1.2, 0.9, 0.05
+    X, X_test, w = rng.standard_normal((n, d)), rng.standard_normal((7, d)), rng.standard_normal(d)
+    Y = (X @ w)[:, None] + 0.3 * np.tanh(X[:, :1])
+    net = fj.FCN(width=C, sigma_w2=sw2, sigma_a2=sa2, noise=noise, activation=fj.Linear(), depth=2)
+    sol = fj.solve(net, X, Y)
+    pred = fj.predict(sol, X_test)
+    assert bool(sol.converged) and float(sol.residual) < 1e-10
+    iu = np.triu_indices(d)
+    k = len(iu[0])
+
+    def sym(v):
+        M = np.zeros((d, d))
+        M[iu] = v
+        return M + np.triu(M, 1).T
+
+    def eos(v):
+        S_inv, V_inv = sym(v[:k]), sym(v[k:])
+        Sig, Sv = np.linalg.inv(S_inv), np.linalg.inv(V_inv)
+        Kf = sa2 * X @ Sv @ X.T + noise * np.eye(n)
+        Kfi = np.linalg.inv(Kf)
+        T = Kfi @ Y
+        r2 = np.linalg.inv(sw2 * Sig) - sa2 / C * X.T @ (T @ T.T - Kfi) @ X - V_inv
+        r1 = d / sw2 * np.eye(d) - S_inv @ Sv @ S_inv / sw2
+        return np.concatenate([r1[iu], r2[iu]]), (Sig, Sv, Kf)
+
+    v0 = np.concatenate([(d / sw2 * np.eye(d))[iu], (d / sw2**2 * np.eye(d))[iu]])
+    root = scipy.optimize.root(lambda v: eos(v)[0], v0, method="hybr", tol=1e-14)
+    assert np.abs(eos(root.x)[0]).max() < 1e-10, root.message
+    Sig, Sv, Kf = eos(root.x)[1]
+    np.testing.assert_allclose(sol.sigma, Sig, rtol=1e-8, atol=1e-8 * np.abs(Sig).max())
+    K = X @ Sv @ X.T
+    assert np.linalg.matrix_rank(K) == d  # the learned K^(2) is singular too
+    np.testing.assert_allclose(sol.kernels[0], K, rtol=1e-8, atol=1e-8 * np.abs(K).max())
+    cross = sa2 * X_test @ Sv @ X.T
+    np.testing.assert_allclose(pred.mean, cross @ np.linalg.solve(Kf, Y), rtol=1e-8, atol=1e-10)
+    var = sa2 * np.einsum("ij,jk,ik->i", X_test, Sv, X_test)
+    var = var - np.sum(cross * np.linalg.solve(Kf, cross.T).T, 1)
+    np.testing.assert_allclose(pred.variance, var, rtol=1e-8, atol=1e-10)
+
+    def kl(S, P):
+        return 0.5 * (np.trace(np.linalg.solve(P, S)) - np.linalg.slogdet(S)[1]
+                      + np.linalg.slogdet(P)[1] - d)  # fmt: skip
+
+    D = 0.5 * np.sum(Y * np.linalg.solve(Kf, Y)) + 0.5 * np.linalg.slogdet(Kf)[1]
+    F = D + 0.5 * n * np.log(2 * np.pi) + C * kl(Sig, sw2 / d * np.eye(d)) + C * kl(Sv, sw2 * Sig)
+    np.testing.assert_allclose(float(sol.free_energy), F, rtol=1e-10)
+    assert np.linalg.norm(Sig - sw2 / d * np.eye(d)) > 0.3 * sw2 / d * np.sqrt(d)  # learned
+
+
+def test_duplicate_inputs_equal_halved_noise(deep_task, deep_solutions):
+    """Every training point twice, noise σ², is the same posterior over functions as each
+    point once with noise σ²/2 (the two likelihood factors multiply to one), so the EoS'
+    solutions must agree; the evidence differs by (nm/2) log(4πσ²). With duplicates every
+    GP-limit prior Q^(1), Q^(2) of a depth-3 erf FCN is singular: solved without Q⁻¹, its
+    K^(l) live on Q's range (here: the duplicated blocks)."""
+    t, halved = deep_task, deep_solutions[3]  # noise 0.01
+    net = _net(3.0, 3, noise=0.02)
+    twice = fj.solve(net, np.concatenate([t.X, t.X]), np.concatenate([t.Y, t.Y]))
+    assert bool(twice.converged)
+    np.testing.assert_allclose(twice.sigma, halved.sigma, rtol=1e-9, atol=1e-10)
+    for K2, K1 in zip(twice.kernels, halved.kernels, strict=True):
+        np.testing.assert_allclose(K2, np.tile(K1, (2, 2)), rtol=1e-9, atol=1e-10)
+    p2, p1 = fj.predict(twice, t.X_test, t.Y_test), fj.predict(halved, t.X_test, t.Y_test)
+    np.testing.assert_allclose(p2.mean, p1.mean, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(p2.variance, p1.variance, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(p2.layer_stretch, p1.layer_stretch, rtol=1e-8)
+    np.testing.assert_allclose(float(p2.chi), float(p1.chi), rtol=1e-8)
+    offset = 0.5 * len(t.X) * np.log(4 * np.pi * 0.02)
+    np.testing.assert_allclose(float(twice.free_energy - halved.free_energy), offset, rtol=1e-9)
+    # and the noise matters: each point once with σ² itself is another solution
+    once = fj.solve(net, t.X, t.Y)
+    assert np.abs(np.asarray(halved.sigma) - np.asarray(once.sigma)).max() > 1e-3
+
+
 def test_predict_at_train_points_reproduces_the_train_block(deep_task, deep_solutions):
     t, sol = deep_task, deep_solutions[3]
     pred = fj.predict(sol, t.X, t.Y)
@@ -296,14 +379,6 @@ def test_deep_bad_input(deep_task):
     net = _net(2.0, 2)
     with pytest.raises(ValueError, match="depth-1"):
         net.output_kernel(jnp.eye(5), deep_task.X)
-    # Singular GP-limit priors Q^(l): a duplicated input, and a deep linear FCN with n > d.
-    X, Y = jnp.asarray(deep_task.X), jnp.asarray(deep_task.Y)
-    with pytest.raises(ValueError, match="Q\\^\\(1\\) of hidden layer 2 is singular"):
-        fj.solve(net, jnp.concatenate([X, X[:1]]), jnp.concatenate([Y, Y[:1]]))
-    linear = fj.FCN(2.0, 1.0, 1.0, 0.1, (fj.Erf(), fj.Linear(), fj.Linear()), depth=3)
-    _validate(linear, X, Y)  # Q^(2) = σ_w² Q^(1), positive definite after an erf layer: accepted
-    with pytest.raises(ValueError, match="n ≤ d"):
-        fj.solve(_net(2.0, 2, fj.Linear()), X, Y)  # n = 20 > d = 5
     with pytest.raises(ValueError, match="precision0"):
         fj.solve(net, deep_task.X, deep_task.Y, precision0=jnp.eye(5))
     with pytest.raises(ValueError, match="kernels"):
