@@ -107,8 +107,9 @@ class Solution(eqx.Module):
       exist where the GP-limit prior Q^(l−1) is singular (then so is K^(l), which lives
       on Q^(l−1)'s range): K^(l) = Q^(l−1)(I + Δ_l Q^(l−1))⁻¹.
     - `free_energy`: F at the solution (SPEC §3).
-    - `residual`: ‖(R_1, …, R_L)‖_F / ‖(Σ⁻¹, Δ_2, …, Δ_L)‖_F, the EoS residual reached
-      relative to the unknowns (‖R‖_F / ‖Σ⁻¹‖_F for one hidden layer).
+    - `residual`: ‖R(y)‖ / ‖y‖ at the returned unknowns y (the upper triangle of Σ⁻¹ and
+      the Δ_l), the EoS residual reached relative to them: what the solvers' stopping rule
+      compares with their rtol (1e-11 in float64 by default).
     - `num_steps`: solver iterations, summed over the continuation stages.
     - `num_stages`: continuation stages (root finds) run before the final check: 1 when
       the target width was solved directly, 0 at C = ∞ or with `precision0`.
@@ -839,7 +840,7 @@ def _solve_from(
     lam1, shifts = _from_state(sol.value, S)
     shifts = tuple(_sym(d) for d in shifts)
     covs = tuple(_layers(network, spd_inverse_logdet(_sym(lam1))[0], shifts, X)[0])
-    rel = _fro(_shift_residuals(network, lam1, shifts, X, Y)) / _fro((lam1, *shifts))
+    rel = _fro(_state_residual(sol.value, args)) / _fro(sol.value)
     solution = Solution(
         network=network,
         X=X,
