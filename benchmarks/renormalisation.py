@@ -11,15 +11,16 @@ saddle point beside both, on four linear-teacher tasks:
 - the linear PatchCNN's task (d = 32, n = 128) under an FCN, where the EoS' train error was
   0.13–0.5× the sampled one (`benchmarks/logs/linear_cnn_vs_fcn_train_error_cpu.log`);
 - the same with targets ×3 (an atypically large teacher: there the scale u moves);
-- a depth-2 linear FCN with n = 128 > d = 32, which the EoS refuse (singular prior).
+- a depth-2 linear FCN with n = 128 > d = 32 (a singular GP-limit prior Q^(1), which the
+  EoS refused before 2026-12-02; the stored logs predate that).
 
 Printed per width: train and test error of the mean predictor for GP, EoS, mixture, saddle
 and the sampled networks (± standard error over chains), the posterior scale u, and seconds.
 
 `--eos-only` prints instead one table without sampling: the EoS against the exact mixture for
-linear FCNs of depth 1, 2 and 3 with n = 48 < d = 64 (where the EoS solve deep networks too),
-widths 4–256, typical targets and targets ×3: ratios of train error, test error and mean
-ensemble variance, and the mixture's E[u].
+linear FCNs of depth 1, 2 and 3, with n = 48 < d = 64 and with n = 128 > d = 32 (singular
+GP-limit priors for depth > 1), widths 4–256, typical targets and targets ×3: ratios of train
+error, test error and mean ensemble variance, and the mixture's E[u].
 
 A second table (`--proportional`, no sampling) grows n and C together at α = n/C = 2 on a
 linear teacher with targets ×3, where the saddle point (the proportional-limit theory) should
@@ -27,6 +28,7 @@ approach the exact mixture: it prints both scales, both test errors and the mixt
 """
 
 import argparse
+import itertools
 import json
 import platform
 import time
@@ -103,13 +105,10 @@ def main():
                 lambda C=C, t=t: fj.renormalise(net(C), t.X, t.Y, t.X_test, t.Y_test)
             )
             sad = fj.renormalise(net(C), t.X, t.Y, t.X_test, t.Y_test, method="saddle")
-            try:
-                eos, s_eos = _timed(
-                    lambda C=C, t=t: fj.predict(fj.solve(net(C), t.X, t.Y), t.X_test, t.Y_test)
-                )
-                eos_train, eos_test = float(eos.train_error), float(eos.test_error)
-            except ValueError:  # singular deep prior: the EoS refuse n > d
-                eos_train = eos_test = s_eos = float("nan")
+            eos, s_eos = _timed(
+                lambda C=C, t=t: fj.predict(fj.solve(net(C), t.X, t.Y), t.X_test, t.Y_test)
+            )
+            eos_train, eos_test = float(eos.train_error), float(eos.test_error)
             smp, s_smp = _timed(
                 lambda C=C, t=t: fs.sample(
                     net(C),
@@ -171,25 +170,29 @@ def main():
 
 
 def eos_against_exact(noise):
-    """Deep linear FCNs at n < d: the EoS' predictions as ratios to the exact posterior's."""
-    t = fj.datasets.linear_patch_teacher(48, 200, patch_size=64, patches=1, seed=2)
+    """Deep linear FCNs at n < d and n > d: the EoS' predictions as ratios to the exact
+    posterior's."""
+    tasks = [
+        ("d=64 n=48", fj.datasets.linear_patch_teacher(48, 200, patch_size=64, patches=1, seed=2)),
+        ("d=32 n=128", fj.datasets.linear_patch_teacher(128, 200, patch_size=8, patches=4, seed=0)),
+    ]
     print(
-        f"{'targets':>7} {'L':>2} {'C':>5} | {'train EoS/exact':>15} {'test':>7} "
+        f"{'task':>10} {'targets':>7} {'L':>2} {'C':>5} | {'train EoS/exact':>15} {'test':>7} "
         f"{'variance':>8} | {'E[u]':>6} {'converged':>9} {'s EoS':>6}"
     )
-    for scale in (1.0, 3.0):
+    for (name, t), scale in itertools.product(tasks, (1.0, 3.0)):
         Y, Y_test = scale * t.Y, scale * t.Y_test
         for depth in (1, 2, 3):
             for C in (4.0, 16.0, 64.0, 256.0):
                 net = fj.FCN(C, 1.0, 1.0, noise, fj.Linear(), depth=depth)
                 mix = fj.renormalise(net, t.X, Y, t.X_test, Y_test)
-                pred, sec = _timed(
-                    lambda net=net, Y=Y, Yt=Y_test: fj.predict(fj.solve(net, t.X, Y), t.X_test, Yt)
-                )
-                sol_ok = bool(fj.solve(net, t.X, Y).converged)
+                t0 = time.perf_counter()
+                sol = fj.solve(net, t.X, Y)
+                pred = jax.block_until_ready(fj.predict(sol, t.X_test, Y_test))
+                sec, sol_ok = time.perf_counter() - t0, bool(sol.converged)
                 var = float(np.mean(pred.variance)) / float(np.mean(mix.variance))
                 print(
-                    f"{'×' + format(scale, '.0f'):>7} {depth:2d} {C:5.0f} | "
+                    f"{name:>10} {'×' + format(scale, '.0f'):>7} {depth:2d} {C:5.0f} | "
                     f"{float(pred.train_error) / float(mix.train_error):15.3f} "
                     f"{float(pred.test_error) / float(mix.test_error):7.3f} {var:8.3f} | "
                     f"{float(mix.scale):6.3f} {sol_ok!s:>9} {sec:6.1f}",
