@@ -696,28 +696,27 @@ def solve(
 
     For one hidden layer the unknown is the precision Λ = Σ⁻¹ and the residual is
     R(Λ) = Σ₀⁻¹ − Λ − (1/C) ∂_Σ tr[A Q_f(Σ)] (A = TTᵀ − m K_f⁻¹ held fixed), i.e.
-    (2/C) ∂F/∂Σ. For depth L > 1 the unknowns are Σ⁻¹ and the deeper layers' n×n precision
-    shifts Δ_l = K^(l)⁻¹ − Q^(l−1)⁻¹, with the residuals of [`fls_jax.eos_residual`][]; no
-    Q^(l−1)⁻¹ is formed, so singular GP-limit priors (duplicate inputs, a deep linear FCN
-    with n > d) are solved too. The solver is a chain
-    of optimistix solvers, tried in turn at each continuation stage. The solve starts from
-    the GP limit and tries the target width directly with the chain's first solver (for one
-    hidden layer, at most as far as the width where the GP start's relative residual is 1);
-    where that fails (small widths, strong feature learning) an automatic homotopy in 1/C
-    takes over, adapting its own steps, separately for each element of a vmap, and its
-    stages may use the rest of the chain. The default is `"descent"` for one hidden layer with
-    S(S+1)/2 ≤ 2080 first-layer unknowns: [`fls_jax.Anderson`][] acceleration of the
-    fixed-point map (one residual evaluation per iteration); where it fails, a BFGS descent
-    on the free energy ([`fls_jax.FreeEnergyBFGS`][]) to within 10⁻² of a solution, then
-    [`fls_jax.DampedNewton`][] from there. The descent and Newton run once a stage has
-    failed, from the continuation's last converged point, which keeps the descent on the
-    continuation's branch of solutions (`docs/performance.md`). From a warm start (a
-    continuation stage after the first, a path sweep's next width, `precision0`) Anderson
-    mixes a residual rescaled along Σ's three top (learned) directions (nine
-    Jacobian-vector products; `docs/equations.md`). Otherwise (deeper networks, larger S)
-    `"anderson-newton"`: Anderson, and where it fails, Newton from the same point (dense LU
-    for S(S+1)/2 ≤ 256 unknowns, matrix-free GMRES otherwise).
-    Gradients with respect to the hyper-parameters and the data flow by implicit
+    (2/C) ∂F/∂Σ.
+    For depth L > 1 the unknowns are Σ⁻¹ and the deeper layers' n×n precision shifts
+    Δ_l = K^(l)⁻¹ − Q^(l−1)⁻¹, with the residuals of [`fls_jax.eos_residual`][]; no Q^(l−1)⁻¹ is
+    formed, so singular GP-limit priors (duplicate inputs, a deep linear FCN with n > d) are
+    solved too. The solver is a chain of optimistix solvers, tried in turn at each continuation
+    stage. The solve starts from the GP limit and tries the target width directly with the
+    chain's first solver (for one hidden layer, at most as far as the width where the GP start's
+    relative residual is 1); where that fails (small widths, strong feature learning) an
+    automatic homotopy in 1/C takes over, adapting its own steps, separately for each element of
+    a vmap, and its stages may use the rest of the chain. The default is `"descent"` for one
+    hidden layer with S(S+1)/2 ≤ 2080 first-layer unknowns: [`fls_jax.Anderson`][] acceleration
+    of the fixed-point map (one residual evaluation per iteration); where it fails, a BFGS
+    descent on the free energy ([`fls_jax.FreeEnergyBFGS`][]) to within 10⁻² of a solution, then
+    [`fls_jax.DampedNewton`][] from there. The descent and Newton run once a stage has failed,
+    from the continuation's last converged point, which keeps the descent on the continuation's
+    branch of solutions (`docs/performance.md`). From a warm start (a continuation stage after
+    the first, a path sweep's next width, `precision0`) Anderson mixes a residual rescaled along
+    Σ's three top (learned) directions (nine Jacobian-vector products; `docs/equations.md`).
+    Otherwise (deeper networks, larger S) `"anderson-newton"`: Anderson, and where it fails,
+    Newton from the same point (dense LU for S(S+1)/2 ≤ 256 unknowns, matrix-free GMRES
+    otherwise). Gradients with respect to the hyper-parameters and the data flow by implicit
     differentiation of the final root find.
 
     **Arguments:**
