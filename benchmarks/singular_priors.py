@@ -19,9 +19,12 @@ sets the solve beside a reference that never forms Q⁻¹ either, in the same ru
   10⁻ᵏ, so κ(Q^(1)) ≈ 10²ᵏ: the same table as `linear`. Run it also with the code before
   this change (`PYTHONPATH=<checkout of 47aa21a> python benchmarks/singular_priors.py --part
   conditioning`), which formed Q⁻¹, to see what that cost in accuracy.
+- `jitter`: the diagonal a singular Q's Cholesky needs, as a multiple c of eps · tr(Q), for
+  rank-deficient kernels (n = 64–2048, 3 seeds): the worst case sets `_PRIOR_JITTER`.
 """
 
 import argparse
+import itertools
 import platform
 import time
 
@@ -30,10 +33,12 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import scipy.optimize  # noqa: E402
 
 import fls_jax as fj  # noqa: E402
+from fls_jax._linalg import _PRIOR_JITTER  # noqa: E402
 
 
 SW2, SA2 = 1.2, 0.9
@@ -170,9 +175,42 @@ def duplicates_part(widths, n):
         )
 
 
+def jitter_part():
+    """The least c (quarter-decades) with chol(Q + c eps tr(Q) I) finite, per kernel."""
+    print("\n## jitter a singular Q's Cholesky needs, as c · eps · tr(Q)")
+    eps, worst = np.finfo(float).eps, {}
+    for seed, n, d in itertools.product(range(3), (64, 256, 1024, 2048), (2, 8, 32)):
+        rng = np.random.default_rng(seed)
+        X = rng.standard_normal((n, d))
+        Xd = np.concatenate([X[: n // 2], X[: n // 2]])
+        q = 1 + 2 * np.sum(Xd**2, 1) / d
+        kernels = {
+            "linear, rank d": X @ X.T / d,
+            "linear + 5": X @ X.T / d + 5.0,
+            "linear + 50": X @ X.T / d + 50.0,
+            "erf, duplicates": 2 / np.pi * np.arcsin(2 * (Xd @ Xd.T / d) / np.sqrt(np.outer(q, q))),
+            "rank 1 + 1": np.outer(X[:, 0], X[:, 0]) + 1.0,
+        }
+        for name, Q in kernels.items():
+            for c in 10.0 ** np.arange(-4, 3.01, 0.25):
+                chol = np.asarray(
+                    jnp.linalg.cholesky(jnp.asarray(Q + c * eps * np.trace(Q) * np.eye(n)))
+                )
+                if np.all(np.isfinite(chol)):
+                    break
+            key = (name, n)
+            worst[key] = max(worst.get(key, 0.0), c)
+    print(f"{'kernel':16} " + " ".join(f"{'n = ' + str(n):>9}" for n in (64, 256, 1024, 2048)))
+    for name in dict.fromkeys(k for k, _ in worst):
+        print(f"{name:16} " + " ".join(f"{worst[(name, n)]:9.2g}" for n in (64, 256, 1024, 2048)))
+    print(f"worst: c = {max(worst.values()):.2g}; fls_jax uses {_PRIOR_JITTER:g}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--part", choices=["linear", "duplicates", "conditioning", "all"], default="all")
+    p.add_argument(
+        "--part", choices=["linear", "duplicates", "conditioning", "jitter", "all"], default="all"
+    )
     p.add_argument("--widths", type=float, nargs="+", default=[4.0, 16.0, 64.0, 256.0])
     p.add_argument("--noise", type=float, default=0.05, help="σ² of the linear parts")
     p.add_argument("--n", type=int, default=128, help="distinct training points (duplicates)")
@@ -188,6 +226,8 @@ def main():
         conditioning_part(a.widths, a.noise)
     if a.part in ("duplicates", "all"):
         duplicates_part([3e4, 1e3, 90.0], a.n)
+    if a.part in ("jitter", "all"):
+        jitter_part()
 
 
 if __name__ == "__main__":

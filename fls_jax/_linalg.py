@@ -91,10 +91,13 @@ def _cholesky_inverse_jvp(primals, tangents):
 
 
 # The prior's Cholesky factor in `shifted_covariance` is retried with this multiple of
-# eps · tr(Q) on the diagonal where it fails (a singular Q). The least that worked for rank-
-# deficient kernels (linear, with a constant mode, erf with duplicates; n = 64–2048) was
-# 1e-13 of the mean diagonal, i.e. ≤ 0.2 eps · tr(Q) at n = 2048: a margin of ≥ 50×.
-_PRIOR_JITTER = 10.0
+# eps · tr(Q) on the diagonal where it fails (a singular Q). The most that rank-deficient
+# kernels needed (linear of rank 2–32, with a constant mode, erf with duplicates, rank 1
+# plus a constant; n = 64–2048, 3 seeds) was 1.8 eps · tr(Q): a margin of 56×
+# (`benchmarks/singular_priors.py --part jitter`). Its effect is removed to first order
+# (`_shifted_covariance`); uncorrected, it moved the F of a rank-32 deep linear FCN at n = 512
+# by 7e-8 and K^(2) by 1.4e-9 of its largest entry.
+_PRIOR_JITTER = 100.0
 
 
 @_cpu_sequential
@@ -102,14 +105,21 @@ def _shifted_covariance(Q, delta):
     n = Q.shape[0]
     eye = jnp.eye(n, dtype=Q.dtype)
     V = jnp.linalg.cholesky(Q)
-    jitter = _PRIOR_JITTER * jnp.finfo(Q.dtype).eps * jnp.trace(Q)
-    V = jax.lax.cond(
-        jnp.all(jnp.isfinite(V)), lambda: V, lambda: jnp.linalg.cholesky(Q + jitter * eye)
-    )
+    singular = ~jnp.all(jnp.isfinite(V))
+    eps = jnp.where(singular, _PRIOR_JITTER * jnp.finfo(Q.dtype).eps * jnp.trace(Q), 0.0)
+    V = jax.lax.cond(singular, lambda: jnp.linalg.cholesky(Q + eps * eye), lambda: V)
     M = eye + V.T @ delta @ V
     L = jnp.linalg.cholesky(0.5 * (M + M.T))
     Z = jax.scipy.linalg.solve_triangular(L, V.T, lower=True).T  # V L⁻ᵀ
-    return Z @ Z.T, 2 * jnp.sum(jnp.log(jnp.diagonal(L)))
+    K, logdet = Z @ Z.T, 2 * jnp.sum(jnp.log(jnp.diagonal(L)))
+
+    def unjitter():
+        # K and log det at Q, not Q + εI, to first order in ε (the derivative of
+        # `shifted_covariance` with dQ = −εI): the error left is O(ε²).
+        W = eye - delta @ K
+        return K - eps * (W.T @ W), logdet + eps * jnp.trace(delta @ K @ delta - delta)
+
+    return jax.lax.cond(singular, unjitter, lambda: (K, logdet))
 
 
 @jax.custom_jvp
@@ -122,8 +132,9 @@ def shifted_covariance(
     (SPEC §3). With V Vᵀ = Q (Cholesky) and M = I + VᵀΔV, K = V M⁻¹ Vᵀ and
     det M = det(I + ΔQ): Q may be singular (duplicate inputs, a linear layer seeing more
     points than dimensions), and K then lives on Q's range, where the KL of SPEC §3 is
-    finite. Only where Q's Cholesky fails is 10 eps · tr(Q) added to its diagonal. Q and Δ
-    must be symmetric. Outside the domain (M not positive definite: Q⁻¹ + Δ is not) the
+    finite. Only where Q's Cholesky fails is ε = 100 eps · tr(Q) added to its diagonal, and
+    K and the log det are then corrected back to Q to first order in ε. Q and Δ must be
+    symmetric. Outside the domain (M not positive definite: Q⁻¹ + Δ is not) the
     result is NaN.
 
     Its derivative does not pass through V: with W = I − ΔK = (I + ΔQ)⁻¹ and
