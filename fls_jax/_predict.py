@@ -117,8 +117,9 @@ def _test_kernels(solution: Solution, X_test: Array):
     deeper = zip(solution.kernels, solution.kernel_shifts, strict=True)
     for layer, (K, delta) in enumerate(deeper, start=2):
         priors.append(tt)
-        K_st = st @ (eye - delta @ K)
-        k_ss = ss + jnp.sum((st @ (delta @ K @ delta - delta)) * st, 1)
+        DK = delta @ K
+        K_st = st @ (eye - DK)
+        k_ss = ss + jnp.sum((st @ (DK @ delta - delta)) * st, 1)
         act, scale, k_tt = net.layer_activation(layer), net.post_scale(layer), jnp.diagonal(K)
         tt = net.post_kernel(layer, K)
         st = scale * act.kernel(k_ss[:, None], k_tt[None, :], K_st)
