@@ -305,8 +305,8 @@ def _anderson_newton(dtype, depth: int = 1, filter_size: int = 1) -> tuple:
     """`solver="anderson-newton"`, the default for deeper networks and more than
     `_DESCENT_MAX_UNKNOWNS` first-layer unknowns: Anderson acceleration (one residual per
     iteration), and where it fails, damped Newton from the same point (`_newton`). For
-    deeper networks Anderson mixes with β = 0.1, halved at each step cut back because it
-    left the domain or raised the residual more than 10× (`_DEEP_MIXING`). For one hidden
+    deeper networks Anderson mixes with a fixed β = 0.1 and cuts back a step that leaves the
+    domain or raises the residual more than 10× (`_DEEP_MIXING`). For one hidden
     layer it mixes a preconditioned residual from warm starts (`_LearnedSubspace`)."""
     deep = depth > 1
     anderson = Anderson(
@@ -315,7 +315,6 @@ def _anderson_newton(dtype, depth: int = 1, filter_size: int = 1) -> tuple:
         memory=_ANDERSON_MEMORY,
         mixing=_DEEP_MIXING if deep else 1.0,
         patience=_DEEP_PATIENCE if deep else _ANDERSON_PATIENCE,
-        adaptive_mixing=deep,
         max_growth=_DEEP_MAX_GROWTH if deep else float("inf"),
         preconditioner=None if deep else _LearnedSubspace(),
     )
@@ -387,7 +386,11 @@ _ANDERSON_PATIENCE = 40
 # 2026-11-30). Adaptive mixing from β = 1 took 676 iterations at n = 128 but 4 stages at
 # n = 512, C = 90 (259 s). One hidden layer keeps a fixed β = 1: adaptive mixing saved
 # iterations at n = 1024, C = 64 (erf FCN: 86 → 55) but took 310 against 105 at n = 2048,
-# and 428 against 109 in the chain at n = 256, C = 8.
+# and 428 against 109 in the chain at n = 256, C = 8. Deeper networks dropped adaptive mixing
+# too (2026-12-02): β, once halved, never recovered, and Anderson stalled where early steps
+# had to be cut back. Deep linear FCN (n = 64, d = 16, C = 4) from the GP limit: 460 iterations
+# in 6 stages → 69 in 1; erf depth 2 (n = 128, C = 4): 887 / 9 → 594 / 6; the depth-3 erf
+# path sweep unchanged (2455 → 2471) (`benchmarks/deep_mixing.py`, `benchmarks/RESULTS.md`).
 _DEEP_MIXING = 0.1
 _DEEP_PATIENCE = 100
 _DEEP_MAX_GROWTH = 10.0

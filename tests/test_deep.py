@@ -179,6 +179,18 @@ def test_deep_linear_against_numpy_fixed_point():
     assert np.linalg.norm(sol.sigma - sw2 / d * np.eye(d)) > 0.05 * sw2 / d * np.sqrt(d)
 
 
+def test_deep_linear_narrow_width_from_gp_limit_in_one_stage():
+    """A deep linear FCN at C = 4 straight from the GP limit (n = 64, d = 16), where early
+    steps have to be cut back. Anderson's β halved at each cut (the deep default
+    until 2026-12-02) never recovered: 460 iterations over 6 continuation stages. The fixed
+    β = 0.1 takes 69 in one (`benchmarks/deep_mixing.py`)."""
+    t = fj.datasets.linear_patch_teacher(64, 50, patch_size=16, patches=1, seed=0)
+    net = fj.FCN(4.0, 1.2, 0.9, 0.05, fj.Linear(), depth=2)
+    sol = fj.solve(net, t.X, t.Y)
+    assert bool(sol.converged) and float(sol.residual) < 1e-10
+    assert int(sol.num_stages) == 1 and int(sol.num_steps) < 150
+
+
 def test_deep_linear_singular_prior_against_weight_space_eos():
     """A deep linear network with n > d, whose GP-limit prior Q^(1) = σ_w² XΣXᵀ has rank d:
     the EoS are solved without Q⁻¹ (K = Q(I + ΔQ)⁻¹). The reference is the same variational
