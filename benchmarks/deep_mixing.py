@@ -27,29 +27,17 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
+import equinox as eqx  # noqa: E402
 import numpy as np  # noqa: E402
 
 import fls_jax as fj  # noqa: E402
-from fls_jax._solve import (  # noqa: E402
-    _ANDERSON_MEMORY,
-    _DEEP_MAX_GROWTH,
-    _DEEP_MIXING,
-    _DEEP_PATIENCE,
-    _newton,
-)
+from fls_jax._solve import _anderson_newton  # noqa: E402
 
 
 def chain(adaptive: bool, depth: int):
-    anderson = fj.Anderson(
-        rtol=1e-11,
-        atol=0.0,
-        memory=_ANDERSON_MEMORY,
-        mixing=_DEEP_MIXING,
-        patience=_DEEP_PATIENCE,
-        max_growth=_DEEP_MAX_GROWTH,
-        adaptive_mixing=adaptive,
-    )
-    return (anderson, _newton(np.float64, depth))
+    """`solve`'s default chain for depth ≥ 2, with Anderson's `adaptive_mixing` set."""
+    anderson, newton = _anderson_newton(np.float64, depth)
+    return (eqx.tree_at(lambda a: a.adaptive_mixing, anderson, adaptive), newton)
 
 
 def run(problem: str, adaptive: bool) -> str:
