@@ -220,7 +220,9 @@ def test_output_renormalisation_against_dense_algebra(two_outputs):
     # Rotated outputs: S(U; YR) = S(RUR^T; Y), so U* → RᵀU*R and the mean → mean R.
     R = np.array([[np.cos(0.7), -np.sin(0.7)], [np.sin(0.7), np.cos(0.7)]])
     rot = fj.renormalise(net, X, Y @ R, X_test, Y_test @ R, method="saddle")
-    np.testing.assert_allclose(rot.scale_matrix, R.T @ r.scale_matrix @ R, rtol=1e-7, atol=1e-9)
+    # To the saddle's own accuracy (as against scipy above): on an AMD EPYC the off-diagonal
+    # 1.4e-3 differed by 1.1e-8, which failed the earlier atol of 1e-9.
+    np.testing.assert_allclose(rot.scale_matrix, R.T @ r.scale_matrix @ R, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(rot.mean, r.mean @ R, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(rot.test_error, r.test_error, rtol=1e-6)
 
