@@ -40,3 +40,34 @@ def fcn_task():
 @pytest.fixture(scope="session")
 def rng():
     return np.random.default_rng(1234)
+
+
+def _memory_map_limit() -> int | None:
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None  # not Linux: no such limit to guard
+
+
+def _memory_maps() -> int:
+    with open("/proc/self/maps", "rb") as f:
+        return sum(1 for _ in f)
+
+
+_MAP_LIMIT = _memory_map_limit()
+
+
+@pytest.fixture(autouse=True)
+def _bounded_compiled_programs():
+    """Drop JAX's compiled programs when this process nears Linux's memory-map limit.
+
+    Every program XLA compiles for the CPU is mapped into memory in about ten pieces, and a
+    pytest-xdist worker compiles thousands of them over the suite. Past `vm.max_map_count`
+    (65530 by default) the next mapping fails and the worker dies with a segmentation fault;
+    CI saw that on its last test at 5b08f9f, with the maps growing by ~2500 a minute per worker.
+    Clearing the caches past half the limit frees those maps, at the price of recompiling the
+    programs the tests share, once or twice per worker."""
+    yield
+    if _MAP_LIMIT is not None and _memory_maps() > _MAP_LIMIT // 2:
+        jax.clear_caches()
