@@ -14,10 +14,21 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
 ).strip()
 
+import tempfile
+
 import jax
 
 
 jax.config.update("jax_enable_x64", True)
+# XLA's compiled programs are shared between the pytest-xdist workers (and later runs) through
+# JAX's persistent compilation cache: many tests compile the same `solve` and `predict`
+# programs, and reading one back costs a fraction of compiling it on 2 cores.
+jax.config.update(
+    "jax_compilation_cache_dir",
+    os.environ.get("FLS_JAX_TEST_XLA_CACHE")
+    or os.path.join(tempfile.gettempdir(), "fls_jax-tests-xla-cache"),
+)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
