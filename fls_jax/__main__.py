@@ -1,6 +1,7 @@
 """Command line: ``python -m fls_jax sweep`` runs a width sweep on a built-in teacher task."""
 
 import argparse
+import os
 import sys
 import time
 from typing import Any
@@ -36,7 +37,26 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--plot", default="fls_sweep.png", help="PNG to write ('' for none)")
     s.add_argument("--float32", action="store_true", help="run in float32 (less accurate)")
+    s.add_argument(
+        "--xla-cache",
+        default=None,
+        metavar="DIR",
+        help="where compiled programs are kept between runs ('' for nowhere); default: "
+        "JAX_COMPILATION_CACHE_DIR if set, else $XDG_CACHE_HOME/fls_jax/xla (~/.cache/…)",
+    )
     return p
+
+
+def _xla_cache_dir(arg: str | None, configured: str | None, env: dict[str, str]) -> str | None:
+    """The persistent compilation cache the command line uses: `--xla-cache` if given ('' for
+    none), else one already configured (JAX reads JAX_COMPILATION_CACHE_DIR), else the user's
+    cache folder. A second run of the same sweep then skips XLA's compilation (README)."""
+    if arg is not None:
+        return arg or None
+    if configured:
+        return configured
+    base = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "fls_jax", "xla")
 
 
 def _sweep(a: argparse.Namespace) -> int:
@@ -123,6 +143,12 @@ def _sweep(a: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
+    configured = jax.config.values.get("jax_compilation_cache_dir")
+    cache = _xla_cache_dir(a.xla_cache, configured, dict(os.environ))
+    if cache is None:
+        jax.config.update("jax_enable_compilation_cache", False)
+    else:
+        jax.config.update("jax_compilation_cache_dir", cache)
     if not a.float32:
         jax.config.update("jax_enable_x64", True)
     else:

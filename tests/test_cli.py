@@ -1,8 +1,10 @@
 """The command line of the README's main job (`python -m fls_jax sweep`), one and two layers."""
 
+import os
+
 import pytest
 
-from fls_jax.__main__ import main
+from fls_jax.__main__ import _xla_cache_dir, main
 
 
 @pytest.mark.parametrize(
@@ -19,3 +21,14 @@ def test_sweep_prints_a_converged_table_and_writes_the_plot(argv, tmp_path, caps
     if "--depth" in argv:
         assert "K stretch" in out and abs(float(rows["GP"][-4])) < 1e-10  # none in the GP limit
         assert float(rows["4"][-4]) > float(rows["64"][-4]) > 0  # more at narrower widths
+
+
+def test_xla_cache_folder_follows_the_flag_then_jax_then_xdg():
+    """`--xla-cache` wins ('' turns the cache off), then a folder JAX already has (its
+    JAX_COMPILATION_CACHE_DIR), then $XDG_CACHE_HOME, then ~/.cache."""
+    env = {"XDG_CACHE_HOME": "/x"}
+    assert _xla_cache_dir("/a", "/b", env) == "/a"
+    assert _xla_cache_dir("", "/b", env) is None
+    assert _xla_cache_dir(None, "/b", env) == "/b"
+    assert _xla_cache_dir(None, None, env) == "/x/fls_jax/xla"
+    assert _xla_cache_dir(None, None, {}) == os.path.expanduser("~/.cache/fls_jax/xla")
