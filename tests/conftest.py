@@ -22,7 +22,9 @@ import jax
 jax.config.update("jax_enable_x64", True)
 # XLA's compiled programs are shared between the pytest-xdist workers (and later runs) through
 # JAX's persistent compilation cache: many tests compile the same `solve` and `predict`
-# programs, and reading one back costs a fraction of compiling it on 2 cores.
+# programs, and reading one back costs a fraction of compiling it on 2 cores. The folder
+# (FLS_JAX_TEST_XLA_CACHE, else fls_jax-tests-xla-cache in the temporary folder) only grows;
+# delete it at will.
 jax.config.update(
     "jax_compilation_cache_dir",
     os.environ.get("FLS_JAX_TEST_XLA_CACHE")
