@@ -303,16 +303,23 @@ def test_sweep_equals_loop_deep(deep_task):
         )
 
 
-def test_gradients_per_layer_priors_match_finite_differences(deep_task):
-    """d(test error)/d(σ_w² per layer, σ²) through the implicit adjoint (matrix-free GMRES)."""
+@pytest.fixture(scope="module")
+def per_layer_value_and_grad(deep_task):
+    """The test error and its gradient in (σ_w² per layer, σ²), one compiled program that the
+    finite differences of the two tests below also take their values from."""
     t = deep_task
 
     def loss(p):
         net = fj.FCN(width=3.0, depth=2, sigma_w2=p[:2], sigma_a2=0.7, noise=p[2])
         return fj.predict(fj.solve(net, t.X, t.Y), t.X_test, t.Y_test).test_error
 
+    return jax.jit(jax.value_and_grad(loss))
+
+
+def test_gradients_per_layer_priors_match_finite_differences(per_layer_value_and_grad):
+    """d(test error)/d(σ_w² per layer, σ²) through the implicit adjoint (matrix-free GMRES)."""
+    value_and_grad = per_layer_value_and_grad
     p = jnp.array([1.5, 1.2, 0.01])
-    value_and_grad = jax.jit(jax.value_and_grad(loss))  # one program for both
     g = value_and_grad(p)[1]
     for i in range(3):
         h = 1e-5 * float(p[i])
@@ -322,7 +329,7 @@ def test_gradients_per_layer_priors_match_finite_differences(deep_task):
         np.testing.assert_allclose(g[i], fd, rtol=1e-5, atol=1e-6 * float(jnp.abs(g).max()))
 
 
-def test_tune_per_layer_sigma_w2_follows_finite_differences(deep_task):
+def test_tune_per_layer_sigma_w2_follows_finite_differences(deep_task, per_layer_value_and_grad):
     """`tune` on a per-layer σ_w² (shape (2,)): its first gradient, in log σ_w², equals
     central finite differences of the predicted test error through `solve` and `predict`,
     and its first steps move each layer's σ_w² against its own derivative."""
@@ -333,7 +340,7 @@ def test_tune_per_layer_sigma_w2_follows_finite_differences(deep_task):
         return fj.FCN(width=3.0, depth=2, sigma_w2=jnp.asarray(s), sigma_a2=0.7, noise=0.01)
 
     def err(s):
-        return float(fj.predict(fj.solve(net(s), t.X, t.Y), t.X_test, t.Y_test).test_error)
+        return float(per_layer_value_and_grad(jnp.asarray([*s, 0.01]))[0])
 
     h = 1e-4
     fd = np.array(
