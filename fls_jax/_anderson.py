@@ -155,10 +155,12 @@ class Anderson(_AbstractResidualRootFinder):
             i, alpha, *_ = c
             return (i + 1, 0.5 * alpha, *trial(0.5 * alpha))
 
-        one = jnp.array(1.0, y_flat.dtype)
-        halvings, _, y_new, f_new, n_new, aux, ok = jax.lax.while_loop(
-            cond, body, (jnp.array(0), one, *trial(one))
-        )
+        # The first pass of the loop tries α = 1, so that the residual is traced once.
+        f_struct, aux_struct = jax.eval_shape(fn, y, args)
+        zeros = lambda struct: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), struct)  # noqa: E731
+        init = (jnp.array(-1), jnp.array(2.0, y_flat.dtype), y_flat, zeros(f_struct))
+        init += (state.f_norm, zeros(aux_struct), jnp.array(False))
+        halvings, _, y_new, f_new, n_new, aux, ok = jax.lax.while_loop(cond, body, init)
         if state.precondition is not None:
             f_new = state.precondition(f_new)
         f_new_flat, _ = ravel_pytree(f_new)

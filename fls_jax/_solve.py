@@ -82,7 +82,8 @@ class DampedNewton(_AbstractResidualRootFinder):
             alpha = 0.5 * alpha
             return (k + 1, alpha, *trial(alpha))
 
-        init = (jnp.array(0), jnp.array(1.0, f_norm.dtype), *trial(1.0))
+        # The first pass of the loop tries α = 1, so that the residual is traced once.
+        init = (jnp.array(-1), jnp.array(2.0, f_norm.dtype), y, f, f_norm, jnp.array(False))
         _, _, y_new, f_new, n_new, ok = jax.lax.while_loop(cond, body, init)
         y_out = _where(ok, y_new, y)
         f_out = _where(ok, f_new, f)
