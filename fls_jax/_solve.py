@@ -92,6 +92,32 @@ class DampedNewton(_AbstractResidualRootFinder):
         return y_out, state, aux
 
 
+class _Settled(optx.AbstractRootFinder):
+    """The final root find of `solve`: no iterations, only the implicit adjoint. It stops at
+    once with the result its `options` give (`{"converged": ok}`, a traced bool: whether the
+    continuation reached the target width), so that `optx.root_find` carries the gradient
+    of the root reached without compiling the chain's solver a second time."""
+
+    rtol: float = 0.0
+    atol: float = 0.0
+    norm: Any = optx.two_norm
+
+    def init(self, fn, y, args, options, f_struct, aux_struct, tags):
+        return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux_struct)  # a stand-in aux
+
+    def step(self, fn, y, args, options, state, tags):
+        return y, state, state
+
+    def terminate(self, fn, y, args, options, state, tags):
+        ok = options["converged"]
+        return jnp.array(True), optx.RESULTS.where(
+            ok, optx.RESULTS.successful, optx.RESULTS.nonlinear_max_steps_reached
+        )
+
+    def postprocess(self, fn, y, aux, args, options, state, tags, result):
+        return y, aux, {}
+
+
 class Solution(eqx.Module):
     """The solved Equations of State of a network (SPEC §3).
 
@@ -114,7 +140,9 @@ class Solution(eqx.Module):
     - `num_steps`: solver iterations, summed over the continuation stages.
     - `num_stages`: continuation stages (root finds) run before the final check: 1 when
       the target width was solved directly, 0 at C = ∞ or with `precision0`.
-    - `result`: the optimistix result code (`optx.RESULTS.successful` when converged).
+    - `result`: the optimistix result code: `optx.RESULTS.successful` when converged,
+      `nonlinear_max_steps_reached` where the continuation ran out of stages (or, from
+      `precision0`, every solver of the chain failed).
     - `converged`: whether the solve met its tolerance: check it, per element of a vmap.
     """
 
@@ -732,7 +760,7 @@ def solve(
       at each continuation stage. A minimiser (`optx.AbstractMinimiser`) minimises F/C from
       the stage's start and the root finder after it starts from its end point, where it
       succeeded; in a chain with a minimiser, the solvers after the first run once a stage
-      has failed. The last solver, a root finder, carries the implicit adjoint.
+      has failed. The last solver must be a root finder.
     - `max_steps`: iteration cap of each root find (continuation stage): one int for all
       solvers or one per solver (default: 200 for Anderson, max(1000, S(S+1)) for a
       minimiser, 12 for others).
@@ -745,8 +773,8 @@ def solve(
 
     **Returns:** a [`fls_jax.Solution`][]. Non-convergence is reported in `result` and
     `converged`, never raised, so one failing element does not spoil a vmapped sweep; the
-    returned state is then the last converged point of the continuation or the last
-    accepted iterate, never NaN from a rejected step.
+    returned state is then the last converged point of the continuation (from `precision0`,
+    that start), never NaN from a rejected step.
     """
     X, Y = _validate(network, X, Y)
     S = network.filter_size(X.shape[1])
@@ -804,16 +832,16 @@ def _solve_from(
     network, X, Y, chain: Chain, max_stages, u0, state0, adjoint
 ) -> tuple[Solution, Any]:
     """Continuation from the solved point (u0 = 1/C0, unknowns `state0`) (skipped when u0
-    is None: then the chain's earlier solvers try from `state0`), then the final root find
-    at the target width with the chain's last solver, which carries the implicit adjoint.
-    Returns the solution and the unknowns reached (a warm start for the next)."""
+    is None: then the chain's solvers try from `state0`), then a root find at the target
+    width that takes no iteration and carries the implicit adjoint (`_Settled`). Returns
+    the solution and the unknowns reached (a warm start for the next)."""
     S = network.filter_size(X.shape[1])
     args = (network, X, Y)
     if u0 is None:
         # No continuation: no shorter step to try, so every solver of the chain may run.
-        _, _, steps, start = _attempt(
+        start, ok, steps, _ = _attempt(
             _state_residual,
-            chain[:-1],
+            chain,
             jax.lax.stop_gradient(state0),
             jax.lax.stop_gradient(args),
             jnp.array(0),
@@ -824,19 +852,15 @@ def _solve_from(
     else:
         u0 = jnp.asarray(u0, X.dtype)
         cont = _continuation(_state_residual, chain, u0, state0, *args, max_stages)
-        start, steps, stages = cont.lam, cont.steps, cont.stages
-    # After a successful continuation the final root find stops at once (its start already
-    # meets the tolerance); it is there to carry the adjoint.
-    final_solver, final_steps = chain[-1]
+        start, ok, steps, stages = cont.lam, cont.done, cont.steps, cont.stages
+    # The root find that carries the implicit adjoint, at the root reached (no iterations).
     sol = optx.root_find(
         _state_residual,
-        final_solver,
+        _Settled(),
         start,
         args=args,
-        # From `precision0` the final root finder may do the work; after a continuation it
-        # starts at a root and needs no preconditioner.
-        options=_options(final_solver, u0 is None),
-        max_steps=final_steps,
+        options={"converged": ok},
+        max_steps=1,
         adjoint=adjoint,
         throw=False,
     )
@@ -854,7 +878,7 @@ def _solve_from(
         kernel_shifts=shifts,
         free_energy=_free_energy(network, covs[0], shifts, X, Y),
         residual=rel,
-        num_steps=steps + sol.stats["num_steps"],
+        num_steps=steps,
         num_stages=jnp.asarray(stages),
         result=sol.result,
         converged=(sol.result == optx.RESULTS.successful) & jnp.isfinite(rel),

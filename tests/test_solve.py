@@ -153,6 +153,25 @@ def test_erf_fcn_satisfies_hand_derived_eos(width, fcn_task):
     assert np.linalg.norm(R) / np.linalg.norm(sol.precision) < 1e-9
 
 
+def test_precision0_starts_there_without_a_continuation(fcn_task):
+    # From the C = 8 solution, C = 6 is one root find from `precision0` (no continuation
+    # stage) to the root the continuation from the GP limit reaches, held to the
+    # hand-derived EoS. With one iteration per solver it fails, says so, and returns its start.
+    X, Y = fcn_task.X, fcn_task.Y
+    start = fj.solve(_make("fcn", "erf", 8.0, fcn_task)[0], X, Y)
+    net = _make("fcn", "erf", 6.0, fcn_task)[0]
+    fresh = fj.solve(net, X, Y)
+    warm = fj.solve(net, X, Y, precision0=start.precision)
+    assert bool(warm.converged) and int(warm.num_stages) == 0 and int(warm.num_steps) > 0
+    np.testing.assert_allclose(warm.sigma, fresh.sigma, rtol=1e-8, atol=1e-12)
+    R = _erf_fcn_eos_residual(np.asarray(warm.sigma), X, Y, 6.0, 1.3, 0.8, 0.02)
+    assert np.linalg.norm(R) / np.linalg.norm(warm.precision) < 1e-9
+    stuck = fj.solve(net, X, Y, precision0=start.precision, max_steps=1)
+    assert not bool(stuck.converged)
+    assert stuck.result == optx.RESULTS.nonlinear_max_steps_reached
+    np.testing.assert_allclose(stuck.precision, start.precision, rtol=1e-15)
+
+
 def test_matrix_free_newton_for_many_unknowns(fcn_task):
     # Above 256 first-layer unknowns the Newton system is solved by GMRES on Jacobian-vector
     # products; here it is forced on the small task and held to the same hand-derived EoS,
@@ -582,7 +601,7 @@ def test_non_convergence_is_reported_not_nan(fcn_task):
     net, _ = _make("fcn", "erf", 1.0, fcn_task)
     sol = fj.solve(net, fcn_task.X, fcn_task.Y, max_steps=1, max_stages=1)
     assert not bool(sol.converged)
-    assert sol.result != optx.RESULTS.successful
+    assert sol.result == optx.RESULTS.nonlinear_max_steps_reached
     pred = fj.predict(sol, fcn_task.X_test, fcn_task.Y_test)
     for leaf in jax.tree_util.tree_leaves((sol.sigma, sol.residual, pred.mean, pred.test_error)):
         assert bool(jnp.all(jnp.isfinite(leaf)))

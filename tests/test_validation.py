@@ -191,8 +191,8 @@ def test_network_must_be_a_network(patch_task):
     ],
 )
 def test_solver_chain_must_end_each_minimiser_with_a_root_finder(fcn_task, solver, exc, match):
-    # A minimiser (the free-energy descent) hands over to the root finder after it, and the
-    # chain's last solver carries the implicit adjoint, so it must be a root finder.
+    # A minimiser (the free-energy descent) only brings the start near a root (10⁻²) and
+    # hands over to the root finder after it, which must finish the solve.
     raises_before_compiling(exc, match, fj.solve, _fcn(), fcn_task.X, fcn_task.Y, solver=solver)
 
 
