@@ -13,7 +13,13 @@ trained finite network's posterior mean, averaged over training sets. Per (C, n)
   over the training sets, ± the standard error over them;
 - `EoS`: `fj.solve` + `fj.predict` (the adaptive-kernel theory, SPEC §3) on the same sets;
 - `curve`: `fj.learning_curve` at width C (no training set at all), and its u(n);
-- `GP`: the curve at C = ∞, for how much width matters here.
+- `GP`: the curve at C = ∞, for how much width matters here;
+- `χ curve`: the curve's `chi_proxy`, the predicted average of tᵀQ_f t/C (SPEC §4) under
+  the scalar renormalisation, and `χ direct`: that quadratic form computed on the drawn
+  sets at the curve's u (a check of its training-set average); `χ EoS`: the EoS
+  predictions' `chi_proxy`, averaged over the sets.
+
+`--no-sample` skips the sampled networks (and the columns that need them).
 
 Task: a single-index erf teacher (d = `--d`, default 8; scale 1.5), noiseless targets; erf FCN with
 σ_w² = 2, σ_a² = 1, σ² = 0.02; pool of `--pool` inputs for the curve, test set of 500.
@@ -33,6 +39,7 @@ import numpy as np  # noqa: E402
 
 import fls_jax as fj  # noqa: E402
 from fls_jax import sampling  # noqa: E402
+from fls_jax._free_energy import _gp_post_kernels  # noqa: E402
 
 
 def main() -> None:
@@ -46,6 +53,7 @@ def main() -> None:
     parser.add_argument("--burn-in", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--d", type=int, default=8, help="input dimension")
+    parser.add_argument("--no-sample", action="store_true", help="theory columns only")
     args = parser.parse_args()
 
     task = fj.datasets.single_index_teacher(
@@ -62,6 +70,7 @@ def main() -> None:
         return fj.FCN(width=width, sigma_w2=2.0, sigma_a2=1.0, noise=0.02, activation=fj.Erf())
 
     gp = fj.learning_curve(net(jnp.inf), X, Y, ns).test_error
+    K = _gp_post_kernels(net(jnp.inf), X)[-1]  # the NNGP kernel on the pool, for `χ direct`
     keys = jax.random.split(jax.random.key(args.seed + 1), len(args.n))
     sets = {
         n: jnp.stack(
@@ -74,13 +83,24 @@ def main() -> None:
     def eos(network, idx):
         def one(i):
             sol = fj.solve(network, X[i], Y[i])
-            return fj.predict(sol, Xt, Yt).test_error, sol.converged
+            p = fj.predict(sol, Xt, Yt)
+            return p.test_error, p.chi_proxy, sol.converged
+
+        return jax.vmap(one)(idx)
+
+    @jax.jit
+    def direct(idx, u):
+        def one(i):
+            Q = u * K[i][:, i]
+            t = jnp.linalg.solve(Q + 0.02 * jnp.eye(len(i)), Y[i])
+            return jnp.sum(t * (Q @ t))
 
         return jax.vmap(one)(idx)
 
     print(
         f"{'C':>5s} {'n':>4s} {'sampled':>20s} {'EoS':>20s} {'curve':>9s} {'u(n)':>6s} "
-        f"{'GP':>9s} {'curve/sampled':>13s} {'EoS/sampled':>11s} {'max R̂':>6s} {'s':>5s}"
+        f"{'GP':>9s} {'curve/sampled':>13s} {'EoS/sampled':>11s} {'max R̂':>6s} "
+        f"{'χ curve':>7s} {'χ direct':>8s} {'χ EoS':>6s} {'s':>5s}"
     )
     for width in args.widths:
         network = net(width)
@@ -88,9 +108,10 @@ def main() -> None:
         for j, n in enumerate(args.n):
             t0 = time.perf_counter()
             idx = sets[n]
-            theory, ok = eos(network, idx)
+            theory, chi_eos, ok = eos(network, idx)
+            chi_direct = float(jnp.mean(direct(idx, curve.scale[j]))) / width
             sampled, rhat = [], []
-            for k, i in enumerate(idx):
+            for k, i in enumerate([] if args.no_sample else idx):
                 s = sampling.sample(
                     network,
                     X[i],
@@ -105,14 +126,21 @@ def main() -> None:
                 )
                 sampled.append(float(sampling.estimates(s, Y[i], Yt).test_error.value))
                 rhat.append(float(s.max_rhat))
-            sampled, theory = np.asarray(sampled), np.asarray(theory)
+            theory = np.asarray(theory)
             se = lambda v: v.std(ddof=1) / np.sqrt(len(v))  # noqa: E731
             c = float(curve.test_error[j])
+            if sampled:
+                sampled = np.asarray(sampled)
+                mc = f"{sampled.mean():9.4g} ± {se(sampled):8.2g}"
+                ratios = f"{c / sampled.mean():13.3f} {theory.mean() / sampled.mean():11.3f}"
+                ratios += f" {max(rhat):6.3f}"
+            else:
+                mc, ratios = f"{'-':>20s}", f"{'-':>13s} {'-':>11s} {'-':>6s}"
             print(
-                f"{width:5g} {n:4d} {sampled.mean():9.4g} ± {se(sampled):8.2g} "
+                f"{width:5g} {n:4d} {mc} "
                 f"{theory.mean():9.4g} ± {se(theory):8.2g} {c:9.4g} {float(curve.scale[j]):6.3f} "
-                f"{float(gp[j]):9.4g} {c / sampled.mean():13.3f} "
-                f"{theory.mean() / sampled.mean():11.3f} {max(rhat):6.3f} "
+                f"{float(gp[j]):9.4g} {ratios} {float(curve.chi_proxy[j]):7.3g} "
+                f"{chi_direct:8.3g} {float(np.mean(chi_eos)):6.3g} "
                 f"{time.perf_counter() - t0:5.0f}"
                 + ("" if bool(np.all(ok)) else "  (an EoS solve did not converge)"),
                 flush=True,

@@ -48,7 +48,7 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, ArrayLike, Float
 
-from ._free_energy import _gp_post_kernels
+from ._free_energy import _gp_post_kernels, _inverse_width
 from ._network import AbstractNetwork
 from ._renorm import (
     _check_one_output,
@@ -76,6 +76,10 @@ class LearningCurve(eqx.Module):
     - `gamma`: γ(n) = Σ_ρ n η_ρ²/(n η_ρ + κ)² (k).
     - `scale`: at finite width, the kernel's scale u(n) at the saddle point (the ridge is
       σ²/u); 1 at width ``inf`` (k).
+    - `chi_proxy`: at finite width, the training-set average of the feature-learning proxy
+      tᵀQ_f t/C of SPEC §4 (`Prediction.chi_proxy`), with Q_f = uK and t = (Q_f + σ²)⁻¹y;
+      0 at width ``inf`` (k). The scalar u cannot learn a direction: for a non-linear
+      hidden layer the curve is trustworthy only while this stays ≲ 1 (`docs/learning_curves.md`).
     - `eigenvalues`: the kernel's eigenvalues η_ρ on the data measure, descending (M).
     - `target_power`: the target's power a_ρ² in each mode, averaged over outputs (M);
       Σ_ρ a_ρ² is the target's mean square, E_g at n = 0.
@@ -87,6 +91,7 @@ class LearningCurve(eqx.Module):
     kappa: Float[Array, " k"]
     gamma: Float[Array, " k"]
     scale: Float[Array, " k"]
+    chi_proxy: Float[Array, " k"]
     eigenvalues: Float[Array, " M"]
     target_power: Float[Array, " M"]
     method: str = eqx.field(static=True)
@@ -114,7 +119,8 @@ def learning_curve(
     non-linear hidden layer that scalar cannot learn a direction: measured against sampled
     erf networks, the finite-width curve is within 12 % only while n ≲ d and feature learning
     is weak, and up to 2600× too high once the network learns the teacher's direction
-    (`benchmarks/RESULTS.md`, stop 32); use `solve` on drawn training sets there. `jax.jit`-able
+    (`benchmarks/RESULTS.md`, stop 32); `LearningCurve.chi_proxy` ≳ 1 flags where (SPEC §4's
+    χ), and `solve` on drawn training sets does better there. `jax.jit`-able
     either way; a network built under `jax.jit` has a traced width, and the branch is then
     chosen when the program runs.
 
@@ -178,11 +184,12 @@ def _learning_curve(network, X, Y, ns, target_noise, method: Method, branch: str
 
     def gp():
         error, kappa, gamma, _, _, _, power = _curve(K, Y, noise, target_noise, ns, eta, U, sc)
-        return error, kappa, gamma, jnp.ones_like(kappa), eta, power
+        return error, kappa, gamma, jnp.ones_like(kappa), jnp.zeros_like(kappa), eta, power
 
     def finite():
         k = _half_shapes(network)
-        return _finite_width_curve(K, Y, noise, target_noise, ns, k, eta, U)
+        inv_width = _inverse_width(network) / network.width_ratio(network.depth)
+        return _finite_width_curve(K, Y, noise, target_noise, ns, k, eta, U, inv_width)
 
     if branch == "gp":
         out = gp()
@@ -208,13 +215,14 @@ def _learning_curve(network, X, Y, ns, target_noise, method: Method, branch: str
                 ),
                 *out[1:],
             )
-    error, kappa, gamma, scale, eta, power = out
+    error, kappa, gamma, scale, chi_proxy, eta, power = out
     return LearningCurve(
         n=ns,
         test_error=error,
         kappa=kappa,
         gamma=gamma,
         scale=scale,
+        chi_proxy=chi_proxy,
         eigenvalues=eta[::-1],
         target_power=power[::-1],
         method=method,
@@ -347,11 +355,13 @@ def _kappa(eta, ridge, n, tol):
     return jnp.exp(sol.value)
 
 
-def _finite_width_curve(K, Y, noise, target_noise, ns, k, eta, U):
+def _finite_width_curve(K, Y, noise, target_noise, ns, k, eta, U, inv_width):
     """The learning curve of a finite-width FCN whose kernel is renormalised by a scalar u
     (SPEC §5, `docs/learning_curves.md`): u(n) at the saddle point of `fj.renormalise`'s
     effective action with the data terms replaced by their training-set averages, then the
-    GP curve with the ridge σ²/u. Returns (E_g, κ, γ, u, η, a²) per n.
+    GP curve with the ridge σ²/u. Returns (E_g, κ, γ, u, χ_proxy, η, a²) per n, with
+    χ_proxy = tᵀuK t · `inv_width` averaged: tᵀuK t = yᵀ(K + λ)⁻¹K(K + λ)⁻¹y/u at λ = σ²/u,
+    which `pull` already holds (n(yᵀ(K + λ)⁻¹y/n − training error/λ), divided by u).
 
     The saddle z = log u is found by bisection on the spectrum; its derivatives enter by the
     implicit function theorem, a Newton step z* − (H(z*) − H(z*)|_const)/∂_z H whose value is
@@ -391,5 +401,7 @@ def _finite_width_curve(K, Y, noise, target_noise, ns, k, eta, U):
     )
     z = z_star - jnp.where(gp, 0.0, (h - sg(h)) / jnp.where(gp, 1.0, slope))
     ridge = noise * jnp.exp(-z)
-    error, kappa, gamma, _, _, _, _ = _curve(K, Y, ridge, target_noise, ns, eta, U, True)
-    return error, kappa, gamma, jnp.exp(z), eta, power
+    error, kappa, gamma, _, quad, _, _ = _curve(K, Y, ridge, target_noise, ns, eta, U, True)
+    train = (ridge / kappa) ** 2 * (error + target_noise)
+    chi_proxy = jnp.exp(-z) * ns * (quad - train / ridge) * inv_width
+    return error, kappa, gamma, jnp.exp(z), chi_proxy, eta, power
