@@ -1,27 +1,29 @@
-"""Built-in teacher–student tasks (SPEC §4: the teacher direction gives Σ an alignment to report).
-
-Inputs are standard Gaussian, x ~ N(0, I_d). Arrays are NumPy float64; the solver casts them.
+"""Built-in tasks: teacher–student tasks (SPEC §4: the teacher direction gives Σ an alignment
+to report), with standard Gaussian inputs x ~ N(0, I_d), and one real data set, scikit-learn's
+handwritten digits (`digits`, the ``[data]`` extra). Arrays are NumPy float64; the solver casts
+them.
 """
 
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 from scipy.special import erf
 
 
 class Task(NamedTuple):
-    """A regression task with a known teacher.
+    """A regression task.
 
-    **Fields:** `X` (n×d), `Y` (n×1), `X_test` (n*×d), `Y_test` (n*×1), `teacher` (the unit
-    teacher filter w*, of the patch size S, or d for a fully connected teacher; for a
-    multi-index teacher the d×k matrix of its orthonormal directions).
+    **Fields:** `X` (n×d), `Y` (n×m; m = 1 but for one-hot digits), `X_test` (n*×d), `Y_test`
+    (n*×m), `teacher` (the unit teacher filter w*, of the patch size S, or d for a fully
+    connected teacher; for a multi-index teacher the d×k matrix of its orthonormal directions;
+    ``None`` for real data).
     """
 
     X: np.ndarray
     Y: np.ndarray
     X_test: np.ndarray
     Y_test: np.ndarray
-    teacher: np.ndarray
+    teacher: np.ndarray | None
 
 
 def _inputs(rng, n, n_test, d):
@@ -95,3 +97,71 @@ def deep_erf_teacher(
         return erf(h)[:, None]
 
     return Task(X, f(X), X_test, f(X_test), w)
+
+
+def digits(
+    n: int = 256,
+    n_test: int = 512,
+    labels: Literal["parity", "onehot"] | tuple[int, int] = "parity",
+    patch_side: int = 4,
+    seed: int = 0,
+) -> Task:
+    """scikit-learn's handwritten digits (1797 images of 8×8 pixels, shipped with it; no
+    download), for PatchCNN and FCN students. Needs the ``[data]`` extra.
+
+    Inputs: each image cut into non-overlapping `patch_side`×`patch_side` patches, laid out
+    patch after patch (row-major within each), so a `PatchCNN(patch_size=patch_side²)` sees
+    (8/patch_side)² patches; an FCN sees the same 64 pixels. Pixels are centred by their mean
+    over the training images and divided by one global scale so that ‖x‖²/d averages 1 over
+    them, the scale of the Gaussian tasks (per-pixel scaling would blow up the border pixels,
+    which are almost always 0).
+
+    Targets (`labels`): ``"parity"``, +1 for an even digit and −1 for an odd one (one output);
+    ``"onehot"``, ten outputs, 1 − 1/10 for the digit's own and −1/10 for the others; or a pair
+    ``(a, b)`` of digits, +1 for a and −1 for b, keeping only those two (about 360 images).
+
+    The n training and `n_test` test images are drawn without replacement by `seed`.
+    """
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "fls_jax.datasets.digits needs scikit-learn: pip install 'fls_jax[data]'"
+        ) from e
+    if patch_side not in (1, 2, 4, 8):
+        raise ValueError(f"patch_side must divide 8 (1, 2, 4 or 8), got {patch_side}")
+    pixels, digit = load_digits(return_X_y=True)
+    images = np.asarray(pixels, np.float64).reshape(-1, 8, 8)
+    digit = np.asarray(digit)
+    first = -1  # the digit that gets +1 when `labels` is a pair
+    if isinstance(labels, str):
+        if labels not in ("parity", "onehot"):
+            raise ValueError(
+                f"labels must be 'parity', 'onehot' or a pair of digits, got {labels!r}"
+            )
+        keep = np.ones(len(digit), bool)
+    else:
+        first, second = (int(v) for v in labels)
+        if first == second or not {first, second} <= set(range(10)):
+            raise ValueError(f"labels must be two different digits 0-9, got {labels!r}")
+        keep = (digit == first) | (digit == second)
+    images, digit = images[keep], digit[keep]
+    if n < 1 or n_test < 0 or n + n_test > len(digit):
+        raise ValueError(
+            f"need 1 <= n and n + n_test <= {len(digit)} images for labels={labels!r}, "
+            f"got n = {n}, n_test = {n_test}"
+        )
+    order = np.random.default_rng(seed).permutation(len(digit))[: n + n_test]
+    images, digit = images[order], digit[order]
+    q = 8 // patch_side  # patches per side
+    X = images.reshape(-1, q, patch_side, q, patch_side).transpose(0, 1, 3, 2, 4).reshape(-1, 64)
+    mean = X[:n].mean(0)
+    X = X - mean
+    X = X / np.sqrt(np.mean(np.sum(X[:n] ** 2, 1)) / 64)
+    if labels == "parity":
+        Y = np.where(digit % 2 == 0, 1.0, -1.0)[:, None]
+    elif labels == "onehot":
+        Y = np.eye(10)[digit] - 0.1
+    else:
+        Y = np.where(digit == first, 1.0, -1.0)[:, None]
+    return Task(X[:n], Y[:n], X[n:], Y[n:], None)

@@ -8,7 +8,12 @@ from fls_jax.__main__ import _xla_cache_dir, main
 
 
 @pytest.mark.parametrize(
-    "argv", [[], ["--arch", "fcn", "--activation", "erf", "--d", "20", "--depth", "2"]]
+    "argv",
+    [
+        [],
+        ["--arch", "fcn", "--activation", "erf", "--d", "20", "--depth", "2"],
+        ["--task", "digits"],
+    ],
 )
 def test_sweep_prints_a_converged_table_and_writes_the_plot(argv, tmp_path, capsys):
     plot = tmp_path / "sweep.png"
