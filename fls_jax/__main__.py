@@ -30,9 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--activation", choices=["linear", "erf", "relu"], default="linear")
     s.add_argument("--n", type=int, default=64, help="training points")
     s.add_argument("--n-test", type=int, default=1000, help="test points")
-    s.add_argument("--patch-size", type=int, default=8, help="S (patchcnn)")
-    s.add_argument("--patches", type=int, default=4, help="P (patchcnn)")
-    s.add_argument("--d", type=int, default=16, help="input dimension (fcn)")
+    s.add_argument("--patch-size", type=int, help="S (patchcnn teacher task; default 8)")
+    s.add_argument("--patches", type=int, help="P (patchcnn teacher task; default 4)")
+    s.add_argument("--d", type=int, help="input dimension (fcn teacher task; default 16)")
     s.add_argument("--noise", type=float, default=0.01, help="σ²")
     s.add_argument("--sigma-w2", type=float, default=1.0)
     s.add_argument("--sigma-a2", type=float, default=1.0)
@@ -84,6 +84,10 @@ def _sweep(a: argparse.Namespace) -> int:
         depth=a.depth,
     )
     if a.task == "digits":
+        given = [f for f in ("patch_size", "patches", "d") if getattr(a, f) is not None]
+        if given:
+            flags = ", ".join("--" + f.replace("_", "-") for f in given)
+            raise SystemExit(f"{flags}: not for --task digits (8×8 images, 4×4 patches)")
         task = fj.datasets.digits(a.n, a.n_test, "parity", patch_side=4, seed=a.seed)
         if a.arch == "patchcnn":
             net = fj.PatchCNN(patch_size=16, **common)
@@ -92,13 +96,16 @@ def _sweep(a: argparse.Namespace) -> int:
             net = fj.FCN(**common)
             what = "FCN d=64, digits (even vs odd)"
     elif a.arch == "patchcnn":
-        task = fj.datasets.linear_patch_teacher(a.n, a.n_test, a.patch_size, a.patches, a.seed)
-        net = fj.PatchCNN(patch_size=a.patch_size, **common)
-        what = f"PatchCNN S={a.patch_size} P={a.patches}, linear patch teacher"
+        S = 8 if a.patch_size is None else a.patch_size
+        P = 4 if a.patches is None else a.patches
+        task = fj.datasets.linear_patch_teacher(a.n, a.n_test, S, P, a.seed)
+        net = fj.PatchCNN(patch_size=S, **common)
+        what = f"PatchCNN S={S} P={P}, linear patch teacher"
     else:
-        task = fj.datasets.single_index_teacher(a.n, a.n_test, a.d, seed=a.seed)
+        d = 16 if a.d is None else a.d
+        task = fj.datasets.single_index_teacher(a.n, a.n_test, d, seed=a.seed)
         net = fj.FCN(**common)
-        what = f"FCN d={a.d}, single-index erf teacher"
+        what = f"FCN d={d}, single-index erf teacher"
     widths = [*sorted(a.widths), float("inf")]
     print(
         f"fls_jax width sweep: {what}, {a.activation}, depth {a.depth}, n={a.n}, σ²={a.noise}, "

@@ -28,6 +28,11 @@ def test_sweep_prints_a_converged_table_and_writes_the_plot(argv, tmp_path, caps
         assert float(rows["4"][-4]) > float(rows["64"][-4]) > 0  # more at narrower widths
 
 
+def test_digits_refuses_the_teacher_task_shapes():
+    with pytest.raises(SystemExit, match="--patch-size, --d: not for --task digits"):
+        main(["sweep", "--task", "digits", "--patch-size", "8", "--d", "3"])
+
+
 def test_xla_cache_folder_follows_the_flag_then_jax_then_xdg():
     """`--xla-cache` wins ('' turns the cache off), then a folder JAX already has (its
     JAX_COMPILATION_CACHE_DIR), then $XDG_CACHE_HOME, then ~/.cache."""
