@@ -13,7 +13,9 @@ A second table scans σ_w² at fixed n, as in hyper-parameter selection: the pre
 Monte-Carlo test error per σ_w², their argmins, and `jax.grad` of the prediction.
 
 Task: a single-index erf teacher (d = 16, scale 1.5) with an erf FCN's NNGP kernel, σ² = 0.01;
-the pool (the data measure) is M inputs of the task.
+the pool (the data measure) is M inputs of the task. With `--task digits` the pool is instead
+all 1797 of scikit-learn's handwritten digits (`fj.datasets.digits`, even against odd, ±1),
+real data whose spectrum no Gaussian model set, and the third table is skipped.
 
 A third table (finite width): a linear FCN (d = 32, targets of a linear teacher ×3, σ² = 0.01,
 pool of 1000) at C = 4, 16 and ∞. `fj.learning_curve` at finite width (the kernel scale u(n)
@@ -64,8 +66,13 @@ def main():
     p.add_argument("--ns", type=int, nargs="+", default=[4, 16, 64, 128, 256, 512])
     p.add_argument("--scan-n", type=int, default=64)
     p.add_argument("--finite-draws", type=int, default=40, help="training sets per n, finite C")
+    p.add_argument("--task", choices=["teacher", "digits"], default="teacher")
     a = p.parse_args()
-    t = fj.datasets.single_index_teacher(n=a.pool, n_test=1, d=16, scale=1.5, seed=7)
+    if a.task == "digits":  # every image in the pool
+        t = fj.datasets.digits(n=1797, n_test=0, labels="parity")
+        a.pool = len(t.X)
+    else:
+        t = fj.datasets.single_index_teacher(n=a.pool, n_test=1, d=16, scale=1.5, seed=7)
     X, Y = jnp.asarray(t.X), jnp.asarray(t.Y)
     ns = np.asarray(a.ns, float)
 
@@ -74,7 +81,8 @@ def main():
 
     print(
         f"# {platform.processor() or platform.machine()}, jax {jax.__version__}, "
-        f"{jax.devices()[0].platform}; pool M = {a.pool}, {a.draws} training sets per n"
+        f"{jax.devices()[0].platform}; task {a.task}, pool M = {a.pool}, {a.draws} training "
+        "sets per n"
     )
     curves = {}
     for method in ("self_consistent", "equivalent_kernel"):
@@ -124,7 +132,8 @@ def main():
         f"# argmin over the grid: predicted σ_w² = {sw2s[int(np.argmin(pred))]:.3f}, "
         f"Monte Carlo σ_w² = {sw2s[int(np.argmin(mcs))]:.3f}"
     )
-    finite_width(a.finite_draws)
+    if a.task == "teacher":
+        finite_width(a.finite_draws)
 
 
 def finite_width(draws: int):
