@@ -15,7 +15,7 @@ Monte-Carlo test error per σ_w², their argmins, and `jax.grad` of the predicti
 Task: a single-index erf teacher (d = 16, scale 1.5) with an erf FCN's NNGP kernel, σ² = 0.01;
 the pool (the data measure) is M inputs of the task. With `--task digits` the pool is instead
 all 1797 of scikit-learn's handwritten digits (`fj.datasets.digits`, even against odd, ±1),
-real data whose spectrum no Gaussian model set, and the third table is skipped.
+real data whose kernel spectrum no Gaussian model chose; the third table is then skipped.
 
 A third table (finite width): a linear FCN (d = 32, targets of a linear teacher ×3, σ² = 0.01,
 pool of 1000) at C = 4, 16 and ∞. `fj.learning_curve` at finite width (the kernel scale u(n)
