@@ -117,10 +117,11 @@ def _sweep(a: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - t0
     sig = np.asarray(sol.sigma)
     if task.teacher is None:  # real data: no teacher direction to align with
-        align = np.full(len(widths), np.nan)
+        alignment = ["-"] * len(widths)
     else:
         w = np.asarray(task.teacher)
         align = np.einsum("i,kij,j->k", w, sig, w) / np.trace(sig, axis1=1, axis2=2)
+        alignment = [f"{v:.3f}" for v in align]
     # Deep networks: the last hidden layer's stretch λ_max(Q⁻¹K^(L)) − 1 (docs/deep.md).
     deep = a.depth > 1
     stretch_head = " K stretch" if deep else ""
@@ -136,7 +137,7 @@ def _sweep(a: argparse.Namespace) -> int:
         print(
             f"{label:>8} {float(pred.chi[k]):9.3g} {float(pred.train_error[k]):10.4g} "
             f"{float(pred.test_error[k]):10.4g} {float(pred.test_error_draw[k]):10.4g} "
-            f"{float(pred.sigma_eigenvalues[k, -1]):10.4g} {align[k]:9.3f}{stretch} "
+            f"{float(pred.sigma_eigenvalues[k, -1]):10.4g} {alignment[k]:>9}{stretch} "
             f"{int(sol.num_steps[k]):5d} {float(sol.residual[k]):8.1e} "
             f"{'yes' if bool(sol.converged[k]) else 'NO'}"
         )
