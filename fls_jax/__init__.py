@@ -16,7 +16,11 @@ from ._free_energy import (
     gp_negative_log_evidence as gp_negative_log_evidence,
 )
 from ._learning_curve import LearningCurve as LearningCurve, learning_curve as learning_curve
-from ._linalg import DenseLU as DenseLU, KrylovOrDense as KrylovOrDense
+from ._linalg import (
+    DenseLU as DenseLU,
+    KrylovOrDense as KrylovOrDense,
+    RelativeGMRES as RelativeGMRES,
+)
 from ._network import (
     FCN as FCN,
     AbstractNetwork as AbstractNetwork,
