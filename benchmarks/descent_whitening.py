@@ -43,15 +43,6 @@ import fls_jax as fj  # noqa: E402
 from fls_jax._solve import _HANDOVER, _anderson_newton, _default_rtol  # noqa: E402
 
 
-class _IdentityStart(fj.FreeEnergyBFGS):
-    """The descent as it was: the identity as the initial inverse Hessian."""
-
-    def init_hessian(self, y, f, grad):
-        eye = jnp.eye(y.shape[0], dtype=y.dtype)
-        eye = lx.MatrixLinearOperator(eye, lx.positive_semidefinite_tag)
-        return optx.FunctionInfo.EvalGradHessianInv(f, grad, eye), None
-
-
 def chain(variant: str, filter_size: int):
     anderson, newton = _anderson_newton(jnp.float64, 1, filter_size)
     if variant == "after":  # the whitened start with Newton's default (RelativeGMRES)
@@ -59,7 +50,7 @@ def chain(variant: str, filter_size: int):
     if filter_size * (filter_size + 1) // 2 > 256:  # Newton on GMRES, with lineax's test
         gmres = lx.GMRES(rtol=1e-4, atol=0.0, norm=optx.two_norm, restart=20, max_steps=100)
         newton = fj.DampedNewton(rtol=_default_rtol(jnp.float64), atol=0.0, linear_solver=gmres)
-    return (anderson, _IdentityStart(handover=_HANDOVER), newton)
+    return (anderson, fj.FreeEnergyBFGS(handover=_HANDOVER), newton)  # identity start
 
 
 def main() -> None:

@@ -111,11 +111,13 @@ class FreeEnergyBFGS(optx.AbstractBFGS):
     # sharded `sweep`. Same BFGS update of the inverse (or direct) Hessian.
 
     def init_hessian(self, y, f, grad):
-        H0 = _whitening(y) if self.whiten else jnp.eye(y.shape[0], dtype=y.dtype)
-        if self.use_inverse:
-            info = optx.FunctionInfo.EvalGradHessianInv
+        info = optx.FunctionInfo.EvalGradHessianInv if self.use_inverse else _Direct
+        if not self.whiten:
+            H0 = jnp.eye(y.shape[0], dtype=y.dtype)  # its own inverse
+        elif self.use_inverse:
+            H0 = _whitening(y)
         else:
-            H0, info = spd_inverse_logdet(H0)[0], _Direct
+            H0 = spd_inverse_logdet(_whitening(y))[0]
         return info(f, grad, lx.MatrixLinearOperator(H0, _PSD)), None
 
     def update_hessian(self, y, y_eval, f_info, f_eval_info, hessian_update_state):
