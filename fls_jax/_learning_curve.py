@@ -140,7 +140,7 @@ def learning_curve(
     """
     if method not in ("self_consistent", "equivalent_kernel"):
         raise ValueError(f"method must be 'self_consistent' or 'equivalent_kernel', got {method!r}")
-    X, Y = _validate(network, X, Y)
+    network, X, Y = _validate(network, X, Y)
     if network.inducing is not None:
         raise ValueError("learning_curve does not take inducing points")
     # A traced width (a network built under jax.jit) is only known when the program runs:

@@ -21,7 +21,7 @@ outputs); the readout acts on the last one, Q_f = s_a Φ(K^(L)) (SPEC §2–3).
 
 import abc
 import dataclasses
-from typing import Literal
+from typing import Literal, TypeVar
 
 import equinox as eqx
 import jax
@@ -35,8 +35,24 @@ from ._activation import AbstractActivation, Erf, Linear
 Scaling = Literal["standard", "mean_field"]
 
 
+_N = TypeVar("_N", bound="AbstractNetwork")
+
+
 def _leaf(x) -> Array:
     return jnp.asarray(x, dtype=float)
+
+
+def _canonical(network: _N) -> _N:
+    """`network` with its hyper-parameters as its converters make them: strongly typed float
+    arrays. `eqx.tree_at` bypasses the converters, and `eqx.filter_jit` holds a Python float
+    left in a leaf static, so a width set that way compiled one program per value (8 s each
+    for an FCN with n = 16), and a weakly typed array (`jnp.asarray(jnp.inf)`) one more."""
+    hyper = (network.width, network.sigma_w2, network.sigma_a2, network.noise)
+    if all(isinstance(h, jax.Array) and not h.weak_type for h in hyper):
+        return network
+    return eqx.tree_at(
+        lambda n: (n.width, n.sigma_w2, n.sigma_a2, n.noise), network, replace_fn=_leaf
+    )
 
 
 class AbstractNetwork(eqx.Module):

@@ -304,7 +304,7 @@ def sweep(
         raise ValueError(f"schedule must be 'auto', 'parallel' or 'path', got {schedule!r}")
     if schedule == "auto":
         schedule = "path" if jax.default_backend() == "cpu" else "parallel"
-    X, Y = _validate(network, X, Y)
+    network, X, Y = _validate(network, X, Y)
     X_test, Y_test = _validate_test(X, Y, X_test, Y_test)
     widths = widths.astype(X.dtype)
     devices = list(jax.devices() if devices is None else devices)

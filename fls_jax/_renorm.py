@@ -167,11 +167,11 @@ def renormalise(
         _check_patch_renormalisation(network)
     else:
         _check_scalar_renormalisation(network, "renormalise")
-    X, Y = _validate(network, X, Y)
+    network, X, Y = _validate(network, X, Y)
     m = Y.shape[1]
     if patches:
         _check_one_output(Y, "renormalise for a PatchCNN")
-        P = X.shape[1] // network.patch_size
+        P = X.shape[1] // network.filter_size(X.shape[1])
         _check_matrix_renormalisation(network, P, method, f"a PatchCNN's {P}×{P} patch scale")
     elif m > 1:
         _check_matrix_renormalisation(network, m, method, f"the {m}×{m} scale of {m} outputs")

@@ -30,7 +30,7 @@ from ._linalg import (
     _unpack,
     spd_inverse_logdet,
 )
-from ._network import AbstractNetwork
+from ._network import _N, AbstractNetwork, _canonical
 from ._rootfind import _AbstractResidualRootFinder, _fro, _where
 
 
@@ -177,8 +177,10 @@ def _concrete(x) -> bool:
     return True
 
 
-def _validate(network: AbstractNetwork, X, Y) -> tuple[Array, Array]:
-    """Clear Python errors for bad input, before anything is traced or compiled."""
+def _validate(network: _N, X, Y) -> tuple[_N, Array, Array]:
+    """Clear Python errors for bad input, before anything is traced or compiled; the network
+    with its hyper-parameters as strongly typed arrays (`_canonical`), and X and Y as arrays
+    of the common float dtype."""
     if not isinstance(network, AbstractNetwork):
         raise TypeError(f"network must be an fls_jax network (FCN, PatchCNN), got {type(network)}")
     X = jnp.asarray(X)
@@ -217,7 +219,7 @@ def _validate(network: AbstractNetwork, X, Y) -> tuple[Array, Array]:
     dtype = jnp.result_type(X.dtype, Y.dtype, *(jnp.result_type(p) for p in params), float)
     if jnp.finfo(dtype).bits < 64:
         _check_float32(network, X)
-    return X.astype(dtype), Y.astype(dtype)
+    return _canonical(network), X.astype(dtype), Y.astype(dtype)
 
 
 # Below this σ² / mean GP-kernel diagonal float32 is refused (docs/performance.md): at 1e-3
@@ -784,7 +786,7 @@ def solve(
     returned state is then the last converged point of the continuation (from `precision0`,
     that start), never NaN from a rejected step.
     """
-    X, Y = _validate(network, X, Y)
+    network, X, Y = _validate(network, X, Y)
     S = network.filter_size(X.shape[1])
     chain = _chain(_resolve_solver(solver, X.dtype, network.depth, S), max_steps, S)
     if adjoint is None:

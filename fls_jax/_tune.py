@@ -201,7 +201,7 @@ def tune(
             raise ValueError(f"bounds for {k!r} must satisfy 0 < lo < hi < inf, got {(lo, hi)}")
     if steps < 1:
         raise ValueError(f"steps must be ≥ 1, got {steps}")
-    X, Y = _validate(network, X, Y)
+    network, X, Y = _validate(network, X, Y)
     if objective == "validation_error":
         if X_val is None or Y_val is None:
             raise ValueError("objective 'validation_error' needs X_val and Y_val")

@@ -695,7 +695,7 @@ def sample(
         raise ValueError(f"readout must be one of {_READOUTS}, got {readout!r}")
     # Weights are sampled directly: a singular GP-limit prior (a deep linear FCN with n > d)
     # is no obstacle here, unlike for the EoS.
-    X, Y = _validate(network, X, Y)
+    network, X, Y = _validate(network, X, Y)
     if X_test is None:
         X_test = jnp.zeros((0, X.shape[1]), X.dtype)
     else:

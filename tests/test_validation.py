@@ -27,7 +27,7 @@ def _record_jax_compiles():
 
     def listener(event, duration_secs, **kwargs):
         if event.startswith(_COMPILE_EVENTS):
-            events.append(event)
+            events.append(f"{event} {kwargs.get('fun_name', '')}")
 
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
@@ -383,6 +383,28 @@ def test_infinite_width_is_the_gp_limit(patch_task, sigma_w2):
     np.testing.assert_allclose(np.asarray(sol.precision), np.linalg.inv(expected), rtol=1e-12)
 
 
+@pytest.mark.parametrize(
+    "field,value",
+    [("width", 8.0), ("width", jnp.asarray(jnp.inf)), ("noise", 0.02), ("sigma_w2", 2)],
+)
+def test_hyper_parameters_set_by_tree_at_reuse_the_compiled_solve(
+    patch_solution, patch_task, field, value
+):
+    """`eqx.tree_at` bypasses the network's converters: `eqx.filter_jit` holds a Python number
+    left in a leaf static (one program per value) and `jnp.asarray(jnp.inf)` is weakly typed
+    (one more program). `solve` first makes them strongly typed arrays, so these reuse the
+    compiled solve of `patch_solution` (converting the weak array may compile a tiny eager op),
+    and give what the constructor's network gives."""
+    X, Y = patch_task.X, patch_task.Y[:, 0]
+    net = eqx.tree_at(lambda m: getattr(m, field), _patch_net(), value)
+    with _record_jax_compiles() as events:
+        sol = fj.solve(net, X, Y)
+    assert not [e for e in events if "_solve" in e], f"solve was compiled again: {events}"
+    assert bool(sol.converged)
+    direct = fj.solve(_patch_net(**{field: value}), X, Y)
+    np.testing.assert_array_equal(np.asarray(sol.sigma), np.asarray(direct.sigma))
+
+
 def test_float32_refused_when_ill_conditioned(fcn_task):
     # All-float32 input (data and hyper-parameters): refused below σ²/k̄ = 5e-3, where the
     # float32 solves of benchmarks/float32.py failed; accepted above.
@@ -396,10 +418,10 @@ def test_float32_refused_when_ill_conditioned(fcn_task):
 
     with pytest.raises(ValueError, match="float32 is refused"):
         fj.solve(net32(1e-4), X, Y)
-    assert _validate(net32(0.1), X, Y)[0].dtype == jnp.float32
+    assert _validate(net32(0.1), X, Y)[1].dtype == jnp.float32
     # float32 data with float64 hyper-parameters (JAX's float64 on): promoted, not refused.
     net64 = fj.FCN(width=4.0, sigma_w2=1.0, sigma_a2=1.0, noise=1e-4, activation=fj.Erf())
-    assert _validate(net64, X, Y)[0].dtype == jnp.float64
+    assert _validate(net64, X, Y)[1].dtype == jnp.float64
 
 
 def test_renormalise_bad_input():
