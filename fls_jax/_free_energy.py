@@ -16,12 +16,13 @@ layer's residual is (2/C_l) ∂F/∂(its covariance), in the precision domain (`
 
 from typing import NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ._linalg import cholesky_inverse, shifted_covariance, spd_inverse_logdet
-from ._network import AbstractNetwork
+from ._network import AbstractNetwork, _canonical
 
 
 def _gaussian_kl(sigma: Float[Array, "S S"], prior_precision: Float[Array, "S S"]):
@@ -249,6 +250,15 @@ def free_energy(
     L = network.depth
     if len(kernels) != L - 1:
         raise ValueError(f"a depth-{L} network needs {L - 1} kernels K^(2..L), got {len(kernels)}")
+    return _free_energy_at_kernels(_canonical(network), sigma, X, Y, tuple(kernels))
+
+
+# The public `free_energy` and `eos_residual` run as one compiled program each rather than
+# operation by operation: on an FCN (n = 32, 2-core CPU) F's first call takes 0.5 s instead
+# of 2.5 s, and each later one 1 ms instead of 80 ms (the residual: 0.9 s and 1 ms, against
+# 1.7 s and 0.3 s). Under an outer `jax.jit`, `jax.grad` or `jax.vmap` they trace as before.
+@eqx.filter_jit
+def _free_energy_at_kernels(network, sigma, X, Y, kernels):
     # F is written in the solver's coordinates: Δ_l = K^(l)⁻¹ − Q^(l−1)⁻¹.
     shifts, cov = [], sigma
     for layer, K in enumerate(kernels, start=2):
@@ -380,7 +390,10 @@ def eos_residual(
             raise ValueError(
                 f"need {network.depth} unknowns (Σ⁻¹, Δ_2, …, Δ_L), got {len(precision)}"
             )
-        return _shift_residuals(network, precision[0], tuple(precision[1:]), X, Y)
+        return _compiled_residuals(_canonical(network), precision[0], tuple(precision[1:]), X, Y)
     if network.depth != 1:
         raise ValueError("a network of depth > 1 needs the tuple (Σ⁻¹, Δ_2, …, Δ_L)")
-    return _shift_residuals(network, precision, (), X, Y)[0]
+    return _compiled_residuals(_canonical(network), precision, (), X, Y)[0]
+
+
+_compiled_residuals = eqx.filter_jit(_shift_residuals)
