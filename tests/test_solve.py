@@ -208,9 +208,14 @@ def test_free_energy_gradient_gives_the_eos_residual(fcn_task, rng):
     A = rng.normal(size=(d, d))
     lam = d / 1.3 * (np.eye(d) + 0.1 * (A + A.T) / np.linalg.norm(A + A.T, 2))
     y = _pack(jnp.asarray(lam))
-    g = jax.grad(_state_free_energy)(y, (net, fcn_task.X, fcn_task.Y))
-    R, Lam = _residual_from_gradient(y, g)
-    ref = fj.eos_residual(jnp.asarray(lam), net, fcn_task.X, fcn_task.Y)
+
+    @jax.jit  # one program: op by op this costs ~300 small compilations
+    def residuals(y, lam, net, X, Y):
+        g = jax.grad(_state_free_energy)(y, (net, X, Y))
+        return *_residual_from_gradient(y, g), fj.eos_residual(lam, net, X, Y)
+
+    X, Y = jnp.asarray(fcn_task.X), jnp.asarray(fcn_task.Y)
+    R, Lam, ref = residuals(y, jnp.asarray(lam), net, X, Y)
     np.testing.assert_allclose(Lam, lam, rtol=1e-15)
     np.testing.assert_allclose(R, ref, rtol=1e-9, atol=1e-9 * float(jnp.abs(ref).max()))
     assert float(jnp.abs(ref).max()) > 1e-2  # a point off the solution
@@ -666,9 +671,13 @@ def test_whitened_descent_start_turns_the_hessian_of_f_into_minus_the_jacobian(f
     sol = fj.solve(net, fcn_task.X, fcn_task.Y)
     y = _pack(sol.precision)
     args = (net, jnp.asarray(fcn_task.X), jnp.asarray(fcn_task.Y))
-    H = jax.hessian(_state_free_energy)(y, args)
-    J = jax.jacfwd(_state_residual)(y, args)
-    H0 = _whitening(y)
+
+    @jax.jit  # one program: op by op this costs ~400 small compilations
+    def matrices(y, args):
+        H = jax.hessian(_state_free_energy)(y, args)
+        return H, jax.jacfwd(_state_residual)(y, args), _whitening(y)
+
+    H, J, H0 = matrices(y, args)
     np.testing.assert_allclose(H0 @ H, -J, rtol=1e-6, atol=1e-8 * float(jnp.abs(J).max()))
     assert float(jnp.linalg.eigvalsh(H0)[0]) > 0
 
