@@ -22,6 +22,11 @@ the erf PatchCNN (S = 16, P = 8, n = 256) whose C = 4 has several minima of F
 (`benchmarks/RESULTS.md`: F = −54.549, −54.342 and −54.299 were reached). Each solve from the
 GP limit, compiled afresh per variant (the first row of each variant includes compilation).
 Printed: iterations, stages, wall time, relative residual, F and the test error.
+
+    python benchmarks/descent_whitening.py --start-scales 1 0.5 0.25 0.1
+
+runs only the PatchCNN with the whitened start scaled by β (the first trial step β·R):
+whether its branch comes from the size of the first steps or from their direction.
 """
 
 import argparse
@@ -40,6 +45,7 @@ import optimistix as optx  # noqa: E402
 from scaling_n import problem  # noqa: E402
 
 import fls_jax as fj  # noqa: E402
+from fls_jax._descent import _whitening  # noqa: E402
 from fls_jax._solve import _HANDOVER, _anderson_newton, _default_rtol  # noqa: E402
 
 
@@ -53,27 +59,47 @@ def chain(variant: str, filter_size: int):
     return (anderson, fj.FreeEnergyBFGS(handover=_HANDOVER), newton)  # identity start
 
 
+class _ScaledStart(fj.FreeEnergyBFGS):
+    """The whitened start times β."""
+
+    beta: float = 1.0
+
+    def init_hessian(self, y, f, grad):
+        H0 = lx.MatrixLinearOperator(self.beta * _whitening(y), lx.positive_semidefinite_tag)
+        return optx.FunctionInfo.EvalGradHessianInv(f, grad, H0), None
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--before", action="store_true", help="also the digits before (~8 min)")
+    p.add_argument("--start-scales", type=float, nargs="+", help="PatchCNN only, start × β")
     a = p.parse_args()
     print(f"# {platform.processor() or platform.machine()}, jax {jax.__version__}")
-    digits = fj.datasets.digits(256, 512, labels="parity")
-    teacher = fj.datasets.single_index_teacher(256, 512, d=64, scale=1.5)
     cnn_task, cnn, _ = problem("cnn", 256, 4.0)
-    cases = [
-        ("digits FCN", digits, fj.FCN(4.0, 1.0, 1.0, 0.01, fj.Erf()), (4.0, 2.0)),
-        ("teacher FCN d=64", teacher, fj.FCN(4.0, 1.0, 1.0, 0.01, fj.Erf()), (1.0,)),
-        ("PatchCNN S=16", cnn_task, cnn, (4.0,)),
-    ]
+    cases = [("PatchCNN S=16", cnn_task, cnn, (4.0,))]
+    if not a.start_scales:
+        digits = fj.datasets.digits(256, 512, labels="parity")
+        teacher = fj.datasets.single_index_teacher(256, 512, d=64, scale=1.5)
+        cases = [
+            ("digits FCN", digits, fj.FCN(4.0, 1.0, 1.0, 0.01, fj.Erf()), (4.0, 2.0)),
+            ("teacher FCN d=64", teacher, fj.FCN(4.0, 1.0, 1.0, 0.01, fj.Erf()), (1.0,)),
+            *cases,
+        ]
     print(
         "| case | variant | C | iterations | stages | s | residual | F | test error |\n"
         "|---|---|---|---|---|---|---|---|---|"
     )
     for name, task, net0, widths in cases:
         S = net0.filter_size(task.X.shape[1])
-        for variant in ("before", "after") if a.before or name != "digits FCN" else ("after",):
+        variants = ("before", "after") if a.before or name != "digits FCN" else ("after",)
+        if a.start_scales:
+            variants = tuple(f"start × {beta:g}" for beta in a.start_scales)
+        for variant in variants:
             solver = chain(variant, S)
+            if a.start_scales:
+                anderson, descent, newton = chain("after", S)
+                beta = float(variant.split()[-1])
+                solver = (anderson, _ScaledStart(handover=descent.handover, beta=beta), newton)
             for C in widths:
                 net = eqx.tree_at(lambda m: m.width, net0, jnp.asarray(C))
                 t0 = time.perf_counter()

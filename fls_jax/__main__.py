@@ -45,6 +45,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--plot", default="fls_sweep.png", help="PNG to write ('' for none)")
+    s.add_argument(
+        "--solver",
+        choices=["default", "descent", "whitened-descent", "anderson-newton"],
+        default="default",
+        help="solve's solver chain (default: descent for one hidden layer with S ≤ 64, else "
+        "anderson-newton); whitened-descent is 5–8× faster on the digits' FCN but may follow "
+        "another branch where F has several minima",
+    )
     s.add_argument("--float32", action="store_true", help="run in float32 (less accurate)")
     s.add_argument(
         "--xla-cache",
@@ -112,7 +120,10 @@ def _sweep(a: argparse.Namespace) -> int:
         f"{a.scaling}"
     )
     t0 = time.perf_counter()
-    sol, pred = fj.sweep(net, task.X, task.Y, np.asarray(widths), task.X_test, task.Y_test)
+    solver = None if a.solver == "default" else a.solver
+    sol, pred = fj.sweep(
+        net, task.X, task.Y, np.asarray(widths), task.X_test, task.Y_test, solver=solver
+    )
     jax.block_until_ready(pred)
     elapsed = time.perf_counter() - t0
     sig = np.asarray(sol.sigma)

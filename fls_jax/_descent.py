@@ -90,8 +90,8 @@ class FreeEnergyBFGS(optx.AbstractBFGS):
       instead of the identity. On an erf FCN on the digits' pixels (n = 256) it cut the
       default chain from 150 / 295 s to 29 / 39 s at C = 4 / 2; on the erf PatchCNN (S = 16,
       n = 256, C = 4) it led the continuation to another solution of the EoS, of higher F
-      (−54.342 against −54.549), so it is off by default (`benchmarks/RESULTS.md`). Use it in
-      a chain: `solver=(fj.Anderson(...), FreeEnergyBFGS(whiten=True), fj.DampedNewton(...))`.
+      (−54.342 against −54.549), so it is off by default (`benchmarks/RESULTS.md`). `solve`'s
+      `solver="whitened-descent"` is the default chain with it on.
     - `rtol`, `atol`: the Cauchy tolerances of `optx.BFGS` (by default off).
     """
 

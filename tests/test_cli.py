@@ -12,7 +12,7 @@ from fls_jax.__main__ import _xla_cache_dir, main
     [
         [],
         ["--arch", "fcn", "--activation", "erf", "--d", "20", "--depth", "2"],
-        ["--task", "digits"],
+        ["--task", "digits", "--solver", "whitened-descent"],
     ],
 )
 def test_sweep_prints_a_converged_table_and_writes_the_plot(argv, tmp_path, capsys):

@@ -187,7 +187,7 @@ def test_network_must_be_a_network(patch_task):
         (42, TypeError, "optimistix root finder"),
         ((fj.DampedNewton(rtol=1e-9, atol=0.0), fj.FreeEnergyBFGS()), ValueError, "followed by"),
         ((fj.FreeEnergyBFGS(), fj.FreeEnergyBFGS()), ValueError, "followed by"),
-        ("bfgs", ValueError, 'must be None, "descent", "anderson-newton"'),
+        ("bfgs", ValueError, 'must be None, "descent", "whitened-descent", "anderson-newton"'),
     ],
 )
 def test_solver_chain_must_end_each_minimiser_with_a_root_finder(fcn_task, solver, exc, match):
@@ -228,6 +228,13 @@ def test_default_chain_has_the_descent_where_it_applies(depth, S, descent):
         fj.Anderson,
         fj.DampedNewton,
     ]
+    if descent:  # "whitened-descent": the default chain, its descent whitened
+        white = _resolve_solver("whitened-descent", jnp.float64, depth, S)
+        assert white[1] == fj.FreeEnergyBFGS(handover=chain[1].handover, whiten=True)
+        assert white[0] == chain[0] and white[2] == chain[2] and not chain[1].whiten
+    else:
+        with pytest.raises(ValueError, match='solver="whitened-descent" is for one hidden'):
+            _resolve_solver("whitened-descent", jnp.float64, depth, S)
 
 
 # -------------------------------------------------------------------------- constructors
