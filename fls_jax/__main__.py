@@ -50,8 +50,8 @@ def _parser() -> argparse.ArgumentParser:
         choices=["default", "descent", "whitened-descent", "anderson-newton"],
         default="default",
         help="solve's solver chain (default: descent for one hidden layer with S ≤ 64, else "
-        "anderson-newton); whitened-descent is 5–8× faster on the digits' FCN but may follow "
-        "another branch where F has several minima",
+        "anderson-newton); whitened-descent was 2–8× faster on the digits' FCN but may "
+        "follow another branch where F has several minima (benchmarks/RESULTS.md)",
     )
     s.add_argument("--float32", action="store_true", help="run in float32 (less accurate)")
     s.add_argument(

@@ -254,9 +254,10 @@ def free_energy(
 
 
 # The public `free_energy` and `eos_residual` run as one compiled program each rather than
-# operation by operation: on an FCN (n = 32, 2-core CPU) F's first call takes 0.5 s instead
-# of 2.5 s, and each later one 1 ms instead of 80 ms (the residual: 0.9 s and 1 ms, against
-# 1.7 s and 0.3 s). Under an outer `jax.jit`, `jax.grad` or `jax.vmap` they trace as before.
+# operation by operation: on an erf FCN (n = 32, 2-core CPU) F's first call takes 0.33 s
+# instead of 2.9 s, and each later one 0.4 ms instead of 112 ms (the residual: 0.58 s and
+# 1.1 ms, against 1.9 s and 396 ms; `benchmarks/entry_point_compiles.py`). Under an outer
+# `jax.jit`, `jax.grad` or `jax.vmap` they trace as before.
 @eqx.filter_jit
 def _free_energy_at_kernels(network, sigma, X, Y, kernels):
     # F is written in the solver's coordinates: Δ_l = K^(l)⁻¹ − Q^(l−1)⁻¹.

@@ -45,8 +45,9 @@ def _leaf(x) -> Array:
 def _canonical(network: _N) -> _N:
     """`network` with its hyper-parameters as its converters make them: strongly typed float
     arrays. `eqx.tree_at` bypasses the converters, and `eqx.filter_jit` holds a Python float
-    left in a leaf static, so a width set that way compiled one program per value (8 s each
-    for an FCN with n = 16), and a weakly typed array (`jnp.asarray(jnp.inf)`) one more."""
+    left in a leaf static, so a width set that way compiled one program per value (10 s each
+    for an erf FCN with n = 32, `benchmarks/entry_point_compiles.py`), and a weakly typed
+    array (`jnp.asarray(jnp.inf)`) one more."""
     hyper = (network.width, network.sigma_w2, network.sigma_a2, network.noise)
     if all(isinstance(h, jax.Array) and not h.weak_type for h in hyper):
         return network
