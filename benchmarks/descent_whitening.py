@@ -95,11 +95,12 @@ def main() -> None:
         if a.start_scales:
             variants = tuple(f"start × {beta:g}" for beta in a.start_scales)
         for variant in variants:
-            solver = chain(variant, S)
             if a.start_scales:
                 anderson, descent, newton = chain("after", S)
                 beta = float(variant.split()[-1])
                 solver = (anderson, _ScaledStart(handover=descent.handover, beta=beta), newton)
+            else:
+                solver = chain(variant, S)
             for C in widths:
                 net = eqx.tree_at(lambda m: m.width, net0, jnp.asarray(C))
                 t0 = time.perf_counter()
