@@ -48,12 +48,14 @@ def _canonical(network: _N) -> _N:
     left in a leaf static, so a width set that way compiled one program per value (10 s each
     for an erf FCN with n = 32, `benchmarks/entry_point_compiles.py`), and a weakly typed
     array (`jnp.asarray(jnp.inf)`) one more."""
-    hyper = (network.width, network.sigma_w2, network.sigma_a2, network.noise)
-    if all(isinstance(h, jax.Array) and not h.weak_type for h in hyper):
+    if all(isinstance(h, jax.Array) and not h.weak_type for h in _hyper_parameters(network)):
         return network
-    return eqx.tree_at(
-        lambda n: (n.width, n.sigma_w2, n.sigma_a2, n.noise), network, replace_fn=_leaf
-    )
+    return eqx.tree_at(_hyper_parameters, network, replace_fn=_leaf)
+
+
+def _hyper_parameters(network: "AbstractNetwork") -> tuple:
+    """(width, σ_w², σ_a², σ²): the array leaves that set the posterior (`_leaf`)."""
+    return (network.width, network.sigma_w2, network.sigma_a2, network.noise)
 
 
 class AbstractNetwork(eqx.Module):

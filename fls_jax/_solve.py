@@ -30,7 +30,7 @@ from ._linalg import (
     _unpack,
     spd_inverse_logdet,
 )
-from ._network import _N, AbstractNetwork, _canonical
+from ._network import _N, AbstractNetwork, _canonical, _hyper_parameters
 from ._rootfind import _AbstractResidualRootFinder, _fro, _where
 
 
@@ -215,7 +215,7 @@ def _validate(network: _N, X, Y) -> tuple[_N, Array, Array]:
                 raise ValueError(f"{name} must be {rule}, got {v}")
     # The widest of the data's and the hyper-parameters' dtypes: with JAX's float64 enabled
     # a network's leaves are float64, and float32 data are promoted rather than mixed.
-    params = (network.width, network.noise, network.sigma_w2, network.sigma_a2)
+    params = _hyper_parameters(network)
     dtype = jnp.result_type(X.dtype, Y.dtype, *(jnp.result_type(p) for p in params), float)
     if jnp.finfo(dtype).bits < 64:
         _check_float32(network, X)
