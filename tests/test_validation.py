@@ -3,11 +3,11 @@
 `raises_before_compiling` calls the function twice. The first call may compile a few tiny
 eager ops (``Y[:, None]``, ``widths > 0``) that JAX then caches; the second call must raise the
 same error quickly while JAX traces and compiles nothing at all (counted through
-`jax.monitoring`), so the error cannot come from inside a traced solve.
+`jax.monitoring`), so the error cannot come from inside a traced solve. (No timing: the
+suite asserts what is compiled, never how long anything takes.)
 """
 
 import contextlib
-import time
 
 import equinox as eqx
 import jax
@@ -40,12 +40,9 @@ def raises_before_compiling(exc, match, fn, *args, **kwargs):
     with pytest.raises(exc, match=match):
         fn(*args, **kwargs)
     with _record_jax_compiles() as events:
-        start = time.perf_counter()
         with pytest.raises(exc, match=match) as info:
             fn(*args, **kwargs)
-        elapsed = time.perf_counter() - start
     assert not events, f"JAX traced or compiled before raising: {events}"
-    assert elapsed < 1.0, f"raising took {elapsed:.2f} s"
     return info
 
 
@@ -414,27 +411,28 @@ def test_hyper_parameters_set_by_tree_at_reuse_the_compiled_solve(
 
 def test_free_energy_and_residual_run_as_one_compiled_program(patch_task):
     """`fj.free_energy` and `fj.eos_residual` run compiled, not op by op: a call at another
-    Σ and width (set with `eqx.tree_at`) compiles nothing and, both together, takes < 8 ms
-    (op by op: 50 ms, and ~300 small compilations on the first call)."""
+    Σ and width (set with `eqx.tree_at`) compiles nothing, and a call on fewer training points
+    (a new shape) compiles one program per function, where the op-by-op version compiled
+    about 300 small ones."""
     X, Y = patch_task.X, patch_task.Y
     sigma = 0.3 * np.eye(4)
 
-    def both(k):
+    def both(k, n=len(X)):
         net = eqx.tree_at(lambda m: m.width, _patch_net(), 16.0 + k)
-        F = fj.free_energy(net, (1 + k) * sigma, X, Y)
-        R = fj.eos_residual(np.linalg.inv((1 + k) * sigma), net, X, Y)
+        F = fj.free_energy(net, (1 + k) * sigma, X[:n], Y[:n])
+        R = fj.eos_residual(np.linalg.inv((1 + k) * sigma), net, X[:n], Y[:n])
         return jax.block_until_ready((F, R))
 
     F, R = both(0)
     assert np.isfinite(float(F)) and np.all(np.isfinite(np.asarray(R)))
-    times = []
     with _record_jax_compiles() as events:
         for k in (1, 2, 3):
-            start = time.perf_counter()
             both(k)
-            times.append(time.perf_counter() - start)
     assert not events, f"compiled again: {events}"
-    assert min(times) < 8e-3, times
+    with _record_jax_compiles() as events:
+        both(1, n=len(X) - 1)
+    programs = {e.split(" ", 1)[1] for e in events if "backend_compile" in e}
+    assert 1 <= len(programs) <= 4, f"{len(programs)} programs compiled: {sorted(programs)}"
 
 
 def test_float32_refused_when_ill_conditioned(fcn_task):
