@@ -5,6 +5,7 @@ PatchCNN (P×P), against the exact posterior, sampled networks, simpler theories
     python benchmarks/matrix_renormalisation.py --part deep
     python benchmarks/matrix_renormalisation.py --part patches
     python benchmarks/matrix_renormalisation.py --part timing
+    python benchmarks/matrix_renormalisation.py --part mixture
 
 `fls_jax.renormalise(..., method="saddle")` renormalises the kernel by a matrix U when one
 hidden layer serves several outputs (f | U ~ N(0, U ⊗ K)) or several patches (kernel
@@ -35,6 +36,12 @@ patches of 4), sampled. Besides the saddle point: the GP (U = I), the EoS, and t
 renormalisation U = uI (the saddle restricted to multiples of I, i.e. the FCN theory applied
 to the PatchCNN's NNGP kernel). Printed: train and test error, mean ensemble variance, and
 the largest off-diagonal entry of U* relative to its diagonal. C must exceed P − 1.
+
+`--part mixture`: `fj.renormalise(..., method="mixture")`, the package's importance sampler
+(JAX), against this script's NumPy one (`exact_mixture`) on the two exact tasks above (the
+outputs task, the linear PatchCNN), `--draws` draws each, side by side: seconds (the
+package's first width includes compilation; later widths reuse it), test error, train error,
+mean variance, the largest difference between the two E[U | Y] and the ESS of each.
 
 `--part timing`: seconds for the P×P saddle point and for the EoS solve (`fj.solve` +
 `fj.predict`) of an erf PatchCNN (P = 8) as n grows, first call (with compilation) and a
@@ -539,9 +546,106 @@ def part_timing(a, rows):
         )
 
 
+def part_mixture(a, rows):
+    """fls_jax's matrix mixture against `exact_mixture` (NumPy), same tasks, same draws."""
+    X, Y, X_test, Y_test = outputs_task(a.n, 100, a.d, a.rho, a.target_scale, 0.5, a.seed)
+    lin = fj.FCN(1.0, 1.0, 1.0, 0.5, fj.Linear())
+    K_all = np.asarray(lin.output_kernel(lin.prior_covariance(a.d), np.vstack([X, X_test])))
+    K, Ks, kss = K_all[: a.n, : a.n], K_all[a.n :, : a.n], np.diag(K_all)[a.n :]
+
+    def output_kernels(Us):
+        return (
+            np.einsum("sab,ij->saibj", Us, K).reshape(len(Us), 2 * a.n, 2 * a.n),
+            np.einsum("sab,xj->saxbj", Us, Ks).reshape(len(Us), 2 * len(Ks), 2 * a.n),
+            np.einsum("sab,x->sxab", Us, kss),
+        )
+
+    t = fj.datasets.linear_patch_teacher(a.n, 100, patch_size=8, patches=4, seed=0)
+    cnn = fj.PatchCNN(1.0, 1.0, 1.0, 0.01, fj.Linear(), patch_size=8)
+    kappa, kappa_s, full_s = (
+        np.asarray(_patch_pair_kernels(cnn, jnp.asarray(A), jnp.asarray(B)))
+        for A, B in ((t.X, t.X), (t.X_test, t.X), (t.X_test, t.X_test))
+    )
+    kappa_ss = np.einsum("pqxx->pqx", full_s)
+
+    def patch_kernels(Us):
+        return (
+            np.einsum("spq,pqij->sij", Us, kappa),
+            np.einsum("spq,pqxj->sxj", Us, kappa_s),
+            np.einsum("spq,pqx->sx", Us, kappa_ss)[..., None, None],
+        )
+
+    cases = [
+        ("two outputs, linear FCN", lin, (X, Y, X_test, Y_test), 0.5, output_kernels),
+        (
+            "linear PatchCNN, P = 4",
+            cnn,
+            (t.X, t.Y[:, :1], t.X_test, t.Y_test[:, :1]),
+            0.01,
+            patch_kernels,
+        ),
+    ]
+    print(f"\n# mixture: fls_jax (JAX) vs exact_mixture (NumPy), {a.draws} draws each, n = {a.n}")
+    print(
+        f"{'case':>24} {'C':>5} | {'sec fls':>7} {'sec np':>7} | {'test fls':>10} "
+        f"{'test np':>10} | {'train fls':>10} {'train np':>10} | {'var fls':>10} "
+        f"{'var np':>10} | {'max dU':>7} | {'ESS fls':>7} {'ESS np':>7}"
+    )
+    for name, base, (Xa, Ya, Xt, Yt), noise, kernels in cases:
+        q = Ya.shape[1] if Ya.shape[1] > 1 else Xa.shape[1] // 8
+        for C in [C for C in a.widths if C > q - 1]:
+            net = at(base, C)
+            t0 = time.perf_counter()
+            r = jax.block_until_ready(
+                fj.renormalise(net, Xa, Ya, Xt, Yt, method="mixture", draws=a.draws)
+            )
+            sec_fls = time.perf_counter() - t0
+            saddle = fj.renormalise(net, Xa, Ya, Xt, Yt, method="saddle")
+            t0 = time.perf_counter()
+            ex = exact_mixture(
+                kernels,
+                np.asarray(Ya),
+                np.asarray(Yt),
+                noise,
+                C,
+                np.asarray(saddle.scale_matrix),
+                a.draws,
+                a.seed + 1,
+            )
+            sec_np = time.perf_counter() - t0
+            row = dict(
+                part="mixture",
+                case=name,
+                width=C,
+                seconds=[sec_fls, sec_np],
+                test_error=[float(r.test_error), ex["test_error"]],
+                train_error=[float(r.train_error), ex["train_error"]],
+                variance=[
+                    float(jnp.mean(r.variance)),
+                    float(np.trace(ex["covariance"])) / q
+                    if Ya.shape[1] > 1
+                    else float(ex["covariance"][0, 0]),
+                ],
+                max_dU=float(np.max(np.abs(np.asarray(r.scale_matrix) - ex["U"]))),
+                ess=[float(r.effective_draws), ex["ess"]],
+                converged=bool(r.converged),
+            )
+            rows.append(row)
+            print(
+                f"{name:>24} {C:5.0f} | {sec_fls:7.2f} {sec_np:7.2f} | "
+                f"{row['test_error'][0]:10.4e} {row['test_error'][1]:10.4e} | "
+                f"{row['train_error'][0]:10.4e} {row['train_error'][1]:10.4e} | "
+                f"{row['variance'][0]:10.4e} {row['variance'][1]:10.4e} | "
+                f"{row['max_dU']:7.4f} | {row['ess'][0]:7.0f} {row['ess'][1]:7.0f}",
+                flush=True,
+            )
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--part", choices=["outputs", "deep", "patches", "timing", "all"], default="all")
+    p.add_argument(
+        "--part", choices=["outputs", "deep", "patches", "timing", "mixture", "all"], default="all"
+    )
     p.add_argument("--timing", type=int, nargs="*", default=[128, 256, 512, 1024], help="n")
     p.add_argument("--widths", type=float, nargs="+", default=[2, 4, 8, 16, 64, 256])
     p.add_argument("--sampled", type=float, nargs="*", default=[4, 16, 64])
@@ -569,6 +673,8 @@ def main():
         part_patches(a, rows)
     if a.part in ("timing", "all"):
         part_timing(a, rows)
+    if a.part in ("mixture", "all"):
+        part_mixture(a, rows)
     with open(a.out, "w") as fh:
         json.dump(dict(args=vars(a), rows=rows), fh, indent=1)
 

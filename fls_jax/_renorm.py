@@ -51,9 +51,10 @@ from typing import Literal
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optimistix as optx
 from jax.scipy.special import gammaln, logsumexp, polygamma
-from jaxtyping import Array, ArrayLike, Bool, Float
+from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray
 
 from ._activation import Linear
 from ._free_energy import _gp_post_kernels
@@ -74,6 +75,11 @@ _HALF_WIDTH = 24.0
 # The grid holds the posterior when its log-weight at both ends is this far below its peak.
 _EDGE_DROP = 25.0
 _BRACKET = 50.0  # the saddle's log u is sought in [−50, 50]
+# A matrix scale's mixture is integrated by importance sampling (`_matrix_mixture`) from a
+# multivariate t with this many degrees of freedom; with fewer effective draws than
+# `_MIN_EFFECTIVE_DRAWS` its result is flagged as not converged.
+_PROPOSAL_DF = 4.0
+_MIN_EFFECTIVE_DRAWS = 100.0
 
 
 class Renormalised(eqx.Module):
@@ -97,14 +103,19 @@ class Renormalised(eqx.Module):
       matrix scale the mean eigenvalue of each layer's factor V_l*.
     - `log_evidence`: log p(Y | X): the mixture's (exact for linear FCNs) or its Laplace
       approximation at the saddle.
-    - `scale_matrix`: the saddle point's matrix U*: over outputs for an FCN with m outputs
-      (the kernel U* ⊗ K, m×m), over pairs of patches for a PatchCNN (Σ_ij U*_ij κ_ij, P×P);
-      [[`scale`]] for an FCN with one output.
+    - `scale_matrix`: the matrix scale, over outputs for an FCN with m outputs (the kernel
+      U ⊗ K, m×m), over pairs of patches for a PatchCNN (Σ_ij U_ij κ_ij, P×P): the saddle
+      point's U* (``"saddle"``) or E[U | Y] (``"mixture"``); [[`scale`]] for an FCN with
+      one output.
     - `output_covariance`: the posterior covariance between the m outputs, averaged over the
       test inputs (m×m); its trace over m is the mean of `variance`.
+    - `effective_draws`: for a matrix scale's ``"mixture"``, the importance sampler's
+      effective number of draws 1/Σ w_s² (its Monte-Carlo error is about that of as many
+      independent posterior draws); ``inf`` where nothing is sampled (a scalar scale's
+      quadrature, the saddle point, C = ∞).
     - `converged`: the saddle was found and is a minimum of S, and (``"mixture"``) the
-      quadrature grid holds the posterior. Predictions with `converged` False are flagged,
-      not trustworthy.
+      quadrature grid holds the posterior, or the importance sampler has at least 100
+      effective draws. Predictions with `converged` False are flagged, not trustworthy.
     """
 
     mean: Float[Array, "n_test 1"]
@@ -118,6 +129,7 @@ class Renormalised(eqx.Module):
     log_evidence: Float[Array, ""]
     scale_matrix: Float[Array, "q q"]
     output_covariance: Float[Array, "m m"]
+    effective_draws: Float[Array, ""]
     converged: Bool[Array, ""]
 
 
@@ -129,6 +141,8 @@ def renormalise(
     Y_test: Float[ArrayLike, "n_test m"] | Float[ArrayLike, " n_test"] | None = None,
     *,
     method: Method = "mixture",
+    draws: int = 16384,
+    key: PRNGKeyArray | None = None,
 ) -> Renormalised:
     """Predictions of the kernel renormalisation theories (SPEC §5).
 
@@ -141,12 +155,18 @@ def renormalise(
     renormalisation for deep linear networks; Pacelli et al.'s for one hidden layer), found by
     bisection (optimistix) on the stationarity condition of S.
 
-    Two cases renormalise the kernel by a matrix U (module docstring), ``method="saddle"``
-    only: an FCN with m > 1 outputs (m×m, U ⊗ K; for a deep linear FCN one m×m factor per
-    layer) and a PatchCNN (P×P over patch pairs, one output). U* minimises S over
+    Two cases renormalise the kernel by a matrix U (module docstring): an FCN with m > 1
+    outputs (m×m, U ⊗ K; for a deep linear FCN one m×m factor per layer) and a PatchCNN
+    (P×P over patch pairs, one output). For ``"saddle"``, U* minimises S over
     positive-definite matrices: BFGS (optimistix) on Cholesky factors from the identity,
     preconditioned by the Hessian there; the evidence is the Laplace approximation in the
-    coordinates V*^{1/2} e^Z V*^{1/2} of each factor.
+    coordinates V*^{1/2} e^Z V*^{1/2} of each factor. ``"mixture"`` integrates U's posterior
+    by importance sampling in those coordinates (`draws` draws from a multivariate t shaped
+    by the Hessian at the saddle point, with `key`): for **linear networks with m outputs
+    (any depth) and the linear PatchCNN this is their exact posterior**, up to a Monte-Carlo
+    error that `Renormalised.effective_draws` measures; the evidence is then the mean
+    importance weight. Its cost is `draws` likelihood evaluations twice over (m×m blocks per
+    eigen-direction of K for outputs, an n×n Cholesky factorisation per draw for patches).
 
     Supported: `FCN` with linear activations at any depth, or one hidden layer of any
     activation (where both methods are approximations), with one output or m; a
@@ -155,13 +175,18 @@ def renormalise(
     for a q×q matrix (its Wishart prior). `inducing` points are refused.
 
     **Arguments:** the `network`, training data `X` (n×d), `Y` (n or n×m), test inputs
-    `X_test` and optional targets `Y_test`; `method`: ``"mixture"`` or ``"saddle"``.
+    `X_test` and optional targets `Y_test`; `method`: ``"mixture"`` or ``"saddle"``;
+    `draws` and `key` (default `jax.random.key(0)`): the importance sampler's number of
+    draws and random key, used by a matrix scale's ``"mixture"`` only.
 
     **Returns:** a [`fls_jax.Renormalised`][]. Under `jax.vmap` over the network's width it
     compiles once.
     """
     if method not in ("mixture", "saddle"):
         raise ValueError(f"method must be 'mixture' or 'saddle', got {method!r}")
+    if isinstance(draws, bool) or not isinstance(draws, int | np.integer) or draws < 2:
+        raise ValueError(f"draws must be an integer ≥ 2, got {draws!r}")
+    key = jax.random.key(0) if key is None else key
     patches = isinstance(network, PatchCNN)
     if patches:
         _check_patch_renormalisation(network)
@@ -172,14 +197,14 @@ def renormalise(
     if patches:
         _check_one_output(Y, "renormalise for a PatchCNN")
         P = X.shape[1] // network.filter_size(X.shape[1])
-        _check_matrix_renormalisation(network, P, method, f"a PatchCNN's {P}×{P} patch scale")
+        _check_matrix_renormalisation(network, P, f"a PatchCNN's {P}×{P} patch scale")
     elif m > 1:
-        _check_matrix_renormalisation(network, m, method, f"the {m}×{m} scale of {m} outputs")
+        _check_matrix_renormalisation(network, m, f"the {m}×{m} scale of {m} outputs")
     X_test, Y_test = _validate_test(X, Y, X_test, Y_test)
     if patches:
-        return _renormalise_patches(network, X, Y, X_test, Y_test)
+        return _renormalise_patches(network, X, Y, X_test, Y_test, method, int(draws), key)
     if m > 1:
-        return _renormalise_outputs(network, X, Y, X_test, Y_test)
+        return _renormalise_outputs(network, X, Y, X_test, Y_test, method, int(draws), key)
     return _renormalise(network, X, Y, X_test, Y_test, method)
 
 
@@ -190,13 +215,8 @@ def _check_patch_renormalisation(network: PatchCNN) -> None:
         raise ValueError("renormalise takes a PatchCNN with one hidden layer only")
 
 
-def _check_matrix_renormalisation(network: AbstractNetwork, q: int, method: str, what: str):
+def _check_matrix_renormalisation(network: AbstractNetwork, q: int, what: str):
     """What a q×q matrix renormalisation supports (before compiling)."""
-    if method != "saddle":
-        raise ValueError(
-            f"{what} is a matrix, whose posterior is not integrated on a grid: use "
-            "method='saddle' (or fls_jax.sampling for the exact posterior)"
-        )
     if _concrete(network.width):
         narrowest = min(
             float(network.width * network.width_ratio(layer))
@@ -341,6 +361,7 @@ def _renormalise(network, X, Y, X_test, Y_test, method: Method) -> Renormalised:
         log_evidence=log_evidence,
         scale_matrix=scale[None, None],
         output_covariance=jnp.mean(variance)[None, None],
+        effective_draws=jnp.asarray(jnp.inf, X.dtype),
         converged=ok & finite,
     )
 
@@ -380,12 +401,37 @@ def _cholesky_factor(theta: Array, m: int) -> Array:
 
 class _MatrixSaddle(eqx.Module):
     """The saddle point of `_matrix_saddle`: the product scale U*, the per-layer factors
-    V_l* (L×m×m), the Laplace approximation of the log evidence and the convergence flag."""
+    V_l* (L×m×m), the Laplace approximation of the log evidence and the convergence flag;
+    for `_matrix_mixture`, the factors' symmetric square roots V_l*^{1/2}, the half-shapes
+    k_l (finite stand-ins at C = ∞, flagged by `gp`) and the Hessian of S in the
+    coordinates Z_l of V_l = V_l*^{1/2} e^{Z_l} V_l*^{1/2} at Z = 0."""
 
     U: Array
     layers: Array
     log_evidence: Array
     converged: Array
+    roots: Array
+    k: Array
+    gp: Array
+    hessian: Array
+
+
+def _factor_product(R: Array) -> Array:
+    """U from its layers' lower-triangular factors R (L×m×m): chol(U) = R_L ⋯ R_1."""
+    C = R[-1]
+    for layer in range(R.shape[0] - 2, -1, -1):
+        C = C @ R[layer]
+    return C @ C.T
+
+
+def _wishart_action(R: Array, k: Array) -> Array:
+    """Σ_l k_l (tr V_l − log det V_l − m), V_l = R_l R_lᵀ: minus the log-density of the
+    layers' Wishart_m(2k_l, I/(2k_l)) priors (with respect to det V^{−(m+1)/2} dV) up to
+    the constants `_log_wishart_constant`."""
+    m = R.shape[-1]
+    trace = jnp.sum(R**2, axis=(1, 2))
+    logdet = 2 * jnp.sum(jnp.log(jnp.diagonal(R, axis1=1, axis2=2)), axis=1)
+    return jnp.sum(k * (trace - logdet - m))
 
 
 def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype) -> _MatrixSaddle:
@@ -407,17 +453,10 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype) -> _MatrixSaddl
     k = jnp.where(gp, 1.0, k)
     layers = k.shape[0]
     p = m * (m + 1) // 2
+    product = _factor_product
 
-    def product(R):  # R: (L, m, m) lower-triangular factors → U
-        C = R[-1]
-        for layer in range(layers - 2, -1, -1):
-            C = C @ R[layer]
-        return C @ C.T
-
-    def prior(R):  # Σ_l k_l (tr V_l − log det V_l − m), V_l = R_l R_lᵀ
-        trace = jnp.sum(R**2, axis=(1, 2))
-        logdet = 2 * jnp.sum(jnp.log(jnp.diagonal(R, axis1=1, axis2=2)), axis=1)
-        return jnp.sum(k * (trace - logdet - m))
+    def prior(R):
+        return _wishart_action(R, k)
 
     def objective(theta, _):
         R = jax.vmap(lambda t: _cholesky_factor(t, m))(theta.reshape(layers, p))
@@ -470,14 +509,28 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype) -> _MatrixSaddl
         layers=jnp.where(gp, eye, V_star),
         log_evidence=jnp.where(gp, -nll(eye), log_evidence),
         converged=gp | (ok & jnp.isfinite(log_evidence)),
+        roots=roots,
+        k=k,
+        gp=gp,
+        hessian=hessian,
     )
 
 
+class _AtScale(eqx.Module):
+    """GP predictions with the kernel renormalised by a given scale U."""
+
+    mean: Array  # the mean predictor on the test inputs (n*×m)
+    residual: Array  # Y minus the mean predictor on the training inputs (n×m)
+    covariance: Array  # the outputs' posterior covariance at each test input (n*×m×m)
+
+
 @eqx.filter_jit
-def _renormalise_outputs(network, X, Y, X_test, Y_test) -> Renormalised:
+def _renormalise_outputs(
+    network, X, Y, X_test, Y_test, method: Method = "saddle", draws: int = 0, key=None
+) -> Renormalised:
     """m outputs (one hidden layer, or a deep linear FCN with one m×m factor per layer): the
-    saddle point U* of the kernel shape renormalisation (module docstring) and the GP
-    predictions with kernel U* ⊗ K."""
+    kernel shape renormalisation (module docstring) with kernel U ⊗ K, at the saddle point
+    U* or integrated over U's posterior (`_matrix_mixture`)."""
     n, m = Y.shape
     full = _gp_post_kernels(network, jnp.concatenate([X, X_test]))[-1]
     lam, V = jnp.linalg.eigh(full[:n, :n])
@@ -501,45 +554,172 @@ def _renormalise_outputs(network, X, Y, X_test, Y_test) -> Renormalised:
         logdet = 2 * jnp.sum(jnp.log(jnp.diagonal(cho, axis1=1, axis2=2)))
         return 0.5 * (jnp.sum(y * alpha) + logdet + n * m * math.log(2 * math.pi))
 
+    def at_scale(U):
+        cho = blocks(U)
+        alpha = solve(cho, y[..., None])[..., 0]  # (n, m)
+        # Cov(f(x*)) = U k(x*, x*) − Σ_i (K*V)_{x* i}² U M_i⁻¹ U, per test input (m×m).
+        shrink = U @ solve(cho, jnp.broadcast_to(U, (n, m, m)))
+        covariance = kss[:, None, None] * U - jnp.einsum("xi,iab->xab", KsV**2, shrink)
+        return _AtScale(KsV @ (alpha @ U), noise * (V @ alpha), covariance)
+
     saddle = _matrix_saddle(neg_log_likelihood, m, network, X.dtype)
-    U = saddle.U
-    cho = blocks(U)
-    alpha = solve(cho, y[..., None])[..., 0]  # (n, m)
-    mean = KsV @ (alpha @ U)
-    residual = noise * (V @ alpha)
-    # Cov(f(x*)) = U k(x*, x*) − Σ_i (K*V)_{x* i}² U M_i⁻¹ U, per test input (m×m).
-    shrink = U @ solve(cho, jnp.broadcast_to(U, (n, m, m)))
-    covariance = kss[:, None, None] * U - jnp.einsum("xi,iab->xab", KsV**2, shrink)
-    variance = jnp.trace(covariance, axis1=1, axis2=2) / m
-    covariance = jnp.mean(covariance, axis=0)
-    return _matrix_result(saddle, mean, variance, residual, covariance, Y_test)
+    return _matrix_result(saddle, neg_log_likelihood, at_scale, Y_test, method, draws, key)
 
 
 def _matrix_result(
-    saddle: _MatrixSaddle, mean, variance, residual, covariance, Y_test
+    saddle: _MatrixSaddle, nll, at_scale, Y_test, method: Method, draws: int, key
 ) -> Renormalised:
-    """The `Renormalised` of a matrix saddle point, from the predictions with its scale."""
-    U = saddle.U
+    """The `Renormalised` of a matrix scale: the GP's predictions `at_scale(U)` at the saddle
+    point U* (``"saddle"``) or averaged over U's posterior (``"mixture"``,
+    `_matrix_mixture`)."""
+    if method == "saddle":
+        at = at_scale(saddle.U)
+        dtype = at.mean.dtype
+        scale_matrix, scale_sd = saddle.U, jnp.zeros((), dtype)
+        log_evidence, effective = saddle.log_evidence, jnp.asarray(jnp.inf, dtype)
+        ok = saddle.converged
+    else:
+        at, scale_matrix, scale_sd, log_evidence, effective = _matrix_mixture(
+            saddle, nll, at_scale, draws, key
+        )
+        ok = saddle.converged & (saddle.gp | (effective >= _MIN_EFFECTIVE_DRAWS))
+    m = at.mean.shape[1]
+    mean, covariance = at.mean, at.covariance
+    variance = jnp.trace(covariance, axis1=1, axis2=2) / m
     if Y_test is None:
         test_error = jnp.asarray(jnp.inf, mean.dtype)
     else:
         test_error = jnp.mean((mean - Y_test) ** 2)
-    scale = jnp.trace(U) / U.shape[0]
     finite = jnp.all(jnp.isfinite(mean)) & jnp.all(jnp.isfinite(variance))
     return Renormalised(
         mean=mean,
         variance=variance,
-        train_error=jnp.mean(residual**2),
+        train_error=jnp.mean(at.residual**2),
         test_error=test_error,
         test_error_draw=test_error + jnp.mean(variance),
-        scale=scale,
-        scale_sd=jnp.zeros((), mean.dtype),
-        layer_scales=jnp.trace(saddle.layers, axis1=1, axis2=2) / U.shape[0],
-        log_evidence=saddle.log_evidence,
-        scale_matrix=U,
-        output_covariance=covariance,
-        converged=saddle.converged & finite,
+        scale=jnp.trace(scale_matrix) / scale_matrix.shape[0],
+        scale_sd=scale_sd,
+        layer_scales=jnp.trace(saddle.layers, axis1=1, axis2=2) / saddle.U.shape[0],
+        log_evidence=log_evidence,
+        scale_matrix=scale_matrix,
+        output_covariance=jnp.mean(covariance, axis=0),
+        effective_draws=effective,
+        converged=ok & finite,
     )
+
+
+def _log_exp_jacobian(mu: Array) -> Array:
+    """log |d e^Z / dZ| on symmetric matrices (upper-triangle coordinates) from the
+    eigenvalues μ of Z: in Z's eigenbasis d e^Z scales dZ_ij by the divided difference
+    (e^{μ_i} − e^{μ_j})/(μ_i − μ_j) (Daleckii–Krein), and an orthogonal change of basis
+    preserves the measure, so it is Σ_i μ_i + Σ_{i<j} log((e^{μ_i} − e^{μ_j})/(μ_i − μ_j)),
+    with (μ_i + μ_j)/2 + (μ_i − μ_j)²/24 where the two nearly coincide."""
+    a, b = mu[:, None], mu[None, :]
+    gap = jnp.abs(a - b)
+    close = gap < 1e-4
+    safe = jnp.where(close, 1.0, gap)
+    far = jnp.maximum(a, b) + jnp.log(-jnp.expm1(-safe)) - jnp.log(safe)
+    pair = jnp.where(close, (a + b) / 2 + gap**2 / 24, far)
+    rows, cols = jnp.triu_indices(mu.shape[0], 1)
+    return jnp.sum(mu) + jnp.sum(pair[rows, cols])
+
+
+def _matrix_mixture(saddle: _MatrixSaddle, nll, at_scale, draws: int, key):
+    """The posterior of a matrix scale integrated by importance sampling (module docstring):
+    for a linear network the exact posterior, up to Monte-Carlo error.
+
+    Each layer's factor is drawn as V_l = V_l*^{1/2} e^{Z_l} V_l*^{1/2} about the saddle
+    point, the free entries of all Z_l jointly from a multivariate t (`_PROPOSAL_DF` degrees
+    of freedom) shaped by the inverse Hessian of S there, so that the proposal follows the
+    posterior at any width, with tails heavier than it. The target density in Z is the
+    layers' Wishart priors with respect to det V^{−(m+1)/2} dV, which in these coordinates is
+    e^{−(m+1) tr Z / 2} |d e^Z / dZ| dZ (`_log_exp_jacobian`; V*'s own factors cancel), times
+    the likelihood e^{−nll(U)}. A draw whose Z has an eigenvalue beyond ±30 gets weight 0.
+
+    Returns the weighted averages of the GP's predictions (`_AtScale`, with the spread of
+    the means added to the covariance), E[U | Y], the posterior standard deviation of
+    tr U / m, the log evidence (the mean importance weight: unbiased for the evidence) and
+    the effective number of draws 1/Σ w_s². At C = ∞ the GP's predictions."""
+    layers, m = saddle.roots.shape[:2]
+    p = m * (m + 1) // 2
+    dim = layers * p
+    dtype = saddle.hessian.dtype
+    df = _PROPOSAL_DF
+    lam, vecs = jnp.linalg.eigh(saddle.hessian)
+    lam = jnp.abs(lam)
+    lam = jnp.maximum(lam, 1e-6 * jnp.max(lam) + jnp.finfo(dtype).tiny)
+    key_normal, key_chi2 = jax.random.split(key)
+    eps = jax.random.normal(key_normal, (draws, dim), dtype)
+    chi2 = 2 * jax.random.gamma(key_chi2, df / 2, (draws,), dtype)
+    z = (eps @ (vecs / jnp.sqrt(lam)).T) * jnp.sqrt(df / chi2)[:, None]
+    log_q = (
+        gammaln((df + dim) / 2)
+        - gammaln(df / 2)
+        - dim / 2 * jnp.log(df * jnp.pi)
+        + 0.5 * jnp.sum(jnp.log(lam))
+        - (df + dim) / 2 * jnp.log1p(jnp.sum(eps**2, axis=1) / chi2)
+    )
+    k = saddle.k
+    constants = jnp.sum(jax.vmap(lambda kl: _log_wishart_constant(kl, m))(k))
+
+    def scale_of(zs):  # a draw's U and its log prior density in Z
+        factors, log_measure, inside = [], 0.0, jnp.array(True)
+        for layer in range(layers):
+            Z = _symmetric(zs[layer * p : (layer + 1) * p], m)
+            mu, Q = jnp.linalg.eigh(Z)
+            inside = inside & jnp.all(jnp.abs(mu) < 30)
+            mu = jnp.clip(mu, -30.0, 30.0)
+            root = saddle.roots[layer]
+            Vl = root @ (Q * jnp.exp(mu)) @ Q.T @ root
+            factors.append(jnp.linalg.cholesky(0.5 * (Vl + Vl.T)))
+            log_measure = log_measure - (m + 1) / 2 * jnp.sum(mu) + _log_exp_jacobian(mu)
+        R = jnp.stack(factors)
+        log_prior = constants - _wishart_action(R, k) + log_measure
+        return _factor_product(R), jnp.where(inside, log_prior, -jnp.inf)
+
+    def log_weight(args):
+        zs, lq = args
+        U, log_prior = scale_of(zs)
+        lw = log_prior - nll(U) - lq
+        return jnp.where(jnp.isfinite(lw), lw, -jnp.inf)
+
+    log_w = jax.lax.map(log_weight, (z, log_q))
+    top = logsumexp(log_w)
+    w = jnp.exp(log_w - top)
+    effective = 1 / jnp.sum(w**2)
+    log_evidence = top - math.log(draws)
+
+    def accumulate(total, args):
+        zs, ws = args
+        U, _ = scale_of(zs)
+        at = at_scale(U)
+        outer = jnp.einsum("xa,xb->xab", at.mean, at.mean)
+        terms = (U, (jnp.trace(U) / m) ** 2, at.mean, outer, at.residual, at.covariance)
+        return jax.tree.map(lambda t, x: t + jnp.where(ws > 0, ws * x, 0.0), total, terms), None
+
+    gp_at = at_scale(jnp.eye(m, dtype=dtype))
+    shapes = (
+        jnp.zeros((m, m), dtype),
+        jnp.zeros((), dtype),
+        gp_at.mean,
+        jnp.einsum("xa,xb->xab", gp_at.mean, gp_at.mean),
+        gp_at.residual,
+        gp_at.covariance,
+    )
+    zero = jax.tree.map(jnp.zeros_like, shapes)
+    (U, trace2, mean, outer, residual, cov), _ = jax.lax.scan(accumulate, zero, (z, w))
+    spread = outer - jnp.einsum("xa,xb->xab", mean, mean)
+    scale = jnp.trace(U) / m
+    mixture = (
+        _AtScale(mean, residual, cov + spread),
+        U,
+        jnp.sqrt(jnp.maximum(trace2 - scale**2, 0.0)),
+        log_evidence,
+        effective,
+    )
+    eye = jnp.eye(m, dtype=dtype)
+    gp = (gp_at, eye, jnp.zeros((), dtype), -nll(eye), jnp.asarray(jnp.inf, dtype))
+    return jax.tree.map(lambda a, b: jnp.where(saddle.gp, a, b), gp, mixture)
 
 
 def _patch_pair_kernels(network: PatchCNN, X1: Array, X2: Array) -> Array:
@@ -566,11 +746,16 @@ def _patch_pair_diagonal(network: PatchCNN, X: Array) -> Array:
 
 
 @eqx.filter_jit
-def _renormalise_patches(network, X, Y, X_test, Y_test) -> Renormalised:
-    """A one-hidden-layer PatchCNN, one output: the saddle point U* of the local kernel
-    renormalisation (module docstring) and the GP predictions with kernel Σ_ij U*_ij κ_ij."""
+def _renormalise_patches(
+    network, X, Y, X_test, Y_test, method: Method = "saddle", draws: int = 0, key=None
+) -> Renormalised:
+    """A one-hidden-layer PatchCNN, one output: the local kernel renormalisation (module
+    docstring) with kernel Σ_ij U_ij κ_ij, at the saddle point U* or integrated over U's
+    posterior (`_matrix_mixture`)."""
     n = X.shape[0]
     kappa = _patch_pair_kernels(network, X, X)  # (P, P, n, n)
+    kappa_test = _patch_pair_kernels(network, X_test, X)  # (P, P, n*, n)
+    diagonal_test = _patch_pair_diagonal(network, X_test)  # (P, P, n*)
     P = kappa.shape[0]
     noise = network.noise
     eye_n = jnp.eye(n, dtype=X.dtype)
@@ -585,17 +770,16 @@ def _renormalise_patches(network, X, Y, X_test, Y_test) -> Renormalised:
         logdet = 2 * jnp.sum(jnp.log(jnp.diagonal(cho)))
         return 0.5 * (half @ half + logdet + n * math.log(2 * math.pi))
 
+    def at_scale(U):
+        cho = factor(U)
+        alpha = jax.scipy.linalg.cho_solve((cho, True), y)
+        cross = jnp.einsum("pq,pqab->ab", U, kappa_test)  # (n*, n)
+        half = jax.scipy.linalg.solve_triangular(cho, cross.T, lower=True)
+        variance = jnp.einsum("pq,pqx->x", U, diagonal_test) - jnp.sum(half**2, axis=0)
+        return _AtScale((cross @ alpha)[:, None], noise * alpha[:, None], variance[:, None, None])
+
     saddle = _matrix_saddle(neg_log_likelihood, P, network, X.dtype)
-    U = saddle.U
-    cho = factor(U)
-    alpha = jax.scipy.linalg.cho_solve((cho, True), y)
-    cross = jnp.einsum("pq,pqab->ab", U, _patch_pair_kernels(network, X_test, X))  # (n*, n)
-    mean = cross @ alpha
-    half = jax.scipy.linalg.solve_triangular(cho, cross.T, lower=True)
-    prior = jnp.einsum("pq,pqx->x", U, _patch_pair_diagonal(network, X_test))
-    variance = prior - jnp.sum(half**2, axis=0)
-    covariance = jnp.mean(variance)[None, None]
-    return _matrix_result(saddle, mean[:, None], variance, noise * alpha, covariance, Y_test)
+    return _matrix_result(saddle, neg_log_likelihood, at_scale, Y_test, method, draws, key)
 
 
 def _stationarity_gap(g: Array, z: Array, k: Array) -> Array:

@@ -459,7 +459,8 @@ def test_renormalise_bad_input():
     X, Y, X_test = rng.standard_normal((3, 2)), rng.standard_normal(3), rng.standard_normal((4, 2))
     lin = fj.FCN(2.0, 1.0, 1.0, 0.25, fj.Linear())
     cnn = fj.PatchCNN(2.0, 1.0, 1.0, 0.25, fj.Linear(), patch_size=1)
-    raises_before_compiling(ValueError, "method='saddle'", fj.renormalise, cnn, X, Y, X_test)
+    raises_before_compiling(ValueError, "draws", fj.renormalise, cnn, X, Y, X_test, draws=1)
+    raises_before_compiling(ValueError, "draws", fj.renormalise, lin, X, Y, X_test, draws=2.5)
     narrow_cnn = fj.PatchCNN(1.0, 1.0, 1.0, 0.25, fj.Linear(), patch_size=1)
     raises_before_compiling(
         ValueError, "Wishart", fj.renormalise, narrow_cnn, X, Y, X_test, method="saddle"
@@ -481,7 +482,6 @@ def test_renormalise_bad_input():
     deep_erf = fj.FCN(2.0, 1.0, 1.0, 0.25, fj.Erf(), depth=2)
     raises_before_compiling(ValueError, "linear", fj.renormalise, deep_erf, X, Y, X_test)
     two = np.stack([Y, Y], axis=1)
-    raises_before_compiling(ValueError, "method='saddle'", fj.renormalise, lin, X, two, X_test)
     # Every layer needs C_l > m − 1: here the second has C_2 = 1 for m = 2.
     deep_lin = fj.FCN(2.0, 1.0, 1.0, 0.25, fj.Linear(), depth=2, width_ratios=(1.0, 0.5))
     raises_before_compiling(
