@@ -58,6 +58,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray
 
 from ._activation import Linear
 from ._free_energy import _gp_post_kernels
+from ._linalg import _eigh, cholesky_inverse
 from ._network import FCN, AbstractNetwork, PatchCNN
 from ._predict import _validate_test
 from ._solve import _concrete, _validate
@@ -563,15 +564,19 @@ def _renormalise_outputs(
         return _AtScale(KsV @ (alpha @ U), noise * (V @ alpha), covariance)
 
     saddle = _matrix_saddle(neg_log_likelihood, m, network, X.dtype)
-    return _matrix_result(saddle, neg_log_likelihood, at_scale, Y_test, method, draws, key)
+    per_draw = (n + len(X_test)) * (m * m + m) + len(X_test) * n
+    return _matrix_result(
+        saddle, neg_log_likelihood, at_scale, Y_test, method, draws, key, per_draw
+    )
 
 
 def _matrix_result(
-    saddle: _MatrixSaddle, nll, at_scale, Y_test, method: Method, draws: int, key
+    saddle: _MatrixSaddle, nll, at_scale, Y_test, method: Method, draws: int, key, per_draw: int
 ) -> Renormalised:
     """The `Renormalised` of a matrix scale: the GP's predictions `at_scale(U)` at the saddle
     point U* (``"saddle"``) or averaged over U's posterior (``"mixture"``,
-    `_matrix_mixture`)."""
+    `_matrix_mixture`, in chunks of up to 256 draws with about `per_draw` numbers each, kept
+    under 2²² numbers)."""
     if method == "saddle":
         at = at_scale(saddle.U)
         dtype = at.mean.dtype
@@ -580,7 +585,7 @@ def _matrix_result(
         ok = saddle.converged
     else:
         at, scale_matrix, scale_sd, log_evidence, effective = _matrix_mixture(
-            saddle, nll, at_scale, draws, key
+            saddle, nll, at_scale, draws, max(1, min(256, 2**22 // per_draw)), key
         )
         ok = saddle.converged & (saddle.gp | (effective >= _MIN_EFFECTIVE_DRAWS))
     m = at.mean.shape[1]
@@ -624,7 +629,7 @@ def _log_exp_jacobian(mu: Array) -> Array:
     return jnp.sum(mu) + jnp.sum(pair[rows, cols])
 
 
-def _matrix_mixture(saddle: _MatrixSaddle, nll, at_scale, draws: int, key):
+def _matrix_mixture(saddle: _MatrixSaddle, nll, at_scale, draws: int, batch: int, key):
     """The posterior of a matrix scale integrated by importance sampling (module docstring):
     for a linear network the exact posterior, up to Monte-Carlo error.
 
@@ -639,7 +644,8 @@ def _matrix_mixture(saddle: _MatrixSaddle, nll, at_scale, draws: int, key):
     Returns the weighted averages of the GP's predictions (`_AtScale`, with the spread of
     the means added to the covariance), E[U | Y], the posterior standard deviation of
     tr U / m, the log evidence (the mean importance weight: unbiased for the evidence) and
-    the effective number of draws 1/Σ w_s². At C = ∞ the GP's predictions."""
+    the effective number of draws 1/Σ w_s². At C = ∞ the GP's predictions. Draws are
+    evaluated `batch` at a time (vmapped)."""
     layers, m = saddle.roots.shape[:2]
     p = m * (m + 1) // 2
     dim = layers * p
@@ -666,12 +672,14 @@ def _matrix_mixture(saddle: _MatrixSaddle, nll, at_scale, draws: int, key):
         factors, log_measure, inside = [], 0.0, jnp.array(True)
         for layer in range(layers):
             Z = _symmetric(zs[layer * p : (layer + 1) * p], m)
-            mu, Q = jnp.linalg.eigh(Z)
+            # Sequential under vmap on CPU (`_linalg`): several batched LAPACK calls at once
+            # (here one per layer) can deadlock jaxlib 0.10's thread pool.
+            mu, Q = _eigh(Z)
             inside = inside & jnp.all(jnp.abs(mu) < 30)
             mu = jnp.clip(mu, -30.0, 30.0)
             root = saddle.roots[layer]
             Vl = root @ (Q * jnp.exp(mu)) @ Q.T @ root
-            factors.append(jnp.linalg.cholesky(0.5 * (Vl + Vl.T)))
+            factors.append(cholesky_inverse(0.5 * (Vl + Vl.T))[0])
             log_measure = log_measure - (m + 1) / 2 * jnp.sum(mu) + _log_exp_jacobian(mu)
         R = jnp.stack(factors)
         log_prior = constants - _wishart_action(R, k) + log_measure
@@ -683,19 +691,32 @@ def _matrix_mixture(saddle: _MatrixSaddle, nll, at_scale, draws: int, key):
         lw = log_prior - nll(U) - lq
         return jnp.where(jnp.isfinite(lw), lw, -jnp.inf)
 
-    log_w = jax.lax.map(log_weight, (z, log_q))
+    # Draws in chunks of `batch`, vmapped within a chunk: one draw per loop iteration spent
+    # its time in the loop's overhead. The padding draws (Z = 0) get weight 0.
+    chunks = -(-draws // batch)
+    pad = chunks * batch - draws
+    z_pad = jnp.concatenate([z, jnp.zeros((pad, dim), dtype)]).reshape(chunks, batch, dim)
+    lq_pad = jnp.concatenate([log_q, jnp.zeros(pad, dtype)]).reshape(chunks, batch)
+    log_w = jax.lax.map(jax.vmap(log_weight), (z_pad, lq_pad)).reshape(-1)[:draws]
     top = logsumexp(log_w)
     w = jnp.exp(log_w - top)
     effective = 1 / jnp.sum(w**2)
     log_evidence = top - math.log(draws)
 
-    def accumulate(total, args):
-        zs, ws = args
+    def terms(zs):
         U, _ = scale_of(zs)
         at = at_scale(U)
         outer = jnp.einsum("xa,xb->xab", at.mean, at.mean)
-        terms = (U, (jnp.trace(U) / m) ** 2, at.mean, outer, at.residual, at.covariance)
-        return jax.tree.map(lambda t, x: t + jnp.where(ws > 0, ws * x, 0.0), total, terms), None
+        return (U, (jnp.trace(U) / m) ** 2, at.mean, outer, at.residual, at.covariance)
+
+    def accumulate(total, args):
+        zs, ws = args  # a chunk of draws and their weights
+
+        def add(t, x):
+            weights = ws.reshape((-1,) + (1,) * (x.ndim - 1))
+            return t + jnp.sum(jnp.where(weights > 0, weights * x, 0.0), axis=0)
+
+        return jax.tree.map(add, total, jax.vmap(terms)(zs)), None
 
     gp_at = at_scale(jnp.eye(m, dtype=dtype))
     shapes = (
@@ -707,7 +728,8 @@ def _matrix_mixture(saddle: _MatrixSaddle, nll, at_scale, draws: int, key):
         gp_at.covariance,
     )
     zero = jax.tree.map(jnp.zeros_like, shapes)
-    (U, trace2, mean, outer, residual, cov), _ = jax.lax.scan(accumulate, zero, (z, w))
+    w_pad = jnp.concatenate([w, jnp.zeros(pad, dtype)]).reshape(chunks, batch)
+    (U, trace2, mean, outer, residual, cov), _ = jax.lax.scan(accumulate, zero, (z_pad, w_pad))
     spread = outer - jnp.einsum("xa,xb->xab", mean, mean)
     scale = jnp.trace(U) / m
     mixture = (
@@ -779,7 +801,10 @@ def _renormalise_patches(
         return _AtScale((cross @ alpha)[:, None], noise * alpha[:, None], variance[:, None, None])
 
     saddle = _matrix_saddle(neg_log_likelihood, P, network, X.dtype)
-    return _matrix_result(saddle, neg_log_likelihood, at_scale, Y_test, method, draws, key)
+    per_draw = 2 * n * n + 2 * len(X_test) * n
+    return _matrix_result(
+        saddle, neg_log_likelihood, at_scale, Y_test, method, draws, key, per_draw
+    )
 
 
 def _stationarity_gap(g: Array, z: Array, k: Array) -> Array:
