@@ -87,33 +87,41 @@ class Erf(AbstractActivation):
         return (2 / jnp.pi) * jnp.arcsin(2 * c / jnp.sqrt((1 + 2 * a) * (1 + 2 * b)))
 
 
+def _j1_value(rho):
+    """J(ρ) = √(1−ρ²) + (π − arccos ρ) ρ, the order-1 arc-cosine function times π, with
+    J(1) = π and J(−1) = 0 beyond |ρ| ≥ 1. Finite derivatives of every order (double
+    `where`); its first derivative is exact only inside, hence `_arccos_j1`."""
+    inside = rho**2 < 1
+    r = jnp.where(inside, rho, 0.0)
+    value = jnp.sqrt(1 - r**2) + (jnp.pi - jnp.arccos(r)) * r
+    return jnp.where(inside, value, jnp.where(rho > 0, jnp.pi, 0.0))
+
+
 @jax.custom_jvp
 def _arccos_j1(rho):
-    # J(ρ) = √(1−ρ²) + (π − arccos ρ) ρ, the order-1 arc-cosine function times π.
-    rho = jnp.clip(rho, -1.0, 1.0)
-    return jnp.sqrt(jnp.maximum(1 - rho**2, 0.0)) + (jnp.pi - jnp.arccos(rho)) * rho
+    """`_j1_value`, with the derivative dJ/dρ = π − arccos ρ (finite at ρ = ±1, where the
+    chain rule through √(1−ρ²) and arccos gives ∞ − ∞)."""
+    return _j1_value(rho)
 
 
-@jax.custom_jvp
 def _pi_minus_arccos(rho):
-    return jnp.pi - jnp.arccos(jnp.clip(rho, -1.0, 1.0))
-
-
-@_pi_minus_arccos.defjvp
-def _pi_minus_arccos_jvp(primals, tangents):
-    # d/dρ = 1/√(1−ρ²), infinite at |ρ| = 1. There (the diagonal of a kernel) ρ ≡ 1 along
-    # every admissible direction, so its tangent is zero up to roundoff: use 0, not inf·0.
-    (rho,), (drho,) = primals, tangents
+    """π − arccos ρ, whose derivative 1/√(1−ρ²) is infinite at |ρ| = 1. There (the diagonal
+    of a kernel) ρ ≡ 1 along every admissible direction, so its tangent is zero up to
+    roundoff: the derivatives are taken as 0, by a double `where` rather than a custom JVP,
+    so that every order of derivative is finite (`_arccos_j1_jvp`)."""
     inside = rho**2 < 1
-    d = jnp.where(inside, 1 / jnp.sqrt(jnp.where(inside, 1 - rho**2, 1.0)), 0.0)
-    return _pi_minus_arccos(rho), d * drho
+    value = jnp.pi - jnp.arccos(jnp.where(inside, rho, 0.0))
+    return jnp.where(inside, value, jnp.where(rho > 0, jnp.pi, 0.0))
 
 
 @_arccos_j1.defjvp
 def _arccos_j1_jvp(primals, tangents):
-    # dJ/dρ = π − arccos ρ: finite at ρ = ±1 where the naive chain rule gives inf − inf.
+    # The primal output is `_j1_value`, not `_arccos_j1`: in second derivatives under
+    # `lax.scan`, JAX differentiated a custom JVP called inside this rule through its primal,
+    # which gave NaN at ρ = 1 (every diagonal entry of a ReLU kernel) and made a ReLU
+    # network's Newton Jacobian and implicit gradients NaN.
     (rho,), (drho,) = primals, tangents
-    return _arccos_j1(rho), _pi_minus_arccos(rho) * drho
+    return _j1_value(rho), _pi_minus_arccos(rho) * drho
 
 
 class ReLU(AbstractActivation):

@@ -19,7 +19,7 @@ FIELDS = ("noise", "sigma_w2", "sigma_a2", "width")
 
 
 def _net(arch, kind, width):
-    act = {"linear": fj.Linear(), "erf": fj.Erf()}[kind]
+    act = {"linear": fj.Linear(), "erf": fj.Erf(), "relu": fj.ReLU()}[kind]
     kw = dict(width=width, sigma_w2=1.3, sigma_a2=0.8, noise=0.02, activation=act)
     return fj.PatchCNN(patch_size=4, **kw) if arch == "patchcnn" else fj.FCN(**kw)
 
@@ -41,7 +41,14 @@ def _pipeline(arch, kind, width, task):
 
 # Widths where feature learning is strong on the linear-teacher task (χ ≥ 1 is asserted below;
 # the FCN sees the whole 12-d input). tests/test_solve.py checks the erf FCN at C = 8 as well.
-STRONG = [("patchcnn", "linear", 2.0), ("patchcnn", "erf", 2.0), ("fcn", "erf", 1.0)]
+# ReLU: its kernel's second derivatives were NaN under `lax.scan` on the diagonal, where
+# ρ = 1 (`fls_jax._activation._arccos_j1_jvp`), so every ReLU gradient failed.
+STRONG = [
+    ("patchcnn", "linear", 2.0),
+    ("patchcnn", "erf", 2.0),
+    ("fcn", "erf", 1.0),
+    ("fcn", "relu", 1.0),
+]
 
 
 @pytest.mark.parametrize("arch,kind,width", STRONG)
