@@ -87,6 +87,11 @@ class Erf(AbstractActivation):
         return (2 / jnp.pi) * jnp.arcsin(2 * c / jnp.sqrt((1 + 2 * a) * (1 + 2 * b)))
 
 
+def _edge(rho):
+    """π at ρ ≥ 1, 0 at ρ ≤ −1 (the value of J and of π − arccos there); NaN stays NaN."""
+    return jnp.where(rho > 0, jnp.pi, jnp.where(rho <= 0, 0.0, jnp.nan))
+
+
 def _j1_value(rho):
     """J(ρ) = √(1−ρ²) + (π − arccos ρ) ρ, the order-1 arc-cosine function times π, with
     J(1) = π and J(−1) = 0 beyond |ρ| ≥ 1. Finite derivatives of every order (double
@@ -94,7 +99,7 @@ def _j1_value(rho):
     inside = rho**2 < 1
     r = jnp.where(inside, rho, 0.0)
     value = jnp.sqrt(1 - r**2) + (jnp.pi - jnp.arccos(r)) * r
-    return jnp.where(inside, value, jnp.where(rho > 0, jnp.pi, 0.0))
+    return jnp.where(inside, value, _edge(rho))
 
 
 @jax.custom_jvp
@@ -111,7 +116,7 @@ def _pi_minus_arccos(rho):
     so that every order of derivative is finite (`_arccos_j1_jvp`)."""
     inside = rho**2 < 1
     value = jnp.pi - jnp.arccos(jnp.where(inside, rho, 0.0))
-    return jnp.where(inside, value, jnp.where(rho > 0, jnp.pi, 0.0))
+    return jnp.where(inside, value, _edge(rho))
 
 
 @_arccos_j1.defjvp
