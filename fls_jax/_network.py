@@ -21,7 +21,7 @@ outputs); the readout acts on the last one, Q_f = s_a Φ(K^(L)) (SPEC §2–3).
 
 import abc
 import dataclasses
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import equinox as eqx
 import jax
@@ -58,6 +58,15 @@ def _hyper_parameters(network: "AbstractNetwork") -> tuple:
     return (network.width, network.sigma_w2, network.sigma_a2, network.noise)
 
 
+def _python_numbers(r: Any) -> Any:
+    """A tuple's NumPy numbers as Python floats (a static field must not hold arrays); anything
+    else is left for `__check_init__` to judge."""
+    if not isinstance(r, tuple):
+        return r
+    numpy = (np.integer, np.floating)
+    return tuple(float(x) if isinstance(x, numpy) and not isinstance(x, np.bool_) else x for x in r)
+
+
 class AbstractNetwork(eqx.Module):
     """A network: `depth` hidden layers of widths C_l = C · r_l and a linear readout.
 
@@ -90,7 +99,9 @@ class AbstractNetwork(eqx.Module):
     activation: AbstractActivation | tuple[AbstractActivation, ...] = eqx.field(default_factory=Erf)
     scaling: Scaling = eqx.field(static=True, default="standard")
     depth: int = eqx.field(static=True, default=1, kw_only=True)
-    width_ratios: tuple[float, ...] | None = eqx.field(static=True, default=None, kw_only=True)
+    width_ratios: tuple[float, ...] | None = eqx.field(
+        static=True, default=None, kw_only=True, converter=_python_numbers
+    )
     inducing: Float[Array, "r d"] | None = eqx.field(
         default=None, kw_only=True, converter=lambda u: None if u is None else _leaf(u)
     )
@@ -127,7 +138,13 @@ class AbstractNetwork(eqx.Module):
             if (
                 not isinstance(r, tuple)
                 or len(r) != self.depth
-                or not all(isinstance(x, int | float) and np.isfinite(x) and x > 0 for x in r)
+                or not all(
+                    isinstance(x, int | float | np.integer | np.floating)
+                    and not isinstance(x, bool | np.bool_)
+                    and np.isfinite(x)
+                    and x > 0
+                    for x in r
+                )
             ):
                 raise ValueError(
                     f"width_ratios must be a tuple of {self.depth} positive numbers, got {r!r}"
@@ -293,7 +310,11 @@ class PatchCNN(AbstractNetwork):
     patch_size: int = eqx.field(static=True, kw_only=True)
 
     def __check_init__(self):
-        if not isinstance(self.patch_size, int | np.integer) or self.patch_size < 1:
+        if (
+            not isinstance(self.patch_size, int | np.integer)
+            or isinstance(self.patch_size, bool | np.bool_)
+            or self.patch_size < 1
+        ):
             raise ValueError(f"patch_size must be a positive integer, got {self.patch_size}")
 
     def patches(self, X):

@@ -17,6 +17,7 @@ from ._solve import (
     _MAX_STAGES,
     Solution,
     _chain,
+    _check_max_stages,
     _concrete,
     _default_adjoint,
     _gp_state,
@@ -189,6 +190,14 @@ def predict(
     """
     if not isinstance(solution, Solution):
         raise TypeError(f"predict needs an fls_jax.Solution, got {type(solution)}")
+    if not isinstance(solution, Solution):
+        raise TypeError(f"predict takes a Solution (from fls_jax.solve), got {type(solution)}")
+    if jnp.ndim(solution.X) != 2:
+        raise ValueError(
+            "predict takes one Solution; this one is batched (shape of X: "
+            f"{jnp.shape(solution.X)}, e.g. from fls_jax.sweep, which returns its predictions "
+            "too): use jax.vmap(fls_jax.predict, in_axes=(0, None)) or index one element"
+        )
     X_test, Y_test = _validate_test(solution.X, solution.Y, X_test, Y_test)
     return _predict(solution, X_test, Y_test)
 
@@ -306,6 +315,7 @@ def sweep(
         schedule = "path" if jax.default_backend() == "cpu" else "parallel"
     network, X, Y = _validate(network, X, Y)
     X_test, Y_test = _validate_test(X, Y, X_test, Y_test)
+    _check_max_stages(solve_kwargs.get("max_stages", _MAX_STAGES))
     widths = widths.astype(X.dtype)
     devices = list(jax.devices() if devices is None else devices)
     if not devices:

@@ -202,6 +202,14 @@ def _validate(network: _N, X, Y) -> tuple[_N, Array, Array]:
             continue
         if _concrete(arr) and not np.all(np.isfinite(np.asarray(arr))):
             raise ValueError(f"{name} contains NaN or inf")
+    for name, value in (("width", network.width), ("noise", network.noise)):
+        if jnp.ndim(value) != 0:
+            raise ValueError(
+                f"{name} must be a scalar, got shape {jnp.shape(value)} (sweep widths with "
+                "fls_jax.sweep or jax.vmap over networks)"
+            )
+    if jnp.ndim(network.sigma_a2) != 0:
+        raise ValueError(f"sigma_a2 must be a scalar, got shape {jnp.shape(network.sigma_a2)}")
     checks = (
         ("width", network.width, "> 0 (inf for the GP limit)", lambda v: v > 0),
         ("noise (σ²)", network.noise, "> 0 and finite", lambda v: (v > 0) & np.isfinite(v)),
@@ -220,6 +228,13 @@ def _validate(network: _N, X, Y) -> tuple[_N, Array, Array]:
     if jnp.finfo(dtype).bits < 64:
         _check_float32(network, X)
     return _canonical(network), X.astype(dtype), Y.astype(dtype)
+
+
+def _check_max_stages(max_stages) -> None:
+    if isinstance(max_stages, bool) or not isinstance(max_stages, int | np.integer):
+        raise ValueError(f"max_stages must be a positive integer, got {max_stages!r}")
+    if max_stages < 1:
+        raise ValueError(f"max_stages must be a positive integer, got {max_stages}")
 
 
 # Below this σ² / mean GP-kernel diagonal float32 is refused (docs/performance.md): at 1e-3
@@ -792,6 +807,7 @@ def solve(
     that start), never NaN from a rejected step.
     """
     network, X, Y = _validate(network, X, Y)
+    _check_max_stages(max_stages)
     S = network.filter_size(X.shape[1])
     chain = _chain(_resolve_solver(solver, X.dtype, network.depth, S), max_steps, S)
     if adjoint is None:

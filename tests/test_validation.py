@@ -61,12 +61,12 @@ def _fcn(**kw):
 WIDTHS = [4.0, 16.0]
 
 
-def _solve(net, X, Y):
-    return fj.solve(net, X, Y)
+def _solve(net, X, Y, **kw):
+    return fj.solve(net, X, Y, **kw)
 
 
-def _sweep(net, X, Y, X_test=None, Y_test=None):
-    return fj.sweep(net, X, Y, WIDTHS, X if X_test is None else X_test, Y_test)
+def _sweep(net, X, Y, X_test=None, Y_test=None, **kw):
+    return fj.sweep(net, X, Y, WIDTHS, X if X_test is None else X_test, Y_test, **kw)
 
 
 ENTRY_POINTS = [_solve, _sweep]
@@ -251,7 +251,47 @@ def test_patch_size_must_divide_input(patch_task, entry, patch_size):
     )
 
 
-@pytest.mark.parametrize("patch_size", [0, -4])
+@pytest.mark.parametrize("name", ["width", "noise", "sigma_a2"])
+def test_hyper_parameters_must_be_scalars(patch_task, name):
+    raises_before_compiling(
+        ValueError,
+        f"{name} must be a scalar",
+        fj.solve,
+        _patch_net(**{name: [1.0, 2.0]}),
+        patch_task.X,
+        patch_task.Y,
+    )
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+@pytest.mark.parametrize("max_stages", [0, -5, 1.5, True])
+def test_max_stages_must_be_a_positive_integer(patch_task, entry, max_stages):
+    raises_before_compiling(
+        ValueError,
+        "max_stages must be a positive integer",
+        entry,
+        _patch_net(),
+        patch_task.X,
+        patch_task.Y,
+        max_stages=max_stages,
+    )
+
+
+def test_predict_refuses_a_batched_solution(patch_solution, patch_task):
+    batched = jax.tree.map(lambda x: jnp.stack([x, x]), patch_solution)
+    raises_before_compiling(ValueError, "batched", fj.predict, batched, patch_task.X_test)
+    raises_before_compiling(TypeError, "Solution", fj.predict, patch_task.X, patch_task.X_test)
+
+
+def test_width_ratios_take_numpy_numbers_not_booleans():
+    kw = dict(width=4.0, sigma_w2=1.0, sigma_a2=1.0, noise=0.1, activation=fj.Erf(), depth=2)
+    net = fj.FCN(**kw, width_ratios=(np.float32(2.0), np.int64(3)))
+    assert net.width_ratios == (2.0, 3.0) and isinstance(net.width_ratios[0], float)
+    with pytest.raises(ValueError, match="width_ratios"):
+        fj.FCN(**kw, width_ratios=(True, 1.0))
+
+
+@pytest.mark.parametrize("patch_size", [0, -4, True])
 def test_patch_size_must_be_positive(patch_size):
     raises_before_compiling(
         ValueError, "patch_size must be a positive integer", _patch_net, patch_size=patch_size
