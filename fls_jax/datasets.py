@@ -26,7 +26,16 @@ class Task(NamedTuple):
     teacher: np.ndarray | None
 
 
+def _check_sizes(**sizes: int) -> None:
+    """Clear errors for sizes the tasks cannot have: n, d, patches … ≥ 1, n_test ≥ 0."""
+    for name, value in sizes.items():
+        least = 0 if name == "n_test" else 1
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < least:
+            raise ValueError(f"{name} must be an integer ≥ {least}, got {value!r}")
+
+
 def _inputs(rng, n, n_test, d):
+    _check_sizes(n=n, n_test=n_test, d=d)
     return rng.standard_normal((n, d)), rng.standard_normal((n_test, d))
 
 
@@ -38,6 +47,7 @@ def linear_patch_teacher(
     The default task of the command line: a linear PatchCNN student of the same patch size
     can represent it exactly, and its learned Σ should align with w*.
     """
+    _check_sizes(patch_size=patch_size, patches=patches)
     rng = np.random.default_rng(seed)
     d = patch_size * patches
     X, X_test = _inputs(rng, n, n_test, d)
@@ -85,6 +95,7 @@ def deep_erf_teacher(
     authors' deep-network experiment): h¹ = √σ_w² w*·x, h^(l) = √σ_w² erf(h^(l−1)),
     y = erf(h^(L)), with a unit w* ∈ R^d (so each hⁱ has the variance a prior draw of
     width-1 weights would give it)."""
+    _check_sizes(depth=depth)
     rng = np.random.default_rng(seed)
     X, X_test = _inputs(rng, n, n_test, d)
     w = rng.standard_normal(d)
@@ -146,9 +157,10 @@ def digits(
             raise ValueError(f"labels must be two different digits 0-9, got {labels!r}")
         keep = (digit == first) | (digit == second)
     images, digit = images[keep], digit[keep]
-    if n < 1 or n_test < 0 or n + n_test > len(digit):
+    # Pixels are centred over the training images: one image would be centred to zero.
+    if n < 2 or n_test < 0 or n + n_test > len(digit):
         raise ValueError(
-            f"need 1 <= n and n + n_test <= {len(digit)} images for labels={labels!r}, "
+            f"need 2 <= n and n + n_test <= {len(digit)} images for labels={labels!r}, "
             f"got n = {n}, n_test = {n_test}"
         )
     order = np.random.default_rng(seed).permutation(len(digit))[: n + n_test]

@@ -65,3 +65,25 @@ def test_digits_pairs_splits_and_errors():
         fj.datasets.digits(labels="odd")
     with pytest.raises(ValueError, match="two different digits"):
         fj.datasets.digits(labels=(3, 3))
+    with pytest.raises(ValueError, match="2 <= n"):
+        fj.datasets.digits(n=1)  # one image is centred to zero: its scale would be 0/0
+
+
+@pytest.mark.parametrize(
+    "make,kwargs",
+    [
+        (fj.datasets.linear_patch_teacher, dict(patches=0)),
+        (fj.datasets.linear_patch_teacher, dict(patch_size=0)),
+        (fj.datasets.single_index_teacher, dict(d=0)),
+        (fj.datasets.single_index_teacher, dict(n=0)),
+        (fj.datasets.single_index_teacher, dict(n_test=-1)),
+        (fj.datasets.deep_erf_teacher, dict(depth=0)),
+        (fj.datasets.multi_index_teacher, dict(n=2.5)),
+    ],
+)
+def test_teachers_refuse_sizes_they_cannot_have(make, kwargs):
+    # These returned empty arrays or NaN targets (patches = 0: 0/√0), which surfaced later as
+    # "Y contains NaN or inf".
+    name = next(iter(kwargs))
+    with pytest.raises(ValueError, match=f"{name} must be an integer"):
+        make(**kwargs)
