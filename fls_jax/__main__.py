@@ -10,6 +10,37 @@ from typing import Any
 import jax
 
 
+def _at_least(least: int):
+    """An argparse type: an integer ≥ `least`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be ≥ {least}, got {value}")
+        return value
+
+    return parse
+
+
+def _positive(allow_inf: bool = False):
+    """An argparse type: a float > 0, finite unless `allow_inf`."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not value > 0 or (value == float("inf") and not allow_inf):
+            rule = "> 0" if allow_inf else "> 0 and finite"
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+        return value
+
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fls_jax", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -28,20 +59,27 @@ def _parser() -> argparse.ArgumentParser:
         "P = 4; needs scikit-learn, the [data] extra)",
     )
     s.add_argument("--activation", choices=["linear", "erf", "relu"], default="linear")
-    s.add_argument("--n", type=int, default=64, help="training points")
-    s.add_argument("--n-test", type=int, default=1000, help="test points")
-    s.add_argument("--patch-size", type=int, help="S (patchcnn teacher task; default 8)")
-    s.add_argument("--patches", type=int, help="P (patchcnn teacher task; default 4)")
-    s.add_argument("--d", type=int, help="input dimension (fcn teacher task; default 16)")
-    s.add_argument("--noise", type=float, default=0.01, help="σ²")
-    s.add_argument("--sigma-w2", type=float, default=1.0)
-    s.add_argument("--sigma-a2", type=float, default=1.0)
+    s.add_argument("--n", type=_at_least(2), default=64, help="training points")
+    s.add_argument("--n-test", type=_at_least(1), default=1000, help="test points")
+    s.add_argument("--patch-size", type=_at_least(1), help="S (patchcnn teacher task; default 8)")
+    s.add_argument("--patches", type=_at_least(1), help="P (patchcnn teacher task; default 4)")
+    s.add_argument("--d", type=_at_least(1), help="input dimension (fcn teacher task; default 16)")
+    s.add_argument("--noise", type=_positive(), default=0.01, help="σ²")
+    s.add_argument("--sigma-w2", type=_positive(), default=1.0)
+    s.add_argument("--sigma-a2", type=_positive(), default=1.0)
     s.add_argument("--scaling", choices=["standard", "mean_field"], default="standard")
     s.add_argument(
-        "--depth", type=int, default=1, help="hidden layers L (deep networks: docs/deep.md)"
+        "--depth",
+        type=_at_least(1),
+        default=1,
+        help="hidden layers L (deep networks: docs/deep.md)",
     )
     s.add_argument(
-        "--widths", type=float, nargs="+", default=[2.0**k for k in range(2, 11)], help="C"
+        "--widths",
+        type=_positive(allow_inf=True),
+        nargs="+",
+        default=[2.0**k for k in range(2, 11)],
+        help="C (each once; the GP limit, C = inf, is always added)",
     )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--plot", default="fls_sweep.png", help="PNG to write ('' for none)")
@@ -104,17 +142,23 @@ def _sweep(a: argparse.Namespace) -> int:
             net = fj.FCN(**common)
             what = "FCN d=64, digits (even vs odd)"
     elif a.arch == "patchcnn":
+        if a.d is not None:
+            raise SystemExit("--d: not for --arch patchcnn (d = patch size × patches)")
         S = 8 if a.patch_size is None else a.patch_size
         P = 4 if a.patches is None else a.patches
         task = fj.datasets.linear_patch_teacher(a.n, a.n_test, S, P, a.seed)
         net = fj.PatchCNN(patch_size=S, **common)
         what = f"PatchCNN S={S} P={P}, linear patch teacher"
     else:
+        given = [f for f in ("patch_size", "patches") if getattr(a, f) is not None]
+        if given:
+            flags = ", ".join("--" + f.replace("_", "-") for f in given)
+            raise SystemExit(f"{flags}: not for --arch fcn (use --d)")
         d = 16 if a.d is None else a.d
         task = fj.datasets.single_index_teacher(a.n, a.n_test, d, seed=a.seed)
         net = fj.FCN(**common)
         what = f"FCN d={d}, single-index erf teacher"
-    widths = [*sorted(a.widths), float("inf")]
+    widths = [*sorted({C for C in a.widths if C != float("inf")}), float("inf")]
     print(
         f"fls_jax width sweep: {what}, {a.activation}, depth {a.depth}, n={a.n}, σ²={a.noise}, "
         f"{a.scaling}"
@@ -181,7 +225,11 @@ def _sweep(a: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = _parser().parse_args(argv)
+    parser = _parser()
+    a = parser.parse_args(argv)
+    folder = os.path.dirname(a.plot) if a.plot else ""
+    if folder and not os.path.isdir(folder):
+        parser.error(f"--plot: no folder {folder!r} to write {a.plot!r} in")
     configured = jax.config.values.get("jax_compilation_cache_dir")
     cache = _xla_cache_dir(a.xla_cache, configured, dict(os.environ))
     if cache is None:
@@ -192,7 +240,10 @@ def main(argv: list[str] | None = None) -> int:
         jax.config.update("jax_enable_x64", True)
     else:
         print("float32 mode: EoS residuals are met to ~1e-5 only; use float64 at small σ².")
-    return _sweep(a)
+    try:
+        return _sweep(a)
+    except ValueError as e:  # a combination of options the package refuses: say which
+        parser.error(str(e))
 
 
 if __name__ == "__main__":

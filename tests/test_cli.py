@@ -28,9 +28,36 @@ def test_sweep_prints_a_converged_table_and_writes_the_plot(argv, tmp_path, caps
         assert float(rows["4"][-4]) > float(rows["64"][-4]) > 0  # more at narrower widths
 
 
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--n", "-5"], "argument --n: must be ≥ 2"),
+        (["--n-test", "0"], "argument --n-test: must be ≥ 1"),
+        (["--patches", "0"], "argument --patches: must be ≥ 1"),
+        (["--noise", "nan"], "argument --noise: must be > 0 and finite"),
+        (["--widths", "4", "0"], "argument --widths: must be > 0"),
+        (["--plot", "no-such-folder/x.png"], "no folder 'no-such-folder'"),
+        (["--task", "digits", "--n", "1500"], "n + n_test <= 1797"),  # the package's own
+    ],
+)
+def test_bad_options_are_usage_errors_not_tracebacks(argv, message, capsys):
+    # argparse's exit: status 2, "error: …" on stderr, nothing run.
+    with pytest.raises(SystemExit) as info:
+        main(["sweep", *argv])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_digits_refuses_the_teacher_task_shapes():
     with pytest.raises(SystemExit, match="--patch-size, --d: not for --task digits"):
         main(["sweep", "--task", "digits", "--patch-size", "8", "--d", "3"])
+
+
+def test_options_of_the_other_architecture_are_refused():
+    with pytest.raises(SystemExit, match="--patch-size: not for --arch fcn"):
+        main(["sweep", "--arch", "fcn", "--patch-size", "4"])
+    with pytest.raises(SystemExit, match="--d: not for --arch patchcnn"):
+        main(["sweep", "--d", "3"])
 
 
 def test_xla_cache_folder_follows_the_flag_then_jax_then_xdg():
