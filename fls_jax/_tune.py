@@ -142,7 +142,7 @@ def tune(
     X: Float[ArrayLike, "n d"],
     Y: Float[ArrayLike, "n m"] | Float[ArrayLike, " n"],
     *,
-    params: Sequence[str] = ("sigma_w2", "noise"),
+    params: str | Sequence[str] = ("sigma_w2", "noise"),
     objective: str | Callable[[Solution], Array] = "validation_error",
     X_val: Float[ArrayLike, "n_val d"] | None = None,
     Y_val: Float[ArrayLike, "n_val m"] | Float[ArrayLike, " n_val"] | None = None,
@@ -185,7 +185,7 @@ def tune(
         import optax
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError("fls_jax.tune needs optax: pip install 'fls_jax[tune]'") from e
-    names = tuple(params)
+    names = (params,) if isinstance(params, str) else tuple(params)  # one name, or several
     bounds = dict(bounds or {})
     if not names:
         raise ValueError("params must name at least one hyper-parameter")

@@ -197,7 +197,7 @@ def test_tune_finds_the_evidence_optimum_of_the_noise(patch_task):
         _net("patchcnn", "linear", jnp.inf),
         t.X,
         Y,
-        params=("noise",),
+        params="noise",  # one name as a string (it was read letter by letter)
         objective="free_energy",
         optimizer=optax.adam(optax.cosine_decay_schedule(0.2, steps)),
         steps=steps,
