@@ -89,3 +89,36 @@ def test_low_rank_data_term_equals_dense(rng, patch_task):
     np.testing.assert_allclose(v_low, v_dense, rtol=1e-12)
     np.testing.assert_allclose(g_low, g_dense, rtol=1e-9, atol=1e-11)
     np.testing.assert_allclose(h_low, h_dense, rtol=1e-8, atol=1e-10)
+
+
+def test_free_energy_at_the_prior_is_the_gp_limit_at_any_width(fcn_task):
+    """KL(prior ‖ prior) = 0, so at Σ = Σ₀ (and K^(2) = Q^(1)) F is the GP limit's at every
+    width: F multiplies the KL by C, and the first layer's KL, as two O(1) terms computed
+    apart, left 4·10⁻⁴ (C = 10¹²) and 0.4 (10¹⁵) in F. A small step away gives
+    (F − F_GP)/C = KL > 0 at every width. (The deeper layers' KL at a solved width:
+    `tests/test_deep.py`, GP-limit test.)"""
+    import equinox as eqx
+
+    import fls_jax as fj
+    from fls_jax._free_energy import _layer_map
+
+    X, Y = jnp.asarray(fcn_task.X), jnp.asarray(fcn_task.Y)
+    d = X.shape[1]
+    for depth in (1, 2):
+        net = fj.FCN(1.0, 1.0, 1.0, 0.01, fj.Erf(), depth=depth)
+        sigma0 = net.prior_covariance(d)
+        kernels = () if depth == 1 else (_layer_map(net, 1, X)(sigma0),)
+
+        def F(C, sigma=sigma0, kernels=kernels, net=net):
+            at = eqx.tree_at(lambda m: m.width, net, jnp.asarray(C))
+            return float(fj.free_energy(at, sigma, X, Y, kernels))
+
+        gp = F(np.inf)
+        for C in (1e9, 1e12, 1e15):
+            assert abs(F(C) - gp) < 1e-9 * abs(gp), (depth, C, F(C) - gp)
+        # A small step from the prior: (F − F_GP)/C is the KL, O(step²), at every width.
+        step = sigma0 @ (jnp.eye(d) + 1e-7 * jnp.diag(jnp.arange(d) - d / 2))
+        moved = tuple(K + 1e-12 * jnp.mean(jnp.diag(K)) * jnp.eye(len(K)) for K in kernels)
+        kl = [(F(C, step, moved) - F(np.inf, step, moved)) / C for C in (1e10, 1e13)]
+        np.testing.assert_allclose(kl[0], kl[1], rtol=1e-3)
+        assert kl[0] > 0
