@@ -651,7 +651,7 @@ def _matrix_mixture(saddle: _MatrixSaddle, nll, at_scale, draws: int, batch: int
     dim = layers * p
     dtype = saddle.hessian.dtype
     df = _PROPOSAL_DF
-    lam, vecs = jnp.linalg.eigh(saddle.hessian)
+    lam, vecs = _eigh(saddle.hessian)
     lam = jnp.abs(lam)
     lam = jnp.maximum(lam, 1e-6 * jnp.max(lam) + jnp.finfo(dtype).tiny)
     key_normal, key_chi2 = jax.random.split(key)
