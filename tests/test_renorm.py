@@ -484,6 +484,15 @@ def test_output_mixture_is_the_posterior_of_prior_draws(two_outputs, depth):
         )
         assert bool(exact.converged) and float(exact.effective_draws) == np.inf
         np.testing.assert_allclose(exact.mean, plain.mean, rtol=1e-12, atol=1e-14)
+        # jax.vmap over the width (one program) equals the two calls above.
+        both = jax.vmap(
+            lambda C: fj.renormalise(
+                eqx.tree_at(lambda m: m.width, net, C), X, Y, X_test, Y_test, draws=8192
+            )
+        )(jnp.asarray([float(C), np.inf]))
+        for i, one in enumerate((r, exact)):
+            np.testing.assert_allclose(both.mean[i], one.mean, rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(both.effective_draws[i], one.effective_draws, rtol=1e-10)
         few = fj.renormalise(net, X, Y, X_test, Y_test, draws=64)
         assert float(few.effective_draws) < 64 and not bool(few.converged)
         assert np.all(np.isfinite(np.asarray(few.mean)))
