@@ -116,7 +116,8 @@ def _features(network, first_layer, X, hidden):
         )
     h = jnp.einsum("pns,cs->pnc", network.patches(X), first_layer)
     post = network.layer_activation(1)(h)  # P×n×C_1
-    post = jnp.transpose(post, (1, 0, 2)).reshape(X.shape[0], -1)  # n×(P·C_1)
+    # n×(P·C_1), the width spelled out: with no test inputs (n = 0) −1 cannot be inferred.
+    post = jnp.transpose(post, (1, 0, 2)).reshape(X.shape[0], post.shape[0] * post.shape[2])
     pre = []
     for layer, W in enumerate(hidden, start=2):
         h = post @ W.T
@@ -569,11 +570,17 @@ def _split_rhat_from_sums(s1, q1, s2, q2, half: int) -> np.ndarray:
 
 def _split_rhat(means: np.ndarray, variances: np.ndarray, half: int) -> np.ndarray:
     """R̂ = √(V̂/W), V̂ = (N−1)/N W + B/N, from the means and variances (ddof 1) of the 2K
-    half-chains of N = `half` draws each (leading axis), per trailing entry."""
+    half-chains of N = `half` draws each (leading axis), per trailing entry. Where no
+    half-chain moves (W = 0): 1 if they all sit at the same value (a quantity that is
+    constant under the posterior, e.g. f at x = 0), ∞ if they sit at different ones (stuck
+    chains). (It was NaN, which made `Samples.max_rhat` NaN, and a check `max_rhat < 1.05`
+    could not tell.)"""
     W = variances.mean(0)
-    var_plus = (half - 1) / half * W + means.var(0, ddof=1)
+    B = means.var(0, ddof=1)
+    var_plus = (half - 1) / half * W + B
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.sqrt(var_plus / np.where(W > 0, W, np.nan))
+        rhat = np.sqrt(var_plus / np.where(W > 0, W, np.nan))
+    return np.where(W > 0, rhat, np.where(B > 0, np.inf, 1.0))
 
 
 def _check_int(name: str, value, minimum: int) -> int:
@@ -683,7 +690,8 @@ def sample(
       output kernel) of the
       likelihood, 0.5 λ^(−1) dim^(−1/3) (MALA) or 0.5 λ^(−1/2) (HMC).
     - `num_integration_steps`: HMC leapfrog steps per transition; default ⌈1.5 √λ⌉ (a
-      trajectory of about 1.5 prior standard deviations at the initial step size), at most 256.
+      trajectory of about 0.75 prior standard deviations at the initial step size
+      0.5 λ^(−1/2)), at most 256.
     - `target_acceptance`: target of the step-size adaptation.
     - `adapt_step_size`: adapt ε during burn-in (MALA/HMC).
 
@@ -705,7 +713,9 @@ def sample(
     num_samples = _check_int("num_samples", num_samples, 4)
     burn_in = _check_int("burn_in", burn_in, 0)
     thin = _check_int("thin", thin, 1)
-    if not (isinstance(key, jax.Array) and (key.shape == (2,) or key.shape == ())):
+    typed = isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    single = key.shape == () if typed else getattr(key, "shape", None) == (2,)
+    if not (isinstance(key, jax.Array) and single):
         raise ValueError("key must be a single JAX PRNG key, e.g. jax.random.key(0)")
     if method == "langevin" and step_size is None:
         raise ValueError("method='langevin' needs an explicit step_size (its bias is O(step_size))")

@@ -445,6 +445,11 @@ def test_split_rhat_and_ess_on_known_processes():
     rhat, ess = fs._split_rhat_ess(x)
     np.testing.assert_allclose(ess[:2], K * T * (1 - phi[:2]) / (1 + phi[:2]), rtol=0.15)
     assert np.all(np.abs(rhat[:2] - 1) < 0.01) and rhat[2] > 1.1  # √(1 + 1/4) = 1.12
+    # A quantity constant under the posterior has R̂ = 1; chains stuck apart have R̂ = ∞
+    # (both were NaN, and so was `max_rhat`).
+    still = np.zeros((K, T, 2))
+    still[:4, :, 1] = 1.0
+    np.testing.assert_array_equal(fs._split_rhat_ess(still)[0], [1.0, np.inf])
 
 
 # --------------------------------------------------------------------------------------------
@@ -473,6 +478,17 @@ def test_estimators_are_consistent(linear_cnn):
     assert np.isnan(fs.estimates(smp, task.Y).test_error.value)
 
 
+def test_sampling_without_test_inputs():
+    """`X_test` is optional: without it (n* = 0) the first layer's features had an
+    uninferable reshape, and every call failed inside JAX."""
+    X = np.random.default_rng(0).standard_normal((6, 12))
+    net = fj.PatchCNN(4, 1.0, 1.0, 0.1, fj.Linear(), patch_size=4)
+    smp = fs.sample(net, X, X[:, 0], key=jax.random.key(0), num_chains=2, num_samples=8, burn_in=8)
+    assert smp.f_test.shape[2] == 0 and np.all(np.isfinite(np.asarray(smp.f_train)))
+    est = fs.estimates(smp, X[:, :1])
+    assert np.isfinite(float(est.train_error.value))
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -489,6 +505,7 @@ def test_estimators_are_consistent(linear_cnn):
         (dict(X_test=np.zeros((3, 5))), "X_test"),
         (dict(Y=np.zeros(7)), "Y must have shape"),
         (dict(key=0), "PRNG key"),
+        (dict(key=jax.random.split(jax.random.key(0))), "single JAX PRNG key"),
     ],
 )
 def test_bad_input_is_rejected_before_compiling(kwargs, match):
