@@ -573,14 +573,15 @@ def _split_rhat(means: np.ndarray, variances: np.ndarray, half: int) -> np.ndarr
     half-chains of N = `half` draws each (leading axis), per trailing entry. Where no
     half-chain moves (W = 0): 1 if they all sit at the same value (a quantity that is
     constant under the posterior, e.g. f at x = 0), ∞ if they sit at different ones (stuck
-    chains). (It was NaN, which made `Samples.max_rhat` NaN, and a check `max_rhat < 1.05`
-    could not tell.)"""
+    chains), and ∞ where a draw is not finite. (It was NaN, which made `Samples.max_rhat`
+    NaN, and a check `max_rhat < 1.05` could not tell.)"""
     W = variances.mean(0)
     B = means.var(0, ddof=1)
     var_plus = (half - 1) / half * W + B
     with np.errstate(invalid="ignore", divide="ignore"):
         rhat = np.sqrt(var_plus / np.where(W > 0, W, np.nan))
-    return np.where(W > 0, rhat, np.where(B > 0, np.inf, 1.0))
+    rhat = np.where(W > 0, rhat, np.where(B > 0, np.inf, 1.0))
+    return np.where(np.isfinite(W) & np.isfinite(B), rhat, np.inf)
 
 
 def _check_int(name: str, value, minimum: int) -> int:

@@ -447,9 +447,10 @@ def test_split_rhat_and_ess_on_known_processes():
     assert np.all(np.abs(rhat[:2] - 1) < 0.01) and rhat[2] > 1.1  # √(1 + 1/4) = 1.12
     # A quantity constant under the posterior has R̂ = 1; chains stuck apart have R̂ = ∞
     # (both were NaN, and so was `max_rhat`).
-    still = np.zeros((K, T, 2))
+    still = np.zeros((K, T, 3))
     still[:4, :, 1] = 1.0
-    np.testing.assert_array_equal(fs._split_rhat_ess(still)[0], [1.0, np.inf])
+    still[0, 5, 2] = np.nan  # a diverged draw: not converged either
+    np.testing.assert_array_equal(fs._split_rhat_ess(still)[0], [1.0, np.inf, np.inf])
 
 
 # --------------------------------------------------------------------------------------------
