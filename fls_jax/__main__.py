@@ -114,6 +114,14 @@ def _xla_cache_dir(arg: str | None, configured: str | None, env: dict[str, str])
     return os.path.join(base, "fls_jax", "xla")
 
 
+def _refuse(a: argparse.Namespace, fields: tuple[str, ...], case: str) -> None:
+    """Exit with a message naming the given options among `fields` that `case` has no use for."""
+    given = [f for f in fields if getattr(a, f) is not None]
+    if given:
+        flags = ", ".join("--" + f.replace("_", "-") for f in given)
+        raise SystemExit(f"{flags}: not for {case}")
+
+
 def _sweep(a: argparse.Namespace) -> int:
     import numpy as np
 
@@ -130,10 +138,7 @@ def _sweep(a: argparse.Namespace) -> int:
         depth=a.depth,
     )
     if a.task == "digits":
-        given = [f for f in ("patch_size", "patches", "d") if getattr(a, f) is not None]
-        if given:
-            flags = ", ".join("--" + f.replace("_", "-") for f in given)
-            raise SystemExit(f"{flags}: not for --task digits (8×8 images, 4×4 patches)")
+        _refuse(a, ("patch_size", "patches", "d"), "--task digits (8×8 images, 4×4 patches)")
         task = fj.datasets.digits(a.n, a.n_test, "parity", patch_side=4, seed=a.seed)
         if a.arch == "patchcnn":
             net = fj.PatchCNN(patch_size=16, **common)
@@ -142,18 +147,14 @@ def _sweep(a: argparse.Namespace) -> int:
             net = fj.FCN(**common)
             what = "FCN d=64, digits (even vs odd)"
     elif a.arch == "patchcnn":
-        if a.d is not None:
-            raise SystemExit("--d: not for --arch patchcnn (d = patch size × patches)")
+        _refuse(a, ("d",), "--arch patchcnn (d = patch size × patches)")
         S = 8 if a.patch_size is None else a.patch_size
         P = 4 if a.patches is None else a.patches
         task = fj.datasets.linear_patch_teacher(a.n, a.n_test, S, P, a.seed)
         net = fj.PatchCNN(patch_size=S, **common)
         what = f"PatchCNN S={S} P={P}, linear patch teacher"
     else:
-        given = [f for f in ("patch_size", "patches") if getattr(a, f) is not None]
-        if given:
-            flags = ", ".join("--" + f.replace("_", "-") for f in given)
-            raise SystemExit(f"{flags}: not for --arch fcn (use --d)")
+        _refuse(a, ("patch_size", "patches"), "--arch fcn (use --d)")
         d = 16 if a.d is None else a.d
         task = fj.datasets.single_index_teacher(a.n, a.n_test, d, seed=a.seed)
         net = fj.FCN(**common)

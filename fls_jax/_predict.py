@@ -190,8 +190,6 @@ def predict(
     """
     if not isinstance(solution, Solution):
         raise TypeError(f"predict needs an fls_jax.Solution, got {type(solution)}")
-    if not isinstance(solution, Solution):
-        raise TypeError(f"predict takes a Solution (from fls_jax.solve), got {type(solution)}")
     if jnp.ndim(solution.X) != 2:
         raise ValueError(
             "predict takes one Solution; this one is batched (shape of X: "

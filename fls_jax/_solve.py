@@ -202,14 +202,13 @@ def _validate(network: _N, X, Y) -> tuple[_N, Array, Array]:
             continue
         if _concrete(arr) and not np.all(np.isfinite(np.asarray(arr))):
             raise ValueError(f"{name} contains NaN or inf")
-    for name, value in (("width", network.width), ("noise", network.noise)):
+    scalars = (("width", network.width), ("noise", network.noise))
+    for name, value in (*scalars, ("sigma_a2", network.sigma_a2)):
         if jnp.ndim(value) != 0:
             raise ValueError(
-                f"{name} must be a scalar, got shape {jnp.shape(value)} (sweep widths with "
+                f"{name} must be a scalar, got shape {jnp.shape(value)} (sweep it with "
                 "fls_jax.sweep or jax.vmap over networks)"
             )
-    if jnp.ndim(network.sigma_a2) != 0:
-        raise ValueError(f"sigma_a2 must be a scalar, got shape {jnp.shape(network.sigma_a2)}")
     checks = (
         ("width", network.width, "> 0 (inf for the GP limit)", lambda v: v > 0),
         ("noise (σ²)", network.noise, "> 0 and finite", lambda v: (v > 0) & np.isfinite(v)),
@@ -228,6 +227,13 @@ def _validate(network: _N, X, Y) -> tuple[_N, Array, Array]:
     if jnp.finfo(dtype).bits < 64:
         _check_float32(network, X)
     return _canonical(network), X.astype(dtype), Y.astype(dtype)
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    """`value` as an int, or a ValueError unless it is an integer (not a bool) ≥ `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
 
 
 def _check_max_stages(max_stages) -> None:

@@ -9,6 +9,8 @@ from typing import Literal, NamedTuple
 import numpy as np
 from scipy.special import erf
 
+from ._solve import _check_int
+
 
 class Task(NamedTuple):
     """A regression task.
@@ -26,16 +28,9 @@ class Task(NamedTuple):
     teacher: np.ndarray | None
 
 
-def _check_sizes(**sizes: int) -> None:
-    """Clear errors for sizes the tasks cannot have: n, d, patches … ≥ 1, n_test ≥ 0."""
-    for name, value in sizes.items():
-        least = 0 if name == "n_test" else 1
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < least:
-            raise ValueError(f"{name} must be an integer ≥ {least}, got {value!r}")
-
-
 def _inputs(rng, n, n_test, d):
-    _check_sizes(n=n, n_test=n_test, d=d)
+    for name, value in (("n", n), ("n_test", n_test), ("d", d)):
+        _check_int(name, value, 0 if name == "n_test" else 1)
     return rng.standard_normal((n, d)), rng.standard_normal((n_test, d))
 
 
@@ -47,7 +42,8 @@ def linear_patch_teacher(
     The default task of the command line: a linear PatchCNN student of the same patch size
     can represent it exactly, and its learned Σ should align with w*.
     """
-    _check_sizes(patch_size=patch_size, patches=patches)
+    _check_int("patch_size", patch_size, 1)
+    _check_int("patches", patches, 1)
     rng = np.random.default_rng(seed)
     d = patch_size * patches
     X, X_test = _inputs(rng, n, n_test, d)
@@ -95,7 +91,7 @@ def deep_erf_teacher(
     authors' deep-network experiment): h¹ = √σ_w² w*·x, h^(l) = √σ_w² erf(h^(l−1)),
     y = erf(h^(L)), with a unit w* ∈ R^d (so each hⁱ has the variance a prior draw of
     width-1 weights would give it)."""
-    _check_sizes(depth=depth)
+    _check_int("depth", depth, 1)
     rng = np.random.default_rng(seed)
     X, X_test = _inputs(rng, n, n_test, d)
     w = rng.standard_normal(d)

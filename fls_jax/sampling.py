@@ -48,7 +48,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 from ._free_energy import _gp_post_kernels
 from ._network import AbstractNetwork
 from ._predict import _validate_test
-from ._solve import _validate
+from ._solve import _check_int, _validate
 
 
 Method = Literal["mala", "hmc", "langevin"]
@@ -582,12 +582,6 @@ def _split_rhat(means: np.ndarray, variances: np.ndarray, half: int) -> np.ndarr
         rhat = np.sqrt(var_plus / np.where(W > 0, W, np.nan))
     rhat = np.where(W > 0, rhat, np.where(B > 0, np.inf, 1.0))
     return np.where(np.isfinite(W) & np.isfinite(B), rhat, np.inf)
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _check_widths(network: AbstractNetwork) -> tuple[int, ...]:
