@@ -549,43 +549,46 @@ def _renormalise_outputs(
         half = jax.scipy.linalg.solve_triangular(cho, b, lower=True)
         return jax.scipy.linalg.solve_triangular(cho, half, lower=True, trans="T")
 
-    def neg_log_likelihood(U):
-        cho = blocks(U)
-        alpha = solve(cho, y[..., None])[..., 0]
+    def nll_of(cho, alpha):
         logdet = 2 * jnp.sum(jnp.log(jnp.diagonal(cho, axis1=1, axis2=2)))
         return 0.5 * (jnp.sum(y * alpha) + logdet + n * m * math.log(2 * math.pi))
 
-    def at_scale(U):
+    def neg_log_likelihood(U):
+        cho = blocks(U)
+        return nll_of(cho, solve(cho, y[..., None])[..., 0])
+
+    def evaluate(U):  # the likelihood and the predictions at U, from one factorisation
         cho = blocks(U)
         alpha = solve(cho, y[..., None])[..., 0]  # (n, m)
         # Cov(f(x*)) = U k(x*, x*) − Σ_i (K*V)_{x* i}² U M_i⁻¹ U, per test input (m×m).
         shrink = U @ solve(cho, jnp.broadcast_to(U, (n, m, m)))
         covariance = kss[:, None, None] * U - jnp.einsum("xi,iab->xab", KsV**2, shrink)
-        return _AtScale(KsV @ (alpha @ U), noise * (V @ alpha), covariance)
+        return nll_of(cho, alpha), _AtScale(KsV @ (alpha @ U), noise * (V @ alpha), covariance)
 
     saddle = _matrix_saddle(neg_log_likelihood, m, network, X.dtype)
     per_draw = (n + len(X_test)) * (m * m + m) + len(X_test) * n
     return _matrix_result(
-        saddle, neg_log_likelihood, at_scale, Y_test, method, draws, key, per_draw
+        saddle, neg_log_likelihood, evaluate, Y_test, method, draws, key, per_draw
     )
 
 
 def _matrix_result(
-    saddle: _MatrixSaddle, nll, at_scale, Y_test, method: Method, draws: int, key, per_draw: int
+    saddle: _MatrixSaddle, nll, evaluate, Y_test, method: Method, draws: int, key, per_draw: int
 ) -> Renormalised:
-    """The `Renormalised` of a matrix scale: the GP's predictions `at_scale(U)` at the saddle
-    point U* (``"saddle"``) or averaged over U's posterior (``"mixture"``,
+    """The `Renormalised` of a matrix scale: the GP's predictions at the saddle point U*
+    (``"saddle"``) or averaged over U's posterior (``"mixture"``,
     `_matrix_mixture`, in chunks of up to 256 draws with about `per_draw` numbers each, kept
-    under 2²² numbers)."""
+    under 2²² numbers). `evaluate(U)` gives the negative log-likelihood `nll(U)` and the
+    GP's predictions at U (`_AtScale`) from one factorisation."""
     if method == "saddle":
-        at = at_scale(saddle.U)
+        at = evaluate(saddle.U)[1]
         dtype = at.mean.dtype
         scale_matrix, scale_sd = saddle.U, jnp.zeros((), dtype)
         log_evidence, effective = saddle.log_evidence, jnp.asarray(jnp.inf, dtype)
         ok = saddle.converged
     else:
         at, scale_matrix, scale_sd, log_evidence, effective = _matrix_mixture(
-            saddle, nll, at_scale, draws, max(1, min(256, 2**22 // per_draw)), key
+            saddle, nll, evaluate, draws, max(1, min(256, 2**22 // per_draw)), key
         )
         ok = saddle.converged & (saddle.gp | (effective >= _MIN_EFFECTIVE_DRAWS))
     m = at.mean.shape[1]
@@ -629,7 +632,7 @@ def _log_exp_jacobian(mu: Array) -> Array:
     return jnp.sum(mu) + jnp.sum(pair[rows, cols])
 
 
-def _matrix_mixture(saddle: _MatrixSaddle, nll, at_scale, draws: int, batch: int, key):
+def _matrix_mixture(saddle: _MatrixSaddle, nll, evaluate, draws: int, batch: int, key):
     """The posterior of a matrix scale integrated by importance sampling (module docstring):
     for a linear network the exact posterior, up to Monte-Carlo error.
 
@@ -644,8 +647,8 @@ def _matrix_mixture(saddle: _MatrixSaddle, nll, at_scale, draws: int, batch: int
     Returns the weighted averages of the GP's predictions (`_AtScale`, with the spread of
     the means added to the covariance), E[U | Y], the posterior standard deviation of
     tr U / m, the log evidence (the mean importance weight: unbiased for the evidence) and
-    the effective number of draws 1/Σ w_s². At C = ∞ the GP's predictions. Draws are
-    evaluated `batch` at a time (vmapped)."""
+    the effective number of draws 1/Σ w_s². At C = ∞ the GP's predictions. One pass over
+    the draws, `batch` at a time (vmapped), each factorised once (`evaluate`)."""
     layers, m = saddle.roots.shape[:2]
     p = m * (m + 1) // 2
     dim = layers * p
@@ -685,40 +688,39 @@ def _matrix_mixture(saddle: _MatrixSaddle, nll, at_scale, draws: int, batch: int
         log_prior = constants - _wishart_action(R, k) + log_measure
         return _factor_product(R), jnp.where(inside, log_prior, -jnp.inf)
 
-    def log_weight(args):
-        zs, lq = args
+    def draw(zs, lq):  # a draw's log weight and what the averages need from it
         U, log_prior = scale_of(zs)
-        lw = log_prior - nll(U) - lq
-        return jnp.where(jnp.isfinite(lw), lw, -jnp.inf)
-
-    # Draws in chunks of `batch`, vmapped within a chunk: one draw per loop iteration spent
-    # its time in the loop's overhead. The padding draws (Z = 0) get weight 0.
-    chunks = -(-draws // batch)
-    pad = chunks * batch - draws
-    z_pad = jnp.concatenate([z, jnp.zeros((pad, dim), dtype)]).reshape(chunks, batch, dim)
-    lq_pad = jnp.concatenate([log_q, jnp.zeros(pad, dtype)]).reshape(chunks, batch)
-    log_w = jax.lax.map(jax.vmap(log_weight), (z_pad, lq_pad)).reshape(-1)[:draws]
-    top = logsumexp(log_w)
-    w = jnp.exp(log_w - top)
-    effective = 1 / jnp.sum(w**2)
-    log_evidence = top - math.log(draws)
-
-    def terms(zs):
-        U, _ = scale_of(zs)
-        at = at_scale(U)
+        neg_log_likelihood, at = evaluate(U)
+        lw = log_prior - neg_log_likelihood - lq
         outer = jnp.einsum("xa,xb->xab", at.mean, at.mean)
-        return (U, (jnp.trace(U) / m) ** 2, at.mean, outer, at.residual, at.covariance)
+        terms = (U, (jnp.trace(U) / m) ** 2, at.mean, outer, at.residual, at.covariance)
+        return jnp.where(jnp.isfinite(lw), lw, -jnp.inf), terms
 
-    def accumulate(total, args):
-        zs, ws = args  # a chunk of draws and their weights
+    def accumulate(carry, args):
+        # One pass over the draws, in chunks of `batch` (vmapped within a chunk: one draw
+        # per loop iteration spent its time in the loop's overhead), with the weights'
+        # log-sum-exp kept running: the sums are held relative to e^top, the largest log
+        # weight so far, and rescaled when it grows. Each draw's scale is factorised once
+        # for its weight and its predictions together.
+        top, total_w, total_w2, total = carry
+        log_w, terms = jax.vmap(draw)(*args)
+        new_top = jnp.maximum(top, jnp.max(log_w))
+        shift = jnp.where(jnp.isfinite(new_top), jnp.exp(top - new_top), 0.0)
+        w = jnp.where(jnp.isfinite(new_top), jnp.exp(log_w - new_top), 0.0)
 
         def add(t, x):
-            weights = ws.reshape((-1,) + (1,) * (x.ndim - 1))
-            return t + jnp.sum(jnp.where(weights > 0, weights * x, 0.0), axis=0)
+            weights = w.reshape((-1,) + (1,) * (x.ndim - 1))
+            return shift * t + jnp.sum(jnp.where(weights > 0, weights * x, 0.0), axis=0)
 
-        return jax.tree.map(add, total, jax.vmap(terms)(zs)), None
+        total = jax.tree.map(add, total, terms)
+        return (
+            new_top,
+            shift * total_w + jnp.sum(w),
+            shift**2 * total_w2 + jnp.sum(w**2),
+            total,
+        ), None
 
-    gp_at = at_scale(jnp.eye(m, dtype=dtype))
+    gp_at = evaluate(jnp.eye(m, dtype=dtype))[1]
     shapes = (
         jnp.zeros((m, m), dtype),
         jnp.zeros((), dtype),
@@ -727,9 +729,21 @@ def _matrix_mixture(saddle: _MatrixSaddle, nll, at_scale, draws: int, batch: int
         gp_at.residual,
         gp_at.covariance,
     )
-    zero = jax.tree.map(jnp.zeros_like, shapes)
-    w_pad = jnp.concatenate([w, jnp.zeros(pad, dtype)]).reshape(chunks, batch)
-    (U, trace2, mean, outer, residual, cov), _ = jax.lax.scan(accumulate, zero, (z_pad, w_pad))
+    # The padding draws (Z = 0) get weight 0.
+    chunks = -(-draws // batch)
+    pad = chunks * batch - draws
+    z_pad = jnp.concatenate([z, jnp.zeros((pad, dim), dtype)]).reshape(chunks, batch, dim)
+    lq_pad = jnp.concatenate([log_q, jnp.full(pad, jnp.inf, dtype)]).reshape(chunks, batch)
+    start = (
+        jnp.asarray(-jnp.inf, dtype),
+        jnp.zeros((), dtype),
+        jnp.zeros((), dtype),
+        jax.tree.map(jnp.zeros_like, shapes),
+    )
+    (top, total_w, total_w2, sums), _ = jax.lax.scan(accumulate, start, (z_pad, lq_pad))
+    U, trace2, mean, outer, residual, cov = jax.tree.map(lambda t: t / total_w, sums)
+    effective = total_w**2 / total_w2
+    log_evidence = top + jnp.log(total_w) - math.log(draws)
     spread = outer - jnp.einsum("xa,xb->xab", mean, mean)
     scale = jnp.trace(U) / m
     mixture = (
@@ -786,24 +800,28 @@ def _renormalise_patches(
     def factor(U):  # Cholesky factor of K_U + σ² I
         return jnp.linalg.cholesky(jnp.einsum("pq,pqab->ab", U, kappa) + noise * eye_n)
 
-    def neg_log_likelihood(U):
-        cho = factor(U)
-        half = jax.scipy.linalg.solve_triangular(cho, y, lower=True)
+    def nll_of(cho, half):  # half = L⁻¹y
         logdet = 2 * jnp.sum(jnp.log(jnp.diagonal(cho)))
         return 0.5 * (half @ half + logdet + n * math.log(2 * math.pi))
 
-    def at_scale(U):
+    def neg_log_likelihood(U):
         cho = factor(U)
-        alpha = jax.scipy.linalg.cho_solve((cho, True), y)
+        return nll_of(cho, jax.scipy.linalg.solve_triangular(cho, y, lower=True))
+
+    def evaluate(U):  # the likelihood and the predictions at U, from one factorisation
+        cho = factor(U)
+        half_y = jax.scipy.linalg.solve_triangular(cho, y, lower=True)
+        alpha = jax.scipy.linalg.solve_triangular(cho, half_y, lower=True, trans="T")
         cross = jnp.einsum("pq,pqab->ab", U, kappa_test)  # (n*, n)
         half = jax.scipy.linalg.solve_triangular(cho, cross.T, lower=True)
         variance = jnp.einsum("pq,pqx->x", U, diagonal_test) - jnp.sum(half**2, axis=0)
-        return _AtScale((cross @ alpha)[:, None], noise * alpha[:, None], variance[:, None, None])
+        at = _AtScale((cross @ alpha)[:, None], noise * alpha[:, None], variance[:, None, None])
+        return nll_of(cho, half_y), at
 
     saddle = _matrix_saddle(neg_log_likelihood, P, network, X.dtype)
     per_draw = 2 * n * n + 2 * len(X_test) * n
     return _matrix_result(
-        saddle, neg_log_likelihood, at_scale, Y_test, method, draws, key, per_draw
+        saddle, neg_log_likelihood, evaluate, Y_test, method, draws, key, per_draw
     )
 
 
