@@ -231,13 +231,13 @@ class _Model(eqx.Module):
         return -0.5 * jnp.sum(r**2) / self.network.noise - 0.5 * jnp.sum(theta**2)
 
     def observe(self, theta, key):
-        """What is kept at every draw: f(X), f(X*), Σ̂, and with `marginal` the conditional
+        """What is kept at every draw: f(X), f(X*), Σ̂, μ̂, and with `marginal` the conditional
         means E[f(X) | hidden], E[f(X*) | hidden] and variance Var[f(X*) | hidden] (n*)."""
         if not self.marginal:
             w, a, hidden = self.weights(theta)
             f_train = apply(self.network, w, a, self.X, hidden)
             f_test = apply(self.network, w, a, self.X_test, hidden)
-            return f_train, f_test, w.T @ w / w.shape[0]
+            return f_train, f_test, w.T @ w / w.shape[0], jnp.mean(w, axis=0)
         w, _ = self._hidden(theta)
         _, Phi, L, c = self._conditional(theta)
         Phi_t = self._scaled_features(theta, self.X_test)
@@ -270,6 +270,7 @@ class _Model(eqx.Module):
             Phi @ v,
             Phi_t @ v,
             w.T @ w / w.shape[0],
+            jnp.mean(w, axis=0),
             mean_train,
             mean_test,
             var_test,
@@ -474,6 +475,10 @@ class Samples(eqx.Module):
       0. [`fls_jax.sampling.estimates`][] uses these, not the draws.
     - `sigma`: Σ̂ = (1/C) Σ_c w_c w_cᵀ, the first layer's second moment (chains×draws×S×S);
       its posterior mean is what [`fls_jax.Solution`][]'s `sigma` predicts.
+    - `weight_mean`: μ̂ = (1/C) Σ_c w_c, the first layer's mean over filters
+      (chains×draws×S). Its posterior mean is the mean of one filter's posterior: zero by
+      symmetry for an odd φ (w → −w with the readout's sign), not for ReLU, whose Gaussian
+      EoS leave it out (SPEC §3, "Non-odd activations"; `docs/fidelity.md`).
     - `kernels`: for depth L > 1, (K̂^(2), …, K̂^(L)), K̂^(l) = (1/C_l) H_l H_lᵀ with H_l the
       n×C_l pre-activations of layer l on the training inputs, averaged over each chain's
       kept draws (chains×n×n each: n² floats per draw would not fit at large n); their
@@ -496,6 +501,7 @@ class Samples(eqx.Module):
     f_test_mean: Float[Array, "chains draws n_test m"]
     f_test_var: Float[Array, "chains draws n_test"]
     sigma: Float[Array, "chains draws S S"]
+    weight_mean: Float[Array, "chains draws S"]
     kernels: tuple[Float[Array, "chains n n"], ...]
     log_density: Float[Array, "chains draws"]
     acceptance_rate: Float[Array, " chains"]
@@ -519,7 +525,8 @@ class Samples(eqx.Module):
     @property
     def diverged(self) -> np.ndarray:
         """Per chain: whether any kept draw has a non-finite log density or observable."""
-        arrays = (self.log_density, self.f_train, self.f_test, self.sigma, *self.kernels)
+        arrays = (self.log_density, self.f_train, self.f_test, self.sigma, self.weight_mean)
+        arrays += tuple(self.kernels)
         arrays += (self.f_train_mean, self.f_test_mean, self.f_test_var)
         flat = [np.asarray(x).reshape(x.shape[0], -1) for x in arrays]
         return np.asarray(~np.isfinite(np.concatenate(flat, axis=1)).all(axis=1))
@@ -753,9 +760,9 @@ def sample(
         accumulate=model.kernels,
     )
     if readout == "marginal":
-        f_train, f_test, sigma, f_train_mean, f_test_mean, f_test_var = obs
+        f_train, f_test, sigma, weight_mean, f_train_mean, f_test_mean, f_test_var = obs
     else:
-        f_train, f_test, sigma = obs
+        f_train, f_test, sigma, weight_mean = obs
         f_train_mean, f_test_mean = f_train, f_test
         f_test_var = jnp.zeros(f_test.shape[:3], f_test.dtype)
     kernel_sums: tuple = sums or ()
@@ -769,6 +776,7 @@ def sample(
         f_test_mean=f_test_mean,
         f_test_var=f_test_var,
         sigma=sigma,
+        weight_mean=weight_mean,
         kernels=kernels,
         log_density=logp,
         acceptance_rate=acc,
@@ -815,6 +823,8 @@ class Estimates(NamedTuple):
     - `test_error_draw`: E_θ of the mean squared test error of one draw (NaN without `Y_test`).
     - `sigma`: the posterior mean of Σ̂ = (1/C) Σ_c w_c w_cᵀ (S×S).
     - `sigma_top_eigenvalue`: the largest eigenvalue of that mean.
+    - `weight_mean`: the posterior mean of μ̂ = (1/C) Σ_c w_c (S), one filter's posterior
+      mean (`Samples.weight_mean`).
     - `teacher_overlap`: (v₁ · w*/‖w*‖)², v₁ the top eigenvector of that mean (NaN without a
       teacher); compare with [`fls_jax.sampling.teacher_overlap`][] of the theory's Σ.
     - `kernels`: for depth L > 1, the posterior means of the pre-kernels K̂^(2), …, K̂^(L) on
@@ -830,6 +840,7 @@ class Estimates(NamedTuple):
     sigma: Estimate
     sigma_top_eigenvalue: Estimate
     teacher_overlap: Estimate
+    weight_mean: Estimate
     kernels: tuple[Estimate, ...] = ()
 
 
@@ -957,5 +968,6 @@ def estimates(
         sigma=sigma_est,
         sigma_top_eigenvalue=top_eig,
         teacher_overlap=overlap,
+        weight_mean=_jackknife([np.asarray(samples.weight_mean).mean(1)], lambda a: a),
         kernels=tuple(_jackknife([np.asarray(k)], lambda a: a) for k in samples.kernels),
     )

@@ -353,6 +353,10 @@ def test_wide_network_matches_the_gp_limit(wide_fcn):
     )
     assert np.mean(est.variance.value / gp_var) < 1 - 0.5 / 256  # the shift is resolved
     assert np.all(prior_var > 2 * gp_var)
+    # erf is odd: (w, a) → (−w, −a) leaves the posterior unchanged, so a filter's posterior
+    # mean is zero, while μ̂ = (1/C) Σ_c w_c of one draw is not (its spread is ~ 1/√(4C)).
+    assert np.max(np.abs(est.weight_mean.z(0.0))) < Z_MAX
+    assert np.std(np.asarray(smp.weight_mean)) > 0.5 / np.sqrt(4 * 256)
 
 
 @pytest.fixture(scope="module")
@@ -475,6 +479,9 @@ def test_estimators_are_consistent(linear_cnn):
     np.testing.assert_allclose(lhs, rhs, rtol=1e-8)
     s = est.sigma.value
     np.testing.assert_allclose(est.sigma_top_eigenvalue.value, np.linalg.eigvalsh(s)[-1])
+    mu = np.asarray(smp.weight_mean)
+    np.testing.assert_allclose(est.weight_mean.value, mu.mean((0, 1)), rtol=1e-12)
+    np.testing.assert_allclose(est.weight_mean.stderr, mu.mean(1).std(0, ddof=1) / np.sqrt(K))
     assert 0 <= est.teacher_overlap.value <= 1
     assert np.isnan(fs.estimates(smp, task.Y).test_error.value)
 
