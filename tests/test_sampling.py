@@ -245,7 +245,7 @@ def test_marginal_readout_is_the_exact_gaussian_conditional(arch, n):
     mean = cross @ np.linalg.solve(K, Yn)
     var = s * np.sum(Phit**2, 1) - np.sum(cross * np.linalg.solve(K, cross.T).T, 1)
     draws = jax.vmap(model.observe, (None, 0))(theta, jax.random.split(jax.random.key(1), 20000))
-    f_train, f_test, _, mean_train, mean_test, var_test = (np.asarray(x) for x in draws)
+    f_train, f_test, _, _, mean_train, mean_test, var_test = (np.asarray(x) for x in draws)
     np.testing.assert_allclose(mean_test[0], mean, atol=1e-12)
     np.testing.assert_allclose(var_test[0], var, atol=1e-12)
     np.testing.assert_allclose(mean_train[0], s * Phi @ Phi.T @ np.linalg.solve(K, Yn), atol=1e-12)
