@@ -9,6 +9,7 @@ diagonal, so a new activation is one class with one method.
 
 import abc
 import functools
+import math
 from collections.abc import Callable
 
 import equinox as eqx
@@ -62,6 +63,18 @@ class AbstractActivation(eqx.Module):
         **Returns:** Φ_φ evaluated at each (a, b, c): SPEC §2.
         """
 
+    def kernel_with_mean(self, a, b, c, ma, mb) -> Array:
+        """E[φ(h)φ(h')] for (h, h') ~ N((ma, mb), [[a, c], [c, b]]), elementwise: the kernel
+        of a first layer whose filters have a posterior mean (SPEC §3, "Non-odd
+        activations"; `weight_mean=True` on the network). Optional: activations without it
+        cannot be used with a mean."""
+        raise NotImplementedError(f"{type(self).__name__} has no kernel with a mean")
+
+    @property
+    def supports_mean(self) -> bool:
+        """Whether [`fls_jax.AbstractActivation.kernel_with_mean`][] is implemented."""
+        return type(self).kernel_with_mean is not AbstractActivation.kernel_with_mean
+
 
 class Linear(AbstractActivation):
     """φ(h) = h, so Φ(K) = K (SPEC §2)."""
@@ -73,6 +86,9 @@ class Linear(AbstractActivation):
 
     def kernel(self, a, b, c):
         return jnp.asarray(c) + 0.0 * (jnp.asarray(a) + jnp.asarray(b))
+
+    def kernel_with_mean(self, a, b, c, ma, mb):
+        return self.kernel(a, b, c) + jnp.asarray(ma) * jnp.asarray(mb)
 
 
 class Erf(AbstractActivation):
@@ -147,6 +163,157 @@ class ReLU(AbstractActivation):
         # A NaN one (Σ not positive definite) stays NaN (`_safe_sqrt`).
         zero = ab == 0
         return jnp.where(zero, 0.0, ab / (2 * jnp.pi) * _arccos_j1(c / jnp.where(zero, 1.0, ab)))
+
+    def kernel_with_mean(self, a, b, c, ma, mb):
+        """E[h⁺h'⁺] with means (`_relu_pair`): in closed form through the bivariate normal
+        distribution function (`_bivariate_normal`)."""
+        a, b, c, ma, mb = jnp.broadcast_arrays(*(jnp.asarray(x, float) for x in (a, b, c, ma, mb)))
+        return _relu_pair(a, b, c, ma, mb)
+
+
+def _norm_pdf(x):
+    return jnp.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+
+
+# Gauss–Legendre nodes on [0, 1] (|ρ| < ½) and tanh–sinh nodes on (0, 1) (|ρ| ≥ ½) for the
+# bivariate normal integral (`_bivariate_normal`).
+_GL = np.polynomial.legendre.leggauss(20)
+_GL_X, _GL_W = 0.5 * (_GL[0] + 1), 0.5 * _GL[1]
+_TS_T = np.linspace(-3.2, 3.2, 200)
+_TS_U = 0.5 * np.pi * np.sinh(_TS_T)
+_TS_X = 1 / (1 + np.exp(-2 * _TS_U))  # ½(1 + tanh u), never 0 or 1 in float64
+_TS_W = (_TS_T[1] - _TS_T[0]) * 0.25 * np.pi * np.cosh(_TS_T) / np.cosh(_TS_U) ** 2
+
+
+def _bivariate_normal(h, k, rho):
+    """Φ₂(h, k; ρ) = P(X ≤ h, Y ≤ k) for standard normals of correlation ρ, as
+    Φ(h)Φ(k) + ∫_0^ρ φ₂(h, k; t) dt. For |ρ| < ½ the integral is taken over θ = arcsin t
+    (smooth: 20 Gauss–Legendre nodes); for |ρ| ≥ ½ from the nearer end t = ±1 over
+    ψ = arccos |t|, where the integrand e^{−(h ∓ k)²/(2 sin²ψ)} e^{±hk/(1 + cos ψ)} /(2π) has
+    a boundary layer of width |h ∓ k| that 200 tanh–sinh nodes resolve: within 3·10⁻¹² of a
+    30-digit quadrature over random (h, k, ρ) with |ρ| up to 1 − 10⁻¹² and h ≈ ±k.
+
+    A plain function, differentiated through its quadrature (as accurate as its value), with
+    every singular piece behind a double `where`: its derivatives are finite of every order,
+    and at |ρ| = 1 its ρ-derivative is 0 (there ρ ≡ ±1 along every admissible direction of a
+    kernel's diagonal; `_relu_pair`). Not a custom JVP: `_relu_pair`'s rule calls it, and
+    under `lax.scan` JAX differentiated custom JVPs called inside a rule through their
+    primal (`_arccos_j1_jvp`)."""
+    ndtr = jax.scipy.special.ndtr
+    low = jnp.abs(rho) < 0.5
+    # Low branch: θ ∈ [0, arcsin ρ].
+    r_low = jnp.where(low, rho, 0.0)
+    t = jnp.arcsin(r_low)
+    theta = t[..., None] * _GL_X
+    sn = jnp.sin(theta)
+    hs, hk = (h * h + k * k)[..., None], (h * k)[..., None]
+    f = jnp.exp(-(hs - 2 * hk * sn) / (2 * (1 - sn * sn)))
+    value_low = ndtr(h) * ndtr(k) + t * (f @ _GL_W) / (2 * jnp.pi)
+    # High branch: from t = sign(ρ), ψ ∈ [0, arccos |ρ|].
+    pos = rho > 0
+    r_high = jnp.where(low, 0.75, jnp.abs(rho))
+    interior = r_high < 1
+    span = jnp.where(interior, jnp.arccos(jnp.where(interior, r_high, 0.75)), 0.0)
+    psi = jnp.where(interior, span, 1.0)[..., None] * _TS_X
+    gap = jnp.where(pos, h - k, h + k)[..., None]
+    sign = jnp.where(pos, -1.0, 1.0)[..., None]
+    g = jnp.exp(-(gap * gap) / (2 * jnp.sin(psi) ** 2) + sign * hk / (1 + jnp.cos(psi)))
+    tail = span * (g @ _TS_W) / (2 * jnp.pi)
+    end = jnp.where(pos, ndtr(jnp.minimum(h, k)), jnp.maximum(ndtr(h) + ndtr(k) - 1, 0.0))
+    value_high = jnp.where(pos, end - tail, end + tail)
+    return jnp.where(low, value_low, value_high)
+
+
+def _one_minus_rho_squared(rho):
+    """1 − ρ² as (1 − ρ)(1 + ρ): each factor exact near ρ = ±1, where 1 − ρ² itself loses
+    the digits that the O(√(1 − ρ)) terms of the ReLU kernel need to cancel (`_relu_pair`)."""
+    return (1 - rho) * (1 + rho)
+
+
+def _conditional_argument(h, k, rho):
+    """(k − ρh)/√(1 − ρ²), and 0 at |ρ| = 1 (where k = ±h along any admissible direction:
+    a pair of pre-activations perfectly correlated has equal standardised means). The
+    numerator is (k − h) + (1 − ρ)h for ρ > 0 and (k + h) − (1 + ρ)h otherwise: on a kernel's
+    diagonal (k = h, ρ = 1 up to rounding) k − ρh rounds to a few per cent of itself, which
+    left 10⁻¹¹ in the kernel (its O(√(1 − ρ)) terms cancel only if all use the same ρ)."""
+    r2 = _one_minus_rho_squared(rho)
+    inside = r2 > 0
+    numerator = jnp.where(rho > 0, (k - h) + (1 - rho) * h, (k + h) - (1 + rho) * h)
+    return jnp.where(inside, numerator / jnp.sqrt(jnp.where(inside, r2, 1.0)), 0.0)
+
+
+def _positive_part_mean(v):
+    """E[(v + Z)⁺] = vΦ(v) + φ(v), Z ~ N(0, 1)."""
+    return v * jax.scipy.special.ndtr(v) + _norm_pdf(v)
+
+
+# |ρ| within this of 1 is taken as ±1 in the ReLU kernel with a mean (`_relu_terms`).
+_RHO_SNAP = 8 * float(np.finfo(np.float64).eps)
+
+
+def _relu_terms(a, b, c, ma, mb):
+    """The standardised pieces of E[h⁺h'⁺]: s = √a, s' = √b, u = m/s, ρ, r = √(1 − ρ²),
+    L = Φ₂(u, u'; ρ), and the conditional arguments v = (u' − ρu)/r, v' = (u − ρu')/r."""
+    s1, s2 = _safe_sqrt(a), _safe_sqrt(b)
+    zero = s1 * s2 == 0
+    one = jnp.where(zero, 1.0, s1 * s2)
+    rho = jnp.where(zero, 0.0, jnp.clip(c / one, -1.0, 1.0))
+    # A kernel's diagonal has ρ = 1 up to a few roundings: snapped to ±1 (the boundary of
+    # `_bivariate_normal` and `_conditional_argument`), so that its second derivatives are
+    # the limits along admissible directions rather than O(1/√ε) terms that cancel only in
+    # exact arithmetic (they made a Newton Jacobian NaN).
+    edge = jnp.abs(rho) > 1 - _RHO_SNAP
+    rho = jnp.where(edge, jnp.sign(rho), rho)
+    u1 = jnp.where(zero, 0.0, ma / jnp.where(zero, 1.0, s1))
+    u2 = jnp.where(zero, 0.0, mb / jnp.where(zero, 1.0, s2))
+    r = _safe_sqrt(_one_minus_rho_squared(rho))
+    L = _bivariate_normal(u1, u2, rho)
+    v21 = _conditional_argument(u1, u2, rho)
+    v12 = _conditional_argument(u2, u1, rho)
+    return zero, s1, s2, u1, u2, rho, r, L, v21, v12
+
+
+def _relu_pair_value(a, b, c, ma, mb):
+    """E[h⁺h'⁺] for (h, h') ~ N((ma, mb), [[a, c], [c, b]]) (SPEC §2 with a mean):
+
+        (ma mb + c) L + mb s φ(u) Φ(v) + ma s' φ(u') Φ(v') + s s' r φ(u) φ(v)
+
+    (notation of `_relu_terms`), which is the arc-cosine kernel at zero mean. Its
+    derivatives are Gaussian identities (Price's theorem, Stein's lemma), each finite on a
+    kernel's diagonal (ρ = 1, u = u'): ∂_c = P(h > 0, h' > 0) = L, ∂_ma = E[θ(h) h'⁺]
+    = mb L + s'ρ φ(u)Φ(v) + s' φ(u')Φ(v'), ∂_a = ½ E[δ(h) h'⁺] = (s' r / 2s) φ(u) E[(v + Z)⁺],
+    and likewise in b and mb. A zero variance (an all-zero input) gives 0 and zero partials."""
+    zero, s1, s2, u1, u2, _, r, L, v21, v12 = _relu_terms(a, b, c, ma, mb)
+    ndtr = jax.scipy.special.ndtr
+    value = (
+        (ma * mb + c) * L
+        + mb * s1 * _norm_pdf(u1) * ndtr(v21)
+        + ma * s2 * _norm_pdf(u2) * ndtr(v12)
+        + s1 * s2 * r * _norm_pdf(u1) * _norm_pdf(v21)
+    )
+    return jnp.where(zero, 0.0, value)
+
+
+_relu_pair = jax.custom_jvp(_relu_pair_value)
+
+
+@_relu_pair.defjvp
+def _relu_pair_jvp(primals, tangents):
+    a, b, c, ma, mb = primals
+    da, db, dc, dma, dmb = tangents
+    zero, s1, s2, u1, u2, rho, r, L, v21, v12 = _relu_terms(a, b, c, ma, mb)
+    ndtr = jax.scipy.special.ndtr
+    p1, p2 = _norm_pdf(u1) * ndtr(v21), _norm_pdf(u2) * ndtr(v12)
+    d_ma = mb * L + s2 * (rho * p1 + p2)
+    d_mb = ma * L + s1 * (rho * p2 + p1)
+    s1_safe, s2_safe = jnp.where(zero, 1.0, s1), jnp.where(zero, 1.0, s2)
+    d_a = s2 * r / (2 * s1_safe) * _norm_pdf(u1) * _positive_part_mean(v21)
+    d_b = s1 * r / (2 * s2_safe) * _norm_pdf(u2) * _positive_part_mean(v12)
+    tangent = L * dc + d_ma * dma + d_mb * dmb + d_a * da + d_b * db
+    # The primal output is the plain `_relu_pair_value`, and nothing here is a custom JVP
+    # (`_arccos_j1_jvp`): under `lax.scan` (the kernel's loop over patches) JAX's second
+    # derivatives went through such calls' primal.
+    return _relu_pair_value(a, b, c, ma, mb), jnp.where(zero, 0.0, tangent)
 
 
 class Quadrature(AbstractActivation):

@@ -41,6 +41,15 @@ def _gaussian_kl(sigma: Float[Array, "S S"], prior_precision: Float[Array, "S S"
     return 0.5 * (jnp.sum(diagonal) + jnp.sum(jnp.tril(L, -1) ** 2))
 
 
+def _first_layer_kl(network: AbstractNetwork, state: Array, d: int) -> Array:
+    """KL(N(μ, Σ) ‖ N(0, Σ₀)) = KL(N(0, Σ) ‖ N(0, Σ₀)) + ½ μᵀΣ₀⁻¹μ of the first layer's
+    filters (SPEC §3; μ = 0 without `weight_mean`), from its state (`split_state`)."""
+    sigma, mu = network.split_state(state)
+    precision = network.prior_precision(d)
+    kl = _gaussian_kl(sigma, precision)
+    return kl if mu is None else kl + 0.5 * mu @ precision @ mu
+
+
 # Below this ‖ΔK‖_F a deeper layer's KL is summed as a series (`_shifted_kl`).
 _KL_SERIES_BELOW = 1e-3
 
@@ -246,7 +255,7 @@ def _layer_map(network: AbstractNetwork, layer: int, X: Float[Array, "n d"]):
 def _gp_post_kernels(network: AbstractNetwork, X: Float[Array, "n d"]) -> list[Array]:
     """The GP limit's post-kernels (Q^(1), …, Q^(L−1), Q_f) on X (SPEC §2): the NNGP
     recursion with Σ = Σ₀ and K^(l) = Q^(l−1), without any inverse (Q^(l) may be singular)."""
-    cov = network.prior_covariance(X.shape[1]).astype(X.dtype)
+    cov = network.state_prior_covariance(X.shape[1]).astype(X.dtype)
     posts = []
     for layer in range(1, network.depth + 1):
         cov = _layer_map(network, layer, X)(cov)
@@ -266,9 +275,12 @@ def free_energy(
     X: Float[Array, "n d"],
     Y: Float[Array, "n m"],
     kernels: tuple[Float[Array, "n n"], ...] = (),
+    *,
+    mean: Float[Array, " S"] | None = None,
 ) -> Float[Array, ""]:
     """The free energy F of SPEC §3 at first-layer covariance Σ (and, for a network of depth
-    L > 1, at the deeper pre-kernels K^(2), …, K^(L)).
+    L > 1, at the deeper pre-kernels K^(2), …, K^(L)); for a network with `weight_mean`, at
+    the filters' mean μ too.
 
     **Arguments:**
 
@@ -278,6 +290,7 @@ def free_energy(
     - `kernels`: (K^(2), …, K^(L)), n×n each and positive definite; empty for a depth-1
       network. (A solution on a singular prior Q^(l) has singular K^(l): its F is
       `Solution.free_energy`, from the precision shifts.)
+    - `mean`: μ (S), for a network with `weight_mean=True` only (default 0).
 
     **Returns:** F, a scalar. At C = ∞ the KL terms are dropped (their minimisers, the GP
     limit, are then forced), so F is the NNGP regression's negative log marginal likelihood.
@@ -285,7 +298,10 @@ def free_energy(
     L = network.depth
     if len(kernels) != L - 1:
         raise ValueError(f"a depth-{L} network needs {L - 1} kernels K^(2..L), got {len(kernels)}")
-    return _free_energy_at_kernels(_canonical(network), sigma, X, Y, tuple(kernels))
+    if mean is not None and not network.weight_mean:
+        raise ValueError("mean is for a network with weight_mean=True")
+    state = network.join_state(jnp.asarray(sigma), None if mean is None else jnp.asarray(mean))
+    return _free_energy_at_kernels(_canonical(network), state, X, Y, tuple(kernels))
 
 
 # The public `free_energy` and `eos_residual` run as one compiled program each rather than
@@ -310,7 +326,7 @@ def _free_energy(network: AbstractNetwork, sigma: Array, shifts: tuple[Array, ..
     KL(N(0, K) ‖ N(0, Q)) = ½[log det(I + ΔQ) − tr(ΔK)], the KL on Q's range where Q is
     singular."""
     L = network.depth
-    kl = network.width_ratio(1) * _gaussian_kl(sigma, network.prior_precision(X.shape[1]))
+    kl = network.width_ratio(1) * _first_layer_kl(network, sigma, X.shape[1])
     if L == 1:
         data = data_term(network, sigma, X, Y)
     else:
@@ -364,7 +380,12 @@ def _shift_residuals(network: AbstractNetwork, lam1: Array, shifts: tuple[Array,
         # (2/C) ∂D/∂Σ through `data_term` (feature-space evaluation for linear φ).
         g = jax.grad(data_term, argnums=1)(network, sigma, X, Y)
         u = _inverse_width(network) / network.width_ratio(1)
-        return _outside_domain((network.prior_precision(X.shape[1]) - lam1 + 2 * u * g,), (sigma,))
+        residual = network.state_prior_precision(X.shape[1]) - lam1 + 2 * u * g
+        if network.weight_mean:
+            # The corner of the augmented precision only normalises the state
+            # (`split_state`): it is pinned to M[S, S] = 1, i.e. 1/M[S, S] = 1.
+            residual = residual.at[-1, -1].set(1 - 1 / sigma[-1, -1])
+        return _outside_domain((residual,), (sigma,))
     covs, posts, pullbacks, _ = _layers(network, sigma, shifts, X)
     residuals = []
     for layer in range(1, L + 1):
@@ -414,6 +435,13 @@ def eos_residual(
     ∂_K tr[B^(l+1) Q^(l)(K)] for 2 ≤ l < L, and R_L = Q^(L−1)⁻¹ − K^(L)⁻¹
     − (1/C_L) ∂_K tr[A Q_f(K)], with A and B held fixed: R_l = (2/C_l) ∂F/∂cov_l. In the
     shifts, Q^(l−1)⁻¹ − K^(l)⁻¹ = −Δ_l, and no Q⁻¹ is formed (`_shift_residuals`).
+
+    For a network with `weight_mean=True` the unknown is the inverse of the augmented second
+    moment M = [[Σ + μμᵀ, μ], [μᵀ, 1]] of (w, 1), i.e. [[Σ⁻¹, −Σ⁻¹μ], [−μᵀΣ⁻¹, 1 + μᵀΣ⁻¹μ]]
+    ((S+1)×(S+1)), and R = [[Σ₀⁻¹, 0], [0, ·]] − M⁻¹ + (2/C) ∂D/∂M: its Σ block is the
+    EoS above and its last column is (1/C)(Σ₀⁻¹μ + ∂D/∂μ)-equivalent, zero where
+    μ = −(1/C) Σ₀ ∂D/∂μ, i.e. ∂F/∂μ = 0; its corner is 1 − 1/M[S, S], which pins the
+    normalisation M[S, S] = 1.
 
     Covariances are built from the symmetric part of each unknown while the linear term
     uses the unknown itself, so an antisymmetric part is driven to zero with Jacobian −I

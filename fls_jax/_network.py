@@ -90,6 +90,12 @@ class AbstractNetwork(eqx.Module):
       and O(n r) memory instead of O(n³) and O(n²): the way past a dense Cholesky. An
       approximation, whose error falls as r grows (`docs/performance.md`);
       [`fls_jax.inducing_points`][] picks U.
+    - `weight_mean`: static, keyword-only (default False). True gives the first layer's
+      filters a posterior mean μ as well as the covariance Σ: w ~ N(μ, Σ), SPEC §3's
+      "additional slow variable" of a non-odd φ (ReLU), whose zero-mean EoS miss a
+      correction of the same order in 1/C (`docs/fidelity.md`). One hidden layer, no
+      `inducing`, and an activation with a kernel for a mean (`Linear`, `ReLU`); the
+      solution's mean is `Solution.weight_mean`.
     """
 
     width: Float[Array, ""] = eqx.field(converter=_leaf)
@@ -105,8 +111,22 @@ class AbstractNetwork(eqx.Module):
     inducing: Float[Array, "r d"] | None = eqx.field(
         default=None, kw_only=True, converter=lambda u: None if u is None else _leaf(u)
     )
+    weight_mean: bool = eqx.field(static=True, default=False, kw_only=True)
 
     def __check_init__(self):
+        if not isinstance(self.weight_mean, bool):
+            raise ValueError(f"weight_mean must be True or False, got {self.weight_mean!r}")
+        if self.weight_mean:
+            if self.depth != 1 or self.inducing is not None:
+                raise ValueError(
+                    "weight_mean=True is supported for one hidden layer without inducing points"
+                )
+            acts = self.activation if isinstance(self.activation, tuple) else (self.activation,)
+            if not all(isinstance(a, AbstractActivation) and a.supports_mean for a in acts):
+                raise ValueError(
+                    "weight_mean=True needs an activation with a kernel for a mean "
+                    "(fls_jax.ReLU or fls_jax.Linear)"
+                )
         if self.inducing is not None:
             if self.depth != 1:
                 raise ValueError("inducing points are supported for one hidden layer only")
@@ -200,6 +220,43 @@ class AbstractNetwork(eqx.Module):
         sw2 = self.layer_sigma_w2(1)
         return (sw2 / S) * jnp.eye(S, dtype=sw2.dtype)
 
+    def state_size(self, d: int) -> int:
+        """The side of the first layer's state matrix: S, or S + 1 with `weight_mean`."""
+        return self.filter_size(d) + int(self.weight_mean)
+
+    def state_prior_precision(self, d: int) -> Float[Array, "s s"]:
+        """The GP limit's first-layer state precision: Σ₀⁻¹, or with `weight_mean` the
+        augmented [[Σ₀⁻¹, 0], [0, 1]] (μ = 0; `split_state`)."""
+        return _augment(self.prior_precision(d), self.weight_mean)
+
+    def state_prior_covariance(self, d: int) -> Float[Array, "s s"]:
+        """The GP limit's first-layer state covariance: Σ₀, or [[Σ₀, 0], [0, 1]]."""
+        return _augment(self.prior_covariance(d), self.weight_mean)
+
+    def split_state(self, state: Float[Array, "s s"]) -> tuple[Array, Array | None]:
+        """(Σ, μ) from the first layer's state matrix: the state is Σ itself (μ = None),
+        or with `weight_mean` the augmented second moment M = [[Σ + μμᵀ, μ], [μᵀ, 1]] of
+        (w, 1), read as μ = M[:S, S] / M[S, S] and Σ = M[:S, :S] − M[:S, S] M[S, :S] / M[S, S]
+        (the Schur complement, = the inverse of the top-left block of M⁻¹). Neither depends on
+        the corner of M⁻¹, which the EoS pin to M[S, S] = 1 (`eos_residual`)."""
+        if not self.weight_mean:
+            return state, None
+        corner = state[-1, -1]
+        # Both off-diagonal blocks, so that the gradient with respect to the state is
+        # symmetric (the EoS' convention for a symmetric matrix, as for Σ).
+        column = 0.5 * (state[:-1, -1] + state[-1, :-1])
+        mu = column / corner
+        return state[:-1, :-1] - jnp.outer(column, column) / corner, mu
+
+    def join_state(self, sigma: Float[Array, "S S"], mu: Float[Array, " S"] | None):
+        """The first layer's state matrix from (Σ, μ) (`split_state`'s inverse)."""
+        if not self.weight_mean:
+            return sigma
+        mu = jnp.zeros(sigma.shape[0], sigma.dtype) if mu is None else mu
+        top = jnp.concatenate([sigma + jnp.outer(mu, mu), mu[:, None]], axis=1)
+        bottom = jnp.concatenate([mu, jnp.ones(1, sigma.dtype)])[None]
+        return jnp.concatenate([top, bottom], axis=0)
+
     def readout_scale(self) -> Float[Array, ""]:
         """s_a = σ_a² (standard) or σ_a²/C_L (mean-field) (SPEC §2)."""
         if self.scaling == "standard":
@@ -214,11 +271,14 @@ class AbstractNetwork(eqx.Module):
         X2: Float[Array, "n2 d"] | None = None,
     ) -> Float[Array, "n1 n2"]:
         """Post-kernel of the first layer, post_scale(1) · (1/P) Σ_i Φ_1(X1_i Σ X2_iᵀ)
-        (SPEC §2–3): Q_f for depth 1, Q^(1) for deeper networks; X2 = None means X2 = X1."""
+        (SPEC §2–3): Q_f for depth 1, Q^(1) for deeper networks; X2 = None means X2 = X1.
+        `sigma` is the first layer's state (`split_state`): with `weight_mean`, the
+        pre-activations x_i · w have means x_i · μ (`AbstractActivation.kernel_with_mean`)."""
         P1 = self.patches(X1)
         P2 = P1 if X2 is None else self.patches(X2)
         act = self.layer_activation(1)
-        if isinstance(act, Linear):
+        sigma, mu = self.split_state(sigma)
+        if isinstance(act, Linear) and mu is None:
             # Φ(K) = K: the patch average is one contraction over (patch, filter) indices,
             # with no per-patch n×n kernels (P times less memory and traffic).
             c = jnp.einsum("pns,st,pmt->nm", P1, sigma, P2) / P1.shape[0]
@@ -233,7 +293,10 @@ class AbstractNetwork(eqx.Module):
             a = jnp.einsum("ns,st,nt->n", p1, sigma, p1)
             b = a if X2 is None else jnp.einsum("ns,st,nt->n", p2, sigma, p2)
             c = p1 @ sigma @ p2.T
-            return acc + act.kernel(a[:, None], b[None, :], c), None
+            if mu is None:
+                return acc + act.kernel(a[:, None], b[None, :], c), None
+            m1, m2 = p1 @ mu, p2 @ mu
+            return acc + act.kernel_with_mean(a[:, None], b[None, :], c, m1[:, None], m2), None
 
         zero = jnp.zeros((P1.shape[1], P2.shape[1]), jnp.result_type(sigma, P1))
         total, _ = jax.lax.scan(add_patch, zero, (P1, P2))
@@ -244,8 +307,14 @@ class AbstractNetwork(eqx.Module):
     ) -> Float[Array, " n"]:
         """The diagonal of `first_layer_kernel(sigma, X)`, without the n×n kernel."""
         Pt = self.patches(X)
+        sigma, mu = self.split_state(sigma)
         a = jnp.einsum("pns,st,pnt->pn", Pt, sigma, Pt)
-        phi = self.layer_activation(1).kernel(a, a, a)
+        act = self.layer_activation(1)
+        if mu is None:
+            phi = act.kernel(a, a, a)
+        else:
+            m = jnp.einsum("pns,s->pn", Pt, mu)
+            phi = act.kernel_with_mean(a, a, a, m, m)
         return self.post_scale(1) * jnp.mean(phi, axis=0)
 
     def output_kernel(
@@ -264,7 +333,7 @@ class AbstractNetwork(eqx.Module):
         """(Z, c) with Q_f(Σ) = Z (I_P ⊗ cΣ) Zᵀ when φ is linear (else None): Z = [X_1 … X_P]
         is n×PS and c = s_a/P, so Q_f has rank ≤ P·S (SPEC §3, linear PatchCNN). Standard
         scaling only (mean-field's c vanishes at C = ∞, where the dense path is exact)."""
-        if self.depth != 1 or not isinstance(self.activation, Linear):
+        if self.depth != 1 or not isinstance(self.activation, Linear) or self.weight_mean:
             return None
         if self.scaling != "standard":
             return None
@@ -279,6 +348,15 @@ class AbstractNetwork(eqx.Module):
         if self.depth != 1:
             raise ValueError("output_kernel_diag(Σ) is defined for depth-1 networks only")
         return self.first_layer_kernel_diag(sigma, X)
+
+
+def _augment(M: Array, augment: bool) -> Array:
+    """[[M, 0], [0, 1]] if `augment`, else M."""
+    if not augment:
+        return M
+    S = M.shape[0]
+    out = jnp.zeros((S + 1, S + 1), M.dtype)
+    return out.at[:S, :S].set(M).at[S, S].set(1.0)
 
 
 class FCN(AbstractNetwork):

@@ -109,7 +109,8 @@ def _test_kernels(solution: Solution, X_test: Array):
     K_{**} = Q_{**} + Q_{*X} B Q_{X*}, B = ΔKΔ − Δ: no Q⁻¹, so Q may be singular (Q_{*X}
     then lies in Q's range, and these are the conditionals with Q's pseudo-inverse).
     Also returns the layer priors P_l, for the diagnostics."""
-    net, X, sigma = solution.network, solution.X, solution.sigma
+    net, X = solution.network, solution.X
+    sigma = net.join_state(solution.sigma, solution.weight_mean)
     tt = net.first_layer_kernel(sigma, X)
     st = net.first_layer_kernel(sigma, X_test, X)
     ss = net.first_layer_kernel_diag(sigma, X_test)
@@ -203,7 +204,8 @@ def predict(
 @eqx.filter_jit
 def _predict(solution: Solution, X_test: Array, Y_test: Array | None) -> Prediction:
     """`predict` after validation: one compiled program per network structure and shapes."""
-    net, X, Y, sigma = solution.network, solution.X, solution.Y, solution.sigma
+    net, X, Y = solution.network, solution.X, solution.Y
+    sigma = net.join_state(solution.sigma, solution.weight_mean)  # the first layer's state
     n, m = Y.shape
     low_rank = _low_rank(net, sigma, X)
     if low_rank is not None:
@@ -229,6 +231,8 @@ def _predict(solution: Solution, X_test: Array, Y_test: Array | None) -> Predict
     inv_width = _inverse_width(net) / net.width_ratio(L)
     if L == 1:
         shift = jax.grad(_readout_quadratic, argnums=1)(net, sigma, X, T) * inv_width
+        S = net.filter_size(X.shape[1])
+        shift = shift[:S, :S]  # with `weight_mean`, ∂/∂(Σ + μμᵀ) = ∂/∂Σ at fixed μ
         prior_sqrt = jnp.sqrt(1 / jnp.diagonal(net.prior_precision(X.shape[1])))  # Σ₀ ∝ I
         whitened = prior_sqrt[:, None] * shift * prior_sqrt[None, :]
         chi = eigvalsh(0.5 * (whitened + whitened.T))[-1]
@@ -236,7 +240,7 @@ def _predict(solution: Solution, X_test: Array, Y_test: Array | None) -> Predict
         K_L, TTt = solution.kernels[-1], T @ T.T
         shift = jax.grad(lambda K: jnp.sum(TTt * net.post_kernel(L, K)))(K_L) * inv_width
         chi = _whitened_top(priors[-1], 0.5 * (shift + shift.T))
-    covs = (sigma, *solution.kernels)
+    covs = (solution.sigma, *solution.kernels)
     shifts = (solution.precision - net.prior_precision(X.shape[1]), *solution.kernel_shifts)
     # λ_max(P⁻¹ cov) − 1 = 1/λ_min(I + P^{1/2} Δ P^{1/2}) − 1, Δ = cov⁻¹ − P⁻¹.
     stretch = jnp.stack(
@@ -250,7 +254,7 @@ def _predict(solution: Solution, X_test: Array, Y_test: Array | None) -> Predict
         test_error_draw=test_error + jnp.mean(variance),
         chi=chi,
         chi_proxy=quad * inv_width,
-        sigma_eigenvalues=eigvalsh(sigma),
+        sigma_eigenvalues=eigvalsh(solution.sigma),
         kernel_eigenvalues=tuple(eigvalsh(K) for K in covs[1:]),
         layer_stretch=stretch,
         free_energy=solution.free_energy,
@@ -324,7 +328,7 @@ def sweep(
         else _path_options(
             X.dtype,
             depth=network.depth,
-            filter_size=network.filter_size(X.shape[1]),
+            filter_size=network.state_size(X.shape[1]),
             **solve_kwargs,
         )
     )

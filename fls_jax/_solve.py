@@ -135,6 +135,8 @@ class Solution(eqx.Module):
       that [`fls_jax.predict`][] needs only the test inputs).
     - `sigma`: Σ, the learned first-layer weight covariance (S×S).
     - `precision`: Σ⁻¹.
+    - `weight_mean`: μ, the first-layer filters' posterior mean (S): zero unless the
+      network has `weight_mean=True`.
     - `kernels`: (K^(2), …, K^(L)), the learned pre-kernels of the deeper layers on the
       train set (n×n each); empty for one hidden layer.
     - `kernel_shifts`: (Δ_2, …, Δ_L), Δ_l = K^(l)⁻¹ − Q^(l−1)⁻¹, the deeper layers' learned
@@ -159,6 +161,7 @@ class Solution(eqx.Module):
     Y: Float[Array, "n m"]
     sigma: Float[Array, "S S"]
     precision: Float[Array, "S S"]
+    weight_mean: Float[Array, " S"]
     kernels: tuple[Float[Array, "n n"], ...]
     kernel_shifts: tuple[Float[Array, "n n"], ...]
     free_energy: Float[Array, ""]
@@ -167,6 +170,18 @@ class Solution(eqx.Module):
     num_stages: Int[Array, ""]
     result: optx.RESULTS
     converged: Bool[Array, ""]
+
+
+def _state_precision(solution: Solution) -> Array:
+    """The first layer's unknown at a solution, for a warm start (`precision0`): Σ⁻¹, or with
+    `weight_mean` the augmented [[Σ⁻¹, −Σ⁻¹μ], [−μᵀΣ⁻¹, 1 + μᵀΣ⁻¹μ]] (`eos_residual`)."""
+    if not solution.network.weight_mean:
+        return solution.precision
+    lam, mu = solution.precision, solution.weight_mean
+    eta = -lam @ mu
+    top = jnp.concatenate([lam, eta[:, None]], axis=1)
+    bottom = jnp.concatenate([eta, (1 + mu @ lam @ mu)[None]])[None]
+    return jnp.concatenate([top, bottom], axis=0)
 
 
 def _concrete(x) -> bool:
@@ -255,7 +270,9 @@ def _check_float32(network: AbstractNetwork, X: Array) -> None:
     if not all(_concrete(v) for v in leaves):
         return
     Xd = jnp.asarray(X, jnp.float32)
-    q = network.first_layer_kernel_diag(network.prior_covariance(X.shape[1]).astype(Xd.dtype), Xd)
+    q = network.first_layer_kernel_diag(
+        network.state_prior_covariance(X.shape[1]).astype(Xd.dtype), Xd
+    )
     for layer in range(2, network.depth + 1):  # the GP diagonal through deeper layers
         q = network.post_scale(layer) * network.layer_activation(layer).kernel(q, q, q)
     ratio = float(network.noise) / float(jnp.mean(q))
@@ -535,7 +552,7 @@ def _from_state(state, S: int) -> tuple[Array, tuple[Array, ...]]:
 
 def _gp_state(network: AbstractNetwork, X: Array):
     """The GP limit (SPEC §3): Σ = Σ₀ and K^(l) = Q^(l−1), i.e. all shifts zero."""
-    lam1 = network.prior_precision(X.shape[1]).astype(X.dtype)
+    lam1 = network.state_prior_precision(X.shape[1]).astype(X.dtype)
     n = X.shape[0]
     return _to_state(lam1, tuple(jnp.zeros((n, n), X.dtype) for _ in range(network.depth - 1)))
 
@@ -803,7 +820,8 @@ def solve(
     - `max_stages`: cap on the continuation stages (root finds) before giving up.
     - `precision0`: a starting Σ⁻¹ (e.g. the solution at a neighbouring width), or for
       depth L > 1 the tuple of unknowns (Σ⁻¹, Δ_2, …, Δ_L), i.e.
-      `(sol.precision, *sol.kernel_shifts)`. Given, it replaces the GP-limit start *and*
+      `(sol.precision, *sol.kernel_shifts)`; with `weight_mean`, the (S+1)×(S+1) augmented
+      precision of [`fls_jax.eos_residual`][]. Given, it replaces the GP-limit start *and*
       the continuation: one root find from there.
     - `adjoint`: how to differentiate (default: implicit, no backprop through iterations).
 
@@ -814,7 +832,7 @@ def solve(
     """
     network, X, Y = _validate(network, X, Y)
     _check_max_stages(max_stages)
-    S = network.filter_size(X.shape[1])
+    S = network.state_size(X.shape[1])
     chain = _chain(_resolve_solver(solver, X.dtype, network.depth, S), max_steps, S)
     if adjoint is None:
         adjoint = _default_adjoint(network.depth)
@@ -824,7 +842,7 @@ def solve(
 
 
 def _validate_precision0(network: AbstractNetwork, X: Array, precision0) -> tuple[Array, ...]:
-    S, n, L = network.filter_size(X.shape[1]), X.shape[0], network.depth
+    S, n, L = network.state_size(X.shape[1]), X.shape[0], network.depth
     if L == 1 and not isinstance(precision0, tuple | list):
         precision0 = (precision0,)
     if not isinstance(precision0, tuple | list) or len(precision0) != L:
@@ -842,7 +860,7 @@ def _validate_precision0(network: AbstractNetwork, X: Array, precision0) -> tupl
 def _state_residual(state, args):
     """EoS residuals on the solver's unknowns (`_to_state`)."""
     net, X, Y = args
-    S = net.filter_size(X.shape[1])
+    S = net.state_size(X.shape[1])
     R = _shift_residuals(net, *_from_state(state, S), X, Y)
     return _to_state(R[0], R[1:])
 
@@ -851,7 +869,7 @@ def _state_free_energy(state, args):
     """F/C at the solver's unknowns (`_to_state`; 0 in the GP limit): what a minimiser in
     the chain descends. Its stationary points are the EoS (SPEC §3)."""
     net, X, Y = args
-    lam1, shifts = _from_state(state, net.filter_size(X.shape[1]))
+    lam1, shifts = _from_state(state, net.state_size(X.shape[1]))
     sigma = spd_inverse_logdet(_sym(lam1))[0]
     return _inverse_width(net) * _free_energy(net, sigma, shifts, X, Y)
 
@@ -872,7 +890,7 @@ def _solve_from(
     is None: then the chain's solvers try from `state0`), then a root find at the target
     width that takes no iteration and carries the implicit adjoint (`_Settled`). Returns
     the solution and the unknowns reached (a warm start for the next)."""
-    S = network.filter_size(X.shape[1])
+    S = network.state_size(X.shape[1])
     args = (network, X, Y)
     if u0 is None:
         # No continuation: no shorter step to try, so every solver of the chain may run.
@@ -905,12 +923,15 @@ def _solve_from(
     shifts = tuple(_sym(d) for d in shifts)
     covs = tuple(_layers(network, spd_inverse_logdet(_sym(lam1))[0], shifts, X)[0])
     rel = _fro(_state_residual(sol.value, args)) / _fro(sol.value)
+    sigma, mu = network.split_state(covs[0])
+    S1 = network.filter_size(X.shape[1])
     solution = Solution(
         network=network,
         X=X,
         Y=Y,
-        sigma=covs[0],
-        precision=lam1,
+        sigma=sigma,
+        precision=lam1[:S1, :S1],  # with `weight_mean`, Σ⁻¹ is the state's top-left block
+        weight_mean=jnp.zeros(S1, X.dtype) if mu is None else mu,
         kernels=covs[1:],
         kernel_shifts=shifts,
         free_energy=_free_energy(network, covs[0], shifts, X, Y),

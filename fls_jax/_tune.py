@@ -17,7 +17,7 @@ from jaxtyping import Array, ArrayLike, Float
 
 from ._network import AbstractNetwork
 from ._predict import _validate_test, predict
-from ._solve import Solution, _validate, solve
+from ._solve import Solution, _state_precision, _validate, solve
 
 
 TUNABLE = ("sigma_w2", "sigma_a2", "noise", "width")
@@ -255,7 +255,7 @@ def tune(
             best = (float(value), sol.network, sol)
         updates, opt_state = optimizer.update(grad, opt_state, z)
         z = optax.apply_updates(z, updates)
-        precision = (sol.precision, *sol.kernel_shifts)
+        precision = (_state_precision(sol), *sol.kernel_shifts)
     if bar is not None:
         bar.close()
     if best[1] is None:
