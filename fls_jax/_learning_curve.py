@@ -49,6 +49,7 @@ import optimistix as optx
 from jaxtyping import Array, ArrayLike, Float
 
 from ._free_energy import _gp_post_kernels, _inverse_width
+from ._linalg import clip_spectrum
 from ._network import AbstractNetwork
 from ._renorm import (
     _check_one_output,
@@ -230,10 +231,10 @@ def _learning_curve(network, X, Y, ns, target_noise, method: Method, branch: str
 
 
 def _eigen(K):
-    """η (clipped at 0) and the eigenvectors of K. Nothing is differentiated through them:
+    """η (`clip_spectrum`) and the eigenvectors of K. Nothing is differentiated through them:
     `_curve_jvp` carries K's derivatives."""
     eta, U = jnp.linalg.eigh(jax.lax.stop_gradient(K))
-    return jnp.maximum(eta, 0.0), U
+    return clip_spectrum(eta), U
 
 
 def _power(U, Y):

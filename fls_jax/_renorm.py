@@ -58,7 +58,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray
 
 from ._activation import Linear
 from ._free_energy import _gp_post_kernels
-from ._linalg import _eigh, cholesky_inverse
+from ._linalg import _eigh, cholesky_inverse, clip_spectrum
 from ._network import FCN, AbstractNetwork, PatchCNN
 from ._predict import _validate_test
 from ._solve import _concrete, _validate
@@ -287,7 +287,7 @@ def _renormalise(network, X, Y, X_test, Y_test, method: Method) -> Renormalised:
     n = X.shape[0]
     full = _gp_post_kernels(network, jnp.concatenate([X, X_test]))[-1]
     lam, V = jnp.linalg.eigh(full[:n, :n])
-    lam = jnp.maximum(lam, 0.0)
+    lam = clip_spectrum(lam)
     y = V.T @ Y[:, 0]
     KsV = full[n:, :n] @ V
     kss = jnp.diagonal(full)[n:]
@@ -535,7 +535,7 @@ def _renormalise_outputs(
     n, m = Y.shape
     full = _gp_post_kernels(network, jnp.concatenate([X, X_test]))[-1]
     lam, V = jnp.linalg.eigh(full[:n, :n])
-    lam = jnp.maximum(lam, 0.0)
+    lam = clip_spectrum(lam)
     y = V.T @ Y  # (n, m): row i is the targets' component along eigenvector i
     KsV = full[n:, :n] @ V
     kss = jnp.diagonal(full)[n:]

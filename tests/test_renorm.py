@@ -120,6 +120,34 @@ def test_saddle_closed_form(depth):
         assert abs(float(mix.log_evidence) - float(r.log_evidence)) < 0.05
 
 
+def test_singular_kernel_with_large_targets():
+    """n = 24 > d = 3: the linear kernel's 21 null directions are ~10⁻¹⁶ λ_max after `eigh`.
+    With targets ×10⁸ partly outside the kernel's span they acted as modes of the data and u*
+    came out far too large, flagged converged. Against the saddle on the exact spectrum
+    (the SVD of X, null eigenvalues 0), solved by bisection here."""
+    rng = np.random.default_rng(5)
+    n, d, C, s2, scale = 24, 3, 4.0, 0.01, 1e8
+    X = rng.standard_normal((n, d))
+    Y = scale * (X[:, 0] + 0.5 * np.sin(3 * X[:, 1]))
+    Uq, sv, _ = np.linalg.svd(X, full_matrices=True)
+    lam = np.concatenate([sv**2 / d, np.zeros(n - d)])
+    y2 = (Uq.T @ Y) ** 2
+    k = C / 2
+
+    def gap(z):
+        u = np.exp(z)
+        return k * (u - 1) + 0.5 * u * np.sum(lam / (u * lam + s2) - y2 * lam / (u * lam + s2) ** 2)
+
+    lo, hi = -50.0, 60.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if gap(mid) < 0 else (lo, mid)
+    net = fj.FCN(C, 1.0, 1.0, s2, fj.Linear())
+    r = fj.renormalise(net, X, Y, X[:2], method="saddle")
+    assert bool(r.converged)
+    np.testing.assert_allclose(r.scale, np.exp(lo), rtol=1e-6)
+
+
 def test_vmap_over_widths(tiny):
     X, Y, X_test, Y_test = tiny
     net = fj.FCN(2.0, 1.0, 1.0, NOISE, fj.Linear())
