@@ -295,11 +295,19 @@ def free_energy(
     **Returns:** F, a scalar. At C = ∞ the KL terms are dropped (their minimisers, the GP
     limit, are then forced), so F is the NNGP regression's negative log marginal likelihood.
     """
-    L = network.depth
+    from ._solve import _validate  # a cycle at import time: _solve uses this module
+
+    network, X, Y = _validate(network, X, Y)
+    L, n, S = network.depth, X.shape[0], network.filter_size(X.shape[1])
     if len(kernels) != L - 1:
         raise ValueError(f"a depth-{L} network needs {L - 1} kernels K^(2..L), got {len(kernels)}")
     if mean is not None and not network.weight_mean:
         raise ValueError("mean is for a network with weight_mean=True")
+    _check_shapes(
+        [("sigma", sigma, (S, S))]
+        + [("mean", mean, (S,))] * (mean is not None)
+        + [(f"kernels[{i}]", K, (n, n)) for i, K in enumerate(kernels)]
+    )
     state = network.join_state(jnp.asarray(sigma), None if mean is None else jnp.asarray(mean))
     return _free_energy_at_kernels(_canonical(network), state, X, Y, tuple(kernels))
 
@@ -448,15 +456,31 @@ def eos_residual(
     (never singular); `solve` passes symmetric ones. Where Σ⁻¹ or Q^(l−1)⁻¹ + Δ_l is not
     positive definite the residual is NaN, which the solver's line search rejects.
     """
+    from ._solve import _validate  # a cycle at import time: _solve uses this module
+
+    network, X, Y = _validate(network, X, Y)
+    s, n = network.state_size(X.shape[1]), X.shape[0]
     if isinstance(precision, tuple | list):
         if len(precision) != network.depth:
             raise ValueError(
                 f"need {network.depth} unknowns (Σ⁻¹, Δ_2, …, Δ_L), got {len(precision)}"
             )
-        return _compiled_residuals(_canonical(network), precision[0], tuple(precision[1:]), X, Y)
+        _check_shapes(
+            [("precision[0]", precision[0], (s, s))]
+            + [(f"precision[{i}]", p, (n, n)) for i, p in enumerate(precision[1:], start=1)]
+        )
+        return _compiled_residuals(network, precision[0], tuple(precision[1:]), X, Y)
     if network.depth != 1:
         raise ValueError("a network of depth > 1 needs the tuple (Σ⁻¹, Δ_2, …, Δ_L)")
-    return _compiled_residuals(_canonical(network), precision, (), X, Y)[0]
+    _check_shapes([("precision", precision, (s, s))])
+    return _compiled_residuals(network, precision, (), X, Y)[0]
+
+
+def _check_shapes(named: list) -> None:
+    """A clear error for an array of the wrong shape (name, array, shape)."""
+    for name, value, shape in named:
+        if jnp.shape(value) != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {jnp.shape(value)}")
 
 
 _compiled_residuals = eqx.filter_jit(_shift_residuals)

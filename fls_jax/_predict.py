@@ -75,6 +75,9 @@ def _validate_test(X, Y, X_test, Y_test):
     X_test = jnp.asarray(X_test, X.dtype)
     if X_test.ndim != 2 or X_test.shape[1] != X.shape[1]:
         raise ValueError(f"X_test must have shape (n_test, {X.shape[1]}), got {X_test.shape}")
+    if X_test.shape[0] < 1:
+        # Means over no test points are NaN, which would pass as results.
+        raise ValueError("X_test must hold at least one test input")
     arrays = [("X_test", X_test)]
     if Y_test is not None:
         Y_test = jnp.asarray(Y_test, X.dtype)

@@ -395,6 +395,18 @@ def test_predict_X_test_dimension(patch_solution, shape):
     )
 
 
+def test_empty_test_sets_are_refused(patch_solution, patch_task):
+    """Errors averaged over no test points are NaN, which passed as results (predict,
+    renormalise)."""
+    empty = np.ones((0, 12))
+    raises_before_compiling(
+        ValueError, "at least one test input", fj.predict, patch_solution, empty
+    )
+    net = fj.FCN(4.0, 1.0, 1.0, 0.05, fj.Linear())
+    with pytest.raises(ValueError, match="at least one test input"):
+        fj.renormalise(net, patch_task.X, patch_task.Y, empty)
+
+
 @pytest.mark.parametrize("shape", [(49, 1), (49,), (50, 2), (1, 50, 1)])
 def test_predict_Y_test_shape(patch_solution, patch_task, shape):
     raises_before_compiling(
@@ -562,3 +574,25 @@ def test_learning_curve_bad_input():
     raises_before_compiling(ValueError, "inducing", lc, induced, X, Y, [2.0])
     raises_before_compiling(ValueError, "Y must have shape", lc, gp, X, Y[:3], [2.0])
     raises_before_compiling(ValueError, "noise", lc, fj.FCN(np.inf, 1.0, 1.0, 0.0), X, Y, [2.0])
+
+
+def test_free_energy_and_residual_check_their_inputs():
+    """The public F and EoS residual take Y as solve does (n or n×m) and name a wrong shape
+    (they failed inside JAX: "not enough values to unpack", an einsum shape error)."""
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((6, 4)), rng.standard_normal(6)
+    net = fj.FCN(8.0, 1.0, 1.0, 0.1, fj.Erf())
+    sigma = np.eye(4) / 4
+    assert float(fj.free_energy(net, sigma, X, y)) == float(
+        fj.free_energy(net, sigma, X, y[:, None])
+    )
+    np.testing.assert_array_equal(
+        fj.eos_residual(4 * np.eye(4), net, X, y),
+        fj.eos_residual(4 * np.eye(4), net, X, y[:, None]),
+    )
+    with pytest.raises(ValueError, match=r"sigma must have shape \(4, 4\)"):
+        fj.free_energy(net, np.eye(5), X, y)
+    with pytest.raises(ValueError, match=r"precision must have shape \(4, 4\)"):
+        fj.eos_residual(np.eye(5), net, X, y)
+    with pytest.raises(ValueError, match="Y must have shape"):
+        fj.free_energy(net, sigma, X, y[:5])
