@@ -17,6 +17,7 @@ from ._solve import (
     _MAX_STAGES,
     Solution,
     _chain,
+    _check_deep_float32,
     _check_max_stages,
     _concrete,
     _default_adjoint,
@@ -321,6 +322,7 @@ def sweep(
     network, X, Y = _validate(network, X, Y)
     X_test, Y_test = _validate_test(X, Y, X_test, Y_test)
     _check_max_stages(solve_kwargs.get("max_stages", _MAX_STAGES))
+    _check_deep_float32(network, X)
     widths = widths.astype(X.dtype)
     devices = list(jax.devices() if devices is None else devices)
     if not devices:

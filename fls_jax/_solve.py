@@ -251,6 +251,18 @@ def _check_int(name: str, value, minimum: int) -> int:
     return int(value)
 
 
+def _check_deep_float32(network: AbstractNetwork, X: Array) -> None:
+    """Refuse a float32 solve of a deep network: its function-space layers did not converge
+    in float32 where float64 did (depth-2 erf FCN, n = 48, C = 2 and 16, σ² at 2.5–6× the
+    float32 threshold: relative residuals 1e-2–4.8 after 5000+ iterations; docs/performance.md)."""
+    if network.depth > 1 and jnp.finfo(X.dtype).bits < 64:
+        raise ValueError(
+            "float32 is refused for networks of depth > 1: their deeper layers' EoS did not "
+            "converge in float32. Enable float64 with jax.config.update('jax_enable_x64', "
+            "True), or pass float64 data."
+        )
+
+
 def _check_max_stages(max_stages) -> None:
     if isinstance(max_stages, bool) or not isinstance(max_stages, int | np.integer):
         raise ValueError(f"max_stages must be a positive integer, got {max_stages!r}")
@@ -832,6 +844,7 @@ def solve(
     """
     network, X, Y = _validate(network, X, Y)
     _check_max_stages(max_stages)
+    _check_deep_float32(network, X)
     S = network.state_size(X.shape[1])
     chain = _chain(_resolve_solver(solver, X.dtype, network.depth, S), max_steps, S)
     if adjoint is None:

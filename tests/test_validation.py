@@ -504,6 +504,14 @@ def test_float32_refused_when_ill_conditioned(fcn_task):
     # float32 data with float64 hyper-parameters (JAX's float64 on): promoted, not refused.
     net64 = fj.FCN(width=4.0, sigma_w2=1.0, sigma_a2=1.0, noise=1e-4, activation=fj.Erf())
     assert _validate(net64, X, Y)[1].dtype == jnp.float64
+    # Deep networks: refused in float32 whatever the noise (their deeper layers did not
+    # converge in float32), by solve and by sweep.
+    deep = fj.FCN(4.0, 1.0, 1.0, 0.1, fj.Erf(), depth=2)
+    deep = jax.tree.map(lambda x: x.astype(jnp.float32) if eqx.is_array(x) else x, deep)
+    with pytest.raises(ValueError, match="float32 is refused for networks of depth > 1"):
+        fj.solve(deep, X, Y)
+    with pytest.raises(ValueError, match="float32 is refused for networks of depth > 1"):
+        fj.sweep(deep, X, Y, [4.0], X[:2])
 
 
 def test_renormalise_bad_input():
