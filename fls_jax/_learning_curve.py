@@ -153,7 +153,8 @@ def learning_curve(
         _check_one_output(Y, "learning_curve at finite width")
         if method != "self_consistent":
             raise ValueError("learning_curve at finite width has method='self_consistent' only")
-    elif getattr(network, "scaling", "standard") != "standard":
+    elif concrete and getattr(network, "scaling", "standard") != "standard":
+        # (A traced width is checked when the program runs: `_learning_curve`.)
         raise ValueError(
             "learning_curve needs standard readout scaling at width=inf: a mean-field "
             "network's GP limit is zero (its readout variance σ_a²/C² vanishes as C → ∞)"
@@ -205,6 +206,15 @@ def _learning_curve(network, X, Y, ns, target_noise, method: Method, branch: str
             renormalisable = False
         if renormalisable and sc:
             out = jax.lax.cond(jnp.isinf(network.width), gp, finite)
+            if network.scaling != "standard":  # a mean-field GP limit is zero
+                out = (
+                    eqx.error_if(
+                        out[0],
+                        jnp.isinf(network.width),
+                        "learning_curve needs standard readout scaling at width=inf",
+                    ),
+                    *out[1:],
+                )
         else:
             out = gp()
             out = (

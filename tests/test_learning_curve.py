@@ -241,3 +241,20 @@ def test_finite_width_gradients_match_finite_differences(linear_pool, width):
         np.testing.assert_allclose(g[i], fd, rtol=1e-5, err_msg=str(i))
     if np.isinf(width):
         assert g[3] == 0.0
+
+
+def test_mean_field_width_can_be_traced():
+    """A mean-field network's finite-width curve under jax.jit (a traced width) equals the
+    eager one (it was refused as if the width were infinite); at a traced width = inf it
+    raises when the program runs (the mean-field GP limit is zero)."""
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((40, 4))
+    Y = X[:, 0]
+
+    def curve(C):
+        net = fj.FCN(C, 1.0, 1.0, 0.1, fj.Linear(), scaling="mean_field")
+        return fj.learning_curve(net, X, Y, [4.0, 16.0]).test_error
+
+    np.testing.assert_allclose(jax.jit(curve)(4.0), curve(4.0), rtol=1e-12)
+    with pytest.raises(Exception, match="standard readout scaling"):
+        jax.block_until_ready(jax.jit(curve)(jnp.inf))
