@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
+from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array, ArrayLike, Float
 
 from ._free_energy import _gp_post_kernels, _inverse_width
@@ -293,7 +294,6 @@ def _curve(K, Y, ridge, target_noise, ns, eta, U, self_consistent: bool):
     return _spectral(K, Y, ridge, target_noise, ns, eta, U, self_consistent)[0]
 
 
-@_curve.defjvp
 def _curve_jvp(self_consistent, primals, tangents):
     """Tangents from traces tr(dK f(K)) = Σ_ρ (UᵀdK U)_ρρ f(η_ρ) and bilinear forms in the
     eigenbasis, which degenerate modes leave well defined. With A = nK + κI, a_ρ = nη_ρ + κ:
@@ -304,7 +304,17 @@ def _curve_jvp(self_consistent, primals, tangents):
     d(yᵀA⁻ᵖy) = p (A⁻ᵖy)ᵀdy − Σ_(q+r=p+1) (A⁻^q y)ᵀ(n dK + dκ)(A⁻^r y)   (p = 1, 2)
     """
     K, Y, ridge, target_noise, ns, eta, U = primals
-    dK, dY, dridge, dtarget = tangents[:4]
+    if not isinstance(tangents[4], SymbolicZero):
+        # Its tangent was silently dropped (a zero gradient in n); n's own derivatives
+        # (E_g's explicit n besides nK) are not written.
+        raise TypeError(
+            "learning_curve is not differentiable with respect to n (the training-set "
+            "sizes); differentiate with respect to the kernel's hyper-parameters, X or Y"
+        )
+    dK, dY, dridge, dtarget = (
+        jnp.zeros_like(p) if isinstance(t, SymbolicZero) else t
+        for p, t in zip(primals[:4], tangents[:4], strict=True)
+    )
     out, (U, yr, a, bias) = _spectral(K, Y, ridge, target_noise, ns, eta, U, self_consistent)
     _, kappa, gamma, _, _, eta, power = out
     M, m = Y.shape
@@ -345,6 +355,9 @@ def _curve_jvp(self_consistent, primals, tangents):
     dquad = dquad - dkappa * Q / M + dtarget / kappa - target_noise * dkappa / kappa**2
     zeros = (jnp.zeros_like(eta), jnp.zeros_like(power))
     return out, (derror, dkappa, dgamma, ddof, dquad, *zeros)
+
+
+_curve.defjvp(_curve_jvp, symbolic_zeros=True)
 
 
 def _kappa(eta, ridge, n, tol):

@@ -154,7 +154,6 @@ def _shifted_covariance_jvp(primals, tangents):
     return (K, logdet), (W.T @ dQ @ W - K @ dd @ K, jnp.sum(K * dd) - jnp.sum(B * dQ))
 
 
-@_cpu_sequential
 def clip_spectrum(lam: Array) -> Array:
     """A PSD kernel's eigenvalues from `eigh`, with those within its rounding of zero
     (below n·eps·λ_max, and negative ones) set to 0. Left at ~10⁻¹⁶ λ_max, a singular
@@ -165,6 +164,7 @@ def clip_spectrum(lam: Array) -> Array:
     return jnp.where(lam > tol, lam, 0.0)
 
 
+@_cpu_sequential
 def _eigh(A):
     w, V = jnp.linalg.eigh(A)
     return w, V

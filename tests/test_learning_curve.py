@@ -258,3 +258,17 @@ def test_mean_field_width_can_be_traced():
     np.testing.assert_allclose(jax.jit(curve)(4.0), curve(4.0), rtol=1e-12)
     with pytest.raises(Exception, match="standard readout scaling"):
         jax.block_until_ready(jax.jit(curve)(jnp.inf))
+
+
+def test_gradient_in_n_is_refused():
+    """E_g's derivative in the training-set size is not written: asking for it is an error,
+    not the zero it silently was."""
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((30, 3))
+    net = fj.FCN(jnp.inf, 1.0, 1.0, 0.1, fj.Erf())
+
+    def error(n):
+        return fj.learning_curve(net, X, X[:, 0], n).test_error[0]
+
+    with pytest.raises(TypeError, match="not differentiable with respect to n"):
+        jax.grad(error)(8.0)

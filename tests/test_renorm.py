@@ -518,9 +518,11 @@ def test_output_mixture_is_the_posterior_of_prior_draws(two_outputs, depth):
                 eqx.tree_at(lambda m: m.width, net, C), X, Y, X_test, Y_test, draws=8192
             )
         )(jnp.asarray([float(C), np.inf]))
+        # To 1e-8: the running log-sum-exp rescales its sums chunk by chunk, which rounds
+        # differently in the batched program (measured 5e-10; the Monte-Carlo error is 1e-3).
         for i, one in enumerate((r, exact)):
-            np.testing.assert_allclose(both.mean[i], one.mean, rtol=1e-10, atol=1e-12)
-            np.testing.assert_allclose(both.effective_draws[i], one.effective_draws, rtol=1e-10)
+            np.testing.assert_allclose(both.mean[i], one.mean, rtol=1e-8, atol=1e-12)
+            np.testing.assert_allclose(both.effective_draws[i], one.effective_draws, rtol=1e-8)
         few = fj.renormalise(net, X, Y, X_test, Y_test, draws=64)
         assert float(few.effective_draws) < 64 and not bool(few.converged)
         assert np.all(np.isfinite(np.asarray(few.mean)))
