@@ -447,8 +447,8 @@ def eos_residual(
     For a network with `weight_mean=True` the unknown is the inverse of the augmented second
     moment M = [[Σ + μμᵀ, μ], [μᵀ, 1]] of (w, 1), i.e. [[Σ⁻¹, −Σ⁻¹μ], [−μᵀΣ⁻¹, 1 + μᵀΣ⁻¹μ]]
     ((S+1)×(S+1)), and R = [[Σ₀⁻¹, 0], [0, ·]] − M⁻¹ + (2/C) ∂D/∂M: its Σ block is the
-    EoS above and its last column is (1/C)(Σ₀⁻¹μ + ∂D/∂μ)-equivalent, zero where
-    μ = −(1/C) Σ₀ ∂D/∂μ, i.e. ∂F/∂μ = 0; its corner is 1 − 1/M[S, S], which pins the
+    EoS above, and given it its last column vanishes exactly where μ = −(1/C) Σ₀ ∂D/∂μ,
+    i.e. ∂F/∂μ = 0 (`docs/equations.md`); its corner is 1 − 1/M[S, S], which pins the
     normalisation M[S, S] = 1.
 
     Covariances are built from the symmetric part of each unknown while the linear term
