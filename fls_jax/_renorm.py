@@ -53,12 +53,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
+from jax.custom_derivatives import SymbolicZero
 from jax.scipy.special import gammaln, logsumexp, polygamma
 from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray
 
 from ._activation import Linear
 from ._free_energy import _gp_post_kernels
-from ._linalg import _eigh, cholesky_inverse, clip_spectrum
+from ._linalg import (
+    _eigh,
+    cholesky_inverse,
+    first_order_term,
+    kernel_spectrum,
+    resolvent_diagonal,
+    resolvent_logdet,
+    resolvent_moments,
+    resolvent_solve,
+)
 from ._network import FCN, AbstractNetwork, PatchCNN
 from ._predict import _validate_test
 from ._solve import _concrete, _validate
@@ -181,7 +191,11 @@ def renormalise(
     draws and random key, used by a matrix scale's ``"mixture"`` only.
 
     **Returns:** a [`fls_jax.Renormalised`][]. Under `jax.vmap` over the network's width it
-    compiles once.
+    compiles once. Differentiable once (forward or reverse) in the network's parameters, X,
+    Y and the test points, singular kernels included (K's eigenvectors are held fixed and
+    its first-order changes added in their basis, `_linalg.first_order_term`), except
+    through a matrix scale's ``"mixture"``, which raises `NotImplementedError`; a second
+    derivative in the kernel raises too (`docs/renormalisation.md`, "Derivatives").
     """
     if method not in ("mixture", "saddle"):
         raise ValueError(f"method must be 'mixture' or 'saddle', got {method!r}")
@@ -202,11 +216,37 @@ def renormalise(
     elif m > 1:
         _check_matrix_renormalisation(network, m, f"the {m}×{m} scale of {m} outputs")
     X_test, Y_test = _validate_test(X, Y, X_test, Y_test)
+    if method == "mixture" and (patches or m > 1):
+        network, X, Y, X_test, Y_test = jax.tree.map(
+            _not_differentiated, (network, X, Y, X_test, Y_test), is_leaf=eqx.is_inexact_array
+        )
     if patches:
         return _renormalise_patches(network, X, Y, X_test, Y_test, method, int(draws), key)
     if m > 1:
         return _renormalise_outputs(network, X, Y, X_test, Y_test, method, int(draws), key)
     return _renormalise(network, X, Y, X_test, Y_test, method)
+
+
+def _not_differentiated(x):
+    return _refuse_derivative(x) if eqx.is_inexact_array(x) else x
+
+
+@jax.custom_jvp
+def _refuse_derivative(x: Array) -> Array:
+    return x
+
+
+def _refuse_derivative_jvp(primals, tangents):
+    if not isinstance(tangents[0], SymbolicZero):
+        raise NotImplementedError(
+            "renormalise: derivatives through a matrix scale's importance sampler "
+            '(method="mixture" for m > 1 outputs or a PatchCNN) are not implemented; '
+            'differentiate method="saddle", or the scalar scale\'s mixture (one output)'
+        )
+    return primals[0], jnp.zeros_like(primals[0])
+
+
+_refuse_derivative.defjvp(_refuse_derivative_jvp, symbolic_zeros=True)
 
 
 def _check_patch_renormalisation(network: PatchCNN) -> None:
@@ -286,29 +326,40 @@ def _log_gamma_factor(v: Array, k: Array) -> Array:
 def _renormalise(network, X, Y, X_test, Y_test, method: Method) -> Renormalised:
     n = X.shape[0]
     full = _gp_post_kernels(network, jnp.concatenate([X, X_test]))[-1]
-    lam, V = jnp.linalg.eigh(full[:n, :n])
-    lam = clip_spectrum(lam)
-    y = V.T @ Y[:, 0]
-    KsV = full[n:, :n] @ V
-    kss = jnp.diagonal(full)[n:]
+    K, Ks, kss = full[:n, :n], full[n:, :n], jnp.diagonal(full)[n:]
+    y = Y[:, 0]
     noise = network.noise
+    # The GP at each scale u through K's resolvents R = (uK + σ²I)⁻¹ (`resolvent_*`: one
+    # eigendecomposition, derivatives that do not pass through its eigenvectors).
+    spectrum = kernel_spectrum(K)
     k = _half_shapes(network)
     gp = jnp.isinf(k[0])  # all layers are infinite together (finite width ratios)
 
-    def log_likelihood(z):
-        den = jnp.exp(z) * lam + noise
-        return -0.5 * (jnp.sum(y**2 / den) + jnp.sum(jnp.log(den)) + n * math.log(2 * math.pi))
+    def solve(z):  # Vᵀ R y at u = e^z (G,), (G, n)
+        return resolvent_solve(K, y, jnp.exp(z), noise, *spectrum)
 
-    # g(z) = u ∂_u of −log N(Y; 0, uK + σ²): dS/dz of the likelihood part.
-    pull = jax.grad(lambda z: -log_likelihood(z))
+    def log_likelihood(z, solved):  # at u = e^z (G,), given Vᵀ R y there
+        quad = solved @ (spectrum[1].T @ y)
+        logdet = resolvent_logdet(K, jnp.exp(z), noise, *spectrum)
+        return -0.5 * (quad + logdet + n * math.log(2 * math.pi))
+
+    # g(z) = u ∂_u of −log N(Y; 0, uK + σ²): dS/dz of the likelihood part, and its
+    # derivative in z, from u ∂_u Rᵖ = −p Rᵖ(I − σ²R) (uKR = I − σ²R).
+    def pull_and_curvature(z):
+        m1, m2, m3, t1, t2 = resolvent_moments(K, y, jnp.exp(z), noise, *spectrum).T
+        pull = 0.5 * (n - m1 + noise * m2 - noise * t1)
+        curvature = 0.5 * (m1 - noise * m2 - 2 * noise * (m2 - noise * m3))
+        return pull, curvature + 0.5 * noise * (t1 - noise * t2)
+
+    def pull(z):
+        return pull_and_curvature(z[None])[0][0]
 
     sol = _solve_log_scale(pull, k, X.dtype)
     z_star = jnp.where(gp, 0.0, sol.value)
-    g_star = pull(z_star)
+    g_star, curvature = (t[0] for t in pull_and_curvature(z_star[None]))
     v_star = jnp.log1p(-g_star / k)
     # The Hessian of S in v is diag(k e^v) + g'(z) 11ᵀ: the Laplace variance of z = Σ v_l is
     # s / (1 + g' s) with s = Σ 1/(k e^v) (Sherman–Morrison); a minimum needs 1 + g' s > 0.
-    curvature = jax.grad(pull)(z_star)
     s = jnp.sum(jnp.where(gp, 0.0, 1 / (k * jnp.exp(v_star))))
     stiffness = 1 + curvature * s
     ok = (sol.result == optx.RESULTS.successful) & (stiffness > 0) & jnp.all(v_star > -jnp.inf)
@@ -317,33 +368,36 @@ def _renormalise(network, X, Y, X_test, Y_test, method: Method) -> Renormalised:
 
     if method == "saddle":
         z = z_star[None]
+        solved = solve(z)
         w = jnp.ones(1, X.dtype)
         log_prior = jnp.sum(jnp.where(gp, 0.0, _log_gamma_factor(v_star, k)))
         laplace = 0.5 * (network.depth * math.log(2 * math.pi) - jnp.log(stiffness))
         laplace = laplace - 0.5 * jnp.sum(jnp.log(k) + v_star)
-        log_evidence = log_likelihood(z_star) + jnp.where(gp, 0.0, log_prior + laplace)
+        log_evidence = log_likelihood(z, solved)[0] + jnp.where(gp, 0.0, log_prior + laplace)
     else:
         # Towards u → 0 the prior of z decays only like e^{k_min z}: the grid reaches far
-        # enough left for that tail to fall by more than the edge test asks.
+        # enough left for that tail to fall by more than the edge test asks. The nodes are
+        # held fixed under differentiation (the trapezoid sum's value does not depend on
+        # them, to its accuracy).
         right = _HALF_WIDTH * jnp.sqrt(var_z)
         left = jnp.maximum(right, (_EDGE_DROP + 7) / jnp.min(k))
-        z = z_star + jnp.linspace(-left, right, _GRID)
-        log_prior = _log_prior(z, k, v_star)
-        lw = log_prior + jax.vmap(log_likelihood)(z)
+        z = jax.lax.stop_gradient(z_star + jnp.linspace(-left, right, _GRID))
+        log_prior = _log_prior(z, k, jax.lax.stop_gradient(v_star))
+        solved = solve(z)  # at C = ∞ every node is z = 0
+        lw = log_prior + log_likelihood(z, solved)
         h = z[1] - z[0]
-        log_evidence = jnp.where(gp, log_likelihood(0.0), logsumexp(lw) + jnp.log(h))
+        log_evidence = jnp.where(gp, lw[0] - log_prior[0], logsumexp(lw) + jnp.log(h))
         w = jnp.where(gp, 1.0 / _GRID, jnp.exp(lw - logsumexp(lw)))
         peak = jnp.max(lw)
         ok = ok & (gp | (jnp.maximum(lw[0], lw[-1]) < peak - _EDGE_DROP))
 
     u = jnp.exp(z)
-    den = u[:, None] * lam + noise  # (grid, n)
-    gain = u[:, None] / den  # the GP mean's filter per eigen-direction, per u
-    mean = KsV @ ((w @ gain) * y)
-    residual = V @ (noise * (w @ (1 / den)) * y)
-    means_u = (gain * y) @ KsV.T  # (grid, n*)
+    means_u = u[:, None] * (solved @ (Ks @ spectrum[1]).T)  # the GP mean per u, (grid, n*)
+    mean = w @ means_u
+    residual = noise * (w @ solved)  # in the eigenbasis: its norm is the residual's
     spread = w @ (means_u - mean[None]) ** 2
-    variance = (w @ u) * kss - (w @ (u[:, None] * gain)) @ (KsV**2).T + spread
+    reduction = resolvent_diagonal(K, Ks, w * u**2, u, noise, *spectrum)
+    variance = (w @ u) * kss - reduction + spread
     if Y_test is None:
         test_error = jnp.asarray(jnp.inf, X.dtype)
     else:
@@ -534,8 +588,9 @@ def _renormalise_outputs(
     U* or integrated over U's posterior (`_matrix_mixture`)."""
     n, m = Y.shape
     full = _gp_post_kernels(network, jnp.concatenate([X, X_test]))[-1]
-    lam, V = jnp.linalg.eigh(full[:n, :n])
-    lam = clip_spectrum(lam)
+    K = full[:n, :n]
+    # K's eigenbasis, held fixed: `first_order_term` carries K's derivatives (`_linalg`).
+    lam, V = kernel_spectrum(K)
     y = V.T @ Y  # (n, m): row i is the targets' component along eigenvector i
     KsV = full[n:, :n] @ V
     kss = jnp.diagonal(full)[n:]
@@ -549,21 +604,39 @@ def _renormalise_outputs(
         half = jax.scipy.linalg.solve_triangular(cho, b, lower=True)
         return jax.scipy.linalg.solve_triangular(cho, half, lower=True, trans="T")
 
-    def nll_of(cho, alpha):
-        logdet = 2 * jnp.sum(jnp.log(jnp.diagonal(cho, axis1=1, axis2=2)))
-        return 0.5 * (jnp.sum(y * alpha) + logdet + n * m * math.log(2 * math.pi))
+    # First-order changes in K, with δK = V A Vᵀ: δM = U ⊗ A couples the eigen-directions.
+    # (The forms close over no traced array: `first_order_term` holds them as static.)
+    def nll_form(A, alpha, U, cho):  # −½ Σ_ij α_iᵀUα_j A_ij + ½ Σ_i tr(M_i⁻¹U) A_ii
+        traces = jnp.trace(solve(cho, jnp.broadcast_to(U, (n, m, m))), axis1=1, axis2=2)
+        return -0.5 * jnp.sum(A * ((alpha @ U) @ alpha.T)) + 0.5 * jnp.diagonal(A) @ traces
 
-    def neg_log_likelihood(U):
-        cho = blocks(U)
-        return nll_of(cho, solve(cho, y[..., None])[..., 0])
+    def alpha_form(A, alpha, U, cho):  # δα_i = −M_i⁻¹ U Σ_j A_ij α_j
+        return -solve(cho, ((A @ alpha) @ U)[..., None])[..., 0]
 
-    def evaluate(U):  # the likelihood and the predictions at U, from one factorisation
+    def covariance_form(A, B, U, cho):  # Σ_ij B_xi B_xj A_ij U M_i⁻¹ U M_j⁻¹ U
+        P = solve(cho, jnp.broadcast_to(jnp.eye(m, dtype=B.dtype), (n, m, m)))  # M_i⁻¹
+        BP = jnp.einsum("xi,iab->xiab", B, P)
+        inner = jnp.einsum("xiab,bc,ij,xjcd->xad", BP, U, A, BP)
+        return U @ inner @ U
+
+    def likelihood(U):  # the factors, M⁻¹y in the eigenbasis and −log N(Y; 0, U ⊗ K + σ²I)
         cho = blocks(U)
         alpha = solve(cho, y[..., None])[..., 0]  # (n, m)
+        logdet = 2 * jnp.sum(jnp.log(jnp.diagonal(cho, axis1=1, axis2=2)))
+        nll = 0.5 * (jnp.sum(y * alpha) + logdet + n * m * math.log(2 * math.pi))
+        return cho, alpha, nll + first_order_term(nll_form, K, V, alpha, U, cho)
+
+    def neg_log_likelihood(U):
+        return likelihood(U)[2]
+
+    def evaluate(U):  # the likelihood and the predictions at U, from one factorisation
+        cho, alpha, nll = likelihood(U)
+        alpha = alpha + first_order_term(alpha_form, K, V, alpha, U, cho)
         # Cov(f(x*)) = U k(x*, x*) − Σ_i (K*V)_{x* i}² U M_i⁻¹ U, per test input (m×m).
         shrink = U @ solve(cho, jnp.broadcast_to(U, (n, m, m)))
         covariance = kss[:, None, None] * U - jnp.einsum("xi,iab->xab", KsV**2, shrink)
-        return nll_of(cho, alpha), _AtScale(KsV @ (alpha @ U), noise * (V @ alpha), covariance)
+        covariance = covariance + first_order_term(covariance_form, K, V, KsV, U, cho)
+        return nll, _AtScale(KsV @ (alpha @ U), noise * (V @ alpha), covariance)
 
     saddle = _matrix_saddle(neg_log_likelihood, m, network, X.dtype)
     per_draw = (n + len(X_test)) * (m * m + m) + len(X_test) * n
