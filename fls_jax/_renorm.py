@@ -71,7 +71,7 @@ from ._linalg import (
 )
 from ._network import FCN, AbstractNetwork, PatchCNN
 from ._predict import _validate_test
-from ._solve import _concrete, _validate
+from ._solve import _check_key, _concrete, _validate
 
 
 Method = Literal["mixture", "saddle"]
@@ -202,6 +202,7 @@ def renormalise(
     if isinstance(draws, bool) or not isinstance(draws, int | np.integer) or draws < 2:
         raise ValueError(f"draws must be an integer ≥ 2, got {draws!r}")
     key = jax.random.key(0) if key is None else key
+    _check_key(key)
     patches = isinstance(network, PatchCNN)
     if patches:
         _check_patch_renormalisation(network)

@@ -244,6 +244,14 @@ def _validate(network: _N, X, Y) -> tuple[_N, Array, Array]:
     return _canonical(network), X.astype(dtype), Y.astype(dtype)
 
 
+def _check_key(key) -> None:
+    """A single JAX PRNG key (typed, or the legacy uint32 pair), or a clear error."""
+    typed = isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    single = key.shape == () if typed else getattr(key, "shape", None) == (2,)
+    if not (isinstance(key, jax.Array) and single):
+        raise ValueError(f"key must be a single JAX PRNG key, e.g. jax.random.key(0), got {key!r}")
+
+
 def _check_int(name: str, value, minimum: int) -> int:
     """`value` as an int, or a ValueError unless it is an integer (not a bool) ≥ `minimum`."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:

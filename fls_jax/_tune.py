@@ -194,13 +194,25 @@ def tune(
             raise ValueError(f"cannot tune {k!r}: choose from {TUNABLE}")
     if len(set(names)) != len(names):
         raise ValueError(f"params has duplicates: {names}")
-    for k, (lo, hi) in bounds.items():
+    for k, pair in bounds.items():
         if k not in names:
             raise ValueError(f"bounds given for {k!r}, which is not tuned")
+        if not (
+            isinstance(pair, tuple | list)
+            and len(pair) == 2
+            and all(isinstance(b, int | float | np.integer | np.floating) for b in pair)
+        ):
+            raise ValueError(f"bounds for {k!r} must be a pair of numbers (lo, hi), got {pair!r}")
+        lo, hi = pair
         if not 0 < lo < hi < np.inf:
             raise ValueError(f"bounds for {k!r} must satisfy 0 < lo < hi < inf, got {(lo, hi)}")
-    if steps < 1:
-        raise ValueError(f"steps must be ≥ 1, got {steps}")
+    if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1:
+        raise ValueError(f"steps must be an integer ≥ 1, got {steps!r}")
+    if optimizer is not None and not isinstance(optimizer, optax.GradientTransformation):
+        raise TypeError(
+            "optimizer must be an optax GradientTransformation (e.g. optax.adam(0.05)), "
+            f"got {optimizer!r}"
+        )
     network, X, Y = _validate(network, X, Y)
     if objective == "validation_error":
         if X_val is None or Y_val is None:

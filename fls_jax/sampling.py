@@ -48,7 +48,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 from ._free_energy import _gp_post_kernels
 from ._network import AbstractNetwork
 from ._predict import _validate_test
-from ._solve import _check_int, _validate
+from ._solve import _check_int, _check_key, _validate
 
 
 Method = Literal["mala", "hmc", "langevin"]
@@ -715,10 +715,7 @@ def sample(
     num_samples = _check_int("num_samples", num_samples, 4)
     burn_in = _check_int("burn_in", burn_in, 0)
     thin = _check_int("thin", thin, 1)
-    typed = isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
-    single = key.shape == () if typed else getattr(key, "shape", None) == (2,)
-    if not (isinstance(key, jax.Array) and single):
-        raise ValueError("key must be a single JAX PRNG key, e.g. jax.random.key(0)")
+    _check_key(key)
     if method == "langevin" and step_size is None:
         raise ValueError("method='langevin' needs an explicit step_size (its bias is O(step_size))")
     for name, val in (("step_size", step_size), ("target_acceptance", target_acceptance)):

@@ -240,10 +240,14 @@ def test_tune_validation_error_respects_bounds_and_improves(patch_task):
         (dict(params=("noise",), bounds={"noise": (0.1, 1.0)}), "outside its bounds"),
         (dict(params=("noise",), objective="validation_error"), "X_val and Y_val"),
         (dict(params=("noise",), objective="nope"), "objective must be"),
+        (dict(params=("noise",), bounds={"noise": 0.1}), "pair of numbers"),
+        (dict(params=("noise",), bounds={"noise": (0.1, 1.0, 2.0)}), "pair of numbers"),
+        (dict(params=("noise",), steps=2.0), "integer"),
+        (dict(params=("noise",), optimizer="adam"), "GradientTransformation"),
     ],
 )
 def test_tune_bad_input(kwargs, match, patch_task):
     t = patch_task
     kwargs = {"objective": "free_energy", "steps": 1, "progress": False} | kwargs
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError if "optimizer" not in kwargs else TypeError, match=match):
         fj.tune(_net("patchcnn", "linear", 4.0), t.X, t.Y, **kwargs)

@@ -521,6 +521,7 @@ def test_renormalise_bad_input():
     cnn = fj.PatchCNN(2.0, 1.0, 1.0, 0.25, fj.Linear(), patch_size=1)
     raises_before_compiling(ValueError, "draws", fj.renormalise, cnn, X, Y, X_test, draws=1)
     raises_before_compiling(ValueError, "draws", fj.renormalise, lin, X, Y, X_test, draws=2.5)
+    raises_before_compiling(ValueError, "PRNG key", fj.renormalise, lin, X, Y, X_test, key=0)
     narrow_cnn = fj.PatchCNN(1.0, 1.0, 1.0, 0.25, fj.Linear(), patch_size=1)
     raises_before_compiling(
         ValueError, "Wishart", fj.renormalise, narrow_cnn, X, Y, X_test, method="saddle"
