@@ -357,7 +357,13 @@ class Quadrature(AbstractActivation):
 
     def kernel(self, a, b, c):
         a, b, c = jnp.broadcast_arrays(jnp.asarray(a), jnp.asarray(b), jnp.asarray(c))
-        return _pair(self.fn, self.fn, self.order, a, b, c)
+        zero = jnp.zeros_like(a)
+        return _pair(self.fn, self.fn, self.order, True, a, b, c, zero, zero)
+
+    def kernel_with_mean(self, a, b, c, ma, mb):
+        """E[φ(h)φ(h')] with means, by the same quadrature about them (`_pair`)."""
+        a, b, c, ma, mb = jnp.broadcast_arrays(*(jnp.asarray(x, float) for x in (a, b, c, ma, mb)))
+        return _pair(self.fn, self.fn, self.order, False, a, b, c, ma, mb)
 
 
 def _derivative(f: Callable[[Array], Array]) -> Callable[[Array], Array]:
@@ -369,13 +375,13 @@ def _times_h(f: Callable[[Array], Array]) -> Callable[[Array], Array]:
     return lambda h: h * f(h)
 
 
-def _quadrature(f, g, order: int, a, b, c):
-    """E[f(h) g(h')] for (h, h') ~ N(0, [[a, c], [c, b]]) by tensor-product Gauss–Hermite
-    quadrature: h = √a z₁, h' = √b (ρ z₁ + √(1−ρ²) z₂), ρ = c/√(ab)."""
+def _quadrature(f, g, order: int, a, b, c, ma, mb):
+    """E[f(ma + x) g(mb + y)] for (x, y) ~ N(0, [[a, c], [c, b]]) by tensor-product
+    Gauss–Hermite quadrature: x = √a z₁, y = √b (ρ z₁ + √(1−ρ²) z₂), ρ = c/√(ab)."""
     z, w = np.polynomial.hermite_e.hermegauss(order)
     w = w / w.sum()  # probabilists' weights, normalised to a N(0, 1) expectation
     sa, sb = _safe_sqrt(a), _safe_sqrt(b)
-    # A zero variance makes h ≡ 0 and ρ irrelevant: avoid 0/0. A NaN one stays NaN.
+    # A zero variance makes x ≡ 0 and ρ irrelevant: avoid 0/0. A NaN one stays NaN.
     zero = sa * sb == 0
     rho = jnp.where(zero, 0.0, jnp.clip(c / jnp.where(zero, 1.0, sa * sb), -1.0, 1.0))
     perp = _safe_sqrt(1 - rho**2)
@@ -384,37 +390,49 @@ def _quadrature(f, g, order: int, a, b, c):
     # A scan over the z₁ nodes keeps memory at one broadcast of the z₂ nodes per entry.
     def body(acc, node):
         z1, w1 = node
-        inner = g(sb[..., None] * (rho[..., None] * z1 + perp[..., None] * zs))
-        return acc + w1 * f(sa * z1) * (inner @ ws), None
+        inner = g(mb[..., None] + sb[..., None] * (rho[..., None] * z1 + perp[..., None] * zs))
+        return acc + w1 * f(ma + sa * z1) * (inner @ ws), None
 
     out, _ = jax.lax.scan(body, jnp.zeros_like(rho), (zs, ws))
     return out
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
-def _pair(f, g, order: int, a, b, c):
-    """E[f(h) g(h')] for (h, h') ~ N(0, [[a, c], [c, b]]) (`_quadrature`), differentiated by
-    Gaussian identities rather than through the quadrature's ρ and √(1−ρ²), whose derivatives
-    are wrong at ρ = 1 (every diagonal entry of a train kernel): Price's theorem
-    ∂_c E[f g] = E[f'(h) g'(h')], and the heat equation ∂_a E[f g] = ½ E[f''(h) g(h')] with
-    Stein's lemma E[h f'(h) g(h')] = a E[f'' g] + c E[f' g'] to avoid f'':
-    ∂_a E[f g] = (E[h f'(h) g(h')] − c E[f' g']) / 2a, and likewise in b. Each term is again
-    a `_pair`, so higher derivatives follow the same rules. A zero variance (an all-zero
-    input, where ∂a/∂Σ = 0) gets a zero partial (SPEC §2)."""
-    return _quadrature(f, g, order, a, b, c)
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2, 3))
+def _pair(f, g, order: int, centred: bool, a, b, c, ma, mb):
+    """E[f(h) g(h')] for (h, h') ~ N((ma, mb), [[a, c], [c, b]]) (`_quadrature`),
+    differentiated by Gaussian identities rather than through the quadrature's ρ and
+    √(1−ρ²), whose derivatives are wrong at ρ = 1 (every diagonal entry of a train kernel):
+    ∂_ma E[f g] = E[f'(h) g(h')], Price's theorem ∂_c E[f g] = E[f'(h) g'(h')], and the heat
+    equation ∂_a E[f g] = ½ E[f''(h) g(h')] with Stein's lemma E[(h − ma) f'(h) g(h')]
+    = a E[f'' g] + c E[f' g'] to avoid f'': ∂_a E[f g] = (E[h f'(h) g(h')] − ma E[f' g]
+    − c E[f' g']) / 2a, and likewise in b and mb. Each term is again a `_pair`, so higher
+    derivatives follow the same rules. `centred` (static): the means are zero and not
+    differentiated (a kernel without a mean), and their terms are skipped. A zero variance
+    (an all-zero input, where ∂a/∂Σ = 0) gets a zero partial (SPEC §2)."""
+    return _quadrature(f, g, order, a, b, c, ma, mb)
 
 
 @_pair.defjvp
-def _pair_jvp(f, g, order, primals, tangents):
-    a, b, c = primals
-    da, db, dc = tangents
+def _pair_jvp(f, g, order, centred, primals, tangents):
+    a, b, c, ma, mb = primals
+    da, db, dc, dma, dmb = tangents
     df, dg = _derivative(f), _derivative(g)
-    both = _pair(df, dg, order, a, b, c)
+
+    def pair(f, g):
+        return _pair(f, g, order, centred, a, b, c, ma, mb)
+
+    both = pair(df, dg)
+    stein_a, stein_b = pair(_times_h(df), g), pair(f, _times_h(dg))
+    left = right = None
+    if not centred:
+        left, right = pair(df, g), pair(f, dg)  # the mean partials
+        stein_a, stein_b = stein_a - ma * left, stein_b - mb * right
 
     def partial(var, term):
         zero = var == 0
         return jnp.where(zero, 0.0, (term - c * both) / (2 * jnp.where(zero, 1.0, var)))
 
-    d_a = partial(a, _pair(_times_h(df), g, order, a, b, c))
-    d_b = partial(b, _pair(f, _times_h(dg), order, a, b, c))
-    return _pair(f, g, order, a, b, c), d_a * da + d_b * db + both * dc
+    tangent = partial(a, stein_a) * da + partial(b, stein_b) * db + both * dc
+    if left is not None and right is not None:
+        tangent = tangent + left * dma + right * dmb
+    return pair(f, g), tangent

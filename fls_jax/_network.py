@@ -97,7 +97,7 @@ class AbstractNetwork(eqx.Module):
       filters a posterior mean μ as well as the covariance Σ: w ~ N(μ, Σ), SPEC §3's
       "additional slow variable" of a non-odd φ (ReLU), whose zero-mean EoS miss a
       correction of the same order in 1/C (`docs/fidelity.md`). One hidden layer, no
-      `inducing`, and an activation with a kernel for a mean (`Linear`, `ReLU`); the
+      `inducing`, and an activation with a kernel for a mean (`Linear`, `ReLU`, `Quadrature`); the
       solution's mean is `Solution.weight_mean`.
     """
 
@@ -128,7 +128,7 @@ class AbstractNetwork(eqx.Module):
             if not all(isinstance(a, AbstractActivation) and a.supports_mean for a in acts):
                 raise ValueError(
                     "weight_mean=True needs an activation with a kernel for a mean "
-                    "(fls_jax.ReLU or fls_jax.Linear)"
+                    "(fls_jax.ReLU, fls_jax.Linear or fls_jax.Quadrature)"
                 )
         if self.inducing is not None:
             if self.depth != 1:
