@@ -30,6 +30,7 @@ from ._linalg import (
     _unpack,
     spd_inverse_logdet,
 )
+from ._memory import guard_memory_maps
 from ._network import _N, AbstractNetwork, _canonical, _hyper_parameters
 from ._rootfind import _AbstractResidualRootFinder, _fro, _where
 
@@ -198,6 +199,7 @@ def _validate(network: _N, X, Y) -> tuple[_N, Array, Array]:
     of the common float dtype."""
     if not isinstance(network, AbstractNetwork):
         raise TypeError(f"network must be an fls_jax network (FCN, PatchCNN), got {type(network)}")
+    guard_memory_maps(network, X, Y)
     X = jnp.asarray(X)
     Y = jnp.asarray(Y)
     if X.ndim != 2:

@@ -15,6 +15,7 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 
 import tempfile
+import warnings
 
 import jax
 
@@ -36,6 +37,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import fls_jax as fj  # noqa: E402
+from fls_jax import _memory  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -55,22 +57,6 @@ def rng():
     return np.random.default_rng(1234)
 
 
-def _memory_map_limit() -> int | None:
-    try:
-        with open("/proc/sys/vm/max_map_count") as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return None  # not Linux: no such limit to guard
-
-
-def _memory_maps() -> int:
-    with open("/proc/self/maps", "rb") as f:
-        return sum(1 for _ in f)
-
-
-_MAP_LIMIT = _memory_map_limit()
-
-
 @pytest.fixture(autouse=True)
 def _bounded_compiled_programs():
     """Drop JAX's compiled programs when this process nears Linux's memory-map limit.
@@ -80,7 +66,9 @@ def _bounded_compiled_programs():
     (65530 by default) the next mapping fails and the worker dies with a segmentation fault;
     CI saw that on its last test at 5b08f9f, with the maps growing by ~2500 a minute per worker.
     Clearing the caches past half the limit frees those maps, at the price of recompiling the
-    programs the tests share, once or twice per worker."""
+    programs the tests share, once or twice per worker (`fls_jax._memory`, which the entry
+    points also call every 16 calls)."""
     yield
-    if _MAP_LIMIT is not None and _memory_maps() > _MAP_LIMIT // 2:
-        jax.clear_caches()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # expected here, once or twice
+        _memory.guard_memory_maps(every=1)

@@ -605,3 +605,29 @@ def test_free_energy_and_residual_check_their_inputs():
         fj.eos_residual(np.eye(5), net, X, y)
     with pytest.raises(ValueError, match="Y must have shape"):
         fj.free_energy(net, sigma, X, y[:5])
+
+
+def test_memory_map_guard(monkeypatch):
+    """`fls_jax._memory`: past half of Linux's map limit, an entry point clears JAX's caches
+    (with a warning) on every 16th call, never while JAX traces; the count is the process's
+    /proc/self/maps."""
+    from fls_jax import _memory
+
+    if _memory._LIMIT is None:
+        pytest.skip("no vm.max_map_count (not Linux)")
+    with open("/proc/self/maps") as f:
+        assert _memory.memory_maps() == len(f.readlines())
+    cleared = []
+    monkeypatch.setattr(jax, "clear_caches", lambda: cleared.append(1))
+    monkeypatch.setattr(_memory, "_LIMIT", 2 * _memory.memory_maps() + 10**6)
+    assert not any(_memory.guard_memory_maps(every=1) for _ in range(3))  # under half
+    monkeypatch.setattr(_memory, "_LIMIT", 2)  # every process is over half of 2
+    monkeypatch.setattr(_memory, "_calls", 0)
+    X = jnp.ones((3, 2))
+    net = fj.FCN(2.0, 1.0, 1.0, 0.1, fj.Linear())
+    with pytest.warns(RuntimeWarning, match="memory mappings"):
+        for _ in range(16):
+            fj.free_energy(net, jnp.eye(2), X, X[:, :1])  # an entry point (`_validate`)
+    assert len(cleared) == 1
+    jax.jit(lambda x: _memory.guard_memory_maps(x, every=1) and x)(X)  # traced: no clearing
+    assert len(cleared) == 1
