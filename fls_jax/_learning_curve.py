@@ -39,6 +39,7 @@ degenerate, e.g. the many zero eigenvalues of a linear kernel with M > d.
 """
 
 import functools
+import warnings
 from typing import Literal
 
 import equinox as eqx
@@ -165,6 +166,14 @@ def learning_curve(
         if values.ndim > 1 or not np.all(np.isfinite(values)) or np.any(values <= 0):
             raise ValueError(
                 f"n must be positive, finite training-set sizes (a scalar or 1-d), got {n}"
+            )
+        if np.any(values > X.shape[0]):
+            warnings.warn(
+                f"n = {n} exceeds the pool's M = {X.shape[0]} points: the curve is the formula's "
+                "on the pool's empirical measure, which stands for the data only for n below "
+                "about M/4 (docs/learning_curves.md)",
+                UserWarning,
+                stacklevel=2,
             )
     if _concrete(target_noise):
         value = np.asarray(target_noise, dtype=float)

@@ -86,8 +86,9 @@ def test_limits(pool):
     """n → 0: nothing learned, E_g = the target's mean square (and κ = σ² + Σ η); n → ∞ at
     σ_ε² = 0: the two methods agree, E_g → 0."""
     X, Y = pool
-    lc = fj.learning_curve(_net(), X, Y, [1e-9, 1e7])
-    ek = fj.learning_curve(_net(), X, Y, [1e-9, 1e7], method="equivalent_kernel")
+    with pytest.warns(UserWarning, match="exceeds the pool"):  # the formula's limit
+        lc = fj.learning_curve(_net(), X, Y, [1e-9, 1e7])
+        ek = fj.learning_curve(_net(), X, Y, [1e-9, 1e7], method="equivalent_kernel")
     np.testing.assert_allclose(lc.test_error[0], np.mean(Y**2), rtol=1e-6)
     np.testing.assert_allclose(lc.kappa[0], NOISE + np.sum(lc.eigenvalues), rtol=1e-6)
     np.testing.assert_allclose(ek.test_error[0], np.mean(Y**2), rtol=1e-6)

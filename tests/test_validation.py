@@ -577,6 +577,8 @@ def test_learning_curve_bad_input():
     raises_before_compiling(ValueError, "standard readout scaling", lc, mf, X, Y, [2.0])
     raises_before_compiling(ValueError, "positive", lc, gp, X, Y, [0.0, 2.0])
     raises_before_compiling(ValueError, "positive", lc, gp, X, Y, [[2.0]])
+    with pytest.warns(UserWarning, match="exceeds the pool's M = 5"):
+        lc(gp, X, Y, [2.0, 6.0])
     raises_before_compiling(ValueError, "target_noise", lc, gp, X, Y, [2.0], target_noise=-1.0)
     raises_before_compiling(ValueError, "method", lc, gp, X, Y, [2.0], method="replica")
     induced = fj.FCN(np.inf, 1.0, 1.0, 0.1, inducing=X[:2])
