@@ -82,8 +82,8 @@ class AbstractNetwork(eqx.Module):
     - `activation`: an [`fls_jax.AbstractActivation`][], or a tuple of one per hidden layer.
     - `scaling`: ``"standard"`` or ``"mean_field"`` readout scaling (SPEC §1). Mean-field's
       output kernel σ_a²/C_L · Φ vanishes as C → ∞ at fixed σ_a² and σ²: at `width` = inf
-      every solver and `renormalise` return its limit, the prior's zero predictor (scale σ²
-      with C, or σ_a² with C, to keep a non-trivial limit).
+      every solver and `renormalise` return its limit, the prior's zero predictor (σ² as 1/C,
+      or σ_a² as C, keeps a non-trivial limit).
     - `depth`: L, the number of hidden layers (static, keyword-only; default 1).
     - `width_ratios`: (r_1, …, r_L), static, keyword-only; default all 1 (C_l = C).
     - `inducing`: optional r×d inducing inputs U (keyword-only; one hidden layer only). Given,
