@@ -227,7 +227,10 @@ _first_order_in.defjvp(_first_order_in_jvp, symbolic_zeros=True)
 
 def _zeros_of(form, K, V, args):
     shape = jax.eval_shape(form, K, *args)
-    return jax.tree.map(lambda t: jnp.zeros(t.shape, t.dtype), shape)
+    # Zeros with a data dependence on args, so that under vmap they are batched with them, as
+    # the term's tangent is (unbatched zeros met a batched tangent inside a vmapped scan).
+    zero = sum(jnp.where(False, jnp.sum(a), 0.0) for a in jax.tree.leaves(args))
+    return jax.tree.map(lambda t: jnp.zeros(t.shape, t.dtype) + zero, shape)
 
 
 @jax.custom_jvp

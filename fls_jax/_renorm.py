@@ -193,10 +193,10 @@ def renormalise(
     **Returns:** a [`fls_jax.Renormalised`][]. Under `jax.vmap` over the network's width it
     compiles once. Differentiable once (forward or reverse) in the network's parameters, X,
     Y and the test points, singular kernels included (K's eigenvectors are held fixed and
-    its first-order changes added in their basis, `_linalg.first_order_term`), except
-    through a matrix scale's ``"mixture"``, which raises `NotImplementedError`; a second
-    derivative in the kernel raises too (`docs/renormalisation.md`, "Derivatives").
-    """
+    its first-order changes added in their basis, `_linalg.first_order_term`); an m×m
+    ``"mixture"`` is differentiated at fixed draws (its proposal held fixed), a PatchCNN's
+    raises `NotImplementedError`, and so does a second derivative in the kernel
+    (`docs/renormalisation.md`, "Derivatives")."""
     if method not in ("mixture", "saddle"):
         raise ValueError(f"method must be 'mixture' or 'saddle', got {method!r}")
     if isinstance(draws, bool) or not isinstance(draws, int | np.integer) or draws < 2:
@@ -217,7 +217,7 @@ def renormalise(
     elif m > 1:
         _check_matrix_renormalisation(network, m, f"the {m}×{m} scale of {m} outputs")
     X_test, Y_test = _validate_test(X, Y, X_test, Y_test)
-    if method == "mixture" and (patches or m > 1):
+    if method == "mixture" and patches:
         network, X, Y, X_test, Y_test = jax.tree.map(
             _not_differentiated, (network, X, Y, X_test, Y_test), is_leaf=eqx.is_inexact_array
         )
@@ -240,9 +240,8 @@ def _refuse_derivative(x: Array) -> Array:
 def _refuse_derivative_jvp(primals, tangents):
     if not isinstance(tangents[0], SymbolicZero):
         raise NotImplementedError(
-            "renormalise: derivatives through a matrix scale's importance sampler "
-            '(method="mixture" for m > 1 outputs or a PatchCNN) are not implemented; '
-            'differentiate method="saddle", or the scalar scale\'s mixture (one output)'
+            "renormalise: derivatives through a PatchCNN's importance sampler "
+            '(method="mixture") are not implemented; differentiate method="saddle"'
         )
     return primals[0], jnp.zeros_like(primals[0])
 
@@ -734,7 +733,7 @@ def _matrix_mixture(saddle: _MatrixSaddle, nll, evaluate, draws: int, batch: int
     dim = layers * p
     dtype = saddle.hessian.dtype
     df = _PROPOSAL_DF
-    lam, vecs = _eigh(saddle.hessian)
+    lam, vecs = _eigh(jax.lax.stop_gradient(saddle.hessian))
     lam = jnp.abs(lam)
     lam = jnp.maximum(lam, 1e-6 * jnp.max(lam) + jnp.finfo(dtype).tiny)
     key_normal, key_chi2 = jax.random.split(key)
@@ -760,7 +759,7 @@ def _matrix_mixture(saddle: _MatrixSaddle, nll, evaluate, draws: int, batch: int
             mu, Q = _eigh(Z)
             inside = inside & jnp.all(jnp.abs(mu) < 30)
             mu = jnp.clip(mu, -30.0, 30.0)
-            root = saddle.roots[layer]
+            root = jax.lax.stop_gradient(saddle.roots[layer])
             Vl = root @ (Q * jnp.exp(mu)) @ Q.T @ root
             factors.append(cholesky_inverse(0.5 * (Vl + Vl.T))[0])
             log_measure = log_measure - (m + 1) / 2 * jnp.sum(mu) + _log_exp_jacobian(mu)
