@@ -51,7 +51,7 @@ from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array, ArrayLike, Float
 
 from ._free_energy import _gp_post_kernels, _inverse_width
-from ._linalg import clip_spectrum
+from ._linalg import kernel_spectrum
 from ._network import AbstractNetwork
 from ._renorm import (
     _check_one_output,
@@ -192,7 +192,9 @@ def _learning_curve(network, X, Y, ns, target_noise, method: Method, branch: str
     K = 0.5 * (K + K.T)
     noise = network.noise
     sc = method == "self_consistent"
-    eta, U = _eigen(K)  # one eigendecomposition for every branch and evaluation
+    # One eigendecomposition for every branch and evaluation; nothing is differentiated
+    # through it: `_curve_jvp` carries K's derivatives.
+    eta, U = kernel_spectrum(K)
 
     def gp():
         error, kappa, gamma, _, _, _, power = _curve(K, Y, noise, target_noise, ns, eta, U, sc)
@@ -250,13 +252,6 @@ def _learning_curve(network, X, Y, ns, target_noise, method: Method, branch: str
     )
 
 
-def _eigen(K):
-    """η (`clip_spectrum`) and the eigenvectors of K. Nothing is differentiated through them:
-    `_curve_jvp` carries K's derivatives."""
-    eta, U = jnp.linalg.eigh(jax.lax.stop_gradient(K))
-    return clip_spectrum(eta), U
-
-
 def _power(U, Y):
     """a_ρ² = (u_ρ · y)²/M, averaged over outputs."""
     return jnp.mean((U.T @ Y) ** 2, axis=1) / Y.shape[0]
@@ -298,7 +293,7 @@ def _error(eta, power, n, kappa, target_noise, self_consistent: bool):
 @functools.partial(jax.custom_jvp, nondiff_argnums=(7,))
 def _curve(K, Y, ridge, target_noise, ns, eta, U, self_consistent: bool):
     """(E_g, κ, γ, tr K(K+λ)⁻¹, yᵀ(K+λ)⁻¹y/n) per n, and the spectrum (η, a²), given K's
-    eigendecomposition (η, U) from `_eigen`. Differentiable in K, Y, the ridge λ and σ_ε²;
+    eigendecomposition (η, U) from `kernel_spectrum`. Differentiable in K, Y, the ridge λ and σ_ε²;
     the spectrum's outputs are not (their tangents are zero)."""
     return _spectral(K, Y, ridge, target_noise, ns, eta, U, self_consistent)[0]
 

@@ -204,25 +204,35 @@ def kernel_spectrum(K: Float[Array, "n n"]) -> tuple[Float[Array, " n"], Float[A
     return clip_spectrum(lam), V
 
 
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def refuse_derivative(message: str, watched: Array, value: Array) -> Array:
+    """`value`, unchanged, with a zero derivative; differentiating `watched` here raises
+    `NotImplementedError(message)`. A guard for what is not differentiable: `value` should
+    be something the protected computation uses, so that a linearised program does not prune
+    the guard."""
+    return value
+
+
+def _refuse_derivative_jvp(message, primals, tangents):
+    (_, value), (d_watched, _) = primals, tangents
+    if not isinstance(d_watched, SymbolicZero):
+        raise NotImplementedError(message)
+    return value, jnp.zeros_like(value)
+
+
+refuse_derivative.defjvp(_refuse_derivative_jvp, symbolic_zeros=True)
+
+_SECOND_DERIVATIVE = (
+    "second derivatives in a kernel computed in its eigenbasis (renormalise) are not "
+    "implemented: differentiate once with respect to the kernel's hyper-parameters"
+)
+
+
 def _first_order_in(K: Array, V: Array) -> Array:
     """V, through a guard: a second derivative in K would differentiate a first-order term's
     rule, where V is held fixed, and raises here. (The guard is on V, which the rule's
     tangent uses, so that it is not pruned from a linearised program.)"""
-    return V
-
-
-def _first_order_in_jvp(primals, tangents):
-    (_, V), (dK, _) = primals, tangents
-    if not isinstance(dK, SymbolicZero):
-        raise NotImplementedError(
-            "second derivatives in a kernel computed in its eigenbasis (renormalise) are not "
-            "implemented: differentiate once with respect to the kernel's hyper-parameters"
-        )
-    return V, jnp.zeros_like(V)
-
-
-_first_order_in = jax.custom_jvp(_first_order_in)
-_first_order_in.defjvp(_first_order_in_jvp, symbolic_zeros=True)
+    return refuse_derivative(_SECOND_DERIVATIVE, K, V)
 
 
 def _zeros_of(form, K, V, args):
@@ -295,12 +305,13 @@ def _denominators(lam, u, s):
 def resolvent_solve(K, y, u, s, lam, V) -> Float[Array, "G n"]:
     """Vᵀ R_g y, R_g = (u_g K + sI)⁻¹, for each scale u_g (u: (G,), y: (n,), s > 0): the
     solutions in the eigenbasis of K's `kernel_spectrum` (λ, V)."""
-    x = V.T @ y / _denominators(lam, u, s)
+    den = _denominators(lam, u, s)
+    x = V.T @ y / den
 
     def form(A, x, u, den):  # δ(Vᵀ R y) = −u VᵀR δK R y
         return -u[:, None] * (x @ A.T) / den
 
-    return x + first_order_term(form, K, V, x, u, _denominators(lam, u, s))
+    return x + first_order_term(form, K, V, x, u, den)
 
 
 def resolvent_logdet(K, u, s, lam, V) -> Float[Array, " G"]:

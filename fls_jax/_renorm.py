@@ -53,7 +53,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
-from jax.custom_derivatives import SymbolicZero
 from jax.scipy.special import gammaln, logsumexp, polygamma
 from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray
 
@@ -64,6 +63,7 @@ from ._linalg import (
     cholesky_inverse,
     first_order_term,
     kernel_spectrum,
+    refuse_derivative,
     resolvent_diagonal,
     resolvent_logdet,
     resolvent_moments,
@@ -229,24 +229,11 @@ def renormalise(
 
 
 def _not_differentiated(x):
-    return _refuse_derivative(x) if eqx.is_inexact_array(x) else x
-
-
-@jax.custom_jvp
-def _refuse_derivative(x: Array) -> Array:
-    return x
-
-
-def _refuse_derivative_jvp(primals, tangents):
-    if not isinstance(tangents[0], SymbolicZero):
-        raise NotImplementedError(
-            "renormalise: derivatives through a PatchCNN's importance sampler "
-            '(method="mixture") are not implemented; differentiate method="saddle"'
-        )
-    return primals[0], jnp.zeros_like(primals[0])
-
-
-_refuse_derivative.defjvp(_refuse_derivative_jvp, symbolic_zeros=True)
+    message = (
+        "renormalise: derivatives through a PatchCNN's importance sampler "
+        '(method="mixture") are not implemented; differentiate method="saddle"'
+    )
+    return refuse_derivative(message, x, x) if eqx.is_inexact_array(x) else x
 
 
 def _check_patch_renormalisation(network: PatchCNN) -> None:
