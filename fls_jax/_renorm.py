@@ -63,7 +63,6 @@ from ._linalg import (
     cholesky_inverse,
     first_order_term,
     kernel_spectrum,
-    refuse_derivative,
     resolvent_diagonal,
     resolvent_logdet,
     resolvent_moments,
@@ -193,10 +192,10 @@ def renormalise(
     **Returns:** a [`fls_jax.Renormalised`][]. Under `jax.vmap` over the network's width it
     compiles once. Differentiable once (forward or reverse) in the network's parameters, X,
     Y and the test points, singular kernels included (K's eigenvectors are held fixed and
-    its first-order changes added in their basis, `_linalg.first_order_term`); an m×m
-    ``"mixture"`` is differentiated at fixed draws (its proposal held fixed), a PatchCNN's
-    raises `NotImplementedError`, and so does a second derivative in the kernel
-    (`docs/renormalisation.md`, "Derivatives")."""
+    its first-order changes added in their basis, `_linalg.first_order_term`); a matrix
+    scale's ``"mixture"`` (m outputs, or a PatchCNN's patches) is differentiated at fixed
+    draws (its proposal held fixed), and a second derivative in the kernel raises
+    `NotImplementedError` (`docs/renormalisation.md`, "Derivatives")."""
     if method not in ("mixture", "saddle"):
         raise ValueError(f"method must be 'mixture' or 'saddle', got {method!r}")
     if isinstance(draws, bool) or not isinstance(draws, int | np.integer) or draws < 2:
@@ -217,23 +216,11 @@ def renormalise(
     elif m > 1:
         _check_matrix_renormalisation(network, m, f"the {m}×{m} scale of {m} outputs")
     X_test, Y_test = _validate_test(X, Y, X_test, Y_test)
-    if method == "mixture" and patches:
-        network, X, Y, X_test, Y_test = jax.tree.map(
-            _not_differentiated, (network, X, Y, X_test, Y_test), is_leaf=eqx.is_inexact_array
-        )
     if patches:
         return _renormalise_patches(network, X, Y, X_test, Y_test, method, int(draws), key)
     if m > 1:
         return _renormalise_outputs(network, X, Y, X_test, Y_test, method, int(draws), key)
     return _renormalise(network, X, Y, X_test, Y_test, method)
-
-
-def _not_differentiated(x):
-    message = (
-        "renormalise: derivatives through a PatchCNN's importance sampler "
-        '(method="mixture") are not implemented; differentiate method="saddle"'
-    )
-    return refuse_derivative(message, x, x) if eqx.is_inexact_array(x) else x
 
 
 def _check_patch_renormalisation(network: PatchCNN) -> None:
@@ -246,10 +233,9 @@ def _check_patch_renormalisation(network: PatchCNN) -> None:
 def _check_matrix_renormalisation(network: AbstractNetwork, q: int, what: str):
     """What a q×q matrix renormalisation supports (before compiling)."""
     if _concrete(network.width):
-        narrowest = min(
-            float(network.width * network.width_ratio(layer))
-            for layer in range(1, network.depth + 1)
-        )
+        # In NumPy: under `jax.jit` a product of jax arrays is traced even when they are not.
+        width = float(np.asarray(network.width))
+        narrowest = min(width * network.width_ratio(layer) for layer in range(1, network.depth + 1))
         if not narrowest > q - 1:
             raise ValueError(
                 f"every hidden layer's width must be > {q - 1} for the Wishart prior of "
