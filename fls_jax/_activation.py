@@ -338,7 +338,9 @@ class Quadrature(AbstractActivation):
     - `fn`: the activation, a JAX-traceable elementwise function.
     - `order`: number of Gauss–Hermite nodes per dimension (the kernel costs ``order²``
       evaluations of φ per entry). The rule is exact for polynomials of degree
-      < 2·order; smooth φ converge exponentially fast, kinks (ReLU) only algebraically.
+      < 2·order; smooth φ converge exponentially fast, kinks (ReLU) only algebraically,
+      and saturating φ slowly at large variance a: erf at order 40 is off by 2·10⁻⁴ at
+      a = 3 and 2·10⁻² at a = 10 (`docs/equations.md`). Check at twice the order there.
     - `odd`: whether φ is odd (the zero-mean Gaussian EoS are then exact in form).
 
     Derivatives of Φ in (a, b, c) are Gaussian expectations of φ' (Price's theorem and

@@ -19,7 +19,8 @@ from typing import NamedTuple
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float
 
 from ._linalg import cholesky_inverse, shifted_covariance, spd_inverse_logdet
 from ._network import AbstractNetwork, _canonical
@@ -108,21 +109,55 @@ def _evidence_grad_jvp(primals, tangents):
     return -0.5 * T @ T.T + 0.5 * m * Kinv, 0.5 * (dG + dG.T)
 
 
-@jax.custom_jvp
-def gp_negative_log_evidence(K: Float[Array, "n n"], Y: Float[Array, "n m"]) -> Float[Array, ""]:
+def gp_negative_log_evidence(
+    K: Float[ArrayLike, "n n"], Y: Float[ArrayLike, "n m"] | Float[ArrayLike, " n"]
+) -> Float[Array, ""]:
     """D(K, Y) = ½ tr(Yᵀ K⁻¹ Y) + (m/2) log det K + (nm/2) log 2π (SPEC §3's data term).
 
-    The negative log marginal likelihood of Y under N(0, K) per column, for a symmetric
-    positive-definite K. Its derivative is ⟨G, dK⟩ + ⟨K⁻¹Y, dY⟩ with G from the hand-written
-    `_evidence_grad`, so first and second derivatives cost one factorisation and a few
-    matrix products.
+    The negative log marginal likelihood of Y (n×m, or n for one output) under N(0, K) per
+    column, for a symmetric positive-definite K (n×n): a K that is not, or data with NaN,
+    raise a `ValueError` where they are concrete. Its derivative is ⟨G, dK⟩ + ⟨K⁻¹Y, dY⟩
+    with G from the hand-written `_evidence_grad`, so first and second derivatives cost one
+    factorisation and a few matrix products.
     """
+    K, Y = jnp.asarray(K), jnp.asarray(Y)
+    Y = Y[:, None] if Y.ndim == 1 else Y
+    if K.ndim != 2 or K.shape[0] != K.shape[1]:
+        raise ValueError(f"K must be a square matrix (n, n), got shape {K.shape}")
+    if Y.ndim != 2 or Y.shape[0] != K.shape[0]:
+        raise ValueError(f"Y must have shape (n,) or (n, m) with n = {K.shape[0]}, got {Y.shape}")
+    _check_positive_definite("K", K)
+    return _gp_nle(K, Y)
+
+
+def _check_positive_definite(name: str, A) -> None:
+    """A clear error for a concrete matrix that is not finite, symmetric positive definite
+    (its Cholesky factorisation fails), where F and D would be NaN."""
+    from ._solve import _concrete  # a cycle at import time: _solve uses this module
+
+    if not _concrete(A):
+        return
+    a = np.asarray(A, dtype=float)
+    tol = 1e-10 * np.abs(a).max(initial=0.0)
+    ok = bool(np.all(np.isfinite(a))) and np.allclose(a, a.T, rtol=0.0, atol=tol)
+    if ok:
+        try:
+            np.linalg.cholesky(a)
+        except np.linalg.LinAlgError:
+            ok = False
+    if not ok:
+        raise ValueError(f"{name} must be a finite, symmetric positive-definite matrix")
+
+
+@jax.custom_jvp
+def _gp_nle(K: Array, Y: Array) -> Array:
+    """`gp_negative_log_evidence` for K (n×n) and Y (n×m) as they are, unchecked."""
     n, m = Y.shape
     _, logdet, T = _evidence(K, Y)
     return 0.5 * jnp.sum(Y * T) + 0.5 * m * logdet + 0.5 * n * m * jnp.log(2 * jnp.pi)
 
 
-@gp_negative_log_evidence.defjvp
+@_gp_nle.defjvp
 def _gp_nle_jvp(primals, tangents):
     (K, Y), (dK, dY) = primals, tangents
     n, m = Y.shape
@@ -242,7 +277,7 @@ def data_term(
         Z, _, B_inv, logdet_B, noise = low_rank
         return _low_rank_negative_log_evidence(Z, B_inv, logdet_B, noise, Y)
     Kf = network.output_kernel(sigma, X) + network.noise * jnp.eye(n, dtype=Y.dtype)
-    return gp_negative_log_evidence(Kf, Y)
+    return _gp_nle(Kf, Y)
 
 
 def _layer_map(network: AbstractNetwork, layer: int, X: Float[Array, "n d"]):
@@ -308,6 +343,9 @@ def free_energy(
         + [("mean", mean, (S,))] * (mean is not None)
         + [(f"kernels[{i}]", K, (n, n)) for i, K in enumerate(kernels)]
     )
+    _check_positive_definite("sigma", sigma)
+    for i, K in enumerate(kernels):
+        _check_positive_definite(f"kernels[{i}]", K)
     state = network.join_state(jnp.asarray(sigma), None if mean is None else jnp.asarray(mean))
     return _free_energy_at_kernels(_canonical(network), state, X, Y, tuple(kernels))
 
@@ -343,7 +381,7 @@ def _free_energy(network: AbstractNetwork, sigma: Array, shifts: tuple[Array, ..
             layer_kl = _shifted_kl(logdets[layer - 2], _sym(shifts[layer - 2]), covs[layer - 1])
             kl = kl + network.width_ratio(layer) * layer_kl
         eye = jnp.eye(Y.shape[0], dtype=Y.dtype)
-        data = gp_negative_log_evidence(posts[-1] + network.noise * eye, Y)
+        data = _gp_nle(posts[-1] + network.noise * eye, Y)
     finite = jnp.isfinite(network.width)
     width = jnp.where(finite, network.width, 0.0)
     return data + jnp.where(finite, width * kl, 0.0)

@@ -60,7 +60,7 @@ from ._renorm import (
     _solve_log_scale,
     _stationarity_gap,
 )
-from ._solve import _concrete, _validate
+from ._solve import _concrete, _valid_hyper_parameters, _validate
 
 
 Method = Literal["self_consistent", "equivalent_kernel"]
@@ -190,6 +190,16 @@ def _learning_curve(network, X, Y, ns, target_noise, method: Method, branch: str
     M = X.shape[0]
     K = _gp_post_kernels(network, X)[-1] / M  # the integral operator on the pool's measure
     K = 0.5 * (K + K.T)
+    # What `learning_curve` could not check on traced values is checked when the program
+    # runs, before anything uses them (everything below depends on K).
+    valid = _valid_hyper_parameters(network) & jnp.all((ns > 0) & jnp.isfinite(ns))
+    valid = valid & (target_noise >= 0) & jnp.isfinite(target_noise)
+    K = eqx.error_if(
+        K,
+        ~valid,
+        "learning_curve: invalid traced input (width must be > 0 or inf; σ², σ_w², σ_a² > 0 "
+        "and finite; n > 0 and finite; target_noise ≥ 0 and finite)",
+    )
     noise = network.noise
     sc = method == "self_consistent"
     # One eigendecomposition for every branch and evaluation; nothing is differentiated

@@ -448,10 +448,16 @@ class RelativeGMRES(lx.AbstractLinearSolver):
 
     def compute(self, state, vector, options):
         scale = optx.two_norm(vector)
-        scale = jnp.where(scale > 0, scale, 1.0)
-        unit = jax.tree.map(lambda v: v / scale, vector)
+        # A right side with NaN or inf (an adjoint whose cotangent is NaN, e.g. through a
+        # solve whose outputs overflowed) is solved as zero: lineax turns a NaN solution
+        # into an error, which under vmap aborts every element of the batch for this one.
+        # That element's derivative is NaN all the same, through its other terms (measured:
+        # `tests/test_gradients.py`).
+        finite = jnp.isfinite(scale)
+        scale = jnp.where(finite & (scale > 0), scale, 1.0)
+        unit = jax.tree.map(lambda v: jnp.where(finite, v / scale, 0.0), vector)
         x, result, stats = self._gmres().compute(state, unit, options)
-        return jax.tree.map(lambda v: v * scale, x), result, stats
+        return jax.tree.map(lambda v: jnp.where(finite, v * scale, 0.0), x), result, stats
 
     def transpose(self, state, options):
         return self._gmres().transpose(state, options)

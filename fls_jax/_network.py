@@ -406,6 +406,8 @@ class PatchCNN(AbstractNetwork):
         return self.patch_size
 
     def check_input_dim(self, d):
+        if d < 1:
+            raise ValueError("inputs must have at least one feature")
         if d % self.patch_size != 0:
             raise ValueError(
                 f"patch_size {self.patch_size} does not divide the input dimension {d}: "

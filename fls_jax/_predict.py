@@ -18,6 +18,7 @@ from ._solve import (
     Solution,
     _chain,
     _check_deep_float32,
+    _check_float32,
     _check_max_stages,
     _concrete,
     _default_adjoint,
@@ -73,6 +74,9 @@ class Prediction(eqx.Module):
 
 def _validate_test(X, Y, X_test, Y_test):
     """Shape and finiteness checks of test data, before anything is traced."""
+    for name, arr in (("X_test", X_test), ("Y_test", Y_test)):
+        if arr is not None and jnp.iscomplexobj(arr):
+            raise TypeError(f"{name} must be real, got dtype {jnp.asarray(arr).dtype}")
     X_test = jnp.asarray(X_test, X.dtype)
     if X_test.ndim != 2 or X_test.shape[1] != X.shape[1]:
         raise ValueError(f"X_test must have shape (n_test, {X.shape[1]}), got {X_test.shape}")
@@ -323,6 +327,9 @@ def sweep(
     X_test, Y_test = _validate_test(X, Y, X_test, Y_test)
     _check_max_stages(solve_kwargs.get("max_stages", _MAX_STAGES))
     _check_deep_float32(network, X)
+    if w is not None and jnp.finfo(X.dtype).bits < 64:  # each width's own kernel (mean-field)
+        for width in np.unique(w):
+            _check_float32(_with_width(network, width), X)
     widths = widths.astype(X.dtype)
     devices = list(jax.devices() if devices is None else devices)
     if not devices:

@@ -70,7 +70,7 @@ from ._linalg import (
 )
 from ._network import FCN, AbstractNetwork, PatchCNN
 from ._predict import _validate_test
-from ._solve import _check_key, _concrete, _validate
+from ._solve import _check_key, _concrete, _valid_hyper_parameters, _validate
 
 
 Method = Literal["mixture", "saddle"]
@@ -217,10 +217,13 @@ def renormalise(
         _check_matrix_renormalisation(network, m, f"the {m}×{m} scale of {m} outputs")
     X_test, Y_test = _validate_test(X, Y, X_test, Y_test)
     if patches:
-        return _renormalise_patches(network, X, Y, X_test, Y_test, method, int(draws), key)
-    if m > 1:
-        return _renormalise_outputs(network, X, Y, X_test, Y_test, method, int(draws), key)
-    return _renormalise(network, X, Y, X_test, Y_test, method)
+        out = _renormalise_patches(network, X, Y, X_test, Y_test, method, int(draws), key)
+    elif m > 1:
+        out = _renormalise_outputs(network, X, Y, X_test, Y_test, method, int(draws), key)
+    else:
+        out = _renormalise(network, X, Y, X_test, Y_test, method)
+    # Hyper-parameters traced under jax.jit or jax.vmap were not checked above.
+    return eqx.tree_at(lambda r: r.converged, out, out.converged & _valid_hyper_parameters(network))
 
 
 def _check_patch_renormalisation(network: PatchCNN) -> None:

@@ -15,6 +15,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int
 from ._anderson import AbstractPreconditioner, Anderson
 from ._descent import FreeEnergyBFGS
 from ._free_energy import (
+    _check_positive_definite,
     _free_energy,
     _inverse_width,
     _layers,
@@ -210,6 +211,9 @@ def _validate(network: _N, X, Y) -> tuple[_N, Array, Array]:
         raise ValueError(f"Y must have shape (n,) or (n, m) with n = {X.shape[0]}, got {Y.shape}")
     if X.shape[0] < 1 or Y.shape[1] < 1:
         raise ValueError("need at least one training point and one output")
+    for name, arr in (("X", X), ("Y", Y)):
+        if jnp.iscomplexobj(arr):
+            raise TypeError(f"{name} must be real, got dtype {arr.dtype}")
     network.check_input_dim(X.shape[1])
     U = network.inducing
     if U is not None and U.shape[1] != X.shape[1]:
@@ -287,10 +291,17 @@ _FLOAT32_MIN_NOISE_RATIO = 5e-3
 
 
 def _check_float32(network: AbstractNetwork, X: Array) -> None:
-    """Refuse float32 where K_f = Q_f + σ²I is too ill-conditioned for its Cholesky."""
-    leaves = (network.noise, network.sigma_w2, network.sigma_a2, network.width, X)
+    """Refuse float32 where K_f = Q_f + σ²I is too ill-conditioned for its Cholesky. Under
+    standard scaling the GP kernel does not depend on the width, which may then be traced
+    (`jax.vmap` over widths); under mean-field scaling it must be known (`sweep` checks
+    each of its widths)."""
+    leaves = (network.noise, network.sigma_w2, network.sigma_a2, X)
     if not all(_concrete(v) for v in leaves):
         return
+    if not _concrete(network.width):
+        if getattr(network, "scaling", "standard") != "standard":
+            return
+        network = eqx.tree_at(lambda net: net.width, network, 1.0)  # a stand-in
     Xd = jnp.asarray(X, jnp.float32)
     q = network.first_layer_kernel_diag(
         network.state_prior_covariance(X.shape[1]).astype(Xd.dtype), Xd
@@ -780,7 +791,7 @@ def _continuation(fn, chain: Chain, u0, lam0, network, X, Y, max_stages: int):
         stages=jnp.array(0),
         failures=jnp.array(0),
         done=u_target <= u0,
-        failed=jnp.array(False),
+        failed=~_valid_hyper_parameters(network),  # no stage at all for invalid ones
     )
     return jax.lax.while_loop(cond, body, init)
 
@@ -872,10 +883,14 @@ def _validate_precision0(network: AbstractNetwork, X: Array, precision0) -> tupl
         raise ValueError(f"precision0 must be a tuple of {L} unknowns (Σ⁻¹, Δ_2, …, Δ_L)")
     shapes = [(S, S)] + [(n, n)] * (L - 1)
     out = []
-    for p, shape in zip(precision0, shapes, strict=True):
+    for i, (p, shape) in enumerate(zip(precision0, shapes, strict=True)):
         p = jnp.asarray(p, X.dtype)
         if p.shape != shape:
             raise ValueError(f"precision0 must have shapes {shapes}, got {p.shape}")
+        if i == 0:  # Σ⁻¹ (or the augmented state's inverse) must be a precision matrix
+            _check_positive_definite("precision0[0]", p)
+        elif _concrete(p) and not np.all(np.isfinite(np.asarray(p))):
+            raise ValueError(f"precision0[{i}] contains NaN or inf")
         out.append(p)
     return tuple(out)
 
@@ -897,6 +912,18 @@ def _state_free_energy(state, args):
     return _inverse_width(net) * _free_energy(net, sigma, shifts, X, Y)
 
 
+def _valid_hyper_parameters(network: AbstractNetwork) -> Array:
+    """`_validate`'s rules on the hyper-parameters, as a traced flag: under `jax.jit` or
+    `jax.vmap` they are not known when `_validate` runs, and an invalid one (a negative or
+    NaN width: 1/C < 0 read as "already at the target") must fail the solve, not pass as
+    the GP limit."""
+    width = network.width
+    ok = (width > 0) & ~jnp.isnan(width)
+    for value in (network.noise, network.sigma_w2, network.sigma_a2):
+        ok = ok & jnp.all((value > 0) & jnp.isfinite(value))
+    return ok
+
+
 @eqx.filter_jit
 def _solve(network, X, Y, chain: Chain, max_stages, precision0, adjoint) -> Solution:
     if precision0 is None:
@@ -915,6 +942,7 @@ def _solve_from(
     the solution and the unknowns reached (a warm start for the next)."""
     S = network.state_size(X.shape[1])
     args = (network, X, Y)
+    valid = _valid_hyper_parameters(network)
     if u0 is None:
         # No continuation: no shorter step to try, so every solver of the chain may run.
         start, ok, steps, _ = _attempt(
@@ -931,6 +959,7 @@ def _solve_from(
         u0 = jnp.asarray(u0, X.dtype)
         cont = _continuation(_state_residual, chain, u0, state0, *args, max_stages)
         start, ok, steps, stages = cont.lam, cont.done, cont.steps, cont.stages
+    ok = ok & valid
     # The root find that carries the implicit adjoint, at the root reached (no iterations).
     sol = optx.root_find(
         _state_residual,

@@ -159,18 +159,24 @@ def test_gradient_through_failed_solve_is_finite_and_flagged(fcn_task):
 
 
 def test_vmapped_gradient_over_widths_equals_loop(patch_task):
+    """Each element of a vmapped gradient equals its own. One element with a NaN cotangent
+    (weight NaN) gets a NaN gradient and leaves the others alone: its adjoint's right side
+    is NaN, and lineax's error for it aborted the whole batch."""
     t = patch_task
     net = _net("patchcnn", "linear", 1.0)
 
-    def loss(noise, width):
+    def loss(noise, width, weight):
         n = eqx.tree_at(lambda m: [m.noise, m.width], net, [noise, width])
-        return fj.predict(fj.solve(n, t.X, t.Y), t.X_test, t.Y_test).test_error
+        return weight * fj.predict(fj.solve(n, t.X, t.Y), t.X_test, t.Y_test).test_error
 
     grad = jax.jit(jax.grad(loss))
-    widths = jnp.asarray([3.0, 10.0, 40.0])
-    batched = jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0)))(jnp.asarray(0.02), widths)
-    for k, C in enumerate(widths):
-        np.testing.assert_allclose(batched[k], grad(jnp.asarray(0.02), C), rtol=1e-9)
+    widths, weights = jnp.asarray([3.0, 10.0, 40.0]), jnp.asarray([1.0, 1.0, jnp.nan])
+    batched = jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0, 0)))(
+        jnp.asarray(0.02), widths, weights
+    )
+    for k, C in enumerate(widths[:2]):
+        np.testing.assert_allclose(batched[k], grad(jnp.asarray(0.02), C, 1.0), rtol=1e-9)
+    assert bool(jnp.isnan(batched[2]))
 
 
 # ------------------------------------------------------------------------------------- tune

@@ -494,13 +494,23 @@ def test_float32_refused_when_ill_conditioned(fcn_task):
 
     X, Y = fcn_task.X.astype(np.float32), fcn_task.Y.astype(np.float32)
 
-    def net32(noise):
-        net = fj.FCN(width=4.0, sigma_w2=1.0, sigma_a2=1.0, noise=noise, activation=fj.Erf())
+    def net32(noise, width=4.0, scaling="standard"):
+        net = fj.FCN(width, 1.0, 1.0, noise, fj.Erf(), scaling=scaling)
         return jax.tree.map(lambda x: x.astype(jnp.float32) if eqx.is_array(x) else x, net)
 
     with pytest.raises(ValueError, match="float32 is refused"):
         fj.solve(net32(1e-4), X, Y)
     assert _validate(net32(0.1), X, Y)[1].dtype == jnp.float32
+    # A traced width (vmap over widths) does not skip the check under standard scaling.
+    with pytest.raises(ValueError, match="float32 is refused"):
+        jax.vmap(lambda w: _validate(eqx.tree_at(lambda n: n.width, net32(1e-4), w), X, Y)[1])(
+            jnp.array([4.0, 8.0], jnp.float32)
+        )
+    # sweep checks each of its widths: under mean-field scaling the kernel is σ_a²/C smaller,
+    # and the network's own (replaced) width of 10⁶ passed where the swept C = 1 is refused.
+    wide = net32(1e-4, width=1e6, scaling="mean_field")
+    with pytest.raises(ValueError, match="float32 is refused"):
+        fj.sweep(wide, X, Y, np.array([1.0, 4.0], np.float32), X[:2])
     # float32 data with float64 hyper-parameters (JAX's float64 on): promoted, not refused.
     net64 = fj.FCN(width=4.0, sigma_w2=1.0, sigma_a2=1.0, noise=1e-4, activation=fj.Erf())
     assert _validate(net64, X, Y)[1].dtype == jnp.float64
@@ -607,6 +617,69 @@ def test_free_energy_and_residual_check_their_inputs():
         fj.eos_residual(np.eye(5), net, X, y)
     with pytest.raises(ValueError, match="Y must have shape"):
         fj.free_energy(net, sigma, X, y[:5])
+
+
+def test_positive_definite_real_inputs_are_checked():
+    """Matrices that must be positive definite (F's Σ and K^(l), D's K, `precision0`'s Σ⁻¹),
+    complex data, and a PatchCNN without features get clear errors (they gave NaN, a NaN
+    solve flagged only by `converged`, a TypeError from inside `jax.grad`, a silently
+    dropped imaginary part, and a "converged" NaN prediction)."""
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((6, 4)), rng.standard_normal(6)
+    net = fj.FCN(8.0, 1.0, 1.0, 0.1, fj.Erf())
+    for bad in (-np.eye(4), np.zeros((4, 4)), np.full((4, 4), np.nan)):
+        with pytest.raises(ValueError, match="sigma must be a finite, symmetric positive-def"):
+            fj.free_energy(net, bad, X, y)
+        with pytest.raises(ValueError, match=r"precision0\[0\] must be a finite, symmetric"):
+            fj.solve(net, X, y, precision0=bad)
+    deep = fj.FCN(8.0, 1.0, 1.0, 0.1, fj.Erf(), depth=2)
+    with pytest.raises(ValueError, match=r"kernels\[0\] must be a finite, symmetric"):
+        fj.free_energy(deep, np.eye(4) / 4, X, y, kernels=(-np.eye(6),))
+    with pytest.raises(ValueError, match=r"precision0\[1\] contains NaN"):
+        fj.solve(deep, X, y, precision0=(4 * np.eye(4), np.full((6, 6), np.nan)))
+    with pytest.raises(ValueError, match="K must be a finite, symmetric positive-definite"):
+        fj.gp_negative_log_evidence(-np.eye(6), y)
+    with pytest.raises(ValueError, match="Y must have shape"):
+        fj.gp_negative_log_evidence(np.eye(6), y[:5])
+    with pytest.raises(ValueError, match="K must be a square matrix"):
+        fj.gp_negative_log_evidence(np.eye(6)[:5], y)
+    K = np.eye(6) + 0.5
+    np.testing.assert_allclose(  # a vector Y is one output, as in solve
+        fj.gp_negative_log_evidence(K, y), fj.gp_negative_log_evidence(K, y[:, None])
+    )
+    with pytest.raises(TypeError, match="X must be real"):
+        fj.solve(net, X + 1j, y)
+    with pytest.raises(TypeError, match="X_test must be real"):
+        fj.sweep(net, X, y, [8.0], X[:2] + 1j)
+    with pytest.raises(ValueError, match="at least one feature"):
+        fj.solve(fj.PatchCNN(8.0, 1.0, 1.0, 0.1, fj.Erf(), patch_size=2), X[:, :0], y)
+
+
+def test_traced_invalid_hyper_parameters_are_flagged():
+    """Under jax.vmap the hyper-parameters are not known when the input checks run. A
+    negative or NaN width was then read as "already at the target" (1/C < 0) or as the GP
+    limit, and solve and renormalise reported converged=True (a residual of 3.4 in one case);
+    learning_curve returned finite curves. Now they fail the element, or raise when the
+    program runs (learning_curve, which has no `converged`)."""
+    rng = np.random.default_rng(1)
+    X, y = rng.standard_normal((6, 4)), rng.standard_normal(6)
+    widths = jnp.array([8.0, -1.0, jnp.nan])
+
+    def net(w):
+        return fj.FCN(w, 1.0, 1.0, 0.1, fj.Linear())
+
+    assert jax.vmap(lambda w: fj.solve(net(w), X, y).converged)(widths).tolist() == [
+        True,
+        False,
+        False,
+    ]
+    ok = jax.vmap(lambda w: fj.renormalise(net(w), X, y, X[:2], method="saddle").converged)
+    assert ok(widths).tolist() == [True, False, False]
+    curve = jax.jit(lambda w, n: fj.learning_curve(net(w), X, y, n).test_error)
+    assert np.all(np.isfinite(curve(8.0, jnp.array([2.0, 4.0]))))
+    for w, n in ((-1.0, [2.0, 4.0]), (jnp.nan, [2.0, 4.0]), (8.0, [-2.0, 4.0])):
+        with pytest.raises(Exception, match="learning_curve: invalid traced input"):
+            curve(w, jnp.array(n))
 
 
 def test_memory_map_guard(monkeypatch):
