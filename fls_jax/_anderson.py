@@ -64,6 +64,7 @@ class Anderson(_AbstractResidualRootFinder):
     **Arguments:**
 
     - `rtol`, `atol`: tolerances on the residual, relative to ‖y‖ and absolute.
+    - `norm`: optimistix's field, unused (the stopping rule is on Frobenius norms, above).
     - `memory`: number of past differences used (m).
     - `mixing`: β, the damping of the underlying fixed-point step.
     - `max_halvings`: most halvings of a step that leaves the domain.
@@ -75,7 +76,7 @@ class Anderson(_AbstractResidualRootFinder):
       restarting the history at every step.
     - `max_growth`: cut back a step whose residual norm exceeds this multiple of the
       current one (default ∞: only non-finite residuals are cut back). `solve`'s default
-      for deeper networks uses 10 with adaptive mixing from β = 0.1 (`docs/equations.md`).
+      for deeper networks uses 10 with a fixed β = 0.1 (`docs/deep.md`).
     - `preconditioner`: an `AbstractPreconditioner` built at the start of each root find,
       where the root find's `options` do not say `{"precondition": False}` (a traced bool
       is allowed: under `jax.vmap`, per element). `solve` uses one for one hidden layer

@@ -93,6 +93,9 @@ class FreeEnergyBFGS(optx.AbstractBFGS):
       (−54.342 against −54.549), so it is off by default (`benchmarks/RESULTS.md`). `solve`'s
       `solver="whitened-descent"` is the default chain with it on.
     - `rtol`, `atol`: the Cauchy tolerances of `optx.BFGS` (by default off).
+    - `norm`, `use_inverse`, `descent`, `search`, `verbose`: as in `optx.BFGS` (the max norm
+      for the Cauchy test, the inverse-Hessian update, a Newton descent with a Cholesky
+      solve, a backtracking Armijo line search, and no printing).
     """
 
     rtol: float = 0.0

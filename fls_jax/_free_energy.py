@@ -493,6 +493,13 @@ def eos_residual(
     uses the unknown itself, so an antisymmetric part is driven to zero with Jacobian −I
     (never singular); `solve` passes symmetric ones. Where Σ⁻¹ or Q^(l−1)⁻¹ + Δ_l is not
     positive definite the residual is NaN, which the solver's line search rejects.
+
+    **Arguments** (the unknowns first, as a root finder's residual takes them; then those of
+    `free_energy`): `precision`, Σ⁻¹ (S×S) or the tuple above; the `network`; training
+    inputs `X` (n×d) and targets `Y` (n×m or n). For example
+    ``fj.eos_residual((sol.precision, *sol.kernel_shifts), sol.network, sol.X, sol.Y)``.
+
+    **Returns:** R, of the same shape as `precision`.
     """
     from ._solve import _validate  # a cycle at import time: _solve uses this module
 

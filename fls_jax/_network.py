@@ -381,7 +381,7 @@ class FCN(AbstractNetwork):
 
 
 class PatchCNN(AbstractNetwork):
-    """Two-layer CNN with non-overlapping patches (SPEC §3, the paper's main model):
+    """CNN with non-overlapping patches (SPEC §3, the paper's main model; deeper with `depth`):
     f(x) = Σ_i Σ_c a_ic φ(w_c · x_i), x cut into P = d/S patches x_i of size S, the filter w_c
     shared across patches, w_c ~ N(0, σ_w²/S · I), a_ic ~ N(0, σ_a²/(C P)) (standard scaling).
 

@@ -852,23 +852,27 @@ def _renormalise_patches(
     eye_n = jnp.eye(n, dtype=X.dtype)
     y = Y[:, 0]
 
-    def factor(U):  # Cholesky factor of K_U + σ² I
-        return jnp.linalg.cholesky(jnp.einsum("pq,pqab->ab", U, kappa) + noise * eye_n)
+    def factor(U):  # (L, L⁻¹), L Lᵀ = K_U + σ² I
+        # `cholesky_inverse`, sequential under the sampler's vmap on CPU (`_linalg`): with
+        # jnp.linalg.cholesky and triangular solves, batched over the draws, the sampler's
+        # reverse-mode derivative deadlocked jaxlib 0.10's thread pool (a test hung).
+        K_U = jnp.einsum("pq,pqab->ab", U, kappa)
+        return cholesky_inverse(0.5 * (K_U + K_U.T) + noise * eye_n)
 
     def nll_of(cho, half):  # half = L⁻¹y
         logdet = 2 * jnp.sum(jnp.log(jnp.diagonal(cho)))
         return 0.5 * (half @ half + logdet + n * math.log(2 * math.pi))
 
     def neg_log_likelihood(U):
-        cho = factor(U)
-        return nll_of(cho, jax.scipy.linalg.solve_triangular(cho, y, lower=True))
+        cho, inv = factor(U)
+        return nll_of(cho, inv @ y)
 
     def evaluate(U):  # the likelihood and the predictions at U, from one factorisation
-        cho = factor(U)
-        half_y = jax.scipy.linalg.solve_triangular(cho, y, lower=True)
-        alpha = jax.scipy.linalg.solve_triangular(cho, half_y, lower=True, trans="T")
+        cho, inv = factor(U)
+        half_y = inv @ y
+        alpha = inv.T @ half_y
         cross = jnp.einsum("pq,pqab->ab", U, kappa_test)  # (n*, n)
-        half = jax.scipy.linalg.solve_triangular(cho, cross.T, lower=True)
+        half = inv @ cross.T
         variance = jnp.einsum("pq,pqx->x", U, diagonal_test) - jnp.sum(half**2, axis=0)
         at = _AtScale((cross @ alpha)[:, None], noise * alpha[:, None], variance[:, None, None])
         return nll_of(cho, half_y), at

@@ -56,7 +56,8 @@ class DampedNewton(_AbstractResidualRootFinder):
 
     **Arguments:**
 
-    - `rtol`, `atol`: tolerances on the residual, relative to ‖y‖ and absolute.
+    - `rtol`, `atol`: tolerances on the residual, relative to ‖y‖ and absolute (Frobenius
+      norms; `norm` is optimistix's field, unused).
     - `linear_solver`: a lineax solver for the Newton system.
     - `max_halvings`: most step-length halvings per step.
     """
@@ -273,7 +274,7 @@ def _check_deep_float32(network: AbstractNetwork, X: Array) -> None:
         raise ValueError(
             "float32 is refused for networks of depth > 1: their deeper layers' EoS did not "
             "converge in float32. Enable float64 with jax.config.update('jax_enable_x64', "
-            "True), or pass float64 data."
+            "True) (float64 data alone are not enough: without it JAX computes in float32)."
         )
 
 
@@ -314,7 +315,8 @@ def _check_float32(network: AbstractNetwork, X: Array) -> None:
             f"float32 is refused here: noise σ² is {ratio:.1e} of the mean GP-kernel diagonal "
             f"(float32 needs ≥ {_FLOAT32_MIN_NOISE_RATIO:g}); K_f = Q_f + σ²I is too "
             "ill-conditioned for a float32 Cholesky. Enable float64 with "
-            "jax.config.update('jax_enable_x64', True), or pass float64 data."
+            "jax.config.update('jax_enable_x64', True) (float64 data alone are not enough: "
+            "without it JAX computes in float32)."
         )
 
 

@@ -603,11 +603,12 @@ def _check_widths(network: AbstractNetwork) -> tuple[int, ...]:
             f"sample at C = {width}; the GP limit is fj.solve with width=inf), got {width}"
         )
     widths = tuple(float(width) * network.width_ratio(l) for l in range(1, network.depth + 1))
-    if any(w != np.round(w) for w in widths):
+    # Within rounding of an integer counts (100 · 0.29 = 28.999999999999996 is 29 neurons).
+    if any(abs(w - np.round(w)) > 1e-9 * max(w, 1.0) for w in widths):
         raise ValueError(
             f"sampling needs integer layer widths C · width_ratios, got {widths} for C = {width}"
         )
-    return tuple(int(w) for w in widths)
+    return tuple(int(np.round(w)) for w in widths)
 
 
 def sample(
@@ -851,6 +852,8 @@ def teacher_overlap(sigma: Float[ArrayLike, "S S"], teacher: Float[ArrayLike, " 
     t = np.asarray(teacher, dtype=float).ravel()
     if sigma.ndim != 2 or sigma.shape[0] != sigma.shape[1] or t.shape != (sigma.shape[0],):
         raise ValueError(f"need an S×S sigma and an S-vector teacher, got {sigma.shape}, {t.shape}")
+    if not np.any(t):
+        raise ValueError("teacher must be a non-zero vector")
     v = np.linalg.eigh(0.5 * (sigma + sigma.T))[1][:, -1]
     return float((v @ t) ** 2 / (t @ t))
 
@@ -917,12 +920,16 @@ def estimates(
     Y = Y[:, None] if Y.ndim == 1 else Y
     if Y.shape != (n, m):
         raise ValueError(f"Y must have shape {(n, m)} (as sampled), got {Y.shape}")
+    if not np.all(np.isfinite(Y)):
+        raise ValueError("Y contains NaN or inf")
     nt = f_te.shape[2]
     if Y_test is not None:
         Y_test = np.asarray(Y_test, dtype=float)
         Y_test = Y_test[:, None] if Y_test.ndim == 1 else Y_test
         if Y_test.shape != (nt, m):
             raise ValueError(f"Y_test must have shape {(nt, m)}, got {Y_test.shape}")
+        if not np.all(np.isfinite(Y_test)):
+            raise ValueError("Y_test contains NaN or inf")
     S = sig.shape[-1]
     if teacher is not None:
         teacher = np.asarray(teacher, dtype=float).ravel()

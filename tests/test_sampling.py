@@ -431,10 +431,15 @@ def test_deep_erf_network_matches_the_deep_eos(deep_erf_fcn):
 
 
 def test_deep_widths_must_be_integers():
+    from fls_jax.sampling import _check_widths
+
     X = np.random.default_rng(0).standard_normal((6, 4))
     net = fj.FCN(4, 1.0, 1.0, 0.1, fj.Erf(), depth=2, width_ratios=(1, 0.3))
     with pytest.raises(ValueError, match="integer layer widths"):
         fs.sample(net, X, np.zeros(6), key=jax.random.key(0))
+    # 100 · 0.29 = 28.999999999999996 in floating point: 29 neurons, not an error.
+    net = fj.FCN(100, 1.0, 1.0, 0.1, fj.Erf(), depth=2, width_ratios=(1, 0.29))
+    assert _check_widths(net) == (100, 29)
 
 
 def test_split_rhat_and_ess_on_known_processes():
