@@ -76,7 +76,9 @@ def main():
     vjp = jax.grad(lambda t: outputs(t, args.draws) @ weights)(0.0)
     print(f"reverse mode (first call, compilation included): {time.perf_counter() - t0:.1f} s")
     ref = float(jvp @ weights)
-    print(f"  reverse {float(vjp): .15e} vs forward {ref: .15e}: rel {abs(vjp - ref) / abs(ref):.1e}")
+    print(
+        f"  reverse {float(vjp): .15e} vs forward {ref: .15e}: rel {abs(vjp - ref) / abs(ref):.1e}"
+    )
 
 
 if __name__ == "__main__":
