@@ -115,8 +115,8 @@ def gp_negative_log_evidence(
     """D(K, Y) = ½ tr(Yᵀ K⁻¹ Y) + (m/2) log det K + (nm/2) log 2π (SPEC §3's data term).
 
     The negative log marginal likelihood of Y (n×m, or n for one output) under N(0, K) per
-    column, for a symmetric positive-definite K (n×n): a K that is not, or data with NaN,
-    raise a `ValueError` where they are concrete. Its derivative is ⟨G, dK⟩ + ⟨K⁻¹Y, dY⟩
+    column, for a symmetric positive-definite K (n×n): a concrete K that is not (or that
+    holds NaN) raises a `ValueError`. Its derivative is ⟨G, dK⟩ + ⟨K⁻¹Y, dY⟩
     with G from the hand-written `_evidence_grad`, so first and second derivatives cost one
     factorisation and a few matrix products.
     """
