@@ -195,6 +195,17 @@ def _concrete(x) -> bool:
     return True
 
 
+# The hyper-parameters' rules: (field, name, rule, test). The tests hold for NumPy and for
+# traced values alike (NaN fails every comparison), so `_validate` checks concrete values
+# with them and `_valid_hyper_parameters` traced ones.
+_HYPER_PARAMETER_RULES = (
+    ("width", "width", "> 0 (inf for the GP limit)", lambda v: v > 0),
+    ("noise", "noise (σ²)", "> 0 and finite", lambda v: (v > 0) & (v < np.inf)),
+    ("sigma_w2", "sigma_w2", "> 0 and finite", lambda v: (v > 0) & (v < np.inf)),
+    ("sigma_a2", "sigma_a2", "> 0 and finite", lambda v: (v > 0) & (v < np.inf)),
+)
+
+
 def _validate(network: _N, X, Y) -> tuple[_N, Array, Array]:
     """Clear Python errors for bad input, before anything is traced or compiled; the network
     with its hyper-parameters as strongly typed arrays (`_canonical`), and X and Y as arrays
@@ -231,13 +242,8 @@ def _validate(network: _N, X, Y) -> tuple[_N, Array, Array]:
                 f"{name} must be a scalar, got shape {jnp.shape(value)} (sweep it with "
                 "fls_jax.sweep or jax.vmap over networks)"
             )
-    checks = (
-        ("width", network.width, "> 0 (inf for the GP limit)", lambda v: v > 0),
-        ("noise (σ²)", network.noise, "> 0 and finite", lambda v: (v > 0) & np.isfinite(v)),
-        ("sigma_w2", network.sigma_w2, "> 0 and finite", lambda v: (v > 0) & np.isfinite(v)),
-        ("sigma_a2", network.sigma_a2, "> 0 and finite", lambda v: (v > 0) & np.isfinite(v)),
-    )
-    for name, value, rule, ok in checks:
+    for field, name, rule, ok in _HYPER_PARAMETER_RULES:
+        value = getattr(network, field)
         if _concrete(value):
             v = np.asarray(value)
             if np.isnan(v).any() or not np.all(ok(v)):
@@ -919,10 +925,9 @@ def _valid_hyper_parameters(network: AbstractNetwork) -> Array:
     `jax.vmap` they are not known when `_validate` runs, and an invalid one (a negative or
     NaN width: 1/C < 0 read as "already at the target") must fail the solve, not pass as
     the GP limit."""
-    width = network.width
-    ok = (width > 0) & ~jnp.isnan(width)
-    for value in (network.noise, network.sigma_w2, network.sigma_a2):
-        ok = ok & jnp.all((value > 0) & jnp.isfinite(value))
+    ok = jnp.array(True)
+    for field, _, _, test in _HYPER_PARAMETER_RULES:
+        ok = ok & jnp.all(test(getattr(network, field)))
     return ok
 
 
