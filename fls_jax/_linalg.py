@@ -93,6 +93,44 @@ def _cholesky_inverse_jvp(primals, tangents):
     return (L, L_inv), (L @ psi, -psi @ L_inv)
 
 
+def small_cholesky(A: Float[Array, "*batch m m"]) -> Float[Array, "*batch m m"]:
+    """Lower Cholesky factors of a stack of small symmetric positive-definite matrices.
+
+    A loop over the m columns in elementwise arithmetic over the whole stack: no LAPACK
+    call, so no batched factorisation for jaxlib 0.10 to deadlock on (module docstring),
+    however many matrices are stacked and however many such stacks run at once; plain
+    automatic differentiation of any order; a program whose size does not grow with m.
+    Cost O(m³) per matrix: meant for the m×m blocks of m outputs, not for kernels. A matrix
+    that is not positive definite gives NaN, as LAPACK's does."""
+    m = A.shape[-1]
+    rows = jnp.arange(m)
+
+    def column(j, L):  # columns < j are done, the others still zero
+        c = A[..., :, j] - jnp.sum(L * L[..., j, None, :], axis=-1)
+        col = jnp.where(rows >= j, c / jnp.sqrt(c[..., j, None]), 0.0)
+        return L.at[..., :, j].set(col)
+
+    return jax.lax.fori_loop(0, m, column, jnp.zeros_like(A))
+
+
+def small_cholesky_solve(L: Float[Array, "*batch m m"], b: Float[Array, "*batch m r"]) -> Array:
+    """(L Lᵀ)⁻¹ b for a stack of `small_cholesky` factors L, by forward and back substitution
+    in elementwise arithmetic (no LAPACK call; see `small_cholesky`)."""
+    m = L.shape[-1]
+
+    def forward(i, z):  # L z = b: rows < i of z are done, the others still zero
+        s = b[..., i, :] - jnp.sum(L[..., i, :, None] * z, axis=-2)
+        return z.at[..., i, :].set(s / L[..., i, i, None])
+
+    def back(k, x):  # Lᵀ x = z from the last row up: rows > i of x are done
+        i = m - 1 - k
+        s = z[..., i, :] - jnp.sum(L[..., :, i, None] * x, axis=-2)
+        return x.at[..., i, :].set(s / L[..., i, i, None])
+
+    z = jax.lax.fori_loop(0, m, forward, jnp.zeros_like(b))
+    return jax.lax.fori_loop(0, m, back, jnp.zeros_like(b))
+
+
 # The prior's Cholesky factor in `shifted_covariance` is retried with this multiple of
 # eps · tr(Q) on the diagonal where it fails (a singular Q). The most that rank-deficient
 # kernels needed (linear of rank 2–32, with a constant mode, erf with duplicates, rank 1

@@ -67,6 +67,8 @@ from ._linalg import (
     resolvent_logdet,
     resolvent_moments,
     resolvent_solve,
+    small_cholesky,
+    small_cholesky_solve,
 )
 from ._network import FCN, AbstractNetwork, PatchCNN
 from ._predict import _validate_test
@@ -343,6 +345,14 @@ def _renormalise(network, X, Y, X_test, Y_test, method: Method) -> Renormalised:
     s = jnp.sum(jnp.where(gp, 0.0, 1 / (k * jnp.exp(v_star))))
     stiffness = 1 + curvature * s
     ok = (sol.result == optx.RESULTS.successful) & (stiffness > 0) & jnp.all(v_star > -jnp.inf)
+    # The bisection finds one root; S may have several minima (targets along both large and
+    # small eigenvalues of K), and that root need not be the lowest: where the condition
+    # changes sign more than once on a grid of 401 points in z, the saddle is flagged.
+    grid = jnp.linspace(-_BRACKET, _BRACKET, 401, dtype=X.dtype)
+    gaps = jax.lax.stop_gradient(
+        jax.vmap(_stationarity_gap, in_axes=(0, 0, None))(pull_and_curvature(grid)[0], grid, k)
+    )
+    ok = ok & (jnp.sum(jnp.signbit(gaps[1:]) != jnp.signbit(gaps[:-1])) <= 1)
     ok = ok | gp
     var_z = jnp.where(stiffness > 0, s / stiffness, s)
 
@@ -505,7 +515,7 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype) -> _MatrixSaddl
     # magnitudes, floored): ~p steps where plain BFGS took ~10p (275 against 29 for a
     # PatchCNN with P = 8). The coordinates are held fixed under differentiation: the
     # minimiser does not depend on them, and the implicit gradient is then exact.
-    lam, V = jnp.linalg.eigh(jax.hessian(objective)(theta0, None))
+    lam, V = _eigh(jax.lax.stop_gradient(jax.hessian(objective)(theta0, None)))
     lam = jnp.abs(lam)
     lam = jnp.maximum(lam, 1e-6 * jnp.max(lam) + jnp.finfo(dtype).tiny)
     T = jax.lax.stop_gradient(V / jnp.sqrt(lam))
@@ -527,13 +537,15 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype) -> _MatrixSaddl
 
     def local(z):
         Z = jax.vmap(lambda zl: _symmetric(zl, m))(z.reshape(layers, p))
-        R = jnp.linalg.cholesky(roots @ (eye + Z + Z @ Z / 2) @ roots)
+        R = small_cholesky(roots @ (eye + Z + Z @ Z / 2) @ roots)
         return prior(R) + nll(product(R))
 
     hessian = jax.hessian(local)(theta0)
     gradient = jax.grad(local)(theta0)
     _, logdet_h = jnp.linalg.slogdet(hessian)
-    minimum = jnp.all(jnp.linalg.eigvalsh(hessian) > 0)
+    # `_eigh` runs unbatched on CPU: two batched LAPACK calls at once under vmap over widths
+    # (this and slogdet's) is what deadlocks jaxlib 0.10 (`_linalg`).
+    minimum = jnp.all(_eigh(jax.lax.stop_gradient(hessian))[0] > 0)
     stationary = jnp.max(jnp.abs(gradient)) <= 1e3 * tol * (1 + jnp.sum(k) * m)
     wishart = jnp.all(k > (m - 1) / 2)
     ok = (sol.result == optx.RESULTS.successful) & minimum & stationary & wishart
@@ -579,12 +591,13 @@ def _renormalise_outputs(
     noise = network.noise
     eye = jnp.eye(m, dtype=X.dtype)
 
-    def blocks(U):  # Cholesky factors of M_i = λ_i U + σ² I, one m×m block per eigen-direction
-        return jnp.linalg.cholesky(lam[:, None, None] * U + noise * eye)
+    # Cholesky factors of M_i = λ_i U + σ² I, one m×m block per eigen-direction, and
+    # M_i⁻¹ b_i for a stack b of (n, m, r): elementwise arithmetic, not LAPACK, whose
+    # batched calls (n blocks, times the mixture's draws) can deadlock jaxlib 0.10 (`_linalg`).
+    def blocks(U):
+        return small_cholesky(lam[:, None, None] * U + noise * eye)
 
-    def solve(cho, b):  # M_i⁻¹ b_i for a stack b of (n, m, r)
-        half = jax.scipy.linalg.solve_triangular(cho, b, lower=True)
-        return jax.scipy.linalg.solve_triangular(cho, half, lower=True, trans="T")
+    solve = small_cholesky_solve
 
     # First-order changes in K, with δK = V A Vᵀ: δM = U ⊗ A couples the eigen-directions.
     # (The forms close over no traced array: `first_order_term` holds them as static.)
@@ -795,7 +808,11 @@ def _matrix_mixture(saddle: _MatrixSaddle, nll, evaluate, draws: int, batch: int
         jnp.zeros((), dtype),
         jax.tree.map(jnp.zeros_like, shapes),
     )
-    (top, total_w, total_w2, sums), _ = jax.lax.scan(accumulate, start, (z_pad, lq_pad))
+    # Checkpointed: reverse mode recomputes a chunk's draws instead of storing every chunk's
+    # intermediates (tens of GB at m = 5 outputs, n = 128, under a vmap over three widths).
+    (top, total_w, total_w2, sums), _ = jax.lax.scan(
+        jax.checkpoint(accumulate), start, (z_pad, lq_pad)
+    )
     U, trace2, mean, outer, residual, cov = jax.tree.map(lambda t: t / total_w, sums)
     effective = total_w**2 / total_w2
     log_evidence = top + jnp.log(total_w) - math.log(draws)
