@@ -51,7 +51,7 @@ from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array, ArrayLike, Float
 
 from ._free_energy import _gp_post_kernels, _inverse_width
-from ._linalg import kernel_spectrum
+from ._linalg import kernel_spectrum, refuse_derivative
 from ._network import AbstractNetwork
 from ._renorm import (
     _check_one_output,
@@ -118,7 +118,10 @@ def learning_curve(
     σ_w², σ_a², σ², `target_noise` or the pool); the cost is one M×M eigendecomposition,
     O(M) per training-set size, and for a derivative one M×M change of basis plus O(M²) per
     size. At finite width (FCNs with one output, linear when deep) the kernel's scale u(n)
-    renormalises the noise, differentiably too (u's own derivative included). For a
+    renormalises the noise, differentiably too (u's own derivative included). Derivatives
+    are first order: a second derivative in the kernel (its hyper-parameters or X) or, at
+    finite width, in anything raises `NotImplementedError` (at width ``inf``, second
+    derivatives in σ², `target_noise` and Y are exact). For a
     non-linear hidden layer that scalar cannot learn a direction: measured against sampled
     erf networks, the finite-width curve is within 12 % only while n ≲ d and feature learning
     is weak, and up to 2600× too high once the network learns the teacher's direction
@@ -162,6 +165,9 @@ def learning_curve(
             "network's GP limit is zero (its readout variance σ_a²/C² vanishes as C → ∞)"
         )
     if _concrete(n):
+        kind = np.asarray(n).dtype.kind
+        if kind not in "iuf":
+            raise TypeError(f"n must be real training-set sizes, got {n!r} (dtype kind {kind!r})")
         values = np.asarray(n, dtype=float)
         if values.ndim > 1 or not np.all(np.isfinite(values)) or np.any(values <= 0):
             raise ValueError(
@@ -194,11 +200,12 @@ def _learning_curve(network, X, Y, ns, target_noise, method: Method, branch: str
     # runs, before anything uses them (everything below depends on K).
     valid = _valid_hyper_parameters(network) & jnp.all((ns > 0) & jnp.isfinite(ns))
     valid = valid & (target_noise >= 0) & jnp.isfinite(target_noise)
+    valid = valid & jnp.all(jnp.isfinite(X)) & jnp.all(jnp.isfinite(Y))
     K = eqx.error_if(
         K,
         ~valid,
         "learning_curve: invalid traced input (width must be > 0 or inf; σ², σ_w², σ_a² > 0 "
-        "and finite; n > 0 and finite; target_noise ≥ 0 and finite)",
+        "and finite; n > 0 and finite; target_noise ≥ 0 and finite; X and Y finite)",
     )
     noise = network.noise
     sc = method == "self_consistent"
@@ -318,6 +325,9 @@ def _curve_jvp(self_consistent, primals, tangents):
     d(yᵀA⁻ᵖy) = p (A⁻ᵖy)ᵀdy − Σ_(q+r=p+1) (A⁻^q y)ᵀ(n dK + dκ)(A⁻^r y)   (p = 1, 2)
     """
     K, Y, ridge, target_noise, ns, eta, U = primals
+    if not isinstance(tangents[0], SymbolicZero):
+        # The rule holds K's eigenbasis fixed: differentiated again in K it would be wrong.
+        U = refuse_derivative(_SECOND_DERIVATIVE, K, U)
     if not isinstance(tangents[4], SymbolicZero):
         # Its tangent was silently dropped (a zero gradient in n); n's own derivatives
         # (E_g's explicit n besides nK) are not written.
@@ -393,6 +403,26 @@ def _kappa(eta, ridge, n, tol):
     return jnp.exp(sol.value)
 
 
+_SECOND_DERIVATIVE = (
+    "second derivatives of learning_curve are not implemented in the kernel (its "
+    "hyper-parameters or X) or, at finite width, in anything: differentiate once"
+)
+
+
+@jax.custom_jvp
+def _at_root(z_star: Array, h: Array, slope: Array) -> Array:
+    """z*, a root of H found with its inputs held fixed, with the implicit function theorem's
+    derivative −dH/∂_zH (h = H(z*), `slope` = ∂_zH). First derivatives only: the rule holds
+    ∂_zH fixed, so a second derivative raises instead of coming out wrong."""
+    return z_star
+
+
+@_at_root.defjvp
+def _at_root_jvp(primals, tangents):
+    z_star, h, slope = primals
+    return z_star, -tangents[1] / refuse_derivative(_SECOND_DERIVATIVE, h, slope)
+
+
 def _finite_width_curve(K, Y, noise, target_noise, ns, k, eta, U, inv_width):
     """The learning curve of a finite-width FCN whose kernel is renormalised by a scalar u
     (SPEC §5, `docs/learning_curves.md`): u(n) at the saddle point of `fj.renormalise`'s
@@ -402,8 +432,7 @@ def _finite_width_curve(K, Y, noise, target_noise, ns, k, eta, U, inv_width):
     which `pull` already holds (n(yᵀ(K + λ)⁻¹y/n − training error/λ), divided by u).
 
     The saddle z = log u is found by bisection on the spectrum; its derivatives enter by the
-    implicit function theorem, a Newton step z* − (H(z*) − H(z*)|_const)/∂_z H whose value is
-    z* and whose derivative is −∂_θ H/∂_z H, with H(z) = z − Σ_l log(1 − g(z)/k_l)."""
+    implicit function theorem (`_at_root`): −∂_θ H/∂_z H, with H(z) = z − Σ_l log(1 − g(z)/k_l)."""
     power = _power(U, jax.lax.stop_gradient(Y))
     tol = 1e3 * float(jnp.finfo(K.dtype).eps)
     gp = jnp.isinf(k[0])
@@ -437,7 +466,7 @@ def _finite_width_curve(K, Y, noise, target_noise, ns, k, eta, U, inv_width):
     h = jax.vmap(_stationarity_gap, in_axes=(0, 0, None))(
         pull(dof, quad, error, kappa, ridge_star, ns, z_star, target_noise), z_star, k
     )
-    z = z_star - jnp.where(gp, 0.0, (h - sg(h)) / jnp.where(gp, 1.0, slope))
+    z = jnp.where(gp, 0.0, _at_root(z_star, h, jnp.where(gp, 1.0, slope)))
     ridge = noise * jnp.exp(-z)
     error, kappa, gamma, _, quad, _, _ = _curve(K, Y, ridge, target_noise, ns, eta, U, True)
     train = (ridge / kappa) ** 2 * (error + target_noise)

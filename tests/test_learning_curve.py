@@ -273,3 +273,52 @@ def test_gradient_in_n_is_refused():
 
     with pytest.raises(TypeError, match="not differentiable with respect to n"):
         jax.grad(error)(8.0)
+
+
+def test_second_derivatives_are_exact_or_refused():
+    """Derivatives in the kernel hold its eigenbasis fixed, and at finite width u's holds
+    ∂_z H fixed: differentiated twice they came out wrong (d²E/dσ_w² 4.4× too small, and an
+    asymmetric Hessian), so such second derivatives raise. At width inf those in Y and σ²,
+    which leave the kernel alone, are exact: against central differences of jax.grad."""
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((30, 3))
+    Y, dY = np.tanh(X[:, 0]), rng.standard_normal(30)
+
+    def err(sw2, noise, t, width):
+        act = fj.Erf() if np.isinf(width) else fj.Linear()
+        net = fj.FCN(width, sw2, 1.0, noise, act)
+        return fj.learning_curve(net, X, Y + t * dY, [8.0], target_noise=0.01).test_error[0]
+
+    p = (1.5, 0.05, 0.0, np.inf)
+    g_t = jax.grad(err, argnums=2)
+    np.testing.assert_allclose(
+        jax.grad(g_t, argnums=2)(*p),
+        (g_t(1.5, 0.05, 1e-5, np.inf) - g_t(1.5, 0.05, -1e-5, np.inf)) / 2e-5,
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(
+        jax.grad(g_t, argnums=1)(*p),
+        (g_t(1.5, 0.05 + 1e-6, 0.0, np.inf) - g_t(1.5, 0.05 - 1e-6, 0.0, np.inf)) / 2e-6,
+        rtol=1e-6,
+    )
+    refused = "second derivatives of learning_curve"
+    with pytest.raises(NotImplementedError, match=refused):
+        jax.grad(jax.grad(err))(*p)
+    with pytest.raises(NotImplementedError, match=refused):
+        jax.hessian(err, argnums=(0, 1))(*p)
+    with pytest.raises(NotImplementedError, match=refused):  # finite width: u's derivative
+        jax.grad(jax.grad(err, argnums=1), argnums=1)(1.5, 0.05, 0.0, 4.0)
+
+
+def test_nonfinite_pool_is_refused_under_jit():
+    """A NaN in X or Y under jax.jit, where it cannot be checked when called, raises when the
+    program runs (it returned NaN)."""
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((30, 3))
+    net = fj.FCN(jnp.inf, 1.0, 1.0, 0.1, fj.Erf())
+    curve = jax.jit(lambda X, Y: fj.learning_curve(net, X, Y, [8.0]).test_error)
+    assert np.all(np.isfinite(curve(X, X[:, 0])))
+    with pytest.raises(Exception, match="X and Y finite"):
+        jax.block_until_ready(curve(np.where(np.arange(30)[:, None] == 3, np.nan, X), X[:, 0]))
+    with pytest.raises(Exception, match="X and Y finite"):
+        jax.block_until_ready(curve(X, np.where(np.arange(30) == 5, np.nan, X[:, 0])))
