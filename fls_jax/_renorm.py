@@ -165,7 +165,8 @@ def renormalise(
     at any n, d and widths, n > d included. ``method="saddle"`` takes the posterior mode of
     the log-scales, the proportional-limit theory (Li & Sompolinsky's back-propagating kernel
     renormalisation for deep linear networks; Pacelli et al.'s for one hidden layer), found by
-    bisection (optimistix) on the stationarity condition of S.
+    bisection (optimistix) on the stationarity condition of S, and flagged unconverged where
+    that condition has several roots (S with two minima: the root found may not be the lower).
 
     Two cases renormalise the kernel by a matrix U (module docstring): an FCN with m > 1
     outputs (m×m, U ⊗ K; for a deep linear FCN one m×m factor per layer) and a PatchCNN
@@ -348,11 +349,13 @@ def _renormalise(network, X, Y, X_test, Y_test, method: Method) -> Renormalised:
     # The bisection finds one root; S may have several minima (targets along both large and
     # small eigenvalues of K), and that root need not be the lowest: where the condition
     # changes sign more than once on a grid of 401 points in z, the saddle is flagged.
+    # (Only where every u_l = 1 − g/k_l is positive: elsewhere the gap is its clipped stand-in.)
     grid = jnp.linspace(-_BRACKET, _BRACKET, 401, dtype=X.dtype)
-    gaps = jax.lax.stop_gradient(
-        jax.vmap(_stationarity_gap, in_axes=(0, 0, None))(pull_and_curvature(grid)[0], grid, k)
-    )
-    ok = ok & (jnp.sum(jnp.signbit(gaps[1:]) != jnp.signbit(gaps[:-1])) <= 1)
+    g_grid = jax.lax.stop_gradient(pull_and_curvature(grid)[0])
+    gaps = jax.vmap(_stationarity_gap, in_axes=(0, 0, None))(g_grid, grid, k)
+    inside = jnp.all(1 - g_grid[:, None] / k > jnp.exp(-2 * _BRACKET), axis=1)
+    changes = (jnp.signbit(gaps[1:]) != jnp.signbit(gaps[:-1])) & inside[1:] & inside[:-1]
+    ok = ok & (jnp.sum(changes) <= 1)
     ok = ok | gp
     var_z = jnp.where(stiffness > 0, s / stiffness, s)
 
