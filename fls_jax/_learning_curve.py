@@ -51,7 +51,7 @@ from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array, ArrayLike, Float
 
 from ._free_energy import _gp_post_kernels, _inverse_width
-from ._linalg import kernel_spectrum, refuse_derivative
+from ._linalg import _first_order_in, kernel_spectrum, refuse_derivative
 from ._network import AbstractNetwork
 from ._renorm import (
     _check_one_output,
@@ -327,7 +327,7 @@ def _curve_jvp(self_consistent, primals, tangents):
     K, Y, ridge, target_noise, ns, eta, U = primals
     if not isinstance(tangents[0], SymbolicZero):
         # The rule holds K's eigenbasis fixed: differentiated again in K it would be wrong.
-        U = refuse_derivative(_SECOND_DERIVATIVE, K, U)
+        U = _first_order_in(K, U, _SECOND_DERIVATIVE)
     if not isinstance(tangents[4], SymbolicZero):
         # Its tangent was silently dropped (a zero gradient in n); n's own derivatives
         # (E_g's explicit n besides nK) are not written.

@@ -266,11 +266,11 @@ _SECOND_DERIVATIVE = (
 )
 
 
-def _first_order_in(K: Array, V: Array) -> Array:
+def _first_order_in(K: Array, V: Array, message: str = _SECOND_DERIVATIVE) -> Array:
     """V, through a guard: a second derivative in K would differentiate a first-order term's
-    rule, where V is held fixed, and raises here. (The guard is on V, which the rule's
-    tangent uses, so that it is not pruned from a linearised program.)"""
-    return refuse_derivative(_SECOND_DERIVATIVE, K, V)
+    rule, where V is held fixed, and raises here (`message`). (The guard is on V, which the
+    rule's tangent uses, so that it is not pruned from a linearised program.)"""
+    return refuse_derivative(message, K, V)
 
 
 def _zeros_of(form, K, V, args):
