@@ -185,7 +185,7 @@ def renormalise(
     activation (where both methods are approximations), with one output or m; a
     one-hidden-layer `PatchCNN` of any activation with one output; standard or mean-field
     scaling; `width` may be `inf` (the GP), and every hidden layer's width must exceed q − 1
-    for a q×q matrix (its Wishart prior). `inducing` points are refused.
+    for a q×q matrix (its Wishart prior). `inducing` points and `weight_mean=True` are refused.
 
     **Arguments:** the `network`, training data `X` (n×d), `Y` (n or n×m), test inputs
     `X_test` and optional targets `Y_test`; `method`: ``"mixture"`` or ``"saddle"``;
@@ -232,6 +232,7 @@ def renormalise(
 def _check_patch_renormalisation(network: PatchCNN) -> None:
     if network.inducing is not None:
         raise ValueError("renormalise does not take inducing points")
+    _check_no_weight_mean(network, "renormalise")
     if network.depth > 1:
         raise ValueError("renormalise takes a PatchCNN with one hidden layer only")
 
@@ -262,12 +263,23 @@ def _check_scalar_renormalisation(network, who: str) -> None:
         )
     if network.inducing is not None:
         raise ValueError(f"{who} does not take inducing points")
+    _check_no_weight_mean(network, who)
     if network.depth > 1 and not all(
         isinstance(network.layer_activation(layer), Linear) for layer in range(1, network.depth + 1)
     ):
         raise ValueError(
             f"{who} needs linear activations in every layer of a deep network (one "
             "hidden layer may have any activation)"
+        )
+
+
+def _check_no_weight_mean(network: AbstractNetwork, who: str) -> None:
+    """The renormalised kernels of SPEC §5 are zero-mean GPs rescaled: a first-layer mean
+    (`weight_mean=True`) has no place in them, and would otherwise be silently dropped."""
+    if network.weight_mean:
+        raise ValueError(
+            f"{who} has no first-layer mean: the kernel renormalisation (SPEC §5) rescales "
+            "the zero-mean GP kernel; build the network with weight_mean=False"
         )
 
 

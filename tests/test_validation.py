@@ -565,6 +565,13 @@ def test_renormalise_bad_input():
     raises_before_compiling(ValueError, "method", fj.renormalise, lin, X, Y, X_test, method="x")
     induced = fj.FCN(2.0, 1.0, 1.0, 0.25, fj.Linear(), inducing=X[:2])
     raises_before_compiling(ValueError, "inducing", fj.renormalise, induced, X, Y, X_test)
+    # A first-layer mean has no place in a rescaled zero-mean GP; it was silently dropped.
+    relu_mean = fj.FCN(2.0, 1.0, 1.0, 0.25, fj.ReLU(), weight_mean=True)
+    raises_before_compiling(ValueError, "first-layer mean", fj.renormalise, relu_mean, X, Y, X_test)
+    cnn_mean = fj.PatchCNN(2.0, 1.0, 1.0, 0.25, fj.ReLU(), patch_size=1, weight_mean=True)
+    raises_before_compiling(
+        ValueError, "first-layer mean", fj.renormalise, cnn_mean, X, Y, X_test, method="saddle"
+    )
     negative = fj.FCN(2.0, 1.0, 1.0, -1.0, fj.Linear())
     raises_before_compiling(ValueError, "noise", fj.renormalise, negative, X, Y, X_test)
     raises_before_compiling(ValueError, "X_test", fj.renormalise, lin, X, Y, X_test[:, :1])
@@ -593,6 +600,8 @@ def test_learning_curve_bad_input():
     raises_before_compiling(ValueError, "method", lc, gp, X, Y, [2.0], method="replica")
     induced = fj.FCN(np.inf, 1.0, 1.0, 0.1, inducing=X[:2])
     raises_before_compiling(ValueError, "inducing", lc, induced, X, Y, [2.0])
+    relu_mean = fj.FCN(8.0, 1.0, 1.0, 0.1, fj.ReLU(), weight_mean=True)
+    raises_before_compiling(ValueError, "first-layer mean", lc, relu_mean, X, Y, [2.0])
     raises_before_compiling(ValueError, "Y must have shape", lc, gp, X, Y[:3], [2.0])
     raises_before_compiling(ValueError, "noise", lc, fj.FCN(np.inf, 1.0, 1.0, 0.0), X, Y, [2.0])
 
