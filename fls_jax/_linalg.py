@@ -14,6 +14,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import lineax as lx
@@ -208,6 +209,35 @@ def clip_spectrum(lam: Array) -> Array:
 def _eigh(A):
     w, V = jnp.linalg.eigh(A)
     return w, V
+
+
+@jax.custom_jvp
+def spd_sqrt(A: Float[Array, "*batch m m"]) -> Float[Array, "*batch m m"]:
+    """The symmetric square root A^{1/2} of symmetric positive-definite matrices (a stack).
+
+    From one eigendecomposition A = P diag(μ) Pᵀ per matrix, unbatched on CPU (`_eigh`).
+    Its derivative solves dS S + S dS = dA in that eigenbasis, dS'_ij = dA'_ij / (√μ_i + √μ_j),
+    which stays finite where eigenvalues coincide (A ∝ I): differentiating through `eigh`
+    instead divides by μ_i − μ_j there and gives NaN."""
+    mu, P = _stacked_eigh(A)
+    return (P * jnp.sqrt(mu)[..., None, :]) @ jnp.swapaxes(P, -1, -2)
+
+
+def _stacked_eigh(A: Array) -> tuple[Array, Array]:
+    flat = A.reshape((-1, *A.shape[-2:]))
+    mu, P = jax.vmap(_eigh)(flat)
+    return mu.reshape(A.shape[:-1]), P.reshape(A.shape)
+
+
+@spd_sqrt.defjvp
+def _spd_sqrt_jvp(primals, tangents):
+    (A,), (dA,) = primals, tangents
+    mu, P = _stacked_eigh(A)
+    Pt = jnp.swapaxes(P, -1, -2)
+    root = jnp.sqrt(mu)
+    S = (P * root[..., None, :]) @ Pt
+    dS = P @ ((Pt @ dA @ P) / (root[..., :, None] + root[..., None, :])) @ Pt
+    return S, dS
 
 
 @jax.custom_jvp
@@ -494,7 +524,7 @@ class RelativeGMRES(lx.AbstractLinearSolver):
         finite = jnp.isfinite(scale)
         scale = jnp.where(finite & (scale > 0), scale, 1.0)
         unit = jax.tree.map(lambda v: jnp.where(finite, v / scale, 0.0), vector)
-        x, result, stats = self._gmres().compute(state, unit, options)
+        x, result, stats = _sequential_gmres(self._gmres(), state, unit, options)
         return jax.tree.map(lambda v: jnp.where(finite, v * scale, 0.0), x), result, stats
 
     def transpose(self, state, options):
@@ -505,6 +535,23 @@ class RelativeGMRES(lx.AbstractLinearSolver):
 
     def assume_full_rank(self):
         return True
+
+
+def _sequential_gmres(gmres: lx.GMRES, state, vector, options):
+    """lineax GMRES's `compute`, run as a loop over the batch under `vmap` on CPU.
+
+    Each restart cycle solves its small Hessenberg least-squares problem by a LAPACK QR
+    (`lx.QR`), which `vmap` over widths turns into batched `geqrf`/`ormqr`/`trsm` calls:
+    the kind that deadlocks jaxlib 0.10's CPU thread pool (module docstring). Looping keeps
+    every call unbatched; the Krylov products are the same, one element at a time."""
+    arrays, static = eqx.partition((state, vector, options), eqx.is_array)
+
+    def run(arrays):
+        s, v, o = eqx.combine(arrays, static)
+        x, result, stats = gmres.compute(s, v, o)
+        return x, result, stats
+
+    return _cpu_sequential(run)(arrays)
 
 
 class KrylovOrDense(lx.AbstractLinearSolver):

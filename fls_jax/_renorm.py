@@ -59,6 +59,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray
 from ._activation import Linear
 from ._free_energy import _gp_post_kernels
 from ._linalg import (
+    DenseLU,
     _eigh,
     cholesky_inverse,
     first_order_term,
@@ -69,6 +70,8 @@ from ._linalg import (
     resolvent_solve,
     small_cholesky,
     small_cholesky_solve,
+    spd_inverse_logdet,
+    spd_sqrt,
 )
 from ._network import FCN, AbstractNetwork, PatchCNN
 from ._predict import _validate_test
@@ -540,6 +543,9 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype) -> _MatrixSaddl
         theta0,
         max_steps=1000,
         throw=False,
+        # The implicit gradient's Hessian solve: optimistix's default LU is batched LAPACK
+        # under vmap over widths; `DenseLU` runs it unbatched on CPU.
+        adjoint=optx.ImplicitAdjoint(linear_solver=DenseLU()),
     )
     R = jax.vmap(lambda t: _cholesky_factor(t, m))((T @ sol.value).reshape(layers, p))
     V_star = R @ jnp.swapaxes(R, 1, 2)
@@ -547,8 +553,7 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype) -> _MatrixSaddl
 
     # e^Z to second order suffices for the Hessian at Z = 0.
     eye = jnp.eye(m, dtype=dtype)
-    mu, P = jnp.linalg.eigh(V_star)
-    roots = (P * jnp.sqrt(mu)[:, None, :]) @ jnp.swapaxes(P, 1, 2)
+    roots = spd_sqrt(V_star)  # differentiable where V* ∝ I (targets Y = 0)
 
     def local(z):
         Z = jax.vmap(lambda zl: _symmetric(zl, m))(z.reshape(layers, p))
@@ -557,10 +562,11 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype) -> _MatrixSaddl
 
     hessian = jax.hessian(local)(theta0)
     gradient = jax.grad(local)(theta0)
-    _, logdet_h = jnp.linalg.slogdet(hessian)
-    # `_eigh` runs unbatched on CPU: two batched LAPACK calls at once under vmap over widths
-    # (this and slogdet's) is what deadlocks jaxlib 0.10 (`_linalg`).
+    # Every factorisation here runs unbatched on CPU (`_linalg`): batched LAPACK calls under
+    # vmap over widths deadlock jaxlib 0.10. Away from a minimum (flagged) the log-determinant
+    # is taken of I instead, which keeps the evidence finite.
     minimum = jnp.all(_eigh(jax.lax.stop_gradient(hessian))[0] > 0)
+    logdet_h = spd_inverse_logdet(jnp.where(minimum, hessian, jnp.eye(hessian.shape[0])))[1]
     stationary = jnp.max(jnp.abs(gradient)) <= 1e3 * tol * (1 + jnp.sum(k) * m)
     wishart = jnp.all(k > (m - 1) / 2)
     ok = (sol.result == optx.RESULTS.successful) & minimum & stationary & wishart
