@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
 from jax.custom_derivatives import SymbolicZero
-from jaxtyping import Array, ArrayLike, Float
+from jaxtyping import Array, ArrayLike, Bool, Float
 
 from ._free_energy import _gp_post_kernels, _inverse_width
 from ._linalg import _first_order_in, kernel_spectrum, refuse_derivative
@@ -57,6 +57,7 @@ from ._renorm import (
     _check_one_output,
     _check_scalar_renormalisation,
     _half_shapes,
+    _located,
     _solve_log_scale,
     _stationarity_gap,
 )
@@ -83,6 +84,9 @@ class LearningCurve(eqx.Module):
       tᵀQ_f t/C of SPEC §4 (`Prediction.chi_proxy`), with Q_f = uK and t = (Q_f + σ²)⁻¹y;
       0 at width ``inf`` (k). The scalar u cannot learn a direction: for a non-linear
       hidden layer the curve is trustworthy only while this stays ≲ 1 (`docs/learning_curves.md`).
+    - `converged`: per size, whether the values are finite and, at finite width, the
+      saddle point was located as a minimum of the action (its bisection's bracket or
+      residual within tolerance, the stationarity condition increasing through it) (k).
     - `eigenvalues`: the kernel's eigenvalues η_ρ on the data measure, descending (M).
     - `target_power`: the target's power a_ρ² in each mode, averaged over outputs (M);
       Σ_ρ a_ρ² is the target's mean square, E_g at n = 0.
@@ -95,6 +99,7 @@ class LearningCurve(eqx.Module):
     gamma: Float[Array, " k"]
     scale: Float[Array, " k"]
     chi_proxy: Float[Array, " k"]
+    converged: Bool[Array, " k"]
     eigenvalues: Float[Array, " M"]
     target_power: Float[Array, " M"]
     method: str = eqx.field(static=True)
@@ -215,7 +220,8 @@ def _learning_curve(network, X, Y, ns, target_noise, method: Method, branch: str
 
     def gp():
         error, kappa, gamma, _, _, _, power = _curve(K, Y, noise, target_noise, ns, eta, U, sc)
-        return error, kappa, gamma, jnp.ones_like(kappa), jnp.zeros_like(kappa), eta, power
+        ones, zeros = jnp.ones_like(kappa), jnp.zeros_like(kappa)
+        return error, kappa, gamma, ones, zeros, eta, power, jnp.ones_like(kappa, dtype=bool)
 
     def finite():
         k = _half_shapes(network)
@@ -255,7 +261,8 @@ def _learning_curve(network, X, Y, ns, target_noise, method: Method, branch: str
                 ),
                 *out[1:],
             )
-    error, kappa, gamma, scale, chi_proxy, eta, power = out
+    error, kappa, gamma, scale, chi_proxy, eta, power, located = out
+    finite_values = jnp.isfinite(error) & jnp.isfinite(kappa) & jnp.isfinite(scale)
     return LearningCurve(
         n=ns,
         test_error=error,
@@ -263,6 +270,7 @@ def _learning_curve(network, X, Y, ns, target_noise, method: Method, branch: str
         gamma=gamma,
         scale=scale,
         chi_proxy=chi_proxy,
+        converged=located & finite_values,
         eigenvalues=eta[::-1],
         target_power=power[::-1],
         method=method,
@@ -434,6 +442,10 @@ def _finite_width_curve(K, Y, noise, target_noise, ns, k, eta, U, inv_width):
     The saddle z = log u is found by bisection on the spectrum; its derivatives enter by the
     implicit function theorem (`_at_root`): −∂_θ H/∂_z H, with H(z) = z − Σ_l log(1 − g(z)/k_l)."""
     power = _power(U, jax.lax.stop_gradient(Y))
+    # Targets whose power overflows (|y| ≳ 10¹⁵⁴) would stop the saddle's search in lineax
+    # (a non-finite input); it runs on zeros instead, and the curve comes out flagged.
+    finite_power = jnp.all(jnp.isfinite(power))
+    power = jnp.where(finite_power, power, 0.0)
     tol = 1e3 * float(jnp.finfo(K.dtype).eps)
     gp = jnp.isinf(k[0])
     sg = jax.lax.stop_gradient
@@ -455,11 +467,14 @@ def _finite_width_curve(K, Y, noise, target_noise, ns, k, eta, U, inv_width):
         return pull(dof, quad, error, kappa, ridge, n, z, sg_s2)
 
     def solve_z(n):
-        z = _solve_log_scale(lambda z: cheap_pull(n, z), sg_k, K.dtype).value
+        sol = _solve_log_scale(lambda z: cheap_pull(n, z), sg_k, K.dtype)
+        z = sol.value
         slope = jax.grad(lambda z: _stationarity_gap(cheap_pull(n, z), z, sg_k))(z)
-        return jnp.where(gp, 0.0, z), slope
+        # A minimum of the action: the condition (dS/dz's sign) increases through the root.
+        located = finite_power & (gp | (_located(sol) & (slope > 0)))
+        return jnp.where(gp, 0.0, z), slope, located
 
-    z_star, slope = jax.lax.map(solve_z, ns)
+    z_star, slope, located = jax.lax.map(solve_z, ns)
     # One evaluation at z* with the derivatives of (K, Y, σ², σ_ε²), for ∂_θ H; one with z's.
     ridge_star = noise * jnp.exp(-z_star)
     error, kappa, gamma, dof, quad, _, _ = _curve(K, Y, ridge_star, target_noise, ns, eta, U, True)
@@ -471,4 +486,4 @@ def _finite_width_curve(K, Y, noise, target_noise, ns, k, eta, U, inv_width):
     error, kappa, gamma, _, quad, _, _ = _curve(K, Y, ridge, target_noise, ns, eta, U, True)
     train = (ridge / kappa) ** 2 * (error + target_noise)
     chi_proxy = jnp.exp(-z) * ns * (quad - train / ridge) * inv_width
-    return error, kappa, gamma, jnp.exp(z), chi_proxy, eta, power
+    return error, kappa, gamma, jnp.exp(z), chi_proxy, eta, power, located

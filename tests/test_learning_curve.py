@@ -195,6 +195,7 @@ def test_finite_width_against_the_exact_posterior_on_drawn_training_sets(linear_
     net = fj.FCN(4.0, 1.0, 1.0, 0.01, fj.Linear())
     lc = fj.learning_curve(net, X, Y, ns)
     gp = fj.learning_curve(fj.FCN(np.inf, 1.0, 1.0, 0.01, fj.Linear()), X, Y, ns)
+    assert bool(jnp.all(lc.converged)) and bool(jnp.all(gp.converged))
     K, y = X @ X.T / X.shape[1], Y.reshape(-1)
     rng = np.random.default_rng(0)
     for i, n in enumerate(ns):
@@ -322,3 +323,16 @@ def test_nonfinite_pool_is_refused_under_jit():
         jax.block_until_ready(curve(np.where(np.arange(30)[:, None] == 3, np.nan, X), X[:, 0]))
     with pytest.raises(Exception, match="X and Y finite"):
         jax.block_until_ready(curve(X, np.where(np.arange(30) == 5, np.nan, X[:, 0])))
+
+
+def test_overflowing_targets_are_flagged():
+    """Targets ×10¹⁶⁰ overflow the target's power (y² > 10³⁰⁸): at width inf the curve was
+    inf with nothing to say so, at finite width the saddle's search stopped in lineax on a
+    non-finite input. Both now come back flagged, per size; the same curves at ×1 are not."""
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((30, 3))
+    for width in (np.inf, 4.0):
+        net = fj.FCN(width, 1.0, 1.0, 0.1, fj.Linear())
+        assert bool(jnp.all(fj.learning_curve(net, X, X[:, 0], [4.0, 8.0]).converged))
+        curve = fj.learning_curve(net, X, 1e160 * X[:, 0], [4.0, 8.0])
+        assert not bool(jnp.any(curve.converged)), width
