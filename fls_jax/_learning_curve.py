@@ -54,6 +54,7 @@ from ._free_energy import _gp_post_kernels, _inverse_width
 from ._linalg import _first_order_in, kernel_spectrum, refuse_derivative
 from ._network import AbstractNetwork
 from ._renorm import (
+    _BRACKET,
     _check_one_output,
     _check_scalar_renormalisation,
     _half_shapes,
@@ -86,7 +87,8 @@ class LearningCurve(eqx.Module):
       hidden layer the curve is trustworthy only while this stays ≲ 1 (`docs/learning_curves.md`).
     - `converged`: per size, whether the values are finite and, at finite width, the
       saddle point was located as a minimum of the action (its bisection's bracket or
-      residual within tolerance, the stationarity condition increasing through it) (k).
+      residual within tolerance, the stationarity condition increasing through it), the
+      only one on a scan of 201 points in log u (k).
     - `eigenvalues`: the kernel's eigenvalues η_ρ on the data measure, descending (M).
     - `target_power`: the target's power a_ρ² in each mode, averaged over outputs (M);
       Σ_ρ a_ρ² is the target's mean square, E_g at n = 0.
@@ -457,7 +459,7 @@ def _finite_width_curve(K, Y, noise, target_noise, ns, k, eta, U, inv_width):
         train = (ridge / kappa) ** 2 * (error + s2)
         return 0.5 * (dof - jnp.exp(-z) * n * (quad - train / ridge))
 
-    def cheap_pull(n, z):  # the same on the fixed spectrum: for the bisection and ∂_z H
+    def cheap_pull(n, z, tol=tol):  # the same on the fixed spectrum: for the bisection and ∂_z H
         ridge = sg_noise * jnp.exp(-z)
         kappa = _kappa(eta, ridge, n, tol)
         a = n * eta + kappa
@@ -471,7 +473,15 @@ def _finite_width_curve(K, Y, noise, target_noise, ns, k, eta, U, inv_width):
         z = sol.value
         slope = jax.grad(lambda z: _stationarity_gap(cheap_pull(n, z), z, sg_k))(z)
         # A minimum of the action: the condition (dS/dz's sign) increases through the root.
-        located = finite_power & (gp | (_located(sol) & (slope > 0)))
+        # The action may have several minima (as `renormalise`'s may): where the condition
+        # goes from − to + more than once on 201 points of [−50, 50] (the left point with
+        # every u_l > 0), the root found need not be the lowest, and the size is flagged.
+        grid = jnp.linspace(-_BRACKET, _BRACKET, 201, dtype=K.dtype)
+        g = jax.vmap(lambda z: cheap_pull(n, z, 1e-6))(grid)  # its sign is what counts
+        gaps = jax.vmap(_stationarity_gap, in_axes=(0, 0, None))(g, grid, sg_k)
+        valid = jnp.all(1 - g[:, None] / sg_k > jnp.exp(-2 * _BRACKET), axis=1)
+        minima = jnp.sum(valid[:-1] & (gaps[:-1] < 0) & (gaps[1:] >= 0))
+        located = finite_power & (gp | (_located(sol) & (slope > 0) & (minima <= 1)))
         return jnp.where(gp, 0.0, z), slope, located
 
     z_star, slope, located = jax.lax.map(solve_z, ns)

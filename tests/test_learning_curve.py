@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.optimize
 from scipy.optimize import brentq
 
 import fls_jax as fj
@@ -336,3 +337,44 @@ def test_overflowing_targets_are_flagged():
         assert bool(jnp.all(fj.learning_curve(net, X, X[:, 0], [4.0, 8.0]).converged))
         curve = fj.learning_curve(net, X, 1e160 * X[:, 0], [4.0, 8.0])
         assert not bool(jnp.any(curve.converged)), width
+
+
+def _averaged_minima(eta, power, n, noise, k, z):
+    """How many minima the finite-width curve's averaged action has in z = log u on the grid
+    z: where z − log(1 − g(z)/k) goes from − to +, with the data's pull g written out in
+    NumPy from the module docstring's averages (κ by brentq)."""
+    gaps = []
+    for zz in z:
+        lam = noise * np.exp(-zz)
+
+        def excess(lk, lam=lam):
+            return np.exp(lk) - lam - np.exp(lk) * np.sum(eta / (n * eta + np.exp(lk)))
+
+        lo, hi = np.log(lam), np.log(lam + eta.sum())
+        if excess(lo) >= 0 or excess(hi) <= 0:
+            kappa = lam if excess(lo) >= 0 else lam + eta.sum()
+        else:
+            kappa = np.exp(scipy.optimize.brentq(excess, lo, hi, xtol=1e-14))
+        a = n * eta + kappa
+        gamma = np.sum(n * eta**2 / a**2)
+        error = kappa**2 * np.sum(power / a**2) / (1 - gamma)
+        train = (lam / kappa) ** 2 * error
+        g = 0.5 * (np.sum(n * eta / a) - np.exp(-zz) * n * (np.sum(power / a) - train / lam))
+        gaps.append(zz - np.log(1 - g / k) if g < k else np.inf)
+    gaps = np.array(gaps)
+    return int(np.sum(np.isfinite(gaps[:-1]) & (gaps[:-1] < 0) & (gaps[1:] >= 0)))
+
+
+def test_finite_width_action_with_two_minima_is_flagged():
+    """A pool whose kernel operator is diag(40 × 10⁴, 40 × 10⁻³), the target along the
+    small eigenvalues, C = 2: at n = 80 the averaged action has two minima (counted here in
+    NumPy on 2001 points), and the root found need not be the lower; at n = 10 it has one."""
+    M = 80
+    eta = np.r_[np.full(40, 1e4), np.full(40, 1e-3)]
+    X = np.diag(np.sqrt(M * M * eta))  # K = XXᵀ/d with d = M: the operator K/M is diag(η)
+    Y = np.r_[np.zeros(40), np.full(40, 3.0)]
+    curve = fj.learning_curve(fj.FCN(2.0, 1.0, 1.0, 0.1, fj.Linear()), X, Y, [10.0, 80.0])
+    z = np.linspace(-50, 50, 2001)
+    counts = [_averaged_minima(eta, Y**2 / M, n, 0.1, 1.0, z) for n in (10.0, 80.0)]
+    assert counts == [1, 2]
+    np.testing.assert_array_equal(curve.converged, [True, False])
