@@ -481,7 +481,9 @@ def _finite_width_curve(K, Y, noise, target_noise, ns, k, eta, U, inv_width):
         gaps = jax.vmap(_stationarity_gap, in_axes=(0, 0, None))(g, grid, sg_k)
         valid = jnp.all(1 - g[:, None] / sg_k > jnp.exp(-2 * _BRACKET), axis=1)
         minima = jnp.sum(valid[:-1] & (gaps[:-1] < 0) & (gaps[1:] >= 0))
-        located = finite_power & (gp | (_located(sol) & (slope > 0) & (minima <= 1)))
+        gap = lambda z: _stationarity_gap(cheap_pull(n, z), z, sg_k)  # noqa: E731
+        located = _located(sol, gap) & (slope > 0) & (minima <= 1)
+        located = finite_power & (gp | located)
         return jnp.where(gp, 0.0, z), slope, located
 
     z_star, slope, located = jax.lax.map(solve_z, ns)

@@ -215,10 +215,12 @@ def _eigh(A):
 def spd_sqrt(A: Float[Array, "*batch m m"]) -> Float[Array, "*batch m m"]:
     """The symmetric square root A^{1/2} of symmetric positive-definite matrices (a stack).
 
-    From one eigendecomposition A = P diag(μ) Pᵀ per matrix, unbatched on CPU (`_eigh`).
-    Its derivative solves dS S + S dS = dA in that eigenbasis, dS'_ij = dA'_ij / (√μ_i + √μ_j),
-    which stays finite where eigenvalues coincide (A ∝ I): differentiating through `eigh`
-    instead divides by μ_i − μ_j there and gives NaN."""
+    From one eigendecomposition A = P diag(μ) Pᵀ per matrix, unbatched on CPU (`_eigh`),
+    which sees A's symmetric part. Its derivative solves the Sylvester equation
+    S dS + dS S = dA (dA symmetrised), as the m²×m² system (S ⊗ I + I ⊗ S) vec dS = vec dA
+    by `small_cholesky`: finite where eigenvalues coincide (A ∝ I), where differentiating
+    through `eigh` divides by μ_i − μ_j and gives NaN, free of LAPACK, and differentiable
+    again (the rule calls `spd_sqrt` itself), so second derivatives go through it."""
     mu, P = _stacked_eigh(A)
     return (P * jnp.sqrt(mu)[..., None, :]) @ jnp.swapaxes(P, -1, -2)
 
@@ -232,12 +234,18 @@ def _stacked_eigh(A: Array) -> tuple[Array, Array]:
 @spd_sqrt.defjvp
 def _spd_sqrt_jvp(primals, tangents):
     (A,), (dA,) = primals, tangents
-    mu, P = _stacked_eigh(A)
-    Pt = jnp.swapaxes(P, -1, -2)
-    root = jnp.sqrt(mu)
-    S = (P * root[..., None, :]) @ Pt
-    dS = P @ ((Pt @ dA @ P) / (root[..., :, None] + root[..., None, :])) @ Pt
-    return S, dS
+    S = spd_sqrt(A)
+    m = A.shape[-1]
+    eye = jnp.eye(m, dtype=A.dtype)
+    # (S ⊗ I + I ⊗ S)[(i, j), (k, l)] = S_ik δ_jl + δ_ik S_jl, for row-major vec.
+    kron = (
+        S[..., :, None, :, None] * eye[:, None, :]
+        + eye[:, None, :, None] * S[..., None, :, None, :]
+    )
+    kron = kron.reshape((*A.shape[:-2], m * m, m * m))
+    rhs = (0.5 * (dA + jnp.swapaxes(dA, -1, -2))).reshape((*A.shape[:-2], m * m, 1))
+    dS = small_cholesky_solve(small_cholesky(kron), rhs)
+    return S, dS.reshape(A.shape)
 
 
 @jax.custom_jvp

@@ -638,6 +638,26 @@ def test_spd_sqrt_derivative_at_coinciding_eigenvalues():
         fd = (scipy.linalg.sqrtm(A + h * dA) - scipy.linalg.sqrtm(A - h * dA)).real / (2 * h)
         np.testing.assert_allclose(droot, fd, atol=1e-8)
     assert bool(jnp.all(jnp.isnan(jax.jvp(jnp.linalg.eigh, (2 * jnp.eye(3),), (dA,))[1][1])))
+    # A non-symmetric tangent acts through its symmetric part, as the value does (eigh).
+    E = np.zeros((3, 3))
+    E[0, 1] = 1.0
+    np.testing.assert_allclose(
+        jax.jvp(_linalg.spd_sqrt, (jnp.asarray(A),), (jnp.asarray(E),))[1],
+        jax.jvp(_linalg.spd_sqrt, (jnp.asarray(A),), (jnp.asarray(0.5 * (E + E.T)),))[1],
+    )
+
+    # Second derivatives (the m×m saddle's Hessians in σ² go through them): along dA twice,
+    # against central differences of the first derivative.
+    def second(A):
+        def along(t):
+            return jax.jvp(_linalg.spd_sqrt, (A + t * dA,), (jnp.asarray(dA),))[1]
+
+        return jax.jvp(along, (0.0,), (1.0,))[1], along
+
+    for A in (2 * np.eye(3), B @ B.T + np.eye(3)):
+        exact, along = second(jnp.asarray(A))
+        fd = (along(1e-4) - along(-1e-4)) / 2e-4
+        np.testing.assert_allclose(exact, fd, atol=1e-7)
 
 
 def test_matrix_saddle_gradient_where_its_scale_is_isotropic(two_outputs):
@@ -830,6 +850,41 @@ def test_patch_mixture_is_the_posterior_of_prior_draws():
         se = sd * np.sqrt(1 / ess + 1 / float(r.effective_draws))
         np.testing.assert_array_less(np.abs(np.asarray(ours) - theirs), 4.5 * se)
     assert abs(float(r.log_evidence) - _log_mean_exp(log_lik)) < 4.5 * np.sqrt(1 / ess)
+
+
+def test_narrow_posterior_and_a_minimum_beyond_the_range():
+    """Two bug-hunt cases on a diagonal kernel (n = 12, C = 1 and 2). A posterior of
+    z = log u with standard deviation 0.029: one uniform grid over the prior's long left
+    tail had a spacing of 0.063, and the mixture's log Z was 3·10⁻² off, reported converged;
+    now it matches a trapezoid rule on 10⁶ points. Targets ×10²⁴, whose S has its minimum
+    beyond log u = 50: the bisection shrank onto the end of its range and the saddle was
+    reported converged there; now it is flagged."""
+    lam = np.array([535.87, 1118.4, 60.04, 13175.9, 29766.3, 183.66, 3.34e-3, 6.07e-3, 1.47e-2])
+    lam = np.r_[lam, 2.77e-4, 6.96e-4, 1.56e-2]
+    y = np.array([0.73, -0.18, -1.41, 0.33, -1.02, -1.54, 4.88, 22.21, 4.89, 13.96, -21.23, -0.39])
+    noise, k = 0.0032357, 0.5
+    X = np.diag(np.sqrt(12 * lam))
+    r = fj.renormalise(fj.FCN(2 * k, 1.0, 1.0, noise, fj.Linear()), X, y, X[:2])
+    z = np.linspace(-80, 30, 1_000_001)
+    var = np.exp(z)[:, None] * lam + noise
+    lw = k * np.log(k) - math.lgamma(k) + k * z - k * np.exp(z)
+    lw = lw - 0.5 * np.sum(y**2 / var + np.log(2 * np.pi * var), axis=1)
+    top = lw.max()
+    assert bool(r.converged)
+    np.testing.assert_allclose(
+        float(r.log_evidence), top + np.log(np.trapezoid(np.exp(lw - top), z)), atol=1e-8
+    )
+    net = fj.FCN(2.0, 1.0, 1.0, 0.1, fj.Linear())
+    z = np.linspace(-50, 150, 200_001)
+    for scale in (1e10, 1e24):
+        var = np.exp(z)[:, None] * lam + 0.1
+        S = np.expm1(z) - z + 0.5 * np.sum((scale * y) ** 2 / var + np.log(var), axis=1)
+        beyond = z[np.argmin(S)] > 50
+        assert beyond == (scale > 1e20)
+        saddle = fj.renormalise(net, X, scale * y, X[:2], method="saddle")
+        assert bool(saddle.converged) != beyond
+        if not beyond:
+            np.testing.assert_allclose(np.log(float(saddle.scale)), z[np.argmin(S)], atol=1e-3)
 
 
 def test_saddle_picks_the_lower_of_two_minima():
