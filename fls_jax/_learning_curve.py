@@ -58,7 +58,7 @@ from ._renorm import (
     _check_one_output,
     _check_scalar_renormalisation,
     _half_shapes,
-    _located,
+    _minimum_intervals,
     _solve_log_scale,
     _stationarity_gap,
 )
@@ -469,8 +469,7 @@ def _finite_width_curve(K, Y, noise, target_noise, ns, k, eta, U, inv_width):
         return pull(dof, quad, error, kappa, ridge, n, z, sg_s2)
 
     def solve_z(n):
-        sol = _solve_log_scale(lambda z: cheap_pull(n, z), sg_k, K.dtype)
-        z = sol.value
+        z, located = _solve_log_scale(lambda z: cheap_pull(n, z), sg_k, K.dtype)
         slope = jax.grad(lambda z: _stationarity_gap(cheap_pull(n, z), z, sg_k))(z)
         # A minimum of the action: the condition (dS/dz's sign) increases through the root.
         # The action may have several minima (as `renormalise`'s may): where the condition
@@ -478,12 +477,8 @@ def _finite_width_curve(K, Y, noise, target_noise, ns, k, eta, U, inv_width):
         # every u_l > 0), the root found need not be the lowest, and the size is flagged.
         grid = jnp.linspace(-_BRACKET, _BRACKET, 201, dtype=K.dtype)
         g = jax.vmap(lambda z: cheap_pull(n, z, 1e-6))(grid)  # its sign is what counts
-        gaps = jax.vmap(_stationarity_gap, in_axes=(0, 0, None))(g, grid, sg_k)
-        valid = jnp.all(1 - g[:, None] / sg_k > jnp.exp(-2 * _BRACKET), axis=1)
-        minima = jnp.sum(valid[:-1] & (gaps[:-1] < 0) & (gaps[1:] >= 0))
-        gap = lambda z: _stationarity_gap(cheap_pull(n, z), z, sg_k)  # noqa: E731
-        located = _located(sol, gap) & (slope > 0) & (minima <= 1)
-        located = finite_power & (gp | located)
+        minima = jnp.sum(_minimum_intervals(g, grid, sg_k))
+        located = finite_power & (gp | (located & (slope > 0) & (minima <= 1)))
         return jnp.where(gp, 0.0, z), slope, located
 
     z_star, slope, located = jax.lax.map(solve_z, ns)

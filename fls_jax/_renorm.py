@@ -46,7 +46,6 @@ Gaussian-equivalence approximation otherwise.
 """
 
 import math
-from collections.abc import Callable
 from typing import Literal
 
 import equinox as eqx
@@ -348,16 +347,15 @@ def _renormalise(network, X, Y, X_test, Y_test, method: Method) -> Renormalised:
         jnp.where(found, lower[best], -_BRACKET),
         jnp.where(found, upper[best], _BRACKET),
     )
-    sol = _solve_log_scale(pull, k, X.dtype, bracket)
-    z_star = jnp.where(gp, 0.0, sol.value)
+    z_star, located = _solve_log_scale(pull, k, X.dtype, bracket)
+    z_star = jnp.where(gp, 0.0, z_star)
     g_star, curvature = (t[0] for t in pull_and_curvature(z_star[None]))
     v_star = jnp.where(gp, 0.0, jnp.log1p(-g_star / k))
     # The Hessian of S in v is diag(k e^v) + g'(z) 11ᵀ: the Laplace variance of z = Σ v_l is
     # s / (1 + g' s) with s = Σ 1/(k e^v) (Sherman–Morrison); a minimum needs 1 + g' s > 0.
     s = jnp.sum(jnp.where(gp, 0.0, 1 / (k * jnp.exp(v_star))))
     stiffness = 1 + curvature * s
-    ok = _located(sol, lambda z: _stationarity_gap(pull(z), z, k)) & (stiffness > 0)
-    ok = ok & jnp.all(v_star > -jnp.inf)
+    ok = located & (stiffness > 0) & jnp.all(v_star > -jnp.inf)
     ok = ok | gp
     var_z = jnp.where(stiffness > 0, s / stiffness, s)
 
@@ -465,29 +463,35 @@ def _scalar_terms(K, y, noise, spectrum):
     return solve, log_likelihood, pull_and_curvature
 
 
+def _minimum_intervals(g: Array, grid: Array, k: Array) -> Array:
+    """Which intervals of `grid` (in z = log u, given the data's pull `g` at its points)
+    hold a minimum of the action: the stationarity condition goes from − to + (its sign is
+    that of dS/dz), with every u_l = 1 − g/k_l positive at the left point. The right point
+    may have some u_l ≤ 0: the condition tends to +∞ as u_l → 0⁺, and its clipped stand-in
+    beyond is positive."""
+    gaps = jax.vmap(_stationarity_gap, in_axes=(0, 0, None))(g, grid, k)
+    valid = jnp.all(1 - g[:, None] / k > jnp.exp(-2 * _BRACKET), axis=1)
+    return valid[:-1] & (gaps[:-1] < 0) & (gaps[1:] >= 0)
+
+
 def _scan_minima(K, y, noise, spectrum, k):
     """The minima of the scalar saddle's S in z = log u, located on 401 points of [−50, 50].
 
     S may have several (targets along both large and small eigenvalues of K), and a
     bisection over the whole range finds one root of the stationarity condition, not
     necessarily the lowest minimum's (a bug hunt, stop 39: S 9.9 above the minimum,
-    reported converged). The condition's sign is that of dS/dz, so a minimum lies where it
-    goes from − to + between two points. The left point must have every u_l = 1 − g/k_l
-    positive; the right one may not, since the condition tends to +∞ as u_l → 0⁺ (and its
-    clipped stand-in beyond is positive). 24 bisection steps in every such interval at once
-    place its root to 1.5·10⁻⁸ (S, stationary there, is then off by ~S″·10⁻¹⁶), where S is
-    evaluated at v_l = log(1 − g/k_l), up to a constant. Returns the intervals' ends (400
-    each), which of them hold a minimum, the roots and S there (inf where none)."""
+    reported converged). The intervals that hold one are `_minimum_intervals`'s; 24
+    bisection steps in every such interval at once place its root to 1.5·10⁻⁸ (S,
+    stationary there, is then off by ~S″·10⁻¹⁶), where S is evaluated at
+    v_l = log(1 − g/k_l), up to a constant. Returns the intervals' ends (400 each), which of
+    them hold a minimum, the roots and S there (inf where none)."""
     solve, log_likelihood, pull_and_curvature = _scalar_terms(K, y, noise, spectrum)
     grid = jnp.linspace(-_BRACKET, _BRACKET, 401, dtype=y.dtype)
 
     def gap(z):
         return jax.vmap(_stationarity_gap, in_axes=(0, 0, None))(pull_and_curvature(z)[0], z, k)
 
-    g = pull_and_curvature(grid)[0]
-    gaps = gap(grid)
-    valid = jnp.all(1 - g[:, None] / k > jnp.exp(-2 * _BRACKET), axis=1)
-    minima = valid[:-1] & (gaps[:-1] < 0) & (gaps[1:] >= 0)
+    minima = _minimum_intervals(pull_and_curvature(grid)[0], grid, k)
     lower, upper = grid[:-1], grid[1:]
 
     def bisect(_, ends):
@@ -1002,36 +1006,36 @@ def _stationarity_gap(g: Array, z: Array, k: Array) -> Array:
 
 def _solve_log_scale(
     pull, k: Array, dtype, bracket: tuple[Array | float, Array | float] = (-_BRACKET, _BRACKET)
-) -> optx.Solution:
+) -> tuple[Array, Array]:
     """The saddle point's z = log u, given the data's pull g(z): ∂S/∂v_l = k_l(e^{v_l} − 1)
     + g = 0 gives u_l = 1 − g/k_l, and z = Σ_l log u_l. Bisection in `bracket` (within
     [−50, 50], where the condition goes from − to +) to 1000 ulp of log u ≈ 1: 2·10⁻¹³ in
-    float64, 10⁻⁴ in float32."""
+    float64, 10⁻⁴ in float32.
+
+    Returns z (differentiable: optimistix's implicit adjoint) and whether it was located: to
+    the bisection's tolerance, or with the bracket shrunk to it and the condition changing
+    sign, − to +, within it. Where some u_l is tiny the condition is steep at its root
+    (slope ~ g′/(k_l u_l): 3·10⁵ at u = 2.5·10⁻⁶), and optimistix's second test,
+    |gap| ≤ 1000 ulp, fails one ulp of z away; the bracket is then the measure of the root's
+    error. Without the sign test a bracket shrunk onto an end of [−50, 50], where there is
+    no root (the minimum beyond it), would pass."""
+
+    def gap(z):
+        return _stationarity_gap(pull(z), z, k)
 
     tol = 1e3 * float(jnp.finfo(dtype).eps)
     lower, upper = (jnp.asarray(b, dtype) for b in bracket)
-    return optx.root_find(
-        lambda z, _: _stationarity_gap(pull(z), z, k),
+    sol = optx.root_find(
+        lambda z, _: gap(z),
         optx.Bisection(rtol=0.0, atol=tol, flip=False),
         0.5 * (lower + upper),
         options=dict(lower=lower, upper=upper),
         max_steps=256,
         throw=False,
     )
-
-
-def _located(sol: optx.Solution, gap: Callable[[Array], Array]) -> Array:
-    """Whether `_solve_log_scale`'s bisection found a root of `gap`: to its tolerance, or
-    with the bracket shrunk to it and the condition changing sign, − to +, within it.
-    Where some u_l is tiny the condition is steep at its root (slope ~ g′/(k_l u_l): 3·10⁵
-    at u = 2.5·10⁻⁶), and optimistix's second test, |gap| ≤ 1000 ulp, fails one ulp of z
-    away; the bracket is then the measure of the root's error. Without the sign test a
-    bracket shrunk onto an end of [−50, 50], where there is no root (the minimum beyond
-    it), would pass."""
-    tol = 1e3 * float(jnp.finfo(sol.value.dtype).eps)
     shrunk = jnp.abs(sol.state.upper - sol.state.lower) < tol
     straddles = (gap(sol.value - tol) < 0) & (gap(sol.value + tol) >= 0)
-    return (sol.result == optx.RESULTS.successful) | (shrunk & straddles)
+    return sol.value, (sol.result == optx.RESULTS.successful) | (shrunk & straddles)
 
 
 def _log_prior(z: Array, k: Array, v_star: Array) -> Array:
