@@ -5,7 +5,8 @@
 A linear FCN (σ² = 0.01) on pools of M = 500 and 2000 points (d = 16, target tanh(x₁)), 20
 training-set sizes from 2 to M/4: seconds for the first call (compilation included) and after
 it (best of 3), with the last size's test error to compare versions (run it on two versions
-back to back, e.g. with ``PYTHONPATH`` on a git worktree).
+back to back, e.g. with ``PYTHONPATH`` on a git worktree). Then the same for the jitted
+gradient of Σ E_g in σ_w², with its value.
 """
 
 import platform
@@ -17,6 +18,7 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import fls_jax as fj  # noqa: E402
@@ -43,6 +45,25 @@ def main():
             print(
                 f"M={M} C={C}: first {first:.2f} s, again {min(again):.3f} s, "
                 f"E_g[-1]={float(r.test_error[-1]):.10g}",
+                flush=True,
+            )
+
+            def total(sigma_w2, C=C, X=X, Y=Y, ns=ns):
+                net = fj.FCN(C, sigma_w2, 1.0, 0.01, fj.Linear())
+                return jnp.sum(fj.learning_curve(net, X, Y, ns).test_error)
+
+            grad = jax.jit(jax.grad(total))
+            t = time.perf_counter()
+            g = jax.block_until_ready(grad(1.0))
+            first = time.perf_counter() - t
+            again = []
+            for _ in range(3):
+                t = time.perf_counter()
+                jax.block_until_ready(grad(1.0))
+                again.append(time.perf_counter() - t)
+            print(
+                f"  gradient: first {first:.2f} s, again {min(again):.3f} s, "
+                f"dΣE_g/dσ_w²={float(g):.10g}",
                 flush=True,
             )
 

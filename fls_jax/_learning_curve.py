@@ -88,7 +88,7 @@ class LearningCurve(eqx.Module):
     - `converged`: per size, whether the values are finite and, at finite width, the
       saddle point was located as a minimum of the action (its bisection's bracket or
       residual within tolerance, the stationarity condition increasing through it), the
-      only one on a scan of 201 points in log u (k).
+      lowest of at most 4 seen on a scan of 201 points in log u (k).
     - `eigenvalues`: the kernel's eigenvalues η_ρ on the data measure, descending (M).
     - `target_power`: the target's power a_ρ² in each mode, averaged over outputs (M);
       Σ_ρ a_ρ² is the target's mean square, E_g at n = 0.
@@ -285,7 +285,8 @@ def _power(U, Y):
 
 
 def _spectral(K, Y, ridge, target_noise, ns, eta, U, self_consistent: bool):
-    """E_g, κ, γ, tr K(K+λ)⁻¹ and yᵀ(K+λ)⁻¹y/n (their training-set averages) per n on K's
+    """E_g, κ, γ, tr K(K+λ)⁻¹ and yᵀ(K+λ)⁻¹y/n − (training error)/λ (their training-set
+    averages; the last `_resolvent_gap`'s, at the self-consistent κ) per n on K's
     eigendecomposition (η, U), at the ridge λ (a scalar or one per n), and what the JVP
     needs."""
     yr = U.T @ Y  # the target in the eigenbasis (M×m)
@@ -302,8 +303,10 @@ def _spectral(K, Y, ridge, target_noise, ns, eta, U, self_consistent: bool):
     )(ns, kappa)
     a = ns[:, None] * eta + kappa[:, None]  # nη_ρ + κ, (k, M)
     dof = jnp.sum(ns[:, None] * eta / a, axis=1)
-    quad = jnp.sum(power / a, axis=1) + target_noise / kappa
-    return (error, kappa, gamma, dof, quad, eta, power), (U, yr, a, bias)
+    gap = jax.vmap(_resolvent_gap, in_axes=(None, None, 0, 0, 0, None))(
+        eta, power, ns, kappa, ridge, target_noise
+    )
+    return (error, kappa, gamma, dof, gap, eta, power), (U, yr, a, bias)
 
 
 def _error(eta, power, n, kappa, target_noise, self_consistent: bool):
@@ -319,9 +322,9 @@ def _error(eta, power, n, kappa, target_noise, self_consistent: bool):
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(7,))
 def _curve(K, Y, ridge, target_noise, ns, eta, U, self_consistent: bool):
-    """(E_g, κ, γ, tr K(K+λ)⁻¹, yᵀ(K+λ)⁻¹y/n) per n, and the spectrum (η, a²), given K's
-    eigendecomposition (η, U) from `kernel_spectrum`. Differentiable in K, Y, the ridge λ and σ_ε²;
-    the spectrum's outputs are not (their tangents are zero)."""
+    """(E_g, κ, γ, tr K(K+λ)⁻¹, yᵀ(K+λ)⁻¹y/n − training error/λ) per n, and the spectrum
+    (η, a²), given K's eigendecomposition (η, U) from `kernel_spectrum`. Differentiable in
+    K, Y, the ridge λ and σ_ε²; the spectrum's outputs are not (their tangents are zero)."""
     return _spectral(K, Y, ridge, target_noise, ns, eta, U, self_consistent)[0]
 
 
@@ -332,7 +335,9 @@ def _curve_jvp(self_consistent, primals, tangents):
     dκ = (dλ + κ² tr(dK A⁻²)) / (1 − γ)            (self-consistent; dλ for the EK)
     dγ = 2nκ tr(dK K A⁻³) − 2n dκ tr(K² A⁻³)
     d tr(nK A⁻¹) = nκ tr(dK A⁻²) − n dκ tr(K A⁻²)
-    d(yᵀA⁻ᵖy) = p (A⁻ᵖy)ᵀdy − Σ_(q+r=p+1) (A⁻^q y)ᵀ(n dK + dκ)(A⁻^r y)   (p = 1, 2)
+    d(yᵀA⁻²y) = 2 (A⁻²y)ᵀdy − Σ_(q+r=3) (A⁻^q y)ᵀ(n dK + dκ)(A⁻^r y)
+    and the gap yᵀ(K+λ)⁻¹y/n − training error/λ as written below, in a form that stays
+    accurate as σ² → 0.
     """
     K, Y, ridge, target_noise, ns, eta, U = primals
     if not isinstance(tangents[0], SymbolicZero):
@@ -354,6 +359,10 @@ def _curve_jvp(self_consistent, primals, tangents):
     M, m = Y.shape
     dridge = jnp.broadcast_to(dridge, ns.shape)
     dKr = U.T @ dK @ U  # the tangent in the eigenbasis (once for all n)
+    # Between modes `kernel_spectrum` set to 0 (within rounding of zero) the tangent is
+    # rounding too; it would enter divided by κ², which is σ²-small.
+    null = eta == 0
+    dKr = jnp.where(null[:, None] & null[None, :], 0.0, dKr)
     dKd = jnp.diagonal(dKr)
     dyr = U.T @ dY
     n = ns[:, None]
@@ -365,30 +374,50 @@ def _curve_jvp(self_consistent, primals, tangents):
     dk = dkappa[:, None]
     dgamma = jnp.sum(2 * n * kk * dKd * eta / a**3 - 2 * n * dk * eta**2 / a**3, axis=1)
     ddof = jnp.sum(n * kk * dKd / a**2 - n * dk * eta / a**2, axis=1)
-    # A⁻¹y and A⁻²y in the eigenbasis, (k, M, m); forms averaged over outputs.
+
+    def form(u, v):  # Σ_i u_iᵀ dK v_i / (mM) in the eigenbasis, per n
+        return jnp.einsum("kri,rs,ksi->k", u, dKr, v) / (m * M)
+
+    def weighted(w):  # Σ_ρ w_ρ a_ρ² per n (the target's power a_ρ²)
+        return jnp.sum(w * power, axis=1)
+
+    # A⁻¹y and A⁻²y in the eigenbasis, (k, M, m); forms averaged over outputs. The bias
+    # κ² yᵀA⁻²y/(mM): κ's own tangent enters as 2κ dκ n Σ a²η/a³ (its two terms, 2κ dκ Σ a²/a²
+    # and −2κ² dκ Σ a²/a³, cancel on the modes with η = 0).
     u1 = yr[None] / a[..., None]
     u2 = yr[None] / a[..., None] ** 2
-    y3 = jnp.sum(yr[None] ** 2 / a[..., None] ** 3, axis=(1, 2))
-    # Q = mean_j y_jᵀA⁻²y_j per n (the bias is κ²Q/M).
-    dQ = (
-        2 * jnp.sum(u2 * dyr[None], axis=(1, 2))
-        - 2 * ns * jnp.einsum("kri,rs,ksi->k", u2, dKr, u1)
-        - 2 * dkappa * y3
-    ) / m
-    Q = bias / kappa**2 * M
-    dbias = (2 * kappa * dkappa * Q + kappa**2 * dQ) / M
+    dbias = kappa**2 * (2 * jnp.sum(u2 * dyr[None], axis=(1, 2)) / (m * M) - 2 * ns * form(u2, u1))
+    dbias = dbias + 2 * kappa * dkappa * ns * weighted(eta / a**3)
     numer = bias + gamma * target_noise
     dnumer = dbias + dgamma * target_noise + gamma * dtarget
     if self_consistent:
         derror = dnumer / (1 - gamma) + numer * dgamma / (1 - gamma) ** 2
     else:
         derror = dnumer
-    dquad = (
-        2 * jnp.sum(u1 * dyr[None], axis=(1, 2)) - ns * jnp.einsum("kri,rs,ksi->k", u1, dKr, u1)
-    ) / (m * M)
-    dquad = dquad - dkappa * Q / M + dtarget / kappa - target_noise * dkappa / kappa**2
+    # The gap G = yᵀA⁻²(nK + e)y/(mM) + σ_ε²E, with T = tr(K A⁻²), E = T/(1 − γ) and
+    # e = κ²E (`_resolvent_gap`). K enters through f(x) = (nx + e)/(nx + κ)², whose divided
+    # difference −n[n²xy − κ² + e(a_x + a_y)]/(a_x² a_y²) is taken as three rank-one forms:
+    # nothing of size 1/κ cancels. κ's and e's own tangents combine into
+    # −2dκ (λ/((1 − γ)κ)) n Σ a²η/a³ + κ² dE Σ a²/a².
+    ridge_k = jnp.broadcast_to(ridge, ns.shape)
+    T = jnp.sum(eta / a**2, axis=1)
+    om = ridge_k / kappa + kappa * T  # 1 − γ, a sum of positive terms
+    E = T / om
+    e = kappa**2 * E
+    dT = jnp.sum(dKd * (kk - n * eta) / a**3, axis=1) - 2 * dkappa * jnp.sum(eta / a**3, axis=1)
+    dE = dT / om + T * dgamma / om**2
+    ue = u2 * eta[None, :, None]
+    w = (n * eta + e[:, None]) / a**2
+    dgap = (
+        2 * jnp.sum(yr[None] * w[..., None] * dyr[None], axis=(1, 2)) / (m * M)
+        - ns * (ns**2 * form(ue, ue) - kappa**2 * form(u2, u2) + 2 * e * form(u1, u2))
+        - 2 * dkappa * ridge_k / (om * kappa) * ns * weighted(eta / a**3)
+        + kappa**2 * dE * weighted(1 / a**2)
+        + dtarget * E
+        + target_noise * dE
+    )
     zeros = (jnp.zeros_like(eta), jnp.zeros_like(power))
-    return out, (derror, dkappa, dgamma, ddof, dquad, *zeros)
+    return out, (derror, dkappa, dgamma, ddof, dgap, *zeros)
 
 
 _curve.defjvp(_curve_jvp, symbolic_zeros=True)
@@ -453,44 +482,124 @@ def _finite_width_curve(K, Y, noise, target_noise, ns, k, eta, U, inv_width):
     sg = jax.lax.stop_gradient
     sg_noise, sg_s2, sg_k = sg(noise), sg(target_noise), sg(k)
 
-    def pull(dof, quad, error, kappa, ridge, n, z, s2):
+    def pull(dof, gap, n, z):
         """g(z) = u ∂_u[−log N(Y; 0, uK + σ²)] from the training-set averages at ridge λ:
-        tr K(K + λ)⁻¹, yᵀ(K + λ)⁻¹y/n and the training error (λ/κ)²(E_g + σ_ε²)."""
-        train = (ridge / kappa) ** 2 * (error + s2)
-        return 0.5 * (dof - jnp.exp(-z) * n * (quad - train / ridge))
+        tr K(K + λ)⁻¹ and yᵀ(K + λ)⁻¹y/n − training error/λ (`_resolvent_gap`)."""
+        return 0.5 * (dof - jnp.exp(-z) * n * gap)
 
     def cheap_pull(n, z, tol=tol):  # the same on the fixed spectrum: for the bisection and ∂_z H
         ridge = sg_noise * jnp.exp(-z)
         kappa = _kappa(eta, ridge, n, tol)
-        a = n * eta + kappa
-        error, _, _ = _error(eta, power, n, kappa, sg_s2, True)
-        dof = jnp.sum(n * eta / a)
-        quad = jnp.sum(power / a) + sg_s2 / kappa
-        return pull(dof, quad, error, kappa, ridge, n, z, sg_s2)
+        dof = jnp.sum(n * eta / (n * eta + kappa))
+        return pull(dof, _resolvent_gap(eta, power, n, kappa, ridge, sg_s2), n, z)
+
+    def action(n, z):
+        """S (up to a constant) reduced to z: the prior's least Σ_l k_l(e^{v_l} − 1 − v_l)
+        over Σ_l v_l = z (`_least_prior`) plus the averaged data term −log N(Y; 0, e^z K + σ²),
+        whose derivative in z is the pull g. Stationary in z at a saddle point, so that a
+        rough root gives S to second order; S at v_l = log(1 − g/k_l) instead was off by
+        hundreds where some u_l is tiny and the condition steep (u = 1.7·10⁻⁶)."""
+        k_safe = jnp.where(gp, 1.0, sg_k)  # at C = ∞ nothing here is used
+        data = _averaged_data_term(eta, power, n, sg_noise, sg_s2, z, tol)
+        return _least_prior(z, k_safe) + data
 
     def solve_z(n):
-        z, located = _solve_log_scale(lambda z: cheap_pull(n, z), sg_k, K.dtype)
-        slope = jax.grad(lambda z: _stationarity_gap(cheap_pull(n, z), z, sg_k))(z)
-        # A minimum of the action: the condition (dS/dz's sign) increases through the root.
-        # The action may have several minima (as `renormalise`'s may): where the condition
-        # goes from − to + more than once on 201 points of [−50, 50] (the left point with
-        # every u_l > 0), the root found need not be the lowest, and the size is flagged.
+        # The action may have several minima (as `renormalise`'s may): the intervals of 201
+        # points of [−50, 50] where the condition (dS/dz's sign) goes from − to + (the left
+        # point with every u_l > 0) hold them. Up to `_CANDIDATES` of them are bisected
+        # 16 steps (to 8·10⁻⁶ in z, on κ to 10⁻⁶), S compared there, and the root solved to
+        # full accuracy in the lowest's interval (on all of [−50, 50] where none was seen).
         grid = jnp.linspace(-_BRACKET, _BRACKET, 201, dtype=K.dtype)
         g = jax.vmap(lambda z: cheap_pull(n, z, 1e-6))(grid)  # its sign is what counts
-        minima = jnp.sum(_minimum_intervals(g, grid, sg_k))
-        located = finite_power & (gp | (located & (slope > 0) & (minima <= 1)))
+        intervals = _minimum_intervals(g, grid, sg_k)
+        count = jnp.sum(intervals)
+        first = jnp.argsort(~intervals, stable=True)[:_CANDIDATES]
+        held = intervals[first]
+
+        def rough_gap(z):
+            return _stationarity_gap(cheap_pull(n, z, 1e-6), z, sg_k)
+
+        def bisect(_, ends):
+            lo, hi = ends
+            mid = 0.5 * (lo + hi)
+            below = jax.vmap(rough_gap)(mid) < 0
+            return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
+
+        def lowest():
+            lo, hi = jax.lax.fori_loop(0, 16, bisect, (grid[first], grid[first + 1]))
+            actions = jax.vmap(lambda z: action(n, z))(0.5 * (lo + hi))
+            return first[jnp.argmin(jnp.where(held, actions, jnp.inf))]
+
+        # (With one minimum or none, as usual, nothing to compare: the cost stays the scan's.)
+        best = jax.lax.cond(count > 1, lowest, lambda: first[0])
+        bracket = (
+            jnp.where(count > 0, grid[best], -_BRACKET),
+            jnp.where(count > 0, grid[best + 1], _BRACKET),
+        )
+        z, located = _solve_log_scale(lambda z: cheap_pull(n, z), sg_k, K.dtype, bracket)
+        slope = jax.grad(lambda z: _stationarity_gap(cheap_pull(n, z), z, sg_k))(z)
+        # A minimum: the condition increases through the root.
+        ok = located & (slope > 0) & (count <= _CANDIDATES)
+        located = finite_power & (gp | ok)
         return jnp.where(gp, 0.0, z), slope, located
 
     z_star, slope, located = jax.lax.map(solve_z, ns)
     # One evaluation at z* with the derivatives of (K, Y, σ², σ_ε²), for ∂_θ H; one with z's.
     ridge_star = noise * jnp.exp(-z_star)
-    error, kappa, gamma, dof, quad, _, _ = _curve(K, Y, ridge_star, target_noise, ns, eta, U, True)
-    h = jax.vmap(_stationarity_gap, in_axes=(0, 0, None))(
-        pull(dof, quad, error, kappa, ridge_star, ns, z_star, target_noise), z_star, k
-    )
+    _, _, _, dof, gap, _, _ = _curve(K, Y, ridge_star, target_noise, ns, eta, U, True)
+    h = jax.vmap(_stationarity_gap, in_axes=(0, 0, None))(pull(dof, gap, ns, z_star), z_star, k)
     z = jnp.where(gp, 0.0, _at_root(z_star, h, jnp.where(gp, 1.0, slope)))
     ridge = noise * jnp.exp(-z)
-    error, kappa, gamma, _, quad, _, _ = _curve(K, Y, ridge, target_noise, ns, eta, U, True)
-    train = (ridge / kappa) ** 2 * (error + target_noise)
-    chi_proxy = jnp.exp(-z) * ns * (quad - train / ridge) * inv_width
+    error, kappa, gamma, _, gap, _, _ = _curve(K, Y, ridge, target_noise, ns, eta, U, True)
+    chi_proxy = jnp.exp(-z) * ns * gap * inv_width
     return error, kappa, gamma, jnp.exp(z), chi_proxy, eta, power, located
+
+
+_CANDIDATES = 4  # the most minima of the finite-width curve's action told apart
+
+
+def _least_prior(z: Array, k: Array) -> Array:
+    """min of Σ_l k_l(e^{v_l} − 1 − v_l) over Σ_l v_l = z. The minimiser has
+    k_l(e^{v_l} − 1) = μ for all l: v_l = log(1 + μ/k_l). With μ = k_min(e^t − 1) every v_l
+    has t's sign and |v_l| ≤ |t|, so t lies between z/L and z, where 64 bisection steps
+    place it (exact for L = 1). The minimum is Σ_l (μ − k_l v_l)."""
+    k_min = jnp.min(k)
+
+    def step(_, ends):
+        lo, hi = ends
+        mid = 0.5 * (lo + hi)
+        below = jnp.sum(jnp.log1p(k_min * jnp.expm1(mid) / k)) < z
+        return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
+
+    depth = k.shape[0]
+    ends = (jnp.minimum(z, z / depth), jnp.maximum(z, z / depth))
+    lo, hi = jax.lax.fori_loop(0, 64, step, ends)
+    mu = k_min * jnp.expm1(0.5 * (lo + hi))
+    return jnp.sum(mu - k * jnp.log1p(mu / k))
+
+
+def _resolvent_gap(eta, power, n, kappa, ridge, s2):
+    """yᵀ(K + λ)⁻¹y/n − (training error)/λ averaged over training sets (the module
+    docstring's averages). With b_ρ = nη_ρ + κ and T = Σ_ρ η_ρ/b_ρ² it is
+    Σ a²/b + σ_ε²/κ − λ(Σ a²/b² + σ_ε²/κ²)/(1 − γ), and 1 − γ = λ/κ + κT (κ's equation):
+    rearranged, [(λ/κ) n Σ a²η/b² + T(κ Σ a²/b + σ_ε²)] / (λ/κ + κT), sums of positive
+    terms. The difference lost digits where σ² is tiny: u off by 6·10⁻⁵ at σ² = 10⁻⁹ and
+    23× at 10⁻¹⁴ (n = 60 > d = 4, `tests/test_learning_curve.py`)."""
+    b = n * eta + kappa
+    T = jnp.sum(eta / b**2)
+    r = ridge / kappa
+    numerator = r * n * jnp.sum(power * eta / b**2) + T * (kappa * jnp.sum(power / b) + s2)
+    return numerator / (r + kappa * T)
+
+
+def _averaged_data_term(eta, power, n, noise, s2, z, tol):
+    """−log N(Y; 0, e^z K + σ²) averaged over training sets of n points, up to a constant:
+    ½[n z + Σ_ρ log(1 + nη_ρ/κ) + n log κ − n + nλ/κ + n e^{−z} quad] at λ = σ²e^{−z}, with
+    quad the average of yᵀ(K + λ)⁻¹y/n. Stationary in κ (κ's equation), and its derivative
+    in z is the pull g."""
+    ridge = noise * jnp.exp(-z)
+    kappa = _kappa(eta, ridge, n, tol)
+    a = n * eta + kappa
+    quad = jnp.sum(power / a) + s2 / kappa
+    log_det = jnp.sum(jnp.log1p(n * eta / kappa)) + n * jnp.log(kappa) - n + n * ridge / kappa
+    return 0.5 * (n * z + log_det + n * jnp.exp(-z) * quad)

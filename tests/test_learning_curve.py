@@ -4,10 +4,14 @@ Checked against the spectral formulas written out here in NumPy/SciPy (eigenvalu
 bracket for κ), against GP regression on training sets drawn from the pool (Monte Carlo: what
 the theory predicts the average of), their n → 0 and n → ∞ limits, and finite differences."""
 
+import decimal
+from decimal import Decimal as Dec
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.integrate
 import scipy.optimize
 from scipy.optimize import brentq
 
@@ -339,42 +343,189 @@ def test_overflowing_targets_are_flagged():
         assert not bool(jnp.any(curve.converged)), width
 
 
+def _averaged_pull(eta, power, n, noise, z):
+    """The data's pull g(z) on the finite-width curve's averaged action, written out in NumPy
+    from the module docstring's averages (κ by brentq), with the direct difference
+    yᵀ(K + λ)⁻¹y/n − training error/λ (accurate at this σ²)."""
+    lam = noise * np.exp(-z)
+
+    def excess(lk):
+        return np.exp(lk) - lam - np.exp(lk) * np.sum(eta / (n * eta + np.exp(lk)))
+
+    lo, hi = np.log(lam), np.log(lam + eta.sum())
+    if excess(lo) >= 0 or excess(hi) <= 0:
+        kappa = lam if excess(lo) >= 0 else lam + eta.sum()
+    else:
+        kappa = np.exp(brentq(excess, lo, hi, xtol=1e-14))
+    a = n * eta + kappa
+    gamma = np.sum(n * eta**2 / a**2)
+    error = kappa**2 * np.sum(power / a**2) / (1 - gamma)
+    train = (lam / kappa) ** 2 * error
+    return 0.5 * (np.sum(n * eta / a) - np.exp(-z) * n * (np.sum(power / a) - train / lam))
+
+
 def _averaged_minima(eta, power, n, noise, k, z):
-    """How many minima the finite-width curve's averaged action has in z = log u on the grid
-    z: where z − log(1 − g(z)/k) goes from − to +, with the data's pull g written out in
-    NumPy from the module docstring's averages (κ by brentq)."""
-    gaps = []
-    for zz in z:
-        lam = noise * np.exp(-zz)
+    """The minima of the depth-1 averaged action S(z) = k(e^z − 1 − z) + ∫ g, z = log u:
+    where its stationarity condition z − log(1 − g(z)/k) goes from − to + on the grid z,
+    each refined by brentq. Returns the roots and S at each relative to the first, the
+    integral of g by adaptive quadrature."""
 
-        def excess(lk, lam=lam):
-            return np.exp(lk) - lam - np.exp(lk) * np.sum(eta / (n * eta + np.exp(lk)))
+    def gap(zz):
+        g = _averaged_pull(eta, power, n, noise, zz)
+        return zz - np.log(1 - g / k) if g < k else np.inf
 
-        lo, hi = np.log(lam), np.log(lam + eta.sum())
-        if excess(lo) >= 0 or excess(hi) <= 0:
-            kappa = lam if excess(lo) >= 0 else lam + eta.sum()
-        else:
-            kappa = np.exp(scipy.optimize.brentq(excess, lo, hi, xtol=1e-14))
-        a = n * eta + kappa
-        gamma = np.sum(n * eta**2 / a**2)
-        error = kappa**2 * np.sum(power / a**2) / (1 - gamma)
-        train = (lam / kappa) ** 2 * error
-        g = 0.5 * (np.sum(n * eta / a) - np.exp(-zz) * n * (np.sum(power / a) - train / lam))
-        gaps.append(zz - np.log(1 - g / k) if g < k else np.inf)
-    gaps = np.array(gaps)
-    return int(np.sum(np.isfinite(gaps[:-1]) & (gaps[:-1] < 0) & (gaps[1:] >= 0)))
+    # On the grid at once: κ by bisection in log κ (κ − λ − κΣ η/(nη + κ) increases).
+    lam = noise * np.exp(-z)
+    lo, hi = np.log(lam), np.log(lam + eta.sum())
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        kappa = np.exp(mid)
+        below = kappa - lam - kappa * np.sum(eta / (n * eta + kappa[:, None]), axis=1) < 0
+        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+    kappa = np.exp(0.5 * (lo + hi))
+    a = n * eta + kappa[:, None]
+    error = kappa**2 * np.sum(power / a**2, axis=1) / (1 - np.sum(n * eta**2 / a**2, axis=1))
+    quad = np.sum(power / a, axis=1) - lam / kappa**2 * error
+    g = 0.5 * (np.sum(n * eta / a, axis=1) - np.exp(-z) * n * quad)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        gaps = np.where(g < k, z - np.log(1 - g / k), np.inf)
+    where = np.flatnonzero(np.isfinite(gaps[:-1]) & (gaps[:-1] < 0) & (gaps[1:] >= 0))
+    roots = np.array([brentq(gap, z[i], z[i + 1], xtol=1e-13) for i in where])
+    actions = [
+        k * (np.expm1(r) - np.expm1(roots[0]) - (r - roots[0]))
+        + scipy.integrate.quad(
+            lambda zz: _averaged_pull(eta, power, n, noise, zz),
+            roots[0],
+            r,
+            epsabs=1e-12,
+            limit=200,
+        )[0]
+        for r in roots
+    ]
+    return roots, np.array(actions)
 
 
-def test_finite_width_action_with_two_minima_is_flagged():
-    """A pool whose kernel operator is diag(40 × 10⁴, 40 × 10⁻³), the target along the
-    small eigenvalues, C = 2: at n = 80 the averaged action has two minima (counted here in
-    NumPy on 2001 points), and the root found need not be the lower; at n = 10 it has one."""
+def test_finite_width_action_with_two_minima_takes_the_lower():
+    """A pool whose kernel operator is diag(40 × 10⁴, 40 × 10⁻⁵), the target along the
+    small eigenvalues, C = 2: at n = 80 the averaged action has two minima (found here in
+    NumPy on 2001 points, S compared by quadrature of the pull), at n = 10 one. The curve's
+    u is the lower minimum's (log u = 5.17, S lower by 7.0). Before stop 42 it was the root
+    the bisection happened to find, here the other one (log u = −11.41, E_g 8.6 against
+    4.6), flagged."""
     M = 80
-    eta = np.r_[np.full(40, 1e4), np.full(40, 1e-3)]
+    eta = np.r_[np.full(40, 1e4), np.full(40, 1e-5)]
     X = np.diag(np.sqrt(M * M * eta))  # K = XXᵀ/d with d = M: the operator K/M is diag(η)
     Y = np.r_[np.zeros(40), np.full(40, 3.0)]
     curve = fj.learning_curve(fj.FCN(2.0, 1.0, 1.0, 0.1, fj.Linear()), X, Y, [10.0, 80.0])
     z = np.linspace(-50, 50, 2001)
-    counts = [_averaged_minima(eta, Y**2 / M, n, 0.1, 1.0, z) for n in (10.0, 80.0)]
-    assert counts == [1, 2]
-    np.testing.assert_array_equal(curve.converged, [True, False])
+    found = [_averaged_minima(eta, Y**2 / M, n, 0.1, 1.0, z) for n in (10.0, 80.0)]
+    assert [len(roots) for roots, _ in found] == [1, 2]
+    roots, actions = found[1]
+    assert abs(actions[1] - actions[0]) > 1.0  # told apart by more than any error here
+    lowest = roots[np.argmin(actions)]
+    np.testing.assert_array_equal(curve.converged, [True, True])
+    np.testing.assert_allclose(np.log(curve.scale), [found[0][0][0], lowest], rtol=0, atol=1e-9)
+
+
+def _decimal_curve(eta, power, n, noise, k, width=True):
+    """u(n) and E_g of the depth-1 curve (at C = ∞ if not `width`: u = 1) in 80-digit decimal
+    arithmetic: κ by Newton's method (κ − λ − κ Σ η/(nη + κ) is convex and increasing), the
+    root of z − log(1 − g/k) by bisection and then secant steps, with g's direct difference
+    yᵀ(K + λ)⁻¹y/n − training error/λ, whose cancellation 80 digits absorb. Modes of equal
+    η are summed first (exact: they enter through their total power)."""
+    with decimal.localcontext() as ctx:
+        ctx.prec = 80
+        groups = {}
+        for e, p in zip(eta, power, strict=True):
+            groups[e] = groups.get(e, Dec(0)) + Dec(float(p))
+        es, ps = list(groups), list(groups.values())
+        n, noise, k = Dec(n), Dec(noise), Dec(k)
+
+        def terms(z):
+            lam = noise * (-z).exp()
+            kap = lam + sum(es)
+            for _ in range(200):
+                f = kap - lam - kap * sum(e / (n * e + kap) for e in es)
+                step = f / (1 - sum(n * e * e / (n * e + kap) ** 2 for e in es))
+                kap -= step
+                if abs(step) < kap * Dec("1e-75"):
+                    break
+            a = [n * e + kap for e in es]
+            gamma = sum(n * e * e / (b * b) for e, b in zip(es, a, strict=True))
+            error = kap * kap * sum(p / (b * b) for p, b in zip(ps, a, strict=True)) / (1 - gamma)
+            quad = sum(p / b for p, b in zip(ps, a, strict=True))
+            dof = sum(n * e / b for e, b in zip(es, a, strict=True))
+            g = (dof - (-z).exp() * n * (quad - lam / kap**2 * error)) / 2
+            return z - (1 - g / k).ln(), error
+
+        if not width:
+            return Dec(1), terms(Dec(0))[1]
+        lo, hi = Dec(-30), Dec(30)
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if terms(mid)[0] < 0 else (lo, mid)
+        z0, z1 = lo, hi
+        f0, f1 = terms(z0)[0], terms(z1)[0]
+        for _ in range(60):
+            if f1 == f0 or abs(z1 - z0) < Dec("1e-70"):
+                break
+            z0, z1, f0 = z1, z1 - f1 * (z1 - z0) / (f1 - f0), f1
+            f1 = terms(z1)[0]
+        return z1.exp(), terms(z1)[1]
+
+
+def test_finite_width_curve_keeps_its_digits_at_tiny_noise():
+    """A linear FCN (d = 4, C = 4) on M = 120 inputs with a target partly outside the
+    kernel's span, n = 60 > d: yᵀ(K + λ)⁻¹y/n and the training error/λ are each ~1/σ² and
+    their difference O(1). u, E_g and their derivatives in σ_w² and σ² (and the GP curve's
+    E_g and its derivatives), against an 80-digit evaluation of the same formulas on the
+    curve's own spectrum, its derivatives by central differences (K ∝ σ_w²: the eigenvalues
+    scale). Before stop 42 u was off by 6·10⁻⁵ at σ² = 10⁻⁹ and by 23× at 10⁻¹⁴ (flagged),
+    its derivative in σ_w² by 2000× at 10⁻⁹ (after the values were fixed); E_g's derivative
+    in σ_w² at C = ∞ was 1.5·10⁻⁴ where it is ~10⁻¹⁵."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((120, 4))
+    Y = X[:, 0] + 0.5 * (X[:, 1] ** 2 - 1)
+    ns = (2.0, 60.0)
+
+    def outputs(sigma_w2, noise):  # (u, E_g) at C = 4 and ∞, per size: (2, 2, 2)
+        nets = [fj.FCN(width, sigma_w2, 1.0, noise, fj.Linear()) for width in (4.0, np.inf)]
+        curves = [fj.learning_curve(net, X, Y, ns) for net in nets]
+        values = jnp.stack([jnp.stack([c.scale, c.test_error]) for c in curves])
+        converged = jnp.all(curves[0].converged) & jnp.all(curves[1].converged)
+        return values, (values, converged, curves[0].eigenvalues, curves[0].target_power)
+
+    jacobian = jax.jit(jax.jacobian(outputs, argnums=(0, 1), has_aux=True))
+    ctx = decimal.Context(prec=80)
+    for noise in (1e-9, 1e-16):
+        (got_w, got_n), (got, converged, eta, power) = jacobian(1.0, noise)
+        assert bool(converged)
+        eta = [Dec(float(e)) for e in np.asarray(eta)]
+        power = np.asarray(power)
+        for c, width in enumerate((4.0, np.inf)):
+            for i in range(2):
+
+                def ref(scale, factor, i=i, width=width, eta=eta, power=power, noise=noise):
+                    return _decimal_curve(
+                        [ctx.multiply(e, scale) for e in eta],
+                        power,
+                        ns[i],
+                        ctx.multiply(Dec(noise), factor),
+                        2.0,
+                        bool(np.isfinite(width)),
+                    )
+
+                h = Dec("1e-30")
+                up, down = ctx.add(1, h), ctx.subtract(1, h)
+                value = [float(v) for v in ref(1, 1)]
+                d_w = [
+                    ctx.divide(a - b, 2 * h) for a, b in zip(ref(up, 1), ref(down, 1), strict=True)
+                ]
+                d_n = [
+                    ctx.divide(a - b, 2 * h) for a, b in zip(ref(1, up), ref(1, down), strict=True)
+                ]
+                np.testing.assert_allclose(got[c, :, i], value, rtol=1e-12)
+                d_w = [float(v) for v in d_w]
+                np.testing.assert_allclose(got_w[c, :, i], d_w, rtol=1e-9, atol=1e-12)
+                d_n = [float(v) / noise for v in d_n]
+                np.testing.assert_allclose(got_n[c, :, i], d_n, rtol=1e-9)
