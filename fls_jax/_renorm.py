@@ -66,7 +66,7 @@ from ._linalg import (
     kernel_spectrum,
     resolvent_diagonal,
     resolvent_logdet,
-    resolvent_moments,
+    resolvent_pull,
     resolvent_solve,
     small_cholesky,
     small_cholesky_solve,
@@ -442,8 +442,8 @@ def _scalar_terms(K, y, noise, spectrum):
     (`resolvent_*`: one eigendecomposition `spectrum`, derivatives that do not pass through
     its eigenvectors): `solve(z)`, Vᵀ R y (G, n); `log_likelihood(z, solved)`,
     log N(y; 0, uK + σ²I) given that; `pull_and_curvature(z)`, g(z) = u ∂_u of
-    −log N(y; 0, uK + σ²I) (dS/dz of the likelihood part) and its derivative in z, from
-    u ∂_u Rᵖ = −p Rᵖ(I − σ²R) (uKR = I − σ²R)."""
+    −log N(y; 0, uK + σ²I) (dS/dz of the likelihood part) and its derivative in z
+    (`resolvent_pull`)."""
     n = y.shape[0]
 
     def solve(z):
@@ -455,10 +455,8 @@ def _scalar_terms(K, y, noise, spectrum):
         return -0.5 * (quad + logdet + n * math.log(2 * math.pi))
 
     def pull_and_curvature(z):
-        m1, m2, m3, t1, t2 = resolvent_moments(K, y, jnp.exp(z), noise, *spectrum).T
-        pull = 0.5 * (n - m1 + noise * m2 - noise * t1)
-        curvature = 0.5 * (m1 - noise * m2 - 2 * noise * (m2 - noise * m3))
-        return pull, curvature + 0.5 * noise * (t1 - noise * t2)
+        pull, curvature = resolvent_pull(K, y, jnp.exp(z), noise, *spectrum).T
+        return pull, curvature
 
     return solve, log_likelihood, pull_and_curvature
 
