@@ -444,6 +444,37 @@ def resolvent_pull(K, y, u, s, lam, V) -> Float[Array, "G 2"]:
     return values + first_order_term(form, K, V, V.T @ y, lam, u, s, den)
 
 
+def resolvent_likelihood_change(K, y, u, u_ref, s, lam, V) -> Float[Array, " G"]:
+    """−2 log N(y; 0, u_g K + sI) + 2 log N(y; 0, u_ref K + sI) for each scale u_g:
+    yᵀ(R(u_g) − R(u_ref))y + log det(R(u_ref)R(u_g)⁻¹), R(u) = (uK + sI)⁻¹, given K's
+    `kernel_spectrum` (λ, V). As Σ_ρ y_ρ²λ_ρ(u_ref − u_g)/(A_ρ A′_ρ) + Σ_ρ log(A_ρ/A′_ρ)
+    (A = u_g λ + s, A′ = u_ref λ + s), K's null modes drop out: in each likelihood apart they
+    are ~1/s where the targets leave K's span, and the differences across u lost their digits.
+    Derivatives in K: yᵀf(K)y with the divided difference
+    f^[1] = (u − u_ref)(u u_ref xy − s²)/(A_x A_y A′_x A′_y) as two rank-one forms, and
+    tr(δK (u/A − u_ref/A′)) = Σ_ρ δK_ρρ s(u − u_ref)/(A A′); the block between modes that
+    `clip_spectrum` set to 0 (rounding, divided by s²) is dropped."""
+    den = _denominators(lam, u, s)
+    den_ref = u_ref * lam + s
+    yr = V.T @ y
+    du = u[:, None] - u_ref
+    value = jnp.sum(-(yr**2) * lam * du / (den * den_ref) + jnp.log1p(lam * du / den_ref), axis=1)
+
+    def form(A, yr, lam, u, u_ref, s, den, den_ref):
+        null = lam == 0
+        A = jnp.where(null[:, None] & null[None, :], 0.0, A)
+
+        def pair(a, b):
+            return jnp.sum(a * (b @ A.T), axis=1)
+
+        p, q = yr * lam / (den * den_ref), yr / (den * den_ref)
+        quad = (u - u_ref) * (u * u_ref * pair(p, p) - s**2 * pair(q, q))
+        logdet = s * (u - u_ref) * ((1 / (den * den_ref)) @ jnp.diagonal(A))
+        return quad + logdet
+
+    return value + first_order_term(form, K, V, yr, lam, u, u_ref, s, den, den_ref)
+
+
 def resolvent_diagonal(K, B, c, u, s, lam, V) -> Float[Array, " r"]:
     """diag(B F Bᵀ) for F = Σ_g c_g (u_g K + sI)⁻¹ (B: (r, n), c and u: (G,)), given K's
     `kernel_spectrum` (λ, V)."""

@@ -258,6 +258,28 @@ def test_saddle_keeps_its_digits_at_tiny_noise():
     np.testing.assert_allclose([d_w, d_n], [float(ref_w), float(ref_n)], rtol=1e-9)
 
 
+def test_mixture_keeps_its_digits_at_tiny_noise():
+    """The saddle test's data (n = 60 > d = 4, a target partly outside the kernel's span): the
+    exact posterior's E[u | Y] depends on σ² smoothly, by 5·10⁻¹⁰ between σ² = 10⁻⁸ and
+    10⁻¹⁰ here, so at 10⁻¹⁴ it must equal 10⁻¹⁰'s to ~10⁻¹². The log-likelihood's null-mode
+    part, Σ y²/σ² ≈ 7·10¹⁴ at 10⁻¹⁴, swamped its z-dependence before stop 42: E[u] came out
+    5 % off, converged. The same for ∂E[u]/∂σ_w² (≈ −0.35: it was wrong from σ² = 10⁻⁶ on,
+    −2·10⁴ at 10⁻¹⁰)."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((60, 4))
+    Y = X[:, 0] + 0.5 * (X[:, 1] ** 2 - 1)
+
+    def mixture(sigma_w2, noise):
+        r = fj.renormalise(fj.FCN(4.0, sigma_w2, 1.0, noise, fj.Linear()), X, Y, X[:2])
+        return r.scale, (r.scale, r.converged)
+
+    grad = jax.jit(jax.grad(mixture, has_aux=True))
+    (g_small, (u_small, ok_small)), (g_ref, (u_ref, ok_ref)) = grad(1.0, 1e-14), grad(1.0, 1e-10)
+    assert bool(ok_small) and bool(ok_ref)
+    np.testing.assert_allclose(u_small, u_ref, rtol=1e-10)
+    np.testing.assert_allclose(g_small, g_ref, rtol=1e-8)
+
+
 def test_vmap_over_widths(tiny):
     X, Y, X_test, Y_test = tiny
     net = fj.FCN(2.0, 1.0, 1.0, NOISE, fj.Linear())
