@@ -464,7 +464,7 @@ def _scalar_terms(K, y, noise, spectrum):
     def log_likelihood(z, solved):
         # yᵀRy's terms on K's null modes, Σ y_ρ²/σ², are the same at every z and ~1/σ²
         # where the targets leave K's span: returned apart (with their derivatives), so that
-        # the rest keeps its digits (E[u] of the mixture was 5 % off at σ² = 10⁻¹⁴).
+        # the scan's actions, compared across z, keep their digits without them.
         terms = solved * (spectrum[1].T @ y)
         quad = jnp.sum(jnp.where(null, 0.0, terms), axis=1)
         logdet = resolvent_logdet(K, jnp.exp(z), noise, *spectrum)
