@@ -51,7 +51,7 @@ from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array, ArrayLike, Bool, Float
 
 from ._free_energy import _gp_post_kernels, _inverse_width
-from ._linalg import _first_order_in, kernel_spectrum, refuse_derivative
+from ._linalg import _drop_null_block, _first_order_in, kernel_spectrum, refuse_derivative
 from ._network import AbstractNetwork
 from ._renorm import (
     _BRACKET,
@@ -358,11 +358,9 @@ def _curve_jvp(self_consistent, primals, tangents):
     _, kappa, gamma, _, _, eta, power = out
     M, m = Y.shape
     dridge = jnp.broadcast_to(dridge, ns.shape)
-    dKr = U.T @ dK @ U  # the tangent in the eigenbasis (once for all n)
-    # Between modes `kernel_spectrum` set to 0 (within rounding of zero) the tangent is
-    # rounding too; it would enter divided by κ², which is σ²-small.
-    null = eta == 0
-    dKr = jnp.where(null[:, None] & null[None, :], 0.0, dKr)
+    # The tangent in the eigenbasis (once for all n), without its rounding between modes
+    # `kernel_spectrum` set to 0: it would enter divided by κ², which is σ²-small.
+    dKr = _drop_null_block(U.T @ dK @ U, eta)
     dKd = jnp.diagonal(dKr)
     dyr = U.T @ dY
     n = ns[:, None]
