@@ -55,6 +55,7 @@ from ._linalg import _drop_null_block, _first_order_in, kernel_spectrum, refuse_
 from ._network import AbstractNetwork
 from ._renorm import (
     _BRACKET,
+    _bisect_intervals,
     _check_one_output,
     _check_scalar_renormalisation,
     _half_shapes,
@@ -517,15 +518,9 @@ def _finite_width_curve(K, Y, noise, target_noise, ns, k, eta, U, inv_width):
         def rough_gap(z):
             return _stationarity_gap(cheap_pull(n, z, 1e-6), z, sg_k)
 
-        def bisect(_, ends):
-            lo, hi = ends
-            mid = 0.5 * (lo + hi)
-            below = jax.vmap(rough_gap)(mid) < 0
-            return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
-
         def lowest():
-            lo, hi = jax.lax.fori_loop(0, 16, bisect, (grid[first], grid[first + 1]))
-            actions = jax.vmap(lambda z: action(n, z))(0.5 * (lo + hi))
+            roots = _bisect_intervals(jax.vmap(rough_gap), grid[first], grid[first + 1], 16)
+            actions = jax.vmap(lambda z: action(n, z))(roots)
             return first[jnp.argmin(jnp.where(held, actions, jnp.inf))]
 
         # (With one minimum or none, as usual, nothing to compare: the cost stays the scan's.)

@@ -401,7 +401,6 @@ def _renormalise(network, X, Y, X_test, Y_test, method: Method) -> Renormalised:
         log_prior = _log_prior(z, k, jax.lax.stop_gradient(v_star))
         z = jnp.where(gp, 0.0, z)  # C = ∞: the GP, every node at u = 1
         solved = solve(z)
-        log_lik, null_part = log_likelihood(z, solved)
         # The weights from the likelihood's change from the node at the saddle point, whose
         # terms on K's null modes (~1/σ² apart, the same at every node) cancel in closed
         # form (`resolvent_likelihood_change`); that node's likelihood, once, the evidence.
@@ -411,7 +410,9 @@ def _renormalise(network, X, Y, X_test, Y_test, method: Method) -> Renormalised:
         change = resolvent_likelihood_change(K, y, u_nodes, u_nodes[ref], noise, *spectrum)
         lw = log_prior - 0.5 * change
         total = logsumexp(lw + log_c)
-        log_evidence = jnp.where(gp, 0.0, total) + log_lik[ref] + null_part[ref]
+        at_ref = (jax.lax.dynamic_slice_in_dim(a, ref, 1) for a in (z, solved))
+        log_lik, null_part = log_likelihood(*at_ref)
+        log_evidence = jnp.where(gp, 0.0, total) + log_lik[0] + null_part[0]
         w = jnp.where(gp, 1.0 / _GRID, jnp.exp(lw + log_c - total))
         peak = jnp.max(lw)
         ok = ok & (gp | ((jnp.maximum(lw[0], lw[-1]) < peak - _EDGE_DROP) & ~jnp.any(missed)))
@@ -489,6 +490,20 @@ def _minimum_intervals(g: Array, grid: Array, k: Array) -> Array:
     return valid[:-1] & (gaps[:-1] < 0) & (gaps[1:] >= 0)
 
 
+def _bisect_intervals(gap, lower: Array, upper: Array, steps: int) -> Array:
+    """The midpoints after `steps` bisection steps on the sign of `gap` (a function of a
+    vector of points, − below the root, + above) in every interval [lower, upper] at once."""
+
+    def bisect(_, ends):
+        lo, hi = ends
+        mid = 0.5 * (lo + hi)
+        below = gap(mid) < 0
+        return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
+
+    lo, hi = jax.lax.fori_loop(0, steps, bisect, (lower, upper))
+    return 0.5 * (lo + hi)
+
+
 def _scan_minima(K, y, noise, spectrum, k):
     """The minima of the scalar saddle's S in z = log u, located on 401 points of [−50, 50].
 
@@ -508,15 +523,7 @@ def _scan_minima(K, y, noise, spectrum, k):
 
     minima = _minimum_intervals(pull_and_curvature(grid)[0], grid, k)
     lower, upper = grid[:-1], grid[1:]
-
-    def bisect(_, ends):
-        lo, hi = ends
-        mid = 0.5 * (lo + hi)
-        below = gap(mid) < 0
-        return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
-
-    lo, hi = jax.lax.fori_loop(0, 24, bisect, (lower, upper))
-    roots = 0.5 * (lo + hi)
+    roots = _bisect_intervals(gap, lower, upper, 24)
     v = jnp.log(jnp.maximum(1 - pull_and_curvature(roots)[0][:, None] / k, jnp.exp(-2 * _BRACKET)))
     z = jnp.sum(v, axis=1)
     # (Without the null modes' part of the likelihood: the same at every z.)
