@@ -59,6 +59,7 @@ from ._renorm import (
     _check_one_output,
     _check_scalar_renormalisation,
     _half_shapes,
+    _least_prior,
     _minimum_intervals,
     _solve_log_scale,
     _stationarity_gap,
@@ -500,7 +501,7 @@ def _finite_width_curve(K, Y, noise, target_noise, ns, k, eta, U, inv_width):
         hundreds where some u_l is tiny and the condition steep (u = 1.7·10⁻⁶)."""
         k_safe = jnp.where(gp, 1.0, sg_k)  # at C = ∞ nothing here is used
         data = _averaged_data_term(eta, power, n, sg_noise, sg_s2, z, tol)
-        return _least_prior(z, k_safe) + data
+        return _least_prior(z, k_safe)[0] + data
 
     def solve_z(n):
         # The action may have several minima (as `renormalise`'s may): the intervals of 201
@@ -549,26 +550,6 @@ def _finite_width_curve(K, Y, noise, target_noise, ns, k, eta, U, inv_width):
 
 
 _CANDIDATES = 4  # the most minima of the finite-width curve's action told apart
-
-
-def _least_prior(z: Array, k: Array) -> Array:
-    """min of Σ_l k_l(e^{v_l} − 1 − v_l) over Σ_l v_l = z. The minimiser has
-    k_l(e^{v_l} − 1) = μ for all l: v_l = log(1 + μ/k_l). With μ = k_min(e^t − 1) every v_l
-    has t's sign and |v_l| ≤ |t|, so t lies between z/L and z, where 64 bisection steps
-    place it (exact for L = 1). The minimum is Σ_l (μ − k_l v_l)."""
-    k_min = jnp.min(k)
-
-    def step(_, ends):
-        lo, hi = ends
-        mid = 0.5 * (lo + hi)
-        below = jnp.sum(jnp.log1p(k_min * jnp.expm1(mid) / k)) < z
-        return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
-
-    depth = k.shape[0]
-    ends = (jnp.minimum(z, z / depth), jnp.maximum(z, z / depth))
-    lo, hi = jax.lax.fori_loop(0, 64, step, ends)
-    mu = k_min * jnp.expm1(0.5 * (lo + hi))
-    return jnp.sum(mu - k * jnp.log1p(mu / k))
 
 
 def _resolvent_gap(eta, power, n, kappa, ridge, s2):

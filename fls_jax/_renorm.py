@@ -350,13 +350,13 @@ def _renormalise(network, X, Y, X_test, Y_test, method: Method) -> Renormalised:
     )
     z_star, located = _solve_log_scale(pull, k, X.dtype, bracket)
     z_star = jnp.where(gp, 0.0, z_star)
-    g_star, curvature = (t[0] for t in pull_and_curvature(z_star[None]))
-    v_star = jnp.where(gp, 0.0, jnp.log1p(-g_star / k))
+    curvature = pull_and_curvature(z_star[None])[1][0]
+    v_star = jnp.where(gp, 0.0, _least_prior(z_star, k)[1])  # log(1 − g*/k_l)
     # The Hessian of S in v is diag(k e^v) + g'(z) 11ᵀ: the Laplace variance of z = Σ v_l is
     # s / (1 + g' s) with s = Σ 1/(k e^v) (Sherman–Morrison); a minimum needs 1 + g' s > 0.
     s = jnp.sum(jnp.where(gp, 0.0, 1 / (k * jnp.exp(v_star))))
     stiffness = 1 + curvature * s
-    ok = located & (stiffness > 0) & jnp.all(v_star > -jnp.inf)
+    ok = located & (stiffness > 0) & jnp.all(jnp.isfinite(v_star))
     ok = ok | gp
     var_z = jnp.where(stiffness > 0, s / stiffness, s)
 
@@ -504,6 +504,43 @@ def _bisect_intervals(gap, lower: Array, upper: Array, steps: int) -> Array:
     return 0.5 * (lo + hi)
 
 
+def _least_prior(z: Array, k: Array) -> tuple[Array, Array]:
+    """The least Σ_l k_l(e^{v_l} − 1 − v_l) over Σ_l v_l = z, and its minimiser v (L,).
+    The minimiser has k_l(e^{v_l} − 1) = μ for all l. With μ = k_min(e^t − 1),
+    e^{v_l} = 1 − r_l + r_l e^t (r_l = k_min/k_l: `_layer_logs`), every v_l has t's sign and
+    |v_l| ≤ |t|, so t lies between z/L and z, where 64 bisection steps place it (t = z for
+    L = 1); one Newton step from there carries the derivatives in z and k (the implicit
+    function's). The minimum is Σ_l (μ − k_l v_l). At a saddle point μ = −g, and v is the
+    saddle's v_l = log(1 − g/k_l), computed without 1 − g/k_l's cancellation where u is tiny
+    (there the latter lost digits as 10⁻¹⁶/u)."""
+    sg = jax.lax.stop_gradient
+    z0, k0 = sg(z), sg(k)
+
+    def step(_, ends):
+        lo, hi = ends
+        mid = 0.5 * (lo + hi)
+        below = jnp.sum(_layer_logs(mid, k0)) < z0
+        return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
+
+    depth = k.shape[0]
+    ends = (jnp.minimum(z0, z0 / depth), jnp.maximum(z0, z0 / depth))
+    lo, hi = jax.lax.fori_loop(0, 64, step, ends)
+    t0 = 0.5 * (lo + hi)
+    v0 = _layer_logs(t0, k)
+    slope = jnp.sum(jnp.min(k0) / k0 * jnp.exp(t0 - sg(v0)))  # d Σ_l v_l / dt
+    t = t0 - (jnp.sum(v0) - z) / slope
+    v = _layer_logs(t, k)
+    return jnp.sum(jnp.min(k) * jnp.expm1(t) - k * v), v
+
+
+def _layer_logs(t: Array, k: Array) -> Array:
+    """v_l = log(1 − r_l + r_l e^t), r_l = k_min/k_l: exactly t for the narrowest layers."""
+    r = jnp.min(k) / k
+    rest = 1 - r
+    log_rest = jnp.where(rest > 0, jnp.log(jnp.where(rest > 0, rest, 1.0)), -jnp.inf)
+    return jnp.logaddexp(log_rest, jnp.log(r) + t)
+
+
 def _scan_minima(K, y, noise, spectrum, k):
     """The minima of the scalar saddle's S in z = log u, located on 401 points of [−50, 50].
 
@@ -511,10 +548,14 @@ def _scan_minima(K, y, noise, spectrum, k):
     bisection over the whole range finds one root of the stationarity condition, not
     necessarily the lowest minimum's (a bug hunt, stop 39: S 9.9 above the minimum,
     reported converged). The intervals that hold one are `_minimum_intervals`'s; 24
-    bisection steps in every such interval at once place its root to 1.5·10⁻⁸ (S,
-    stationary there, is then off by ~S″·10⁻¹⁶), where S is evaluated at
-    v_l = log(1 − g/k_l), up to a constant. Returns the intervals' ends (400 each), which of
-    them hold a minimum, the roots and S there (inf where none)."""
+    bisection steps in every such interval at once place its root to 1.5·10⁻⁸, where S is
+    evaluated reduced to z, up to a constant: the prior's least value over Σ_l v_l = z
+    (`_least_prior`) minus log N(y; 0, e^z K + σ²I). Stationary in z at a minimum, it is
+    then off by ~S″·10⁻¹⁶. S at v_l = log(1 − g/k_l) instead (before stop 43) was off by
+    thousands where u is tiny and the condition steep (u = 1.7·10⁻⁷: 1 − g/k = −1.4·10⁻⁷ at
+    the rough root, clipped to e⁻¹⁰⁰), and the upper of two minima, 450 higher, was taken.
+    Returns the intervals' ends (400 each), which of them hold a minimum, the roots and S
+    there (inf where none)."""
     solve, log_likelihood, pull_and_curvature = _scalar_terms(K, y, noise, spectrum)
     grid = jnp.linspace(-_BRACKET, _BRACKET, 401, dtype=y.dtype)
 
@@ -524,10 +565,9 @@ def _scan_minima(K, y, noise, spectrum, k):
     minima = _minimum_intervals(pull_and_curvature(grid)[0], grid, k)
     lower, upper = grid[:-1], grid[1:]
     roots = _bisect_intervals(gap, lower, upper, 24)
-    v = jnp.log(jnp.maximum(1 - pull_and_curvature(roots)[0][:, None] / k, jnp.exp(-2 * _BRACKET)))
-    z = jnp.sum(v, axis=1)
     # (Without the null modes' part of the likelihood: the same at every z.)
-    actions = jnp.sum(k * (jnp.expm1(v) - v), axis=1) - log_likelihood(z, solve(z))[0]
+    prior = jax.vmap(_least_prior, in_axes=(0, None))(roots, k)[0]
+    actions = prior - log_likelihood(roots, solve(roots))[0]
     return lower, upper, minima, roots, jnp.where(minima, actions, jnp.inf)
 
 

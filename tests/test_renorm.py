@@ -965,6 +965,39 @@ def test_narrow_posterior_and_a_minimum_beyond_the_range():
             np.testing.assert_allclose(np.log(float(saddle.scale)), z[np.argmin(S)], atol=1e-3)
 
 
+def test_lower_minimum_where_u_is_tiny():
+    """A stop-43 hunt's case (diag K: 211 eigenvalues 5.6·10⁴ with small targets, 93 of
+    2.9·10⁻⁷ with targets 0.134; C = 2): S(log u) has minima at log u = −15.61 and 6.88,
+    the first 450 lower. The scan compared S at v = log(1 − g/k), which at the rough root of
+    the lower one (u = 1.7·10⁻⁷, the condition's slope ~10⁹) was log of −1.4·10⁻⁷, clipped:
+    S came out 5000 too high and the upper minimum was taken, reported converged. Now the
+    saddle is the lower, against S minimised here on a grid, its layer scale is e^z to
+    rounding (it was 6·10⁻⁸ off), and the mixture's log Z is a quadrature of the exact
+    posterior of log u on its window."""
+    nb, ns, noise, C = 211, 93, 0.000181, 2.0
+    lam = np.r_[np.full(nb, 5.6e4), np.full(ns, 2.9e-7)]
+    y = np.r_[np.random.default_rng(5).normal(0, 0.1, nb), np.full(ns, 0.134)]
+    n = nb + ns
+    X = np.diag(np.sqrt(n * lam))  # the linear kernel XXᵀ/d is diag(λ)
+    net = fj.FCN(C, 1.0, 1.0, noise, fj.Linear())
+    z = np.linspace(-25, 10, 35_001)
+    var = np.exp(z)[:, None] * lam + noise
+    log_lik = -0.5 * np.sum(y**2 / var + np.log(2 * np.pi * var), axis=1)
+    lw = np.log(C / 2) - math.lgamma(C / 2) + (C / 2) * (z - np.exp(z)) + log_lik  # −S
+    peaks = np.flatnonzero((lw[1:-1] > lw[:-2]) & (lw[1:-1] > lw[2:])) + 1
+    assert len(peaks) == 2 and lw[peaks[0]] > lw[peaks[1]] + 400
+    saddle = fj.renormalise(net, X, y, X[:2], method="saddle")
+    assert bool(saddle.converged)
+    np.testing.assert_allclose(np.log(float(saddle.scale)), z[peaks[0]], atol=1e-3)
+    np.testing.assert_allclose(saddle.layer_scales, [saddle.scale], rtol=1e-13)
+    mixture = fj.renormalise(net, X, y, X[:2])
+    assert bool(mixture.converged)
+    window = np.abs(z - z[peaks[0]]) < 5
+    top = lw[window].max()
+    exact = top + np.log(np.trapezoid(np.exp(lw[window] - top), z[window]))
+    np.testing.assert_allclose(float(mixture.log_evidence), exact, rtol=1e-12)
+
+
 def test_saddle_picks_the_lower_of_two_minima():
     """K = diag(10 × 1e4, 2 × 1e-2) with targets only along the small eigenvalues: S(log u)
     has two minima, at log u ≈ −12.9 (the lower, where the exact posterior lies) and 2.9
