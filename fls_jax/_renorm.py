@@ -62,6 +62,7 @@ from ._linalg import (
     DenseLU,
     _eigh,
     cholesky_inverse,
+    cross_components,
     first_order_term,
     kernel_spectrum,
     resolvent_diagonal,
@@ -418,11 +419,12 @@ def _renormalise(network, X, Y, X_test, Y_test, method: Method) -> Renormalised:
         ok = ok & (gp | ((jnp.maximum(lw[0], lw[-1]) < peak - _EDGE_DROP) & ~jnp.any(missed)))
 
     u = jnp.exp(z)
-    means_u = u[:, None] * (solved @ (Ks @ spectrum[1]).T)  # the GP mean per u, (grid, n*)
+    KsV = cross_components(Ks, *spectrum)
+    means_u = u[:, None] * (solved @ KsV.T)  # the GP mean per u, (grid, n*)
     mean = w @ means_u
     residual = noise * (w @ solved)  # in the eigenbasis: its norm is the residual's
     spread = w @ (means_u - mean[None]) ** 2
-    reduction = resolvent_diagonal(K, Ks, w * u**2, u, noise, *spectrum)
+    reduction = resolvent_diagonal(K, KsV, w * u**2, u, noise, *spectrum)
     variance = (w @ u) * kss - reduction + spread
     if Y_test is None:
         test_error = jnp.asarray(jnp.inf, X.dtype)
@@ -747,7 +749,7 @@ def _renormalise_outputs(
     # K's eigenbasis, held fixed: `first_order_term` carries K's derivatives (`_linalg`).
     lam, V = kernel_spectrum(K)
     y = V.T @ Y  # (n, m): row i is the targets' component along eigenvector i
-    KsV = full[n:, :n] @ V
+    KsV = cross_components(full[n:, :n], lam, V)  # K_*'s rounding on null modes dropped
     kss = jnp.diagonal(full)[n:]
     noise = network.noise
     eye = jnp.eye(m, dtype=X.dtype)

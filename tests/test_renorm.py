@@ -285,6 +285,66 @@ def test_mixture_keeps_its_digits_at_tiny_noise():
     np.testing.assert_allclose(rev(1.0, 1e-8)[0][1], fwd(1.0, 1e-8)[0][1], rtol=1e-6)
 
 
+def test_predictions_keep_their_digits_at_tiny_noise():
+    """The saddle test's data (n = 60 > d = 4, targets partly outside the linear kernel's
+    span) at new test points. K_*'s components along K's null modes are rounding, 10⁻¹⁶, and
+    R divides them by σ²: before stop 43 the GP mean (C = ∞) was off by 10⁻¹⁵/σ² (10⁻³ at
+    σ² = 10⁻¹², two outputs or one), and the mixture's at C = 4 moved by 10⁻¹ between
+    σ² = 10⁻¹⁰ and 10⁻¹⁴, its variance 3.6·10⁻³ where it is ~10⁻¹⁵. Now `cross_components`
+    drops them. The GP mean against decimal arithmetic in the d×d dual form,
+    c X_*(c XᵀX + σ²)⁻¹Xᵀy with c = σ_w²/d."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((60, 4))
+    Y = np.stack([X[:, 0] + 0.5 * (X[:, 1] ** 2 - 1), X[:, 2] - 0.3 * X[:, 3] ** 2], axis=1)
+    X_test = rng.standard_normal((10, 4))
+
+    def gp_mean(noise):
+        with decimal.localcontext(decimal.Context(prec=50)):
+            dec = decimal.Decimal
+            c = dec(1.3) / 4
+            Xd = [[dec(float(v)) for v in r] for r in X]
+            Yd = [[dec(float(v)) for v in r] for r in Y]
+            # [c XᵀX + σ² | c Xᵀy], then Gauss–Jordan (SPD: no pivoting needed)
+            rows = [
+                [c * sum(r[i] * r[j] for r in Xd) + (dec(noise) if i == j else 0) for j in range(4)]
+                + [c * sum(r[i] * t[o] for r, t in zip(Xd, Yd, strict=True)) for o in range(2)]
+                for i in range(4)
+            ]
+            for i in range(4):
+                rows[i] = [a / rows[i][i] for a in rows[i]]
+                for j in range(4):
+                    if j != i:
+                        rows[j] = [
+                            a - rows[j][i] * p for a, p in zip(rows[j], rows[i], strict=True)
+                        ]
+            coef = [r[4:] for r in rows]  # (c XᵀX + σ²)⁻¹ c Xᵀy, (d, 2)
+            return np.array(
+                [
+                    [
+                        float(sum(dec(float(x)) * w[o] for x, w in zip(r, coef, strict=True)))
+                        for o in range(2)
+                    ]
+                    for r in X_test
+                ]
+            )
+
+    gp = fj.renormalise(fj.FCN(np.inf, 1.3, 1.0, 1e-12, fj.Linear()), X, Y, X_test)
+    np.testing.assert_allclose(gp.mean, gp_mean(1e-12), rtol=1e-12)
+
+    @jax.jit
+    def mixture(width, noise):
+        r = fj.renormalise(fj.FCN(width, 1.3, 1.0, noise, fj.Linear()), X, Y[:, 0], X_test)
+        return r.mean[:, 0], jnp.mean(r.variance), r.converged
+
+    mean, _, ok = mixture(np.inf, 1e-12)
+    assert bool(ok)
+    np.testing.assert_allclose(mean, gp_mean(1e-12)[:, 0], rtol=1e-12)
+    (small, variance, ok_small), (ref, _, ok_ref) = mixture(4.0, 1e-14), mixture(4.0, 1e-10)
+    assert bool(ok_small) and bool(ok_ref)
+    np.testing.assert_allclose(small, ref, rtol=1e-8)
+    assert 0 < float(variance) < 1e-13
+
+
 def test_vmap_over_widths(tiny):
     X, Y, X_test, Y_test = tiny
     net = fj.FCN(2.0, 1.0, 1.0, NOISE, fj.Linear())
@@ -323,7 +383,7 @@ def test_resolvents_against_dense_algebra():
         x = V @ _linalg.resolvent_solve(K, y, u, 0.1, lam, V).T
         m = _linalg.resolvent_pull(K, y, u, 0.1, lam, V)
         ld = _linalg.resolvent_logdet(K, u, 0.1, lam, V)
-        dg = _linalg.resolvent_diagonal(K, B, c, u, 0.1, lam, V)
+        dg = _linalg.resolvent_diagonal(K, B @ V, c, u, 0.1, lam, V)
         return jnp.concatenate([x.ravel(), m.ravel(), ld, dg])
 
     def dense(t, u):
