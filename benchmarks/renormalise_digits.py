@@ -11,8 +11,10 @@ For σ² from 10⁻² down to 10⁻¹⁴ the script prints:
 - ∂u/∂σ_w² of the saddle and of the mixture (E[u | Y]) against central differences
   (h = 10⁻⁵);
 - the mixture's E[u | Y] and both methods' test errors, at σ_w² = 1.3 and 1.3 + 10⁻⁵. Where
-  these change by more than ~10⁻⁵ the digits are lost: the predictions carry K_*'s rounding
-  along K's null modes, divided by σ².
+  these change by more than ~10⁻⁵ the digits are lost: the predictions carried K_*'s
+  rounding along K's null modes, divided by σ², until stop 43;
+- the GP mean (C = ∞, both methods) at the test points against decimal arithmetic in the
+  d×d dual form c X_*(c XᵀX + σ²)⁻¹Xᵀy, c = σ_w²/d.
 
 Run it on two versions back to back, e.g. with ``PYTHONPATH`` on a git worktree.
 """
@@ -90,6 +92,42 @@ def main():
                 f"rel. {abs(g / fd - 1):.1e}",
                 flush=True,
             )
+
+    def gp_mean(noise, sigma_w2=1.0):
+        with localcontext() as ctx:
+            ctx.prec = 60
+            c = Dec(sigma_w2) / d
+            Xd = [[Dec(float(v)) for v in r] for r in X]
+            rows = [  # [c XᵀX + σ² | c Xᵀy], reduced by Gauss–Jordan (SPD)
+                [c * sum(r[i] * r[j] for r in Xd) + (Dec(noise) if i == j else 0) for j in range(d)]
+                + [c * sum(r[i] * Dec(float(t)) for r, t in zip(Xd, Y, strict=True))]
+                for i in range(d)
+            ]
+            for i in range(d):
+                rows[i] = [a / rows[i][i] for a in rows[i]]
+                for j in range(d):
+                    if j != i:
+                        rows[j] = [
+                            a - rows[j][i] * p for a, p in zip(rows[j], rows[i], strict=True)
+                        ]
+            w = [r[d] for r in rows]
+            return np.array(
+                [float(sum(Dec(float(x)) * v for x, v in zip(r, w, strict=True))) for r in X_test]
+            )
+
+    for noise in noises:
+        ref = gp_mean(noise)
+        errors = []
+        for method in ("saddle", "mixture"):
+            r = fj.renormalise(
+                fj.FCN(np.inf, 1.0, 1.0, noise, fj.Linear()), X, Y, X_test, method=method
+            )
+            errors.append(np.max(np.abs(np.asarray(r.mean)[:, 0] - ref)) / np.max(np.abs(ref)))
+        print(
+            f"σ² {noise:.0e}: GP mean, max rel. error against decimal: saddle {errors[0]:.1e}, "
+            f"mixture {errors[1]:.1e}",
+            flush=True,
+        )
     for noise in noises:
         for sigma_w2 in (1.3, 1.3 + 1e-5):
             m, s = run(noise, sigma_w2, "mixture"), run(noise, sigma_w2, "saddle")
