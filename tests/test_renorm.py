@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.optimize
 
 import fls_jax as fj
 
@@ -328,8 +329,41 @@ def test_predictions_keep_their_digits_at_tiny_noise():
                 ]
             )
 
-    gp = fj.renormalise(fj.FCN(np.inf, 1.3, 1.0, 1e-12, fj.Linear()), X, Y, X_test)
-    np.testing.assert_allclose(gp.mean, gp_mean(1e-12), rtol=1e-12)
+    @jax.jit
+    def outputs(width):  # two outputs: the m×m scale U
+        net = fj.FCN(width, 1.3, 1.0, 1e-12, fj.Linear())
+        r = fj.renormalise(net, X, Y, X_test, method="saddle")
+        return r.mean, r.scale_matrix, r.log_evidence, r.converged
+
+    gp_mean_2, _, log_z, ok = outputs(np.inf)
+    assert bool(ok)
+    np.testing.assert_allclose(gp_mean_2, gp_mean(1e-12), rtol=1e-12)
+    # The exact spectrum (the SVD of X): K's d eigenvalues and the targets along them.
+    Uq, sv, _ = np.linalg.svd(X, full_matrices=True)
+    lam, y = 1.3 * sv**2 / 4, Uq.T @ Y
+    null_part = np.sum(y[4:] ** 2) / 1e-12 + 2 * 56 * np.log(1e-12)  # 2 × (−log N) on null modes
+    exact = -0.5 * (np.sum(y[:4] ** 2 / (lam + 1e-12)[:, None]) + 2 * np.sum(np.log(lam + 1e-12)))
+    exact += -0.5 * (null_part + 120 * np.log(2 * np.pi))
+    np.testing.assert_allclose(log_z, exact, rtol=1e-13)
+
+    # At C = 4 the saddle point U* minimises k(tr U − log det U − 2) plus the range modes'
+    # −log N (the null modes' part does not depend on U): against scipy's BFGS on it. Before
+    # stop 43 that part, 1.7·10¹³, swamped the objective: U* was 2·10⁻³ off, flagged.
+    def action(theta):
+        L = np.array([[np.exp(theta[0]), 0.0], [theta[1], np.exp(theta[2])]])
+        U = L @ L.T
+        M = lam[:, None, None] * U + 1e-12 * np.eye(2)
+        quad = np.einsum("ia,iab,ib->", y[:4], np.linalg.inv(M), y[:4])
+        return 2.0 * (np.trace(U) - np.log(np.linalg.det(U)) - 2) + 0.5 * (
+            quad + np.sum(np.linalg.slogdet(M)[1])
+        )
+
+    best = scipy.optimize.minimize(action, np.zeros(3), method="BFGS", options=dict(gtol=1e-11))
+    L = np.array([[np.exp(best.x[0]), 0.0], [best.x[1], np.exp(best.x[2])]])
+    _, scale, _, ok = outputs(4.0)
+    assert bool(ok)
+    # (BFGS to √eps on both sides: they agree to 2·10⁻⁸, both stationary to differences' 10⁻⁸.)
+    np.testing.assert_allclose(scale, L @ L.T, rtol=0, atol=5e-8)
 
     @jax.jit
     def mixture(width, noise):
