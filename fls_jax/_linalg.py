@@ -484,15 +484,21 @@ def resolvent_likelihood_change(K, y, u, u_ref, s, lam, V) -> Float[Array, " G"]
 
 def cross_components(B: Float[Array, "r n"], lam: Array, V: Array) -> Float[Array, "r n"]:
     """B V: the rows of B (a cross kernel K_*) in K's eigenbasis (`kernel_spectrum`), with
-    the components along K's null modes (λ = 0) that are within the product's rounding,
-    |·| ≤ n·eps·‖row‖, set to 0 in value; their derivatives are kept (along a change of the
-    training inputs they are genuine). A cross kernel lies in K's span where K is
-    rank-deficient (a linear FCN with n > d): those components are rounding, and divided by
-    σ² they put 10⁻¹⁵/σ² into a GP's mean (10⁻³ at σ² = 10⁻¹²). Where a null mode is only
-    clipped (its eigenvalue real but below `clip_spectrum`'s rounding level), the cross
-    kernel's component is larger, ~√(λ k_**), and stays."""
-    BV = B @ V
-    floor = B.shape[-1] * jnp.finfo(B.dtype).eps * jnp.linalg.norm(B, axis=-1, keepdims=True)
+    `drop_cross_rounding`."""
+    return drop_cross_rounding(B @ V, lam)
+
+
+def drop_cross_rounding(BV: Float[Array, "... n"], lam: Array) -> Float[Array, "... n"]:
+    """BV (rows of a cross kernel in K's eigenbasis) with the components along K's null
+    modes (λ = 0) that are within the product's rounding, |·| ≤ n·eps·‖row‖, set to 0 in
+    value; their derivatives are kept (along a change of the training inputs they are
+    genuine). A cross kernel lies in K's span where K is rank-deficient (a linear FCN with
+    n > d): those components are rounding, and divided by σ² they put 10⁻¹⁵/σ² into a GP's
+    mean (10⁻³ at σ² = 10⁻¹²). Where a null mode is only clipped (its eigenvalue real but
+    below `clip_spectrum`'s rounding level), the cross kernel's component is larger,
+    ~√(λ k_**), and stays."""
+    n = BV.shape[-1]
+    floor = n * jnp.finfo(BV.dtype).eps * jnp.linalg.norm(BV, axis=-1, keepdims=True)
     rounding = (lam == 0) & (jnp.abs(BV) <= jax.lax.stop_gradient(floor))
     return BV - jax.lax.stop_gradient(jnp.where(rounding, BV, 0.0))
 

@@ -64,6 +64,7 @@ from ._linalg import (
     _eigh,
     cholesky_inverse,
     cross_components,
+    drop_cross_rounding,
     first_order_term,
     kernel_spectrum,
     resolvent_diagonal,
@@ -1049,6 +1050,32 @@ def _renormalise_patches(
     noise = network.noise
     eye_n = jnp.eye(n, dtype=X.dtype)
     y = Y[:, 0]
+    # Where the NNGP kernel K = Σ_p κ_pp has null modes (a linear PatchCNN with n > d),
+    # every K_U = Σ_pq U_pq κ_pq lies in its span. The κ's and y are then taken to K's
+    # eigenbasis (held fixed), where their null rows and columns are rounding: set to 0 in
+    # value. Their derivatives along the data are kept where they are genuine (between null
+    # and range modes), and dropped between null modes (`_drop_null_block`); none is left in
+    # U, whose objective would divide it by σ². The likelihood's part on the null modes,
+    # ½ Σ_ρ (y_ρ²/σ² + log σ²), the same at every U and ~1/σ², is left out of the saddle's
+    # objective and the mixture's weights (in value; its derivatives stay) and added to the
+    # evidence at the end. Before stop 43 it swamped them: a linear PatchCNN with n = 60 and
+    # rank 6 was flagged from σ² = 10⁻⁶ on, U* off by 10³ at 10⁻¹⁰. Full-rank kernels (erf)
+    # skip all this (`lax.cond`): `null` is then all False.
+    lam, V = kernel_spectrum(jnp.einsum("ppab->ab", kappa))
+    null = lam == 0
+    pairs = null[:, None] | null[None, :]
+
+    def to_eigenbasis(operands):
+        kappa, kappa_test, y = operands
+        kappa = jnp.einsum("ai,pqab,bj->pqij", V, kappa, V)
+        kappa = kappa - jax.lax.stop_gradient(jnp.where(pairs, kappa, 0.0))
+        kappa = jax.vmap(jax.vmap(lambda A: _drop_null_block(A, lam)))(kappa)
+        return kappa, drop_cross_rounding(kappa_test @ V, lam), V.T @ y
+
+    kappa, kappa_test, y = jax.lax.cond(
+        jnp.any(null), to_eigenbasis, lambda operands: operands, (kappa, kappa_test, y)
+    )
+    null_part = 0.5 * jnp.sum(jnp.where(null, y**2 / noise + jnp.log(noise), 0.0))
 
     def factor(U):  # (L, L⁻¹), L Lᵀ = K_U + σ² I
         # `cholesky_inverse`, sequential under the sampler's vmap on CPU (`_linalg`): with
@@ -1057,9 +1084,10 @@ def _renormalise_patches(
         K_U = jnp.einsum("pq,pqab->ab", U, kappa)
         return cholesky_inverse(0.5 * (K_U + K_U.T) + noise * eye_n)
 
-    def nll_of(cho, half):  # half = L⁻¹y
-        logdet = 2 * jnp.sum(jnp.log(jnp.diagonal(cho)))
-        return 0.5 * (half @ half + logdet + n * math.log(2 * math.pi))
+    def nll_of(cho, half):  # half = L⁻¹y; the null modes' terms in derivatives only
+        terms = 2 * jnp.log(jnp.diagonal(cho)) + half**2
+        terms = jnp.where(null, terms - jax.lax.stop_gradient(terms), terms)
+        return 0.5 * (jnp.sum(terms) + n * math.log(2 * math.pi))
 
     def neg_log_likelihood(U):
         cho, inv = factor(U)
@@ -1077,9 +1105,12 @@ def _renormalise_patches(
 
     saddle = _matrix_saddle(neg_log_likelihood, P, network, X.dtype)
     per_draw = 2 * n * n + 2 * len(X_test) * n
-    return _matrix_result(
+    result = _matrix_result(
         saddle, neg_log_likelihood, evaluate, Y_test, method, draws, key, per_draw
     )
+    # (Its derivatives are in `nll_of`'s null terms already.)
+    log_evidence = result.log_evidence - jax.lax.stop_gradient(null_part)
+    return eqx.tree_at(lambda r: r.log_evidence, result, log_evidence)
 
 
 def _stationarity_gap(g: Array, z: Array, k: Array) -> Array:

@@ -671,6 +671,48 @@ def test_deep_linear_outputs(two_outputs):
         )
 
 
+def test_patch_scale_at_tiny_noise():
+    """A linear PatchCNN (P = 2 patches of S = 3) on n = 60 > d = 6 inputs, σ² = 10⁻¹²: K_U
+    has rank 6 for every U, and its null modes' part of −log N, ~1/σ², swamped the saddle's
+    objective before stop 43 (flagged from σ² = 10⁻⁶ on, U* off by 10³ at 10⁻¹⁰). U* against
+    scipy's BFGS on S(U) = 2(tr U − log det U − 2) + the range's −log N, on the exact
+    d-dimensional range (the SVD of X), and the evidence adds the null modes' part."""
+    rng = np.random.default_rng(0)
+    n, d, S, noise = 60, 6, 3, 1e-12
+    X = rng.standard_normal((n, d))
+    Y = X[:, 0] + 0.5 * (X[:, 4] ** 2 - 1)
+    cnn = fj.PatchCNN(4.0, 1.0, 1.0, noise, fj.Linear(), patch_size=S)
+    r = fj.renormalise(cnn, X, Y, X[:3], method="saddle")
+    assert bool(r.converged)
+    Q, s, Wt = np.linalg.svd(X, full_matrices=True)
+    y = Q.T @ Y
+    rows, cols = np.tril_indices(2)
+
+    def unpack(theta):
+        L = np.zeros((2, 2))
+        L[rows, cols] = theta
+        L[np.diag_indices(2)] = np.exp(np.diagonal(L))
+        return L @ L.T
+
+    def likelihood(U):  # the range's −log N: K_U = X (U ⊗ I_S) Xᵀ/(S P) in Q's first d columns
+        G = (s[:, None] * Wt) @ np.kron(U, np.eye(S)) @ (s[:, None] * Wt).T / (2 * S)
+        M = G + noise * np.eye(d)
+        return 0.5 * (y[:d] @ np.linalg.solve(M, y[:d]) + np.linalg.slogdet(M)[1])
+
+    def action(theta):
+        U = unpack(theta)
+        return 2.0 * (np.trace(U) - np.linalg.slogdet(U)[1] - 2) + likelihood(U)
+
+    best = scipy.optimize.minimize(action, np.zeros(3), method="BFGS", options=dict(gtol=1e-11))
+    # (Measured 7·10⁻⁸ from a Newton-polished minimum: the saddle's BFGS stops at √eps.)
+    np.testing.assert_allclose(r.scale_matrix, unpack(best.x), rtol=0, atol=3e-7)
+    # The evidence's likelihood part: the range's at U* plus ½ Σ_ρ (y_ρ²/σ² + log σ²) over
+    # the n − d null modes, 2·10¹³ here.
+    null = 0.5 * (np.sum(y[d:] ** 2) / noise + (n - d) * np.log(noise))
+    nll = likelihood(np.asarray(r.scale_matrix)) + null + 0.5 * n * np.log(2 * np.pi)
+    assert abs(float(r.log_evidence) + nll) < 1e-13 * nll + 10  # the prior and Laplace: O(1)
+
+
 def test_patch_renormalisation_against_dense_algebra():
     """A linear PatchCNN (P = 4 patches of S = 4): U* over patch pairs against a dense solver
     whose kernel (σ_a σ_w²/(S P)) Σ_ij U_ij X_i X_jᵀ is built here from the patches, the
