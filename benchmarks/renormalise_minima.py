@@ -14,7 +14,7 @@ S(z) = L k(e^{z/L} − 1 − z/L) − log N(y; 0, e^z K + σ²I) in NumPy. Print
 two minima, how many were flagged, how many were not at the lowest minimum (log u off by
 more than 10⁻³ and S higher by more than 10⁻⁶), and the largest relative gap between the
 product of the layer scales and u. Run it on two versions back to back, e.g. with
-``PYTHONPATH`` on a git worktree. About 3 minutes on 2 cores.
+``PYTHONPATH`` on a git worktree. About 2 minutes on 2 cores.
 """
 
 import platform
