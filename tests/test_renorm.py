@@ -384,7 +384,8 @@ def test_real_components_on_clipped_modes_stay():
     `clip_spectrum`'s level, and K_*'s components along them, up to 68 eps·‖row‖, are real
     too. The GP mean (C = ∞) at σ² = 10⁻⁴ against a dense solve written here: a first
     version of `drop_cross_rounding` (floor n·eps·‖row‖) dropped them, 6·10⁻¹¹ off (a bug
-    hunt, stop 43); the dense solve itself is ~10⁻¹² from an extended-precision one."""
+    hunt, stop 43); the dense solve itself is ~10⁻¹² from an extended-precision one. The
+    log evidence against the dense one."""
     rng = np.random.default_rng(2)
     X, X_test = rng.uniform(-2, 2, (100, 1)), rng.uniform(-2, 2, (6, 1))
     Y = np.sin(2 * X[:, 0]) + 0.1 * rng.standard_normal(100)
@@ -393,9 +394,14 @@ def test_real_components_on_clipped_modes_stay():
         a, b = 1 + 4 * np.sum(A**2, axis=1), 1 + 4 * np.sum(B**2, axis=1)
         return 2 / np.pi * np.arcsin(4 * A @ B.T / np.sqrt(np.outer(a, b)))
 
-    dense = kernel(X_test, X) @ np.linalg.solve(kernel(X, X) + 1e-4 * np.eye(100), Y)
+    A = kernel(X, X) + 1e-4 * np.eye(100)
+    dense = kernel(X_test, X) @ np.linalg.solve(A, Y)
     r = fj.renormalise(fj.FCN(np.inf, 2.0, 1.0, 1e-4, fj.Erf()), X, Y, X_test, method="saddle")
     np.testing.assert_allclose(r.mean[:, 0], dense, rtol=0, atol=1e-11)
+    # The evidence misses Σ log(1 + λ/σ²) over the clipped modes: 1.4·10⁻⁷ with
+    # `clip_spectrum`'s first level, n·eps·λ_max; 1.2·10⁻⁸ with 8·eps·λ_max.
+    log_z = -0.5 * (Y @ np.linalg.solve(A, Y) + np.linalg.slogdet(A)[1] + 100 * np.log(2 * np.pi))
+    assert abs(float(r.log_evidence) - log_z) < 3e-8
 
 
 def test_vmap_over_widths(tiny):
