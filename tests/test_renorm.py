@@ -380,12 +380,14 @@ def test_predictions_keep_their_digits_at_tiny_noise():
 
 
 def test_real_components_on_clipped_modes_stay():
-    """An erf FCN on d = 1 inputs (n = 100): 87 of K's eigenvalues are real but below
-    `clip_spectrum`'s level, and K_*'s components along them, up to 68 eps·‖row‖, are real
-    too. The GP mean (C = ∞) at σ² = 10⁻⁴ against a dense solve written here: a first
-    version of `drop_cross_rounding` (floor n·eps·‖row‖) dropped them, 6·10⁻¹¹ off (a bug
-    hunt, stop 43); the dense solve itself is ~10⁻¹² from an extended-precision one. The
-    log evidence against the dense one."""
+    """An erf FCN on d = 1 inputs (n = 100): 86 of K's eigenvalues are real but below
+    `clip_spectrum`'s level, and K_*'s components along them are real too. The GP mean
+    (C = ∞) at σ² = 10⁻⁴ against a dense solve written here, itself ~10⁻¹² from an
+    extended-precision one. With `clip_spectrum`'s first level (n·eps·λ_max: 87 clipped),
+    a first `drop_cross_rounding` (floor n·eps·‖row‖) dropped components up to
+    68 eps·‖row‖ and the mean was 6·10⁻¹¹ off (a bug hunt, stop 43); at today's level that
+    mode is kept, and both floors give 1.4·10⁻¹² here. The log evidence against the dense
+    one: this checks the level."""
     rng = np.random.default_rng(2)
     X, X_test = rng.uniform(-2, 2, (100, 1)), rng.uniform(-2, 2, (6, 1))
     Y = np.sin(2 * X[:, 0]) + 0.1 * rng.standard_normal(100)
