@@ -486,25 +486,20 @@ def resolvent_likelihood_change(K, y, u, u_ref, s, lam, V) -> Float[Array, " G"]
     return value + first_order_term(form, K, V, yr, lam, u, u_ref, s, den, den_ref)
 
 
-def cross_components(B: Float[Array, "r n"], lam: Array, V: Array) -> Float[Array, "r n"]:
-    """B V: the rows of B (a cross kernel K_*) in K's eigenbasis (`kernel_spectrum`), with
-    `drop_cross_rounding`."""
-    return drop_cross_rounding(B @ V, lam)
-
-
-def drop_cross_rounding(BV: Float[Array, "... n"], lam: Array) -> Float[Array, "... n"]:
-    """BV (rows of a cross kernel in K's eigenbasis) with the components along K's null
-    modes (λ = 0) that are within the product's rounding, |·| ≤ 8·eps·‖row‖, set to 0 in
-    value; their derivatives are kept (along a change of the training inputs they are
-    genuine). A cross kernel lies in K's span where K is rank-deficient (a linear FCN with
-    n > d): those components are rounding, and divided by σ² they put 10⁻¹⁵/σ² into a GP's
-    mean (10⁻³ at σ² = 10⁻¹²). Where a null mode is only clipped (its eigenvalue real but
-    below `clip_spectrum`'s level), the cross kernel's component is real and stays.
-    Measured: the rounding is ≤ 4.8 eps·‖row‖ on six rank-deficient kernels (linear with
-    n = 60 … 1000 and anisotropic inputs, deep linear, ReLU on d = 1, duplicate inputs); an
-    erf kernel on d = 1 has real components up to 68 eps·‖row‖ on its clipped modes. A
-    first floor, n·eps·‖row‖, dropped those and put 6·10⁻¹³ into its GP mean at σ² = 0.01
-    (a bug hunt, stop 43)."""
+def cross_components(B: Float[Array, "... n"], lam: Array, V: Array) -> Float[Array, "... n"]:
+    """B V: the rows of B (a cross kernel K_*, or a stack of them) in K's eigenbasis
+    (`kernel_spectrum`), with the components along K's null modes (λ = 0) that are within
+    the product's rounding, |·| ≤ 8·eps·‖row‖, set to 0 in value; their derivatives are kept
+    (along a change of the training inputs they are genuine). A cross kernel lies in K's
+    span where K is rank-deficient (a linear FCN with n > d): those components are rounding,
+    and divided by σ² they put 10⁻¹⁵/σ² into a GP's mean (10⁻³ at σ² = 10⁻¹²). Where a null
+    mode is only clipped (its eigenvalue real but below `clip_spectrum`'s level), the cross
+    kernel's component is real and stays. Measured: the rounding is ≤ 4.8 eps·‖row‖ on six
+    rank-deficient kernels (linear with n = 60 … 1000 and anisotropic inputs, deep linear,
+    ReLU on d = 1, duplicate inputs); an erf kernel on d = 1 has real components up to
+    68 eps·‖row‖ on its clipped modes. A first floor, n·eps·‖row‖, dropped those and put
+    6·10⁻¹³ into its GP mean at σ² = 0.01 (a bug hunt, stop 43)."""
+    BV = B @ V
     floor = 8 * jnp.finfo(BV.dtype).eps * jnp.linalg.norm(BV, axis=-1, keepdims=True)
     rounding = (lam == 0) & (jnp.abs(BV) <= jax.lax.stop_gradient(floor))
     return BV - jax.lax.stop_gradient(jnp.where(rounding, BV, 0.0))

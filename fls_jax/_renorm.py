@@ -64,7 +64,6 @@ from ._linalg import (
     _eigh,
     cholesky_inverse,
     cross_components,
-    drop_cross_rounding,
     first_order_term,
     kernel_spectrum,
     resolvent_diagonal,
@@ -1068,9 +1067,8 @@ def _renormalise_patches(
     def to_eigenbasis(operands):
         kappa, kappa_test, y = operands
         kappa = jnp.einsum("ai,pqab,bj->pqij", V, kappa, V)
-        kappa = kappa - jax.lax.stop_gradient(jnp.where(pairs, kappa, 0.0))
-        kappa = jax.vmap(jax.vmap(lambda A: _drop_null_block(A, lam)))(kappa)
-        return kappa, drop_cross_rounding(kappa_test @ V, lam), V.T @ y
+        kappa = _drop_null_block(kappa - jax.lax.stop_gradient(jnp.where(pairs, kappa, 0.0)), lam)
+        return kappa, cross_components(kappa_test, lam, V), V.T @ y
 
     kappa, kappa_test, y = jax.lax.cond(
         jnp.any(null), to_eigenbasis, lambda operands: operands, (kappa, kappa_test, y)

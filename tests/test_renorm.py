@@ -350,8 +350,7 @@ def test_predictions_keep_their_digits_at_tiny_noise():
     # −log N (the null modes' part does not depend on U): against scipy's BFGS on it. Before
     # stop 43 that part, 1.7·10¹³, swamped the objective: U* was 2·10⁻³ off, flagged.
     def action(theta):
-        L = np.array([[np.exp(theta[0]), 0.0], [theta[1], np.exp(theta[2])]])
-        U = L @ L.T
+        U = _spd(theta, 2)
         M = lam[:, None, None] * U + 1e-12 * np.eye(2)
         quad = np.einsum("ia,iab,ib->", y[:4], np.linalg.inv(M), y[:4])
         return 2.0 * (np.trace(U) - np.log(np.linalg.det(U)) - 2) + 0.5 * (
@@ -359,11 +358,10 @@ def test_predictions_keep_their_digits_at_tiny_noise():
         )
 
     best = scipy.optimize.minimize(action, np.zeros(3), method="BFGS", options=dict(gtol=1e-11))
-    L = np.array([[np.exp(best.x[0]), 0.0], [best.x[1], np.exp(best.x[2])]])
     _, scale, _, ok = outputs(4.0)
     assert bool(ok)
     # (BFGS to √eps on both sides: they agree to 2·10⁻⁸, both stationary to differences' 10⁻⁸.)
-    np.testing.assert_allclose(scale, L @ L.T, rtol=0, atol=5e-8)
+    np.testing.assert_allclose(scale, _spd(best.x, 2), rtol=0, atol=5e-8)
 
     @jax.jit
     def mixture(width, noise):
@@ -384,7 +382,7 @@ def test_real_components_on_clipped_modes_stay():
     `clip_spectrum`'s level, and K_*'s components along them are real too. The GP mean
     (C = ∞) at σ² = 10⁻⁴ against a dense solve written here, itself ~10⁻¹² from an
     extended-precision one. With `clip_spectrum`'s first level (n·eps·λ_max: 87 clipped),
-    a first `drop_cross_rounding` (floor n·eps·‖row‖) dropped components up to
+    a first `cross_components` (floor n·eps·‖row‖) dropped components up to
     68 eps·‖row‖ and the mean was 6·10⁻¹¹ off (a bug hunt, stop 43); at today's level that
     mode is kept, and both floors give 1.4·10⁻¹² here. The log evidence against the dense
     one: this checks the level."""
@@ -522,6 +520,20 @@ def two_outputs():
     return X, Y, X_test, np.stack([X_test @ beta, 0.6 * X_test @ beta], axis=1)
 
 
+def _log_cholesky(theta, m: int) -> np.ndarray:
+    """The lower-triangular L (m×m) with log-diagonal `theta` entries: unconstrained
+    parameters of an SPD U = L Lᵀ, for the scipy references here."""
+    L = np.zeros((m, m))
+    L[np.tril_indices(m)] = theta
+    L[np.diag_indices(m)] = np.exp(np.diagonal(L))
+    return L
+
+
+def _spd(theta, m: int) -> np.ndarray:
+    L = _log_cholesky(theta, m)
+    return L @ L.T
+
+
 def _dense_output_saddle(K, Y, C, noise):
     """The m×m saddle point by plain dense algebra: S(U) = (C/2)(tr U − log det U) +
     ½ vec(Y)ᵀ(U ⊗ K + σ²)⁻¹vec(Y) + ½ log det(U ⊗ K + σ²), minimised by scipy over a Cholesky
@@ -530,16 +542,9 @@ def _dense_output_saddle(K, Y, C, noise):
 
     n, m = Y.shape
     vec = Y.T.reshape(-1)  # outputs stacked: the (a, i) entry at a n + i, as U ⊗ K orders it
-    rows, cols = np.tril_indices(m)
-
-    def unpack(theta):
-        L = np.zeros((m, m))
-        L[rows, cols] = theta
-        L[np.diag_indices(m)] = np.exp(np.diag(L))
-        return L @ L.T
 
     def action(theta):
-        U = unpack(theta)
+        U = _spd(theta, m)
         A = np.kron(U, K) + noise * np.eye(n * m)
         return (
             C / 2 * (np.trace(U) - np.linalg.slogdet(U)[1])
@@ -547,8 +552,8 @@ def _dense_output_saddle(K, Y, C, noise):
             + 0.5 * np.linalg.slogdet(A)[1]
         )
 
-    res = minimize(action, np.zeros(len(rows)), method="BFGS", options=dict(gtol=1e-10))
-    return unpack(res.x)
+    res = minimize(action, np.zeros(m * (m + 1) // 2), method="BFGS", options=dict(gtol=1e-10))
+    return _spd(res.x, m)
 
 
 def test_output_renormalisation_against_dense_algebra(two_outputs):
@@ -656,16 +661,9 @@ def test_deep_linear_outputs(two_outputs):
     r = fj.renormalise(net, X, 2 * Y, X_test, 2 * Y_test, method="saddle")
     assert bool(r.converged)
     K = X @ X.T / 8
-    rows, cols = np.tril_indices(2)
-
-    def factor(theta):
-        R = np.zeros((2, 2))
-        R[rows, cols] = theta
-        R[np.diag_indices(2)] = np.exp(np.diag(R))
-        return R
 
     def action(theta):
-        R1, R2 = factor(theta[:3]), factor(theta[3:])
+        R1, R2 = _log_cholesky(theta[:3], 2), _log_cholesky(theta[3:], 2)
         C = R2 @ R1
         A = np.kron(C @ C.T, K) + 0.05 * np.eye(32)
         v = 2 * Y.T.reshape(-1)
@@ -673,7 +671,7 @@ def test_deep_linear_outputs(two_outputs):
         return prior + 0.5 * (v @ np.linalg.solve(A, v) + np.linalg.slogdet(A)[1])
 
     theta = minimize(action, np.zeros(6), method="BFGS", options=dict(gtol=1e-10)).x
-    C = factor(theta[3:]) @ factor(theta[:3])
+    C = _log_cholesky(theta[3:], 2) @ _log_cholesky(theta[:3], 2)
     assert abs(float(r.scale_matrix[0, 1])) > 0.5  # coupled, and the scale has grown
     np.testing.assert_allclose(r.scale_matrix, C @ C.T, rtol=1e-6, atol=1e-8)
 
@@ -713,13 +711,6 @@ def test_patch_scale_at_tiny_noise():
     assert bool(r.converged)
     Q, s, Wt = np.linalg.svd(X, full_matrices=True)
     y = Q.T @ Y
-    rows, cols = np.tril_indices(2)
-
-    def unpack(theta):
-        L = np.zeros((2, 2))
-        L[rows, cols] = theta
-        L[np.diag_indices(2)] = np.exp(np.diagonal(L))
-        return L @ L.T
 
     def likelihood(U):  # the range's −log N: K_U = X (U ⊗ I_S) Xᵀ/(S P) in Q's first d columns
         G = (s[:, None] * Wt) @ np.kron(U, np.eye(S)) @ (s[:, None] * Wt).T / (2 * S)
@@ -727,12 +718,12 @@ def test_patch_scale_at_tiny_noise():
         return 0.5 * (y[:d] @ np.linalg.solve(M, y[:d]) + np.linalg.slogdet(M)[1])
 
     def action(theta):
-        U = unpack(theta)
+        U = _spd(theta, 2)
         return 2.0 * (np.trace(U) - np.linalg.slogdet(U)[1] - 2) + likelihood(U)
 
     best = scipy.optimize.minimize(action, np.zeros(3), method="BFGS", options=dict(gtol=1e-11))
     # (Measured 7·10⁻⁸ from a Newton-polished minimum: the saddle's BFGS stops at √eps.)
-    np.testing.assert_allclose(r.scale_matrix, unpack(best.x), rtol=0, atol=3e-7)
+    np.testing.assert_allclose(r.scale_matrix, _spd(best.x, 2), rtol=0, atol=3e-7)
     # The evidence's likelihood part: the range's at U* plus ½ Σ_ρ (y_ρ²/σ² + log σ²) over
     # the n − d null modes, 2·10¹³ here.
     null = 0.5 * (np.sum(y[d:] ** 2) / noise + (n - d) * np.log(noise))
@@ -762,21 +753,14 @@ def test_patch_renormalisation_against_dense_algebra():
 
     blocks = X.reshape(n, 4, S)
     pair = np.einsum("nis,mjs->ijnm", blocks, blocks) / (S * 4)  # σ_a = σ_w² = 1
-    rows, cols = np.tril_indices(4)
-
-    def unpack(theta):
-        L = np.zeros((4, 4))
-        L[rows, cols] = theta
-        L[np.diag_indices(4)] = np.exp(np.diag(L))
-        return L @ L.T
 
     def action(theta, pair=pair, Y=Y, C=C):
-        U = unpack(theta)
+        U = _spd(theta, 4)
         A = np.einsum("ij,ijnm->nm", U, pair) + noise * np.eye(n)
         fit = Y @ np.linalg.solve(A, Y) + np.linalg.slogdet(A)[1]
         return C / 2 * (np.trace(U) - np.linalg.slogdet(U)[1]) + 0.5 * fit
 
-    U = unpack(minimize(action, np.zeros(10), method="BFGS", options=dict(gtol=1e-10)).x)
+    U = _spd(minimize(action, np.zeros(10), method="BFGS", options=dict(gtol=1e-10)).x, 4)
     assert np.max(np.abs(U - np.diag(np.diag(U)))) > 0.05  # cross-patch terms matter
     np.testing.assert_allclose(r.scale_matrix, U, rtol=1e-5, atol=1e-7)
     test_blocks = X_test.reshape(10, 4, S)
