@@ -178,10 +178,11 @@ def renormalise(
     outputs (m×m, U ⊗ K; for a deep linear FCN one m×m factor per layer) and a PatchCNN
     (P×P over patch pairs, one output). For ``"saddle"``, U* minimises S over
     positive-definite matrices: BFGS (optimistix) on Cholesky factors from the identity,
-    preconditioned by the Hessian there; the evidence is the Laplace approximation in the
-    coordinates V*^{1/2} e^Z V*^{1/2} of each factor. ``"mixture"`` integrates U's posterior
-    by importance sampling in those coordinates (`draws` draws from a multivariate t shaped
-    by the Hessian at the saddle point, with `key`): for **linear networks with m outputs
+    preconditioned by the Hessian there, then two Newton steps to rounding; the evidence is
+    the Laplace approximation in the coordinates V*^{1/2} e^Z V*^{1/2} of each factor.
+    ``"mixture"`` integrates U's posterior by importance sampling in those coordinates
+    (`draws` draws from a multivariate t shaped by the Hessian at the saddle point, with
+    `key`): for **linear networks with m outputs
     (any depth) and the linear PatchCNN this is their exact posterior**, up to a Monte-Carlo
     error that `Renormalised.effective_draws` measures; the evidence is then the mean
     importance weight. Its cost is `draws` likelihood evaluations twice over (m×m blocks per
@@ -650,7 +651,8 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype) -> _MatrixSaddl
     the single matrix U = V_1.
 
     BFGS (optimistix, implicit gradients) on the Cholesky factors from V_l = I,
-    preconditioned by the Hessian there; then checked to be a stationary minimum in the
+    preconditioned by the Hessian there, and two Newton steps from BFGS's √eps to rounding;
+    then checked to be a stationary minimum in the
     coordinates V_l*^{1/2} e^{Z_l} V_l*^{1/2} (Z_l symmetric, upper triangles free), where the
     Laplace approximation of the evidence is taken. k_l = C_l/2 per hidden layer of the
     `network`, which may be traced; k_l ≤ (m − 1)/2 has no Wishart prior and is reported as
@@ -691,16 +693,19 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype) -> _MatrixSaddl
         adjoint=optx.ImplicitAdjoint(linear_solver=DenseLU()),
     )
     R = jax.vmap(lambda t: _cholesky_factor(t, m))((T @ sol.value).reshape(layers, p))
-    V_star = R @ jnp.swapaxes(R, 1, 2)
-    U = product(R)
+    V_bfgs = R @ jnp.swapaxes(R, 1, 2)
 
-    # e^Z to second order suffices for the Hessian at Z = 0.
+    # Local coordinates V_l = V_l^{1/2} e^{Z_l} V_l^{1/2} at BFGS's point; e^Z to second order
+    # (a chart all the same) suffices for the Hessian at Z = 0.
     eye = jnp.eye(m, dtype=dtype)
-    roots = spd_sqrt(V_star)  # differentiable where V* ∝ I (targets Y = 0)
+    roots = spd_sqrt(V_bfgs)  # differentiable where V* ∝ I (targets Y = 0)
+
+    def factors(z):
+        Z = jax.vmap(lambda zl: _symmetric(zl, m))(z.reshape(layers, p))
+        return small_cholesky(roots @ (eye + Z + Z @ Z / 2) @ roots)
 
     def local(z):
-        Z = jax.vmap(lambda zl: _symmetric(zl, m))(z.reshape(layers, p))
-        R = small_cholesky(roots @ (eye + Z + Z @ Z / 2) @ roots)
+        R = factors(z)
         return prior(R) + nll(product(R))
 
     hessian = jax.hessian(local)(theta0)
@@ -709,8 +714,25 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype) -> _MatrixSaddl
     # vmap over widths deadlock jaxlib 0.10. Away from a minimum (flagged) the log-determinant
     # is taken of I instead, which keeps the evidence finite.
     minimum = jnp.all(_eigh(jax.lax.stop_gradient(hessian))[0] > 0)
-    logdet_h = spd_inverse_logdet(jnp.where(minimum, hessian, jnp.eye(hessian.shape[0])))[1]
-    stationary = jnp.max(jnp.abs(gradient)) <= 1e3 * tol * (1 + jnp.sum(k) * m)
+    inverse, logdet_h = spd_inverse_logdet(jnp.where(minimum, hessian, jnp.eye(hessian.shape[0])))
+    # BFGS stops at √eps: U* 10⁻⁹–10⁻⁸ from the minimum (`benchmarks/matrix_saddle_digits.py`).
+    # Two Newton steps with this Hessian (held fixed: its derivatives would be S's third) take
+    # it to rounding. The implicit gradient is unchanged by them, to first order in ∇S: the
+    # step's derivative along the point, I − H⁻¹H, is zero. A step beyond the chart's reach
+    # (|Z| > 0.1, BFGS not near a minimum) is not taken; the point is then flagged below.
+    newton = jax.lax.stop_gradient(inverse)
+    first = -newton @ gradient
+    near = minimum & (jnp.max(jnp.abs(jax.lax.stop_gradient(first))) <= 0.1)
+    first = jnp.where(near, first, 0.0)
+    polished_gradient = jax.grad(local)(first)
+    z = jnp.where(near, first - newton @ polished_gradient, 0.0)
+    R = factors(z)
+    V_star = R @ jnp.swapaxes(R, 1, 2)
+    U = product(R)
+    # S's gradient after one step, in the local coordinates of BFGS's point.
+    stationary = jnp.max(jnp.abs(jnp.where(near, polished_gradient, gradient))) <= 1e3 * tol * (
+        1 + jnp.sum(k) * m
+    )
     wishart = jnp.all(k > (m - 1) / 2)
     ok = (sol.result == optx.RESULTS.successful) & minimum & stationary & wishart
     constants = jax.vmap(lambda kl: _log_wishart_constant(kl, m))(jnp.where(wishart, k, m))

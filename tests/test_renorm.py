@@ -358,10 +358,14 @@ def test_predictions_keep_their_digits_at_tiny_noise():
         )
 
     best = scipy.optimize.minimize(action, np.zeros(3), method="BFGS", options=dict(gtol=1e-11))
+    E = np.eye(2)
+    B = np.stack(
+        [[np.kron(np.outer(E[a], E[b]), np.diag(lam)) for b in range(2)] for a in range(2)]
+    )
+    U = _newton_saddle(B, y[:4].T.reshape(-1), 2.0, 1e-12, _spd(best.x, 2))
     _, scale, _, ok = outputs(4.0)
     assert bool(ok)
-    # (BFGS to √eps on both sides: they agree to 2·10⁻⁸, both stationary to differences' 10⁻⁸.)
-    np.testing.assert_allclose(scale, _spd(best.x, 2), rtol=0, atol=5e-8)
+    np.testing.assert_allclose(scale, U, rtol=0, atol=1e-12)
 
     @jax.jit
     def mixture(width, noise):
@@ -534,10 +538,39 @@ def _spd(theta, m: int) -> np.ndarray:
     return L @ L.T
 
 
+def _newton_saddle(B, y, k, noise, U0):
+    """The minimum of S(U) = k(tr U − log det U) + ½ yᵀA⁻¹y + ½ log det A, A = Σ_ab U_ab B_ab
+    + σ²I (B: q×q×N×N), by Newton's method on S's closed-form gradient and Hessian over U's
+    upper triangle, from U0 (near the minimum: scipy's BFGS gets there). Dense NumPy; to
+    ~10⁻¹⁵, where BFGS stops at ~10⁻⁹."""
+    q = B.shape[0]
+    rows, cols = np.triu_indices(q)
+    Ds = np.zeros((len(rows), q, q))
+    Ds[np.arange(len(rows)), rows, cols] = Ds[np.arange(len(rows)), cols, rows] = 1.0
+    BD = np.einsum("dab,abij->dij", Ds, B)
+    u = U0[rows, cols]
+    for _ in range(12):
+        U = np.einsum("d,dab->ab", u, Ds)
+        Ai = np.linalg.inv(np.einsum("ab,abij->ij", U, B) + noise * np.eye(B.shape[2]))
+        Ui, alpha = np.linalg.inv(U), Ai @ y
+        UiD, AiB, BA = Ui @ Ds, Ai @ BD, BD @ alpha
+        gradient = k * np.einsum("dab,ba->d", Ds, np.eye(q) - Ui) + 0.5 * (
+            np.einsum("dii->d", AiB) - BA @ alpha
+        )
+        hessian = (
+            k * np.einsum("dab,eba->de", UiD, UiD)
+            - 0.5 * np.einsum("dij,eji->de", AiB, AiB)
+            + BA @ Ai @ BA.T
+        )
+        u = u - np.linalg.solve(hessian, gradient)
+    assert np.max(np.abs(gradient)) < 1e-11
+    return np.einsum("d,dab->ab", u, Ds)
+
+
 def _dense_output_saddle(K, Y, C, noise):
     """The m×m saddle point by plain dense algebra: S(U) = (C/2)(tr U − log det U) +
     ½ vec(Y)ᵀ(U ⊗ K + σ²)⁻¹vec(Y) + ½ log det(U ⊗ K + σ²), minimised by scipy over a Cholesky
-    factor of U."""
+    factor of U, then polished by `_newton_saddle`."""
     from scipy.optimize import minimize
 
     n, m = Y.shape
@@ -553,7 +586,9 @@ def _dense_output_saddle(K, Y, C, noise):
         )
 
     res = minimize(action, np.zeros(m * (m + 1) // 2), method="BFGS", options=dict(gtol=1e-10))
-    return _spd(res.x, m)
+    E = np.eye(m)
+    B = np.stack([[np.kron(np.outer(E[a], E[b]), K) for b in range(m)] for a in range(m)])
+    return _newton_saddle(B, vec, C / 2, noise, _spd(res.x, m))
 
 
 def test_output_renormalisation_against_dense_algebra(two_outputs):
@@ -571,17 +606,17 @@ def test_output_renormalisation_against_dense_algebra(two_outputs):
     K = X @ X.T / 8
     U = _dense_output_saddle(K, Y, C, noise)
     assert abs(U[0, 1]) > 0.1  # the outputs are coupled
-    np.testing.assert_allclose(r.scale_matrix, U, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(r.scale_matrix, U, rtol=1e-12, atol=1e-13)
     A = np.kron(U, K) + noise * np.eye(32)
     cross = np.kron(U, X_test @ X.T / 8)  # (U ⊗ K*): rows (a, x*), columns (b, i)
     mean = cross @ np.linalg.solve(A, Y.T.reshape(-1))
-    np.testing.assert_allclose(r.mean, mean.reshape(2, 20).T, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(r.mean, mean.reshape(2, 20).T, rtol=1e-12, atol=1e-13)
     kss = np.sum(X_test**2, axis=1) / 8
     cov = np.stack(
         [U * kss[x] - cross[x::20] @ np.linalg.solve(A, cross[x::20].T) for x in range(20)]
     )
-    np.testing.assert_allclose(r.output_covariance, cov.mean(0), rtol=1e-6, atol=1e-10)
-    np.testing.assert_allclose(r.variance, np.trace(cov, axis1=1, axis2=2) / 2, rtol=1e-6)
+    np.testing.assert_allclose(r.output_covariance, cov.mean(0), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(r.variance, np.trace(cov, axis1=1, axis2=2) / 2, rtol=1e-12)
     np.testing.assert_allclose(r.test_error, np.mean((mean.reshape(2, 20).T - Y_test) ** 2))
 
     # The evidence: ∫ N(vec Y; 0, U ⊗ K + σ²) dWishart(U), by 10⁵ prior draws at C = 64.
@@ -601,11 +636,9 @@ def test_output_renormalisation_against_dense_algebra(two_outputs):
     # Rotated outputs: S(U; YR) = S(RUR^T; Y), so U* → RᵀU*R and the mean → mean R.
     R = np.array([[np.cos(0.7), -np.sin(0.7)], [np.sin(0.7), np.cos(0.7)]])
     rot = fj.renormalise(net, X, Y @ R, X_test, Y_test @ R, method="saddle")
-    # To the saddle's own accuracy (as against scipy above): on an AMD EPYC the off-diagonal
-    # 1.4e-3 differed by 1.1e-8, which failed the earlier atol of 1e-9.
-    np.testing.assert_allclose(rot.scale_matrix, R.T @ r.scale_matrix @ R, rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(rot.mean, r.mean @ R, rtol=1e-6, atol=1e-9)
-    np.testing.assert_allclose(rot.test_error, r.test_error, rtol=1e-6)
+    np.testing.assert_allclose(rot.scale_matrix, R.T @ r.scale_matrix @ R, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(rot.mean, r.mean @ R, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(rot.test_error, r.test_error, rtol=1e-12)
 
 
 def test_uncoupled_outputs_and_the_gp(two_outputs):
@@ -625,8 +658,8 @@ def test_uncoupled_outputs_and_the_gp(two_outputs):
     assert bool(r.converged) and all(bool(o.converged) for o in ones)
     u = [float(o.scale) for o in ones]
     assert u[0] > 1.2 * u[1]
-    np.testing.assert_allclose(r.scale_matrix, np.diag(u), rtol=1e-7, atol=1e-9)
-    np.testing.assert_allclose(r.mean[:, 0], ones[0].mean[:, 0], rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(r.scale_matrix, np.diag(u), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(r.mean[:, 0], ones[0].mean[:, 0], rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(np.diag(r.output_covariance), [o.variance.mean() for o in ones])
 
     gp = eqx.tree_at(lambda m: m.width, net, jnp.asarray(np.inf))
@@ -638,9 +671,9 @@ def test_uncoupled_outputs_and_the_gp(two_outputs):
     assert bool(jnp.all(batched.converged))
     np.testing.assert_allclose(batched.scale_matrix[1], np.eye(2), atol=0)
     one = fj.renormalise(net, X, Y, X_test, Y_test, method="saddle")
-    # vmapped, the m×m blocks' elementwise Cholesky rounds differently, and BFGS stops
-    # within its tolerance (√eps) elsewhere: measured 1.4e-7 (1e-10 with batched LAPACK).
-    np.testing.assert_allclose(batched.mean[0], one.mean, rtol=1e-6)
+    # vmapped, the m×m blocks' elementwise Cholesky rounds differently, and BFGS stopped
+    # within its tolerance (√eps) elsewhere: 1.4e-7 apart before the Newton polish.
+    np.testing.assert_allclose(batched.mean[0], one.mean, rtol=1e-12)
     for a in range(2):
         ref = fj.renormalise(gp, X, Y[:, a], X_test, Y_test[:, a], method="saddle")
         np.testing.assert_allclose(batched.mean[1][:, a], ref.mean[:, 0], rtol=1e-9, atol=1e-12)
@@ -722,8 +755,15 @@ def test_patch_scale_at_tiny_noise():
         return 2.0 * (np.trace(U) - np.linalg.slogdet(U)[1] - 2) + likelihood(U)
 
     best = scipy.optimize.minimize(action, np.zeros(3), method="BFGS", options=dict(gtol=1e-11))
-    # (Measured 7·10⁻⁸ from a Newton-polished minimum: the saddle's BFGS stops at √eps.)
-    np.testing.assert_allclose(r.scale_matrix, _spd(best.x, 2), rtol=0, atol=3e-7)
+    E, F = np.eye(2), s[:, None] * Wt
+    B = np.stack(
+        [
+            [F @ np.kron(np.outer(E[a], E[b]), np.eye(S)) @ F.T / (2 * S) for b in range(2)]
+            for a in range(2)
+        ]
+    )
+    U = _newton_saddle(B, y[:d], 2.0, noise, _spd(best.x, 2))
+    np.testing.assert_allclose(r.scale_matrix, U, rtol=0, atol=1e-12)
     # The evidence's likelihood part: the range's at U* plus ½ Σ_ρ (y_ρ²/σ² + log σ²) over
     # the n − d null modes, 2·10¹³ here.
     null = 0.5 * (np.sum(y[d:] ** 2) / noise + (n - d) * np.log(noise))
@@ -761,15 +801,16 @@ def test_patch_renormalisation_against_dense_algebra():
         return C / 2 * (np.trace(U) - np.linalg.slogdet(U)[1]) + 0.5 * fit
 
     U = _spd(minimize(action, np.zeros(10), method="BFGS", options=dict(gtol=1e-10)).x, 4)
+    U = _newton_saddle(pair, Y, C / 2, noise, U)
     assert np.max(np.abs(U - np.diag(np.diag(U)))) > 0.05  # cross-patch terms matter
-    np.testing.assert_allclose(r.scale_matrix, U, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(r.scale_matrix, U, rtol=0, atol=1e-13)
     test_blocks = X_test.reshape(10, 4, S)
     cross = np.einsum("ij,xis,njs->xn", U, test_blocks, blocks) / (S * 4)
     A = np.einsum("ij,ijnm->nm", U, pair) + noise * np.eye(n)
-    np.testing.assert_allclose(r.mean[:, 0], cross @ np.linalg.solve(A, Y), rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(r.mean[:, 0], cross @ np.linalg.solve(A, Y), rtol=1e-12, atol=1e-13)
     prior = np.einsum("ij,xis,xjs->x", U, test_blocks, test_blocks) / (S * 4)
     var = prior - np.einsum("xn,xn->x", cross, np.linalg.solve(A, cross.T).T)
-    np.testing.assert_allclose(r.variance, var, rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(r.variance, var, rtol=1e-12, atol=1e-13)
 
     # The evidence: ∫ N(Y; 0, K_U + σ²) dWishart(U), by 4·10⁴ prior draws. Laplace's error
     # is O(p²/C) for p = 10 free entries: measured 0.32, 0.10, 0.029, 0.0076 at C = 16, 64,
@@ -814,10 +855,10 @@ def test_matrix_renormalisation_gradients(two_outputs):
     value_and_grad = jax.jit(jax.value_and_grad(test_error))  # one program for both
     grad = value_and_grad(at)[1]
     for i in range(2):
-        h = 1e-3 * float(at[i])  # the solve's 1e-9 accuracy limits smaller steps
+        h = 1e-4 * float(at[i])  # measured 6e-9 off; 2e-5 before the saddle's Newton polish
         e = jnp.zeros(2).at[i].set(h)
         fd = (value_and_grad(at + e)[0] - value_and_grad(at - e)[0]) / (2 * h)
-        np.testing.assert_allclose(grad[i], fd, rtol=1e-5)
+        np.testing.assert_allclose(grad[i], fd, rtol=1e-7)
         assert abs(float(grad[i])) > 1e-4
 
 
@@ -837,12 +878,13 @@ def test_matrix_renormalisation_gradients_on_a_singular_kernel(two_outputs):
 
     _, jvp = jax.jvp(outputs, (0.0,), (1.0,))
 
-    def central(h):  # steps well above the BFGS saddle's 1.5e-8 tolerance
+    def central(h):
         return (outputs(h) - outputs(-h)) / (2 * h)
 
     fd = (4 * central(2e-3) - central(4e-3)) / 3
-    # measured: 3e-5 for the scale (U* itself, the tolerance over the step), ≤ 3e-9 else
-    np.testing.assert_allclose(jvp, fd, rtol=1e-4)
+    # measured: 1.1e-7 for the evidence (rounding over the step), ≤ 3e-9 else; before the
+    # saddle's Newton polish 3.7e-5 for the scale (BFGS's tolerance over the step)
+    np.testing.assert_allclose(jvp, fd, rtol=5e-7)
 
 
 def test_spd_sqrt_derivative_at_coinciding_eigenvalues():
