@@ -478,10 +478,15 @@ def test_estimators_are_consistent(linear_cnn):
     se = f.mean(1).std(0, ddof=1) / np.sqrt(K)
     np.testing.assert_allclose(est.mean.stderr, se, rtol=1e-10)
     np.testing.assert_allclose(est.mean.value, f.mean((0, 1)), rtol=1e-12)
-    # Draw error = mean-predictor error (bias-corrected) + ensemble variance + MC noise of f̄.
+    # Draw error = mean-predictor error + ensemble variance: the plug-in values add up, and
+    # the bias corrections, −stderr(f̄)² and +stderr(f̄)², cancel.
     lhs = est.test_error_draw.value
-    rhs = est.test_error.value + est.variance.value.mean() + np.mean(est.mean.stderr**2)
-    np.testing.assert_allclose(lhs, rhs, rtol=1e-8)
+    np.testing.assert_allclose(lhs, est.test_error.value + est.variance.value.mean(), rtol=1e-8)
+    y = np.asarray(task.Y_test)[:, 0]
+    plug_in = np.mean((f.mean((0, 1))[:, 0] - y) ** 2)
+    np.testing.assert_allclose(est.test_error.value, plug_in - np.mean(se**2), rtol=1e-10)
+    plug_in = (f**2).mean((0, 1))[:, 0] - f.mean((0, 1))[:, 0] ** 2
+    np.testing.assert_allclose(est.variance.value, plug_in + se[:, 0] ** 2, rtol=1e-10)
     s = est.sigma.value
     np.testing.assert_allclose(est.sigma_top_eigenvalue.value, np.linalg.eigvalsh(s)[-1])
     mu = np.asarray(smp.weight_mean)
@@ -493,12 +498,15 @@ def test_estimators_are_consistent(linear_cnn):
 
 def test_sampling_without_test_inputs():
     """`X_test` is optional: without it (n* = 0) the first layer's features had an
-    uninferable reshape, and every call failed inside JAX."""
+    uninferable reshape, and every call failed inside JAX. Chains this short have not mixed,
+    and `estimates` says so."""
     X = np.random.default_rng(0).standard_normal((6, 12))
     net = fj.PatchCNN(4, 1.0, 1.0, 0.1, fj.Linear(), patch_size=4)
     smp = fs.sample(net, X, X[:, 0], key=jax.random.key(0), num_chains=2, num_samples=8, burn_in=8)
     assert smp.f_test.shape[2] == 0 and np.all(np.isfinite(np.asarray(smp.f_train)))
-    est = fs.estimates(smp, X[:, :1])
+    assert smp.max_rhat > 1.1
+    with pytest.warns(RuntimeWarning, match="chains have not mixed"):
+        est = fs.estimates(smp, X[:, :1])
     assert np.isfinite(float(est.train_error.value))
 
 
