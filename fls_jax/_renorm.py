@@ -182,11 +182,11 @@ def renormalise(
     the Laplace approximation in the coordinates V*^{1/2} e^Z V*^{1/2} of each factor.
     ``"mixture"`` integrates U's posterior by importance sampling in those coordinates
     (`draws` draws from a multivariate t shaped by the Hessian at the saddle point, with
-    `key`): for **linear networks with m outputs
-    (any depth) and the linear PatchCNN this is their exact posterior**, up to a Monte-Carlo
-    error that `Renormalised.effective_draws` measures; the evidence is then the mean
-    importance weight. Its cost is `draws` likelihood evaluations twice over (m×m blocks per
-    eigen-direction of K for outputs, an n×n Cholesky factorisation per draw for patches).
+    `key`): for **linear networks with m outputs (any depth) and the linear PatchCNN this is
+    their exact posterior**, up to a Monte-Carlo error that `Renormalised.effective_draws`
+    measures; the evidence is then the mean importance weight. Its cost is `draws` likelihood
+    evaluations twice over (m×m blocks per eigen-direction of K for outputs, an n×n Cholesky
+    factorisation per draw for patches).
 
     Supported: `FCN` with linear activations at any depth, or one hidden layer of any
     activation (where both methods are approximations), with one output or m; a
@@ -652,9 +652,9 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype) -> _MatrixSaddl
 
     BFGS (optimistix, implicit gradients) on the Cholesky factors from V_l = I,
     preconditioned by the Hessian there, and two Newton steps from BFGS's √eps to rounding;
-    then checked to be a stationary minimum in the
-    coordinates V_l*^{1/2} e^{Z_l} V_l*^{1/2} (Z_l symmetric, upper triangles free), where the
-    Laplace approximation of the evidence is taken. k_l = C_l/2 per hidden layer of the
+    then checked to be a stationary minimum in the coordinates V_l*^{1/2} e^{Z_l} V_l*^{1/2}
+    (Z_l symmetric, upper triangles free), where the Laplace approximation of the evidence is
+    taken. k_l = C_l/2 per hidden layer of the
     `network`, which may be traced; k_l ≤ (m − 1)/2 has no Wishart prior and is reported as
     not converged. At C = ∞ the result is the GP's, V_l = I (the solve runs at a finite
     stand-in width and is discarded, which keeps it finite)."""
