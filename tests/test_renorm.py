@@ -362,7 +362,7 @@ def test_predictions_keep_their_digits_at_tiny_noise():
     B = np.stack(
         [[np.kron(np.outer(E[a], E[b]), np.diag(lam)) for b in range(2)] for a in range(2)]
     )
-    U = _newton_saddle(B, y[:4].T.reshape(-1), 2.0, 1e-12, _spd(best.x, 2))
+    U = _newton_saddle(B, y[:4].T.reshape(-1), 2.0, 1e-12, _spd(best.x, 2))[0]
     _, scale, _, ok = outputs(4.0)
     assert bool(ok)
     np.testing.assert_allclose(scale, U, rtol=0, atol=1e-12)
@@ -542,16 +542,22 @@ def _newton_saddle(B, y, k, noise, U0):
     """The minimum of S(U) = k(tr U − log det U) + ½ yᵀA⁻¹y + ½ log det A, A = Σ_ab U_ab B_ab
     + σ²I (B: q×q×N×N), by Newton's method on S's closed-form gradient and Hessian over U's
     upper triangle, from U0 (near the minimum: scipy's BFGS gets there). Dense NumPy; to
-    ~10⁻¹⁵, where BFGS stops at ~10⁻⁹."""
-    q = B.shape[0]
+    ~10⁻¹⁵, where BFGS stops at ~10⁻⁹. Returns U* and the Laplace log evidence there, in the
+    coordinates U*^{1/2} e^Z U*^{1/2} of `renormalise` (Z's upper triangle free): the map
+    Z ↦ U*^{1/2} Z U*^{1/2} has determinant det U*^{(q+1)/2} on symmetric matrices, so
+    log det H_Z = log det H_U + (q + 1) log det U*; the Wishart_q(2k, I/(2k)) density with
+    respect to det U^{−(q+1)/2} dU is exp(kq log k − kq − log Γ_q(k) − k(tr U − log det U − q))."""
+    from scipy.special import multigammaln
+
+    q, N = B.shape[0], B.shape[2]
     rows, cols = np.triu_indices(q)
     Ds = np.zeros((len(rows), q, q))
     Ds[np.arange(len(rows)), rows, cols] = Ds[np.arange(len(rows)), cols, rows] = 1.0
     BD = np.einsum("dab,abij->dij", Ds, B)
-    u = U0[rows, cols]
-    for _ in range(12):
-        U = np.einsum("d,dab->ab", u, Ds)
-        Ai = np.linalg.inv(np.einsum("ab,abij->ij", U, B) + noise * np.eye(B.shape[2]))
+
+    def derivatives(U):
+        A = np.einsum("ab,abij->ij", U, B) + noise * np.eye(N)
+        Ai = np.linalg.inv(A)
         Ui, alpha = np.linalg.inv(U), Ai @ y
         UiD, AiB, BA = Ui @ Ds, Ai @ BD, BD @ alpha
         gradient = k * np.einsum("dab,ba->d", Ds, np.eye(q) - Ui) + 0.5 * (
@@ -562,15 +568,26 @@ def _newton_saddle(B, y, k, noise, U0):
             - 0.5 * np.einsum("dij,eji->de", AiB, AiB)
             + BA @ Ai @ BA.T
         )
+        nll = 0.5 * (y @ alpha + np.linalg.slogdet(A)[1] + N * np.log(2 * np.pi))
+        return gradient, hessian, nll
+
+    u = U0[rows, cols]
+    for _ in range(12):
+        gradient, hessian, _ = derivatives(np.einsum("d,dab->ab", u, Ds))
         u = u - np.linalg.solve(hessian, gradient)
+    U = np.einsum("d,dab->ab", u, Ds)
+    gradient, hessian, nll = derivatives(U)
     assert np.max(np.abs(gradient)) < 1e-11
-    return np.einsum("d,dab->ab", u, Ds)
+    logdet_u = np.linalg.slogdet(U)[1]
+    log_prior = k * q * np.log(k) - k * q - multigammaln(k, q) - k * (np.trace(U) - logdet_u - q)
+    logdet_h = np.linalg.slogdet(hessian)[1] + (q + 1) * logdet_u
+    return U, -nll + log_prior + 0.5 * (len(u) * np.log(2 * np.pi) - logdet_h)
 
 
 def _dense_output_saddle(K, Y, C, noise):
     """The m×m saddle point by plain dense algebra: S(U) = (C/2)(tr U − log det U) +
     ½ vec(Y)ᵀ(U ⊗ K + σ²)⁻¹vec(Y) + ½ log det(U ⊗ K + σ²), minimised by scipy over a Cholesky
-    factor of U, then polished by `_newton_saddle`."""
+    factor of U, then polished by `_newton_saddle`: U* and its Laplace evidence."""
     from scipy.optimize import minimize
 
     n, m = Y.shape
@@ -604,9 +621,10 @@ def test_output_renormalisation_against_dense_algebra(two_outputs):
     r = fj.renormalise(net, X, Y, X_test, Y_test, method="saddle")
     assert bool(r.converged)
     K = X @ X.T / 8
-    U = _dense_output_saddle(K, Y, C, noise)
+    U, log_z = _dense_output_saddle(K, Y, C, noise)
     assert abs(U[0, 1]) > 0.1  # the outputs are coupled
     np.testing.assert_allclose(r.scale_matrix, U, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(r.log_evidence, log_z, rtol=0, atol=1e-12)
     A = np.kron(U, K) + noise * np.eye(32)
     cross = np.kron(U, X_test @ X.T / 8)  # (U ⊗ K*): rows (a, x*), columns (b, i)
     mean = cross @ np.linalg.solve(A, Y.T.reshape(-1))
@@ -762,7 +780,7 @@ def test_patch_scale_at_tiny_noise():
             for a in range(2)
         ]
     )
-    U = _newton_saddle(B, y[:d], 2.0, noise, _spd(best.x, 2))
+    U = _newton_saddle(B, y[:d], 2.0, noise, _spd(best.x, 2))[0]
     np.testing.assert_allclose(r.scale_matrix, U, rtol=0, atol=1e-12)
     # The evidence's likelihood part: the range's at U* plus ½ Σ_ρ (y_ρ²/σ² + log σ²) over
     # the n − d null modes, 2·10¹³ here.
@@ -801,9 +819,11 @@ def test_patch_renormalisation_against_dense_algebra():
         return C / 2 * (np.trace(U) - np.linalg.slogdet(U)[1]) + 0.5 * fit
 
     U = _spd(minimize(action, np.zeros(10), method="BFGS", options=dict(gtol=1e-10)).x, 4)
-    U = _newton_saddle(pair, Y, C / 2, noise, U)
+    U, log_z = _newton_saddle(pair, Y, C / 2, noise, U)
     assert np.max(np.abs(U - np.diag(np.diag(U)))) > 0.05  # cross-patch terms matter
     np.testing.assert_allclose(r.scale_matrix, U, rtol=0, atol=1e-13)
+    # The Laplace evidence at U*: before stop 44 its Hessian was taken at BFGS's point.
+    np.testing.assert_allclose(r.log_evidence, log_z, rtol=0, atol=1e-12)
     test_blocks = X_test.reshape(10, 4, S)
     cross = np.einsum("ij,xis,njs->xn", U, test_blocks, blocks) / (S * 4)
     A = np.einsum("ij,ijnm->nm", U, pair) + noise * np.eye(n)
