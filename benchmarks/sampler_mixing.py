@@ -14,12 +14,11 @@ mixture of its GP (`fls_jax/_renorm.py`'s module docstring) computed here by qua
 NumPy. For `--seeds` keys, z = (exact − estimate)/stderr of the mean predictor and the
 ensemble variance at 4 test points and of the train and test errors; with 8 chains z should
 follow Student's t with 7 degrees of freedom: std 1.18, P(|z| > 3) = 2.0 % (the ± on the
-std is a bootstrap over seeds). The variance is
-shown both as `estimates` gives it (jackknife bias-corrected) and as the plug-in
-E[f²] − f̄² (the value before stop 44). Also: how many calls warned that the chains had not
-mixed.
+std is a bootstrap over seeds). The variance is shown both as `estimates` gives it
+(jackknife bias-corrected) and as the plug-in E[f²] − f̄² (the value before stop 44). Also:
+how many calls warned that the chains had not mixed.
 
-About 7 minutes on 2 cores with 1000 seeds.
+About 4 minutes on 2 cores with 1000 seeds.
 """
 
 import argparse
