@@ -654,10 +654,10 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype) -> _MatrixSaddl
     preconditioned by the Hessian there, and two Newton steps from BFGS's eps^(1/3) to rounding;
     then checked to be a stationary minimum in the coordinates V_l*^{1/2} e^{Z_l} V_l*^{1/2}
     (Z_l symmetric, upper triangles free), where the Laplace approximation of the evidence is
-    taken. k_l = C_l/2 per hidden layer of the
-    `network`, which may be traced; k_l ≤ (m − 1)/2 has no Wishart prior and is reported as
-    not converged. At C = ∞ the result is the GP's, V_l = I (the solve runs at a finite
-    stand-in width and is discarded, which keeps it finite)."""
+    taken. k_l = C_l/2 per hidden layer of the `network`, which may be traced; k_l ≤ (m − 1)/2
+    has no Wishart prior and is reported as not converged. At C = ∞ the result is the GP's,
+    V_l = I (the solve runs at a finite stand-in width and is discarded, which keeps it
+    finite)."""
     k = _half_shapes(network)
     gp = jnp.isinf(k[0])  # all layers are infinite together (finite width ratios)
     k = jnp.where(gp, 1.0, k)
@@ -821,18 +821,20 @@ def _renormalise_outputs(
     # On K's null modes M_i = σ²I whatever U: their part of −log N(Y; 0, U ⊗ K + σ²I),
     # ½ Σ_i (|y_i|²/σ² + m log σ²), ~1/σ² where the targets leave K's span (1.7·10¹³ at
     # σ² = 10⁻¹², n = 60 > d = 4), is kept out of the saddle's objective and the mixture's
-    # weights, whose U-dependence it swamped (the BFGS stopped 2·10⁻³ off, flagged, from
-    # σ² = 10⁻⁹ on), and added to the evidence at the end.
+    # weights in value (its derivatives stay), whose U-dependence it swamped (the BFGS
+    # stopped 2·10⁻³ off, flagged, from σ² = 10⁻⁹ on), and added to the evidence at the end;
+    # as for a PatchCNN (`_renormalise_patches`).
     null = lam == 0
     null_part = 0.5 * jnp.sum(
         jnp.where(null, jnp.sum(y**2, axis=1) / noise + m * jnp.log(noise), 0.0)
     )
 
     def likelihood(U):  # the factors, M⁻¹y in the eigenbasis and −log N(Y; 0, U ⊗ K + σ²I)
-        cho = blocks(U)  # without `null_part`
+        cho = blocks(U)  # without `null_part` in value
         alpha = solve(cho, y[..., None])[..., 0]  # (n, m)
         logdets = 2 * jnp.sum(jnp.log(jnp.diagonal(cho, axis1=1, axis2=2)), axis=1)
-        terms = jnp.where(null, 0.0, jnp.sum(y * alpha, axis=1) + logdets)
+        terms = jnp.sum(y * alpha, axis=1) + logdets
+        terms = jnp.where(null, terms - jax.lax.stop_gradient(terms), terms)
         nll = 0.5 * (jnp.sum(terms) + n * m * math.log(2 * math.pi))
         return cho, alpha, nll + first_order_term(nll_form, K, V, alpha, U, cho, lam)
 
@@ -853,7 +855,9 @@ def _renormalise_outputs(
     result = _matrix_result(
         saddle, neg_log_likelihood, evaluate, Y_test, method, draws, key, per_draw
     )
-    return eqx.tree_at(lambda r: r.log_evidence, result, result.log_evidence - null_part)
+    # (Its derivatives are in `likelihood`'s null terms already.)
+    log_evidence = result.log_evidence - jax.lax.stop_gradient(null_part)
+    return eqx.tree_at(lambda r: r.log_evidence, result, log_evidence)
 
 
 def _matrix_result(
