@@ -970,6 +970,36 @@ def test_matrix_saddle_gradient_where_its_scale_is_isotropic(two_outputs):
     assert abs(float(grad)) > 1.0
 
 
+def test_matrix_saddle_flags_a_flat_minimum():
+    """A saddle whose minimum is nearly flat: S = ε f + f², f = tr(U₀⁻¹U) − log det(U₀⁻¹U) − 2
+    (an m = 2 likelihood that cancels the Wishart prior and adds this). At ε = 10⁻¹² S is
+    quartic about U₀, BFGS stops ~10⁻⁴ away and two Newton steps cannot close it (each only
+    divides a quartic's distance by 3/2): the point must be flagged. Until stop 45 it was
+    reported converged, 7·10⁻⁵–7·10⁻⁴ off (the gradient bound, 10³√eps(1 + mΣk)). At ε = 10⁻²
+    the minimum is regular: converged, U* = U₀ to rounding."""
+    from fls_jax import _renorm
+
+    U0 = np.array([[2.0, 0.3], [0.3, 0.7]])
+    inv0, logdet0 = np.linalg.inv(U0), np.log(np.linalg.det(U0))
+
+    def saddle(C, eps):
+        def nll(U):  # 2×2 algebra in closed form (no batched LAPACK under vmap)
+            logdet = jnp.log(U[0, 0] * U[1, 1] - U[0, 1] * U[1, 0])
+            f_identity = jnp.trace(U) - logdet - 2
+            f = jnp.sum(inv0 * U.T) - logdet + logdet0 - 2
+            return -C / 2 * f_identity + eps * f + f**2
+
+        s = _renorm._matrix_saddle(nll, 2, fj.FCN(C, 1.0, 1.0, 0.1, fj.Linear()), jnp.float64)
+        return s.converged, s.U
+
+    C = jnp.array([8.0, 200.0, 8.0, 200.0])
+    eps = jnp.array([1e-2, 1e-2, 1e-12, 1e-12])
+    converged, U = jax.jit(jax.vmap(saddle))(C, eps)
+    np.testing.assert_array_equal(converged, [True, True, False, False])
+    np.testing.assert_allclose(U[:2], np.stack([U0, U0]), atol=1e-11)
+    assert np.max(np.abs(U[2:] - U0)) > 1e-6  # the flag is not a false alarm
+
+
 @pytest.mark.parametrize("scale", ["outputs", "patches"])
 def test_matrix_mixture_derivatives_at_fixed_draws(two_outputs, monkeypatch, scale):
     """A matrix scale's importance sampler (m = 2 outputs; a PatchCNN's 2×2 patch scale) is
