@@ -42,7 +42,9 @@ channels of independent terms with kernel Σ_ij G_ij κ_ij, G = AAᵀ the readou
 matrix and κ_ij(x, x′) = E[φ(w · x_i) φ(w · x′_j)] over the filter's prior. With U = (P/s_a) G
 ~ Wishart_P(C, I/C) the kernel is (s_a/P) Σ_ij U_ij κ_ij (the NNGP kernel at U = I) and S(U)
 is as above with that kernel: exact, as a mixture, for a linear PatchCNN; the
-Gaussian-equivalence approximation otherwise.
+Gaussian-equivalence approximation otherwise. With m outputs, f_o(x) = Σ_i Σ_c a_ico φ(w_c · x_i),
+the readout's Gram matrix is over (patch, output) pairs: Cov(f_o(x), f_r(x′) | U) =
+(s_a/P) Σ_ij U_(i,o),(j,r) κ_ij(x, x′), U ~ Wishart_Pm(C, I/C), both constructions at once.
 """
 
 import math
@@ -122,9 +124,9 @@ class Renormalised(eqx.Module):
     - `log_evidence`: log p(Y | X): the mixture's (exact for linear FCNs) or its Laplace
       approximation at the saddle.
     - `scale_matrix`: the matrix scale, over outputs for an FCN with m outputs (the kernel
-      U ⊗ K, m×m), over pairs of patches for a PatchCNN (Σ_ij U_ij κ_ij, P×P): the saddle
-      point's U* (``"saddle"``) or E[U | Y] (``"mixture"``); [[`scale`]] for an FCN with
-      one output.
+      U ⊗ K, m×m), over (patch, output) pairs for a PatchCNN (Σ_ij U_(i,o),(j,r) κ_ij,
+      Pm×Pm, index i·m + o; P×P for one output): the saddle point's U* (``"saddle"``) or
+      E[U | Y] (``"mixture"``); [[`scale`]] for an FCN with one output.
     - `output_covariance`: the posterior covariance between the m outputs, averaged over the
       test inputs (m×m); its trace over m is the mean of `variance`.
     - `effective_draws`: for a matrix scale's ``"mixture"``, the importance sampler's
@@ -176,7 +178,7 @@ def renormalise(
 
     Two cases renormalise the kernel by a matrix U (module docstring): an FCN with m > 1
     outputs (m×m, U ⊗ K; for a deep linear FCN one m×m factor per layer) and a PatchCNN
-    (P×P over patch pairs, one output). For ``"saddle"``, U* minimises S over
+    (over (patch, output) pairs, Pm×Pm; P×P for one output). For ``"saddle"``, U* minimises S over
     positive-definite matrices: BFGS (optimistix) on Cholesky factors from the identity,
     preconditioned by the Hessian there, then two Newton steps to rounding; the evidence is
     the Laplace approximation in the coordinates V*^{1/2} e^Z V*^{1/2} of each factor.
@@ -190,7 +192,7 @@ def renormalise(
 
     Supported: `FCN` with linear activations at any depth, or one hidden layer of any
     activation (where both methods are approximations), with one output or m; a
-    one-hidden-layer `PatchCNN` of any activation with one output; standard or mean-field
+    one-hidden-layer `PatchCNN` of any activation with one output or m; standard or mean-field
     scaling; `width` may be `inf` (the GP), and every hidden layer's width must exceed q − 1
     for a q×q matrix (its Wishart prior). `inducing` points and `weight_mean=True` are refused.
 
@@ -220,9 +222,8 @@ def renormalise(
     network, X, Y = _validate(network, X, Y)
     m = Y.shape[1]
     if patches:
-        _check_one_output(Y, "renormalise for a PatchCNN")
-        P = X.shape[1] // network.filter_size(X.shape[1])
-        _check_matrix_renormalisation(network, P, f"a PatchCNN's {P}×{P} patch scale")
+        q = X.shape[1] // network.filter_size(X.shape[1]) * m
+        _check_matrix_renormalisation(network, q, f"a PatchCNN's {q}×{q} (patch, output) scale")
     elif m > 1:
         _check_matrix_renormalisation(network, m, f"the {m}×{m} scale of {m} outputs")
     X_test, Y_test = _validate_test(X, Y, X_test, Y_test)
@@ -643,16 +644,6 @@ def _wishart_action(R: Array, k: Array) -> Array:
     return jnp.sum(k * (trace - logdet - m))
 
 
-def _autodiff_curvature(nll, m: int):
-    """U -> nll's gradient and Hessian in U's upper triangle, by automatic differentiation."""
-    upper = jnp.triu_indices(m)
-
-    def of_upper(u):
-        return nll(_symmetric(u, m))
-
-    return lambda U: (jax.grad(of_upper)(U[upper]), jax.hessian(of_upper)(U[upper]))
-
-
 def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype, curvature=None) -> _MatrixSaddle:
     """Minimise S = Σ_l k_l(tr V_l − log det V_l − m) + nll(U) over positive-definite m×m
     V_1, …, V_L, with chol(U) = R_L ⋯ R_1 and V_l = R_l R_lᵀ: L independent Wishart_m(2k_l,
@@ -670,11 +661,16 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype, curvature=None)
     finite).
 
     S's Hessians (the preconditioner's at V_l = I, the Newton steps' and the evidence's) are
-    those of nll's second-order model about the point, exact to all orders in the
-    hyper-parameters: `curvature(U)` gives nll's gradient and Hessian in U's upper triangle
-    (`_symmetric`'s order), by default by automatic differentiation. A PatchCNN passes them
-    in closed form: 2.5× (n = 256) to 5× (n = 512) cheaper than forward-over-reverse
-    differentiation through its n×n Cholesky factor."""
+    taken by forward-over-reverse differentiation, or (one layer) from `curvature(W)`: the
+    gradient and Hessian of E ↦ nll(W(I + E)W) at E = 0 in E's upper triangle (`_symmetric`'s
+    order), W = U^{1/2} the chart's root. S's Hessian at z = 0 is then that of S with nll
+    replaced by this second-order model in E = Z + Z²/2: exact to all orders in the
+    hyper-parameters (they enter through W and the model's coefficients). Taken in these
+    whitened coordinates, not in U's, it keeps its digits where U* is ill-conditioned (in
+    U's, nll's Hessian grows as 1/λ_min(U)² and the chain rule cancelled it: log Z 9·10⁻³
+    off at cond U* = 10⁶, a bug hunt). A PatchCNN gives it in closed form: its whole solve
+    (P = 8) 1.4× (n = 256) to 2.6× (n = 1024) faster than with forward-over-reverse Hessians
+    through its n×n Cholesky factor (`benchmarks/patch_saddle_cost.py`)."""
     k = _half_shapes(network)
     gp = jnp.isinf(k[0])  # all layers are infinite together (finite width ratios)
     k = jnp.where(gp, 1.0, k)
@@ -686,16 +682,14 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype, curvature=None)
         return _wishart_action(R, k)
 
     upper = jnp.triu_indices(m)
-    curvature = curvature or _autodiff_curvature(nll, m)
+    if curvature is not None and layers != 1:
+        raise ValueError("a closed-form curvature is for one layer's scale")
 
-    def quadratic(U0):  # nll's second-order model about U0: the same first two derivatives
-        g, H = curvature(U0)
-
-        def model(U):
-            d = (U - U0)[upper]
-            return g @ d + 0.5 * d @ H @ d
-
-        return model
+    def quadratic(root, E):  # nll's second-order model in E about root², E's upper triangle
+        assert curvature is not None
+        g, H = curvature(root)
+        e = E[upper]
+        return g @ e + 0.5 * e @ H @ e
 
     def objective(theta, _, nll=nll):
         R = jax.vmap(lambda t: _cholesky_factor(t, m))(theta.reshape(layers, p))
@@ -711,7 +705,11 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype, curvature=None)
     # magnitudes, floored): ~p steps where plain BFGS took ~10p (275 against 29 for a
     # PatchCNN with P = 8). The coordinates are held fixed under differentiation: the
     # minimiser does not depend on them, and the implicit gradient is then exact.
-    at_identity = jax.hessian(objective)(theta0, None, quadratic(jnp.eye(m, dtype=dtype)))
+    eye = jnp.eye(m, dtype=dtype)
+    if curvature is None:
+        at_identity = jax.hessian(objective)(theta0, None)
+    else:  # about U = I the model's E is U − I
+        at_identity = jax.hessian(objective)(theta0, None, lambda U: quadratic(eye, U - eye))
     lam, V = _eigh(jax.lax.stop_gradient(at_identity))
     lam = jnp.abs(lam)
     lam = jnp.maximum(lam, 1e-6 * jnp.max(lam) + jnp.finfo(dtype).tiny)
@@ -731,20 +729,25 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype, curvature=None)
 
     # Local coordinates V_l = V_l^{1/2} e^{Z_l} V_l^{1/2} about a point; e^Z to second order
     # (a chart all the same) suffices for the Hessian at Z = 0.
-    eye = jnp.eye(m, dtype=dtype)
 
     def chart(roots):  # (V_l^{1/2} per layer) -> R(z), S(z) and S's Hessian at z = 0
         def factors(z):
             Z = jax.vmap(lambda zl: _symmetric(zl, m))(z.reshape(layers, p))
             return small_cholesky(roots @ (eye + Z + Z @ Z / 2) @ roots)
 
-        def local(z, nll=nll):
+        def local(z):
             R = factors(z)
             return prior(R) + nll(product(R))
 
         def hessian():
-            model = quadratic(product(factors(theta0)))
-            return jax.hessian(lambda z: local(z, model))(theta0)
+            if curvature is None:
+                return jax.hessian(local)(theta0)
+
+            def model(z):  # one layer: U = W(I + E)W with E = Z + Z²/2
+                Z = _symmetric(z, m)
+                return prior(factors(z)) + quadratic(roots[0], Z + Z @ Z / 2)
+
+            return jax.hessian(model)(theta0)
 
         return factors, local, hessian
 
@@ -779,13 +782,14 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype, curvature=None)
     gradient = jax.grad(local)(theta0)
     minimum = jnp.all(_eigh(jax.lax.stop_gradient(hessian))[0] > 0)
     inverse_h, logdet_h = spd_inverse_logdet(jnp.where(minimum, hessian, jnp.eye(hessian.shape[0])))
-    # Stationary: the next Newton step would move every V_l* by at most √eps, relative
-    # (10⁻¹⁴ after the polish; ~10⁻⁵ from BFGS's point). Until stop 45 the bound was
-    # |∇S| ≤ 10³√eps(1 + m Σ_l k_l), made for BFGS's √eps: with S's Hessian ~k_l per
-    # coordinate it admitted points up to ~10⁻⁵ m off, and a point left unpolished (a first
-    # step beyond the chart) was not flagged if it met it.
+    # Stationary: the next Newton step would move every V_l* by at most eps^(1/3) (6·10⁻⁶)
+    # relative: 10⁻¹⁴ after the polish where S is well-conditioned, ~eps·cond(H) at most
+    # where not (4·10⁻⁷ for a linear PatchCNN with σ² = 10⁻⁸, targets ×30, the gradient at its
+    # rounding floor 10⁻¹⁰, H's least eigenvalue 2·10⁻⁴: a bug hunt). Until stop 45 the bound
+    # was |∇S| ≤ 10³√eps(1 + m Σ_l k_l), made for BFGS's √eps: it passed a quartic-flat
+    # minimum 10⁻⁴ off, and a point left unpolished (a first step beyond the chart).
     step = jax.lax.stop_gradient(inverse_h @ gradient)
-    stationary = near & (jnp.max(jnp.abs(step)) <= eps**0.5)
+    stationary = near & (jnp.max(jnp.abs(step)) <= tol)
     wishart = jnp.all(k > (m - 1) / 2)
     ok = (sol.result == optx.RESULTS.successful) & minimum & stationary & wishart
     constants = jax.vmap(lambda kl: _log_wishart_constant(kl, m))(jnp.where(wishart, k, m))
@@ -1113,28 +1117,39 @@ def _patch_pair_diagonal(network: PatchCNN, X: Array) -> Array:
     return network.post_scale(1) / Pt.shape[0] * phi
 
 
+def _patch_output_basis(q: int) -> np.ndarray:
+    """The symmetric indicator D_k of each free entry of a q×q matrix, upper triangle in
+    `_symmetric`'s order (p×q×q, p = q(q + 1)/2)."""
+    rows, cols = np.triu_indices(q)
+    D = np.zeros((len(rows), q, q))
+    D[np.arange(len(rows)), rows, cols] = 1.0
+    D[np.arange(len(rows)), cols, rows] = 1.0
+    return D
+
+
 @eqx.filter_jit
 def _renormalise_patches(
     network, X, Y, X_test, Y_test, method: Method = "saddle", draws: int = 0, key=None
 ) -> Renormalised:
-    """A one-hidden-layer PatchCNN, one output: the local kernel renormalisation (module
-    docstring) with kernel Σ_ij U_ij κ_ij, at the saddle point U* or integrated over U's
-    posterior (`_matrix_mixture`)."""
-    n = X.shape[0]
+    """A one-hidden-layer PatchCNN with m outputs: the local kernel renormalisation (module
+    docstring) with Cov(f_o(x), f_r(x′)) = Σ_pq U_(p,o),(q,r) κ_pq(x, x′), U over (patch,
+    output) pairs (Pm×Pm, patch-major), at the saddle point U* or integrated over U's
+    posterior (`_matrix_mixture`). One output is the P×P scale."""
+    n, m = Y.shape
     kappa = _patch_pair_kernels(network, X, X)  # (P, P, n, n)
     kappa_test = _patch_pair_kernels(network, X_test, X)  # (P, P, n*, n)
     diagonal_test = _patch_pair_diagonal(network, X_test)  # (P, P, n*)
     P = kappa.shape[0]
+    q = P * m
     noise = network.noise
-    eye_n = jnp.eye(n, dtype=X.dtype)
-    y = Y[:, 0]
+    eye = jnp.eye(m * n, dtype=X.dtype)
     # Where the NNGP kernel K = Σ_p κ_pp has null modes (a linear PatchCNN with n > d),
-    # every K_U = Σ_pq U_pq κ_pq lies in its span. The κ's and y are then taken to K's
+    # every K_U lies in its span, for each output. The κ's and Y are then taken to K's
     # eigenbasis (held fixed), where their null rows and columns are rounding: set to 0 in
     # value. Their derivatives along the data are kept where they are genuine (between null
     # and range modes), and dropped between null modes (`_drop_null_block`); none is left in
     # U, whose objective would divide it by σ². The likelihood's part on the null modes,
-    # ½ Σ_ρ (y_ρ²/σ² + log σ²), the same at every U and ~1/σ², is left out of the saddle's
+    # ½ Σ_ρo (y_ρo²/σ² + log σ²), the same at every U and ~1/σ², is left out of the saddle's
     # objective and the mixture's weights (in value; its derivatives stay) and added to the
     # evidence at the end. Before stop 43 it swamped them: a linear PatchCNN with n = 60 and
     # rank 6 was flagged from σ² = 10⁻⁶ on, U* off by 10³ at 10⁻¹⁰. Full-rank kernels (erf)
@@ -1144,27 +1159,34 @@ def _renormalise_patches(
     pairs = null[:, None] | null[None, :]
 
     def to_eigenbasis(operands):
-        kappa, kappa_test, y = operands
+        kappa, kappa_test, Y = operands
         kappa = jnp.einsum("ai,pqab,bj->pqij", V, kappa, V)
         kappa = _drop_null_block(kappa - jax.lax.stop_gradient(jnp.where(pairs, kappa, 0.0)), lam)
-        return kappa, cross_components(kappa_test, lam, V), V.T @ y
+        return kappa, cross_components(kappa_test, lam, V), V.T @ Y
 
-    kappa, kappa_test, y = jax.lax.cond(
-        jnp.any(null), to_eigenbasis, lambda operands: operands, (kappa, kappa_test, y)
+    kappa, kappa_test, Y = jax.lax.cond(
+        jnp.any(null), to_eigenbasis, lambda operands: operands, (kappa, kappa_test, Y)
     )
-    null_part = 0.5 * jnp.sum(jnp.where(null, y**2 / noise + jnp.log(noise), 0.0))
+    null_part = 0.5 * jnp.sum(jnp.where(null[:, None], Y**2 / noise + jnp.log(noise), 0.0))
+    # Output-major vectors over (output, input): y = vec(Y), and K_U's rows and columns.
+    y = Y.T.reshape(m * n)
+    null = jnp.tile(null, m)
+
+    def blocks(U, kernels):  # Σ_pq U_(p,o),(q,r) κ_pq as an (m·n1)×(m·n2) matrix
+        K = jnp.einsum("poqr,pqab->oarb", U.reshape(P, m, P, m), kernels)
+        return K.reshape(m * kernels.shape[2], m * kernels.shape[3])
 
     def factor(U):  # (L, L⁻¹), L Lᵀ = K_U + σ² I
         # `cholesky_inverse`, sequential under the sampler's vmap on CPU (`_linalg`): with
         # jnp.linalg.cholesky and triangular solves, batched over the draws, the sampler's
         # reverse-mode derivative deadlocked jaxlib 0.10's thread pool (a test hung).
-        K_U = jnp.einsum("pq,pqab->ab", U, kappa)
-        return cholesky_inverse(0.5 * (K_U + K_U.T) + noise * eye_n)
+        K_U = blocks(U, kappa)
+        return cholesky_inverse(0.5 * (K_U + K_U.T) + noise * eye)
 
     def nll_of(cho, half):  # half = L⁻¹y; the null modes' terms in derivatives only
         terms = 2 * jnp.log(jnp.diagonal(cho)) + half**2
         terms = jnp.where(null, terms - jax.lax.stop_gradient(terms), terms)
-        return 0.5 * (jnp.sum(terms) + n * math.log(2 * math.pi))
+        return 0.5 * (jnp.sum(terms) + m * n * math.log(2 * math.pi))
 
     def neg_log_likelihood(U):
         cho, inv = factor(U)
@@ -1174,33 +1196,34 @@ def _renormalise_patches(
         cho, inv = factor(U)
         half_y = inv @ y
         alpha = inv.T @ half_y
-        cross = jnp.einsum("pq,pqab->ab", U, kappa_test)  # (n*, n)
-        half = inv @ cross.T
-        variance = jnp.einsum("pq,pqx->x", U, diagonal_test) - jnp.sum(half**2, axis=0)
-        at = _AtScale((cross @ alpha)[:, None], noise * alpha[:, None], variance[:, None, None])
+        cross = blocks(U, kappa_test)  # (m·n*, m·n)
+        half = (inv @ cross.T).reshape(m * n, m, -1)  # (m·n, m, n*)
+        prior = jnp.einsum("poqr,pqx->xor", U.reshape(P, m, P, m), diagonal_test)
+        covariance = prior - jnp.einsum("jox,jrx->xor", half, half)
+        mean = (cross @ alpha).reshape(m, -1).T
+        at = _AtScale(mean, noise * alpha.reshape(m, n).T, covariance)
         return nll_of(cho, half_y), at
 
-    upper = jnp.triu_indices(P)
-    # κ per free entry of U's upper triangle, κ_pq + κ_qp off the diagonal (P(P+1)/2 × n × n).
-    kappa_upper = kappa[upper] + jnp.where(
-        (upper[0] != upper[1])[:, None, None], kappa[upper[1], upper[0]], 0.0
-    )
+    D = _patch_output_basis(q)  # (p, q, q)
 
-    def curvature(U):  # nll's gradient and Hessian in U's upper triangle, in closed form
-        # With A = (K_U + σ²I)⁻¹ and α = Ay: ∂nll/∂u_k = ½ tr(Aκ_k) − ½ αᵀκ_kα and
-        # ∂²nll/∂u_k∂u_l = −½ tr(Aκ_k Aκ_l) + αᵀκ_k A κ_lα: one n×n product per entry, where
+    def curvature(root):  # E ↦ nll(W(I + E)W): gradient and Hessian at E = 0, closed form
+        # With A = (K_U + σ²I)⁻¹ at U = W², α = Ay and κ_k = ∂K/∂e_k the kernel of the
+        # whitened entry W D_k W (k×(m·n)×(m·n)): ∂/∂e_k = ½ tr(Aκ_k) − ½ αᵀκ_kα and
+        # ∂²/∂e_k∂e_l = −½ tr(Aκ_k Aκ_l) + αᵀκ_k A κ_lα: one n×n product per entry, where
         # forward-over-reverse differentiation costs several through the Cholesky factor.
-        _, inv = factor(U)
+        _, inv = factor(root @ root)
         A = inv.T @ inv
         alpha = A @ y
-        W = jnp.einsum("ab,kbc->kac", A, kappa_upper)  # Aκ_k
-        v = jnp.einsum("kab,b->ka", kappa_upper, alpha)  # κ_kα
+        whitened = jnp.einsum("ai,kij,jb->kab", root, D, root).reshape(-1, P, m, P, m)
+        basis = jnp.einsum("kpoqr,pqab->koarb", whitened, kappa).reshape(-1, m * n, m * n)
+        W = jnp.einsum("ab,kbc->kac", A, basis)  # Aκ_k
+        v = jnp.einsum("kab,b->ka", basis, alpha)  # κ_kα
         g = 0.5 * jnp.trace(W, axis1=1, axis2=2) - 0.5 * v @ alpha
         H = -0.5 * jnp.einsum("kab,lba->kl", W, W) + v @ A @ v.T
         return g, 0.5 * (H + H.T)
 
-    saddle = _matrix_saddle(neg_log_likelihood, P, network, X.dtype, curvature)
-    per_draw = 2 * n * n + 2 * len(X_test) * n
+    saddle = _matrix_saddle(neg_log_likelihood, q, network, X.dtype, curvature)
+    per_draw = 2 * (m * n) ** 2 + 2 * len(X_test) * m * m * n
     result = _matrix_result(
         saddle, neg_log_likelihood, evaluate, Y_test, method, draws, key, per_draw
     )

@@ -536,9 +536,11 @@ def test_renormalise_bad_input():
     raises_before_compiling(
         ValueError, "Wishart", fj.renormalise, narrow_cnn, X, Y, X_test, method="saddle"
     )
+    # Two outputs of a PatchCNN with P = 2 patches: a 4×4 scale over (patch, output) pairs,
+    # whose Wishart prior needs C > 3 (C = 2 suffices for one output).
     raises_before_compiling(
         ValueError,
-        "one output",
+        r"4×4 \(patch, output\) scale",
         fj.renormalise,
         cnn,
         X,
