@@ -178,8 +178,8 @@ def renormalise(
 
     Two cases renormalise the kernel by a matrix U (module docstring): an FCN with m > 1
     outputs (m×m, U ⊗ K; for a deep linear FCN one m×m factor per layer) and a PatchCNN
-    (over (patch, output) pairs, Pm×Pm; P×P for one output). For ``"saddle"``, U* minimises S over
-    positive-definite matrices: BFGS (optimistix) on Cholesky factors from the identity,
+    (over (patch, output) pairs, Pm×Pm; P×P for one output). For ``"saddle"``, U* minimises
+    S over positive-definite matrices: BFGS (optimistix) on Cholesky factors from the identity,
     preconditioned by the Hessian there, then two Newton steps to rounding; the evidence is
     the Laplace approximation in the coordinates V*^{1/2} e^Z V*^{1/2} of each factor.
     ``"mixture"`` integrates U's posterior by importance sampling in those coordinates
@@ -729,7 +729,6 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype, curvature=None)
 
     # Local coordinates V_l = V_l^{1/2} e^{Z_l} V_l^{1/2} about a point; e^Z to second order
     # (a chart all the same) suffices for the Hessian at Z = 0.
-
     def chart(roots):  # (V_l^{1/2} per layer) -> R(z), S(z) and S's Hessian at z = 0
         def factors(z):
             Z = jax.vmap(lambda zl: _symmetric(zl, m))(z.reshape(layers, p))
@@ -1117,7 +1116,7 @@ def _patch_pair_diagonal(network: PatchCNN, X: Array) -> Array:
     return network.post_scale(1) / Pt.shape[0] * phi
 
 
-def _patch_output_basis(q: int) -> np.ndarray:
+def _symmetric_basis(q: int) -> np.ndarray:
     """The symmetric indicator D_k of each free entry of a q×q matrix, upper triangle in
     `_symmetric`'s order (p×q×q, p = q(q + 1)/2)."""
     rows, cols = np.triu_indices(q)
@@ -1204,7 +1203,7 @@ def _renormalise_patches(
         at = _AtScale(mean, noise * alpha.reshape(m, n).T, covariance)
         return nll_of(cho, half_y), at
 
-    D = _patch_output_basis(q)  # (p, q, q)
+    D = _symmetric_basis(q)  # (p, q, q)
 
     def curvature(root):  # E ↦ nll(W(I + E)W): gradient and Hessian at E = 0, closed form
         # With A = (K_U + σ²I)⁻¹ at U = W², α = Ay and κ_k = ∂K/∂e_k the kernel of the
@@ -1216,10 +1215,10 @@ def _renormalise_patches(
         alpha = A @ y
         whitened = jnp.einsum("ai,kij,jb->kab", root, D, root).reshape(-1, P, m, P, m)
         basis = jnp.einsum("kpoqr,pqab->koarb", whitened, kappa).reshape(-1, m * n, m * n)
-        W = jnp.einsum("ab,kbc->kac", A, basis)  # Aκ_k
+        AK = jnp.einsum("ab,kbc->kac", A, basis)  # Aκ_k
         v = jnp.einsum("kab,b->ka", basis, alpha)  # κ_kα
-        g = 0.5 * jnp.trace(W, axis1=1, axis2=2) - 0.5 * v @ alpha
-        H = -0.5 * jnp.einsum("kab,lba->kl", W, W) + v @ A @ v.T
+        g = 0.5 * jnp.trace(AK, axis1=1, axis2=2) - 0.5 * v @ alpha
+        H = -0.5 * jnp.einsum("kab,lba->kl", AK, AK) + v @ A @ v.T
         return g, 0.5 * (H + H.T)
 
     saddle = _matrix_saddle(neg_log_likelihood, q, network, X.dtype, curvature)
