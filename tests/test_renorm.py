@@ -867,9 +867,9 @@ def test_patch_renormalisation_with_two_outputs_against_dense_algebra():
     U ~ Wishart_8(C, I/C) (the readout's Gram matrix over channels). Against a dense solver
     on the 2n×2n kernel built here from the patches (scipy BFGS, then Newton's method on S's
     closed-form gradient and Hessian, `_newton_saddle`): U*, the Laplace evidence, the mean
-    predictor and the outputs' posterior covariance at each test input. The scale couples
-    the outputs (U*'s cross-output entries are not 0), and one output alone is the P×P
-    case."""
+    predictor and the outputs' posterior covariance at each test input; the scale couples
+    the outputs (U*'s cross-output entries are not 0). Then the mixture against importance
+    sampling from the prior."""
     from scipy.optimize import minimize
 
     rng = np.random.default_rng(5)
