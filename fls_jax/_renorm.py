@@ -1116,16 +1116,6 @@ def _patch_pair_diagonal(network: PatchCNN, X: Array) -> Array:
     return network.post_scale(1) / Pt.shape[0] * phi
 
 
-def _symmetric_basis(q: int) -> np.ndarray:
-    """The symmetric indicator D_k of each free entry of a q×q matrix, upper triangle in
-    `_symmetric`'s order (p×q×q, p = q(q + 1)/2)."""
-    rows, cols = np.triu_indices(q)
-    D = np.zeros((len(rows), q, q))
-    D[np.arange(len(rows)), rows, cols] = 1.0
-    D[np.arange(len(rows)), cols, rows] = 1.0
-    return D
-
-
 @eqx.filter_jit
 def _renormalise_patches(
     network, X, Y, X_test, Y_test, method: Method = "saddle", draws: int = 0, key=None
@@ -1203,7 +1193,8 @@ def _renormalise_patches(
         at = _AtScale(mean, noise * alpha.reshape(m, n).T, covariance)
         return nll_of(cho, half_y), at
 
-    D = _symmetric_basis(q)  # (p, q, q)
+    # D_k: the symmetric matrix of free entry k of U's upper triangle (p×q×q, `_symmetric`).
+    D = jax.vmap(lambda e: _symmetric(e, q))(jnp.eye(q * (q + 1) // 2, dtype=X.dtype))
 
     def curvature(root):  # E ↦ nll(W(I + E)W): gradient and Hessian at E = 0, closed form
         # With A = (K_U + σ²I)⁻¹ at U = W², α = Ay and κ_k = ∂K/∂e_k the kernel of the
