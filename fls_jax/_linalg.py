@@ -18,6 +18,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import lineax as lx
+import numpy as np
 import optimistix as optx
 from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array, Float
@@ -85,13 +86,46 @@ def cholesky_inverse(A: Float[Array, "r r"]) -> tuple[Float[Array, "r r"], Float
     return _cholesky_and_inverse(A)
 
 
+def _cholesky_tangents(L: Array, L_inv: Array, dA: Array) -> tuple[Array, Array]:
+    M = L_inv @ dA @ L_inv.T
+    psi = jnp.tril(M) - 0.5 * jnp.diag(jnp.diagonal(M))
+    return L @ psi, -psi @ L_inv
+
+
 @cholesky_inverse.defjvp
 def _cholesky_inverse_jvp(primals, tangents):
     (A,), (dA,) = primals, tangents
     L, L_inv = cholesky_inverse(A)
-    M = L_inv @ dA @ L_inv.T
-    psi = jnp.tril(M) - 0.5 * jnp.diag(jnp.diagonal(M))
-    return (L, L_inv), (L @ psi, -psi @ L_inv)
+    return (L, L_inv), _cholesky_tangents(L, L_inv, dA)
+
+
+@_cpu_sequential
+def _guarded_cholesky_and_inverse(A):
+    L = jnp.linalg.cholesky(A)
+    ok = jnp.all(jnp.isfinite(L))
+    eye = jnp.eye(A.shape[0], dtype=A.dtype)
+    L = jnp.where(ok, L, eye)
+    return L, jax.scipy.linalg.solve_triangular(L, eye, lower=True), ok
+
+
+@jax.custom_jvp
+def guarded_cholesky_inverse(A: Float[Array, "r r"]) -> tuple[Array, Array, Array]:
+    """`cholesky_inverse` with a flag: (L, L⁻¹, ok), where a failed factorisation (A not
+    numerically positive definite) gives ok = False and L = L⁻¹ = I instead of NaN.
+
+    For a caller that drops such an A by `ok` (`jnp.where`) and still differentiates the
+    rest: a NaN factor, even where its results are multiplied by 0 or not selected, turns
+    reverse-mode derivatives into NaN (0 · NaN), but the identity keeps every value and
+    derivative downstream finite. Same derivative rule as `cholesky_inverse`."""
+    return _guarded_cholesky_and_inverse(A)
+
+
+@guarded_cholesky_inverse.defjvp
+def _guarded_cholesky_inverse_jvp(primals, tangents):
+    (A,), (dA,) = primals, tangents
+    L, L_inv, ok = guarded_cholesky_inverse(A)
+    flag: Any = np.zeros(np.shape(ok), dtype=jax.dtypes.float0)  # ok has no tangent
+    return (L, L_inv, ok), (*_cholesky_tangents(L, L_inv, dA), flag)
 
 
 def small_cholesky(A: Float[Array, "*batch m m"]) -> Float[Array, "*batch m m"]:

@@ -67,6 +67,7 @@ from ._linalg import (
     cholesky_inverse,
     cross_components,
     first_order_term,
+    guarded_cholesky_inverse,
     kernel_spectrum,
     resolvent_diagonal,
     resolvent_likelihood_change,
@@ -885,7 +886,15 @@ def _renormalise_outputs(
         return likelihood(U)[2]
 
     def evaluate(U):  # the likelihood and the predictions at U, from one factorisation
+        # Where some M_i cannot be factorised (a draw of the mixture with an enormous U), the
+        # likelihood is 0 (nll = ∞) and the predictions are those at U = I, which the mixture
+        # drops with the draw: NaN factors made its reverse-mode derivatives NaN, even
+        # multiplied by a weight of 0 (`_matrix_mixture`). The check is one more pass of the
+        # elementwise factorisation (n blocks of m×m), cheap beside the rest.
+        ok = jnp.all(jnp.isfinite(blocks(jax.lax.stop_gradient(U))))
+        U = jnp.where(ok, U, eye)
         cho, alpha, nll = likelihood(U)
+        nll = jnp.where(ok, nll, jnp.inf)
         alpha = alpha + first_order_term(alpha_form, K, V, alpha, U, cho, lam)
         # Cov(f(x*)) = U k(x*, x*) − Σ_i (K*V)_{x* i}² U M_i⁻¹ U, per test input (m×m).
         shrink = U @ solve(cho, jnp.broadcast_to(U, (n, m, m)))
@@ -912,11 +921,11 @@ def _matrix_result(
     under 2²² numbers). `evaluate(U)` gives the negative log-likelihood `nll(U)` and the
     GP's predictions at U (`_AtScale`) from one factorisation."""
     if method == "saddle":
-        at = evaluate(saddle.U)[1]
+        nll_star, at = evaluate(saddle.U)
         dtype = at.mean.dtype
         scale_matrix, scale_sd = saddle.U, jnp.zeros((), dtype)
         log_evidence, effective = saddle.log_evidence, jnp.asarray(jnp.inf, dtype)
-        ok = saddle.converged
+        ok = saddle.converged & jnp.isfinite(nll_star)
     else:
         at, scale_matrix, scale_sd, log_evidence, effective = _matrix_mixture(
             saddle, nll, evaluate, draws, max(1, min(256, 2**22 // per_draw)), key
@@ -973,7 +982,12 @@ def _matrix_mixture(saddle: _MatrixSaddle, nll, evaluate, draws: int, batch: int
     posterior at any width, with tails heavier than it. The target density in Z is the
     layers' Wishart priors with respect to det V^{−(m+1)/2} dV, which in these coordinates is
     e^{−(m+1) tr Z / 2} |d e^Z / dZ| dZ (`_log_exp_jacobian`; V*'s own factors cancel), times
-    the likelihood e^{−nll(U)}. A draw whose Z has an eigenvalue beyond ±30 gets weight 0.
+    the likelihood e^{−nll(U)}. A draw whose Z has an eigenvalue beyond ±30 gets weight 0,
+    and so does one whose kernel cannot be factorised (`evaluate` gives nll = ∞: rounding in
+    K_U beyond σ², met at U far out in the proposal's tails; such a draw's NaN weight was
+    set to 0 before too). These draws are evaluated finitely (at U*, or with a stand-in
+    factor), which keeps reverse-mode derivatives finite: before stop 46 one clipped draw in
+    16384 made them NaN.
 
     Returns the weighted averages of the GP's predictions (`_AtScale`, with the spread of
     the means added to the covariance), E[U | Y], the posterior standard deviation of
@@ -1021,6 +1035,11 @@ def _matrix_mixture(saddle: _MatrixSaddle, nll, evaluate, draws: int, batch: int
 
     def draw(zs, lq):  # a draw's log weight and what the averages need from it
         U, log_prior = scale_of(zs)
+        # A draw outside the bounds on Z (or with a non-finite U) has weight 0, and is
+        # evaluated at U* instead, where everything is finite: a NaN or an overflow there,
+        # though multiplied by a weight of 0, made the reverse-mode derivatives NaN.
+        usable = jnp.isfinite(log_prior) & jnp.all(jnp.isfinite(U))
+        U = jnp.where(usable, U, jax.lax.stop_gradient(saddle.U))
         neg_log_likelihood, at = evaluate(U)
         lw = log_prior - neg_log_likelihood - lq
         outer = jnp.einsum("xa,xb->xab", at.mean, at.mean)
@@ -1165,12 +1184,15 @@ def _renormalise_patches(
         K = jnp.einsum("poqr,pqab->oarb", U.reshape(P, m, P, m), kernels)
         return K.reshape(m * kernels.shape[2], m * kernels.shape[3])
 
+    def system(U):  # K_U + σ² I
+        K_U = blocks(U, kappa)
+        return 0.5 * (K_U + K_U.T) + noise * eye
+
     def factor(U):  # (L, L⁻¹), L Lᵀ = K_U + σ² I
         # `cholesky_inverse`, sequential under the sampler's vmap on CPU (`_linalg`): with
         # jnp.linalg.cholesky and triangular solves, batched over the draws, the sampler's
         # reverse-mode derivative deadlocked jaxlib 0.10's thread pool (a test hung).
-        K_U = blocks(U, kappa)
-        return cholesky_inverse(0.5 * (K_U + K_U.T) + noise * eye)
+        return cholesky_inverse(system(U))
 
     def nll_of(cho, half):  # half = L⁻¹y; the null modes' terms in derivatives only
         terms = 2 * jnp.log(jnp.diagonal(cho)) + half**2
@@ -1182,7 +1204,11 @@ def _renormalise_patches(
         return nll_of(cho, inv @ y)
 
     def evaluate(U):  # the likelihood and the predictions at U, from one factorisation
-        cho, inv = factor(U)
+        # Where K_U + σ²I cannot be factorised (a draw of the mixture with an enormous U,
+        # where rounding in K_U exceeds σ²), the likelihood is 0 (nll = ∞) and the
+        # predictions finite garbage from L = I, which the mixture drops with the draw: a NaN
+        # factor made the mixture's reverse-mode derivatives NaN (`_matrix_mixture`).
+        cho, inv, ok = guarded_cholesky_inverse(system(U))
         half_y = inv @ y
         alpha = inv.T @ half_y
         cross = blocks(U, kappa_test)  # (m·n*, m·n)
@@ -1191,7 +1217,7 @@ def _renormalise_patches(
         covariance = prior - jnp.einsum("jox,jrx->xor", half, half)
         mean = (cross @ alpha).reshape(m, -1).T
         at = _AtScale(mean, noise * alpha.reshape(m, n).T, covariance)
-        return nll_of(cho, half_y), at
+        return jnp.where(ok, nll_of(cho, half_y), jnp.inf), at
 
     # D_k: the symmetric matrix of free entry k of U's upper triangle (p×q×q, `_symmetric`).
     D = jax.vmap(lambda e: _symmetric(e, q))(jnp.eye(q * (q + 1) // 2, dtype=X.dtype))
