@@ -982,12 +982,12 @@ def _matrix_mixture(saddle: _MatrixSaddle, nll, evaluate, draws: int, batch: int
     posterior at any width, with tails heavier than it. The target density in Z is the
     layers' Wishart priors with respect to det V^{−(m+1)/2} dV, which in these coordinates is
     e^{−(m+1) tr Z / 2} |d e^Z / dZ| dZ (`_log_exp_jacobian`; V*'s own factors cancel), times
-    the likelihood e^{−nll(U)}. A draw whose Z has an eigenvalue beyond ±30 gets weight 0,
-    and so does one whose kernel cannot be factorised (`evaluate` gives nll = ∞: rounding in
-    K_U beyond σ², met at U far out in the proposal's tails; such a draw's NaN weight was
-    set to 0 before too). These draws are evaluated finitely (at U*, or with a stand-in
-    factor), which keeps reverse-mode derivatives finite: before stop 46 one clipped draw in
-    16384 made them NaN.
+    the likelihood e^{−nll(U)}. A draw whose Z has an eigenvalue beyond ±30, or whose V_l
+    cannot be factorised, gets weight 0, and so does one whose kernel cannot be factorised
+    (`evaluate` gives nll = ∞: rounding in K_U beyond σ², met at U far out in the proposal's
+    tails; such a draw's NaN weight was set to 0 before too). These draws are evaluated
+    finitely (at U*, or with a stand-in factor), which keeps reverse-mode derivatives
+    finite: before stop 46 one clipped draw in 16384 made them NaN.
 
     Returns the weighted averages of the GP's predictions (`_AtScale`, with the spread of
     the means added to the covariance), E[U | Y], the posterior standard deviation of
@@ -1027,7 +1027,11 @@ def _matrix_mixture(saddle: _MatrixSaddle, nll, evaluate, draws: int, batch: int
             mu = jnp.clip(mu, -30.0, 30.0)
             root = jax.lax.stop_gradient(saddle.roots[layer])
             Vl = root @ (Q * jnp.exp(mu)) @ Q.T @ root
-            factors.append(cholesky_inverse(0.5 * (Vl + Vl.T))[0])
+            # Guarded: at |μ| near 30, cond V_l reaches e⁶⁰ and its factor can fail; the
+            # draw is then dropped, and a NaN R would make the prior's derivative in C NaN.
+            R, _, factored = guarded_cholesky_inverse(0.5 * (Vl + Vl.T))
+            inside = inside & factored
+            factors.append(R)
             log_measure = log_measure - (m + 1) / 2 * jnp.sum(mu) + _log_exp_jacobian(mu)
         R = jnp.stack(factors)
         log_prior = constants - _wishart_action(R, k) + log_measure
@@ -1054,9 +1058,12 @@ def _matrix_mixture(saddle: _MatrixSaddle, nll, evaluate, draws: int, batch: int
         # for its weight and its predictions together.
         top, total_w, total_w2, total = carry
         log_w, terms = jax.vmap(draw)(*args)
+        # The exponents are masked before exp, not after: while every weight so far is 0,
+        # top − new_top is −∞ − (−∞) = NaN, and exp(NaN) under a `where` is NaN in reverse mode.
         new_top = jnp.maximum(top, jnp.max(log_w))
-        shift = jnp.where(jnp.isfinite(new_top), jnp.exp(top - new_top), 0.0)
-        w = jnp.where(jnp.isfinite(new_top), jnp.exp(log_w - new_top), 0.0)
+        finite = jnp.isfinite(new_top)
+        shift = jnp.exp(jnp.where(finite, top - new_top, -jnp.inf))
+        w = jnp.exp(jnp.where(finite, log_w - new_top, -jnp.inf))
 
         def add(t, x):
             weights = w.reshape((-1,) + (1,) * (x.ndim - 1))

@@ -1211,11 +1211,13 @@ def test_matrix_mixture_derivatives_at_fixed_draws(two_outputs, monkeypatch, sca
 def test_matrix_mixture_reverse_mode_where_draws_are_dropped(monkeypatch, scale, widen, noise):
     """A matrix mixture whose proposal is made too wide (the saddle's Hessian × `widen`), so
     that some draws fall outside Z's bounds, or at small σ² have a kernel that cannot be
-    factorised: both get weight 0. Reverse mode must equal forward mode (measured: to
-    6·10⁻¹⁴). Before stop 46 it was NaN in all three cases, forward mode finite: a NaN or an
-    overflow in a dropped draw, times its weight of 0, is NaN in reverse mode. Each case
-    fails without one part of the fix: U* in place of out-of-bounds draws (first), the
-    PatchCNN's guarded factor (second), the FCN's check of its blocks (third)."""
+    factorised: both get weight 0. Reverse mode must equal forward mode, in σ_w² and in C
+    (measured in σ_w²: to 6·10⁻¹⁴; asked: 10⁻¹⁰). Before stop 46 it was NaN in all three
+    cases, forward mode finite: a NaN or an overflow in a dropped draw, times its weight of
+    0, is NaN in reverse mode. Each case fails without one part of the fix: U* in place of
+    out-of-bounds draws (first), the PatchCNN's guarded factor (second), the FCN's check of
+    its blocks (third); all three fail in C without the guarded factor of V_l (a gap a bug
+    hunt found)."""
     from fls_jax import _renorm
 
     rng = np.random.default_rng(1)
@@ -1232,20 +1234,21 @@ def test_matrix_mixture_reverse_mode_where_draws_are_dropped(monkeypatch, scale,
 
     monkeypatch.setattr(_renorm, "_matrix_saddle", widened)
 
-    def log_evidence(sigma_w2):
+    def log_evidence(sigma_w2, width):
         if scale == "patches":
-            net = fj.PatchCNN(6.0, sigma_w2, 0.8, noise, fj.Linear(), patch_size=4)
+            net = fj.PatchCNN(width, sigma_w2, 0.8, noise, fj.Linear(), patch_size=4)
         else:
-            net = fj.FCN(12.0, sigma_w2, 0.8, noise, fj.Linear())
+            net = fj.FCN(width, sigma_w2, 0.8, noise, fj.Linear())
         r = fj.renormalise(
             net, X, Y, X_test, Y_test, method="mixture", draws=512, key=jax.random.key(0)
         )
         return r.log_evidence, r.effective_draws
 
-    forward, effective = jax.jit(jax.jacfwd(log_evidence, has_aux=True))(1.3)
-    reverse, _ = jax.jit(jax.grad(log_evidence, has_aux=True))(1.3)
+    point = (1.3, 6.0 if scale == "patches" else 12.0)
+    forward, effective = jax.jit(jax.jacfwd(log_evidence, (0, 1), has_aux=True))(*point)
+    reverse, _ = jax.jit(jax.grad(log_evidence, (0, 1), has_aux=True))(*point)
     assert float(effective) < 10  # the proposal is as bad as meant
-    assert np.isfinite(float(forward))
+    assert np.all(np.isfinite(forward))
     np.testing.assert_allclose(reverse, forward, rtol=1e-10)
 
 
