@@ -1237,8 +1237,8 @@ def _renormalise_patches(
         _, inv = factor(root @ root)
         A = inv.T @ inv
         alpha = A @ y
-        whitened = jnp.einsum("ai,kij,jb->kab", root, D, root).reshape(-1, P, m, P, m)
-        basis = jnp.einsum("kpoqr,pqab->koarb", whitened, kappa).reshape(-1, m * n, m * n)
+        whitened = jnp.einsum("ai,kij,jb->kab", root, D, root)
+        basis = jax.vmap(lambda Wk: blocks(Wk, kappa))(whitened)
         AK = jnp.einsum("ab,kbc->kac", A, basis)  # Aκ_k
         v = jnp.einsum("kab,b->ka", basis, alpha)  # κ_kα
         g = 0.5 * jnp.trace(AK, axis1=1, axis2=2) - 0.5 * v @ alpha
