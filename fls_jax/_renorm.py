@@ -886,12 +886,22 @@ def _renormalise_outputs(
         return likelihood(U)[2]
 
     def evaluate(U):  # the likelihood and the predictions at U, from one factorisation
-        # Where some M_i cannot be factorised (a draw of the mixture with an enormous U), the
-        # likelihood is 0 (nll = ∞) and the predictions are those at U = I, which the mixture
-        # drops with the draw: NaN factors made its reverse-mode derivatives NaN, even
-        # multiplied by a weight of 0 (`_matrix_mixture`). The check is one more pass of the
-        # elementwise factorisation (n blocks of m×m), cheap beside the rest.
-        ok = jnp.all(jnp.isfinite(blocks(jax.lax.stop_gradient(U))))
+        # Where some M_i cannot be factorised reliably (a draw of the mixture with an
+        # enormous or nearly singular U), the likelihood is 0 (nll = ∞) and the predictions
+        # are those at U = I, which the mixture drops with the draw: NaN factors made its
+        # reverse-mode derivatives NaN, even multiplied by a weight of 0 (`_matrix_mixture`).
+        # Every pivot of M_i ⪰ σ²I is at least σ²; a draw is kept where each computed pivot
+        # is above σ²/2 and above 4m·eps·max|M_i|, its rounding. Checking for finite factors
+        # alone (stop 46) let through blocks whose pivot was rounding: a second factorisation
+        # of the same M_i (the one differentiated) could then be NaN, or its derivatives
+        # overflow, and reverse mode was NaN at most σ_w² near the test's (stop 47). The
+        # check is one more pass of the elementwise factorisation (n blocks of m×m), without
+        # derivatives, cheap beside the rest.
+        M = jax.lax.stop_gradient(lam[:, None, None] * U + noise * eye)
+        pivots = jnp.diagonal(small_cholesky(M), axis1=1, axis2=2) ** 2
+        rounding = 4 * m * jnp.finfo(M.dtype).eps * jnp.max(jnp.abs(M), axis=(1, 2))
+        floor = jnp.maximum(0.5 * jax.lax.stop_gradient(noise), rounding)
+        ok = jnp.all(pivots >= floor[:, None])  # False where NaN
         U = jnp.where(ok, U, eye)
         cho, alpha, nll = likelihood(U)
         nll = jnp.where(ok, nll, jnp.inf)
