@@ -11,6 +11,7 @@ import abc
 import functools
 import math
 from collections.abc import Callable
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -36,10 +37,17 @@ class AbstractActivation(eqx.Module):
     """An activation φ and its Gaussian kernel map Φ_φ (SPEC §2).
 
     Subclasses implement [`fls_jax.AbstractActivation.__call__`][] (φ itself, used by the
-    sampler and the quadrature checks) and [`fls_jax.AbstractActivation.kernel`][].
+    sampler and the quadrature checks) and [`fls_jax.AbstractActivation.kernel`][], and set
+    the class attribute `odd`; `homogeneous = True` declares Φ(ta, tb, tc) = tΦ(a, b, c) for
+    t > 0 (default False), which `renormalise` then uses.
     """
 
     odd: eqx.AbstractClassVar[bool]
+    # Whether Φ is positively homogeneous of degree one, Φ(ta, tb, tc) = t Φ(a, b, c) for
+    # t > 0 (`Linear`, `ReLU`): a network of such layers then has the kernel s_a Π_l σ_{w,l}²
+    # times its kernel at unit hyper-parameters, which `renormalise` uses to differentiate
+    # in them through the eigenvalues alone (exact on rank-deficient kernels).
+    homogeneous: ClassVar[bool] = False
 
     @abc.abstractmethod
     def __call__(self, h: Float[ArrayLike, "..."]) -> Float[Array, "..."]:
@@ -80,6 +88,7 @@ class Linear(AbstractActivation):
     """φ(h) = h, so Φ(K) = K (SPEC §2)."""
 
     odd = True
+    homogeneous = True
 
     def __call__(self, h):
         return jnp.asarray(h)
@@ -153,6 +162,7 @@ class ReLU(AbstractActivation):
     """
 
     odd = False
+    homogeneous = True
 
     def __call__(self, h):
         return jnp.maximum(h, 0.0)

@@ -48,7 +48,7 @@ the readout's Gram matrix is over (patch, output) pairs: Cov(f_o(x), f_r(x′) |
 """
 
 import math
-from typing import Literal
+from typing import Literal, TypeVar
 
 import equinox as eqx
 import jax
@@ -322,16 +322,59 @@ def _log_gamma_factor(v: Array, k: Array) -> Array:
     return 0.5 * jnp.log(k / (2 * math.pi)) - _stirling_remainder(k) - k * (jnp.expm1(v) - v)
 
 
+_Net = TypeVar("_Net", bound=AbstractNetwork)
+
+
+def _kernel_factor(network: _Net, X: Array) -> tuple[_Net, Array | float]:
+    """(network₁, c): kernels of `network` are c times those of network₁, which holds none of
+    its hyper-parameters, where every layer's Φ is positively homogeneous (`Linear`, `ReLU`;
+    `AbstractActivation.homogeneous`). Each layer's post-kernel then scales with its
+    σ_{w,l+1}² (s_a for the last), so K = s_a Π_l σ_{w,l}² K₁, K₁ at unit σ_w², σ_a² and width
+    (the width enters a mean-field s_a only). c is read off one probe input. Otherwise
+    (network, 1.0).
+
+    The renormalisations take K's eigenvectors from K₁ and carry c in its eigenvalues, so
+    that their derivatives in the hyper-parameters pass through the eigenvalues alone. With
+    c inside K, K's tangent along them is K itself, whose block between K's null and range
+    modes in the computed eigenbasis is rounding, ~eps‖K‖, kept since along a change of X
+    that block is genuine; divided by σ² it put ~10⁻¹⁶/σ² into ∂ log Z and the predictions'
+    derivatives (a linear FCN, n = 60 > d = 4: ∂(Σ mean)/∂σ_w² −6.9·10⁻⁶ at σ² = 10⁻¹⁰,
+    against 1.6·10⁻¹¹ from the same problem on K's range, stop 47)."""
+    layers = range(1, network.depth + 1)
+    if not all(network.layer_activation(layer).homogeneous for layer in layers):
+        return network, 1.0
+    dtype = X.dtype
+    unit = eqx.tree_at(
+        lambda net: (net.width, net.sigma_w2, net.sigma_a2),
+        network,
+        (
+            jnp.ones((), dtype),
+            jnp.ones(jnp.shape(network.sigma_w2), dtype),
+            jnp.ones((), dtype),
+        ),
+    )
+    probe = jnp.ones((1, X.shape[1]), dtype)
+    return unit, (
+        _gp_post_kernels(network, probe)[-1][0, 0] / _gp_post_kernels(unit, probe)[-1][0, 0]
+    )
+
+
 @eqx.filter_jit
 def _renormalise(network, X, Y, X_test, Y_test, method: Method) -> Renormalised:
     n = X.shape[0]
-    full = _gp_post_kernels(network, jnp.concatenate([X, X_test]))[-1]
-    K, Ks, kss = full[:n, :n], full[n:, :n], jnp.diagonal(full)[n:]
+    # K = c K₁ (`_kernel_factor`): K's eigenvectors from K₁, c in its eigenvalues; the
+    # first-order terms see K₁'s derivatives (along X) at fixed c.
+    unit, c = _kernel_factor(network, X)
+    full = _gp_post_kernels(unit, jnp.concatenate([X, X_test]))[-1]
+    K, Ks, kss = full[:n, :n], full[n:, :n], c * jnp.diagonal(full)[n:]
     y = Y[:, 0]
     noise = network.noise
     # The GP at each scale u through K's resolvents R = (uK + σ²I)⁻¹ (`resolvent_*`: one
     # eigendecomposition, derivatives that do not pass through its eigenvectors).
-    spectrum = kernel_spectrum(K)
+    lam, V = kernel_spectrum(K)
+    spectrum = (c * lam, V)
+    KsV = c * cross_components(Ks, lam, V)
+    K = jax.lax.stop_gradient(c) * K
     k = _half_shapes(network)
     gp = jnp.isinf(k[0])  # all layers are infinite together (finite width ratios)
     # At C = ∞ the finite-width terms are computed at a stand-in k = 1 and discarded: k = ∞
@@ -423,7 +466,6 @@ def _renormalise(network, X, Y, X_test, Y_test, method: Method) -> Renormalised:
         ok = ok & (gp | ((jnp.maximum(lw[0], lw[-1]) < peak - _EDGE_DROP) & ~jnp.any(missed)))
 
     u = jnp.exp(z)
-    KsV = cross_components(Ks, *spectrum)
     means_u = u[:, None] * (solved @ KsV.T)  # the GP mean per u, (grid, n*)
     mean = w @ means_u
     residual = noise * (w @ solved)  # in the eigenbasis: its norm is the residual's
@@ -824,13 +866,16 @@ def _renormalise_outputs(
     kernel shape renormalisation (module docstring) with kernel U ⊗ K, at the saddle point
     U* or integrated over U's posterior (`_matrix_mixture`)."""
     n, m = Y.shape
-    full = _gp_post_kernels(network, jnp.concatenate([X, X_test]))[-1]
+    # K = c K₁ (`_kernel_factor`): K's eigenbasis from K₁, held fixed, and c in its
+    # eigenvalues; `first_order_term` carries K₁'s derivatives (along X) at fixed c (`_linalg`).
+    unit, c = _kernel_factor(network, X)
+    full = _gp_post_kernels(unit, jnp.concatenate([X, X_test]))[-1]
     K = full[:n, :n]
-    # K's eigenbasis, held fixed: `first_order_term` carries K's derivatives (`_linalg`).
     lam, V = kernel_spectrum(K)
     y = V.T @ Y  # (n, m): row i is the targets' component along eigenvector i
-    KsV = cross_components(full[n:, :n], lam, V)  # K_*'s rounding on null modes dropped
-    kss = jnp.diagonal(full)[n:]
+    KsV = c * cross_components(full[n:, :n], lam, V)  # K_*'s rounding on null modes dropped
+    kss = c * jnp.diagonal(full)[n:]
+    lam, K = c * lam, jax.lax.stop_gradient(c) * K
     noise = network.noise
     eye = jnp.eye(m, dtype=X.dtype)
 
@@ -1161,9 +1206,12 @@ def _renormalise_patches(
     output) pairs (Pm×Pm, patch-major), at the saddle point U* or integrated over U's
     posterior (`_matrix_mixture`). One output is the P×P scale."""
     n, m = Y.shape
-    kappa = _patch_pair_kernels(network, X, X)  # (P, P, n, n)
-    kappa_test = _patch_pair_kernels(network, X_test, X)  # (P, P, n*, n)
-    diagonal_test = _patch_pair_diagonal(network, X_test)  # (P, P, n*)
+    # κ = c κ₁ (`_kernel_factor`): the κ's are taken to K's eigenbasis (below) from the
+    # unit network's, and c is multiplied in after, where their null rows are 0 in value.
+    unit, c = _kernel_factor(network, X)
+    kappa = _patch_pair_kernels(unit, X, X)  # (P, P, n, n)
+    kappa_test = _patch_pair_kernels(unit, X_test, X)  # (P, P, n*, n)
+    diagonal_test = c * _patch_pair_diagonal(unit, X_test)  # (P, P, n*)
     P = kappa.shape[0]
     q = P * m
     noise = network.noise
@@ -1180,7 +1228,7 @@ def _renormalise_patches(
     # rank 6 was flagged from σ² = 10⁻⁶ on, U* off by 10³ at 10⁻¹⁰. Full-rank kernels (erf)
     # skip all this (`lax.cond`): `null` is then all False.
     lam, V = kernel_spectrum(jnp.einsum("ppab->ab", kappa))
-    null = lam == 0
+    null = c * lam == 0  # all of them where c = 0 (mean-field scaling at C = ∞)
     pairs = null[:, None] | null[None, :]
 
     def to_eigenbasis(operands):
@@ -1192,6 +1240,7 @@ def _renormalise_patches(
     kappa, kappa_test, Y = jax.lax.cond(
         jnp.any(null), to_eigenbasis, lambda operands: operands, (kappa, kappa_test, Y)
     )
+    kappa, kappa_test = c * kappa, c * kappa_test
     null_part = 0.5 * jnp.sum(jnp.where(null[:, None], Y**2 / noise + jnp.log(noise), 0.0))
     # Output-major vectors over (output, input): y = vec(Y), and K_U's rows and columns.
     y = Y.T.reshape(m * n)

@@ -286,6 +286,57 @@ def test_mixture_keeps_its_digits_at_tiny_noise():
     np.testing.assert_allclose(rev(1.0, 1e-8)[0][1], fwd(1.0, 1e-8)[0][1], rtol=1e-6)
 
 
+@pytest.mark.parametrize("case", ["fcn", "outputs", "patches", "relu"])
+def test_hyper_parameter_derivatives_at_tiny_noise_against_targets_in_the_span(case):
+    """Derivatives of log Z and of the predictions in (σ_w², C) at σ² = 10⁻¹², on
+    rank-deficient kernels (n = 24), for targets partly outside the kernel's span against
+    the same targets projected onto it, BBᵀY (B an orthonormal basis of the span): the
+    predictions are the same, and log Z differs by the null modes' ½ Σ y²/σ², which holds
+    neither σ_w² nor C. With no targets on the null modes nothing is divided by σ² there,
+    and the projected problem keeps its digits on any version. Cases: a linear FCN (the
+    mixture), two outputs and a linear PatchCNN (P = 2, S = 2; saddles), and a ReLU FCN on
+    d = 1 inputs (rank 2). Before stop 47, K's tangent along σ_w² (K itself) carried its
+    rounding between null and range modes, ~10⁻¹⁶/σ²: ∂ log Z/∂σ_w² up to 10 % off here,
+    and ∂(Σ mean)/∂σ_w² ~10⁻³ where it is ~10⁻¹³. (`benchmarks/renormalise_tiny_noise_gradients.py`
+    checks against the problem restricted to the span, r inputs BᵀX.)"""
+    rng = np.random.default_rng(3)
+    n, noise = 24, 1e-12
+    X, X_test = rng.standard_normal((n, 4)), rng.standard_normal((3, 4))
+    Y = X[:, 0] + 0.5 * (X[:, 1] ** 2 - 1)
+    if case == "outputs":
+        Y = np.stack([Y, X[:, 2] * X[:, 3] + X[:, 1]], axis=1)
+    span = X
+    if case == "relu":  # its kernel is a linear FCN's on (max(x, 0), max(−x, 0))
+        X, X_test = X[:, :1], X_test[:, :1]
+        span = np.concatenate([np.maximum(X, 0), np.maximum(-X, 0)], axis=1)
+    Q, sv, _ = np.linalg.svd(span, full_matrices=False)
+    B = Q[:, sv > 1e-10 * sv[0]]
+    assert B.shape[1] < n
+
+    # Forward mode for two outputs: its reverse mode takes 34 s to compile (forward 19 s);
+    # both run the same first-order rule (`_linalg.first_order_term`), and the benchmark
+    # checks both.
+    @jax.jit
+    @functools.partial(jax.jacfwd if case == "outputs" else jax.jacrev, has_aux=True)
+    def derivatives(p, Y):
+        common = dict(width=p[1], sigma_w2=p[0], sigma_a2=1.0, noise=noise)
+        if case == "patches":
+            net = fj.PatchCNN(patch_size=2, activation=fj.Linear(), **common)
+        else:
+            net = fj.FCN(activation=fj.ReLU() if case == "relu" else fj.Linear(), **common)
+        method = "mixture" if case == "fcn" else "saddle"
+        r = fj.renormalise(net, X, Y, X_test, method=method, draws=256)
+        return jnp.stack([r.log_evidence, jnp.sum(r.mean)]), r.converged
+
+    p = jnp.array([1.3, 6.0])
+    got, ok = derivatives(p, Y)
+    ref, ok_ref = derivatives(p, B @ (B.T @ Y))
+    assert bool(ok) and bool(ok_ref)
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-9)
+    np.testing.assert_allclose(got[1], ref[1], rtol=0, atol=1e-11)
+    assert np.all(np.abs(ref[0]) > 1e-3) and np.abs(ref[1, 0]) < 1e-10  # (σ²-small)
+
+
 def test_predictions_keep_their_digits_at_tiny_noise():
     """The saddle test's data (n = 60 > d = 4, targets partly outside the linear kernel's
     span) at new test points. K_*'s components along K's null modes are rounding, 10⁻¹⁶, and
