@@ -359,22 +359,30 @@ def _kernel_factor(network: _Net, X: Array) -> tuple[_Net, Array | float]:
     )
 
 
-@eqx.filter_jit
-def _renormalise(network, X, Y, X_test, Y_test, method: Method) -> Renormalised:
+def _gp_in_eigenbasis(network: AbstractNetwork, X: Array, X_test: Array):
+    """The GP-limit kernel of an FCN on the training and test inputs, for its
+    renormalisations: (K, λ, V, K_*V, k_**), with K = c K₁ (`_kernel_factor`). λ and V are
+    K's `kernel_spectrum`, V from K₁ and c in λ; K_*V is `cross_components`' (rounding on
+    K's null modes dropped) and k_** the test diagonal, both with c; K is returned as the
+    carrier of `first_order_term`, with K₁'s derivatives (along X) at fixed c."""
     n = X.shape[0]
-    # K = c K₁ (`_kernel_factor`): K's eigenvectors from K₁, c in its eigenvalues; the
-    # first-order terms see K₁'s derivatives (along X) at fixed c.
     unit, c = _kernel_factor(network, X)
     full = _gp_post_kernels(unit, jnp.concatenate([X, X_test]))[-1]
-    K, Ks, kss = full[:n, :n], full[n:, :n], c * jnp.diagonal(full)[n:]
-    y = Y[:, 0]
-    noise = network.noise
+    K = full[:n, :n]
+    lam, V = kernel_spectrum(K)
+    KsV = c * cross_components(full[n:, :n], lam, V)
+    kss = c * jnp.diagonal(full)[n:]
+    return jax.lax.stop_gradient(c) * K, c * lam, V, KsV, kss
+
+
+@eqx.filter_jit
+def _renormalise(network, X, Y, X_test, Y_test, method: Method) -> Renormalised:
     # The GP at each scale u through K's resolvents R = (uK + σ²I)⁻¹ (`resolvent_*`: one
     # eigendecomposition, derivatives that do not pass through its eigenvectors).
-    lam, V = kernel_spectrum(K)
-    spectrum = (c * lam, V)
-    KsV = c * cross_components(Ks, lam, V)
-    K = jax.lax.stop_gradient(c) * K
+    K, lam, V, KsV, kss = _gp_in_eigenbasis(network, X, X_test)
+    spectrum = (lam, V)
+    y = Y[:, 0]
+    noise = network.noise
     k = _half_shapes(network)
     gp = jnp.isinf(k[0])  # all layers are infinite together (finite width ratios)
     # At C = ∞ the finite-width terms are computed at a stand-in k = 1 and discarded: k = ∞
@@ -866,24 +874,20 @@ def _renormalise_outputs(
     kernel shape renormalisation (module docstring) with kernel U ⊗ K, at the saddle point
     U* or integrated over U's posterior (`_matrix_mixture`)."""
     n, m = Y.shape
-    # K = c K₁ (`_kernel_factor`): K's eigenbasis from K₁, held fixed, and c in its
-    # eigenvalues; `first_order_term` carries K₁'s derivatives (along X) at fixed c (`_linalg`).
-    unit, c = _kernel_factor(network, X)
-    full = _gp_post_kernels(unit, jnp.concatenate([X, X_test]))[-1]
-    K = full[:n, :n]
-    lam, V = kernel_spectrum(K)
+    # K's eigenbasis, held fixed: `first_order_term` carries K's derivatives (`_linalg`).
+    K, lam, V, KsV, kss = _gp_in_eigenbasis(network, X, X_test)
     y = V.T @ Y  # (n, m): row i is the targets' component along eigenvector i
-    KsV = c * cross_components(full[n:, :n], lam, V)  # K_*'s rounding on null modes dropped
-    kss = c * jnp.diagonal(full)[n:]
-    lam, K = c * lam, jax.lax.stop_gradient(c) * K
     noise = network.noise
     eye = jnp.eye(m, dtype=X.dtype)
 
     # Cholesky factors of M_i = λ_i U + σ² I, one m×m block per eigen-direction, and
     # M_i⁻¹ b_i for a stack b of (n, m, r): elementwise arithmetic, not LAPACK, whose
     # batched calls (n blocks, times the mixture's draws) can deadlock jaxlib 0.10 (`_linalg`).
+    def matrices(U):  # M_i = λ_i U + σ² I
+        return lam[:, None, None] * U + noise * eye
+
     def blocks(U):
-        return small_cholesky(lam[:, None, None] * U + noise * eye)
+        return small_cholesky(matrices(U))
 
     solve = small_cholesky_solve
 
@@ -942,7 +946,7 @@ def _renormalise_outputs(
         # overflow, and reverse mode was NaN at most σ_w² near the test's (stop 47). The
         # check is one more pass of the elementwise factorisation (n blocks of m×m), without
         # derivatives, cheap beside the rest.
-        M = jax.lax.stop_gradient(lam[:, None, None] * U + noise * eye)
+        M = jax.lax.stop_gradient(matrices(U))
         pivots = jnp.diagonal(small_cholesky(M), axis1=1, axis2=2) ** 2
         rounding = 4 * m * jnp.finfo(M.dtype).eps * jnp.max(jnp.abs(M), axis=(1, 2))
         floor = jnp.maximum(0.5 * jax.lax.stop_gradient(noise), rounding)
