@@ -41,7 +41,8 @@ the largest off-diagonal entry of U* relative to its diagonal. C must exceed P â
 (JAX), against this script's NumPy one (`exact_mixture`) on the two exact tasks above (the
 outputs task, the linear PatchCNN), `--draws` draws each, side by side: seconds (the
 package's first width includes compilation; later widths reuse it), test error, train error,
-mean variance, the largest difference between the two E[U | Y] and the ESS of each.
+mean variance, the largest difference between the two E[U | Y], the ESS of each, and how
+many of fls_jax's draws were dropped (`dropped_draws`).
 
 `--part timing`: seconds for the PÃ—P saddle point and for the EoS solve (`fj.solve` +
 `fj.predict`) of an erf PatchCNN (P = 8) as n grows, first call (with compilation) and a
@@ -589,7 +590,7 @@ def part_mixture(a, rows):
     print(
         f"{'case':>24} {'C':>5} | {'sec fls':>7} {'sec np':>7} | {'test fls':>10} "
         f"{'test np':>10} | {'train fls':>10} {'train np':>10} | {'var fls':>10} "
-        f"{'var np':>10} | {'max dU':>7} | {'ESS fls':>7} {'ESS np':>7}"
+        f"{'var np':>10} | {'max dU':>7} | {'ESS fls':>7} {'ESS np':>7} | {'dropped':>7}"
     )
     for name, base, (Xa, Ya, Xt, Yt), noise, kernels in cases:
         q = Ya.shape[1] if Ya.shape[1] > 1 else Xa.shape[1] // 8
@@ -628,6 +629,7 @@ def part_mixture(a, rows):
                 ],
                 max_dU=float(np.max(np.abs(np.asarray(r.scale_matrix) - ex["U"]))),
                 ess=[float(r.effective_draws), ex["ess"]],
+                dropped=int(r.dropped_draws),
                 converged=bool(r.converged),
             )
             rows.append(row)
@@ -636,7 +638,8 @@ def part_mixture(a, rows):
                 f"{row['test_error'][0]:10.4e} {row['test_error'][1]:10.4e} | "
                 f"{row['train_error'][0]:10.4e} {row['train_error'][1]:10.4e} | "
                 f"{row['variance'][0]:10.4e} {row['variance'][1]:10.4e} | "
-                f"{row['max_dU']:7.4f} | {row['ess'][0]:7.0f} {row['ess'][1]:7.0f}",
+                f"{row['max_dU']:7.4f} | {row['ess'][0]:7.0f} {row['ess'][1]:7.0f} | "
+                f"{row['dropped']:7d}",
                 flush=True,
             )
 

@@ -148,6 +148,32 @@ def small_cholesky(A: Float[Array, "*batch m m"]) -> Float[Array, "*batch m m"]:
     return jax.lax.fori_loop(0, m, column, jnp.zeros_like(A))
 
 
+def guarded_small_cholesky(
+    A: Float[Array, "*batch m m"], floor: Float[Array, "*batch"]
+) -> tuple[Array, Array]:
+    """`small_cholesky` with a floor on the pivots: (L, ok), where ok (per matrix) says
+    that every pivot was at least `floor` (a NaN pivot is not). Where one was not, its
+    column is that of the identity and the factorisation goes on, so L and its derivatives
+    of any order stay finite (plain automatic differentiation, no custom rule) for a caller
+    that drops such a matrix by `ok`; where ok holds, L is `small_cholesky`'s. The decision
+    is taken on the pivots of the factor that is differentiated (stop_gradient'ed), so it
+    cannot disagree with that factor, as a separate check pass could (`_renorm`)."""
+    m = A.shape[-1]
+    rows = jnp.arange(m)
+    floor = jax.lax.stop_gradient(floor)
+
+    def column(j, carry):  # columns < j are done, the others still zero
+        L, ok = carry
+        c = A[..., :, j] - jnp.sum(L * L[..., j, None, :], axis=-1)
+        good = jax.lax.stop_gradient(c[..., j]) >= floor  # False where NaN
+        c = jnp.where(good[..., None], c, (rows == j).astype(A.dtype))
+        col = jnp.where(rows >= j, c / jnp.sqrt(c[..., j, None]), 0.0)
+        return L.at[..., :, j].set(col), ok & good
+
+    ok = jnp.ones(A.shape[:-2], bool)
+    return jax.lax.fori_loop(0, m, column, (jnp.zeros_like(A), ok))
+
+
 def small_cholesky_solve(L: Float[Array, "*batch m m"], b: Float[Array, "*batch m r"]) -> Array:
     """(L Lᵀ)⁻¹ b for a stack of `small_cholesky` factors L, by forward and back substitution
     in elementwise arithmetic (no LAPACK call; see `small_cholesky`)."""

@@ -56,7 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
 from jax.scipy.special import gammaln, logsumexp, polygamma
-from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
 from ._activation import Linear
 from ._free_energy import _gp_post_kernels
@@ -68,6 +68,7 @@ from ._linalg import (
     cross_components,
     first_order_term,
     guarded_cholesky_inverse,
+    guarded_small_cholesky,
     kernel_spectrum,
     resolvent_diagonal,
     resolvent_likelihood_change,
@@ -134,6 +135,14 @@ class Renormalised(eqx.Module):
       effective number of draws 1/Σ w_s² (its Monte-Carlo error is about that of as many
       independent posterior draws); ``inf`` where nothing is sampled (a scalar scale's
       quadrature, the saddle point, C = ∞).
+    - `dropped_draws`: for a matrix scale's ``"mixture"``, how many of the `draws` were
+      given weight 0 because they could not be evaluated: a coordinate Z beyond ±30, or a
+      factor V_l or kernel block that cannot be factorised reliably (`_matrix_mixture`).
+      Such draws lie far in the proposal's tails, where the posterior's weight is
+      negligible (0 or 1 of 20 000 in the cases of `docs/renormalisation.md`, whose
+      estimates agree with an independent sampler's); more than a few in a thousand mean
+      that the proposal is much wider than the posterior (`effective_draws` then shows it
+      too). 0 where nothing is sampled.
     - `converged`: the saddle was found and is a minimum of S, and (``"mixture"``) the
       quadrature grid holds the posterior, or the importance sampler has at least 100
       effective draws. Predictions with `converged` False are flagged, not trustworthy.
@@ -151,6 +160,7 @@ class Renormalised(eqx.Module):
     scale_matrix: Float[Array, "q q"]
     output_covariance: Float[Array, "m m"]
     effective_draws: Float[Array, ""]
+    dropped_draws: Int[Array, ""]
     converged: Bool[Array, ""]
 
 
@@ -499,6 +509,7 @@ def _renormalise(network, X, Y, X_test, Y_test, method: Method) -> Renormalised:
         scale_matrix=scale[None, None],
         output_covariance=jnp.mean(variance)[None, None],
         effective_draws=jnp.asarray(jnp.inf, X.dtype),
+        dropped_draws=jnp.zeros((), jnp.int32),
         converged=ok & finite,
     )
 
@@ -922,37 +933,35 @@ def _renormalise_outputs(
         jnp.where(null, jnp.sum(y**2, axis=1) / noise + m * jnp.log(noise), 0.0)
     )
 
-    def likelihood(U):  # the factors, M⁻¹y in the eigenbasis and −log N(Y; 0, U ⊗ K + σ²I)
-        cho = blocks(U)  # without `null_part` in value
+    def likelihood(U, cho):  # M⁻¹y in the eigenbasis and −log N(Y; 0, U ⊗ K + σ²I)
         alpha = solve(cho, y[..., None])[..., 0]  # (n, m)
         logdets = 2 * jnp.sum(jnp.log(jnp.diagonal(cho, axis1=1, axis2=2)), axis=1)
         terms = jnp.sum(y * alpha, axis=1) + logdets
         terms = jnp.where(null, terms - jax.lax.stop_gradient(terms), terms)
         nll = 0.5 * (jnp.sum(terms) + n * m * math.log(2 * math.pi))
-        return cho, alpha, nll + first_order_term(nll_form, K, V, alpha, U, cho, lam)
+        return alpha, nll + first_order_term(nll_form, K, V, alpha, U, cho, lam)
 
-    def neg_log_likelihood(U):
-        return likelihood(U)[2]
+    def neg_log_likelihood(U):  # without `null_part` in value
+        return likelihood(U, blocks(U))[1]
 
     def evaluate(U):  # the likelihood and the predictions at U, from one factorisation
         # Where some M_i cannot be factorised reliably (a draw of the mixture with an
-        # enormous or nearly singular U), the likelihood is 0 (nll = ∞) and the predictions
-        # are those at U = I, which the mixture drops with the draw: NaN factors made its
-        # reverse-mode derivatives NaN, even multiplied by a weight of 0 (`_matrix_mixture`).
-        # Every pivot of M_i ⪰ σ²I is at least σ²; a draw is kept where each computed pivot
-        # is above σ²/2 and above 4m·eps·max|M_i|, its rounding. Checking for finite factors
-        # alone (stop 46) let through blocks whose pivot was rounding: a second factorisation
-        # of the same M_i (the one differentiated) could then be NaN, or its derivatives
-        # overflow, and reverse mode was NaN at most σ_w² near the test's (stop 47). The
-        # check is one more pass of the elementwise factorisation (n blocks of m×m), without
-        # derivatives, cheap beside the rest.
-        M = jax.lax.stop_gradient(matrices(U))
-        pivots = jnp.diagonal(small_cholesky(M), axis1=1, axis2=2) ** 2
+        # enormous or nearly singular U), the likelihood is 0 (nll = ∞), and the mixture
+        # drops the draw; its factor is then finished with identity columns, so that what
+        # it gives stays finite: NaN factors made the mixture's reverse-mode derivatives
+        # NaN, even multiplied by a weight of 0 (`_matrix_mixture`). Every pivot of
+        # M_i ⪰ σ²I is at least σ²; a draw is kept where each computed pivot is above σ²/2
+        # and above 4m·eps·max|M_i|, its rounding. Checking for finite factors alone (stop
+        # 46) let through blocks whose pivot was rounding, whose derivatives could overflow;
+        # a separate check pass (stop 47) could disagree with the factorisation that was
+        # differentiated, compiled differently, and cost a second factorisation per draw:
+        # `guarded_small_cholesky` decides on the pivots of the factor it differentiates.
+        M = matrices(U)
         rounding = 4 * m * jnp.finfo(M.dtype).eps * jnp.max(jnp.abs(M), axis=(1, 2))
-        floor = jnp.maximum(0.5 * jax.lax.stop_gradient(noise), rounding)
-        ok = jnp.all(pivots >= floor[:, None])  # False where NaN
-        U = jnp.where(ok, U, eye)
-        cho, alpha, nll = likelihood(U)
+        floor = jnp.maximum(0.5 * noise, rounding)
+        cho, factored = guarded_small_cholesky(M, floor)
+        ok = jnp.all(factored)
+        alpha, nll = likelihood(U, cho)
         nll = jnp.where(ok, nll, jnp.inf)
         alpha = alpha + first_order_term(alpha_form, K, V, alpha, U, cho, lam)
         # Cov(f(x*)) = U k(x*, x*) − Σ_i (K*V)_{x* i}² U M_i⁻¹ U, per test input (m×m).
@@ -984,9 +993,10 @@ def _matrix_result(
         dtype = at.mean.dtype
         scale_matrix, scale_sd = saddle.U, jnp.zeros((), dtype)
         log_evidence, effective = saddle.log_evidence, jnp.asarray(jnp.inf, dtype)
+        dropped = jnp.zeros((), jnp.int32)
         ok = saddle.converged & jnp.isfinite(nll_star)
     else:
-        at, scale_matrix, scale_sd, log_evidence, effective = _matrix_mixture(
+        at, scale_matrix, scale_sd, log_evidence, effective, dropped = _matrix_mixture(
             saddle, nll, evaluate, draws, max(1, min(256, 2**22 // per_draw)), key
         )
         ok = saddle.converged & (saddle.gp | (effective >= _MIN_EFFECTIVE_DRAWS))
@@ -1011,6 +1021,7 @@ def _matrix_result(
         scale_matrix=scale_matrix,
         output_covariance=jnp.mean(covariance, axis=0),
         effective_draws=effective,
+        dropped_draws=dropped,
         converged=ok & finite,
     )
 
@@ -1046,13 +1057,14 @@ def _matrix_mixture(saddle: _MatrixSaddle, nll, evaluate, draws: int, batch: int
     (`evaluate` gives nll = ∞: rounding in K_U beyond σ², met at U far out in the proposal's
     tails; such a draw's NaN weight was set to 0 before too). These draws are evaluated
     finitely (at U*, or with a stand-in factor), which keeps reverse-mode derivatives
-    finite: before stop 46 one clipped draw in 16384 made them NaN.
+    finite: before stop 46 one clipped draw in 16384 made them NaN. They are counted.
 
     Returns the weighted averages of the GP's predictions (`_AtScale`, with the spread of
     the means added to the covariance), E[U | Y], the posterior standard deviation of
-    tr U / m, the log evidence (the mean importance weight: unbiased for the evidence) and
-    the effective number of draws 1/Σ w_s². At C = ∞ the GP's predictions. One pass over
-    the draws, `batch` at a time (vmapped), each factorised once (`evaluate`)."""
+    tr U / m, the log evidence (the mean importance weight: unbiased for the evidence),
+    the effective number of draws 1/Σ w_s² and the number of draws dropped as above. At
+    C = ∞ the GP's predictions. One pass over the draws, `batch` at a time (vmapped), each
+    factorised once (`evaluate`)."""
     layers, m = saddle.roots.shape[:2]
     p = m * (m + 1) // 2
     dim = layers * p
@@ -1107,7 +1119,9 @@ def _matrix_mixture(saddle: _MatrixSaddle, nll, evaluate, draws: int, batch: int
         lw = log_prior - neg_log_likelihood - lq
         outer = jnp.einsum("xa,xb->xab", at.mean, at.mean)
         terms = (U, (jnp.trace(U) / m) ** 2, at.mean, outer, at.residual, at.covariance)
-        return jnp.where(jnp.isfinite(lw), lw, -jnp.inf), terms
+        kept = jnp.isfinite(lw)
+        dropped = jnp.isfinite(lq) & ~kept  # (the padding draws have lq = ∞)
+        return jnp.where(kept, lw, -jnp.inf), dropped, terms
 
     def accumulate(carry, args):
         # One pass over the draws, in chunks of `batch` (vmapped within a chunk: one draw
@@ -1115,8 +1129,8 @@ def _matrix_mixture(saddle: _MatrixSaddle, nll, evaluate, draws: int, batch: int
         # log-sum-exp kept running: the sums are held relative to e^top, the largest log
         # weight so far, and rescaled when it grows. Each draw's scale is factorised once
         # for its weight and its predictions together.
-        top, total_w, total_w2, total = carry
-        log_w, terms = jax.vmap(draw)(*args)
+        top, total_w, total_w2, dropped, total = carry
+        log_w, lost, terms = jax.vmap(draw)(*args)
         # The exponents are masked before exp, not after: while every weight so far is 0,
         # top − new_top is −∞ − (−∞) = NaN, and exp(NaN) under a `where` is NaN in reverse mode.
         new_top = jnp.maximum(top, jnp.max(log_w))
@@ -1133,6 +1147,7 @@ def _matrix_mixture(saddle: _MatrixSaddle, nll, evaluate, draws: int, batch: int
             new_top,
             shift * total_w + jnp.sum(w),
             shift**2 * total_w2 + jnp.sum(w**2),
+            dropped + jnp.sum(lost, dtype=jnp.int32),
             total,
         ), None
 
@@ -1154,11 +1169,12 @@ def _matrix_mixture(saddle: _MatrixSaddle, nll, evaluate, draws: int, batch: int
         jnp.asarray(-jnp.inf, dtype),
         jnp.zeros((), dtype),
         jnp.zeros((), dtype),
+        jnp.zeros((), jnp.int32),
         jax.tree.map(jnp.zeros_like, shapes),
     )
     # Checkpointed: reverse mode recomputes a chunk's draws instead of storing every chunk's
     # intermediates (tens of GB at m = 5 outputs, n = 128, under a vmap over three widths).
-    (top, total_w, total_w2, sums), _ = jax.lax.scan(
+    (top, total_w, total_w2, dropped, sums), _ = jax.lax.scan(
         jax.checkpoint(accumulate), start, (z_pad, lq_pad)
     )
     U, trace2, mean, outer, residual, cov = jax.tree.map(lambda t: t / total_w, sums)
@@ -1172,9 +1188,10 @@ def _matrix_mixture(saddle: _MatrixSaddle, nll, evaluate, draws: int, batch: int
         jnp.sqrt(jnp.maximum(trace2 - scale**2, 0.0)),
         log_evidence,
         effective,
+        dropped,
     )
     eye = jnp.eye(m, dtype=dtype)
-    gp = (gp_at, eye, jnp.zeros((), dtype), -nll(eye), jnp.asarray(jnp.inf, dtype))
+    gp = (gp_at, eye, jnp.zeros((), dtype), -nll(eye), jnp.asarray(jnp.inf, dtype), 0 * dropped)
     return jax.tree.map(lambda a, b: jnp.where(saddle.gp, a, b), gp, mixture)
 
 

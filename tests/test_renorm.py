@@ -1086,6 +1086,52 @@ def test_guarded_cholesky_keeps_reverse_mode_finite_where_it_fails():
     np.testing.assert_allclose(dL_inv, (inv(up) - inv(down)) / (2 * h), atol=1e-8)
 
 
+def test_guarded_small_cholesky_drops_small_pivots_with_finite_derivatives():
+    """`_linalg.guarded_small_cholesky` (the m-output mixture's blocks λ_i U + σ²I) on a
+    stack of three 3×3 matrices: positive definite (its factor is numpy's, ok), singular to
+    rounding (a pivot below the floor) and indefinite. The last two are flagged, their
+    factors finite. What is kept by `ok` has first and second derivatives equal to those of
+    the first matrix alone by `jnp.linalg.cholesky`, finite, where `small_cholesky`'s are
+    NaN (0 · NaN). A pivot just above the floor is kept, just below it is not."""
+    from fls_jax import _linalg
+
+    rng = np.random.default_rng(7)
+    B = rng.standard_normal((3, 3))
+    A, dA = B @ B.T + 0.5 * np.eye(3), B + B.T
+    v = rng.standard_normal(3)
+    singular = np.outer(v, v) + 1e-17 * np.eye(3)  # rank one: its second pivot is rounding
+    indefinite = np.diag([1.0, -1.0, 2.0])
+    stack = np.stack([A, singular, indefinite])
+    floor = np.full(3, 1e-3)
+
+    L, ok = _linalg.guarded_small_cholesky(jnp.asarray(stack), jnp.asarray(floor))
+    np.testing.assert_array_equal(ok, [True, False, False])
+    np.testing.assert_allclose(L[0], np.linalg.cholesky(A), rtol=1e-13)
+    assert np.all(np.isfinite(np.asarray(L)))
+    assert np.any(np.isnan(np.asarray(_linalg.small_cholesky(jnp.asarray(stack)))))
+
+    def kept(t, guarded=True):
+        M = jnp.asarray(stack) + t * jnp.asarray(dA)
+        if guarded:
+            L, ok = _linalg.guarded_small_cholesky(M, jnp.asarray(floor))
+        else:
+            L = _linalg.small_cholesky(M)
+            ok = jnp.all(jnp.isfinite(L), axis=(1, 2))
+        return jnp.sum(jnp.where(ok[:, None, None], jnp.log(jnp.abs(L) + 1.0), 0.0))
+
+    def alone(t):
+        return jnp.sum(jnp.log(jnp.abs(jnp.linalg.cholesky(A + t * dA)) + 1.0))
+
+    for order in (jax.grad, lambda f: jax.grad(jax.grad(f))):
+        np.testing.assert_allclose(order(kept)(0.0), order(alone)(0.0), rtol=1e-12)
+    assert bool(jnp.isnan(jax.grad(kept)(0.0, False)))
+
+    # The floor on the third pivot of diag(1, 1, p): kept at p = 1.01·floor, not at 0.99.
+    for p, expected in ((1.01e-3, True), (0.99e-3, False)):
+        D = jnp.diag(jnp.asarray([1.0, 1.0, p]))
+        assert bool(_linalg.guarded_small_cholesky(D, jnp.asarray(1e-3))[1]) == expected
+
+
 def test_spd_sqrt_derivative_at_coinciding_eigenvalues():
     """`_linalg.spd_sqrt` (the saddle point's V*^{1/2}) at A = 2I and at a generic A: its
     derivative against central differences of scipy's `sqrtm`, where the derivative
@@ -1255,6 +1301,9 @@ def test_matrix_mixture_derivatives_at_fixed_draws(two_outputs, monkeypatch, sca
     np.testing.assert_allclose(vjp, jvp @ weights, rtol=1e-10)
 
 
+_EXPORTED: list = []
+
+
 @pytest.mark.parametrize(
     ("scale", "widen", "noise"),
     [("patches", 1e-2, 0.1), ("patches", 1e-2, 1e-10), ("outputs", 1e-3, 1e-8)],
@@ -1270,7 +1319,14 @@ def test_matrix_mixture_reverse_mode_where_draws_are_dropped(monkeypatch, scale,
     its blocks (third); all three fail in C without the guarded factor of V_l (a gap a bug
     hunt found). The FCN's check of its blocks, which asked for finite factors only, was NaN
     in reverse mode at σ_w² = 1.29 and 1.31 (5 of 13 values in [1, 1.6]) until stop 47: it
-    now asks for pivots above σ²/2 and above their rounding (`_renormalise_outputs`)."""
+    now asks for pivots above σ²/2 and above their rounding (`_renormalise_outputs`).
+
+    `dropped_draws` counts them. Against a NumPy Monte Carlo (10⁵ draws) of the same
+    proposal, the t about the saddle point with the (widened) Hessian exported from the run:
+    at least the draws whose Z has an eigenvalue beyond ±30 (within 4 binomial standard
+    deviations), and, for the PatchCNN at σ² = 0.1, whose kernel cannot fail, at most those
+    plus the draws whose V_l = V*^{1/2} e^Z V*^{1/2} is so ill-conditioned (cond > 10¹²)
+    that its factor may fail."""
     from fls_jax import _renorm
 
     rng = np.random.default_rng(1)
@@ -1281,9 +1337,16 @@ def test_matrix_mixture_reverse_mode_where_draws_are_dropped(monkeypatch, scale,
         Y, Y_test = Y[:, 0], Y_test[:, 0]
     saddle = _renorm._matrix_saddle
 
+    exported = _EXPORTED  # one list for every case: `renormalise`'s trace may be reused
+
     def widened(*args):
         s = saddle(*args)
-        return eqx.tree_at(lambda s: s.hessian, s, s.hessian * widen)
+        s = eqx.tree_at(lambda s: s.hessian, s, s.hessian * widen)
+        # The proposal, as values, for the NumPy count below (called on the primals).
+        jax.debug.callback(
+            lambda *a: _EXPORTED.append([np.asarray(x) for x in a]), s.hessian, s.roots
+        )
+        return s
 
     monkeypatch.setattr(_renorm, "_matrix_saddle", widened)
 
@@ -1295,17 +1358,40 @@ def test_matrix_mixture_reverse_mode_where_draws_are_dropped(monkeypatch, scale,
         r = fj.renormalise(
             net, X, Y, X_test, Y_test, method="mixture", draws=512, key=jax.random.key(0)
         )
-        return r.log_evidence, r.effective_draws
+        return r.log_evidence, (r.effective_draws, r.dropped_draws)
 
     forward_mode = jax.jit(jax.jacfwd(log_evidence, (0, 1), has_aux=True))
     reverse_mode = jax.jit(jax.grad(log_evidence, (0, 1), has_aux=True))
+    rng = np.random.default_rng(2)
     for sigma_w2 in (1.29, 1.3, 1.31):  # stop 46's check passed at 1.3 only, by luck
         point = (sigma_w2, 6.0 if scale == "patches" else 12.0)
-        forward, effective = forward_mode(*point)
+        exported.clear()
+        forward, (effective, count) = forward_mode(*point)
         reverse, _ = reverse_mode(*point)
         assert float(effective) < 10  # the proposal is as bad as meant
         assert np.all(np.isfinite(forward))
         np.testing.assert_allclose(reverse, forward, rtol=1e-10)
+
+        hessian, roots = exported[0]
+        lam, vecs = np.linalg.eigh(hessian)
+        lam = np.maximum(np.abs(lam), 1e-6 * np.max(np.abs(lam)))
+        df, dim, q = _renorm._PROPOSAL_DF, len(lam), roots.shape[-1]
+        chi2 = rng.chisquare(df, 100_000)
+        z = rng.standard_normal((100_000, dim)) @ (vecs / np.sqrt(lam)).T
+        z *= np.sqrt(df / chi2)[:, None]
+        rows, cols = np.triu_indices(q)
+        Z = np.zeros((100_000, q, q))
+        Z[:, rows, cols] = z
+        Z[:, cols, rows] = z
+        mu, Q = np.linalg.eigh(Z)
+        outside = np.max(np.abs(mu), axis=1) >= 30
+        V = roots[0] @ (Q * np.exp(np.clip(mu, -30, 30))[:, None, :]) @ np.swapaxes(Q, 1, 2)
+        V = V @ roots[0]
+        ill = np.linalg.cond(V) > 1e12
+        low, high = (512 * np.mean(e) for e in (outside, outside | ill))
+        assert int(count) >= low - 4 * np.sqrt(low) - 1
+        if scale == "patches" and noise == 0.1:
+            assert int(count) <= high + 4 * np.sqrt(high) + 1
 
 
 def _weighted(log_lik, h):
@@ -1340,6 +1426,7 @@ def test_output_mixture_is_the_posterior_of_prior_draws(two_outputs, depth):
     # Measured 6900 of 8192 for one layer, 2700 for two: the layers' factors trade off
     # along a ridge that the t proposal spans less well.
     assert bool(r.converged) and float(r.effective_draws) > 1500
+    assert int(r.dropped_draws) == 0  # a proposal fitted to the posterior: none in the tails
 
     rng = np.random.default_rng(depth)
     A = rng.standard_normal((100_000, 2, C)) / np.sqrt(C)
