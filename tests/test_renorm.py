@@ -1358,7 +1358,7 @@ def test_matrix_mixture_reverse_mode_where_draws_are_dropped(monkeypatch, scale,
         r = fj.renormalise(
             net, X, Y, X_test, Y_test, method="mixture", draws=512, key=jax.random.key(0)
         )
-        return r.log_evidence, (r.effective_draws, r.dropped_draws)
+        return r.log_evidence, (r.effective_draws, r.dropped_draws, r.converged)
 
     forward_mode = jax.jit(jax.jacfwd(log_evidence, (0, 1), has_aux=True))
     reverse_mode = jax.jit(jax.grad(log_evidence, (0, 1), has_aux=True))
@@ -1366,9 +1366,10 @@ def test_matrix_mixture_reverse_mode_where_draws_are_dropped(monkeypatch, scale,
     for sigma_w2 in (1.29, 1.3, 1.31):  # stop 46's check passed at 1.3 only, by luck
         point = (sigma_w2, 6.0 if scale == "patches" else 12.0)
         exported.clear()
-        forward, (effective, count) = forward_mode(*point)
+        forward, (effective, count, converged) = forward_mode(*point)
         reverse, _ = reverse_mode(*point)
-        assert float(effective) < 10  # the proposal is as bad as meant
+        assert float(effective) < 10  # the proposal is as bad as meant, and flagged
+        assert not bool(converged)
         assert np.all(np.isfinite(forward))
         np.testing.assert_allclose(reverse, forward, rtol=1e-10)
 
@@ -1417,8 +1418,8 @@ def test_output_mixture_is_the_posterior_of_prior_draws(two_outputs, depth):
     scales U drawn as the network draws them, U = A Aᵀ (one hidden layer) or A W Wᵀ Aᵀ
     (two), A and W Gaussian with variances 1/C, weighted by N(vec Y; 0, U ⊗ K + σ²I).
     E[U | Y], the mean predictor and the evidence agree within 4.5 combined standard errors,
-    and E[U | Y] is far from the saddle's U*; at C = ∞ it is the GP; with too few effective
-    draws the result is flagged."""
+    and E[U | Y] is far from the saddle's U*; at C = ∞ it is the GP; a vmap over the width
+    equals the calls one by one; no draw is dropped."""
     X, Y, X_test, Y_test = two_outputs
     C, noise, n = 6, 0.05, len(X)
     net = fj.FCN(float(C), 1.0, 1.0, noise, fj.Linear(), depth=depth)
@@ -1473,9 +1474,8 @@ def test_output_mixture_is_the_posterior_of_prior_draws(two_outputs, depth):
         for i, one in enumerate((r, exact)):
             np.testing.assert_allclose(both.mean[i], one.mean, rtol=1e-8, atol=1e-12)
             np.testing.assert_allclose(both.effective_draws[i], one.effective_draws, rtol=1e-8)
-        few = fj.renormalise(net, X, Y, X_test, Y_test, draws=64)
-        assert float(few.effective_draws) < 64 and not bool(few.converged)
-        assert np.all(np.isfinite(np.asarray(few.mean)))
+        # (Too few effective draws flag the result: the widened proposals of
+        # `test_matrix_mixture_reverse_mode_where_draws_are_dropped`.)
 
 
 def test_patch_mixture_is_the_posterior_of_prior_draws():
