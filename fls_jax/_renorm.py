@@ -1108,7 +1108,12 @@ def _matrix_mixture(saddle: _MatrixSaddle, nll, evaluate, draws: int, batch: int
         log_prior = constants - _wishart_action(R, k) + log_measure
         return _factor_product(R), jnp.where(inside, log_prior, -jnp.inf)
 
-    def draw(zs, lq):  # a draw's log weight and what the averages need from it
+    # The spread of the means is E[(m − m*)(m − m*)ᵀ] − (E[m] − m*)(E[m] − m*)ᵀ about the
+    # saddle point's mean m*: E[m mᵀ] − E[m]E[m]ᵀ lost |m|²·eps to cancellation, which with
+    # targets of 10⁴ and σ² = 10⁻⁸ made variances negative (−10⁻⁸, converged; stop 48).
+    center = jax.lax.stop_gradient(evaluate(jax.lax.stop_gradient(saddle.U))[1].mean)
+
+    def draw(zs, lq, real):  # a draw's log weight and what the averages need from it
         U, log_prior = scale_of(zs)
         # A draw outside the bounds on Z (or with a non-finite U) has weight 0, and is
         # evaluated at U* instead, where everything is finite: a NaN or an overflow there,
@@ -1117,11 +1122,12 @@ def _matrix_mixture(saddle: _MatrixSaddle, nll, evaluate, draws: int, batch: int
         U = jnp.where(usable, U, jax.lax.stop_gradient(saddle.U))
         neg_log_likelihood, at = evaluate(U)
         lw = log_prior - neg_log_likelihood - lq
-        outer = jnp.einsum("xa,xb->xab", at.mean, at.mean)
+        shifted = at.mean - center
+        outer = jnp.einsum("xa,xb->xab", shifted, shifted)
         terms = (U, (jnp.trace(U) / m) ** 2, at.mean, outer, at.residual, at.covariance)
         kept = jnp.isfinite(lw)
-        dropped = jnp.isfinite(lq) & ~kept  # (the padding draws have lq = ∞)
-        return jnp.where(kept, lw, -jnp.inf), dropped, terms
+        # Counted wherever the weight is lost, a NaN proposal's (lq NaN) included.
+        return jnp.where(kept, lw, -jnp.inf), real & ~kept, terms
 
     def accumulate(carry, args):
         # One pass over the draws, in chunks of `batch` (vmapped within a chunk: one draw
@@ -1165,6 +1171,7 @@ def _matrix_mixture(saddle: _MatrixSaddle, nll, evaluate, draws: int, batch: int
     pad = chunks * batch - draws
     z_pad = jnp.concatenate([z, jnp.zeros((pad, dim), dtype)]).reshape(chunks, batch, dim)
     lq_pad = jnp.concatenate([log_q, jnp.full(pad, jnp.inf, dtype)]).reshape(chunks, batch)
+    real = (jnp.arange(chunks * batch) < draws).reshape(chunks, batch)
     start = (
         jnp.asarray(-jnp.inf, dtype),
         jnp.zeros((), dtype),
@@ -1175,12 +1182,12 @@ def _matrix_mixture(saddle: _MatrixSaddle, nll, evaluate, draws: int, batch: int
     # Checkpointed: reverse mode recomputes a chunk's draws instead of storing every chunk's
     # intermediates (tens of GB at m = 5 outputs, n = 128, under a vmap over three widths).
     (top, total_w, total_w2, dropped, sums), _ = jax.lax.scan(
-        jax.checkpoint(accumulate), start, (z_pad, lq_pad)
+        jax.checkpoint(accumulate), start, (z_pad, lq_pad, real)
     )
     U, trace2, mean, outer, residual, cov = jax.tree.map(lambda t: t / total_w, sums)
     effective = total_w**2 / total_w2
     log_evidence = top + jnp.log(total_w) - math.log(draws)
-    spread = outer - jnp.einsum("xa,xb->xab", mean, mean)
+    spread = outer - jnp.einsum("xa,xb->xab", mean - center, mean - center)
     scale = jnp.trace(U) / m
     mixture = (
         _AtScale(mean, residual, cov + spread),

@@ -1132,6 +1132,54 @@ def test_guarded_small_cholesky_drops_small_pivots_with_finite_derivatives():
         assert bool(_linalg.guarded_small_cholesky(D, jnp.asarray(1e-3))[1]) == expected
 
 
+def test_mixture_counts_dropped_draws_and_takes_the_spread_about_the_saddle():
+    """`_renorm._matrix_mixture` on a 2×2 scale with a stand-in likelihood (nll = tr U, the
+    mean predictor `offset` + U's first row, no GP covariance), 100 draws in chunks of 32
+    (28 padding draws, never counted).
+
+    The count of dropped draws: none where every draw can be evaluated; all 100 where none
+    can (nll = ∞), and where the proposal itself is NaN (a NaN saddle point), which the count
+    missed at first (it keyed padding on a finite log q, and a NaN log q is not finite).
+
+    The spread of the means: an offset of 10⁸ leaves the predicted covariance as it is (to
+    10⁻⁶; it is the weighted covariance of U's first row). Taken as E[m mᵀ] − E[m]E[m]ᵀ it
+    lost |m|²·eps ≈ 1 to cancellation, against a spread of ~0.1, and with targets of 10⁴ at
+    σ² = 10⁻⁸ gave negative variances, flagged converged (stop 48's bug hunt)."""
+    from fls_jax import _renorm
+
+    eye = jnp.eye(2)
+
+    def mixture(hessian, offset, bad):
+        saddle = _renorm._MatrixSaddle(
+            U=eye,
+            layers=eye[None],
+            log_evidence=jnp.zeros(()),
+            converged=jnp.array(True),
+            roots=eye[None],
+            k=jnp.array([4.0]),
+            gp=jnp.array(False),
+            hessian=hessian,
+        )
+
+        def evaluate(U):
+            at = _renorm._AtScale(offset + U[:1], U[:1], jnp.zeros((1, 2, 2)))
+            return jnp.trace(U) + jnp.where(bad, jnp.inf, 0.0), at
+
+        at, *_, dropped = _renorm._matrix_mixture(
+            saddle, lambda U: evaluate(U)[0], evaluate, 100, 32, jax.random.key(0)
+        )
+        return at.covariance, dropped
+
+    run = jax.jit(mixture)
+    good, nan = 10.0 * jnp.eye(3), jnp.full((3, 3), jnp.nan)
+    covariance, dropped = run(good, 0.0, False)
+    assert int(dropped) == 0
+    assert int(run(good, 0.0, True)[1]) == 100
+    assert int(run(nan, 0.0, False)[1]) == 100
+    assert 0.01 < float(covariance[0, 0, 0]) < 1
+    np.testing.assert_allclose(run(good, 1e8, False)[0], covariance, rtol=1e-6, atol=1e-8)
+
+
 def test_spd_sqrt_derivative_at_coinciding_eigenvalues():
     """`_linalg.spd_sqrt` (the saddle point's V*^{1/2}) at A = 2I and at a generic A: its
     derivative against central differences of scipy's `sqrtm`, where the derivative
