@@ -137,15 +137,7 @@ def small_cholesky(A: Float[Array, "*batch m m"]) -> Float[Array, "*batch m m"]:
     automatic differentiation of any order; a program whose size does not grow with m.
     Cost O(m³) per matrix: meant for the m×m blocks of m outputs, not for kernels. A matrix
     that is not positive definite gives NaN, as LAPACK's does."""
-    m = A.shape[-1]
-    rows = jnp.arange(m)
-
-    def column(j, L):  # columns < j are done, the others still zero
-        c = A[..., :, j] - jnp.sum(L * L[..., j, None, :], axis=-1)
-        col = jnp.where(rows >= j, c / jnp.sqrt(c[..., j, None]), 0.0)
-        return L.at[..., :, j].set(col)
-
-    return jax.lax.fori_loop(0, m, column, jnp.zeros_like(A))
+    return _small_cholesky(A, None)[0]
 
 
 def guarded_small_cholesky(
@@ -158,17 +150,24 @@ def guarded_small_cholesky(
     that drops such a matrix by `ok`; where ok holds, L is `small_cholesky`'s. The decision
     is taken on the pivots of the factor that is differentiated (stop_gradient'ed), so it
     cannot disagree with that factor, as a separate check pass could (`_renorm`)."""
+    return _small_cholesky(A, jax.lax.stop_gradient(floor))
+
+
+def _small_cholesky(A: Array, floor: Array | None) -> tuple[Array, Array]:
+    """The column loop of `small_cholesky` (`floor` None: no guard, ok all True) and of
+    `guarded_small_cholesky` (a pivot below `floor`, or NaN, gives an identity column)."""
     m = A.shape[-1]
     rows = jnp.arange(m)
-    floor = jax.lax.stop_gradient(floor)
 
     def column(j, carry):  # columns < j are done, the others still zero
         L, ok = carry
         c = A[..., :, j] - jnp.sum(L * L[..., j, None, :], axis=-1)
-        good = jax.lax.stop_gradient(c[..., j]) >= floor  # False where NaN
-        c = jnp.where(good[..., None], c, (rows == j).astype(A.dtype))
+        if floor is not None:
+            good = jax.lax.stop_gradient(c[..., j]) >= floor  # False where NaN
+            c = jnp.where(good[..., None], c, (rows == j).astype(A.dtype))
+            ok = ok & good
         col = jnp.where(rows >= j, c / jnp.sqrt(c[..., j, None]), 0.0)
-        return L.at[..., :, j].set(col), ok & good
+        return L.at[..., :, j].set(col), ok
 
     ok = jnp.ones(A.shape[:-2], bool)
     return jax.lax.fori_loop(0, m, column, (jnp.zeros_like(A), ok))

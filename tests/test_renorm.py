@@ -1385,12 +1385,11 @@ def test_matrix_mixture_reverse_mode_where_draws_are_dropped(monkeypatch, scale,
         Y, Y_test = Y[:, 0], Y_test[:, 0]
     saddle = _renorm._matrix_saddle
 
-    exported = _EXPORTED  # one list for every case: `renormalise`'s trace may be reused
-
     def widened(*args):
         s = saddle(*args)
         s = eqx.tree_at(lambda s: s.hessian, s, s.hessian * widen)
-        # The proposal, as values, for the NumPy count below (called on the primals).
+        # The proposal, as values, for the NumPy count below (called on the primals); one
+        # list for every case, since `renormalise`'s trace (and this callback) may be reused.
         jax.debug.callback(
             lambda *a: _EXPORTED.append([np.asarray(x) for x in a]), s.hessian, s.roots
         )
@@ -1413,7 +1412,7 @@ def test_matrix_mixture_reverse_mode_where_draws_are_dropped(monkeypatch, scale,
     rng = np.random.default_rng(2)
     for sigma_w2 in (1.29, 1.3, 1.31):  # stop 46's check passed at 1.3 only, by luck
         point = (sigma_w2, 6.0 if scale == "patches" else 12.0)
-        exported.clear()
+        _EXPORTED.clear()
         forward, (effective, count, converged) = forward_mode(*point)
         reverse, _ = reverse_mode(*point)
         assert float(effective) < 10  # the proposal is as bad as meant, and flagged
@@ -1421,7 +1420,7 @@ def test_matrix_mixture_reverse_mode_where_draws_are_dropped(monkeypatch, scale,
         assert np.all(np.isfinite(forward))
         np.testing.assert_allclose(reverse, forward, rtol=1e-10)
 
-        hessian, roots = exported[0]
+        hessian, roots = _EXPORTED[0]
         lam, vecs = np.linalg.eigh(hessian)
         lam = np.maximum(np.abs(lam), 1e-6 * np.max(np.abs(lam)))
         df, dim, q = _renorm._PROPOSAL_DF, len(lam), roots.shape[-1]
