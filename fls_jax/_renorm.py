@@ -783,17 +783,17 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype, curvature=None)
         return jnp.where(jnp.isnan(action), jnp.inf, action)
 
     def downhill(carry):  # one evaluation: x = 0, then up (or, if not, down) while S falls
-        best, action, x, step, turned, _ = carry
+        best, action, x, step, _ = carry
         at_x = scalar_action(x)
         better = at_x < action
-        turn = ~better & ~turned & (best == 0)
+        turn = ~better & (step > 0) & (best == 0)  # S(2) ≥ S(0): try down, once
         best, action = jnp.where(better, x, best), jnp.minimum(at_x, action)
         step = jnp.where(turn, -step, step)
         x = best + step
-        return best, action, x, step, turned | turn, (better | turn) & (jnp.abs(x) <= _SCALAR_LIMIT)
+        return best, action, x, step, (better | turn) & (jnp.abs(x) <= _SCALAR_LIMIT)
 
     zero = jnp.zeros((), dtype)
-    start = (zero, jnp.asarray(jnp.inf, dtype), zero, zero + _SCALAR_STEP, False, True)
+    start = (zero, jnp.asarray(jnp.inf, dtype), zero, zero + _SCALAR_STEP, True)
     x0 = jax.lax.while_loop(lambda carry: carry[-1], downhill, start)[0]
     x0 = jax.lax.stop_gradient(x0)
     rows, cols = jnp.tril_indices(m)

@@ -659,6 +659,38 @@ def _dense_output_saddle(K, Y, C, noise):
     return _newton_saddle(B, vec, C / 2, noise, _spd(res.x, m))
 
 
+def _linear_patch_task(scale: float = 1.0):
+    """A linear PatchCNN's task (P = 4 patches of S = 4, n = 24 > d = 16, C = 8, σ² = 0.05),
+    targets ×`scale`, and its patch-pair kernels X_i X_jᵀ/(S P) (P×P×n×n; σ_a = σ_w² = 1)."""
+    rng = np.random.default_rng(5)
+    n, d, S = 24, 16, 4
+    X, X_test = rng.standard_normal((n, d)), rng.standard_normal((10, d))
+    beta = 2 * rng.standard_normal(d) / np.sqrt(d)
+    Y, Y_test = scale * np.tanh(X @ beta), scale * np.tanh(X_test @ beta)
+    cnn = fj.PatchCNN(8.0, 1.0, 1.0, 0.05, fj.Linear(), patch_size=S)
+    blocks = X.reshape(n, 4, S)
+    return cnn, X, Y, X_test, Y_test, np.einsum("nis,mjs->ijnm", blocks, blocks) / (S * 4)
+
+
+def _dense_patch_saddle(pair, y, C, noise):
+    """The P×P saddle point by plain dense algebra: S(U) = (C/2)(tr U − log det U) +
+    ½ yᵀA⁻¹y + ½ log det A, A = Σ_ij U_ij pair_ij + σ²I, minimised by scipy over a Cholesky
+    factor of U, then polished by `_newton_saddle`: U* and its Laplace evidence."""
+    from scipy.optimize import minimize
+
+    P, N = pair.shape[0], pair.shape[2]
+
+    def action(theta):
+        U = _spd(theta, P)
+        A = np.einsum("ij,ijnm->nm", U, pair) + noise * np.eye(N)
+        fit = y @ np.linalg.solve(A, y) + np.linalg.slogdet(A)[1]
+        return C / 2 * (np.trace(U) - np.linalg.slogdet(U)[1]) + 0.5 * fit
+
+    with np.errstate(invalid="ignore", over="ignore"):  # scipy's line search can overshoot
+        best = minimize(action, np.zeros(P * (P + 1) // 2), method="BFGS", options=dict(gtol=1e-10))
+    return _newton_saddle(pair, y, C / 2, noise, _spd(best.x, P))
+
+
 def test_output_renormalisation_against_dense_algebra(two_outputs):
     """m = 2: U*, the mean predictor and the outputs' posterior covariance against a dense
     Kronecker-product solver (scipy); the Laplace evidence against importance sampling of U
@@ -717,7 +749,6 @@ def test_matrix_saddles_with_large_targets(two_outputs):
     from the scalar point e^x I downhill from I. Against dense solvers on the kernels' range
     (n > d: the null modes' part of −log N, ~10¹¹ here, does not depend on U and swamps the
     scipy references' objectives), the evidence with the null modes' part added."""
-    from scipy.optimize import minimize
 
     X, Y, X_test, Y_test = two_outputs
     noise, n, d = 1e-3, 16, 8
@@ -737,29 +768,14 @@ def test_matrix_saddles_with_large_targets(two_outputs):
     mean = (X_test @ X.T / 8) @ Q[:, :d] @ (np.linalg.solve(M, y[:d, :, None])[..., 0] @ U)
     np.testing.assert_allclose(r.mean, mean, rtol=1e-12, atol=1e-12 * np.max(np.abs(mean)))
 
-    rng = np.random.default_rng(5)  # the task of test_patch_renormalisation_against_dense_algebra
-    n, d, S, C, noise = 24, 16, 4, 8.0, 0.05
-    X, X_test = rng.standard_normal((n, d)), rng.standard_normal((10, d))
-    beta = 2 * rng.standard_normal(d) / np.sqrt(d)
-    Y, Y_test = 1e4 * np.tanh(X @ beta), 1e4 * np.tanh(X_test @ beta)
-    cnn = fj.PatchCNN(C, 1.0, 1.0, noise, fj.Linear(), patch_size=S)
+    cnn, X, Y, X_test, Y_test, pair = _linear_patch_task(1e4)
+    n, d, C, noise = 24, 16, 8.0, 0.05
     r = fj.renormalise(cnn, X, Y, X_test, Y_test, method="saddle")
     assert bool(r.converged)
     Q = np.linalg.svd(X, full_matrices=True)[0]
-    blocks = X.reshape(n, 4, S)
-    pair = np.einsum("nis,mjs->ijnm", blocks, blocks) / (S * 4)
     pair = np.einsum("ni,abnm,mj->abij", Q[:, :d], pair, Q[:, :d])
     y = Q.T @ Y
-
-    def action(theta):
-        U = _spd(theta, 4)
-        A = np.einsum("ij,ijnm->nm", U, pair) + noise * np.eye(d)
-        fit = y[:d] @ np.linalg.solve(A, y[:d]) + np.linalg.slogdet(A)[1]
-        return C / 2 * (np.trace(U) - np.linalg.slogdet(U)[1]) + 0.5 * fit
-
-    with np.errstate(invalid="ignore", over="ignore"):
-        best = minimize(action, np.zeros(10), method="BFGS", options=dict(gtol=1e-10))
-    U, log_z = _newton_saddle(pair, y[:d], C / 2, noise, _spd(best.x, 4))
+    U, log_z = _dense_patch_saddle(pair, y[:d], C, noise)
     assert np.min(np.diag(U)) > 1e3
     np.testing.assert_allclose(r.scale_matrix, U, rtol=0, atol=1e-13 * np.max(np.abs(U)))
     null = 0.5 * (np.sum(y[d:] ** 2) / noise + (n - d) * np.log(2 * np.pi * noise))
@@ -902,31 +918,16 @@ def test_patch_renormalisation_against_dense_algebra():
     predictions with it, and the Laplace evidence against importance sampling of U from its
     Wishart prior; the patch-pair kernels sum to the NNGP kernel for erf; one patch (P = 1)
     is the FCN's scalar saddle."""
-    from scipy.optimize import minimize
     from scipy.stats import wishart
 
     from fls_jax._renorm import _patch_pair_kernels
 
-    rng = np.random.default_rng(5)
+    cnn, X, Y, X_test, Y_test, pair = _linear_patch_task()
     n, d, S, C, noise = 24, 16, 4, 8.0, 0.05
-    X, X_test = rng.standard_normal((n, d)), rng.standard_normal((10, d))
-    beta = 2 * rng.standard_normal(d) / np.sqrt(d)
-    Y, Y_test = np.tanh(X @ beta), np.tanh(X_test @ beta)
-    cnn = fj.PatchCNN(C, 1.0, 1.0, noise, fj.Linear(), patch_size=S)
     r = fj.renormalise(cnn, X, Y, X_test, Y_test, method="saddle")
     assert bool(r.converged)
-
     blocks = X.reshape(n, 4, S)
-    pair = np.einsum("nis,mjs->ijnm", blocks, blocks) / (S * 4)  # σ_a = σ_w² = 1
-
-    def action(theta, pair=pair, Y=Y, C=C):
-        U = _spd(theta, 4)
-        A = np.einsum("ij,ijnm->nm", U, pair) + noise * np.eye(n)
-        fit = Y @ np.linalg.solve(A, Y) + np.linalg.slogdet(A)[1]
-        return C / 2 * (np.trace(U) - np.linalg.slogdet(U)[1]) + 0.5 * fit
-
-    U = _spd(minimize(action, np.zeros(10), method="BFGS", options=dict(gtol=1e-10)).x, 4)
-    U, log_z = _newton_saddle(pair, Y, C / 2, noise, U)
+    U, log_z = _dense_patch_saddle(pair, Y, C, noise)
     assert np.max(np.abs(U - np.diag(np.diag(U)))) > 0.05  # cross-patch terms matter
     np.testing.assert_allclose(r.scale_matrix, U, rtol=0, atol=1e-13)
     # The Laplace evidence at U*: before stop 44 its Hessian was taken at BFGS's point.
