@@ -8,8 +8,9 @@ V_l = I; it now starts at the scalar point e^x I downhill from I. Cases: a linea
 coupled outputs (n = 16 > d = 8, σ² = 10⁻² and 10⁻⁸), an erf FCN with three outputs, a
 depth-2 linear FCN with two outputs (n = 16 < d = 32), a linear PatchCNN (P = 4, n = 48) and an
 erf PatchCNN (P = 8, n = 64), one output each, and a linear PatchCNN with P = 2 and m = 2
-outputs (n = 12, σ² = 0.1 and 10⁻⁸). For each: `converged`, log Z, BFGS's steps
-(counted by wrapping `optimistix.minimise`, instrumentation only) and the solve's time
+outputs (n = 12, σ² = 0.1 and 10⁻⁸). For each: `converged`, log Z, BFGS's steps and
+stages (counted by wrapping `optimistix.minimise`, instrumentation only; since stop 50 BFGS
+restarts, re-whitened, after a stage of 20 + 3p steps that has not converged) and the solve's time
 after compiling (best of 3). Run side by side with another checkout through `PYTHONPATH`.
 """
 
@@ -77,7 +78,7 @@ def _cases():
 def main() -> None:
     print(f"{platform.processor() or platform.machine()}, jax {jax.__version__}, fls_jax from")
     print(f"  {fj.__file__}")
-    print("| case | targets | converged | BFGS steps | log Z | solve (ms) |")
+    print("| case | targets | converged | BFGS steps (stages) | log Z | solve (ms) |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, scale, net, X, Y, X_test in _cases():
         times = []
@@ -87,7 +88,8 @@ def main() -> None:
             r = fj.renormalise(net, X, Y, X_test, method="saddle")
             jax.block_until_ready(r.mean)
             times.append(time.perf_counter() - t0)
-        steps = _STEPS[0] if _STEPS else "?"
+        # BFGS's steps, summed over its stages (one before stop 50) and the stages' count
+        steps = f"{sum(_STEPS)} ({len(_STEPS)})" if _STEPS else "?"
         print(
             f"| {name} | ×{scale:g} | {bool(r.converged)} | {steps} | "
             f"{float(r.log_evidence):.12g} | {1e3 * min(times[1:]):.1f} |",

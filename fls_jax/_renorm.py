@@ -61,7 +61,6 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 from ._activation import Linear
 from ._free_energy import _gp_post_kernels
 from ._linalg import (
-    DenseLU,
     _drop_null_block,
     _eigh,
     cholesky_inverse,
@@ -101,6 +100,10 @@ _BRACKET = 50.0  # the saddle's log u is sought in [−50, 50]
 # of e² in U downhill in S, within e^{±40} (10^{±17}).
 _SCALAR_STEP = 2.0
 _SCALAR_LIMIT = 40.0
+# BFGS then runs for at most `_STAGE_STEPS` + 3p steps (p unknowns) before it is restarted
+# where it stopped, and for `_BFGS_STEPS` in all.
+_STAGE_STEPS = 20
+_BFGS_STEPS = 1000
 # A matrix scale's mixture is integrated by importance sampling (`_matrix_mixture`) from a
 # multivariate t with this many degrees of freedom; with fewer effective draws than
 # `_MIN_EFFECTIVE_DRAWS` its result is flagged as not converged.
@@ -668,14 +671,6 @@ def _symmetric(z: Array, m: int) -> Array:
     return Z + jnp.triu(Z, 1).T
 
 
-def _cholesky_factor(theta: Array, m: int) -> Array:
-    """Lower-triangular L with log-diagonal: the unconstrained parameters of U = LLᵀ."""
-    rows, cols = jnp.tril_indices(m)
-    L = jnp.zeros((m, m), theta.dtype).at[rows, cols].set(theta)
-    diag = jnp.diagonal(L)
-    return L + jnp.diag(jnp.exp(diag) - diag)
-
-
 class _MatrixSaddle(eqx.Module):
     """The saddle point of `_matrix_saddle`: the product scale U*, the per-layer factors
     V_l* (L×m×m), the Laplace approximation of the log evidence and the convergence flag;
@@ -718,17 +713,18 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype, curvature=None)
     network composes its layers' Gram matrices, and a likelihood −nll of U. One layer is
     the single matrix U = V_1.
 
-    BFGS (optimistix, implicit gradients) on the Cholesky factors from the scalar point
-    U = e^x I (each V_l = e^{x/L} I) reached from V_l = I by steps of 2 in x while S falls,
-    preconditioned by the Hessian there, and two Newton steps from BFGS's eps^(1/3) to rounding;
-    then checked to be a stationary minimum in the coordinates V_l*^{1/2} e^{Z_l} V_l*^{1/2}
-    (Z_l symmetric, upper triangles free), where the Laplace approximation of the evidence is
-    taken. k_l = C_l/2 per hidden layer of the `network`, which may be traced; k_l ≤ (m − 1)/2
-    has no Wishart prior and is reported as not converged. At C = ∞ the result is the GP's,
-    V_l = I (the solve runs at a finite stand-in width and is discarded, which keeps it
-    finite).
+    BFGS (optimistix) in the coordinates V_l = W_l e^{Z_l} W_l (Z_l symmetric, upper triangles
+    free) about the scalar point U = e^x I (each W_l² = V_l = e^{x/L} I) reached from V_l = I
+    by steps of 2 in x while S falls, whitened by S's Hessian there, and restarted about its
+    last point where a run of 20 + 3p steps has not converged; then two Newton steps from
+    BFGS's eps^(1/3) to rounding, which carry the derivatives; then checked to be a
+    stationary minimum in the same coordinates about the polished point, where the Laplace
+    approximation of the evidence is taken. k_l = C_l/2 per hidden layer of the `network`,
+    which may be traced; k_l ≤ (m − 1)/2 has no Wishart prior and is reported as not
+    converged. At C = ∞ the result is the GP's, V_l = I (the solve runs at a finite
+    stand-in width and is discarded, which keeps it finite).
 
-    S's Hessians (the preconditioner's at the start, the Newton steps' and the evidence's) are
+    S's Hessians (the whitening's at each BFGS start, the Newton steps' and the evidence's) are
     taken by forward-over-reverse differentiation, or (one layer) from `curvature(W)`: the
     gradient and Hessian of E ↦ nll(W(I + E)W) at E = 0 in E's upper triangle (`_symmetric`'s
     order), W = U^{1/2} the chart's root. S's Hessian at z = 0 is then that of S with nll
@@ -759,10 +755,6 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype, curvature=None)
         e = E[upper]
         return g @ e + 0.5 * e @ H @ e
 
-    def objective(theta, _, nll=nll):
-        R = jax.vmap(lambda t: _cholesky_factor(t, m))(theta.reshape(layers, p))
-        return prior(R) + nll(product(R))
-
     # BFGS to eps^(1/3) (6·10⁻⁶), not √eps: the Newton steps below finish the job, and the
     # BFGS steps saved pay for part of the Hessian at the polished point (an erf PatchCNN,
     # P = 8, n = 256, on one core: 2.41 → 2.11 s).
@@ -775,8 +767,7 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype, curvature=None)
     # steps of 2 in x downhill in S (`_SCALAR_STEP`, `_SCALAR_LIMIT`). With large targets U*
     # is far from I, and from V_l = I BFGS stopped short (two outputs, targets ×10⁴: U*'s
     # off-diagonal −368 for +3897) or took up to 934 steps (a PatchCNN, ×10³). Three
-    # evaluations of S where U* is near I. Held fixed under differentiation, as the
-    # coordinates below.
+    # evaluations of S where U* is near I. Held fixed under differentiation, as BFGS below.
     def scalar_action(x):
         t = x / layers
         action = m * jnp.sum(k) * (jnp.exp(t) - t - 1) + nll(jnp.exp(x) * eye)
@@ -796,38 +787,9 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype, curvature=None)
     start = (zero, jnp.asarray(jnp.inf, dtype), zero, zero + _SCALAR_STEP, True)
     x0 = jax.lax.while_loop(lambda carry: carry[-1], downhill, start)[0]
     x0 = jax.lax.stop_gradient(x0)
-    rows, cols = jnp.tril_indices(m)
-    theta_start = jnp.tile(jnp.where(rows == cols, x0 / (2 * layers), 0.0), layers)
-    # BFGS in coordinates where S's Hessian at the start is the identity (its eigenvalues'
-    # magnitudes, floored): ~p steps where plain BFGS took ~10p (275 against 29 for a
-    # PatchCNN with P = 8). The coordinates are held fixed under differentiation: the
-    # minimiser does not depend on them, and the implicit gradient is then exact.
-    if curvature is None:
-        at_start = jax.hessian(objective)(theta_start, None)
-    else:  # about U = e^x I the model's E is e^{−x} U − I
-        root = jnp.exp(x0 / 2) * eye
-        at_start = jax.hessian(objective)(
-            theta_start, None, lambda U: quadratic(root, jnp.exp(-x0) * U - eye)
-        )
-    lam, V = _eigh(jax.lax.stop_gradient(at_start))
-    lam = jnp.abs(lam)
-    lam = jnp.maximum(lam, 1e-6 * jnp.max(lam) + jnp.finfo(dtype).tiny)
-    T = jax.lax.stop_gradient(V / jnp.sqrt(lam))
-    sol = optx.minimise(
-        lambda xi, _: objective(theta_start + T @ xi, None),
-        optx.BFGS(rtol=tol, atol=tol),
-        theta0,
-        max_steps=1000,
-        throw=False,
-        # The implicit gradient's Hessian solve: optimistix's default LU is batched LAPACK
-        # under vmap over widths; `DenseLU` runs it unbatched on CPU.
-        adjoint=optx.ImplicitAdjoint(linear_solver=DenseLU()),
-    )
-    R = jax.vmap(lambda t: _cholesky_factor(t, m))((theta_start + T @ sol.value).reshape(layers, p))
-    V_bfgs = R @ jnp.swapaxes(R, 1, 2)
 
-    # Local coordinates V_l = V_l^{1/2} e^{Z_l} V_l^{1/2} about a point; e^Z to second order
-    # (a chart all the same) suffices for the Hessian at Z = 0.
+    # Local coordinates V_l = W_l e^{Z_l} W_l about a point V_l = W_l²; e^Z to second order
+    # (a chart all the same) suffices for the Hessian at Z = 0, and for the Newton steps.
     def chart(roots):  # (V_l^{1/2} per layer) -> R(z), S(z) and S's Hessian at z = 0
         def factors(z):
             Z = jax.vmap(lambda zl: _symmetric(zl, m))(z.reshape(layers, p))
@@ -849,13 +811,76 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype, curvature=None)
 
         return factors, local, hessian
 
+    # BFGS in the chart about its start with e^Z in full (positive definite for every Z):
+    # for BFGS, I + Z + Z²/2 would keep U's eigenvalues above half the start's. Its
+    # coordinates are whitened: S's Hessian at the start is the identity (its eigenvalues'
+    # magnitudes, floored). Until stop 50 BFGS ran on U's Cholesky factors (whitened too):
+    # 26–38 steps where this takes 8–15 (one-output PatchCNNs) and 357–447 where it takes
+    # 44–46 (a PatchCNN with two outputs, targets ×10⁴, U* far from ∝ I:
+    # `benchmarks/matrix_saddle_large_targets.py`). A run of `_STAGE_STEPS` + 3p steps that
+    # has not converged is restarted about its last point, whitened there (with targets ×10⁴
+    # on one output, 105 → 93 and 167 → 138 steps). Nothing here is differentiated: the
+    # Newton steps below carry the derivatives (their derivative along BFGS's point is zero).
+    # What S closes over enters without derivatives, so no tangent reaches BFGS, which
+    # needs no implicit gradient; the first run is in the loop too, so BFGS compiles once.
+    def exp_sym(Z):  # e^Z: its Taylor polynomial of degree 12 at Z/2⁵, squared 5 times
+        A = Z / 32.0
+        E, term = eye, eye
+        for j in range(1, 13):
+            term = term @ A / j
+            E = E + term
+        for _ in range(5):
+            E = E @ E
+        return E
+
+    def moved(roots, z):
+        Z = jax.vmap(lambda zl: _symmetric(zl, m))(z.reshape(layers, p))
+        return roots @ jax.vmap(exp_sym)(Z) @ roots
+
+    cap = _STAGE_STEPS + 3 * layers * p
+
+    def stage(carry):  # BFGS from V_l = roots², in its chart, whitened there
+        roots, _, steps = carry
+        H = chart(roots)[2]()
+        lam, V = _eigh(H)
+        lam = jnp.abs(lam)
+        lam = jnp.maximum(lam, 1e-6 * jnp.max(lam) + jnp.finfo(dtype).tiny)
+        T = V / jnp.sqrt(lam)
+
+        def objective_z(xi, _):
+            R = small_cholesky(moved(roots, T @ xi))
+            return prior(R) + nll(product(R))
+
+        sol = optx.minimise(
+            objective_z, optx.BFGS(rtol=tol, atol=tol), theta0, max_steps=cap, throw=False
+        )
+        # Its line search can reject every step once S's decrease is below its rounding (a
+        # two-output FCN at σ² = 10⁻¹², with XLA's optimisations off: 1000 steps, 35 runs);
+        # a run that moved by no more than BFGS's tolerance is done, whatever its result.
+        # (Testing its gradient instead compiled a second copy of S's: the first call of
+        # that FCN's solve 21 → 31 s.)
+        done = (sol.result == optx.RESULTS.successful) | (jnp.max(jnp.abs(sol.value)) <= tol)
+        return spd_sqrt(moved(roots, T @ sol.value)), done, steps + sol.stats["num_steps"]
+
+    def unfinished(carry):
+        _, done, steps = carry
+        return ~done & (steps < _BFGS_STEPS)
+
+    roots_start = jnp.broadcast_to(jnp.exp(x0 / (2 * layers)) * eye, (layers, m, m))
+    carry = (roots_start, jnp.asarray(False), jnp.zeros((), jnp.int32))
+    stage, closed = jax.closure_convert(stage, carry)
+    closed = jax.lax.stop_gradient(closed)
+    roots_bfgs, bfgs_done, _ = jax.lax.while_loop(
+        unfinished, lambda carry: stage(carry, *closed), carry
+    )
+
     # BFGS alone left U* 10⁻⁹–10⁻⁸ from the minimum at √eps (`benchmarks/matrix_saddle_digits.py`).
     # Two Newton steps with the Hessian at BFGS's point (held fixed: its derivatives would be
     # S's third) take it to rounding. The derivatives stay exact: the step's derivative along
     # BFGS's point, I − H⁻¹H, is zero, and the second step's makes the first's H⁻¹ that of
     # the polished point (a Newton–Schulz step). A step beyond the chart's reach (|Z| > 0.1)
     # or off a minimum is not taken; the point is flagged below.
-    factors, local, hessian_at = chart(spd_sqrt(V_bfgs))  # differentiable where V ∝ I (Y = 0)
+    factors, local, hessian_at = chart(roots_bfgs)
     hessian = jax.lax.stop_gradient(hessian_at())
     gradient = jax.grad(local)(theta0)
     # Every factorisation here runs unbatched on CPU (`_linalg`): batched LAPACK calls under
@@ -889,7 +914,7 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype, curvature=None)
     step = jax.lax.stop_gradient(inverse_h @ gradient)
     stationary = near & (jnp.max(jnp.abs(step)) <= tol)
     wishart = jnp.all(k > (m - 1) / 2)
-    ok = (sol.result == optx.RESULTS.successful) & minimum & stationary & wishart
+    ok = bfgs_done & minimum & stationary & wishart
     constants = jax.vmap(lambda kl: _log_wishart_constant(kl, m))(jnp.where(wishart, k, m))
     log_prior = jnp.sum(constants) - prior(R)
     laplace = 0.5 * (layers * p * math.log(2 * math.pi) - logdet_h)
