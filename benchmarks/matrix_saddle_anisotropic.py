@@ -17,22 +17,9 @@ import numpy as np
 
 jax.config.update("jax_enable_x64", True)
 
-import optimistix as optx  # noqa: E402
+from matrix_saddle_large_targets import _STEPS  # noqa: E402  (it wraps optimistix.minimise)
 
 import fls_jax as fj  # noqa: E402
-
-
-_STEPS: list[int] = []
-_minimise = optx.minimise
-
-
-def _counting_minimise(fn, solver, y0, *args, **kwargs):
-    sol = _minimise(fn, solver, y0, *args, **kwargs)
-    jax.debug.callback(lambda s: _STEPS.append(int(s)), sol.stats["num_steps"])
-    return sol
-
-
-optx.minimise = _counting_minimise
 
 
 def _report(label, net, X, Y, X_test):

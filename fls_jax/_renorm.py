@@ -818,9 +818,10 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype, curvature=None)
     # 26–38 steps where this takes 8–15 (one-output PatchCNNs) and 357–447 where it takes
     # 44–46 (a PatchCNN with two outputs, targets ×10⁴, U* far from ∝ I:
     # `benchmarks/matrix_saddle_large_targets.py`). A run of `_STAGE_STEPS` + 3p steps that
-    # has not converged is restarted about its last point, whitened there (with targets ×10⁴
-    # on one output, 105 → 93 and 167 → 138 steps). Nothing here is differentiated: the
-    # Newton steps below carry the derivatives (their derivative along BFGS's point is zero).
+    # has not converged is restarted about its last point, whitened there (one-output
+    # PatchCNNs at targets ×10⁴: 105 → 93 and 167 → 138 steps). Nothing here is
+    # differentiated: the Newton steps below carry the derivatives (their derivative along
+    # BFGS's point is zero).
     # What S closes over enters without derivatives, so no tangent reaches BFGS, which
     # needs no implicit gradient; the first run is in the loop too, so BFGS compiles once.
     def exp_sym(Z):  # e^Z: its Taylor polynomial of degree 12 at Z/2⁵, squared 5 times

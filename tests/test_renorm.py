@@ -593,8 +593,8 @@ def _newton_saddle(B, y, k, noise, U0, damped=False):
     """The minimum of S(U) = k(tr U − log det U) + ½ yᵀA⁻¹y + ½ log det A, A = Σ_ab U_ab B_ab
     + σ²I (B: q×q×N×N), by Newton's method on S's closed-form gradient and Hessian over U's
     upper triangle, from U0 (near the minimum: scipy's BFGS gets there; or, `damped`, from
-    farther, each step halved until S falls). Dense NumPy; to
-    ~10⁻¹⁵, where BFGS stops at ~10⁻⁹. Returns U* and the Laplace log evidence there, in the
+    farther, each step halved until S falls). Dense NumPy; to ~10⁻¹⁵, where BFGS stops at
+    ~10⁻⁹. Returns U* and the Laplace log evidence there, in the
     coordinates U*^{1/2} e^Z U*^{1/2} of `renormalise` (Z's upper triangle free): the map
     Z ↦ U*^{1/2} Z U*^{1/2} has determinant det U*^{(q+1)/2} on symmetric matrices, so
     log det H_Z = log det H_U + (q + 1) log det U*; the Wishart_q(2k, I/(2k)) density with
