@@ -197,9 +197,10 @@ def renormalise(
     Two cases renormalise the kernel by a matrix U (module docstring): an FCN with m > 1
     outputs (m×m, U ⊗ K; for a deep linear FCN one m×m factor per layer) and a PatchCNN
     (over (patch, output) pairs, Pm×Pm; P×P for one output). For ``"saddle"``, U* minimises
-    S over positive-definite matrices: BFGS (optimistix) on Cholesky factors from the scalar
-    point e^x I downhill from the identity, preconditioned by the Hessian there, then two
-    Newton steps to rounding; the evidence is the Laplace approximation in the coordinates
+    S over positive-definite matrices: BFGS (optimistix) in the coordinates W e^Z W of each
+    factor about the scalar point W² = e^x I downhill from the identity, preconditioned by
+    the Hessian there and restarted about its last point where a run stalls, then two Newton
+    steps to rounding; the evidence is the Laplace approximation in the coordinates
     V*^{1/2} e^Z V*^{1/2} of each factor.
     ``"mixture"`` integrates U's posterior by importance sampling in those coordinates
     (`draws` draws from a multivariate t shaped by the Hessian at the saddle point, with
