@@ -789,11 +789,14 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype, curvature=None)
     x0 = jax.lax.while_loop(lambda carry: carry[-1], downhill, start)[0]
     x0 = jax.lax.stop_gradient(x0)
 
+    def symmetric(z):  # the free entries of all layers -> Z_l (L×m×m)
+        return jax.vmap(lambda zl: _symmetric(zl, m))(z.reshape(layers, p))
+
     # Local coordinates V_l = W_l e^{Z_l} W_l about a point V_l = W_l²; e^Z to second order
     # (a chart all the same) suffices for the Hessian at Z = 0, and for the Newton steps.
     def chart(roots):  # (V_l^{1/2} per layer) -> R(z), S(z) and S's Hessian at z = 0
         def factors(z):
-            Z = jax.vmap(lambda zl: _symmetric(zl, m))(z.reshape(layers, p))
+            Z = symmetric(z)
             return small_cholesky(roots @ (eye + Z + Z @ Z / 2) @ roots)
 
         def local(z):
@@ -813,7 +816,9 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype, curvature=None)
         return factors, local, hessian
 
     # BFGS in the chart about its start with e^Z in full (positive definite for every Z):
-    # for BFGS, I + Z + Z²/2 would keep U's eigenvalues above half the start's. Its
+    # for BFGS, I + Z + Z²/2 would keep U's eigenvalues above half the start's. Not from
+    # Z's eigendecomposition, as `_matrix_mixture` draws it: BFGS's first gradient is at
+    # Z = 0, where eigh's derivative divides by the eigenvalues' zero gaps. Its
     # coordinates are whitened: S's Hessian at the start is the identity (its eigenvalues'
     # magnitudes, floored). Until stop 50 BFGS ran on U's Cholesky factors (whitened too):
     # 26–38 steps where this takes 8–15 (one-output PatchCNNs) and 357–447 where it takes
@@ -836,8 +841,7 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype, curvature=None)
         return E
 
     def moved(roots, z):
-        Z = jax.vmap(lambda zl: _symmetric(zl, m))(z.reshape(layers, p))
-        return roots @ jax.vmap(exp_sym)(Z) @ roots
+        return roots @ jax.vmap(exp_sym)(symmetric(z)) @ roots
 
     cap = _STAGE_STEPS + 3 * layers * p
 

@@ -630,12 +630,13 @@ def _newton_saddle(B, y, k, noise, U0, damped=False):
         return k * (np.trace(U) - np.linalg.slogdet(U)[1]) + derivatives(U)[2]
 
     u = U0[rows, cols]
-    for _ in range(0 if damped else 12):  # from scipy's BFGS, which gets near
+    for _ in range(200 if damped else 12):
         gradient, hessian, _ = derivatives(np.einsum("d,dab->ab", u, Ds))
-        u = u - np.linalg.solve(hessian, gradient)
-    for _ in range(200 if damped else 0):  # from farther: halved while S does not fall
-        gradient, hessian, _ = derivatives(np.einsum("d,dab->ab", u, Ds))
-        step, t, now = np.linalg.solve(hessian, gradient), 1.0, action(u)
+        step = np.linalg.solve(hessian, gradient)
+        if not damped:  # from scipy's BFGS, which gets near
+            u = u - step
+            continue
+        t, now = 1.0, action(u)  # from farther: halved while S does not fall
         while action(u - t * step) > now and t > 1e-12:
             t /= 2
         u = u - t * step
@@ -688,6 +689,18 @@ def _linear_patch_task(scale: float = 1.0):
     cnn = fj.PatchCNN(8.0, 1.0, 1.0, 0.05, fj.Linear(), patch_size=S)
     blocks = X.reshape(n, 4, S)
     return cnn, X, Y, X_test, Y_test, np.einsum("nis,mjs->ijnm", blocks, blocks) / (S * 4)
+
+
+def _output_pair_kernels(pair, m: int) -> np.ndarray:
+    """A PatchCNN's kernels over (patch, output) pairs for m outputs, from its patch-pair
+    kernels (P×P×N×N): Cov(f_o, f_t | U) = Σ_pq U_(p,o),(q,t) pair_pq, as a Pm×Pm×mN×mN stack
+    (rows of U (patch, output); of the kernels, output-major)."""
+    P, N = pair.shape[0], pair.shape[2]
+    B = np.zeros((P, m, P, m, m, N, m, N))
+    for o in range(m):
+        for t in range(m):
+            B[:, o, :, t, o, :, t, :] = pair
+    return B.reshape(P * m, P * m, m * N, m * N)
 
 
 def _dense_patch_saddle(pair, y, C, noise, scalar_start=False):
@@ -825,13 +838,8 @@ def test_patch_saddle_far_from_isotropic():
     assert bool(r.converged)
     Q = np.linalg.svd(X, full_matrices=True)[0]
     blocks = (Q[:, :d].T @ X).reshape(d, P, S)  # the inputs' coordinates on the range
-    pair = np.einsum("nis,mjs->ijnm", blocks, blocks) / (S * P)
-    B = np.zeros((P, m, P, m, m, d, m, d))
-    for o in range(m):
-        for t in range(m):
-            B[:, o, :, t, o, :, t, :] = pair
+    B = _output_pair_kernels(np.einsum("nis,mjs->ijnm", blocks, blocks) / (S * P), m)
     y = Q.T @ Y
-    B = B.reshape(P * m, P * m, m * d, m * d)
     U, log_z = _dense_patch_saddle(B, y[:d].T.ravel(), C, noise, scalar_start=True)
     assert np.max(U) > 1e5 and np.linalg.cond(U) > 10  # far from ∝ I
     # (The reference's own rounding, its A's condition ~10¹⁴, is what limits this.)
@@ -1049,11 +1057,7 @@ def test_patch_renormalisation_with_two_outputs_against_dense_algebra():
 
     blocks = X.reshape(n, P, S)
     pair = np.einsum("nis,mjs->ijnm", blocks, blocks) / (S * P)  # σ_a = σ_w² = 1
-    B = np.zeros((P, m, P, m, m, n, m, n))
-    for o in range(m):
-        for t in range(m):
-            B[:, o, :, t, o, :, t, :] = pair
-    B = B.reshape(P * m, P * m, m * n, m * n)
+    B = _output_pair_kernels(pair, m)
     y = Y.T.reshape(-1)  # output-major
 
     def action(theta):
