@@ -31,6 +31,13 @@ and λ²yᵀ(K + λ)⁻²y/n → (λ/κ)²(E_g + σ_ε²), with κ = κ(λ). The
 curve at the ridge σ²/u(n). Its derivatives include u's own, by the implicit function
 theorem on the saddle-point equation.
 
+**Finite width, PatchCNN** (one hidden layer, one output). `fj.renormalise` rescales its
+kernel by a P×P matrix over patch pairs, K_U = Σ_pq U_pq κ_pq. U(n) is the saddle point of the
+same action with the data term averaged over training sets, now as matrix functions of the
+operator T_U = K_U/M: with A = nT_U + κI and κ = σ² + κ tr T_U A⁻¹,
+½[log det(I + nT_U/κ) + n log κ − n + nσ²/κ + n yᵀA⁻¹y/M + nσ_ε²/κ], the FCN's at T_U = uK
+(`_patch_width_curve`). E_g is the self-consistent curve of K_U(n) at the ridge σ².
+
 The code takes one eigendecomposition of K/M, finds κ per n by bisection on the eigenvalues
 and sums over modes. Its derivatives are written by hand (`_curve_jvp`) as traces
 tr(dK f(K)) and bilinear forms in the eigenbasis, with κ's dependence from the implicit
@@ -51,16 +58,25 @@ from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array, ArrayLike, Bool, Float
 
 from ._free_energy import _gp_post_kernels, _inverse_width
-from ._linalg import _drop_null_block, _first_order_in, kernel_spectrum, refuse_derivative
-from ._network import AbstractNetwork
+from ._linalg import (
+    _drop_null_block,
+    _first_order_in,
+    cholesky_inverse,
+    kernel_spectrum,
+    refuse_derivative,
+)
+from ._network import AbstractNetwork, PatchCNN
 from ._renorm import (
     _BRACKET,
     _bisect_intervals,
+    _check_no_weight_mean,
     _check_one_output,
     _check_scalar_renormalisation,
     _half_shapes,
     _least_prior,
+    _matrix_saddle,
     _minimum_intervals,
+    _patch_pair_kernels,
     _solve_log_scale,
     _stationarity_gap,
 )
@@ -79,10 +95,15 @@ class LearningCurve(eqx.Module):
     - `n`: the training-set sizes (k).
     - `test_error`: E_g(n), the expected mean squared error of the mean predictor on a fresh
       input from the data measure, against the noiseless target (k).
-    - `kappa`: the renormalised ridge κ(n) (σ² for the equivalent kernel) (k).
+    - `kappa`: the renormalised ridge κ(n) (σ² for the equivalent kernel) (k); at finite
+      width, an FCN's is K's at the ridge σ²/u, a PatchCNN's that of Σ_pq U_pq κ_pq at σ²
+      (for one patch, u times the FCN's).
     - `gamma`: γ(n) = Σ_ρ n η_ρ²/(n η_ρ + κ)² (k).
     - `scale`: at finite width, the kernel's scale u(n) at the saddle point (the ridge is
-      σ²/u); 1 at width ``inf`` (k).
+      σ²/u), for a PatchCNN the mean eigenvalue of `scale_matrix`; 1 at width ``inf`` (k).
+    - `scale_matrix`: a PatchCNN's P×P scale U(n) over patch pairs at the saddle point (the
+      kernel Σ_pq U_pq κ_pq, as `Renormalised.scale_matrix`), [[u(n)]] for an FCN; the
+      identity at width ``inf`` (k×P×P or k×1×1).
     - `chi_proxy`: at finite width, the training-set average of the feature-learning proxy
       tᵀQ_f t/C of SPEC §4 (`Prediction.chi_proxy`), with Q_f = uK and t = (Q_f + σ²)⁻¹y;
       0 at width ``inf`` (k). The scalar u cannot learn a direction: for a non-linear
@@ -102,6 +123,7 @@ class LearningCurve(eqx.Module):
     kappa: Float[Array, " k"]
     gamma: Float[Array, " k"]
     scale: Float[Array, " k"]
+    scale_matrix: Float[Array, "k q q"]
     chi_proxy: Float[Array, " k"]
     converged: Bool[Array, " k"]
     eigenvalues: Float[Array, " M"]
@@ -127,7 +149,10 @@ def learning_curve(
     σ_w², σ_a², σ², `target_noise` or the pool); the cost is one M×M eigendecomposition,
     O(M) per training-set size, and for a derivative one M×M change of basis plus O(M²) per
     size. At finite width (FCNs with one output, linear when deep) the kernel's scale u(n)
-    renormalises the noise, differentiably too (u's own derivative included). Derivatives
+    renormalises the noise, differentiably too (u's own derivative included); a PatchCNN's
+    kernel is renormalised by a P×P matrix U(n) over patch pairs (one hidden layer, one
+    output; each size costs a saddle point whose every step takes an M×M eigendecomposition
+    and three Cholesky factors, and P²M² memory holds the pair kernels). Derivatives
     are first order: a second derivative in the kernel (its hyper-parameters or X) or, at
     finite width, in anything raises `NotImplementedError` (at width ``inf``, second
     derivatives in σ², `target_noise` and Y are exact). For a
@@ -142,8 +167,9 @@ def learning_curve(
     **Arguments:**
 
     - `network`: an [`fls_jax.FCN`][] or [`fls_jax.PatchCNN`][] at width ``inf`` with
-      standard readout scaling (a mean-field readout's GP limit vanishes), or an FCN at a
-      finite width: linear in every layer when deep, either scaling.
+      standard readout scaling (a mean-field readout's GP limit vanishes), or at a finite
+      width an FCN (linear in every layer when deep) or a PatchCNN with one hidden layer,
+      either scaling.
     - `X`: M inputs drawn from the data measure (the pool; M of a few hundred to a few
       thousand resolves the modes that matter for n up to about M/4).
     - `Y`: the target's noiseless values on the pool (M×m or M).
@@ -163,8 +189,7 @@ def learning_curve(
     concrete = _concrete(network.width)
     finite = concrete and bool(np.isfinite(np.asarray(network.width)).all())
     if finite:
-        _check_scalar_renormalisation(network, "learning_curve at finite width")
-        _check_one_output(Y, "learning_curve at finite width")
+        _check_finite_width(network, Y, "learning_curve at finite width")
         if method != "self_consistent":
             raise ValueError("learning_curve at finite width has method='self_consistent' only")
     elif concrete and getattr(network, "scaling", "standard") != "standard":
@@ -200,6 +225,19 @@ def learning_curve(
     return _learning_curve(network, X, Y, jnp.atleast_1d(n), target_noise, method, branch)
 
 
+def _check_finite_width(network: AbstractNetwork, Y: Array, who: str) -> None:
+    """The networks whose finite-width curve is written: those `fj.renormalise` rescales by
+    one scalar (FCNs, linear when deep), and one-hidden-layer PatchCNNs (a P×P matrix); one
+    output either way."""
+    if isinstance(network, PatchCNN):
+        _check_no_weight_mean(network, who)
+        if network.depth > 1:
+            raise ValueError(f"{who} takes a PatchCNN with one hidden layer only")
+    else:
+        _check_scalar_renormalisation(network, who)
+    _check_one_output(Y, who)
+
+
 @eqx.filter_jit
 def _learning_curve(network, X, Y, ns, target_noise, method: Method, branch: str) -> LearningCurve:
     M = X.shape[0]
@@ -222,15 +260,25 @@ def _learning_curve(network, X, Y, ns, target_noise, method: Method, branch: str
     # through it: `_curve_jvp` carries K's derivatives.
     eta, U = kernel_spectrum(K)
 
+    q = network.patches(X[:1]).shape[0] if isinstance(network, PatchCNN) else 1
+
     def gp():
         error, kappa, gamma, _, _, _, power = _curve(K, Y, noise, target_noise, ns, eta, U, sc)
         ones, zeros = jnp.ones_like(kappa), jnp.zeros_like(kappa)
-        return error, kappa, gamma, ones, zeros, eta, power, jnp.ones_like(kappa, dtype=bool)
+        identity = jnp.broadcast_to(jnp.eye(q, dtype=K.dtype), (*ns.shape, q, q))
+        located = jnp.ones_like(kappa, dtype=bool)
+        return error, kappa, gamma, ones, identity, zeros, eta, power, located
 
     def finite():
-        k = _half_shapes(network)
         inv_width = _inverse_width(network) / network.width_ratio(network.depth)
-        return _finite_width_curve(K, Y, noise, target_noise, ns, k, eta, U, inv_width)
+        if isinstance(network, PatchCNN):
+            error, kappa, gamma, scale, chi, Us, located = _patch_width_curve(
+                network, X, Y, target_noise, ns, inv_width
+            )
+            return error, kappa, gamma, scale, Us, chi, eta, _power(U, Y), located
+        k = _half_shapes(network)
+        out = _finite_width_curve(K, Y, noise, target_noise, ns, k, eta, U, inv_width)
+        return *out[:4], out[3][:, None, None], *out[4:]
 
     if branch == "gp":
         out = gp()
@@ -239,8 +287,7 @@ def _learning_curve(network, X, Y, ns, target_noise, method: Method, branch: str
     else:  # the width is traced: decided at run time
         renormalisable = True
         try:
-            _check_scalar_renormalisation(network, "")
-            _check_one_output(Y, "")
+            _check_finite_width(network, Y, "")
         except ValueError:
             renormalisable = False
         if renormalisable and sc:
@@ -260,12 +307,13 @@ def _learning_curve(network, X, Y, ns, target_noise, method: Method, branch: str
                 eqx.error_if(
                     out[0],
                     jnp.isfinite(network.width),
-                    "learning_curve at finite width needs an FCN (linear when deep) with one "
-                    "output and method='self_consistent'",
+                    "learning_curve at finite width needs an FCN (linear when deep) or a "
+                    "PatchCNN with one hidden layer, one output and "
+                    "method='self_consistent'",
                 ),
                 *out[1:],
             )
-    error, kappa, gamma, scale, chi_proxy, eta, power, located = out
+    error, kappa, gamma, scale, scale_matrix, chi_proxy, eta, power, located = out
     finite_values = jnp.isfinite(error) & jnp.isfinite(kappa) & jnp.isfinite(scale)
     return LearningCurve(
         n=ns,
@@ -273,6 +321,7 @@ def _learning_curve(network, X, Y, ns, target_noise, method: Method, branch: str
         kappa=kappa,
         gamma=gamma,
         scale=scale,
+        scale_matrix=scale_matrix,
         chi_proxy=chi_proxy,
         converged=located & finite_values,
         eigenvalues=eta[::-1],
@@ -550,6 +599,73 @@ def _finite_width_curve(K, Y, noise, target_noise, ns, k, eta, U, inv_width):
 
 
 _CANDIDATES = 4  # the most minima of the finite-width curve's action told apart
+
+
+def _patch_width_curve(network, X, Y, target_noise, ns, inv_width):
+    """The learning curve of a finite-width PatchCNN (one hidden layer, one output), whose
+    kernel K_U = Σ_pq U_pq κ_pq a P×P matrix U renormalises (`fj.renormalise`,
+    `_renormalise_patches`): U(n) at the saddle point of that action with its data term
+    replaced by its training-set average, then the self-consistent curve of the kernel K_U*
+    at the ridge σ². Returns (E_g, κ, γ, tr U*/P, χ_proxy, U*, located) per n.
+
+    On the pool's measure T_U = K_U/M, with A = nT_U + κI and κ(U) its renormalised ridge
+    (κ = σ² + κ tr T_U A⁻¹), the averaged data term −log N(y; 0, K_U + σ²) is
+
+        D_n(U) = ½[log det(I + nT_U/κ) + n log κ − n + nσ²/κ + n yᵀA⁻¹y/M + nσ_ε²/κ],
+
+    the scalar curve's `_averaged_data_term` with T = uK (it is that at U = uI when P = 1).
+    Its gradient is the averaged pull: a deterministic equivalent differentiated in the
+    kernel, κ's dependence included. D_n is written with Cholesky factors of A, smooth in U
+    however degenerate T_U's spectrum; κ is bisected on T_U's eigenvalues (held fixed) and
+    then takes two Newton steps on its equation in A's factors, which give κ(U)'s first and
+    second derivatives (exact at the root), as S's Hessian needs. `_matrix_saddle` minimises
+    the Wishart prior plus D_n; its Newton steps carry U*'s derivatives, and `_curve` those
+    of E_g at K_U* (first order, as the scalar curve's). Cost per evaluation of D_n: one M×M
+    eigendecomposition and three Cholesky factorisations; memory P²M² for the κ_pq."""
+    M = X.shape[0]
+    pairs = _patch_pair_kernels(network, X, X) / M  # (P, P, M, M): the operators κ_pq/M
+    P = pairs.shape[0]
+    y = Y[:, 0]
+    noise = network.noise
+    eye = jnp.eye(M, dtype=X.dtype)
+    tol = 1e3 * float(jnp.finfo(X.dtype).eps)
+    sg = jax.lax.stop_gradient
+
+    def operator(U):
+        T = jnp.einsum("pq,pqab->ab", U, pairs)
+        return 0.5 * (T + T.T)
+
+    def renormalised_ridge(T, n):
+        eta = kernel_spectrum(T)[0]
+        kappa = sg(_kappa(eta, sg(noise), n, tol))
+        for _ in range(2):  # κ ← κ − h/h′, h = κ − σ² − κ(M − κ tr A⁻¹)/n
+            inv = cholesky_inverse(n * T + kappa * eye)[1]
+            tr1 = jnp.sum(inv**2)  # tr A⁻¹
+            tr2 = jnp.sum((inv.T @ inv) ** 2)  # tr A⁻²
+            h = kappa - noise - kappa * (M - kappa * tr1) / n
+            slope = 1 - M / n + 2 * kappa * tr1 / n - kappa**2 * tr2 / n
+            kappa = kappa - h / slope
+        return kappa
+
+    def averaged_nll(U, n):  # D_n(U)
+        T = operator(U)
+        kappa = renormalised_ridge(T, n)
+        cho, inv = cholesky_inverse(n * T + kappa * eye)
+        log_det = 2 * jnp.sum(jnp.log(jnp.diagonal(cho))) + (n - M) * jnp.log(kappa)
+        quad = jnp.sum((inv @ y) ** 2) / M + target_noise / kappa
+        return 0.5 * (log_det - n + n * noise / kappa + n * quad)
+
+    def at_size(n):
+        saddle = _matrix_saddle(lambda U: averaged_nll(U, n), P, network, X.dtype)
+        T = operator(saddle.U)
+        eta, V = kernel_spectrum(T)
+        out = _curve(T, Y, noise, target_noise, n[None], eta, V, True)
+        error, kappa, gamma, _, gap = (v[0] for v in out[:5])
+        return error, kappa, gamma, saddle.U, n * gap * inv_width, saddle.converged
+
+    error, kappa, gamma, U, chi_proxy, located = jax.lax.map(at_size, ns)
+    scale = jnp.trace(U, axis1=1, axis2=2) / P
+    return error, kappa, gamma, scale, chi_proxy, U, located
 
 
 def _resolvent_gap(eta, power, n, kappa, ridge, s2):

@@ -529,3 +529,120 @@ def test_finite_width_curve_keeps_its_digits_at_tiny_noise():
                 np.testing.assert_allclose(got_w[c, :, i], d_w, rtol=1e-9, atol=1e-12)
                 d_n = [float(v) / noise for v in d_n]
                 np.testing.assert_allclose(got_n[c, :, i], d_n, rtol=1e-9)
+
+
+# A one-hidden-layer PatchCNN at finite width: its kernel Σ_pq U_pq κ_pq is renormalised by a
+# P×P matrix U (`fj.renormalise`), found per n at the saddle point of the averaged action.
+PATCH_NS = [16.0, 64.0]
+
+
+def _patch_net(width=4.0, sigma_w2=1.0, noise=0.01, patch_size=4):
+    return fj.PatchCNN(width, sigma_w2, SA2, noise, fj.Linear(), patch_size=patch_size)
+
+
+def test_patch_curve_with_one_patch_is_the_fcn_curve(linear_pool):
+    """A PatchCNN whose one patch is the whole input has the FCN's kernel, and U = [[u]]: its
+    curve (BFGS and Newton on the averaged action, κ(U) by Newton steps on Cholesky factors)
+    equals the FCN's (u by bisection on the spectrum), another code path. κ is reported for
+    the renormalised kernel uK at σ², the FCN's for K at σ²/u: u times it."""
+    X, Y = linear_pool
+    patch = fj.learning_curve(_patch_net(patch_size=16), X, Y, PATCH_NS)
+    fcn = fj.learning_curve(fj.FCN(4.0, 1.0, SA2, 0.01, fj.Linear()), X, Y, PATCH_NS)
+    assert bool(jnp.all(patch.converged)) and bool(jnp.all(fcn.converged))
+    assert patch.scale_matrix.shape == fcn.scale_matrix.shape == (2, 1, 1)
+    for field in ("test_error", "gamma", "scale", "chi_proxy", "scale_matrix"):
+        np.testing.assert_allclose(getattr(patch, field), getattr(fcn, field), rtol=1e-9)
+    np.testing.assert_allclose(patch.kappa, fcn.scale * fcn.kappa, rtol=1e-9)
+    np.testing.assert_allclose(patch.eigenvalues, fcn.eigenvalues, rtol=1e-12, atol=1e-15)
+
+
+def _patch_action(U, X, y, n, noise=0.01, width=4.0, patch_size=4):
+    """The averaged action written out for a linear PatchCNN, from T_U's eigendecomposition and
+    a bracketed κ: the Wishart prior (C/2)(tr U − log det U − P) plus
+    ½[Σ log(1 + nη/κ) + n log κ − n + nσ²/κ + n Σ_ρ a_ρ²/(nη_ρ + κ)], and E_g at U
+    (module docstring of fls_jax/_learning_curve.py)."""
+    M, P = len(X), X.shape[1] // patch_size
+    Xp = X.reshape(M, P, patch_size)
+    pairs = SA2 / P * np.einsum("apk,bqk->pqab", Xp, Xp) / patch_size  # σ_w² = 1
+    T = np.einsum("pq,pqab->ab", U, pairs) / M
+    eta, V = np.linalg.eigh(0.5 * (T + T.T))
+    eta = np.where(eta > 1e-13 * eta[-1], eta, 0.0)
+    a2 = (V.T @ y) ** 2 / M
+    kappa = brentq(lambda k: k - noise - k * np.sum(eta / (n * eta + k)), noise, 10.0, xtol=1e-15)
+    b = n * eta + kappa
+    data = np.sum(np.log1p(n * eta / kappa)) + n * np.log(kappa) - n + n * noise / kappa
+    data = 0.5 * (data + n * np.sum(a2 / b))
+    prior = width / 2 * (np.trace(U) - np.linalg.slogdet(U)[1] - P)
+    gamma = np.sum(n * eta**2 / b**2)
+    return prior + data, kappa**2 * np.sum(a2 / b**2) / (1 - gamma)
+
+
+def _action_slope(U, E, X, y, n, h=1e-5):
+    """The averaged action's derivative at U along E, by central differences."""
+    return (_patch_action(U + h * E, X, y, n)[0] - _patch_action(U - h * E, X, y, n)[0]) / (2 * h)
+
+
+def test_patch_curve_is_the_minimum_of_the_averaged_action(linear_pool):
+    """P = 4 patches: U* (a full 4×4 matrix, far from the GP's I) against the action written
+    out in NumPy, with pair kernels, spectra and κ of its own: its directional derivatives at
+    U* vanish (central differences, against their size at 0.9 U*), it rises in every
+    direction, and E_g from its formula at U* is the curve's. Against the exact posterior
+    (`fj.renormalise`) averaged over drawn training sets: `benchmarks/learning_curve_patch.py`."""
+    X, Y = linear_pool
+    y = Y.reshape(-1)
+    curve = fj.learning_curve(_patch_net(), X, Y, PATCH_NS)
+    gp = fj.learning_curve(_patch_net(width=np.inf), X, Y, PATCH_NS)
+    assert bool(jnp.all(curve.converged))
+    rng = np.random.default_rng(5)
+    for i, n in enumerate(PATCH_NS):
+        U = np.asarray(curve.scale_matrix[i])
+        assert np.min(np.abs(U - U[0, 0] * np.eye(4))[~np.eye(4, dtype=bool)]) > 0.1
+        action, error = _patch_action(U, X, y, n)
+        np.testing.assert_allclose(curve.test_error[i], error, rtol=1e-8)
+        for _ in range(3):
+            E = rng.standard_normal((4, 4))
+            E = (E + E.T) / 2
+
+            slope = _action_slope(U, E, X, y, n)
+            assert abs(slope) < 1e-5 * abs(_action_slope(0.9 * U, E, X, y, n))
+            assert _patch_action(U + 1e-2 * E, X, y, n)[0] > action
+        assert float(gp.test_error[i]) > 5 * float(curve.test_error[i])  # the width matters
+
+
+def test_patch_curve_gradients_match_finite_differences(linear_pool):
+    """jax.grad of a PatchCNN's E_g(n = 16) in σ_w², σ² and the width (U*'s derivatives by
+    the saddle's Newton steps, E_g's by the spectral rule), under jax.jit with a traced
+    width, against central differences of the same program."""
+    X, Y = linear_pool
+
+    def err(params):
+        sw2, noise, C = params
+        net = _patch_net(width=C, sigma_w2=sw2, noise=noise)
+        return fj.learning_curve(net, X, Y, PATCH_NS[:1]).test_error[0]
+
+    value_and_grad = jax.jit(jax.value_and_grad(err))
+    p = jnp.array([1.0, 0.01, 4.0])
+    g = np.asarray(value_and_grad(p)[1])
+    for i, step in enumerate([1e-5, 1e-7, 1e-4]):
+        e = np.zeros(3)
+        e[i] = step
+        fd = (float(value_and_grad(p + e)[0]) - float(value_and_grad(p - e)[0])) / (2 * step)
+        np.testing.assert_allclose(g[i], fd, rtol=1e-5, err_msg=str(i))
+
+
+def test_patch_curve_refuses_what_it_does_not_cover():
+    """A deep PatchCNN, two outputs, the equivalent kernel or a first-layer mean at finite
+    width: each a clear error before anything is compiled."""
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((20, 8))
+    net = fj.PatchCNN(4.0, 1.0, 1.0, 0.1, fj.Linear(), patch_size=4)
+    deep = fj.PatchCNN(4.0, 1.0, 1.0, 0.1, fj.Linear(), patch_size=4, depth=2)
+    with pytest.raises(ValueError, match="one hidden layer only"):
+        fj.learning_curve(deep, X, X[:, 0], [4.0])
+    with pytest.raises(ValueError, match="takes one output"):
+        fj.learning_curve(net, X, X[:, :2], [4.0])
+    with pytest.raises(ValueError, match="self_consistent' only"):
+        fj.learning_curve(net, X, X[:, 0], [4.0], method="equivalent_kernel")
+    mean = fj.PatchCNN(4.0, 1.0, 1.0, 0.1, fj.ReLU(), patch_size=4, weight_mean=True)
+    with pytest.raises(ValueError, match="no first-layer mean"):
+        fj.learning_curve(mean, X, X[:, 0], [4.0])
