@@ -105,14 +105,18 @@ class LearningCurve(eqx.Module):
       kernel Σ_pq U_pq κ_pq, as `Renormalised.scale_matrix`), [[u(n)]] for an FCN; the
       identity at width ``inf`` (k×P×P or k×1×1).
     - `chi_proxy`: at finite width, the training-set average of the feature-learning proxy
-      tᵀQ_f t/C of SPEC §4 (`Prediction.chi_proxy`), with Q_f = uK and t = (Q_f + σ²)⁻¹y;
-      0 at width ``inf`` (k). The scalar u cannot learn a direction: for a non-linear
-      hidden layer the curve is trustworthy only while this stays ≲ 1 (`docs/learning_curves.md`).
+      tᵀQ_f t/C of SPEC §4 (`Prediction.chi_proxy`), with Q_f = uK (a PatchCNN's K_U) and
+      t = (Q_f + σ²)⁻¹y; 0 at width ``inf`` (k). The scalar u cannot learn a direction:
+      for a non-linear hidden layer the curve is trustworthy only while this stays ≲ 1
+      (`docs/learning_curves.md`).
     - `converged`: per size, whether the values are finite and, at finite width, the
       saddle point was located as a minimum of the action (its bisection's bracket or
       residual within tolerance, the stationarity condition increasing through it), the
-      lowest of at most 4 seen on a scan of 201 points in log u (k).
-    - `eigenvalues`: the kernel's eigenvalues η_ρ on the data measure, descending (M).
+      lowest of at most 4 seen on a scan of 201 points in log u; for a PatchCNN, the
+      matrix saddle's checks as in `fj.renormalise` (a stationary minimum, within
+      tolerance, in its local coordinates) (k).
+    - `eigenvalues`: the kernel's eigenvalues η_ρ on the data measure, descending (M): the
+      GP's, at every width.
     - `target_power`: the target's power a_ρ² in each mode, averaged over outputs (M);
       Σ_ρ a_ρ² is the target's mean square, E_g at n = 0.
     - `method`: ``"self_consistent"`` or ``"equivalent_kernel"``.
