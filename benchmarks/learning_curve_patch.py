@@ -6,14 +6,14 @@
 at the saddle point of `fj.renormalise`'s action with its data term averaged over training
 sets, then the self-consistent curve of the kernel Σ_pq U_pq κ_pq. What a user would otherwise
 do: draw training sets of n points from the pool, compute the renormalised posterior on each
-(`fj.renormalise`, the proportional-limit theory the curve averages) and average its test
-error on the pool. Both run here on the same pool, in one process.
+(`fj.renormalise`, integrated over U: exact for a linear network) and average its test error
+on the pool. Both run here on the same pool, in one process.
 
 Task: a linear teacher on 16 inputs in P = 4 patches of 4, targets ×3, pool M = 400; PatchCNNs
 (linear and erf) at C = 4, σ_w² = σ_a² = 1, σ² = 0.01. Printed per (activation, n): the
 curve's test error, the Monte-Carlo average ± its standard error, their ratio, the GP's curve
 (C = ∞), the relative Frobenius gap between the curve's U(n) and the average of the drawn
-sets' U*, both mean eigenvalues, the curve's χ proxy, and its flag. Then the curve's time:
+sets' E[U | Y], both mean eigenvalues, the curve's χ proxy, and its flag. Then the curve's time:
 its first call (compilation included) and the best of three after.
 """
 
