@@ -628,21 +628,3 @@ def test_patch_curve_gradients_match_finite_differences(linear_pool):
         e[i] = step
         fd = (float(value_and_grad(p + e)[0]) - float(value_and_grad(p - e)[0])) / (2 * step)
         np.testing.assert_allclose(g[i], fd, rtol=1e-5, err_msg=str(i))
-
-
-def test_patch_curve_refuses_what_it_does_not_cover():
-    """A deep PatchCNN, two outputs, the equivalent kernel or a first-layer mean at finite
-    width: each a clear error before anything is compiled."""
-    rng = np.random.default_rng(3)
-    X = rng.standard_normal((20, 8))
-    net = fj.PatchCNN(4.0, 1.0, 1.0, 0.1, fj.Linear(), patch_size=4)
-    deep = fj.PatchCNN(4.0, 1.0, 1.0, 0.1, fj.Linear(), patch_size=4, depth=2)
-    with pytest.raises(ValueError, match="one hidden layer only"):
-        fj.learning_curve(deep, X, X[:, 0], [4.0])
-    with pytest.raises(ValueError, match="takes one output"):
-        fj.learning_curve(net, X, X[:, :2], [4.0])
-    with pytest.raises(ValueError, match="self_consistent' only"):
-        fj.learning_curve(net, X, X[:, 0], [4.0], method="equivalent_kernel")
-    mean = fj.PatchCNN(4.0, 1.0, 1.0, 0.1, fj.ReLU(), patch_size=4, weight_mean=True)
-    with pytest.raises(ValueError, match="no first-layer mean"):
-        fj.learning_curve(mean, X, X[:, 0], [4.0])

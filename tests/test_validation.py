@@ -584,8 +584,16 @@ def test_learning_curve_bad_input():
     X, Y = rng.standard_normal((5, 2)), rng.standard_normal(5)
     gp = fj.FCN(np.inf, 1.0, 1.0, 0.1, fj.Erf())
     lc = fj.learning_curve
+    # A PatchCNN at finite width: one hidden layer, one output, no first-layer mean.
+    deep_cnn = fj.PatchCNN(8.0, 1.0, 1.0, 0.1, patch_size=1, depth=2)
+    raises_before_compiling(ValueError, "one hidden layer only", lc, deep_cnn, X, Y, [2.0])
     cnn = fj.PatchCNN(8.0, 1.0, 1.0, 0.1, patch_size=1)
-    raises_before_compiling(ValueError, "FCN only", lc, cnn, X, Y, [2.0])
+    raises_before_compiling(ValueError, "one output", lc, cnn, X, np.stack([Y, Y], 1), [2.0])
+    relu_cnn = fj.PatchCNN(8.0, 1.0, 1.0, 0.1, fj.ReLU(), patch_size=1, weight_mean=True)
+    raises_before_compiling(ValueError, "no first-layer mean", lc, relu_cnn, X, Y, [2.0])
+    raises_before_compiling(
+        ValueError, "self_consistent", lc, cnn, X, Y, [2.0], method="equivalent_kernel"
+    )
     fcn = fj.FCN(8.0, 1.0, 1.0, 0.1)
     raises_before_compiling(ValueError, "one output", lc, fcn, X, np.stack([Y, Y], 1), [2.0])
     ek = dict(method="equivalent_kernel")
