@@ -602,7 +602,6 @@ def test_patch_curve_is_the_minimum_of_the_averaged_action(linear_pool):
         for _ in range(3):
             E = rng.standard_normal((4, 4))
             E = (E + E.T) / 2
-
             slope = _action_slope(U, E, X, y, n)
             assert abs(slope) < 1e-5 * abs(_action_slope(0.9 * U, E, X, y, n))
             assert _patch_action(U + 1e-2 * E, X, y, n)[0] > action
