@@ -44,6 +44,13 @@ def _timed(fn):
     return out, time.perf_counter() - t0
 
 
+def first_and_best(fn, *args, repeat: int = 3):
+    """fn(*args)'s result, the seconds of its first call (compilation included) and the best
+    of `repeat` calls after it."""
+    out, first = _timed(lambda: fn(*args))
+    return out, first, min(_timed(lambda: fn(*args))[1] for _ in range(repeat))
+
+
 def monte_carlo(net, X, Y, n: int, draws: int, key):
     """GP regression on `draws` training sets of n points drawn with replacement from the
     pool; the mean predictor's error on the whole pool. Mean and standard error over draws."""

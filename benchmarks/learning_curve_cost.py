@@ -20,6 +20,7 @@ jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from learning_curve import first_and_best  # noqa: E402
 
 import fls_jax as fj  # noqa: E402
 
@@ -34,16 +35,9 @@ def main():
         ns = np.geomspace(2, M / 4, 20)
         for C in (np.inf, 8.0):
             net = fj.FCN(C, 1.0, 1.0, 0.01, fj.Linear())
-            t = time.perf_counter()
-            r = jax.block_until_ready(fj.learning_curve(net, X, Y, ns))
-            first = time.perf_counter() - t
-            again = []
-            for _ in range(3):
-                t = time.perf_counter()
-                jax.block_until_ready(fj.learning_curve(net, X, Y, ns))
-                again.append(time.perf_counter() - t)
+            r, first, again = first_and_best(fj.learning_curve, net, X, Y, ns)
             print(
-                f"M={M} C={C}: first {first:.2f} s, again {min(again):.3f} s, "
+                f"M={M} C={C}: first {first:.2f} s, again {again:.3f} s, "
                 f"E_g[-1]={float(r.test_error[-1]):.10g}",
                 flush=True,
             )
@@ -53,16 +47,9 @@ def main():
                 return jnp.sum(fj.learning_curve(net, X, Y, ns).test_error)
 
             grad = jax.jit(jax.grad(total))
-            t = time.perf_counter()
-            g = jax.block_until_ready(grad(1.0))
-            first = time.perf_counter() - t
-            again = []
-            for _ in range(3):
-                t = time.perf_counter()
-                jax.block_until_ready(grad(1.0))
-                again.append(time.perf_counter() - t)
+            g, first, again = first_and_best(grad, 1.0)
             print(
-                f"  gradient: first {first:.2f} s, again {min(again):.3f} s, "
+                f"  gradient: first {first:.2f} s, again {again:.3f} s, "
                 f"dΣE_g/dσ_w²={float(g):.10g}",
                 flush=True,
             )

@@ -19,7 +19,6 @@ its first call (compilation included) and the best of three after.
 
 import argparse
 import platform
-import time
 
 import jax
 
@@ -27,6 +26,7 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 import numpy as np  # noqa: E402
+from learning_curve import first_and_best  # noqa: E402
 
 import fls_jax as fj  # noqa: E402
 
@@ -51,15 +51,8 @@ def main():
     timings = []
     for act in (fj.Linear(), fj.Erf()):
         net = fj.PatchCNN(4.0, 1.0, 1.0, 0.01, act, patch_size=4)
-        t0 = time.perf_counter()
-        lc = jax.block_until_ready(fj.learning_curve(net, X, Y, ns))
-        first = time.perf_counter() - t0
-        after = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            jax.block_until_ready(fj.learning_curve(net, X, Y, ns))
-            after.append(time.perf_counter() - t0)
-        timings.append((type(act).__name__, first, min(after)))
+        lc, first, after = first_and_best(fj.learning_curve, net, X, Y, ns)
+        timings.append((type(act).__name__, first, after))
         gp = fj.learning_curve(fj.PatchCNN(np.inf, 1.0, 1.0, 0.01, act, patch_size=4), X, Y, ns)
         rng = np.random.default_rng(0)
         for i, n in enumerate(a.ns):
