@@ -1205,15 +1205,18 @@ def test_guarded_cholesky_keeps_reverse_mode_finite_where_it_fails():
     np.testing.assert_allclose(dL_inv, (inv(up) - inv(down)) / (2 * h), atol=1e-8)
 
 
-def test_guarded_small_cholesky_drops_small_pivots_with_finite_derivatives():
+@pytest.mark.parametrize("unroll", [0, 3])
+def test_guarded_small_cholesky_drops_small_pivots_with_finite_derivatives(monkeypatch, unroll):
     """`_linalg.guarded_small_cholesky` (the m-output mixture's blocks λ_i U + σ²I) on a
     stack of three 3×3 matrices: positive definite (its factor is numpy's, ok), singular to
     rounding (a pivot below the floor) and indefinite. The last two are flagged, their
     factors finite. What is kept by `ok` has first and second derivatives equal to those of
     the first matrix alone by `jnp.linalg.cholesky`, finite, where `small_cholesky`'s are
-    NaN (0 · NaN). A pivot just above the floor is kept, just below it is not."""
+    NaN (0 · NaN). A pivot just above the floor is kept, just below it is not. Both forms of
+    the column loop: `fori_loop` (unroll 0) and unrolled (3)."""
     from fls_jax import _linalg
 
+    monkeypatch.setattr(_linalg, "_UNROLL", unroll)
     rng = np.random.default_rng(7)
     B = rng.standard_normal((3, 3))
     A, dA = B @ B.T + 0.5 * np.eye(3), B + B.T
@@ -1249,6 +1252,38 @@ def test_guarded_small_cholesky_drops_small_pivots_with_finite_derivatives():
     for p, expected in ((1.01e-3, True), (0.99e-3, False)):
         D = jnp.diag(jnp.asarray([1.0, 1.0, p]))
         assert bool(_linalg.guarded_small_cholesky(D, jnp.asarray(1e-3))[1]) == expected
+
+
+@pytest.mark.parametrize("unroll", [0, 4])
+def test_small_cholesky_and_solve_against_numpy(monkeypatch, unroll):
+    """`small_cholesky` and `small_cholesky_solve` on stacks of m×m matrices, m = 1–4, in
+    both forms of their loops (`fori_loop` at unroll 0, unrolled Python at 4), against
+    numpy's Cholesky factor and solve; their derivatives in the matrix against central
+    differences."""
+    from fls_jax import _linalg
+
+    monkeypatch.setattr(_linalg, "_UNROLL", unroll)
+    h = 1e-6
+
+    @jax.jit  # one program per m (a new one per case: traced after the monkeypatch)
+    def run(A, dA, b):
+        def f(t):
+            L = _linalg.small_cholesky(A + t * dA)
+            return jnp.sum(_linalg.small_cholesky_solve(L, b))
+
+        L = _linalg.small_cholesky(A)
+        return L, _linalg.small_cholesky_solve(L, b), jax.grad(f)(0.0), f(h), f(-h)
+
+    rng = np.random.default_rng(3)
+    for m in range(1, 5):
+        B = rng.standard_normal((5, m, m))
+        A = B @ np.swapaxes(B, 1, 2) + 0.3 * np.eye(m)
+        b = rng.standard_normal((5, m, 2))
+        dA = rng.standard_normal((5, m, m))
+        L, x, grad, up, down = run(A, dA + np.swapaxes(dA, 1, 2), b)
+        np.testing.assert_allclose(L, np.linalg.cholesky(A), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(x, np.linalg.solve(A, b), rtol=1e-11, atol=1e-13)
+        np.testing.assert_allclose(grad, (up - down) / (2 * h), rtol=1e-7)
 
 
 def test_mixture_counts_dropped_draws_and_takes_the_spread_about_the_saddle():
