@@ -278,8 +278,14 @@ def test_gradients_match_finite_differences(relu_task):
         net = fj.FCN(32.0, p[0], p[1], p[2], fj.ReLU(), weight_mean=True)
         return fj.predict(fj.solve(net, X, Y), Xt, Yt).test_error
 
+    # One compiled program for the gradient and the differences (eager calls compiled the
+    # solve's parts one by one: 91 s against 64 s).
+    value_and_grad = jax.jit(jax.value_and_grad(error))
     p = jnp.asarray([1.0, 1.0, 0.05])
-    grad = jax.grad(error)(p)
+    grad = value_and_grad(p)[1]
     eps = 1e-5
-    fd = [(error(p.at[i].add(eps)) - error(p.at[i].add(-eps))) / (2 * eps) for i in range(3)]
+    fd = [
+        (value_and_grad(p.at[i].add(eps))[0] - value_and_grad(p.at[i].add(-eps))[0]) / (2 * eps)
+        for i in range(3)
+    ]
     np.testing.assert_allclose(grad, fd, rtol=1e-6)
