@@ -610,21 +610,22 @@ def test_patch_curve_is_the_minimum_of_the_averaged_action(linear_pool):
 
 
 def test_patch_curve_gradients_match_finite_differences(linear_pool):
-    """jax.grad of a PatchCNN's E_g(n = 16) in σ_w², σ² and the width (U*'s derivatives by
-    the saddle's Newton steps, E_g's by the spectral rule), under jax.jit with a traced
-    width, against central differences of the same program."""
+    """jax.grad of a PatchCNN's E_g(n = 16) in σ_w², σ², the width, σ_a² and the target
+    noise σ_ε² (U*'s derivatives by the saddle's Newton steps, E_g's by the spectral rule),
+    under jax.jit with a traced width, against central differences of the same program."""
     X, Y = (a[:PATCH_POOL] for a in linear_pool)
 
     def err(params):
-        sw2, noise, C = params
-        net = _patch_net(width=C, sigma_w2=sw2, noise=noise)
-        return fj.learning_curve(net, X, Y, PATCH_NS[:1]).test_error[0]
+        sw2, noise, C, sa2, target_noise = params
+        net = fj.PatchCNN(C, sw2, sa2, noise, fj.Linear(), patch_size=4)
+        curve = fj.learning_curve(net, X, Y, PATCH_NS[:1], target_noise=target_noise)
+        return curve.test_error[0]
 
     value_and_grad = jax.jit(jax.value_and_grad(err))
-    p = jnp.array([1.0, 0.01, 4.0])
+    p = jnp.array([1.0, 0.01, 4.0, SA2, 0.05])
     g = np.asarray(value_and_grad(p)[1])
-    for i, step in enumerate([1e-5, 1e-7, 1e-4]):
-        e = np.zeros(3)
+    for i, step in enumerate([1e-5, 1e-7, 1e-4, 1e-5, 1e-6]):
+        e = np.zeros(5)
         e[i] = step
         fd = (float(value_and_grad(p + e)[0]) - float(value_and_grad(p - e)[0])) / (2 * step)
         np.testing.assert_allclose(g[i], fd, rtol=1e-5, err_msg=str(i))
