@@ -1,0 +1,81 @@
+"""The finite-width PatchCNN learning curve in float32 against float64 (a hand run).
+
+Runs `fj.learning_curve` on `benchmarks/learning_curve_patch.py`'s task (a linear teacher on
+d = 16 inputs in 4 patches of 4, targets ×3, a pool of M = 400, C = 4, σ² = 0.01), linear
+and erf, once per precision in its own process (JAX's float64 switch is global), and prints
+E_g, U's relative (Frobenius) difference and the convergence flags, with the float32 call's
+time after compiling.
+
+    python benchmarks/learning_curve_patch_float32.py
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+NS = [8.0, 16.0, 32.0, 64.0]
+
+
+def _one(x64: bool) -> dict:
+    import jax
+
+    jax.config.update("jax_enable_x64", x64)
+    import fls_jax as fj
+
+    task = fj.datasets.linear_patch_teacher(400, 1, patch_size=4, patches=4, seed=3)
+    dtype = np.float64 if x64 else np.float32
+    X, Y = np.asarray(task.X, dtype), 3 * np.asarray(task.Y, dtype)
+    out = {}
+    for name, act in (("linear", fj.Linear()), ("erf", fj.Erf())):
+        net = fj.PatchCNN(4.0, 1.0, 1.0, 0.01, act, patch_size=4)
+        curve = fj.learning_curve(net, X, Y, NS)
+        jax.block_until_ready(curve.test_error)
+        start = time.perf_counter()
+        curve = fj.learning_curve(net, X, Y, NS)
+        jax.block_until_ready(curve.test_error)
+        out[name] = dict(
+            error=np.asarray(curve.test_error, float).tolist(),
+            U=np.asarray(curve.scale_matrix, float).tolist(),
+            converged=np.asarray(curve.converged).tolist(),
+            dtype=str(curve.test_error.dtype),
+            seconds=time.perf_counter() - start,
+        )
+    return out
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] in ("32", "64"):
+        print("RESULT " + json.dumps(_one(sys.argv[1] == "64")))
+        return
+    runs = {}
+    for bits in ("64", "32"):
+        env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
+        done = subprocess.run(
+            [sys.executable, __file__, bits], env=env, capture_output=True, text=True, check=True
+        )
+        line = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+        runs[bits] = json.loads(line[len("RESULT ") :])
+    print("activation  n   E_g float64   E_g float32   rel. diff   |ΔU|/|U|   converged (64/32)")
+    for name in ("linear", "erf"):
+        a, b = runs["64"][name], runs["32"][name]
+        for i, n in enumerate(NS):
+            e64, e32 = a["error"][i], b["error"][i]
+            U64, U32 = np.asarray(a["U"][i]), np.asarray(b["U"][i])
+            du = np.linalg.norm(U32 - U64) / np.linalg.norm(U64)
+            print(
+                f"{name:10s} {n:3.0f}  {e64:.6e}  {e32:.6e}  {abs(e32 / e64 - 1):9.2e}  "
+                f"{du:9.2e}   {a['converged'][i]}/{b['converged'][i]}"
+            )
+        print(
+            f"  {name}: dtypes {a['dtype']}/{b['dtype']}; after compiling "
+            f"{a['seconds']:.1f} s (float64), {b['seconds']:.1f} s (float32) for 4 sizes"
+        )
+
+
+if __name__ == "__main__":
+    main()
