@@ -333,14 +333,15 @@ def test_nonfinite_pool_is_refused_under_jit():
 def test_overflowing_targets_are_flagged():
     """Targets ×10¹⁶⁰ overflow the target's power (y² > 10³⁰⁸): at width inf the curve was
     inf with nothing to say so, at finite width the saddle's search stopped in lineax on a
-    non-finite input. Both now come back flagged, per size; the same curves at ×1 are not."""
+    non-finite input. Both now come back flagged, per size; the same curves at ×1 are not.
+    So does a finite-width PatchCNN's (its matrix saddle's action is not finite)."""
     rng = np.random.default_rng(2)
-    X = rng.standard_normal((30, 3))
-    for width in (np.inf, 4.0):
-        net = fj.FCN(width, 1.0, 1.0, 0.1, fj.Linear())
+    X = rng.standard_normal((30, 4))
+    patches = fj.PatchCNN(4.0, 1.0, 1.0, 0.1, fj.Linear(), patch_size=2)
+    for net in [fj.FCN(w, 1.0, 1.0, 0.1, fj.Linear()) for w in (np.inf, 4.0)] + [patches]:
         assert bool(jnp.all(fj.learning_curve(net, X, X[:, 0], [4.0, 8.0]).converged))
         curve = fj.learning_curve(net, X, 1e160 * X[:, 0], [4.0, 8.0])
-        assert not bool(jnp.any(curve.converged)), width
+        assert not bool(jnp.any(curve.converged)), net
 
 
 def _averaged_pull(eta, power, n, noise, z):
