@@ -155,9 +155,10 @@ def guarded_small_cholesky(
 
 # Up to this m the column loops of `small_cholesky` and `small_cholesky_solve` are unrolled
 # in Python, above it they are `fori_loop`s. For m = 2 (two outputs' blocks) the unrolled
-# form compiles faster: a two-output FCN's `renormalise` (n = 16, saddle) 17.9 → 9.4 s to
-# lower and compile, its gradient 27.5 → 18.2 s. For m = 4 (a PatchCNN's 4×4 scale) it
-# compiled slower: the gradient 8.5–10.3 → 14.4–15.1 s (2-core CPU, stop 52).
+# form compiles faster: a two-output FCN's `renormalise` (n = 16, saddle) 21 → 9 s to lower
+# and compile, its gradient 32 → 19–20 s. Unrolled up to m = 4 (a PatchCNN's 4×4 scale), an
+# erf PatchCNN's gradient compiled slower, 12 → 17.5–19 s (2-core CPU, stop 52,
+# `benchmarks/small_cholesky_compile.py`).
 _UNROLL = 2
 
 
