@@ -69,7 +69,7 @@ def main():
             print(
                 f"{type(act).__name__:>6} {n:4d} | {pred:10.4e} {err:10.4e}±{se:7.1e} "
                 f"{pred / err:6.3f} {float(gp.test_error[i]):10.4e} | {gap:8.3f} "
-                f"{np.trace(U) / 4:7.3f} {np.trace(U_avg) / 4:7.3f} | "
+                f"{np.trace(U) / len(U):7.3f} {np.trace(U_avg) / len(U):7.3f} | "
                 f"{float(lc.chi_proxy[i]):6.2f} {bool(lc.converged[i])}",
                 flush=True,
             )

@@ -264,7 +264,7 @@ def _learning_curve(network, X, Y, ns, target_noise, method: Method, branch: str
     # through it: `_curve_jvp` carries K's derivatives.
     eta, U = kernel_spectrum(K)
 
-    q = network.patches(X[:1]).shape[0] if isinstance(network, PatchCNN) else 1
+    q = X.shape[1] // network.filter_size(X.shape[1])  # patches (1 for an FCN), as `renormalise`
 
     def gp():
         error, kappa, gamma, _, _, _, power = _curve(K, Y, noise, target_noise, ns, eta, U, sc)
