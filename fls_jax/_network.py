@@ -287,22 +287,30 @@ class AbstractNetwork(eqx.Module):
             c = jnp.einsum("pns,st,pmt->nm", P1, sigma, P2) / P1.shape[0]
             return self.post_scale(1) * c
 
-        # One patch at a time, rematerialised in the backward pass: the kernel's
-        # intermediates (and the EoS' derivatives of them) then take O(n²) memory, not
-        # O(P n²): an erf PatchCNN's compiled solve (P = 8, n = 200) needs 6× less.
-        @jax.checkpoint
-        def add_patch(acc, patch):
-            p1, p2 = patch
+        def patch_kernel(p1, p2):
             a = jnp.einsum("ns,st,nt->n", p1, sigma, p1)
             b = a if X2 is None else jnp.einsum("ns,st,nt->n", p2, sigma, p2)
             c = p1 @ sigma @ p2.T
             if mu is None:
-                return acc + act.kernel(a[:, None], b[None, :], c), None
+                return act.kernel(a[:, None], b[None, :], c)
             m1, m2 = p1 @ mu, p2 @ mu
-            return acc + act.kernel_with_mean(a[:, None], b[None, :], c, m1[:, None], m2), None
+            return act.kernel_with_mean(a[:, None], b[None, :], c, m1[:, None], m2)
 
-        zero = jnp.zeros((P1.shape[1], P2.shape[1]), jnp.result_type(sigma, P1))
-        total, _ = jax.lax.scan(add_patch, zero, (P1, P2))
+        if P1.shape[0] == 1:
+            # One patch (an FCN): a loop and its rematerialisation would save no memory (the
+            # backward pass rebuilds the same intermediates at once) and cost compile time:
+            # a ReLU FCN's solve with a weight mean compiled in ~15 % less time without them.
+            total = patch_kernel(P1[0], P2[0])
+        else:
+            # One patch at a time, rematerialised in the backward pass: the kernel's
+            # intermediates (and the EoS' derivatives of them) then take O(n²) memory, not
+            # O(P n²): an erf PatchCNN's compiled solve (P = 8, n = 200) needs 6× less.
+            @jax.checkpoint
+            def add_patch(acc, patch):
+                return acc + patch_kernel(*patch), None
+
+            zero = jnp.zeros((P1.shape[1], P2.shape[1]), jnp.result_type(sigma, P1))
+            total, _ = jax.lax.scan(add_patch, zero, (P1, P2))
         return self.post_scale(1) * total / P1.shape[0]
 
     def first_layer_kernel_diag(
