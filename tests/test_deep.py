@@ -335,6 +335,7 @@ def test_gradients_per_layer_priors_match_finite_differences(per_layer_value_and
         np.testing.assert_allclose(g[i], fd, rtol=1e-5, atol=1e-6 * float(jnp.abs(g).max()))
 
 
+@pytest.mark.slow
 def test_tune_per_layer_sigma_w2_follows_finite_differences(deep_task, per_layer_value_and_grad):
     """`tune` on a per-layer σ_w² (shape (2,)): its first gradient, in log σ_w², equals
     central finite differences of the predicted test error through `solve` and `predict`,

@@ -45,7 +45,7 @@ def _pipeline(arch, kind, width, task):
 # ρ = 1 (`fls_jax._activation._arccos_j1_jvp`), so every ReLU gradient failed.
 STRONG = [
     ("patchcnn", "linear", 2.0),
-    ("patchcnn", "erf", 2.0),
+    pytest.param("patchcnn", "erf", 2.0, marks=pytest.mark.slow),
     ("fcn", "erf", 1.0),
     ("fcn", "relu", 1.0),
 ]

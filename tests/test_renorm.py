@@ -286,7 +286,9 @@ def test_mixture_keeps_its_digits_at_tiny_noise():
     np.testing.assert_allclose(rev(1.0, 1e-8)[0][1], fwd(1.0, 1e-8)[0][1], rtol=1e-6)
 
 
-@pytest.mark.parametrize("case", ["fcn", "outputs", "patches", "relu"])
+@pytest.mark.parametrize(
+    "case", ["fcn", pytest.param("outputs", marks=pytest.mark.slow), "patches", "relu"]
+)
 def test_hyper_parameter_derivatives_at_tiny_noise_against_targets_in_the_span(case):
     """Derivatives of log Z and of the predictions in (σ_w², C) at σ² = 10⁻¹², on
     rank-deficient kernels (n = 24), for targets partly outside the kernel's span against
@@ -1451,7 +1453,7 @@ def test_patch_saddle_evidence_where_its_scale_is_ill_conditioned():
     assert abs(float(log_z[0] - 2 * log_z[1] + log_z[2])) < 1e-4
 
 
-@pytest.mark.parametrize("scale", ["outputs", "patches"])
+@pytest.mark.parametrize("scale", [pytest.param("outputs", marks=pytest.mark.slow), "patches"])
 def test_matrix_mixture_derivatives_at_fixed_draws(two_outputs, monkeypatch, scale):
     """A matrix scale's importance sampler (m = 2 outputs; a PatchCNN's 2×2 patch scale) is
     differentiated with its proposal (the saddle point's coordinates) held fixed: the
@@ -1508,7 +1510,11 @@ _EXPORTED: list = []
 
 @pytest.mark.parametrize(
     ("scale", "widen", "noise"),
-    [("patches", 1e-2, 0.1), ("patches", 1e-2, 1e-10), ("outputs", 1e-3, 1e-8)],
+    [
+        pytest.param("patches", 1e-2, 0.1, marks=pytest.mark.slow),
+        ("patches", 1e-2, 1e-10),
+        pytest.param("outputs", 1e-3, 1e-8, marks=pytest.mark.slow),
+    ],
 )
 def test_matrix_mixture_reverse_mode_where_draws_are_dropped(monkeypatch, scale, widen, noise):
     """A matrix mixture whose proposal is made too wide (the saddle's Hessian × `widen`), so
@@ -1612,7 +1618,7 @@ def _log_mean_exp(log_lik):
     return top + np.log(np.mean(np.exp(log_lik - top)))
 
 
-@pytest.mark.parametrize("depth", [1, 2])
+@pytest.mark.parametrize("depth", [pytest.param(1, marks=pytest.mark.slow), 2])
 def test_output_mixture_is_the_posterior_of_prior_draws(two_outputs, depth):
     """m = 2 outputs of a linear FCN, `method="mixture"` (importance sampling about the
     saddle point in the coordinates V*^{1/2} e^Z V*^{1/2}) against the plainest estimator:

@@ -238,6 +238,7 @@ def test_narrow_solution_is_stationary(relu_task, solved):
     assert F(sigma, 0 * mu) > F(sigma, mu) + 1e-3
 
 
+@pytest.mark.slow
 def test_sweep_equals_the_loop(relu_task, solved):
     X, Y, Xt, Yt = relu_task
     net = fj.FCN(1.0, 1.0, 1.0, 0.05, fj.ReLU(), weight_mean=True)
