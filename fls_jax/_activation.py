@@ -340,11 +340,12 @@ def _relu_pair_jvp(primals, tangents):
     d_a = s2 * r / (2 * s1_safe) * _norm_pdf(u1) * _positive_part_mean(v21)
     d_b = s1 * r / (2 * s2_safe) * _norm_pdf(u2) * _positive_part_mean(v12)
     tangent = L * dc + d_ma * dma + d_mb * dmb + d_a * da + d_b * db
-    # The primal output is `_relu_pair_value`'s, from the same terms as the tangent (one
-    # `_bivariate_normal` in place of two: a ReLU FCN's solve with a weight mean traced 20.3k
-    # operations in place of 26.1k). Nothing here is a custom JVP (`_arccos_j1_jvp`): under
-    # `lax.scan` (the kernel's loop over patches) JAX's second derivatives went through such
-    # calls' primal.
+    # The primal output is `_relu_pair_value`'s, from the same terms as the tangent: one
+    # `_bivariate_normal` in place of two at every differentiated call site (with the one-patch
+    # `first_layer_kernel`, a ReLU FCN's weight-mean solve traces 19.5k operations in place of
+    # 25.8k, `benchmarks/relu_mean_compile.py`). Nothing here is a custom JVP
+    # (`_arccos_j1_jvp`): under `lax.scan` (the kernel's loop over patches) JAX's second
+    # derivatives went through such calls' primal.
     return _relu_pair_from_terms(c, ma, mb, terms), jnp.where(zero, 0.0, tangent)
 
 
