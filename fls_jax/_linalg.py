@@ -810,6 +810,15 @@ def _pack(M: Array) -> Array:
 
 
 def _unpack(v: Array, S: int) -> Array:
-    """The symmetric S×S matrix whose upper triangle is `v` (`_pack`'s inverse)."""
-    M = jnp.zeros((S, S), v.dtype).at[jnp.triu_indices(S)].set(v)
-    return M + M.T - jnp.diag(jnp.diagonal(M))
+    """The symmetric S×S matrix whose upper triangle is `v` (`_pack`'s inverse), as one
+    gather from `v` (a scatter, as `.at[].set`, and its derivatives compiled slower)."""
+    return v[..., _unpack_index(S)]
+
+
+@functools.cache
+def _unpack_index(S: int) -> np.ndarray:
+    """Entry (i, j) of an S×S matrix -> the index of (min(i, j), max(i, j)) in `_pack`'s order."""
+    index = np.zeros((S, S), np.int32)
+    rows, cols = np.triu_indices(S)
+    index[rows, cols] = index[cols, rows] = np.arange(len(rows))
+    return index

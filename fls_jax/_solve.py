@@ -413,9 +413,7 @@ class _LearnedSubspace(AbstractPreconditioner):
 
         q = jax.lax.cond(active, quotients, lambda: jnp.ones(len(E), y.dtype))
         factor = jnp.where(jnp.isfinite(q), 1 / jnp.maximum(q, 1.0), 1.0)
-        D = jnp.ones((k, k), y.dtype)
-        for (i, j), f in zip(pairs, factor, strict=False):
-            D = D.at[i, j].set(f).at[j, i].set(f)
+        D = _unpack(factor[: len(pairs)], k)  # `pairs` is `_pack`'s order
         return _Subspace(U=U, D=D, c=factor[len(pairs) :])
 
 
