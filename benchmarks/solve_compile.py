@@ -1,13 +1,16 @@
-"""Compile time of a ReLU FCN's `solve` with a first-layer mean (`weight_mean=True`).
+"""Compile time of `solve`'s program: a ReLU FCN with a first-layer mean, or an erf PatchCNN.
 
 In its own process per round, with the tests' `--xla_backend_optimization_level=0` and no
-persistent cache: counts the traced primitive operations of `jax.jit` of `solve` (n = 24,
-d = 6, C = 32, the tests' task), lowers and compiles it, runs it, and prints the seconds and
-one entry of Σ (the same digits before and after a change that only restructures the trace).
-To compare two versions of the package, point `--source` at another checkout, e.g. a
+persistent cache: counts the traced primitive operations of the program, lowers and
+compiles it, runs it, and prints the seconds and one number of its output (the same digits
+before and after a change that only restructures the trace). Programs (`--program`):
+`relu-mean`, `jax.jit` of `solve` for a ReLU FCN with `weight_mean=True` (n = 24, d = 6,
+C = 32, the tests' task); `patch-erf`, the same for an erf PatchCNN (patches of 2) on that
+task's inputs; `patch-erf-grad`, the gradient of its predicted train error in C. To compare
+two versions of the package, point `--source` at another checkout, e.g. a
 `git worktree add /tmp/before <commit>`:
 
-    python benchmarks/relu_mean_compile.py [--repeat 2] [--source PATH ...]
+    python benchmarks/solve_compile.py [--program relu-mean] [--repeat 2] [--source PATH ...]
 """
 
 import argparse
@@ -33,7 +36,8 @@ def _count(jaxpr) -> int:
     return total
 
 
-def _one() -> None:
+def _one(program: str) -> None:
+    import equinox as eqx
     import jax
     import jax.numpy as jnp
 
@@ -42,10 +46,21 @@ def _one() -> None:
 
     task = fj.datasets.single_index_teacher(n=24, n_test=16, d=6, scale=1.0, seed=3)
     X, w = jnp.asarray(task.X), jnp.asarray(task.teacher)
-    Y = jnp.maximum(0.0, 2 * X @ w)[:, None]
+
+    if program == "relu-mean":
+        Y = jnp.maximum(0.0, 2 * X @ w)[:, None]
+        net = fj.FCN(1.0, 1.0, 1.0, 0.05, fj.ReLU(), weight_mean=True)
+    else:
+        Y = jnp.asarray(task.Y)
+        net = fj.PatchCNN(1.0, 1.0, 1.0, 0.05, fj.Erf(), patch_size=2)
+
+    def solve(C):
+        return fj.solve(eqx.tree_at(lambda m: m.width, net, C), X, Y)
 
     def f(C):
-        s = fj.solve(fj.FCN(C, 1.0, 1.0, 0.05, fj.ReLU(), weight_mean=True), X, Y)
+        if program == "patch-erf-grad":
+            return jax.grad(lambda C: fj.predict(solve(C), X, Y).test_error)(C), True
+        s = solve(C)
         return s.sigma, s.converged
 
     ops = _count(jax.make_jaxpr(f)(32.0).jaxpr)
@@ -54,24 +69,27 @@ def _one() -> None:
     t1 = time.perf_counter()
     compiled = lowered.compile()
     t2 = time.perf_counter()
-    sigma, converged = jax.block_until_ready(compiled(32.0))
+    value, converged = jax.block_until_ready(compiled(32.0))
     t3 = time.perf_counter()
     print(
         f"{fj.__file__.rsplit('/', 2)[0]:40s} ops {ops:6d}  lower {t1 - t0:5.1f} s  "
         f"compile {t2 - t1:5.1f} s  run {t3 - t2:5.2f} s  converged {bool(converged)}  "
-        f"Σ₀₀ {float(sigma[0, 0]):.15g}",
+        f"{program} {float(jnp.ravel(value)[0]):.15g}",
         flush=True,
     )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--program", default="relu-mean", choices=["relu-mean", "patch-erf", "patch-erf-grad"]
+    )
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--source", nargs="*", default=[], help="other checkouts to compare")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        _one()
+        _one(args.program)
         return
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ)
@@ -79,7 +97,7 @@ def main() -> None:
     for _ in range(args.repeat):
         for source in [*args.source, here]:
             child = dict(env, PYTHONPATH=os.path.abspath(source))
-            cmd = [sys.executable, os.path.abspath(__file__), "--child"]
+            cmd = [sys.executable, os.path.abspath(__file__), "--child", "--program", args.program]
             subprocess.run(cmd, env=child, check=True, cwd=os.path.abspath(source))
 
 
