@@ -63,6 +63,7 @@ from ._free_energy import _gp_post_kernels
 from ._linalg import (
     _drop_null_block,
     _eigh,
+    _unpack,
     cholesky_inverse,
     cross_components,
     first_order_term,
@@ -665,13 +666,6 @@ def _log_wishart_constant(k: Array, m: int) -> Array:
     return total
 
 
-def _symmetric(z: Array, m: int) -> Array:
-    """The symmetric m×m matrix whose upper triangle (row-major, diagonal included) is z."""
-    rows, cols = jnp.triu_indices(m)
-    Z = jnp.zeros((m, m), z.dtype).at[rows, cols].set(z)
-    return Z + jnp.triu(Z, 1).T
-
-
 class _MatrixSaddle(eqx.Module):
     """The saddle point of `_matrix_saddle`: the product scale U*, the per-layer factors
     V_l* (L×m×m), the Laplace approximation of the log evidence and the convergence flag;
@@ -727,7 +721,7 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype, curvature=None)
 
     S's Hessians (the whitening's at each BFGS start, the Newton steps' and the evidence's) are
     taken by forward-over-reverse differentiation, or (one layer) from `curvature(W)`: the
-    gradient and Hessian of E ↦ nll(W(I + E)W) at E = 0 in E's upper triangle (`_symmetric`'s
+    gradient and Hessian of E ↦ nll(W(I + E)W) at E = 0 in E's upper triangle (`_unpack`'s
     order), W = U^{1/2} the chart's root. S's Hessian at z = 0 is then that of S with nll
     replaced by this second-order model in E = Z + Z²/2: exact to all orders in the
     hyper-parameters (they enter through W and the model's coefficients). Taken in these
@@ -790,7 +784,7 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype, curvature=None)
     x0 = jax.lax.stop_gradient(x0)
 
     def symmetric(z):  # the free entries of all layers -> Z_l (L×m×m)
-        return jax.vmap(lambda zl: _symmetric(zl, m))(z.reshape(layers, p))
+        return _unpack(z.reshape(layers, p), m)
 
     # Local coordinates V_l = W_l e^{Z_l} W_l about a point V_l = W_l²; e^Z to second order
     # (a chart all the same) suffices for the Hessian at Z = 0, and for the Newton steps.
@@ -808,7 +802,7 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype, curvature=None)
                 return jax.hessian(local)(theta0)
 
             def model(z):  # one layer: U = W(I + E)W with E = Z + Z²/2
-                Z = _symmetric(z, m)
+                Z = _unpack(z, m)
                 return prior(factors(z)) + quadratic(roots[0], Z + Z @ Z / 2)
 
             return jax.hessian(model)(theta0)
@@ -1158,7 +1152,7 @@ def _matrix_mixture(saddle: _MatrixSaddle, nll, evaluate, draws: int, batch: int
     def scale_of(zs):  # a draw's U and its log prior density in Z
         factors, log_measure, inside = [], 0.0, jnp.array(True)
         for layer in range(layers):
-            Z = _symmetric(zs[layer * p : (layer + 1) * p], m)
+            Z = _unpack(zs[layer * p : (layer + 1) * p], m)
             # Sequential under vmap on CPU (`_linalg`): several batched LAPACK calls at once
             # (here one per layer) can deadlock jaxlib 0.10's thread pool.
             mu, Q = _eigh(Z)
@@ -1381,8 +1375,8 @@ def _renormalise_patches(
         at = _AtScale(mean, noise * alpha.reshape(m, n).T, covariance)
         return jnp.where(ok, nll_of(cho, half_y), jnp.inf), at
 
-    # D_k: the symmetric matrix of free entry k of U's upper triangle (p×q×q, `_symmetric`).
-    D = jax.vmap(lambda e: _symmetric(e, q))(jnp.eye(q * (q + 1) // 2, dtype=X.dtype))
+    # D_k: the symmetric matrix of free entry k of U's upper triangle (p×q×q, `_unpack`).
+    D = _unpack(jnp.eye(q * (q + 1) // 2, dtype=X.dtype), q)
 
     def curvature(root):  # E ↦ nll(W(I + E)W): gradient and Hessian at E = 0, closed form
         # With A = (K_U + σ²I)⁻¹ at U = W², α = Ay and κ_k = ∂K/∂e_k the kernel of the
