@@ -3,7 +3,8 @@
     python benchmarks/mixture_reverse_mode_sweep.py
     PYTHONPATH=/path/to/an/older/checkout python benchmarks/mixture_reverse_mode_sweep.py
 
-The three cases of `tests/test_renorm.py::test_matrix_mixture_reverse_mode_where_draws_are_dropped`
+The three cases of
+`tests/test_renorm_matrix.py::test_matrix_mixture_reverse_mode_where_draws_are_dropped`
 (n = 12, d = 16, σ_a² = 0.8, 512 draws, key 0), whose proposal is widened on purpose (the
 saddle's Hessian × 10⁻³ or 10⁻²) so that draws fall far into the tails: two outputs of a
 linear FCN (C = 12, σ² = 10⁻⁸) and one of a linear PatchCNN (P = 4, C = 6, σ² = 10⁻¹⁰ and
