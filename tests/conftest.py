@@ -40,6 +40,27 @@ import fls_jax as fj  # noqa: E402
 from fls_jax import _memory  # noqa: E402
 
 
+# The longest files first (`--no-loadscope-reorder` in `pyproject.toml` keeps this order): each
+# file runs whole on one pytest-xdist worker (`--dist loadfile`), and one started last leaves the
+# other worker idle until it ends. Measured cold, in worker-seconds of the default run at stop 54
+# (`benchmarks/RESULTS.md`); files not named follow in their collection order.
+_LONGEST_FIRST = (
+    "test_renorm_matrix.py",
+    "test_solve.py",
+    "test_renorm.py",
+    "test_learning_curve.py",
+    "test_deep.py",
+    "test_gradients.py",
+    "test_weight_mean.py",
+    "test_sampling.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: k for k, name in enumerate(_LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 @pytest.fixture(scope="session")
 def patch_task():
     """A small linear-teacher task for PatchCNN (n = 32, S = 4, P = 3)."""

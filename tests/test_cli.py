@@ -11,8 +11,11 @@ from fls_jax.__main__ import _xla_cache_dir, main
     "argv",
     [
         [],
-        ["--arch", "fcn", "--activation", "erf", "--d", "20", "--depth", "2"],
-        ["--task", "digits", "--solver", "whitened-descent"],
+        pytest.param(
+            ["--arch", "fcn", "--activation", "erf", "--d", "20", "--depth", "2"],
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(["--task", "digits", "--solver", "whitened-descent"], marks=pytest.mark.slow),
     ],
 )
 def test_sweep_prints_a_converged_table_and_writes_the_plot(argv, tmp_path, capsys):

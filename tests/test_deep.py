@@ -58,7 +58,7 @@ def deep_task():
     return fj.datasets.deep_erf_teacher(n=20, n_test=30, d=5, depth=2, seed=3)
 
 
-@pytest.mark.parametrize("depth", [2, 3])
+@pytest.mark.parametrize("depth", [pytest.param(2, marks=pytest.mark.slow), 3])
 def test_gp_limit_equals_deep_nngp_regression(deep_task, depth):
     t = deep_task
     net = _net(np.inf, depth)
@@ -256,6 +256,7 @@ def test_deep_linear_singular_prior_against_weight_space_eos():
     assert np.linalg.norm(Sig - sw2 / d * np.eye(d)) > 0.3 * sw2 / d * np.sqrt(d)  # learned
 
 
+@pytest.mark.slow
 def test_duplicate_inputs_equal_halved_noise(deep_task, deep_solutions):
     """Every training point twice, noise σ², is the same posterior over functions as each
     point once with noise σ²/2 (the two likelihood factors multiply to one), so the EoS'

@@ -47,7 +47,7 @@ STRONG = [
     ("patchcnn", "linear", 2.0),
     pytest.param("patchcnn", "erf", 2.0, marks=pytest.mark.slow),
     ("fcn", "erf", 1.0),
-    ("fcn", "relu", 1.0),
+    pytest.param("fcn", "relu", 1.0, marks=pytest.mark.slow),
 ]
 
 
@@ -118,6 +118,7 @@ def test_gp_limit_gradients_equal_direct_gp_regression_gradients(patch_task):
     np.testing.assert_allclose(J_ours[1], J_gp[1], rtol=1e-9)
 
 
+@pytest.mark.slow
 def test_gradient_on_real_data_with_blank_pixels_matches_finite_differences():
     """d(test error)/dσ_w² of an erf FCN on the digits' pixels (n = 64, d = 64: five pixels
     are zero in every image), by the implicit adjoint against central differences. The
@@ -216,6 +217,7 @@ def test_tune_finds_the_evidence_optimum_of_the_noise(patch_task):
     np.testing.assert_allclose(res.history["objective"].min(), opt.fun, rtol=1e-7)
 
 
+@pytest.mark.slow
 def test_tune_validation_error_respects_bounds_and_improves(patch_task):
     t = patch_task
     res = fj.tune(

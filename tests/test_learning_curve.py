@@ -330,6 +330,7 @@ def test_nonfinite_pool_is_refused_under_jit():
         jax.block_until_ready(curve(X, np.where(np.arange(30) == 5, np.nan, X[:, 0])))
 
 
+@pytest.mark.slow
 def test_overflowing_targets_are_flagged():
     """Targets ×10¹⁶⁰ overflow the target's power (y² > 10³⁰⁸): at width inf the curve was
     inf with nothing to say so, at finite width the saddle's search stopped in lineax on a
@@ -475,6 +476,7 @@ def _decimal_curve(eta, power, n, noise, k, width=True):
         return z1.exp(), terms(z1)[1]
 
 
+@pytest.mark.slow
 def test_finite_width_curve_keeps_its_digits_at_tiny_noise():
     """A linear FCN (d = 4, C = 4) on M = 120 inputs with a target partly outside the
     kernel's span, n = 60 > d: yᵀ(K + λ)⁻¹y/n and the training error/λ are each ~1/σ² and
@@ -610,6 +612,7 @@ def test_patch_curve_is_the_minimum_of_the_averaged_action(linear_pool):
         assert float(gp.test_error[i]) > 5 * float(curve.test_error[i])  # the width matters
 
 
+@pytest.mark.slow
 def test_patch_curve_gradients_match_finite_differences(linear_pool):
     """jax.grad of a PatchCNN's E_g(n = 16) in σ_w², σ², the width, σ_a² and the target
     noise σ_ε² (U*'s derivatives by the saddle's Newton steps, E_g's by the spectral rule),

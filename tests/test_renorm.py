@@ -286,7 +286,13 @@ def test_mixture_keeps_its_digits_at_tiny_noise():
 
 
 @pytest.mark.parametrize(
-    "case", ["fcn", pytest.param("outputs", marks=pytest.mark.slow), "patches", "relu"]
+    "case",
+    [
+        "fcn",
+        pytest.param("outputs", marks=pytest.mark.slow),
+        pytest.param("patches", marks=pytest.mark.slow),
+        "relu",
+    ],
 )
 def test_hyper_parameter_derivatives_at_tiny_noise_against_targets_in_the_span(case):
     """Derivatives of log Z and of the predictions in (σ_w², C) at σ² = 10⁻¹², on
@@ -506,6 +512,7 @@ def test_narrow_posterior_and_a_minimum_beyond_the_range():
             np.testing.assert_allclose(np.log(float(saddle.scale)), z[np.argmin(S)], atol=1e-3)
 
 
+@pytest.mark.slow
 def test_lower_minimum_where_u_is_tiny():
     """A stop-43 hunt's case (diag K: 211 eigenvalues 5.6·10⁴ with small targets, 93 of
     2.9·10⁻⁷ with targets 0.134; C = 2): S(log u) has minima at log u = −15.61 and 6.88,

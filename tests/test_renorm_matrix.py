@@ -236,6 +236,7 @@ def test_output_renormalisation_against_dense_algebra(two_outputs):
     np.testing.assert_allclose(rot.test_error, r.test_error, rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_matrix_saddles_with_large_targets(two_outputs):
     """Targets ×10⁴: U* far from I. Before stop 49 BFGS from V = I stopped short (two outputs,
     σ² = 10⁻³: U*'s off-diagonal −368 for +3897) or ran out of steps (the linear PatchCNN of
@@ -302,6 +303,7 @@ def test_patch_saddle_far_from_isotropic():
     np.testing.assert_allclose(r.log_evidence, log_z - null, rtol=1e-14)
 
 
+@pytest.mark.slow
 def test_uncoupled_outputs_and_the_gp(two_outputs):
     """Targets [y, 0]: S separates, U* = diag(u*(y), u*(0)), each the scalar saddle (found by
     bisection, another code path), and so are the predictions and the evidence's likelihood
@@ -341,6 +343,7 @@ def test_uncoupled_outputs_and_the_gp(two_outputs):
         np.testing.assert_allclose(batched.variance[1], ref.variance, rtol=1e-9)
 
 
+@pytest.mark.slow
 def test_deep_linear_outputs(two_outputs):
     """A depth-2 linear FCN with m = 2 outputs: chol(U) = R_2 R_1, one m×m Wishart factor per
     layer. U* against a dense solver of the joint action (scipy); targets [y, 0] separate into
@@ -390,6 +393,7 @@ def test_deep_linear_outputs(two_outputs):
         )
 
 
+@pytest.mark.slow
 def test_patch_scale_at_tiny_noise():
     """A linear PatchCNN (P = 2 patches of S = 3) on n = 60 > d = 6 inputs, σ² = 10⁻¹²: K_U
     has rank 6 for every U, and its null modes' part of −log N, ~1/σ², swamped the saddle's
@@ -489,6 +493,7 @@ def test_patch_renormalisation_against_dense_algebra():
     np.testing.assert_allclose(a.log_evidence, b.log_evidence, rtol=1e-10)
 
 
+@pytest.mark.slow
 def test_patch_renormalisation_with_two_outputs_against_dense_algebra():
     """A linear PatchCNN (P = 4 patches of S = 4) with m = 2 outputs: the scale is then
     8×8 over (patch, output) pairs, Cov(f_o(x), f_r(x′) | U) = Σ_pq U_(p,o),(q,r) κ_pq(x, x′),
@@ -591,6 +596,7 @@ def test_matrix_renormalisation_gradients(two_outputs, network):
         assert abs(float(grad[i])) > 1e-4
 
 
+@pytest.mark.slow
 def test_matrix_renormalisation_gradients_on_a_singular_kernel(two_outputs):
     """Derivatives of every output of the m×m saddle point along a direction in X and C,
     for a linear FCN with n = 16 > d = 8 (8 null directions), against central differences:
@@ -828,6 +834,7 @@ def test_spd_sqrt_derivative_at_coinciding_eigenvalues():
         np.testing.assert_allclose(exact, fd, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_matrix_saddle_gradient_where_its_scale_is_isotropic(two_outputs):
     """Targets Y = 0 make the saddle point's scale U* ∝ I, a degenerate V*: the reverse-mode
     gradient of the evidence stopped in lineax on a non-finite input (the derivative of
@@ -881,6 +888,7 @@ def test_matrix_saddle_flags_a_flat_minimum():
     assert np.max(np.abs(U[2:] - U0)) > 1e-6  # the flag is not a false alarm
 
 
+@pytest.mark.slow
 def test_patch_saddle_evidence_where_its_scale_is_ill_conditioned():
     """A linear PatchCNN (P = 2, n = 48 > d = 8) at σ² = 10⁻⁸ with targets ×30: U* has
     condition number 10⁶. A bug hunt's 60-digit reference puts log Z at 152.04850162
@@ -1171,6 +1179,7 @@ def test_patch_mixture_is_the_posterior_of_prior_draws():
     assert abs(float(r.log_evidence) - _log_mean_exp(log_lik)) < 4.5 * np.sqrt(1 / ess)
 
 
+@pytest.mark.slow
 def test_predictions_keep_their_digits_at_tiny_noise():
     """The saddle test's data (n = 60 > d = 4, targets partly outside the linear kernel's
     span) at new test points. K_*'s components along K's null modes are rounding, 10⁻¹⁶, and

@@ -313,6 +313,7 @@ class _CountingNewton(fj.DampedNewton):
 _NEWTON_STEPS: list = []
 
 
+@pytest.mark.slow
 def test_vmapped_chain_skips_the_fallback_where_not_needed(fcn_task):
     # Under vmap the chain's `lax.cond` runs both branches; the fallback must still take no
     # step where every element's Anderson converged, and must run where Anderson failed.
@@ -499,6 +500,7 @@ def test_first_stage_aims_where_the_gp_residual_is_one(fcn_task):
     assert float(warm) == 1.0  # from a converged width: the target directly
 
 
+@pytest.mark.slow
 def test_warm_start_preconditioner_keeps_the_roots_and_saves_iterations():
     # A path sweep down to C = 1 on a two-index teacher with the default chain, its
     # preconditioner on Σ's top three directions, on one, and off: the same free energies,

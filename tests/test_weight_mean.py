@@ -250,6 +250,7 @@ def test_sweep_equals_the_loop(relu_task, solved):
         np.testing.assert_allclose(preds.test_error[i], pred.test_error, rtol=1e-8)
 
 
+@pytest.mark.slow
 def test_quadrature_activation_solution_is_stationary(relu_task):
     """A softplus FCN (`Quadrature`) with its mean at C = 32: ∂F/∂μ = 0 by central
     differences of the public free energy, with a mean of norm ~0.16."""
@@ -268,6 +269,7 @@ def test_quadrature_activation_solution_is_stationary(relu_task):
     assert abs(dF) < 1e-4 * abs((F(mu + 0.1 * v) - F(mu)) / 0.1)  # measured 3e-6
 
 
+@pytest.mark.slow
 def test_gradients_match_finite_differences(relu_task):
     """Implicit gradients of the predicted test error (C = 32) with respect to σ², σ_w² and
     σ_a², against central differences: they need the EoS Jacobian, i.e. the kernel's second
