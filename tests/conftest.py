@@ -53,6 +53,7 @@ _LONGEST_FIRST = (
     "test_gradients.py",
     "test_weight_mean.py",
     "test_sampling.py",
+    "test_sharding.py",
 )
 
 

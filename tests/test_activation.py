@@ -300,6 +300,7 @@ def test_residual_is_nan_outside_the_positive_definite_cone(act):
         assert np.isfinite(np.asarray(R)).all()
 
 
+@pytest.mark.slow
 def test_quadrature_solve_is_positive_definite_and_near_the_closed_form():
     # End to end: a solve with Quadrature(erf) must converge inside the domain and to the
     # closed-form Erf EoS' root up to the quadrature's error. Before the domain guard this

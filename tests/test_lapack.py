@@ -61,7 +61,13 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
+# The default run keeps one solve and one mixture; the other three are in the slow tier.
+_SLOW = ("two hidden layers", "outputs mixture", "outputs saddle, depth 2")
+
+
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, marks=pytest.mark.slow) if c in _SLOW else c for c in CASES]
+)
 def test_no_batched_lapack_call_in_a_vmapped_gradient(case):
     """Measured before the fixes: batched `geqrf`/`ormqr`/`trsm` (GMRES's QR) in both
     solves; `syevd` (the saddle's V*^{1/2}) in both mixtures; `getrf`/`trsm` (slogdet,

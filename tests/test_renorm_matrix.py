@@ -972,7 +972,7 @@ _EXPORTED: list = []
     ("scale", "widen", "noise"),
     [
         pytest.param("patches", 1e-2, 0.1, marks=pytest.mark.slow),
-        ("patches", 1e-2, 1e-10),
+        pytest.param("patches", 1e-2, 1e-10, marks=pytest.mark.slow),
         pytest.param("outputs", 1e-3, 1e-8, marks=pytest.mark.slow),
     ],
 )

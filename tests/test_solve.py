@@ -238,6 +238,7 @@ def test_free_energy_bfgs_updates_its_curvature_as_optimistix_bfgs(use_inverse):
     np.testing.assert_allclose(a.value, b.value, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_free_energy_descent_brings_newton_within_reach(fcn_task):
     # At C = 1 damped Newton from the GP limit needs a continuation (the test above, at
     # C = 2). The BFGS descent on F from there stops at a relative residual of 1e-2
