@@ -7,6 +7,7 @@ BFGS and Newton's method on its closed-form gradient and Hessian), the Laplace e
 mixture against scales drawn from their Wishart prior and weighted by their likelihood, and
 the derivatives against central differences. `tests/test_renorm.py` has the scalar scale."""
 
+import decimal
 import functools
 
 import equinox as eqx
@@ -647,17 +648,19 @@ def test_guarded_cholesky_keeps_reverse_mode_finite_where_it_fails():
         L = jnp.linalg.cholesky(A + t * dA)
         return jnp.sum(L) + jnp.sum(jnp.linalg.inv(L) ** 2)
 
-    guarded = jax.grad(kept)(0.0, _linalg.guarded_cholesky_inverse)
-    np.testing.assert_allclose(guarded, jax.grad(alone)(0.0), rtol=1e-12)
-    assert bool(jnp.isnan(jax.grad(kept)(0.0, _linalg.cholesky_inverse)))
-    L, L_inv, ok = _linalg.guarded_cholesky_inverse(jnp.asarray(bad))
+    # Compiled (op by op, each operation was compiled on its own: 7 s).
+    derivative = jax.jit(jax.grad(kept), static_argnums=1)
+    guarded = derivative(0.0, _linalg.guarded_cholesky_inverse)
+    np.testing.assert_allclose(guarded, jax.jit(jax.grad(alone))(0.0), rtol=1e-12)
+    assert bool(jnp.isnan(derivative(0.0, _linalg.cholesky_inverse)))
+    L, L_inv, ok = jax.jit(_linalg.guarded_cholesky_inverse)(jnp.asarray(bad))
     assert not bool(ok)
     np.testing.assert_array_equal(L, np.eye(4))
     np.testing.assert_array_equal(L_inv, np.eye(4))
     h = 1e-6
-    (L, L_inv, ok), (dL, dL_inv, _) = jax.jvp(
-        _linalg.guarded_cholesky_inverse, (jnp.asarray(A),), (jnp.asarray(dA),)
-    )
+    (L, L_inv, ok), (dL, dL_inv, _) = jax.jit(
+        lambda A, dA: jax.jvp(_linalg.guarded_cholesky_inverse, (A,), (dA,))
+    )(jnp.asarray(A), jnp.asarray(dA))
     assert bool(ok)
     up, down = np.linalg.cholesky(A + h * dA), np.linalg.cholesky(A - h * dA)
     np.testing.assert_allclose(dL, (up - down) / (2 * h), atol=1e-8)
@@ -685,12 +688,16 @@ def test_guarded_small_cholesky_drops_small_pivots_with_finite_derivatives(monke
     indefinite = np.diag([1.0, -1.0, 2.0])
     stack = np.stack([A, singular, indefinite])
     floor = np.full(3, 1e-3)
+    # Compiled (op by op, each operation was compiled on its own: 5–10 s a case). New
+    # functions here, traced after the monkeypatch: not a program traced at another `_UNROLL`.
+    guarded = jax.jit(lambda M, floor: _linalg.guarded_small_cholesky(M, floor))
 
-    L, ok = _linalg.guarded_small_cholesky(jnp.asarray(stack), jnp.asarray(floor))
+    L, ok = guarded(jnp.asarray(stack), jnp.asarray(floor))
     np.testing.assert_array_equal(ok, [True, False, False])
     np.testing.assert_allclose(L[0], np.linalg.cholesky(A), rtol=1e-13)
     assert np.all(np.isfinite(np.asarray(L)))
-    assert np.any(np.isnan(np.asarray(_linalg.small_cholesky(jnp.asarray(stack)))))
+    plain = jax.jit(lambda M: _linalg.small_cholesky(M))(jnp.asarray(stack))
+    assert np.any(np.isnan(np.asarray(plain)))
 
     def kept(t, guarded=True):
         M = jnp.asarray(stack) + t * jnp.asarray(dA)
@@ -705,13 +712,14 @@ def test_guarded_small_cholesky_drops_small_pivots_with_finite_derivatives(monke
         return jnp.sum(jnp.log(jnp.abs(jnp.linalg.cholesky(A + t * dA)) + 1.0))
 
     for order in (jax.grad, lambda f: jax.grad(jax.grad(f))):
-        np.testing.assert_allclose(order(kept)(0.0), order(alone)(0.0), rtol=1e-12)
-    assert bool(jnp.isnan(jax.grad(kept)(0.0, False)))
+        got = jax.jit(order(kept))(0.0)
+        np.testing.assert_allclose(got, jax.jit(order(alone))(0.0), rtol=1e-12)
+    assert bool(jnp.isnan(jax.jit(jax.grad(kept), static_argnums=1)(0.0, False)))
 
     # The floor on the third pivot of diag(1, 1, p): kept at p = 1.01·floor, not at 0.99.
     for p, expected in ((1.01e-3, True), (0.99e-3, False)):
         D = jnp.diag(jnp.asarray([1.0, 1.0, p]))
-        assert bool(_linalg.guarded_small_cholesky(D, jnp.asarray(1e-3))[1]) == expected
+        assert bool(guarded(D, jnp.asarray(1e-3))[1]) == expected
 
 
 @pytest.mark.parametrize("unroll", [0, 4])
@@ -805,33 +813,35 @@ def test_spd_sqrt_derivative_at_coinciding_eigenvalues():
     rng = np.random.default_rng(3)
     B = rng.standard_normal((3, 3))
     dA = B + B.T
+    # Compiled (op by op, each operation was compiled on its own: 7–10 s).
+    tangent = jax.jit(lambda A, dA: jax.jvp(_linalg.spd_sqrt, (A,), (dA,)))
     for A in (2 * np.eye(3), B @ B.T + np.eye(3)):
-        root, droot = jax.jvp(_linalg.spd_sqrt, (jnp.asarray(A),), (jnp.asarray(dA),))
+        root, droot = tangent(jnp.asarray(A), jnp.asarray(dA))
         np.testing.assert_allclose(root, scipy.linalg.sqrtm(A).real, atol=1e-12)
         h = 1e-5
         fd = (scipy.linalg.sqrtm(A + h * dA) - scipy.linalg.sqrtm(A - h * dA)).real / (2 * h)
         np.testing.assert_allclose(droot, fd, atol=1e-8)
-    assert bool(jnp.all(jnp.isnan(jax.jvp(jnp.linalg.eigh, (2 * jnp.eye(3),), (dA,))[1][1])))
+    eigh_tangent = jax.jit(lambda A: jax.jvp(jnp.linalg.eigh, (A,), (dA,))[1][1])
+    assert bool(jnp.all(jnp.isnan(eigh_tangent(2 * jnp.eye(3)))))
     # A non-symmetric tangent acts through its symmetric part, as the value does (eigh).
     E = np.zeros((3, 3))
     E[0, 1] = 1.0
     np.testing.assert_allclose(
-        jax.jvp(_linalg.spd_sqrt, (jnp.asarray(A),), (jnp.asarray(E),))[1],
-        jax.jvp(_linalg.spd_sqrt, (jnp.asarray(A),), (jnp.asarray(0.5 * (E + E.T)),))[1],
+        tangent(jnp.asarray(A), jnp.asarray(E))[1],
+        tangent(jnp.asarray(A), jnp.asarray(0.5 * (E + E.T)))[1],
     )
 
     # Second derivatives (the m×m saddle's Hessians in σ² go through them): along dA twice,
     # against central differences of the first derivative.
-    def second(A):
-        def along(t):
-            return jax.jvp(_linalg.spd_sqrt, (A + t * dA,), (jnp.asarray(dA),))[1]
+    def along(A, t):
+        return jax.jvp(_linalg.spd_sqrt, (A + t * dA,), (jnp.asarray(dA),))[1]
 
-        return jax.jvp(along, (0.0,), (1.0,))[1], along
-
+    along_at = jax.jit(along)
+    second = jax.jit(lambda A: jax.jvp(lambda t: along(A, t), (0.0,), (1.0,))[1])
     for A in (2 * np.eye(3), B @ B.T + np.eye(3)):
-        exact, along = second(jnp.asarray(A))
-        fd = (along(1e-4) - along(-1e-4)) / 2e-4
-        np.testing.assert_allclose(exact, fd, atol=1e-7)
+        A = jnp.asarray(A)
+        fd = (along_at(A, 1e-4) - along_at(A, -1e-4)) / 2e-4
+        np.testing.assert_allclose(second(A), fd, atol=1e-7)
 
 
 @pytest.mark.slow

@@ -232,19 +232,23 @@ def test_marginal_readout_is_the_exact_gaussian_conditional(arch, n):
     D = model.D
     units = np.eye(D).reshape(D, 1, -1, widths[-1])
 
+    # Compiled, not op by op (where each operation was compiled on its own: 2–7 s a case).
+    apply = jax.jit(lambda u, Z: fs.apply(net, w, u, Z, hidden))
+
     def features(Z):
-        return np.stack([np.asarray(fs.apply(net, w, u, Z, hidden))[:, 0] for u in units], 1)
+        return np.stack([np.asarray(apply(u, Z))[:, 0] for u in units], 1)
 
     s = float(net.readout_scale()) / D  # each readout weight's prior variance
     Phi, Phit, Yn = features(X), features(Xt), np.asarray(Y)
     K = s * Phi @ Phi.T + net.noise * np.eye(n)
     gauss = multivariate_normal(np.zeros(n), K)
     expected = sum(gauss.logpdf(y) for y in Yn.T) + n * np.log(2 * np.pi) - 0.5 * theta @ theta
-    np.testing.assert_allclose(model.logdensity(theta), expected, rtol=1e-12)
+    np.testing.assert_allclose(jax.jit(lambda t: model.logdensity(t))(theta), expected, rtol=1e-12)
     cross = s * Phit @ Phi.T
     mean = cross @ np.linalg.solve(K, Yn)
     var = s * np.sum(Phit**2, 1) - np.sum(cross * np.linalg.solve(K, cross.T).T, 1)
-    draws = jax.vmap(model.observe, (None, 0))(theta, jax.random.split(jax.random.key(1), 20000))
+    keys = jax.random.split(jax.random.key(1), 20000)
+    draws = jax.jit(jax.vmap(lambda t, k: model.observe(t, k), (None, 0)))(theta, keys)
     f_train, f_test, _, _, mean_train, mean_test, var_test = (np.asarray(x) for x in draws)
     np.testing.assert_allclose(mean_test[0], mean, atol=1e-12)
     np.testing.assert_allclose(var_test[0], var, atol=1e-12)

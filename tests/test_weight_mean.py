@@ -45,27 +45,30 @@ def test_bivariate_normal_matches_quadrature():
     k[::3] = h[::3] + 1e-3 * rng.normal(size=len(h[::3]))  # a boundary layer at |ρ| → 1
     rho = np.concatenate([rng.uniform(-0.49, 0.49, 13), rng.uniform(0.5, 0.999, 14)])
     rho = np.concatenate([rho, -rng.uniform(0.5, 0.999, 13)])
-    got = np.asarray(_bivariate_normal(jnp.asarray(h), jnp.asarray(k), jnp.asarray(rho)))
+    # Compiled, not op by op: eagerly each of the function's operations (and of its
+    # derivatives) was compiled on its own, 20 s of this test on 2 cores.
+    bvn = jax.jit(_bivariate_normal)
+    got = np.asarray(bvn(jnp.asarray(h), jnp.asarray(k), jnp.asarray(rho)))
     ref = np.array([_bvn_quad(*x) for x in zip(h, k, rho, strict=True)])
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-13)  # measured 1.6e-15
     # At |ρ| = 1 the limits: Φ(min(h, k)) and max(Φ(h) + Φ(k) − 1, 0).
     x = jnp.asarray([0.3, -1.2])
-    np.testing.assert_allclose(_bivariate_normal(x, x, jnp.ones(2)), stats.norm.cdf(x), atol=1e-15)
-    np.testing.assert_allclose(_bivariate_normal(x, -x, -jnp.ones(2)), 0.0, atol=1e-15)
+    np.testing.assert_allclose(bvn(x, x, jnp.ones(2)), stats.norm.cdf(x), atol=1e-15)
+    np.testing.assert_allclose(bvn(x, -x, -jnp.ones(2)), 0.0, atol=1e-15)
 
     # Derivatives of every order at ties, h = k (ρ > 0) and h = −k (ρ < 0), where the high
     # branch's kinks meet (a zero mean puts every entry of a kernel there): central differences.
     def phi2(v):
         return _bivariate_normal(v[0], v[1], v[2])
 
-    grad = jax.grad(phi2)
+    value, grad, hessian = jax.jit(phi2), jax.jit(jax.grad(phi2)), jax.jit(jax.hessian(phi2))
     for point in ([0.3, 0.3, 0.95], [0.0, 0.0, 0.97], [-0.4, 0.4, -0.96], [0.2, -0.1, 0.99]):
         x, eps = jnp.asarray(point), 1e-5
         steps = eps * jnp.eye(3)
-        fd = np.array([(phi2(x + e) - phi2(x - e)) / (2 * eps) for e in steps])
+        fd = np.array([(value(x + e) - value(x - e)) / (2 * eps) for e in steps])
         np.testing.assert_allclose(grad(x), fd, atol=1e-8)  # measured ≤ 9e-9
         fd2 = np.array([(grad(x + e) - grad(x - e)) / (2 * eps) for e in steps])
-        np.testing.assert_allclose(jax.hessian(phi2)(x), fd2, atol=1e-5)  # measured ≤ 8e-7
+        np.testing.assert_allclose(hessian(x), fd2, atol=1e-5)  # measured ≤ 8e-7
 
 
 def test_relu_kernel_with_mean_matches_quadrature():
@@ -91,24 +94,31 @@ def test_relu_kernel_with_mean_matches_quadrature():
     assert not fj.Erf().supports_mean and fj.ReLU().supports_mean
 
 
+def _relu_with_mean(v):
+    return fj.ReLU().kernel_with_mean(*v)
+
+
+# Compiled once for the three points below (op by op, each operation of the kernel and of its
+# derivatives was compiled on its own: 9–11 s a point on 2 cores).
+_RELU_WITH_MEAN = tuple(
+    jax.jit(g) for g in (_relu_with_mean, jax.grad(_relu_with_mean), jax.hessian(_relu_with_mean))
+)
+
+
 @pytest.mark.parametrize(
     "x", [(1.0, 0.8, 0.3, 0.2, -0.5), (0.6, 1.4, -0.7, -1.0, 0.4), (1.0, 1.2, 1.05, 0.3, 0.4)]
 )
 def test_relu_kernel_with_mean_derivatives_match_finite_differences(x):
     """First and second derivatives (Gaussian identities in a custom JVP) against central
     differences, the last point at ρ = 0.958."""
-
-    def f(v):
-        return fj.ReLU().kernel_with_mean(*v)
-
+    f, grad, hessian = _RELU_WITH_MEAN
     x = jnp.asarray(x)
     eps = 1e-5
     steps = eps * jnp.eye(5)
     fd = np.array([(f(x + e) - f(x - e)) / (2 * eps) for e in steps])
-    np.testing.assert_allclose(jax.grad(f)(x), fd, rtol=1e-7, atol=1e-9)
-    grad = jax.grad(f)
+    np.testing.assert_allclose(grad(x), fd, rtol=1e-7, atol=1e-9)
     fd2 = np.array([(grad(x + e) - grad(x - e)) / (2 * eps) for e in steps])
-    np.testing.assert_allclose(jax.hessian(f)(x), fd2, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(hessian(x), fd2, rtol=1e-5, atol=1e-7)
 
 
 def test_quadrature_kernel_with_mean_matches_its_closed_form():
