@@ -180,8 +180,8 @@ def _diagonal_grads(kind):
     diagonal derivative. One compiled gradient per kernel, vmapped over t."""
 
     def grads(act):
-        partial = jax.vmap(jax.grad(act.kernel, argnums=(0, 1, 2)))(DIAG_T, DIAG_T, DIAG_T)
-        along = jax.vmap(jax.grad(lambda t: act.kernel(t, t, t)))(DIAG_T)
+        partial = jax.jit(jax.vmap(jax.grad(act.kernel, argnums=(0, 1, 2))))(DIAG_T, DIAG_T, DIAG_T)
+        along = jax.jit(jax.vmap(jax.grad(lambda t: act.kernel(t, t, t))))(DIAG_T)
         return np.array(partial), np.asarray(along)
 
     quad, closed = QUAD_DIAG[kind]

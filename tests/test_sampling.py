@@ -137,7 +137,8 @@ def test_prior_output_covariance_is_the_output_kernel():
         P = net.patches(X).shape[0]
         model = fs._Model(net, X, jnp.zeros((5, 1)), X, widths=(int(net.width),), S=S, P=P)
         theta = jax.random.normal(jax.random.key(4), (40000, model.dim), jnp.float64)
-        f = np.asarray(jax.vmap(model.observe, (0, None))(theta, jax.random.key(0))[0][:, :, 0])
+        observe = jax.jit(jax.vmap(lambda t, k, m=model: m.observe(t, k)[0], (0, None)))
+        f = np.asarray(observe(theta, jax.random.key(0))[:, :, 0])
         prods = f[:, :, None] * f[:, None, :]  # f is not Gaussian at finite C: empirical SE
         cov, se = prods.mean(0), prods.std(0) / np.sqrt(len(f))
         q = np.asarray(net.output_kernel(net.sigma_w2 / S * jnp.eye(S), X))
@@ -191,8 +192,8 @@ def test_deep_prior_moments_are_the_nngp_recursion(arch):
     S, P = net.filter_size(6), net.patches(X).shape[0]
     model = fs._Model(net, X, jnp.zeros((5, 1)), X, widths=widths, S=S, P=P)
     theta = jax.random.normal(jax.random.key(4), (40000, model.dim), jnp.float64)
-    f = jax.vmap(model.observe, (0, None))(theta, jax.random.key(0))[0]
-    kernels = jax.vmap(model.kernels)(theta)
+    f = jax.jit(jax.vmap(lambda t, k: model.observe(t, k)[0], (0, None)))(theta, jax.random.key(0))
+    kernels = jax.jit(jax.vmap(lambda t: model.kernels(t)))(theta)
     f = np.asarray(f[:, :, 0])
     draws = [np.asarray(k) for k in kernels] + [f[:, :, None] * f[:, None, :]]
     expected = [*expected, s_a * expected[-1]]
