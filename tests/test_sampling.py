@@ -233,7 +233,7 @@ def test_marginal_readout_is_the_exact_gaussian_conditional(arch, n):
     D = model.D
     units = np.eye(D).reshape(D, 1, -1, widths[-1])
 
-    # Compiled, not op by op (where each operation was compiled on its own: 2–7 s a case).
+    # Compiled, not op by op (where each operation was compiled on its own: 1.5–4.3 s a case).
     apply = jax.jit(lambda u, Z: fs.apply(net, w, u, Z, hidden))
 
     def features(Z):
