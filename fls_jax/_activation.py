@@ -343,7 +343,7 @@ def _relu_pair_jvp(primals, tangents):
     # The primal output is `_relu_pair_value`'s, from the same terms as the tangent: one
     # `_bivariate_normal` in place of two at every differentiated call site (with the one-patch
     # `first_layer_kernel`, a ReLU FCN's weight-mean solve traces 19.5k operations in place of
-    # 25.8k, `benchmarks/relu_mean_compile.py`). Nothing here is a custom JVP
+    # 25.8k, `benchmarks/solve_compile.py`). Nothing here is a custom JVP
     # (`_arccos_j1_jvp`): under `lax.scan` (the kernel's loop over patches) JAX's second
     # derivatives went through such calls' primal.
     return _relu_pair_from_terms(c, ma, mb, terms), jnp.where(zero, 0.0, tangent)
