@@ -137,31 +137,30 @@ def test_against_gp_regression_on_drawn_training_sets(pool, curves):
     [("erf", "self_consistent"), ("erf", "equivalent_kernel"), ("linear", "self_consistent")],
 )
 def test_gradients_match_finite_differences(pool, kind, method):
-    """jax.grad of E_g(n = 16) with respect to σ_w², σ², σ_ε² and the pool's targets (a random
-    direction) against central differences. The linear kernel on M = 400 > d = 8 inputs has
-    392 zero eigenvalues: derivatives through eigenvectors would be undefined there."""
+    """jax.grad of E_g(n = 16) with respect to σ_w², σ², σ_ε², the pool's inputs and its
+    targets (each along a random direction) against central differences. The linear kernel
+    on M = 400 > d = 8 inputs has 392 zero eigenvalues: derivatives through eigenvectors
+    would be undefined there."""
     X, Y = pool
     act = fj.Erf() if kind == "erf" else fj.Linear()
-    V = np.random.default_rng(1).standard_normal(Y.shape)
+    rng = np.random.default_rng(1)
+    VX, VY = rng.standard_normal(X.shape), rng.standard_normal(Y.shape)
 
-    def err(params, t=0.0):
-        sw2, noise, target_noise = params
+    def err(params):
+        sw2, noise, target_noise, tx, ty = params
         net = fj.FCN(np.inf, sw2, SA2, noise, act)
         curve = fj.learning_curve(
-            net, X, Y + t * V, [16.0], target_noise=target_noise, method=method
+            net, X + tx * VX, Y + ty * VY, [16.0], target_noise=target_noise, method=method
         )
         return curve.test_error[0]
 
-    p = jnp.array([SW2, NOISE, 0.02])
+    p = jnp.array([SW2, NOISE, 0.02, 0.0, 0.0])
     g = np.asarray(jax.grad(err)(p))
-    for i, h in enumerate([1e-5, 1e-7, 1e-5]):
-        e = np.zeros(3)
+    for i, h in enumerate([1e-5, 1e-7, 1e-5, 1e-6, 1e-6]):
+        e = np.zeros(5)
         e[i] = h
         fd = (float(err(p + e)) - float(err(p - e))) / (2 * h)
-        np.testing.assert_allclose(g[i], fd, rtol=1e-5)
-    g_y = float(jax.grad(lambda t: err(p, t))(0.0))
-    fd = (float(err(p, 1e-6)) - float(err(p, -1e-6))) / 2e-6
-    np.testing.assert_allclose(g_y, fd, rtol=1e-5)
+        np.testing.assert_allclose(g[i], fd, rtol=1e-5, err_msg=str(i))
 
 
 def test_vmap_over_hyperparameters_equals_loop(pool):
@@ -225,29 +224,36 @@ def test_finite_width_against_the_exact_posterior_on_drawn_training_sets(linear_
 @pytest.mark.parametrize("width", [4.0, np.inf])
 def test_finite_width_gradients_match_finite_differences(linear_pool, width):
     """At finite width u(n) moves with every hyper-parameter (implicit function theorem on
-    the saddle point): jax.grad of E_g(n = 32) with respect to σ_w², σ², σ_ε² and the width
-    against central differences. The network is built inside the function, as under
-    `jax.jit`, where its width is traced and the branch is chosen when the program runs; the
-    jitted gradient equals the eager one."""
+    the saddle point): jax.grad of E_g(n = 32) with respect to σ_w², σ², σ_ε², the width, σ_a²,
+    and the pool's inputs and targets (along random directions) against central differences. The
+    network is built inside the function, as under `jax.jit`, where its width is traced and
+    the branch is chosen when the program runs; the jitted gradient equals the eager one."""
     X, Y = linear_pool
+    rng = np.random.default_rng(7)
+    # Y's direction scales the targets too: a random one alone lies almost wholly in the
+    # linear kernel's null space, where E_g's derivative is ~10⁻⁷, so small that the
+    # saddle's tolerance shows in the finite differences (1.5·10⁻⁵ relative).
+    VX, VY = rng.standard_normal(X.shape), Y + rng.standard_normal(Y.shape)
 
     def err(params):
-        sw2, noise, target_noise, C = params
-        net = fj.FCN(C, sw2, SA2, noise, fj.Linear())
-        return fj.learning_curve(net, X, Y, [32.0], target_noise=target_noise).test_error[0]
+        sw2, noise, target_noise, C, tx, ty, sa2 = params
+        net = fj.FCN(C, sw2, sa2, noise, fj.Linear())
+        curve = fj.learning_curve(net, X + tx * VX, Y + ty * VY, [32.0], target_noise=target_noise)
+        return curve.test_error[0]
 
-    p = jnp.array([1.2, 0.01, 0.003, width])
+    p = jnp.array([1.2, 0.01, 0.003, width, 0.0, 0.0, 0.8])
     g = np.asarray(jax.grad(err)(p))
     value_and_grad = jax.jit(jax.value_and_grad(err))  # the finite differences' values too
     np.testing.assert_allclose(value_and_grad(p)[1], g, rtol=1e-9)
-    steps = [1e-5, 1e-7, 1e-7, 1e-4 * width]
-    for i in range(3 if np.isinf(width) else 4):
-        e = np.zeros(4)
+    steps = [1e-5, 1e-7, 1e-7, 1e-4 * width, 1e-6, 1e-6, 1e-5]
+    for i in range(7):
+        if i == 3 and np.isinf(width):
+            assert g[3] == 0.0
+            continue
+        e = np.zeros(7)
         e[i] = steps[i]
         fd = (float(value_and_grad(p + e)[0]) - float(value_and_grad(p - e)[0])) / (2 * steps[i])
         np.testing.assert_allclose(g[i], fd, rtol=1e-5, err_msg=str(i))
-    if np.isinf(width):
-        assert g[3] == 0.0
 
 
 def test_mean_field_width_can_be_traced():
@@ -614,22 +620,27 @@ def test_patch_curve_is_the_minimum_of_the_averaged_action(linear_pool):
 
 @pytest.mark.slow
 def test_patch_curve_gradients_match_finite_differences(linear_pool):
-    """jax.grad of a PatchCNN's E_g(n = 16) in σ_w², σ², the width, σ_a² and the target
-    noise σ_ε² (U*'s derivatives by the saddle's Newton steps, E_g's by the spectral rule),
-    under jax.jit with a traced width, against central differences of the same program."""
+    """jax.grad of a PatchCNN's E_g(n = 16) in σ_w², σ², the width, σ_a², the target noise
+    σ_ε², and the pool's inputs and targets along random directions (U*'s derivatives by the
+    saddle's Newton steps, E_g's by the spectral rule), under jax.jit with a traced width,
+    against central differences of the same program."""
     X, Y = (a[:PATCH_POOL] for a in linear_pool)
+    rng = np.random.default_rng(8)
+    VX, VY = rng.standard_normal(X.shape), Y + rng.standard_normal(Y.shape)  # as for the FCN
 
     def err(params):
-        sw2, noise, C, sa2, target_noise = params
+        sw2, noise, C, sa2, target_noise, tx, ty = params
         net = fj.PatchCNN(C, sw2, sa2, noise, fj.Linear(), patch_size=4)
-        curve = fj.learning_curve(net, X, Y, PATCH_NS[:1], target_noise=target_noise)
+        curve = fj.learning_curve(
+            net, X + tx * VX, Y + ty * VY, PATCH_NS[:1], target_noise=target_noise
+        )
         return curve.test_error[0]
 
     value_and_grad = jax.jit(jax.value_and_grad(err))
-    p = jnp.array([1.0, 0.01, 4.0, SA2, 0.05])
+    p = jnp.array([1.0, 0.01, 4.0, SA2, 0.05, 0.0, 0.0])
     g = np.asarray(value_and_grad(p)[1])
-    for i, step in enumerate([1e-5, 1e-7, 1e-4, 1e-5, 1e-6]):
-        e = np.zeros(5)
+    for i, step in enumerate([1e-5, 1e-7, 1e-4, 1e-5, 1e-6, 1e-6, 1e-6]):
+        e = np.zeros(7)
         e[i] = step
         fd = (float(value_and_grad(p + e)[0]) - float(value_and_grad(p - e)[0])) / (2 * step)
         np.testing.assert_allclose(g[i], fd, rtol=1e-5, err_msg=str(i))
