@@ -38,6 +38,13 @@ operator T_U = K_U/M: with A = nT_U + κI and κ = σ² + κ tr T_U A⁻¹,
 ½[log det(I + nT_U/κ) + n log κ − n + nσ²/κ + n yᵀA⁻¹y/M + nσ_ε²/κ], the FCN's at T_U = uK
 (`_patch_width_curve`). E_g is the self-consistent curve of K_U(n) at the ridge σ².
 
+**Finite width, m outputs** (FCNs, linear when deep). `fj.renormalise` rescales the kernel
+of m outputs by an m×m matrix, U ⊗ K. In U's eigenbasis the outputs decouple: direction i is
+a GP with kernel u_i K and targets Y v_i, so the averaged action is the Wishart prior plus the
+one-output data term summed over directions, each with its own renormalised ridge. It is
+written as matrices that commute with U (an m×m ridge R), never in U's eigenbasis, which is
+degenerate at the start U ∝ I (`_outputs_width_curve`). E_g is averaged over the directions.
+
 The code takes one eigendecomposition of K/M, finds κ per n by bisection on the eigenvalues
 and sums over modes. Its derivatives are written by hand (`_curve_jvp`) as traces
 tr(dK f(K)) and bilinear forms in the eigenbasis, with κ's dependence from the implicit
@@ -52,6 +59,7 @@ from typing import Literal
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import lineax as lx
 import numpy as np
 import optimistix as optx
 from jax.custom_derivatives import SymbolicZero
@@ -59,16 +67,22 @@ from jaxtyping import Array, ArrayLike, Bool, Float
 
 from ._free_energy import _gp_post_kernels, _inverse_width
 from ._linalg import (
+    DenseLU,
     _drop_null_block,
+    _eigh,
     _first_order_in,
     cholesky_inverse,
+    first_order_term,
     kernel_spectrum,
     refuse_derivative,
+    small_cholesky,
+    small_cholesky_solve,
 )
 from ._network import AbstractNetwork, PatchCNN
 from ._renorm import (
     _BRACKET,
     _bisect_intervals,
+    _check_matrix_renormalisation,
     _check_no_weight_mean,
     _check_one_output,
     _check_scalar_renormalisation,
@@ -97,24 +111,28 @@ class LearningCurve(eqx.Module):
       input from the data measure, against the noiseless target (k).
     - `kappa`: the renormalised ridge κ(n) (σ² for the equivalent kernel) (k); at finite
       width, an FCN's is K's at the ridge σ²/u, a PatchCNN's that of Σ_pq U_pq κ_pq at σ²
-      (for one patch, u times the FCN's).
-    - `gamma`: γ(n) = Σ_ρ n η_ρ²/(n η_ρ + κ)² (k).
+      (for one patch, u times the FCN's); with m outputs, K's at σ²/u_i averaged over U's
+      eigen-directions i.
+    - `gamma`: γ(n) = Σ_ρ n η_ρ²/(n η_ρ + κ)² (k); with m outputs, averaged as `kappa`.
     - `scale`: at finite width, the kernel's scale u(n) at the saddle point (the ridge is
-      σ²/u), for a PatchCNN the mean eigenvalue of `scale_matrix`; 1 at width ``inf`` (k).
+      σ²/u), for a PatchCNN or m outputs the mean eigenvalue of `scale_matrix`; 1 at width
+      ``inf`` (k).
     - `scale_matrix`: a PatchCNN's P×P scale U(n) over patch pairs at the saddle point (the
-      kernel Σ_pq U_pq κ_pq, as `Renormalised.scale_matrix`), [[u(n)]] for an FCN; the
-      identity at width ``inf`` (k×P×P or k×1×1).
+      kernel Σ_pq U_pq κ_pq, as `Renormalised.scale_matrix`), an FCN's m×m scale over its
+      m outputs (the kernel U ⊗ K; [[u(n)]] for one output); the identity at width ``inf``
+      (k×P×P or k×m×m).
     - `chi_proxy`: at finite width, the training-set average of the feature-learning proxy
-      tᵀQ_f t/C of SPEC §4 (`Prediction.chi_proxy`), with Q_f = uK (a PatchCNN's K_U) and
-      t = (Q_f + σ²)⁻¹y; 0 at width ``inf`` (k). The scalar u cannot learn a direction:
-      for a non-linear hidden layer the curve is trustworthy only while this stays ≲ 1
-      (`docs/learning_curves.md`).
+      tᵀQ_f t/C of SPEC §4 (`Prediction.chi_proxy`), with Q_f = uK (a PatchCNN's K_U, m
+      outputs' U ⊗ K, summed over outputs) and t = (Q_f + σ²)⁻¹y; 0 at width ``inf`` (k).
+      The scalar u cannot learn a direction: for a non-linear hidden layer the curve is
+      trustworthy only while this stays ≲ 1 (`docs/learning_curves.md`).
     - `converged`: per size, whether the values are finite and, at finite width, the
       saddle point was located as a minimum of the action (its bisection's bracket or
       residual within tolerance, the stationarity condition increasing through it), the
-      lowest of at most 4 seen on a scan of 201 points in log u; for a PatchCNN, the
-      matrix saddle's checks as in `fj.renormalise` (a stationary minimum, within
-      tolerance, in its local coordinates) (k).
+      lowest of at most 4 seen on a scan of 201 points in log u; for a PatchCNN or m
+      outputs, the matrix saddle's checks as in `fj.renormalise` (a stationary minimum,
+      within tolerance, in its local coordinates), and for m outputs the ridge's last Newton
+      step within 10⁻⁶ of it (k).
     - `eigenvalues`: the kernel's eigenvalues η_ρ on the data measure, descending (M): the
       GP's, at every width.
     - `target_power`: the target's power a_ρ² in each mode, averaged over outputs (M);
@@ -152,8 +170,10 @@ def learning_curve(
     it is GP regression's curve, differentiable (`jax.grad` of `test_error` with respect to
     σ_w², σ_a², σ², `target_noise` or the pool); the cost is one M×M eigendecomposition,
     O(M) per training-set size, and for a derivative one M×M change of basis plus O(M²) per
-    size. At finite width (FCNs with one output, linear when deep) the kernel's scale u(n)
-    renormalises the noise, differentiably too (u's own derivative included); a PatchCNN's
+    size. At finite width (FCNs, linear when deep) the kernel's scale u(n) renormalises the
+    noise, differentiably too (u's own derivative included); with m outputs it is an m×m
+    matrix U(n) (each size a saddle point whose every step factorises M blocks of m×m and
+    solves an m²×m² system, O(Mm⁴)); a PatchCNN's
     kernel is renormalised by a P×P matrix U(n) over patch pairs (one hidden layer, one
     output; each size costs a saddle point whose every step takes an M×M eigendecomposition
     and three Cholesky factors, and P²M² memory holds the pair kernels). Derivatives
@@ -172,8 +192,8 @@ def learning_curve(
 
     - `network`: an [`fls_jax.FCN`][] or [`fls_jax.PatchCNN`][] at width ``inf`` with
       standard readout scaling (a mean-field readout's GP limit vanishes), or at a finite
-      width an FCN (linear in every layer when deep) or a PatchCNN with one hidden layer,
-      either scaling.
+      width an FCN (linear in every layer when deep; with m outputs every hidden layer
+      wider than m − 1) or a PatchCNN with one hidden layer and one output, either scaling.
     - `X`: M inputs drawn from the data measure (the pool; M of a few hundred to a few
       thousand resolves the modes that matter for n up to about M/4).
     - `Y`: the target's noiseless values on the pool (M×m or M).
@@ -230,16 +250,19 @@ def learning_curve(
 
 
 def _check_finite_width(network: AbstractNetwork, Y: Array, who: str) -> None:
-    """The networks whose finite-width curve is written: those `fj.renormalise` rescales by
-    one scalar (FCNs, linear when deep), and one-hidden-layer PatchCNNs (a P×P matrix); one
-    output either way."""
+    """The networks whose finite-width curve is written: FCNs (linear when deep), whose
+    kernel `fj.renormalise` rescales by one scalar per layer, or by an m×m matrix with m
+    outputs, and one-hidden-layer PatchCNNs with one output (a P×P matrix)."""
     if isinstance(network, PatchCNN):
         _check_no_weight_mean(network, who)
         if network.depth > 1:
             raise ValueError(f"{who} takes a PatchCNN with one hidden layer only")
+        _check_one_output(Y, who)
     else:
         _check_scalar_renormalisation(network, who)
-    _check_one_output(Y, who)
+        m = Y.shape[1]
+        if m > 1:
+            _check_matrix_renormalisation(network, m, f"the {m}×{m} scale of {m} outputs")
 
 
 @eqx.filter_jit
@@ -264,7 +287,10 @@ def _learning_curve(network, X, Y, ns, target_noise, method: Method, branch: str
     # through it: `_curve_jvp` carries K's derivatives.
     eta, U = kernel_spectrum(K)
 
-    q = X.shape[1] // network.filter_size(X.shape[1])  # patches (1 for an FCN), as `renormalise`
+    # The scale's size: a PatchCNN's patches (as `renormalise`), an FCN's outputs.
+    q = Y.shape[1]
+    if isinstance(network, PatchCNN):
+        q = X.shape[1] // network.filter_size(X.shape[1])
 
     def gp():
         error, kappa, gamma, _, _, _, power = _curve(K, Y, noise, target_noise, ns, eta, U, sc)
@@ -278,6 +304,11 @@ def _learning_curve(network, X, Y, ns, target_noise, method: Method, branch: str
         if isinstance(network, PatchCNN):
             error, kappa, gamma, scale, chi, Us, located = _patch_width_curve(
                 network, X, Y, target_noise, ns, inv_width
+            )
+            return error, kappa, gamma, scale, Us, chi, eta, _power(U, Y), located
+        if Y.shape[1] > 1:
+            error, kappa, gamma, scale, chi, Us, located = _outputs_width_curve(
+                network, K, Y, noise, target_noise, ns, eta, U, inv_width
             )
             return error, kappa, gamma, scale, Us, chi, eta, _power(U, Y), located
         k = _half_shapes(network)
@@ -670,6 +701,162 @@ def _patch_width_curve(network, X, Y, target_noise, ns, inv_width):
     error, kappa, gamma, U, chi_proxy, located = jax.lax.map(at_size, ns)
     scale = jnp.trace(U, axis1=1, axis2=2) / P
     return error, kappa, gamma, scale, chi_proxy, U, located
+
+
+def _pair_form(A: Array, eta: Array, x: Array, W: Array, y: Array) -> Array:
+    """Σ_(ρ≠σ) A_ρσ x_ρᵀ W y_σ: a tangent A = VᵀdK V between distinct modes (without its
+    rounding between modes `kernel_spectrum` set to 0), for the m-output curve's forms."""
+    A = _drop_null_block(A, eta)
+    A = A - jnp.diag(jnp.diagonal(A))
+    return jnp.sum((x @ W) * (A @ y))
+
+
+def _eigenvalue_tangent(A: Array, eta: Array) -> Array:
+    """dη_ρ = (VᵀdK V)_ρρ, 0 on the modes `kernel_spectrum` set to 0."""
+    return jnp.where(eta == 0, 0.0, jnp.diagonal(A))
+
+
+def _sym(A: Array) -> Array:
+    return 0.5 * (A + jnp.swapaxes(A, -1, -2))
+
+
+def _action_form(A, eta, c, U, n):  # −(n²/2) Σ_(ρ≠σ) A_ρσ c_ρᵀ U c_σ
+    return -0.5 * n**2 * _pair_form(A, eta, c, U, c)
+
+
+def _error_form(A, eta, c, W, d, n):  # −2n Σ_(ρ≠σ) A_ρσ c_ρᵀ W d_σ
+    return -2 * n * _pair_form(A, eta, c, W, d)
+
+
+def _chi_form(A, eta, c, U, W, d, n, noise):  # −n²[Σ A c U c − 2σ² Σ A c W d]
+    return -(n**2) * (_pair_form(A, eta, c, U, c) - 2 * noise * _pair_form(A, eta, c, W, d))
+
+
+def _outputs_width_curve(network, K, Y, noise, target_noise, ns, eta, V, inv_width):
+    """The learning curve of a finite-width FCN with m > 1 outputs, whose kernel U ⊗ K an
+    m×m matrix U renormalises (`fj.renormalise`, `_renormalise_outputs`; one m×m factor per
+    layer when deep and linear): U(n) at the saddle point of that action with its data term
+    replaced by its training-set average, then the self-consistent curve of each output
+    direction of U(n). Returns (E_g, κ, γ, tr U*/m, χ_proxy, U*, located) per n.
+
+    In U's eigenbasis the outputs decouple: direction i is a GP with kernel u_i K, whose
+    renormalised ridge at σ² is κ̃_i = u_i κ(σ²/u_i), and whose targets are Y v_i. Written
+    without that eigenbasis (which is degenerate at the scalar start U ∝ I), as matrices that
+    commute with U: the m×m ridge R solves R = σ²I + Σ_ρ η_ρ U R G_ρ with G_ρ = (nη_ρU + R)⁻¹,
+    and with ã_ρ = Vᵀ_ρ Y/√M (the targets in mode ρ) the averaged data term is
+
+        D_n(U) = ½[Σ_ρ log det(I + nη_ρ U R⁻¹) + n log det R − nm + n(σ² + σ_ε²) tr R⁻¹
+                   + n Σ_ρ ã_ρᵀ G_ρ ã_ρ],
+
+    the sum over directions of the scalar curve's `_averaged_data_term` (so the FCN's at
+    m = 1). With T̃ = Σ_ρ η_ρ U G_ρ² and Ω = σ²R⁻¹ + RT̃ (= I − Γ, Γ = nΣ_ρ η_ρ²U²G_ρ²: κ's
+    equation, a sum of positive terms), the curve averaged over the m directions is
+
+        m E_g = Σ_ρ ã_ρᵀ G_ρ R Ω⁻¹ R G_ρ ã_ρ + σ_ε² tr Ω⁻¹Γ,
+
+    and C χ_proxy = n Σ_ρ ã_ρᵀ Ω⁻¹(σ²R⁻¹ nη_ρ U G_ρ² + T̃ R G_ρ) ã_ρ + nσ_ε² tr Ω⁻¹T̃ (the
+    scalar `_resolvent_gap` per direction). R starts from its value per eigenvalue of U (held
+    fixed) and takes two Newton steps on its equation (the m²×m² Fréchet derivative, dense),
+    which carry R(U)'s first and second derivatives, as the saddle's Hessians need. K's
+    derivatives (σ_w², σ_a², X) are held in its fixed eigenbasis, as `fj.renormalise`'s:
+    each η_ρ carries (VᵀdK V)_ρρ, and the quadratic forms in ã take the rest as rank-one
+    forms of the divided differences, e.g. G's −nUG_ρG_σ (`first_order_term`). Cost per
+    evaluation of D_n: M Cholesky factors of m×m blocks and an m²×m² solve per Newton step,
+    O(Mm⁴)."""
+    M, m = Y.shape
+    dtype = K.dtype
+    sg = jax.lax.stop_gradient
+    tol = 1e3 * float(jnp.finfo(dtype).eps)
+    eye = jnp.eye(m, dtype=dtype)
+    eyes = jnp.broadcast_to(eye, (M, m, m))
+    a = V.T @ Y / np.sqrt(M)  # (M, m): ã_ρ; Y's derivatives at V fixed, K's in the forms
+    # Targets whose power overflows run on zeros and come out flagged (as for one output).
+    finite_power = jnp.isfinite(jnp.sum(sg(a) ** 2))
+    a = jnp.where(finite_power, a, 0.0)
+    lam = eta + first_order_term(_eigenvalue_tangent, K, V, eta)  # η with its tangent
+
+    def resolvents(U, R, n):  # G_ρ = (nη_ρU + R)⁻¹, (M, m, m), and the blocks' factors
+        L = small_cholesky(n * lam[:, None, None] * U + R)
+        return _sym(small_cholesky_solve(L, eyes)), L
+
+    def ridge(U, n):
+        """R(U), two Newton steps from its value per eigenvalue of U (held fixed), and the
+        last step's size relative to R."""
+        u, Q = _eigh(sg(U))
+        kap = jax.vmap(lambda ui: ui * _kappa(sg(eta), sg(noise) / ui, sg(n), tol))(u)
+        R = (Q * kap) @ Q.T
+        step = jnp.zeros((), dtype)
+        for _ in range(2):
+            G = resolvents(U, R, n)[0]
+            S1 = jnp.einsum("r,rij->ij", lam, G)
+            F = R - noise * eye - U @ R @ S1
+            URG = jnp.einsum("ij,jk,rkl->ril", U, R, G)
+            J = jnp.einsum("ik,jl->ijkl", U, S1) - jnp.einsum("r,rik,rjl->ijkl", lam, URG, G)
+            J = jnp.eye(m * m, dtype=dtype) - J.reshape(m * m, m * m)
+            operator = lx.MatrixLinearOperator(J)
+            delta = lx.linear_solve(operator, F.reshape(m * m), DenseLU()).value.reshape(m, m)
+            R = _sym(R - delta)
+            step = jnp.max(jnp.abs(sg(delta))) / jnp.max(jnp.abs(sg(R)))
+        return R, step
+
+    def averaged_nll(U, n):  # D_n(U)
+        R, _ = ridge(U, n)
+        G, L = resolvents(U, R, n)
+        LR = small_cholesky(R)
+        logdet_R = 2 * jnp.sum(jnp.log(jnp.diagonal(LR)))
+        # log det(I + nη_ρ U R⁻¹) per mode: exactly 0 where η_ρ = 0
+        per_mode = 2 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=1, axis2=2)), axis=1) - logdet_R
+        c = jnp.einsum("rij,rj->ri", G, a)
+        trace_inv = jnp.trace(small_cholesky_solve(LR, eye))
+        value = jnp.sum(per_mode) + n * logdet_R - n * m + n * (noise + target_noise) * trace_inv
+        value = 0.5 * (value + n * jnp.sum(a * c))
+        return value + first_order_term(_action_form, K, V, eta, c, U, n)
+
+    def at_size(n):
+        saddle = _matrix_saddle(lambda U: averaged_nll(U, n), m, network, dtype)
+        U = _first_order_only(saddle.U)
+        R, step = ridge(U, n)
+        G, _ = resolvents(U, R, n)
+        LR = small_cholesky(R)
+        R_inv = _sym(small_cholesky_solve(LR, eye))
+        c = jnp.einsum("rij,rj->ri", G, a)  # G_ρ ã_ρ
+        d = jnp.einsum("rij,rj->ri", G, c)  # G_ρ² ã_ρ
+        UG = jnp.einsum("ij,rjk->rik", U, G)
+        T = _sym(jnp.einsum("r,rij,rjk->ik", lam, UG, G))  # T̃
+        Gamma = _sym(n * jnp.einsum("r,rij,rkj->ik", lam**2, UG, UG))
+        Omega = noise * R_inv + _sym(R @ T)
+        L_omega = small_cholesky(Omega)
+        Omega_inv = _sym(small_cholesky_solve(L_omega, eye))
+        C = _sym(R @ Omega_inv @ R)
+        Rc = c @ R  # rows R G_ρ ã_ρ
+        bias = jnp.sum((Rc @ Omega_inv) * Rc)
+        error = bias + target_noise * jnp.sum(Omega_inv * Gamma)
+        error = error + first_order_term(_error_form, K, V, eta, c, _sym(C @ U), d, n)
+        error = error / m
+        W = _sym(Omega_inv @ T @ R)
+        lead = noise * n * jnp.sum(lam * jnp.sum((c @ _sym(Omega_inv @ R_inv @ U)) * c, axis=1))
+        chi = n * (lead + jnp.sum(a * (c @ W)) + target_noise * jnp.sum(Omega_inv * T))
+        chi = chi + first_order_term(_chi_form, K, V, eta, c, U, _sym(Omega_inv @ U), d, n, noise)
+        kappa = jnp.trace(R @ _sym(small_cholesky_solve(small_cholesky(U), eye))) / m
+        ok = saddle.converged & finite_power & (step <= np.sqrt(float(jnp.finfo(dtype).eps)))
+        return error, kappa, jnp.trace(Gamma) / m, U, chi * inv_width, ok
+
+    error, kappa, gamma, U, chi_proxy, located = jax.lax.map(at_size, ns)
+    scale = jnp.trace(U, axis1=1, axis2=2) / m
+    return error, kappa, gamma, scale, chi_proxy, U, located
+
+
+@jax.custom_jvp
+def _first_order_only(x: Array) -> Array:
+    """x, whose first derivatives pass and whose second raise (`_SECOND_DERIVATIVE`): the
+    matrix saddle's derivatives are exact to first order only."""
+    return x
+
+
+@_first_order_only.defjvp
+def _first_order_only_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    return x, dx * refuse_derivative(_SECOND_DERIVATIVE, x, jnp.ones_like(x))
 
 
 def _resolvent_gap(eta, power, n, kappa, ridge, s2):

@@ -644,3 +644,166 @@ def test_patch_curve_gradients_match_finite_differences(linear_pool):
         e[i] = step
         fd = (float(value_and_grad(p + e)[0]) - float(value_and_grad(p - e)[0])) / (2 * step)
         np.testing.assert_allclose(g[i], fd, rtol=1e-5, err_msg=str(i))
+
+
+OUTPUT_NS = np.array([16.0, 32.0])
+OUTPUT_P0 = np.array([1.0, 0.01, 0.003, 4.0, SA2, 0.0, 0.0])  # σ_w², σ², σ_ε², C, σ_a², t_X, t_Y
+
+
+@pytest.fixture(scope="module")
+def outputs_curve(linear_pool):
+    """One compiled program for the curve of a linear FCN with two outputs (M = 200): the
+    whole curve at targets Y + t_Y V_Y and inputs X + t_X V_X, and E_g(n = 32)'s gradient in
+    (σ_w², σ², σ_ε², C, σ_a², t_X, t_Y). Returns ((E_g(32), curve), gradient)."""
+    X = linear_pool[0][:PATCH_POOL]
+    VX = np.random.default_rng(9).standard_normal(X.shape)
+
+    def curve(p, Y, VY):
+        sw2, noise, target_noise, C, sa2, tx, ty = p
+        net = fj.FCN(C, sw2, sa2, noise, fj.Linear())
+        lc = fj.learning_curve(net, X + tx * VX, Y + ty * VY, OUTPUT_NS, target_noise=target_noise)
+        return lc.test_error[-1], lc
+
+    return jax.jit(jax.value_and_grad(curve, has_aux=True))
+
+
+def _two_targets(linear_pool):
+    X, Y = (a[:PATCH_POOL] for a in linear_pool)
+    y = Y.reshape(-1)
+    return X, y, np.stack([y, 2 * np.tanh(X[:, 1]) + 0.5 * y], axis=1)
+
+
+def test_output_curve_with_rank_one_targets_is_two_fcn_curves(linear_pool, outputs_curve):
+    """Targets Y = y cᵀ (|c| = 1) on two outputs: in U's eigenbasis the outputs decouple, and
+    direction c carries y while the other carries nothing. So U* = u_y ccᵀ + u_0(I − ccᵀ),
+    with u_y and u_0 the one-output curve's scales for the targets y and 0 (bisection on the
+    spectrum, another code path), E_g and κ are those curves' means, and χ_proxy their sum.
+    The two-output curve never rotates its outputs: its ridge is an m×m matrix that commutes
+    with U, found by Newton steps from U's eigenvalues."""
+    X, y, _ = _two_targets(linear_pool)
+    c = np.array([0.6, 0.8])
+    Y = np.outer(y, c)
+    (_, two), _ = outputs_curve(jnp.asarray(OUTPUT_P0), Y, np.zeros_like(Y))
+    net = fj.FCN(4.0, 1.0, SA2, 0.01, fj.Linear())
+    ones = [fj.learning_curve(net, X, t, OUTPUT_NS, target_noise=0.003) for t in (y, 0 * y)]
+    assert bool(jnp.all(two.converged)) and all(bool(jnp.all(o.converged)) for o in ones)
+    assert two.scale_matrix.shape == (2, 2, 2)
+    u_y, u_0 = (np.asarray(o.scale)[:, None, None] for o in ones)
+    projector = np.outer(c, c)
+    expected = u_y * projector + u_0 * (np.eye(2) - projector)
+    np.testing.assert_allclose(two.scale_matrix, expected, rtol=1e-8, atol=1e-10)
+    for field in ("test_error", "kappa", "gamma"):
+        mean = (getattr(ones[0], field) + getattr(ones[1], field)) / 2
+        np.testing.assert_allclose(getattr(two, field), mean, rtol=1e-8, err_msg=field)
+    np.testing.assert_allclose(two.chi_proxy, ones[0].chi_proxy + ones[1].chi_proxy, rtol=1e-8)
+    assert float(ones[0].test_error[0]) > 100 * float(ones[1].test_error[0])  # not a tie
+
+
+def _outputs_action(U, X, Y, n, noise=0.01, width=4.0, target_noise=0.003):
+    """The averaged action of a linear FCN with m outputs written out in U's eigenbasis,
+    direction by direction (each a GP with kernel u_i K and targets Y q_i, its ridge κ̃_i
+    bracketed): the Wishart prior (C/2)(tr U − log det U − m) plus, per direction,
+    ½[Σ log(1 + nu_iη/κ̃_i) + n log κ̃_i − n + n(σ² + σ_ε²)/κ̃_i + n Σ_ρ a_ρ²/(nu_iη_ρ + κ̃_i)].
+    Returns it, and E_g, κ, γ averaged over directions and χ_proxy summed."""
+    M, m = Y.shape
+    eta, V = np.linalg.eigh(SA2 * X @ X.T / X.shape[1] / M)  # σ_w² = 1
+    eta = np.where(eta > 1e-13 * eta[-1], eta, 0.0)
+    u, Q = np.linalg.eigh(U)
+    action = width / 2 * (np.trace(U) - np.linalg.slogdet(U)[1] - m)
+    errors, kappas, gammas, chis = [], [], [], []
+    for ui, q in zip(u, Q.T, strict=True):
+        a2 = (V.T @ (Y @ q)) ** 2 / M
+        e = ui * eta
+        kt = brentq(lambda k, e=e: k - noise - k * np.sum(e / (n * e + k)), noise, 1e3, xtol=1e-15)
+        b = n * e + kt
+        data = np.sum(np.log1p(n * e / kt)) + n * np.log(kt) - n + n * (noise + target_noise) / kt
+        action += 0.5 * (data + n * np.sum(a2 / b))
+        gamma = np.sum(n * e**2 / b**2)
+        error = (kt**2 * np.sum(a2 / b**2) + gamma * target_noise) / (1 - gamma)
+        errors.append(error)
+        kappas.append(kt / ui)
+        gammas.append(gamma)
+        quad = (kt * np.sum(a2 / b) + target_noise) / kt  # yᵀ(Q + σ²)⁻¹y/n, averaged
+        chis.append(n * (quad - noise * (error + target_noise) / kt**2) / width)
+    return action, np.mean(errors), np.mean(kappas), np.mean(gammas), np.sum(chis)
+
+
+def _outputs_slope(U, E, X, Y, n, h=1e-5):
+    """The two-output averaged action's derivative at U along E, by central differences."""
+    return (_outputs_action(U + h * E, X, Y, n)[0] - _outputs_action(U - h * E, X, Y, n)[0]) / (
+        2 * h
+    )
+
+
+def test_output_curve_is_the_minimum_of_the_averaged_action(linear_pool, outputs_curve):
+    """Two outputs with different targets (a linear teacher and a tanh of one coordinate):
+    U* (a full 2×2 matrix) against the action written out in NumPy direction by direction,
+    with its own spectra and bracketed ridges: its directional derivatives at U* vanish
+    (central differences, against their size at 0.9 U*), it rises in every direction tried,
+    and E_g, κ, γ and χ_proxy from its formulas at U* are the curve's."""
+    X, _, Y = _two_targets(linear_pool)
+    (_, curve), _ = outputs_curve(jnp.asarray(OUTPUT_P0), Y, np.zeros_like(Y))
+    assert bool(jnp.all(curve.converged))
+    rng = np.random.default_rng(6)
+    for i, n in enumerate(OUTPUT_NS):
+        U = np.asarray(curve.scale_matrix[i])
+        assert abs(U[0, 1]) > 0.1 * np.sqrt(U[0, 0] * U[1, 1])  # the outputs are coupled
+        action, error, kappa, gamma, chi = _outputs_action(U, X, Y, n)
+        np.testing.assert_allclose(curve.test_error[i], error, rtol=1e-8)
+        np.testing.assert_allclose(curve.kappa[i], kappa, rtol=1e-8)
+        np.testing.assert_allclose(curve.gamma[i], gamma, rtol=1e-8)
+        np.testing.assert_allclose(curve.chi_proxy[i], chi, rtol=1e-7)
+
+        for _ in range(3):
+            E = rng.standard_normal((2, 2))
+            E = (E + E.T) / 2
+            assert abs(_outputs_slope(U, E, X, Y, n)) < 1e-5 * abs(
+                _outputs_slope(0.9 * U, E, X, Y, n)
+            )
+            assert _outputs_action(U + 1e-2 * E, X, Y, n)[0] > action
+
+
+def test_output_curve_gradients_match_finite_differences(linear_pool, outputs_curve):
+    """jax.grad of the two-output E_g(n = 32) in σ_w², σ², σ_ε², the width, σ_a², and the
+    pool's inputs and targets along random directions (U*'s derivatives by the matrix
+    saddle's Newton steps, the ridge's by its own, K's held in its eigenbasis), against
+    central differences of the same program."""
+    _, _, Y = _two_targets(linear_pool)
+    VY = Y + np.random.default_rng(10).standard_normal(Y.shape)
+    p = jnp.asarray(OUTPUT_P0)
+    (_, curve), g = outputs_curve(p, Y, VY)
+    assert bool(jnp.all(curve.converged))
+    for i, step in enumerate([1e-5, 1e-7, 1e-7, 4e-4, 1e-5, 1e-6, 1e-6]):
+        e = np.zeros(7)
+        e[i] = step
+        plus, minus = outputs_curve(p + e, Y, VY)[0][0], outputs_curve(p - e, Y, VY)[0][0]
+        fd = (float(plus) - float(minus)) / (2 * step)
+        np.testing.assert_allclose(g[i], fd, rtol=1e-6, err_msg=str(i))
+
+
+@pytest.mark.slow
+def test_output_curve_deep_and_vmapped(linear_pool):
+    """A deep linear FCN (two hidden layers, one 2×2 factor each) with rank-one targets on
+    two outputs is two of its one-output curves (as for one hidden layer); and a vmap over
+    widths, C = ∞ included, equals the loop."""
+    X, y, _ = _two_targets(linear_pool)
+    c = np.array([0.6, 0.8])
+    Y = np.outer(y, c)
+    deep = fj.FCN(4.0, 1.0, SA2, 0.01, fj.Linear(), depth=2)
+    two = fj.learning_curve(deep, X, Y, OUTPUT_NS)
+    ones = [fj.learning_curve(deep, X, t, OUTPUT_NS) for t in (y, 0 * y)]
+    assert bool(jnp.all(two.converged)) and all(bool(jnp.all(o.converged)) for o in ones)
+    mean = (ones[0].test_error + ones[1].test_error) / 2
+    np.testing.assert_allclose(two.test_error, mean, rtol=1e-8)
+    scales = np.sort(np.linalg.eigvalsh(np.asarray(two.scale_matrix)), axis=1)
+    expected = np.sort(np.stack([ones[0].scale, ones[1].scale], axis=1), axis=1)
+    np.testing.assert_allclose(scales, expected, rtol=1e-8)
+
+    def errors(C):
+        net = fj.FCN(C, 1.0, SA2, 0.01, fj.Linear())
+        return fj.learning_curve(net, X, _two_targets(linear_pool)[2], OUTPUT_NS).test_error
+
+    widths = jnp.array([2.0, 16.0, jnp.inf])
+    batched = np.asarray(jax.jit(jax.vmap(errors))(widths))
+    for i, C in enumerate(widths):
+        np.testing.assert_allclose(batched[i], errors(C), rtol=1e-10)

@@ -595,7 +595,10 @@ def test_learning_curve_bad_input():
         ValueError, "self_consistent", lc, cnn, X, Y, [2.0], method="equivalent_kernel"
     )
     fcn = fj.FCN(8.0, 1.0, 1.0, 0.1)
-    raises_before_compiling(ValueError, "one output", lc, fcn, X, np.stack([Y, Y], 1), [2.0])
+    # An FCN's m outputs take an m×m scale, whose Wishart prior needs C > m − 1.
+    narrow = fj.FCN(2.0, 1.0, 1.0, 0.1)
+    three = np.stack([Y, Y, Y], 1)
+    raises_before_compiling(ValueError, "must be > 2", lc, narrow, X, three, [2.0])
     ek = dict(method="equivalent_kernel")
     raises_before_compiling(ValueError, "self_consistent", lc, fcn, X, Y, [2.0], **ek)
     deep = fj.FCN(8.0, 1.0, 1.0, 0.1, depth=2)
