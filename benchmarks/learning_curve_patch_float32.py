@@ -4,9 +4,11 @@ Runs `fj.learning_curve` on `benchmarks/learning_curve_patch.py`'s task (a linea
 d = 16 inputs in 4 patches of 4, targets ×3, a pool of M = 400, C = 4, σ² = 0.01), linear
 and erf, once per precision in its own process (JAX's float64 switch is global), and prints
 E_g, U's relative (Frobenius) difference and the convergence flags, with the float32 call's
-time after compiling.
+time after compiling. With `--outputs`, the same for `benchmarks/learning_curve_outputs.py`'s
+default task instead: FCNs with two outputs (U is 2×2), on the same pool without patches.
 
     python benchmarks/learning_curve_patch_float32.py
+    python benchmarks/learning_curve_patch_float32.py --outputs
 """
 
 import json
@@ -21,18 +23,24 @@ import numpy as np
 NS = [8.0, 16.0, 32.0, 64.0]
 
 
-def _one(x64: bool) -> dict:
+def _one(x64: bool, outputs: bool) -> dict:
     import jax
 
     jax.config.update("jax_enable_x64", x64)
     import fls_jax as fj
 
-    task = fj.datasets.linear_patch_teacher(400, 1, patch_size=4, patches=4, seed=3)
+    size = 16 if outputs else 4
+    task = fj.datasets.linear_patch_teacher(400, 1, patch_size=size, patches=16 // size, seed=3)
     dtype = np.float64 if x64 else np.float32
     X, Y = np.asarray(task.X, dtype), 3 * np.asarray(task.Y, dtype)
+    if outputs:  # learning_curve_outputs.py's default task
+        Y = np.stack([Y[:, 0], 2 * np.tanh(X[:, 1]) + 0.5 * Y[:, 0]], axis=1)
     out = {}
     for name, act in (("linear", fj.Linear()), ("erf", fj.Erf())):
-        net = fj.PatchCNN(4.0, 1.0, 1.0, 0.01, act, patch_size=4)
+        if outputs:
+            net = fj.FCN(4.0, 1.0, 1.0, 0.01, act)
+        else:
+            net = fj.PatchCNN(4.0, 1.0, 1.0, 0.01, act, patch_size=4)
         curve = fj.learning_curve(net, X, Y, NS)
         jax.block_until_ready(curve.test_error)
         start = time.perf_counter()
@@ -49,14 +57,19 @@ def _one(x64: bool) -> dict:
 
 
 def main() -> None:
+    outputs = "--outputs" in sys.argv
     if len(sys.argv) > 1 and sys.argv[1] in ("32", "64"):
-        print("RESULT " + json.dumps(_one(sys.argv[1] == "64")))
+        print("RESULT " + json.dumps(_one(sys.argv[1] == "64", outputs)))
         return
     runs = {}
     for bits in ("64", "32"):
         env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
         done = subprocess.run(
-            [sys.executable, __file__, bits], env=env, capture_output=True, text=True, check=True
+            [sys.executable, __file__, bits, *(["--outputs"] if outputs else [])],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         line = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")][-1]
         runs[bits] = json.loads(line[len("RESULT ") :])
