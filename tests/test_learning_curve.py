@@ -650,11 +650,18 @@ OUTPUT_NS = np.array([16.0, 32.0])
 OUTPUT_P0 = np.array([1.0, 0.01, 0.003, 4.0, SA2, 0.0, 0.0])  # σ_w², σ², σ_ε², C, σ_a², t_X, t_Y
 
 
+OUTPUT_STEPS = [1e-5, 1e-7, 1e-7, 4e-4, 1e-5, 1e-6, 1e-6]  # central differences in OUTPUT_P0
+
+
 @pytest.fixture(scope="module")
-def outputs_curve(linear_pool):
-    """One compiled program for the curve of a linear FCN with two outputs (M = 200): the
-    whole curve at targets Y + t_Y V_Y and inputs X + t_X V_X, and E_g(n = 32)'s gradient in
-    (σ_w², σ², σ_ε², C, σ_a², t_X, t_Y). Returns ((E_g(32), curve), gradient)."""
+def outputs_runs(linear_pool):
+    """Every evaluation the two-output tests check, from one compiled program: the curve of
+    a linear FCN with two outputs (M = 200) at targets Y + t_Y V_Y and inputs X + t_X V_X,
+    with E_g(n = 32)'s gradient in (σ_w², σ², σ_ε², C, σ_a², t_X, t_Y). All run here, so
+    that the program is compiled once: called from each test, it was compiled twice in a
+    cold run of the suite (71 s more), the memory-map guard (`conftest.py`) having cleared
+    JAX's caches in between. The curve for rank-one targets, and for two correlated targets
+    with the gradient and the central differences of `OUTPUT_STEPS`."""
     X = linear_pool[0][:PATCH_POOL]
     VX = np.random.default_rng(9).standard_normal(X.shape)
 
@@ -664,7 +671,24 @@ def outputs_curve(linear_pool):
         lc = fj.learning_curve(net, X + tx * VX, Y + ty * VY, OUTPUT_NS, target_noise=target_noise)
         return lc.test_error[-1], lc
 
-    return jax.jit(jax.value_and_grad(curve, has_aux=True))
+    program = jax.jit(jax.value_and_grad(curve, has_aux=True))
+    _, y, Y = _two_targets(linear_pool)
+    rank_one = np.outer(y, [0.6, 0.8])
+    VY = Y + np.random.default_rng(10).standard_normal(Y.shape)
+    p = jnp.asarray(OUTPUT_P0)
+    (_, general), gradient = program(p, Y, VY)
+    differences = []
+    for i, step in enumerate(OUTPUT_STEPS):
+        e = np.zeros(7)
+        e[i] = step
+        plus, minus = program(p + e, Y, VY)[0][0], program(p - e, Y, VY)[0][0]
+        differences.append((float(plus) - float(minus)) / (2 * step))
+    return dict(
+        rank_one=program(p, rank_one, np.zeros_like(Y))[0][1],
+        general=general,
+        gradient=np.asarray(gradient),
+        differences=np.asarray(differences),
+    )
 
 
 def _two_targets(linear_pool):
@@ -673,7 +697,7 @@ def _two_targets(linear_pool):
     return X, y, np.stack([y, 2 * np.tanh(X[:, 1]) + 0.5 * y], axis=1)
 
 
-def test_output_curve_with_rank_one_targets_is_two_fcn_curves(linear_pool, outputs_curve):
+def test_output_curve_with_rank_one_targets_is_two_fcn_curves(linear_pool, outputs_runs):
     """Targets Y = y cᵀ (|c| = 1) on two outputs: in U's eigenbasis the outputs decouple, and
     direction c carries y while the other carries nothing. So U* = u_y ccᵀ + u_0(I − ccᵀ),
     with u_y and u_0 the one-output curve's scales for the targets y and 0 (bisection on the
@@ -681,9 +705,8 @@ def test_output_curve_with_rank_one_targets_is_two_fcn_curves(linear_pool, outpu
     The two-output curve never rotates its outputs: its ridge is an m×m matrix that commutes
     with U, found by Newton steps from U's eigenvalues."""
     X, y, _ = _two_targets(linear_pool)
-    c = np.array([0.6, 0.8])
-    Y = np.outer(y, c)
-    (_, two), _ = outputs_curve(jnp.asarray(OUTPUT_P0), Y, np.zeros_like(Y))
+    c = np.array([0.6, 0.8])  # `outputs_runs`' rank-one targets y cᵀ
+    two = outputs_runs["rank_one"]
     net = fj.FCN(4.0, 1.0, SA2, 0.01, fj.Linear())
     ones = [fj.learning_curve(net, X, t, OUTPUT_NS, target_noise=0.003) for t in (y, 0 * y)]
     assert bool(jnp.all(two.converged)) and all(bool(jnp.all(o.converged)) for o in ones)
@@ -735,14 +758,14 @@ def _outputs_slope(U, E, X, Y, n, h=1e-5):
     )
 
 
-def test_output_curve_is_the_minimum_of_the_averaged_action(linear_pool, outputs_curve):
+def test_output_curve_is_the_minimum_of_the_averaged_action(linear_pool, outputs_runs):
     """Two outputs with different targets (a linear teacher and a tanh of one coordinate):
     U* (a full 2×2 matrix) against the action written out in NumPy direction by direction,
     with its own spectra and bracketed ridges: its directional derivatives at U* vanish
     (central differences, against their size at 0.9 U*), it rises in every direction tried,
     and E_g, κ, γ and χ_proxy from its formulas at U* are the curve's."""
     X, _, Y = _two_targets(linear_pool)
-    (_, curve), _ = outputs_curve(jnp.asarray(OUTPUT_P0), Y, np.zeros_like(Y))
+    curve = outputs_runs["general"]  # t_X = t_Y = 0: the targets Y themselves
     assert bool(jnp.all(curve.converged))
     rng = np.random.default_rng(6)
     for i, n in enumerate(OUTPUT_NS):
@@ -763,22 +786,13 @@ def test_output_curve_is_the_minimum_of_the_averaged_action(linear_pool, outputs
             assert _outputs_action(U + 1e-2 * E, X, Y, n)[0] > action
 
 
-def test_output_curve_gradients_match_finite_differences(linear_pool, outputs_curve):
+def test_output_curve_gradients_match_finite_differences(outputs_runs):
     """jax.grad of the two-output E_g(n = 32) in σ_w², σ², σ_ε², the width, σ_a², and the
     pool's inputs and targets along random directions (U*'s derivatives by the matrix
     saddle's Newton steps, the ridge's by its own, K's held in its eigenbasis), against
-    central differences of the same program."""
-    _, _, Y = _two_targets(linear_pool)
-    VY = Y + np.random.default_rng(10).standard_normal(Y.shape)
-    p = jnp.asarray(OUTPUT_P0)
-    (_, curve), g = outputs_curve(p, Y, VY)
-    assert bool(jnp.all(curve.converged))
-    for i, step in enumerate([1e-5, 1e-7, 1e-7, 4e-4, 1e-5, 1e-6, 1e-6]):
-        e = np.zeros(7)
-        e[i] = step
-        plus, minus = outputs_curve(p + e, Y, VY)[0][0], outputs_curve(p - e, Y, VY)[0][0]
-        fd = (float(plus) - float(minus)) / (2 * step)
-        np.testing.assert_allclose(g[i], fd, rtol=1e-6, err_msg=str(i))
+    central differences of the same program (`outputs_runs`)."""
+    assert bool(jnp.all(outputs_runs["general"].converged))
+    np.testing.assert_allclose(outputs_runs["gradient"], outputs_runs["differences"], rtol=1e-6)
 
 
 @pytest.mark.slow
