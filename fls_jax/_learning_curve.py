@@ -301,15 +301,17 @@ def _learning_curve(network, X, Y, ns, target_noise, method: Method, branch: str
 
     def finite():
         inv_width = _inverse_width(network) / network.width_ratio(network.depth)
-        if isinstance(network, PatchCNN):
-            error, kappa, gamma, scale, chi, Us, located = _patch_width_curve(
-                network, X, Y, target_noise, ns, inv_width
-            )
-            return error, kappa, gamma, scale, Us, chi, eta, _power(U, Y), located
-        if Y.shape[1] > 1:
-            error, kappa, gamma, scale, chi, Us, located = _outputs_width_curve(
-                network, K, Y, noise, target_noise, ns, eta, U, inv_width
-            )
+        if isinstance(network, PatchCNN) or Y.shape[1] > 1:
+            # The matrix saddle's derivatives are first order. A second derivative raises
+            # here, on the inputs, before it reaches the saddle, where it failed inside JAX
+            # ("Linearization failed…", or a scan with nothing to scan over).
+            net, Xg, Yg, Kg, s2 = _first_order_inputs((network, X, Y, K, target_noise))
+            inv_width = _inverse_width(net) / net.width_ratio(net.depth)
+            if isinstance(network, PatchCNN):
+                out = _patch_width_curve(net, Xg, Yg, s2, ns, inv_width)
+            else:
+                out = _outputs_width_curve(net, Kg, Yg, net.noise, s2, ns, eta, U, inv_width)
+            error, kappa, gamma, scale, chi, Us, located = out
             return error, kappa, gamma, scale, Us, chi, eta, _power(U, Y), located
         k = _half_shapes(network)
         out = _finite_width_curve(K, Y, noise, target_noise, ns, k, eta, U, inv_width)
@@ -844,6 +846,13 @@ def _outputs_width_curve(network, K, Y, noise, target_noise, ns, eta, V, inv_wid
     error, kappa, gamma, U, chi_proxy, located = jax.lax.map(at_size, ns)
     scale = jnp.trace(U, axis1=1, axis2=2) / m
     return error, kappa, gamma, scale, chi_proxy, U, located
+
+
+def _first_order_inputs(tree):
+    """`_first_order_only` on every inexact array of a pytree (a network's hyper-parameters,
+    the pool, …)."""
+    dynamic, static = eqx.partition(tree, eqx.is_inexact_array)
+    return eqx.combine(jax.tree.map(_first_order_only, dynamic), static)
 
 
 @jax.custom_jvp

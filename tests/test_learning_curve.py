@@ -291,7 +291,9 @@ def test_second_derivatives_are_exact_or_refused():
     """Derivatives in the kernel hold its eigenbasis fixed, and at finite width u's holds
     ∂_z H fixed: differentiated twice they came out wrong (d²E/dσ_w² 4.4× too small, and an
     asymmetric Hessian), so such second derivatives raise. At width inf those in Y and σ²,
-    which leave the kernel alone, are exact: against central differences of jax.grad."""
+    which leave the kernel alone, are exact: against central differences of jax.grad. With a
+    matrix scale (two outputs, a PatchCNN), whose saddle's derivatives are first order too,
+    they raise the same error."""
     rng = np.random.default_rng(2)
     X = rng.standard_normal((30, 3))
     Y, dY = np.tanh(X[:, 0]), rng.standard_normal(30)
@@ -320,6 +322,20 @@ def test_second_derivatives_are_exact_or_refused():
         jax.hessian(err, argnums=(0, 1))(*p)
     with pytest.raises(NotImplementedError, match=refused):  # finite width: u's derivative
         jax.grad(jax.grad(err, argnums=1), argnums=1)(1.5, 0.05, 0.0, 4.0)
+
+    # A matrix scale (two outputs; a PatchCNN's patches): raised inside JAX before stop 55
+    # ("Linearization failed…", "scan got no values to scan over").
+    def matrix_err(noise, patches):
+        if patches:
+            net = fj.PatchCNN(4.0, 1.5, 1.0, noise, fj.Linear(), patch_size=1)
+            return fj.learning_curve(net, X, Y, [8.0]).test_error[0]
+        net = fj.FCN(4.0, 1.5, 1.0, noise, fj.Linear())
+        return fj.learning_curve(net, X, np.stack([Y, dY], 1), [8.0]).test_error[0]
+
+    with pytest.raises(NotImplementedError, match=refused):
+        jax.grad(jax.grad(matrix_err))(0.05, False)
+    with pytest.raises(NotImplementedError, match=refused):
+        jax.jacfwd(jax.grad(matrix_err))(0.05, True)
 
 
 def test_nonfinite_pool_is_refused_under_jit():
