@@ -132,7 +132,7 @@ class LearningCurve(eqx.Module):
       lowest of at most 4 seen on a scan of 201 points in log u; for a PatchCNN or m
       outputs, the matrix saddle's checks as in `fj.renormalise` (a stationary minimum,
       within tolerance, in its local coordinates), and for m outputs the ridge's last Newton
-      step within 10⁻⁶ of it (k).
+      step within √eps of it, relative (k).
     - `eigenvalues`: the kernel's eigenvalues η_ρ on the data measure, descending (M): the
       GP's, at every width.
     - `target_power`: the target's power a_ρ² in each mode, averaged over outputs (M);
