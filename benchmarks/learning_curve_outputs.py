@@ -19,13 +19,13 @@ C = 4, σ_w² = σ_a² = 1, σ² = 0.01. Printed per (activation, n): the curve'
 (averaged over outputs), the Monte-Carlo average ± its standard error, their ratio, the GP's
 curve (C = ∞), the relative Frobenius gap between the curve's U(n) and the average of the drawn
 sets' E[U | Y], both mean eigenvalues, the curve's χ proxy, its flag, and the seconds the
-Monte Carlo took for that n (its draws' calls of `fj.renormalise`, the first compiling).
+Monte Carlo took for that n (`learning_curve_patch.against_drawn_sets`; the first call
+compiling).
 Then the curve's time: its first call (compilation included) and the best of three after.
 """
 
 import argparse
 import platform
-import time
 
 import jax
 
@@ -34,6 +34,7 @@ jax.config.update("jax_enable_x64", True)
 
 import numpy as np  # noqa: E402
 from learning_curve import first_and_best  # noqa: E402
+from learning_curve_patch import against_drawn_sets  # noqa: E402
 
 import fls_jax as fj  # noqa: E402
 
@@ -71,27 +72,7 @@ def main():
         lc, first, after = first_and_best(fj.learning_curve, net, X, Y, ns)
         timings.append((type(act).__name__, first, after))
         gp = fj.learning_curve(fj.FCN(np.inf, 1.0, 1.0, 0.01, act), X, Y, ns)
-        rng = np.random.default_rng(0)
-        for i, n in enumerate(a.ns):
-            errors, scales = [], []
-            start = time.perf_counter()
-            for _ in range(a.draws):
-                idx = rng.integers(0, len(X), n)
-                r = fj.renormalise(net, X[idx], Y[idx], X, Y)
-                errors.append(float(r.test_error))
-                scales.append(np.asarray(r.scale_matrix))
-            seconds = time.perf_counter() - start
-            err, se = np.mean(errors), np.std(errors) / np.sqrt(a.draws)
-            U, U_avg = np.asarray(lc.scale_matrix[i]), np.mean(scales, axis=0)
-            gap = np.linalg.norm(U - U_avg) / np.linalg.norm(U_avg)
-            pred = float(lc.test_error[i])
-            print(
-                f"{type(act).__name__:>6} {n:4d} | {pred:10.4e} {err:10.4e}±{se:7.1e} "
-                f"{pred / err:6.3f} {float(gp.test_error[i]):10.4e} | {gap:8.3f} "
-                f"{np.trace(U) / len(U):7.3f} {np.trace(U_avg) / len(U):7.3f} | "
-                f"{float(lc.chi_proxy[i]):6.2f} {bool(lc.converged[i])} | {seconds:6.1f}",
-                flush=True,
-            )
+        against_drawn_sets(type(act).__name__, net, X, Y, a.ns, a.draws, lc, gp)
     print(f"\n{'act':>6} | {'first call (s)':>14} {'after (s)':>9}  ({len(ns)} sizes)")
     for name, first, after in timings:
         print(f"{name:>6} | {first:14.2f} {after:9.2f}")
