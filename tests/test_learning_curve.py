@@ -664,8 +664,6 @@ def test_patch_curve_gradients_match_finite_differences(linear_pool):
 
 OUTPUT_NS = np.array([16.0, 32.0])
 OUTPUT_P0 = np.array([1.0, 0.01, 0.003, 4.0, SA2, 0.0, 0.0])  # σ_w², σ², σ_ε², C, σ_a², t_X, t_Y
-
-
 OUTPUT_STEPS = [1e-5, 1e-7, 1e-7, 4e-4, 1e-5, 1e-6, 1e-6]  # central differences in OUTPUT_P0
 
 
@@ -675,9 +673,10 @@ def outputs_runs(linear_pool):
     a linear FCN with two outputs (M = 200) at targets Y + t_Y V_Y and inputs X + t_X V_X,
     with E_g(n = 32)'s gradient in (σ_w², σ², σ_ε², C, σ_a², t_X, t_Y). All run here, so
     that the program is compiled once: called from each test, it was compiled twice in a
-    cold run of the suite (71 s more), the memory-map guard (`conftest.py`) having cleared
-    JAX's caches in between. The curve for rank-one targets, and for two correlated targets
-    with the gradient and the central differences of `OUTPUT_STEPS`."""
+    cold run of the suite (71 s more; the memory-map guard of `conftest.py` clears JAX's
+    caches between tests when a worker nears its limit). The curve for rank-one targets, and
+    for two correlated targets with the gradient and the central differences of
+    `OUTPUT_STEPS`."""
     X = linear_pool[0][:PATCH_POOL]
     VX = np.random.default_rng(9).standard_normal(X.shape)
 
