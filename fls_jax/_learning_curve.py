@@ -795,8 +795,15 @@ def _outputs_width_curve(network, K, Y, noise, target_noise, ns, eta, V, inv_wid
             URG = jnp.einsum("ij,jk,rkl->ril", U, R, G)
             J = jnp.einsum("ik,jl->ijkl", U, S1) - jnp.einsum("r,rik,rjl->ijkl", lam, URG, G)
             J = jnp.eye(m * m, dtype=dtype) - J.reshape(m * m, m * m)
+            # Where U's blocks cannot be factorised (NaN; BFGS probing far out), lineax would
+            # stop the program on the non-finite system: it is solved on I and 0 there, and
+            # R made NaN, which the saddle reads as an infinite action.
+            finite = jnp.all(jnp.isfinite(J)) & jnp.all(jnp.isfinite(F))
+            J = jnp.where(finite, J, jnp.eye(m * m, dtype=dtype))
+            F = jnp.where(finite, F, 0.0)
             operator = lx.MatrixLinearOperator(J)
             delta = lx.linear_solve(operator, F.reshape(m * m), DenseLU()).value.reshape(m, m)
+            delta = jnp.where(finite, delta, jnp.nan)
             R = _sym(R - delta)
             step = jnp.max(jnp.abs(sg(delta))) / jnp.max(jnp.abs(sg(R)))
         return R, step
