@@ -739,7 +739,7 @@ def test_output_curve_with_rank_one_targets_is_two_fcn_curves(linear_pool, outpu
     np.testing.assert_allclose(two.chi_proxy, ones[0].chi_proxy + ones[1].chi_proxy, rtol=1e-8)
     assert float(ones[0].test_error[0]) > 100 * float(ones[1].test_error[0])  # not a tie
     # At σ² = 10⁻⁶ lineax stopped the program on a NaN Newton system, from a block BFGS
-    # probed far out; now that probe reads as an infinite action. The saddle at n = d = 16
+    # probed far out; now BFGS turns that step down. The saddle at n = d = 16
     # is flagged there (the two-output path does not keep its digits at tiny σ² as the
     # one-output one does: docs/learning_curves.md); at n = 32 it is the one-output curves'.
     tiny = outputs_runs["rank_one_tiny"]
