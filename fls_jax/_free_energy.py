@@ -388,7 +388,8 @@ def _free_energy(network: AbstractNetwork, sigma: Array, shifts: tuple[Array, ..
 
 
 def _sym(M: Array) -> Array:
-    return 0.5 * (M + M.T)
+    """The symmetric part of a matrix, or of each in a stack (the last two axes)."""
+    return 0.5 * (M + jnp.swapaxes(M, -1, -2))
 
 
 def _layers(network: AbstractNetwork, sigma: Array, shifts: tuple[Array, ...], X):

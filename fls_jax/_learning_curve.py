@@ -65,7 +65,7 @@ import optimistix as optx
 from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array, ArrayLike, Bool, Float
 
-from ._free_energy import _gp_post_kernels, _inverse_width
+from ._free_energy import _gp_post_kernels, _inverse_width, _sym
 from ._linalg import (
     DenseLU,
     _drop_null_block,
@@ -300,7 +300,6 @@ def _learning_curve(network, X, Y, ns, target_noise, method: Method, branch: str
         return error, kappa, gamma, ones, identity, zeros, eta, power, located
 
     def finite():
-        inv_width = _inverse_width(network) / network.width_ratio(network.depth)
         if isinstance(network, PatchCNN) or Y.shape[1] > 1:
             # The matrix saddle's derivatives are first order. A second derivative raises
             # here, on the inputs, before it reaches the saddle, where it failed inside JAX
@@ -313,6 +312,7 @@ def _learning_curve(network, X, Y, ns, target_noise, method: Method, branch: str
                 out = _outputs_width_curve(net, Kg, Yg, net.noise, s2, ns, eta, U, inv_width)
             error, kappa, gamma, scale, chi, Us, located = out
             return error, kappa, gamma, scale, Us, chi, eta, _power(U, Y), located
+        inv_width = _inverse_width(network) / network.width_ratio(network.depth)
         k = _half_shapes(network)
         out = _finite_width_curve(K, Y, noise, target_noise, ns, k, eta, U, inv_width)
         return *out[:4], out[3][:, None, None], *out[4:]
@@ -716,10 +716,6 @@ def _pair_form(A: Array, eta: Array, x: Array, W: Array, y: Array) -> Array:
 def _eigenvalue_tangent(A: Array, eta: Array) -> Array:
     """dη_ρ = (VᵀdK V)_ρρ, 0 on the modes `kernel_spectrum` set to 0."""
     return jnp.where(eta == 0, 0.0, jnp.diagonal(A))
-
-
-def _sym(A: Array) -> Array:
-    return 0.5 * (A + jnp.swapaxes(A, -1, -2))
 
 
 def _action_form(A, eta, c, U, n):  # −(n²/2) Σ_(ρ≠σ) A_ρσ c_ρᵀ U c_σ
