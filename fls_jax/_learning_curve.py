@@ -77,6 +77,7 @@ from ._linalg import (
     refuse_derivative,
     small_cholesky,
     small_cholesky_solve,
+    small_inverse_logdet,
 )
 from ._network import AbstractNetwork, PatchCNN
 from ._renorm import (
@@ -766,16 +767,14 @@ def _outputs_width_curve(network, K, Y, noise, target_noise, ns, eta, V, inv_wid
     sg = jax.lax.stop_gradient
     tol = 1e3 * float(jnp.finfo(dtype).eps)
     eye = jnp.eye(m, dtype=dtype)
-    eyes = jnp.broadcast_to(eye, (M, m, m))
     a = V.T @ Y / np.sqrt(M)  # (M, m): ã_ρ; Y's derivatives at V fixed, K's in the forms
     # Targets whose power overflows run on zeros and come out flagged (as for one output).
     finite_power = jnp.isfinite(jnp.sum(sg(a) ** 2))
     a = jnp.where(finite_power, a, 0.0)
     lam = eta + first_order_term(_eigenvalue_tangent, K, V, eta)  # η with its tangent
 
-    def resolvents(U, R, n):  # G_ρ = (nη_ρU + R)⁻¹, (M, m, m), and the blocks' factors
-        L = small_cholesky(n * lam[:, None, None] * U + R)
-        return _sym(small_cholesky_solve(L, eyes)), L
+    def resolvents(U, R, n):  # G_ρ = (nη_ρU + R)⁻¹, (M, m, m), and log det(nη_ρU + R)
+        return small_inverse_logdet(n * lam[:, None, None] * U + R)
 
     def ridge(U, n):
         """R(U), two Newton steps from its value per eigenvalue of U (held fixed), and the
@@ -784,21 +783,25 @@ def _outputs_width_curve(network, K, Y, noise, target_noise, ns, eta, V, inv_wid
         kap = jax.vmap(lambda ui: ui * _kappa(sg(eta), sg(noise) / ui, sg(n), tol))(u)
         R = (Q * kap) @ Q.T
         step = jnp.zeros((), dtype)
+        # F's Jacobian in R at the start, held fixed (no derivatives) for both steps: the
+        # start solves F = 0 already (to κ's tolerance), so the steps' derivatives, those of
+        # R(U) to second order, are unchanged, while the m⁴ Jacobian and its solve carry no
+        # tangents (the m-output curve's Hessians in U were mostly theirs).
+        G0 = sg(resolvents(U, R, n)[0])
+        S0 = jnp.einsum("r,rij->ij", sg(lam), G0)
+        URG = jnp.einsum("ij,jk,rkl->ril", sg(U), R, G0)
+        J = jnp.einsum("ik,jl->ijkl", sg(U), S0) - jnp.einsum("r,rik,rjl->ijkl", sg(lam), URG, G0)
+        J = jnp.eye(m * m, dtype=dtype) - J.reshape(m * m, m * m)
         for _ in range(2):
             G = resolvents(U, R, n)[0]
-            S1 = jnp.einsum("r,rij->ij", lam, G)
-            F = R - noise * eye - U @ R @ S1
-            URG = jnp.einsum("ij,jk,rkl->ril", U, R, G)
-            J = jnp.einsum("ik,jl->ijkl", U, S1) - jnp.einsum("r,rik,rjl->ijkl", lam, URG, G)
-            J = jnp.eye(m * m, dtype=dtype) - J.reshape(m * m, m * m)
+            F = R - noise * eye - U @ R @ jnp.einsum("r,rij->ij", lam, G)
             # Where U's blocks cannot be factorised (NaN; BFGS probing far out), lineax would
             # stop the program on the non-finite system: it is solved on I and 0 there, and
             # R made NaN, as the blocks' own failure would make it, so that BFGS's line
             # search turns the step down (measured: σ² = 10⁻⁶ then converges).
             finite = jnp.all(jnp.isfinite(J)) & jnp.all(jnp.isfinite(F))
-            J = jnp.where(finite, J, jnp.eye(m * m, dtype=dtype))
+            operator = lx.MatrixLinearOperator(jnp.where(finite, J, jnp.eye(m * m, dtype=dtype)))
             F = jnp.where(finite, F, 0.0)
-            operator = lx.MatrixLinearOperator(J)
             delta = lx.linear_solve(operator, F.reshape(m * m), DenseLU()).value.reshape(m, m)
             delta = jnp.where(finite, delta, jnp.nan)
             R = _sym(R - delta)
@@ -807,13 +810,12 @@ def _outputs_width_curve(network, K, Y, noise, target_noise, ns, eta, V, inv_wid
 
     def averaged_nll(U, n):  # D_n(U)
         R, _ = ridge(U, n)
-        G, L = resolvents(U, R, n)
-        LR = small_cholesky(R)
-        logdet_R = 2 * jnp.sum(jnp.log(jnp.diagonal(LR)))
+        G, logdets = resolvents(U, R, n)
+        R_inv, logdet_R = small_inverse_logdet(R)
         # log det(I + nη_ρ U R⁻¹) per mode: exactly 0 where η_ρ = 0
-        per_mode = 2 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=1, axis2=2)), axis=1) - logdet_R
+        per_mode = logdets - logdet_R
         c = jnp.einsum("rij,rj->ri", G, a)
-        trace_inv = jnp.trace(small_cholesky_solve(LR, eye))
+        trace_inv = jnp.trace(R_inv)
         value = jnp.sum(per_mode) + n * logdet_R - n * m + n * (noise + target_noise) * trace_inv
         value = 0.5 * (value + n * jnp.sum(a * c))
         return value + first_order_term(_action_form, K, V, eta, c, U, n)

@@ -68,15 +68,14 @@ from ._linalg import (
     cross_components,
     first_order_term,
     guarded_cholesky_inverse,
-    guarded_small_cholesky,
     kernel_spectrum,
     resolvent_diagonal,
     resolvent_likelihood_change,
     resolvent_logdet,
     resolvent_pull,
     resolvent_solve,
+    scaled_inverses,
     small_cholesky,
-    small_cholesky_solve,
     spd_inverse_logdet,
     spd_sqrt,
 )
@@ -951,35 +950,29 @@ def _renormalise_outputs(
     K, lam, V, KsV, kss = _gp_in_eigenbasis(network, X, X_test)
     y = V.T @ Y  # (n, m): row i is the targets' component along eigenvector i
     noise = network.noise
-    eye = jnp.eye(m, dtype=X.dtype)
 
-    # Cholesky factors of M_i = λ_i U + σ² I, one m×m block per eigen-direction, and
-    # M_i⁻¹ b_i for a stack b of (n, m, r): elementwise arithmetic, not LAPACK, whose
-    # batched calls (n blocks, times the mixture's draws) can deadlock jaxlib 0.10 (`_linalg`).
-    def matrices(U):  # M_i = λ_i U + σ² I
-        return lam[:, None, None] * U + noise * eye
-
-    def blocks(U):
-        return small_cholesky(matrices(U))
-
-    solve = small_cholesky_solve
+    # The inverses P_i = M_i⁻¹ of M_i = λ_i U + σ² I, one m×m block per eigen-direction,
+    # and their log-determinants, all from one eigendecomposition of U (`scaled_inverses`,
+    # with P's derivatives −P dM P). Until stop 56 each block was factorised in
+    # elementwise column loops and differentiated through them: ten outputs (digits, n =
+    # 256, an erf FCN) took 2.6 s at the saddle point, 40 s with the mixture's 16384 draws
+    # (`benchmarks/renormalise_outputs_cost.py`).
 
     # First-order changes in K, with δK = V A Vᵀ: δM = U ⊗ A couples the eigen-directions.
     # A's block between K's null modes is rounding, which α ~ y/σ² there would magnify
     # (`_drop_null_block`). (The forms close over no traced array: `first_order_term` holds
     # them as static.)
-    def nll_form(A, alpha, U, cho, lam):  # −½ Σ_ij α_iᵀUα_j A_ij + ½ Σ_i tr(M_i⁻¹U) A_ii
+    def nll_form(A, alpha, U, P, lam):  # −½ Σ_ij α_iᵀUα_j A_ij + ½ Σ_i tr(M_i⁻¹U) A_ii
         A = _drop_null_block(A, lam)
-        traces = jnp.trace(solve(cho, jnp.broadcast_to(U, (n, m, m))), axis1=1, axis2=2)
+        traces = jnp.sum(P * U, axis=(1, 2))
         return -0.5 * jnp.sum(A * ((alpha @ U) @ alpha.T)) + 0.5 * jnp.diagonal(A) @ traces
 
-    def alpha_form(A, alpha, U, cho, lam):  # δα_i = −M_i⁻¹ U Σ_j A_ij α_j
+    def alpha_form(A, alpha, U, P, lam):  # δα_i = −M_i⁻¹ U Σ_j A_ij α_j
         A = _drop_null_block(A, lam)
-        return -solve(cho, ((A @ alpha) @ U)[..., None])[..., 0]
+        return -jnp.einsum("iab,ib->ia", P, (A @ alpha) @ U)
 
-    def covariance_form(A, B, U, cho, lam):  # Σ_ij B_xi B_xj A_ij U M_i⁻¹ U M_j⁻¹ U
+    def covariance_form(A, B, U, P, lam):  # Σ_ij B_xi B_xj A_ij U M_i⁻¹ U M_j⁻¹ U
         A = _drop_null_block(A, lam)
-        P = solve(cho, jnp.broadcast_to(jnp.eye(m, dtype=B.dtype), (n, m, m)))  # M_i⁻¹
         BP = jnp.einsum("xi,iab->xiab", B, P)
         inner = jnp.einsum("xiab,bc,ij,xjcd->xad", BP, U, A, BP)
         return U @ inner @ U
@@ -995,41 +988,36 @@ def _renormalise_outputs(
         jnp.where(null, jnp.sum(y**2, axis=1) / noise + m * jnp.log(noise), 0.0)
     )
 
-    def likelihood(U, cho):  # M⁻¹y in the eigenbasis and −log N(Y; 0, U ⊗ K + σ²I)
-        alpha = solve(cho, y[..., None])[..., 0]  # (n, m)
-        logdets = 2 * jnp.sum(jnp.log(jnp.diagonal(cho, axis1=1, axis2=2)), axis=1)
+    def likelihood(U, P, logdets):  # M⁻¹y in the eigenbasis and −log N(Y; 0, U ⊗ K + σ²I)
+        alpha = jnp.einsum("iab,ib->ia", P, y)  # (n, m)
         terms = jnp.sum(y * alpha, axis=1) + logdets
         terms = jnp.where(null, terms - jax.lax.stop_gradient(terms), terms)
         nll = 0.5 * (jnp.sum(terms) + n * m * math.log(2 * math.pi))
-        return alpha, nll + first_order_term(nll_form, K, V, alpha, U, cho, lam)
+        return alpha, nll + first_order_term(nll_form, K, V, alpha, U, P, lam)
 
     def neg_log_likelihood(U):  # without `null_part` in value
-        return likelihood(U, blocks(U))[1]
+        return likelihood(U, *scaled_inverses(lam, U, noise)[:2])[1]
 
-    def evaluate(U):  # the likelihood and the predictions at U, from one factorisation
-        # Where some M_i cannot be factorised reliably (a draw of the mixture with an
-        # enormous or nearly singular U), the likelihood is 0 (nll = ∞), and the mixture
-        # drops the draw; its factor is then finished with identity columns, so that what
-        # it gives stays finite: NaN factors made the mixture's reverse-mode derivatives
-        # NaN, even multiplied by a weight of 0 (`_matrix_mixture`). Every pivot of
-        # M_i ⪰ σ²I is at least σ²; a draw is kept where each computed pivot is above σ²/2
-        # and above 4m·eps·max|M_i|, its rounding. Checking for finite factors alone (stop
-        # 46) let through blocks whose pivot was rounding, whose derivatives could overflow;
-        # a separate check pass (stop 47) could disagree with the factorisation that was
-        # differentiated, compiled differently, and cost a second factorisation per draw:
-        # `guarded_small_cholesky` decides on the pivots of the factor it differentiates.
-        M = matrices(U)
-        rounding = 4 * m * jnp.finfo(M.dtype).eps * jnp.max(jnp.abs(M), axis=(1, 2))
-        floor = jnp.maximum(0.5 * noise, rounding)
-        cho, factored = guarded_small_cholesky(M, floor)
+    def evaluate(U):  # the likelihood and the predictions at U, from one decomposition
+        # Where some M_i cannot be inverted reliably (a draw of the mixture with an enormous
+        # or nearly singular U), the likelihood is 0 (nll = ∞), and the mixture drops the
+        # draw; the block is then computed with its failing eigenvalues set to 1, so that
+        # what it gives stays finite: NaN blocks made the mixture's reverse-mode derivatives
+        # NaN, even multiplied by a weight of 0 (`_matrix_mixture`). Every eigenvalue of
+        # M_i ⪰ σ²I is at least σ²; a draw is kept where each computed one is above σ²/2
+        # and above 4m·eps·max|eig M_i|, its rounding (the floor stops 46–47 put on the
+        # blocks' Cholesky pivots: checking for finite factors alone let through pivots
+        # that were rounding, whose derivatives could overflow). The decision is taken on
+        # the eigenvalues that are used, not in a separate pass.
+        P, logdets, factored = scaled_inverses(lam, U, noise, 0.5 * noise)
         ok = jnp.all(factored)
-        alpha, nll = likelihood(U, cho)
+        alpha, nll = likelihood(U, P, logdets)
         nll = jnp.where(ok, nll, jnp.inf)
-        alpha = alpha + first_order_term(alpha_form, K, V, alpha, U, cho, lam)
+        alpha = alpha + first_order_term(alpha_form, K, V, alpha, U, P, lam)
         # Cov(f(x*)) = U k(x*, x*) − Σ_i (K*V)_{x* i}² U M_i⁻¹ U, per test input (m×m).
-        shrink = U @ solve(cho, jnp.broadcast_to(U, (n, m, m)))
+        shrink = U @ P @ U
         covariance = kss[:, None, None] * U - jnp.einsum("xi,iab->xab", KsV**2, shrink)
-        covariance = covariance + first_order_term(covariance_form, K, V, KsV, U, cho, lam)
+        covariance = covariance + first_order_term(covariance_form, K, V, KsV, U, P, lam)
         return nll, _AtScale(KsV @ (alpha @ U), noise * (V @ alpha), covariance)
 
     saddle = _matrix_saddle(neg_log_likelihood, m, network, X.dtype)

@@ -668,58 +668,107 @@ def test_guarded_cholesky_keeps_reverse_mode_finite_where_it_fails():
     np.testing.assert_allclose(dL_inv, (inv(up) - inv(down)) / (2 * h), atol=1e-8)
 
 
-@pytest.mark.parametrize("unroll", [0, 3])
-def test_guarded_small_cholesky_drops_small_pivots_with_finite_derivatives(monkeypatch, unroll):
-    """`_linalg.guarded_small_cholesky` (the m-output mixture's blocks λ_i U + σ²I) on a
-    stack of three 3×3 matrices: positive definite (its factor is numpy's, ok), singular to
-    rounding (a pivot below the floor) and indefinite. The last two are flagged, their
-    factors finite. What is kept by `ok` has first and second derivatives equal to those of
-    the first matrix alone by `jnp.linalg.cholesky`, finite, where `small_cholesky`'s are
-    NaN (0 · NaN). A pivot just above the floor is kept, just below it is not. Both forms of
-    the column loop: `fori_loop` (unroll 0) and unrolled (3)."""
+def test_scaled_inverses_against_numpy_with_guard_and_derivatives():
+    """`_linalg.scaled_inverses` (the m-output blocks M_i = λ_i U + sI, from one
+    eigendecomposition of U) against numpy's inverse and log-determinant block by block.
+    Its hand-written derivatives in λ, U and s, first and second, against central
+    differences of numpy's, also at U = I, where U's eigenvectors are undefined. The guard:
+    a block with an eigenvalue below the floor, or below its rounding, is flagged, and
+    what it gives, derivatives included, stays finite; a kept block's values and
+    derivatives are those of numpy's inverse alone. An eigenvalue just above the floor is
+    kept, just below it is not."""
     from fls_jax import _linalg
 
-    monkeypatch.setattr(_linalg, "_UNROLL", unroll)
     rng = np.random.default_rng(7)
-    B = rng.standard_normal((3, 3))
-    A, dA = B @ B.T + 0.5 * np.eye(3), B + B.T
-    v = rng.standard_normal(3)
-    singular = np.outer(v, v) + 1e-17 * np.eye(3)  # rank one: its second pivot is rounding
-    indefinite = np.diag([1.0, -1.0, 2.0])
-    stack = np.stack([A, singular, indefinite])
-    floor = np.full(3, 1e-3)
-    # Compiled (op by op, each operation was compiled on its own: 3.0–5.2 s a case). New
-    # functions here, traced after the monkeypatch: not a program traced at another `_UNROLL`.
-    guarded = jax.jit(lambda M, floor: _linalg.guarded_small_cholesky(M, floor))
+    m = 3
+    B = rng.standard_normal((m, m))
+    U0, dU = B @ B.T + 0.3 * np.eye(m), B + B.T
+    lam, dlam = np.array([0.0, 0.4, 2.5, 7.0]), rng.standard_normal(4)
+    s, ds = 0.2, 0.7
 
-    L, ok = guarded(jnp.asarray(stack), jnp.asarray(floor))
-    np.testing.assert_array_equal(ok, [True, False, False])
-    np.testing.assert_allclose(L[0], np.linalg.cholesky(A), rtol=1e-13)
-    assert np.all(np.isfinite(np.asarray(L)))
-    plain = jax.jit(lambda M: _linalg.small_cholesky(M))(jnp.asarray(stack))
+    def reference(t, U):  # Σ over blocks of log det M_i + a fixed weighting of M_i⁻¹
+        M = (lam + t * dlam)[:, None, None] * (U + t * dU) + (s + t * ds) * np.eye(m)
+        W = np.arange(1.0, m * m + 1).reshape(m, m)
+        return sum(np.linalg.slogdet(Mi)[1] + np.sum(W * np.linalg.inv(Mi)) for Mi in M)
+
+    @jax.jit
+    def summary(t, U):
+        P, logdet, ok = _linalg.scaled_inverses(
+            jnp.asarray(lam) + t * dlam, U + t * dU, s + t * ds
+        )
+        W = jnp.arange(1.0, m * m + 1).reshape(m, m)
+        return jnp.sum(logdet) + jnp.sum(W * P), ok
+
+    for U in (U0, np.eye(m)):
+        P, logdet, ok = _linalg.scaled_inverses(jnp.asarray(lam), jnp.asarray(U), s)
+        M = lam[:, None, None] * U + s * np.eye(m)
+        np.testing.assert_allclose(P, np.linalg.inv(M), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(logdet, np.linalg.slogdet(M)[1], rtol=1e-12)
+        assert bool(np.all(ok))
+        h = 1e-4
+        first = (reference(h, U) - reference(-h, U)) / (2 * h)
+        second = (reference(h, U) - 2 * reference(0.0, U) + reference(-h, U)) / h**2
+        d1 = jax.grad(lambda t: summary(t, jnp.asarray(U))[0])
+        np.testing.assert_allclose(d1(0.0), first, rtol=1e-7)
+        np.testing.assert_allclose(jax.grad(d1)(0.0), second, rtol=1e-5)
+
+    # The guard: block 1 of U = diag(1, 1, −0.5) has eigenvalues 0.4·(−0.5) + 0.2 = 0 (below
+    # the floor 10⁻³) and blocks 2–3 negative ones; block 0 is sI.
+    U_bad = jnp.diag(jnp.asarray([1.0, 1.0, -0.5]))
+
+    def guarded(t):
+        P, logdet, ok = _linalg.scaled_inverses(jnp.asarray(lam), U_bad + t * dU, s, 1e-3)
+        return jnp.sum(jnp.where(ok, logdet + jnp.sum(P, axis=(1, 2)), 0.0)), ok
+
+    value, ok = guarded(0.0)
+    np.testing.assert_array_equal(ok, [True, False, False, False])
+    np.testing.assert_allclose(value, m * np.log(s) + m / s, rtol=1e-13)
+    for order in (jax.grad, lambda f: jax.grad(jax.grad(f))):
+        got = order(lambda t: guarded(t)[0])(0.0)
+        assert np.isfinite(float(got))
+    np.testing.assert_allclose(jax.grad(lambda t: guarded(t)[0])(0.0), 0.0, atol=1e-13)
+    plain = _linalg.scaled_inverses(jnp.asarray(lam), U_bad, s)[1]
     assert np.any(np.isnan(np.asarray(plain)))
 
-    def kept(t, guarded=True):
-        M = jnp.asarray(stack) + t * jnp.asarray(dA)
-        if guarded:
-            L, ok = _linalg.guarded_small_cholesky(M, jnp.asarray(floor))
-        else:
-            L = _linalg.small_cholesky(M)
-            ok = jnp.all(jnp.isfinite(L), axis=(1, 2))
-        return jnp.sum(jnp.where(ok[:, None, None], jnp.log(jnp.abs(L) + 1.0), 0.0))
-
-    def alone(t):
-        return jnp.sum(jnp.log(jnp.abs(jnp.linalg.cholesky(A + t * dA)) + 1.0))
-
-    for order in (jax.grad, lambda f: jax.grad(jax.grad(f))):
-        got = jax.jit(order(kept))(0.0)
-        np.testing.assert_allclose(got, jax.jit(order(alone))(0.0), rtol=1e-12)
-    assert bool(jnp.isnan(jax.jit(jax.grad(kept), static_argnums=1)(0.0, False)))
-
-    # The floor on the third pivot of diag(1, 1, p): kept at p = 1.01·floor, not at 0.99.
+    # The floor: the least eigenvalue of the one block s·diag(1, 1, p/s) at p = 1.01·floor
+    # is kept, at 0.99·floor it is not; and a block whose spread is rounding is flagged.
     for p, expected in ((1.01e-3, True), (0.99e-3, False)):
-        D = jnp.diag(jnp.asarray([1.0, 1.0, p]))
-        assert bool(guarded(D, jnp.asarray(1e-3))[1]) == expected
+        U = jnp.diag(jnp.asarray([1.0, 1.0, p]))
+        assert bool(_linalg.scaled_inverses(jnp.ones(1), U, 0.0, 1e-3)[2][0]) == expected
+    U = jnp.diag(jnp.asarray([1.0, 1.0, 1e-17]))
+    assert not bool(_linalg.scaled_inverses(jnp.ones(1), U, 0.0, 0.0)[2][0])
+
+
+def test_small_inverse_logdet_against_numpy():
+    """`_linalg.small_inverse_logdet` on a stack of SPD m×m matrices (m = 1, 3, 5) against
+    numpy's inverse and log-determinant; its hand-written first and second derivatives
+    against central differences of numpy's."""
+    from fls_jax import _linalg
+
+    rng = np.random.default_rng(3)
+    for m in (1, 3, 5):
+        B = rng.standard_normal((4, m, m))
+        A = B @ np.swapaxes(B, 1, 2) + 0.5 * np.eye(m)
+        dA = B + np.swapaxes(B, 1, 2)
+        W = rng.standard_normal((m, m))
+        inverse, logdet = jax.jit(_linalg.small_inverse_logdet)(jnp.asarray(A))
+        np.testing.assert_allclose(inverse, np.linalg.inv(A), rtol=1e-11, atol=1e-12)
+        np.testing.assert_allclose(logdet, np.linalg.slogdet(A)[1], rtol=1e-12)
+
+        def reference(t):
+            M = A + t * dA
+            return np.sum(np.linalg.slogdet(M)[1]) + np.sum(W * np.linalg.inv(M))
+
+        def summary(t):
+            inverse, logdet = _linalg.small_inverse_logdet(jnp.asarray(A) + t * dA)
+            return jnp.sum(logdet) + jnp.sum(W * inverse)
+
+        h = 1e-4
+        first = (reference(h) - reference(-h)) / (2 * h)
+        second = (reference(h) - 2 * reference(0.0) + reference(-h)) / h**2
+        d1 = jax.grad(summary)
+        np.testing.assert_allclose(d1(0.0), first, rtol=1e-7)
+        np.testing.assert_allclose(jax.grad(d1)(0.0), second, rtol=1e-5)
 
 
 @pytest.mark.parametrize("unroll", [0, 4])
