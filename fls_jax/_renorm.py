@@ -965,7 +965,7 @@ def _renormalise_outputs(
     def nll_form(A, alpha, U, P, lam):  # −½ Σ_ij α_iᵀUα_j A_ij + ½ Σ_i tr(M_i⁻¹U) A_ii
         A = _drop_null_block(A, lam)
         traces = jnp.sum(P * U, axis=(1, 2))
-        return -0.5 * jnp.sum(A * ((alpha @ U) @ alpha.T)) + 0.5 * jnp.diagonal(A) @ traces
+        return -0.5 * jnp.sum((A @ alpha) * (alpha @ U)) + 0.5 * jnp.diagonal(A) @ traces
 
     def alpha_form(A, alpha, U, P, lam):  # δα_i = −M_i⁻¹ U Σ_j A_ij α_j
         A = _drop_null_block(A, lam)
