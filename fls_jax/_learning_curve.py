@@ -173,7 +173,7 @@ def learning_curve(
     O(M) per training-set size, and for a derivative one M×M change of basis plus O(M²) per
     size. At finite width (FCNs, linear when deep) the kernel's scale u(n) renormalises the
     noise, differentiably too (u's own derivative included); with m outputs it is an m×m
-    matrix U(n) (each size a saddle point whose every step factorises M blocks of m×m and
+    matrix U(n) (each size a saddle point whose every step inverts M blocks of m×m and
     solves an m²×m² system, O(Mm⁴)); a PatchCNN's
     kernel is renormalised by a P×P matrix U(n) over patch pairs (one hidden layer, one
     output; each size costs a saddle point whose every step takes an M×M eigendecomposition
