@@ -693,9 +693,7 @@ def test_scaled_inverses_against_numpy_with_guard_and_derivatives():
 
     @jax.jit
     def summary(t, U):
-        P, logdet, ok = _linalg.scaled_inverses(
-            jnp.asarray(lam) + t * dlam, U + t * dU, s + t * ds
-        )
+        P, logdet, ok = _linalg.scaled_inverses(jnp.asarray(lam) + t * dlam, U + t * dU, s + t * ds)
         W = jnp.arange(1.0, m * m + 1).reshape(m, m)
         return jnp.sum(logdet) + jnp.sum(W * P), ok
 
@@ -708,7 +706,7 @@ def test_scaled_inverses_against_numpy_with_guard_and_derivatives():
         h = 1e-4
         first = (reference(h, U) - reference(-h, U)) / (2 * h)
         second = (reference(h, U) - 2 * reference(0.0, U) + reference(-h, U)) / h**2
-        d1 = jax.grad(lambda t: summary(t, jnp.asarray(U))[0])
+        d1 = jax.grad(lambda t, U=U: summary(t, jnp.asarray(U))[0])
         np.testing.assert_allclose(d1(0.0), first, rtol=1e-7)
         np.testing.assert_allclose(jax.grad(d1)(0.0), second, rtol=1e-5)
 
@@ -755,11 +753,11 @@ def test_small_inverse_logdet_against_numpy():
         np.testing.assert_allclose(inverse, np.linalg.inv(A), rtol=1e-11, atol=1e-12)
         np.testing.assert_allclose(logdet, np.linalg.slogdet(A)[1], rtol=1e-12)
 
-        def reference(t):
+        def reference(t, A=A, dA=dA, W=W):
             M = A + t * dA
             return np.sum(np.linalg.slogdet(M)[1]) + np.sum(W * np.linalg.inv(M))
 
-        def summary(t):
+        def summary(t, A=A, dA=dA, W=W):
             inverse, logdet = _linalg.small_inverse_logdet(jnp.asarray(A) + t * dA)
             return jnp.sum(logdet) + jnp.sum(W * inverse)
 
