@@ -958,8 +958,8 @@ def _renormalise_outputs(
     # and their log-determinants, all from one eigendecomposition of U (`scaled_inverses`,
     # with P's derivatives −P dM P). Until stop 56 each block was factorised in
     # elementwise column loops and differentiated through them: ten outputs (digits, n =
-    # 256, an erf FCN) took 2.6 s at the saddle point, 40 s with the mixture's 16384 draws
-    # (`benchmarks/renormalise_outputs_cost.py`).
+    # 256, an erf FCN) took 2.6–2.9 s at the saddle point, 40–52 s with the mixture's 16384
+    # draws (`benchmarks/renormalise_outputs_cost.py`).
 
     # First-order changes in K, with δK = V A Vᵀ: δM = U ⊗ A couples the eigen-directions.
     # A's block between K's null modes is rounding, which α ~ y/σ² there would magnify
@@ -1020,7 +1020,8 @@ def _renormalise_outputs(
         # Cov(f(x*)) = U k(x*, x*) − Σ_i (K*V)_{x* i}² U M_i⁻¹ U, per test input (m×m),
         # from its pieces by `covariance_of`: linear in U, U M_i⁻¹ U and the form, so the
         # mixture averages these (n×m×m) instead of the covariance (n*×m×m, n·n*·m² per
-        # draw: at m = 10, n = 256, n* = 200, 3/4 of the mixture's 16384 draws' time).
+        # draw: at m = 10, n = 256, n* = 200, the mixture's 16384 draws took 11.5 s with
+        # it and 7.8 s without).
         form = first_order_term(covariance_form, K, V, KsV, U, P, lam)
         covariance = (U, U @ P @ U, form)
         return nll, _AtScale(KsV @ (alpha @ U), noise * (V @ alpha), covariance)
@@ -1223,8 +1224,8 @@ def _matrix_mixture(saddle: _MatrixSaddle, nll, evaluate, draws: int, batch: int
         def add(t, x):  # shift·t + Σ_s w_s x_s, with x_s held out (not 0·x_s) where w_s = 0
             kept = (w > 0).reshape((-1,) + (1,) * (x.ndim - 1))
             # As a matrix product over the chunk: the same sum as an elementwise product
-            # reduced over the draws took 8–10 ms per chunk of 41 draws of 256×10×10 (XLA:CPU),
-            # a third of the mixture's time at m = 10 outputs.
+            # reduced over the draws took 8–10 ms per chunk of 41 draws of 256×10×10
+            # (XLA:CPU; the mixture at m = 10 outputs 12 → 7.3 s).
             return shift * t + jnp.tensordot(w, jnp.where(kept, x, 0.0), axes=1)
 
         total = jax.tree.map(add, total, terms)
