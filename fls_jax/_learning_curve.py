@@ -75,8 +75,6 @@ from ._linalg import (
     first_order_term,
     kernel_spectrum,
     refuse_derivative,
-    small_cholesky,
-    small_cholesky_solve,
     small_inverse_logdet,
 )
 from ._network import AbstractNetwork, PatchCNN
@@ -787,13 +785,15 @@ def _outputs_width_curve(network, K, Y, noise, target_noise, ns, eta, V, inv_wid
         # start solves F = 0 already (to κ's tolerance), so the steps' derivatives, those of
         # R(U) to second order, are unchanged, while the m⁴ Jacobian and its solve carry no
         # tangents (the m-output curve's Hessians in U were mostly theirs).
-        G0 = sg(resolvents(U, R, n)[0])
+        G = resolvents(U, R, n)[0]
+        G0 = sg(G)
         S0 = jnp.einsum("r,rij->ij", sg(lam), G0)
         URG = jnp.einsum("ij,jk,rkl->ril", sg(U), R, G0)
         J = jnp.einsum("ik,jl->ijkl", sg(U), S0) - jnp.einsum("r,rik,rjl->ijkl", sg(lam), URG, G0)
         J = jnp.eye(m * m, dtype=dtype) - J.reshape(m * m, m * m)
-        for _ in range(2):
-            G = resolvents(U, R, n)[0]
+        for newton in range(2):
+            if newton:  # the blocks at the first step's R (at the start's: above)
+                G = resolvents(U, R, n)[0]
             F = R - noise * eye - U @ R @ jnp.einsum("r,rij->ij", lam, G)
             # Where U's blocks cannot be factorised (NaN; BFGS probing far out), lineax would
             # stop the program on the non-finite system: it is solved on I and 0 there, and
@@ -825,16 +825,14 @@ def _outputs_width_curve(network, K, Y, noise, target_noise, ns, eta, V, inv_wid
         U = _first_order_only(saddle.U)
         R, step = ridge(U, n)
         G, _ = resolvents(U, R, n)
-        LR = small_cholesky(R)
-        R_inv = _sym(small_cholesky_solve(LR, eye))
+        R_inv = small_inverse_logdet(R)[0]
         c = jnp.einsum("rij,rj->ri", G, a)  # G_ρ ã_ρ
         d = jnp.einsum("rij,rj->ri", G, c)  # G_ρ² ã_ρ
         UG = jnp.einsum("ij,rjk->rik", U, G)
         T = _sym(jnp.einsum("r,rij,rjk->ik", lam, UG, G))  # T̃
         Gamma = _sym(n * jnp.einsum("r,rij,rkj->ik", lam**2, UG, UG))
         Omega = noise * R_inv + _sym(R @ T)
-        L_omega = small_cholesky(Omega)
-        Omega_inv = _sym(small_cholesky_solve(L_omega, eye))
+        Omega_inv = small_inverse_logdet(Omega)[0]
         C = _sym(R @ Omega_inv @ R)
         Rc = c @ R  # rows R G_ρ ã_ρ
         bias = jnp.sum((Rc @ Omega_inv) * Rc)
@@ -845,7 +843,7 @@ def _outputs_width_curve(network, K, Y, noise, target_noise, ns, eta, V, inv_wid
         lead = noise * n * jnp.sum(lam * jnp.sum((c @ _sym(Omega_inv @ R_inv @ U)) * c, axis=1))
         chi = n * (lead + jnp.sum(a * (c @ W)) + target_noise * jnp.sum(Omega_inv * T))
         chi = chi + first_order_term(_chi_form, K, V, eta, c, U, _sym(Omega_inv @ U), d, n, noise)
-        kappa = jnp.trace(R @ _sym(small_cholesky_solve(small_cholesky(U), eye))) / m
+        kappa = jnp.trace(R @ small_inverse_logdet(U)[0]) / m
         ok = saddle.converged & finite_power & (step <= np.sqrt(float(jnp.finfo(dtype).eps)))
         return error, kappa, jnp.trace(Gamma) / m, U, chi * inv_width, ok
 
