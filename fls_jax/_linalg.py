@@ -254,8 +254,8 @@ def scaled_inverses(
     rounding, 4m·eps·max_a |d_ia|, or NaN, is flagged (ok False) and computed with those
     eigenvalues set to 1, so that it and its derivatives stay finite for a caller that
     drops it by ok. The decision and Q carry no derivatives. The eigendecomposition runs
-    unbatched on CPU under vmap (`_eigh`)."""
-    u, Q = _eigh(jax.lax.stop_gradient(U))
+    unbatched on CPU under vmap (`_eigh`), or in closed form for m ≤ 2 (`_small_eigh`)."""
+    u, Q = _small_eigh(jax.lax.stop_gradient(U))
     d = lam[:, None] * u + s
     if floor is None:
         ok = jnp.ones(lam.shape, bool)
@@ -267,6 +267,28 @@ def scaled_inverses(
         d = jnp.where(good, d, 1.0)
     inverse, logdet = _basis_inverses(lam, U, s, jax.lax.stop_gradient(Q), d)
     return inverse, logdet, ok
+
+
+def _small_eigh(U: Array) -> tuple[Array, Array]:
+    """`_eigh` of a symmetric m×m U, in closed form for m ≤ 2: with U = [[a, b], [b, c]],
+    u = (a + c)/2 ∓ r, r = hypot((a − c)/2, b), and the eigenvectors at the angle
+    θ = ½ atan2(2b, a − c) (θ = 0 at U ∝ I, where any basis is one). Under the mixture's
+    vmap over draws LAPACK runs one sequential call per draw: 3.7 ms per 4096 2×2 draws
+    against 0.7 ms in closed form (2-core CPU; stop 57). Values only: callers hold the
+    result fixed."""
+    m = U.shape[-1]
+    if m == 1:
+        return U[..., 0], jnp.ones_like(U)
+    if m > 2:
+        return _eigh(U)
+    a, b, c = U[..., 0, 0], 0.5 * (U[..., 0, 1] + U[..., 1, 0]), U[..., 1, 1]
+    mean, half = 0.5 * (a + c), 0.5 * (a - c)
+    r = jnp.hypot(half, b)
+    theta = 0.5 * jnp.arctan2(b, half)
+    cos, sin = jnp.cos(theta), jnp.sin(theta)
+    u = jnp.stack([mean - r, mean + r], axis=-1)
+    Q = jnp.stack([jnp.stack([-sin, cos], -1), jnp.stack([cos, sin], -1)], -2)
+    return u, Q
 
 
 @jax.custom_jvp
