@@ -1,7 +1,8 @@
-"""A finite-width FCN's learning curve with two outputs against its posterior, on drawn sets.
+"""A finite-width network's learning curve with two outputs against its posterior, on drawn sets.
 
     python benchmarks/learning_curve_outputs.py --draws 30
     python benchmarks/learning_curve_outputs.py --draws 30 --task linear
+    python benchmarks/learning_curve_outputs.py --network patch --pool 200 --draws 20
 
 `fj.learning_curve` at finite width for an FCN with m = 2 outputs: the m×m kernel scale U(n)
 at the saddle point of `fj.renormalise`'s action with its data term averaged over training
@@ -12,14 +13,16 @@ integrated over U: exact for a linear network, the proportional-limit theory for
 average its test error on the pool. Both run here on the same pool, in one process.
 
 Tasks: d = 16 inputs, pool M = 400, output 1 a linear teacher ×3 (y₁ = 3w₁·x). `--task mixed`
-(default): output 2 is 2 tanh(x₁) + y₁/2, which a linear network can learn only in part;
-`--task linear`: output 2 is 3(0.6 w₁ + 0.8 w₂)·x, another linear teacher correlated with the
-first. Either way the outputs are correlated and U* is not diagonal. FCNs (linear and erf) at
-C = 4, σ_w² = σ_a² = 1, σ² = 0.01. Printed per (activation, n): the curve's test error
-(averaged over outputs), the Monte-Carlo average ± its standard error, their ratio, the GP's
-curve (C = ∞), the relative Frobenius gap between the curve's U(n) and the average of the drawn
-sets' E[U | Y], both mean eigenvalues, the curve's χ proxy, its flag, and the seconds the
-Monte Carlo took for that n (`learning_curve_patch.against_drawn_sets`; the first call
+(default): output 2 is 2 tanh(x₁) + y₁/2, which a linear network can learn only in part; `--task
+linear`: output 2 is 3(0.6 w₁ + 0.8 w₂)·x, another linear teacher correlated with the first.
+Either way the outputs are correlated and U* is not diagonal. FCNs (linear and erf) at C = 4,
+σ_w² = σ_a² = 1, σ² = 0.01. `--network patch`: one-hidden-layer PatchCNNs instead (P = 4 patches
+of 4 inputs, C = 16 > Pm − 1), whose 8×8 scale over (patch, output) pairs does not factor over
+outputs (a 2×2 ridge; `_patch_outputs_width_curve`). Printed per (activation, n): the curve's
+test error (averaged over outputs), the Monte-Carlo average ± its standard error, their ratio,
+the GP's curve (C = ∞), the relative Frobenius gap between the curve's U(n) and the average of
+the drawn sets' E[U | Y], both mean eigenvalues, the curve's χ proxy, its flag, and the seconds
+the Monte Carlo took for that n (`learning_curve_patch.against_drawn_sets`; the first call
 compiling).
 Then the curve's time: its first call (compilation included) and the best of three after.
 """
@@ -45,11 +48,12 @@ def main():
     parser.add_argument("--ns", type=int, nargs="+", default=[8, 16, 32, 64])
     parser.add_argument("--pool", type=int, default=400)
     parser.add_argument("--task", choices=["mixed", "linear"], default="mixed")
+    parser.add_argument("--network", choices=["fcn", "patch"], default="fcn")
     a = parser.parse_args()
     print(
         f"# {platform.processor() or platform.machine()}, jax {jax.__version__}, "
         f"{jax.devices()[0].platform}; pool M = {a.pool}, {a.draws} training sets per n, "
-        f"task {a.task}"
+        f"task {a.task}, network {a.network}"
     )
     t = fj.datasets.linear_patch_teacher(a.pool, 1, patch_size=16, patches=1, seed=3)
     X, y = np.asarray(t.X), 3 * np.asarray(t.Y)[:, 0]
@@ -68,10 +72,16 @@ def main():
     )
     timings = []
     for act in (fj.Linear(), fj.Erf()):
-        net = fj.FCN(4.0, 1.0, 1.0, 0.01, act)
+
+        def network(width, act=act):
+            if a.network == "patch":
+                return fj.PatchCNN(width, 1.0, 1.0, 0.01, act, patch_size=4)
+            return fj.FCN(width, 1.0, 1.0, 0.01, act)
+
+        net = network(16.0 if a.network == "patch" else 4.0)
         lc, first, after = first_and_best(fj.learning_curve, net, X, Y, ns)
         timings.append((type(act).__name__, first, after))
-        gp = fj.learning_curve(fj.FCN(np.inf, 1.0, 1.0, 0.01, act), X, Y, ns)
+        gp = fj.learning_curve(network(np.inf), X, Y, ns)
         against_drawn_sets(type(act).__name__, net, X, Y, a.ns, a.draws, lc, gp)
     print(f"\n{'act':>6} | {'first call (s)':>14} {'after (s)':>9}  ({len(ns)} sizes)")
     for name, first, after in timings:

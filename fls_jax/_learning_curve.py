@@ -31,12 +31,14 @@ and λ²yᵀ(K + λ)⁻²y/n → (λ/κ)²(E_g + σ_ε²), with κ = κ(λ). The
 curve at the ridge σ²/u(n). Its derivatives include u's own, by the implicit function
 theorem on the saddle-point equation.
 
-**Finite width, PatchCNN** (one hidden layer, one output). `fj.renormalise` rescales its
+**Finite width, PatchCNN** (one hidden layer). `fj.renormalise` rescales its
 kernel by a P×P matrix over patch pairs, K_U = Σ_pq U_pq κ_pq. U(n) is the saddle point of the
 same action with the data term averaged over training sets, now as matrix functions of the
 operator T_U = K_U/M: with A = nT_U + κI and κ = σ² + κ tr T_U A⁻¹,
 ½[log det(I + nT_U/κ) + n log κ − n + nσ²/κ + n yᵀA⁻¹y/M + nσ_ε²/κ], the FCN's at T_U = uK
-(`_patch_width_curve`). E_g is the self-consistent curve of K_U(n) at the ridge σ².
+(`_patch_width_curve`). E_g is the self-consistent curve of K_U(n) at the ridge σ². With m
+outputs U is Pm×Pm over (patch, output) pairs, the kernel does not factor over outputs, and
+κ becomes an m×m ridge R (`_patch_outputs_width_curve`).
 
 **Finite width, m outputs** (FCNs, linear when deep). `fj.renormalise` rescales the kernel
 of m outputs by an m×m matrix, U ⊗ K. In U's eigenbasis the outputs decouple: direction i is
@@ -83,7 +85,6 @@ from ._renorm import (
     _bisect_intervals,
     _check_matrix_renormalisation,
     _check_no_weight_mean,
-    _check_one_output,
     _check_scalar_renormalisation,
     _half_shapes,
     _least_prior,
@@ -111,15 +112,16 @@ class LearningCurve(eqx.Module):
     - `kappa`: the renormalised ridge κ(n) (σ² for the equivalent kernel) (k); at finite
       width, an FCN's is K's at the ridge σ²/u, a PatchCNN's that of Σ_pq U_pq κ_pq at σ²
       (for one patch, u times the FCN's); with m outputs, K's at σ²/u_i averaged over U's
-      eigen-directions i.
+      eigen-directions i (an FCN's), or the m×m ridge's mean eigenvalue (a PatchCNN's).
     - `gamma`: γ(n) = Σ_ρ n η_ρ²/(n η_ρ + κ)² (k); with m outputs, averaged as `kappa`.
     - `scale`: at finite width, the kernel's scale u(n) at the saddle point (the ridge is
       σ²/u), for a PatchCNN or m outputs the mean eigenvalue of `scale_matrix`; 1 at width
       ``inf`` (k).
     - `scale_matrix`: a PatchCNN's P×P scale U(n) over patch pairs at the saddle point (the
-      kernel Σ_pq U_pq κ_pq, as `Renormalised.scale_matrix`), an FCN's m×m scale over its
-      m outputs (the kernel U ⊗ K; [[u(n)]] for one output); the identity at width ``inf``
-      (k×P×P or k×m×m).
+      kernel Σ_pq U_pq κ_pq, as `Renormalised.scale_matrix`; Pm×Pm over (patch, output)
+      pairs, patch-major, with m outputs), an FCN's m×m scale over its m outputs (the kernel
+      U ⊗ K; [[u(n)]] for one output); the identity at width ``inf`` (k×P×P, k×Pm×Pm or
+      k×m×m).
     - `chi_proxy`: at finite width, the training-set average of the feature-learning proxy
       tᵀQ_f t/C of SPEC §4 (`Prediction.chi_proxy`), with Q_f = uK (a PatchCNN's K_U, m
       outputs' U ⊗ K, summed over outputs) and t = (Q_f + σ²)⁻¹y; 0 at width ``inf`` (k).
@@ -192,7 +194,8 @@ def learning_curve(
     - `network`: an [`fls_jax.FCN`][] or [`fls_jax.PatchCNN`][] at width ``inf`` with
       standard readout scaling (a mean-field readout's GP limit vanishes), or at a finite
       width an FCN (linear in every layer when deep; with m outputs every hidden layer
-      wider than m − 1) or a PatchCNN with one hidden layer and one output, either scaling.
+      wider than m − 1) or a PatchCNN with one hidden layer (with m outputs, wider than
+      Pm − 1), either scaling.
     - `X`: M inputs drawn from the data measure (the pool; M of a few hundred to a few
       thousand resolves the modes that matter for n up to about M/4).
     - `Y`: the target's noiseless values on the pool (M×m or M).
@@ -212,7 +215,7 @@ def learning_curve(
     concrete = _concrete(network.width)
     finite = concrete and bool(np.isfinite(np.asarray(network.width)).all())
     if finite:
-        _check_finite_width(network, Y, "learning_curve at finite width")
+        _check_finite_width(network, X, Y, "learning_curve at finite width")
         if method != "self_consistent":
             raise ValueError("learning_curve at finite width has method='self_consistent' only")
     elif concrete and getattr(network, "scaling", "standard") != "standard":
@@ -248,15 +251,18 @@ def learning_curve(
     return _learning_curve(network, X, Y, jnp.atleast_1d(n), target_noise, method, branch)
 
 
-def _check_finite_width(network: AbstractNetwork, Y: Array, who: str) -> None:
+def _check_finite_width(network: AbstractNetwork, X: Array, Y: Array, who: str) -> None:
     """The networks whose finite-width curve is written: FCNs (linear when deep), whose
     kernel `fj.renormalise` rescales by one scalar per layer, or by an m×m matrix with m
-    outputs, and one-hidden-layer PatchCNNs with one output (a P×P matrix)."""
+    outputs, and one-hidden-layer PatchCNNs (a P×P matrix, Pm×Pm with m outputs)."""
     if isinstance(network, PatchCNN):
         _check_no_weight_mean(network, who)
         if network.depth > 1:
             raise ValueError(f"{who} takes a PatchCNN with one hidden layer only")
-        _check_one_output(Y, who)
+        m = Y.shape[1]
+        if m > 1:
+            q = X.shape[1] // network.filter_size(X.shape[1]) * m
+            _check_matrix_renormalisation(network, q, f"the {q}×{q} scale of {m} outputs")
     else:
         _check_scalar_renormalisation(network, who)
         m = Y.shape[1]
@@ -289,7 +295,7 @@ def _learning_curve(network, X, Y, ns, target_noise, method: Method, branch: str
     # The scale's size: a PatchCNN's patches (as `renormalise`), an FCN's outputs.
     q = Y.shape[1]
     if isinstance(network, PatchCNN):
-        q = X.shape[1] // network.filter_size(X.shape[1])
+        q = X.shape[1] // network.filter_size(X.shape[1]) * Y.shape[1]
 
     def gp():
         error, kappa, gamma, _, _, _, power = _curve(K, Y, noise, target_noise, ns, eta, U, sc)
@@ -305,7 +311,9 @@ def _learning_curve(network, X, Y, ns, target_noise, method: Method, branch: str
             # ("Linearization failed…", or a scan with nothing to scan over).
             net, Xg, Yg, Kg, s2 = _first_order_inputs((network, X, Y, K, target_noise))
             inv_width = _inverse_width(net) / net.width_ratio(net.depth)
-            if isinstance(network, PatchCNN):
+            if isinstance(network, PatchCNN) and Y.shape[1] > 1:
+                out = _patch_outputs_width_curve(net, Xg, Yg, s2, ns, inv_width)
+            elif isinstance(network, PatchCNN):
                 out = _patch_width_curve(net, Xg, Yg, s2, ns, inv_width)
             else:
                 out = _outputs_width_curve(net, Kg, Yg, net.noise, s2, ns, eta, U, inv_width)
@@ -323,7 +331,7 @@ def _learning_curve(network, X, Y, ns, target_noise, method: Method, branch: str
     else:  # the width is traced: decided at run time
         renormalisable = True
         try:
-            _check_finite_width(network, Y, "")
+            _check_finite_width(network, X, Y, "")
         except ValueError:
             renormalisable = False
         if renormalisable and sc:
@@ -344,7 +352,7 @@ def _learning_curve(network, X, Y, ns, target_noise, method: Method, branch: str
                     out[0],
                     jnp.isfinite(network.width),
                     "learning_curve at finite width needs an FCN (linear when deep) or a "
-                    "PatchCNN with one hidden layer, one output and "
+                    "PatchCNN with one hidden layer and "
                     "method='self_consistent'",
                 ),
                 *out[1:],
@@ -701,6 +709,162 @@ def _patch_width_curve(network, X, Y, target_noise, ns, inv_width):
 
     error, kappa, gamma, U, chi_proxy, located = jax.lax.map(at_size, ns)
     scale = jnp.trace(U, axis1=1, axis2=2) / P
+    return error, kappa, gamma, scale, chi_proxy, U, located
+
+
+def _patch_outputs_width_curve(network, X, Y, target_noise, ns, inv_width):
+    """The learning curve of a finite-width PatchCNN (one hidden layer) with m outputs, whose
+    kernel Cov(f_o(x), f_r(x′)) = Σ_pq U_(p,o),(q,r) κ_pq(x, x′) a Pm×Pm matrix U renormalises
+    (`fj.renormalise`, `_renormalise_patches`): U(n) at the saddle point of that action with
+    its data term replaced by its training-set average, then the test error of that kernel's
+    GP averaged over the outputs. Returns (E_g, κ, γ, tr U*/(Pm), χ_proxy, U*, located) per n.
+
+    The kernel does not factor over outputs, so neither the one-output path's scalar ridge
+    nor `_outputs_width_curve`'s eigenbasis of U applies. Each training point brings m
+    outputs at once, and the ridge becomes an m×m matrix R. With 𝒯 the operator of the
+    kernel on the pool's measure (mM×mM, output-major), 𝒜 = n𝒯 + R ⊗ I and Tr_M the sum of
+    a matrix's diagonal pool blocks (m×m), R solves
+
+        R = σ²I + (MR − R Tr_M[𝒜⁻¹] R)/n,
+
+    and the averaged data term is
+
+        D_n(U) = ½[log det 𝒜 − (M − n) log det R − nm + n(σ² + σ_ε²) tr R⁻¹ + n yᵀ𝒜⁻¹y/M],
+
+    whose log-determinant part (the first four terms) is stationary in R at that root, as
+    the scalar one is in κ; the quadratic forms are not, and D_n's derivatives in U carry
+    R(U)'s. (Each training point's m×m block of (K + σ²)⁻¹ is R⁻¹; the equation is the one
+    of the block Woodbury identity with each point's Ψᵀ(Σ̂ + λ)⁻¹Ψ replaced by its average.)
+    Where U = Σ_i S_i ⊗ v_iv_iᵀ over an orthonormal output basis, everything is
+    `_outputs_width_curve`'s, direction by direction, and with one output it is
+    `_patch_width_curve`'s. The test error's bias is λ²d/dμ of the quadratic form at the
+    sample covariance shifted by −μ times the population one, and χ's σ² derivative is
+    taken the same way, both through R's Jacobian J = ∂F/∂R (m²×m²):
+
+        m E_g = vᵀ((R² + σ²R_μ) ⊗ I)v/M + σ_ε² tr R⁻¹σ²R_μR⁻¹,   v = 𝒜⁻¹y,
+        σ²R_μ = J⁻¹(Tr_M[𝒮²]/n),   𝒮 = R̃ − R̃𝒜⁻¹R̃,   R̃ = R ⊗ I,
+        C χ_proxy = Q + σ² dQ/dσ²,   Q = n yᵀv/M + nσ_ε² tr R⁻¹   (dR/dσ² = J⁻¹I),
+
+    with Ω⁻¹ = I + R⁻¹σ²R_μR⁻¹ = (I − Γ)⁻¹ (γ = tr Γ/m) and κ = tr R/m. R is found without
+    derivatives by damped Newton steps from the scalar ridge of 𝒯's spectrum (the separable
+    case's), then takes two Newton steps with J held fixed, which carry its first and second
+    derivatives, as the saddle's Hessians need. Cost per evaluation of D_n: one (mM)×(mM)
+    eigendecomposition, a few Cholesky factorisations of that size and M²m⁴ for J; memory
+    P²M² for the κ_pq and (mM)² for 𝒜⁻¹."""
+    M, m = Y.shape
+    dtype = X.dtype
+    pairs = _patch_pair_kernels(network, X, X) / M  # (P, P, M, M): the operators κ_pq/M
+    P = pairs.shape[0]
+    y = Y.T.reshape(m * M)  # output-major: (o, a) ↦ o·M + a
+    noise = network.noise
+    eye = jnp.eye(m, dtype=dtype)
+    eye_pool = jnp.eye(M, dtype=dtype)
+    eps = float(jnp.finfo(dtype).eps)
+    tol = 1e3 * eps
+    sg = jax.lax.stop_gradient
+
+    def operator(U):  # 𝒯: Σ_pq U_(p,o),(q,r) κ_pq/M as an (mM)×(mM) matrix
+        T = jnp.einsum("poqr,pqab->oarb", U.reshape(P, m, P, m), pairs).reshape(m * M, m * M)
+        return 0.5 * (T + T.T)
+
+    def pool_trace(B):  # Tr_M[B]: the sum of B's M diagonal m×m blocks
+        return jnp.einsum("oara->or", B.reshape(m, M, m, M))
+
+    def inverse(T, R, n):  # (L, 𝒜⁻¹), L Lᵀ = 𝒜 = n𝒯 + R ⊗ I
+        cho, half = cholesky_inverse(n * T + jnp.kron(R, eye_pool))
+        return cho, half.T @ half
+
+    def residual(R, A_inv, n):  # F(R) = R − σ²I − (MR − R Tr_M[𝒜⁻¹] R)/n
+        return R - noise * eye - (M * R - R @ pool_trace(A_inv) @ R) / n
+
+    def jacobian(R, A_inv, n):  # J = ∂F/∂R, m²×m² over row-major vec
+        # dF = (1 − M/n) dR + (dR C R + R C dR − R Tr_M[𝒜⁻¹(dR ⊗ I)𝒜⁻¹] R)/n, C = Tr_M[𝒜⁻¹]
+        A4 = A_inv.reshape(m, M, m, M)
+        N = jnp.einsum("iakb,jalb->ijkl", A4, A4)  # Tr_M[𝒜⁻¹(e_k e_lᵀ ⊗ I)𝒜⁻¹]_ij
+        CR = pool_trace(A_inv) @ R
+        J = (1 - M / n) * jnp.einsum("ik,jl->ijkl", eye, eye)
+        J = J + jnp.einsum("ik,lj->ijkl", eye, CR) / n + jnp.einsum("ki,jl->ijkl", CR, eye) / n
+        J = J - jnp.einsum("ia,abkl,bj->ijkl", R, N, R) / n
+        return J.reshape(m * m, m * m)
+
+    def solve(J, B):  # J⁻¹B; NaN where J or B is not finite (lineax would stop the program)
+        finite = jnp.all(jnp.isfinite(J)) & jnp.all(jnp.isfinite(B))
+        operator_ = lx.MatrixLinearOperator(jnp.where(finite, J, jnp.eye(m * m, dtype=dtype)))
+        x = lx.linear_solve(operator_, jnp.where(finite, B, 0.0).reshape(m * m), DenseLU())
+        return jnp.where(finite, x.value.reshape(m, m), jnp.nan)
+
+    def start(T, n, noise):  # R with F(R) = 0, no derivatives: damped Newton from the scalar
+        eta = kernel_spectrum(T)[0]
+        R0 = _kappa(eta / m, noise, n * m, tol) * eye  # point, exact where U = I_P ⊗ sI
+
+        def residual(R, A_inv, n):  # `residual` at σ² held fixed
+            return R - noise * eye - (M * R - R @ pool_trace(A_inv) @ R) / n
+
+        def step(carry):
+            R, _, i = carry
+            A_inv = inverse(T, R, n)[1]
+            delta = solve(jacobian(R, A_inv, n), residual(R, A_inv, n))
+            # R ≥ σ²I at the root: halve the step while R − tδ falls below σ²/2
+            least = jax.vmap(lambda t: _eigh(_sym(R - t * delta))[0][0])(0.5 ** jnp.arange(12))
+            t = 0.5 ** jnp.argmax(least >= 0.5 * noise)
+            size = jnp.max(jnp.abs(delta)) / jnp.max(jnp.abs(R))
+            return _sym(R - t * delta), size, i + 1
+
+        def going(carry):
+            _, size, i = carry
+            return (size > tol) & (i < 40)
+
+        R, size, _ = jax.lax.while_loop(going, step, (R0, jnp.asarray(jnp.inf, dtype), 0))
+        return R, size <= tol
+
+    def ridge(U, n):
+        """R(U): `start`, then two Newton steps with its J held fixed; and whether the start
+        converged and the last step's size relative to R."""
+        T = operator(U)
+        R, started = start(sg(T), sg(n), sg(noise))
+        J = sg(jacobian(R, inverse(sg(T), R, n)[1], n))
+        step = jnp.zeros((), dtype)
+        for _ in range(2):
+            delta = solve(J, residual(R, inverse(T, R, n)[1], n))
+            R = _sym(R - delta)
+            step = jnp.max(jnp.abs(sg(delta))) / jnp.max(jnp.abs(sg(R)))
+        return T, R, started & (step <= np.sqrt(eps))
+
+    def averaged_nll(U, n):  # D_n(U)
+        T, R, _ = ridge(U, n)
+        cho, half = cholesky_inverse(n * T + jnp.kron(R, eye_pool))
+        R_inv, logdet_R = small_inverse_logdet(R)
+        value = 2 * jnp.sum(jnp.log(jnp.diagonal(cho))) - (M - n) * logdet_R - n * m
+        value = value + n * (noise + target_noise) * jnp.trace(R_inv)
+        return 0.5 * (value + n * jnp.sum((half @ y) ** 2) / M)
+
+    def at_size(n):
+        saddle = _matrix_saddle(lambda U: averaged_nll(U, n), P * m, network, dtype)
+        U = _first_order_only(saddle.U)
+        T, R, solved = ridge(U, n)
+        A_inv = inverse(T, R, n)[1]
+        J = jacobian(R, A_inv, n)
+        v = (A_inv @ y).reshape(m, M)
+
+        def form(B):  # vᵀ(B ⊗ I)v
+            return jnp.sum((B @ v) * v)
+
+        R_big = jnp.kron(R, eye_pool)
+        S4 = (R_big - R_big @ A_inv @ R_big).reshape(m, M, m, M)
+        R_mu = _sym(solve(J, jnp.einsum("oasb,sbra->or", S4, S4) / n))  # σ² dR/dμ
+        R_s = _sym(solve(J, eye))  # dR/dσ²
+        R_inv = small_inverse_logdet(R)[0]
+        excess = _sym(R_inv @ R_mu @ R_inv)  # Ω⁻¹ − I
+        error = (form(R @ R + R_mu) / M + target_noise * jnp.trace(excess)) / m
+        Q = n * jnp.sum(v.reshape(-1) * y) / M + n * target_noise * jnp.trace(R_inv)
+        dQ = -n * form(R_s) / M - n * target_noise * jnp.trace(R_inv @ R_s @ R_inv)
+        chi = (Q + noise * dQ) * inv_width
+        Gamma = eye - small_inverse_logdet(eye + excess)[0]
+        ok = saddle.converged & solved
+        return error, jnp.trace(R) / m, jnp.trace(Gamma) / m, U, chi, ok
+
+    error, kappa, gamma, U, chi_proxy, located = jax.lax.map(at_size, ns)
+    scale = jnp.trace(U, axis1=1, axis2=2) / (P * m)
     return error, kappa, gamma, scale, chi_proxy, U, located
 
 

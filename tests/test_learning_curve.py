@@ -825,6 +825,192 @@ def test_output_curve_gradients_match_finite_differences(outputs_runs):
     np.testing.assert_allclose(outputs_runs["gradient"], outputs_runs["differences"], rtol=1e-6)
 
 
+# A one-hidden-layer PatchCNN with m = 2 outputs: its kernel over (patch, output) pairs does
+# not factor over outputs, and its ridge is a 2×2 matrix (`_patch_outputs_width_curve`).
+PATCH_OUTPUTS_POOL = 120  # (mM)³ factorisations: M = 120 makes them 240×240
+PATCH_OUTPUTS_P0 = np.array([1.0, 0.01, 0.003, 16.0, SA2, 0.0, 0.0])  # as OUTPUT_P0; C > 7
+
+
+@pytest.fixture(scope="module")
+def patch_outputs_runs(linear_pool):
+    """One compiled program for the two-output PatchCNN tests (P = 4 patches of 4, linear,
+    M = 120): the curve at n = 16 and 32 as a function of (σ_w², σ², σ_ε², C, σ_a², t_X,
+    t_Y), for rank-one targets y cᵀ and for two different targets. (Its gradient, compiled
+    separately, is the slow tier's: compiling it took 40 s.)"""
+    X = linear_pool[0][:PATCH_OUTPUTS_POOL]
+    VX = np.random.default_rng(12).standard_normal(X.shape)
+
+    def curve(p, Y, VY):
+        sw2, noise, target_noise, C, sa2, tx, ty = p
+        net = fj.PatchCNN(C, sw2, sa2, noise, fj.Linear(), patch_size=4)
+        lc = fj.learning_curve(net, X + tx * VX, Y + ty * VY, OUTPUT_NS, target_noise=target_noise)
+        return lc.test_error[-1], lc
+
+    program = jax.jit(curve)
+    _, y, Y = _two_targets(linear_pool)
+    y, Y = y[:PATCH_OUTPUTS_POOL], Y[:PATCH_OUTPUTS_POOL]
+    VY = Y + np.random.default_rng(13).standard_normal(Y.shape)
+    p = jnp.asarray(PATCH_OUTPUTS_P0)
+    return dict(
+        X=X,
+        y=y,
+        Y=Y,
+        VY=VY,
+        curve=curve,
+        rank_one=program(p, np.outer(y, [0.6, 0.8]), np.zeros_like(Y))[1],
+        general=program(p, Y, VY)[1],
+    )
+
+
+def test_patch_output_curve_with_rank_one_targets_is_two_patch_curves(patch_outputs_runs):
+    """Targets Y = y cᵀ (|c| = 1) on two outputs of a PatchCNN: the Wishart prior and the
+    averaged data term split over the output directions c and c⊥ when U does, so U* = U_y ⊗
+    ccᵀ + U_0 ⊗ (I − ccᵀ) (patch-major), with U_y and U_0 the one-output curve's P×P scales
+    for the targets y and 0 (its own code path: a scalar ridge bisected on T_U's spectrum,
+    and the spectral E_g), E_g, κ and γ those curves' means, and χ_proxy their sum. The
+    two-output path finds U* over all 36 entries and a 2×2 ridge by Newton steps."""
+    X, y = patch_outputs_runs["X"], patch_outputs_runs["y"]
+    c = np.array([0.6, 0.8])
+    two = patch_outputs_runs["rank_one"]
+    net = fj.PatchCNN(16.0, 1.0, SA2, 0.01, fj.Linear(), patch_size=4)
+    ones = [
+        fj.learning_curve(net, X, t[:, None], OUTPUT_NS, target_noise=0.003) for t in (y, 0 * y)
+    ]
+    assert bool(jnp.all(two.converged)) and all(bool(jnp.all(o.converged)) for o in ones)
+    assert two.scale_matrix.shape == (2, 8, 8)
+    projector = np.outer(c, c)
+    expected = np.einsum("kpq,or->kpoqr", np.asarray(ones[0].scale_matrix), projector)
+    expected += np.einsum("kpq,or->kpoqr", np.asarray(ones[1].scale_matrix), np.eye(2) - projector)
+    np.testing.assert_allclose(two.scale_matrix, expected.reshape(2, 8, 8), rtol=1e-8, atol=1e-9)
+    for field in ("test_error", "kappa", "gamma"):
+        mean = (getattr(ones[0], field) + getattr(ones[1], field)) / 2
+        np.testing.assert_allclose(getattr(two, field), mean, rtol=1e-8, err_msg=field)
+    np.testing.assert_allclose(two.chi_proxy, ones[0].chi_proxy + ones[1].chi_proxy, rtol=1e-8)
+    assert float(ones[0].test_error[0]) > 10 * float(ones[1].test_error[0])  # not a tie
+
+
+def _patch_outputs_reference(U, X, Y, n, noise=0.01, target_noise=0.003, width=16.0):
+    """The averaged action of a linear PatchCNN (P = 4 patches of 4) with m outputs, written
+    out on the operator 𝒯 (mM×mM, output-major) in the feature-space form of the ridge's
+    equation: with λ = s/n, W = sR⁻¹ − μI and Tr_M the sum of the diagonal pool blocks,
+    R = sI + (s/n) Tr_M[𝒯((W ⊗ I)𝒯 + λ)⁻¹], solved by a fixed-point iteration and SciPy's
+    root finder (not the package's Newton steps on its 𝒜-form). Returns the Wishart prior
+    plus ½[log det 𝒜 − (M − n) log det R − nm + n(σ² + σ_ε²) tr R⁻¹ + n yᵀ𝒜⁻¹y/M] at s = σ²,
+    μ = 0, and E_g, κ, γ and χ_proxy, with R's derivatives in μ and s by central
+    differences (not through its Jacobian)."""
+    M, m = Y.shape
+    P = X.shape[1] // 4
+    Xp = X.reshape(M, P, 4)
+    pairs = SA2 / P * np.einsum("apk,bqk->pqab", Xp, Xp) / 4 / M  # σ_w² = 1
+    T = np.einsum("poqr,pqab->oarb", U.reshape(P, m, P, m), pairs).reshape(m * M, m * M)
+    T = 0.5 * (T + T.T)
+    y = Y.T.reshape(-1)
+    eye, big = np.eye(m), np.eye(m * M)
+
+    def pool_trace(B):
+        return np.einsum("oara->or", B.reshape(m, M, m, M))
+
+    def rhs(R, s, mu):
+        W = np.kron(s * np.linalg.inv(R) - mu * eye, np.eye(M))
+        TX = np.linalg.solve((W @ T + s / n * big).T, T.T).T  # 𝒯((W ⊗ I)𝒯 + λ)⁻¹
+        return s * eye + s / n * pool_trace(TX)
+
+    def ridge(s, mu):
+        R = s * eye
+        for _ in range(20):
+            R = 0.5 * (R + rhs(R, s, mu))
+        iu = np.triu_indices(m)
+
+        def gap(r):
+            R = np.zeros((m, m))
+            R[iu] = r
+            R = R + np.triu(R, 1).T
+            return (R - rhs(R, s, mu))[iu]
+
+        start = R[iu]
+        R = np.zeros((m, m))
+        R[iu] = scipy.optimize.root(gap, start, tol=1e-14).x
+        return R + np.triu(R, 1).T
+
+    def quadratic(R):  # (𝒜⁻¹y, log det 𝒜)
+        A = n * T + np.kron(R, np.eye(M))
+        return np.linalg.solve(A, y), np.linalg.slogdet(A)[1]
+
+    R = ridge(noise, 0.0)
+    v, logdet = quadratic(R)
+    R_inv = np.linalg.inv(R)
+    data = logdet - (M - n) * np.linalg.slogdet(R)[1] - n * m
+    data = 0.5 * (data + n * (noise + target_noise) * np.trace(R_inv) + n * y @ v / M)
+    prior = width / 2 * (np.trace(U) - np.linalg.slogdet(U)[1] - P * m)
+    h = 1e-6
+    R_mu = noise * (ridge(noise, h) - ridge(noise, -h)) / (2 * h)  # σ² ∂R/∂μ
+    V = v.reshape(m, M)
+    bias = np.sum(((R @ R + R_mu) @ V) * V) / M
+    excess = R_inv @ R_mu @ R_inv
+    error = (bias + target_noise * np.trace(excess)) / m
+
+    def Q(s):
+        Rs = ridge(s, 0.0)
+        return n * y @ quadratic(Rs)[0] / M + n * target_noise * np.trace(np.linalg.inv(Rs))
+
+    hs = 1e-4 * noise
+    chi = (Q(noise) + noise * (Q(noise + hs) - Q(noise - hs)) / (2 * hs)) / width
+    gamma = np.trace(eye - np.linalg.inv(eye + excess)) / m
+    return prior + data, error, np.trace(R) / m, gamma, chi
+
+
+def test_patch_output_curve_against_the_action_written_out(patch_outputs_runs):
+    """Two different targets (a linear teacher and a tanh of one coordinate) on a PatchCNN's
+    two outputs: U* (8×8, coupling the outputs) against `_patch_outputs_reference`: its
+    directional derivatives at U* vanish (central differences, against their size at
+    0.9 U*), it rises in every direction tried, and E_g, κ, γ and χ_proxy from its formulas
+    at U* are the curve's. Against the exact posterior (`fj.renormalise`) averaged over
+    drawn training sets: `benchmarks/learning_curve_outputs.py --network patch`."""
+    X, Y = patch_outputs_runs["X"], patch_outputs_runs["Y"]
+    curve = patch_outputs_runs["general"]
+    assert bool(jnp.all(curve.converged))
+    rng = np.random.default_rng(14)
+    n, i = OUTPUT_NS[-1], 1
+    U = np.asarray(curve.scale_matrix[i])
+    blocks = U.reshape(4, 2, 4, 2)
+    assert np.max(np.abs(blocks[:, 0, :, 1])) > 0.1 * np.max(np.abs(blocks[:, 0, :, 0]))
+
+    def action(U):
+        return _patch_outputs_reference(U, X, Y, n)[0]
+
+    def slope(U, E, h=1e-5):
+        return (action(U + h * E) - action(U - h * E)) / (2 * h)
+
+    value, error, kappa, gamma, chi = _patch_outputs_reference(U, X, Y, n)
+    np.testing.assert_allclose(curve.test_error[i], error, rtol=1e-6)
+    np.testing.assert_allclose(curve.kappa[i], kappa, rtol=1e-8)
+    np.testing.assert_allclose(curve.gamma[i], gamma, rtol=1e-6)
+    np.testing.assert_allclose(curve.chi_proxy[i], chi, rtol=1e-6)
+    for _ in range(2):
+        E = rng.standard_normal((8, 8))
+        E = (E + E.T) / 2
+        assert abs(slope(U, E)) < 1e-5 * abs(slope(0.9 * U, E))
+        assert action(U + 1e-2 * E) > value
+
+
+@pytest.mark.slow
+def test_patch_output_curve_gradients_match_finite_differences(patch_outputs_runs):
+    """jax.grad of the two-output PatchCNN's E_g(n = 32) in σ_w², σ², σ_ε², the width, σ_a²,
+    and the pool's inputs and targets along random directions (U*'s derivatives by the
+    matrix saddle's Newton steps, the 2×2 ridge's by its own, through Cholesky factors),
+    against central differences of the same program."""
+    curve, Y, VY = (patch_outputs_runs[k] for k in ("curve", "Y", "VY"))
+    program = jax.jit(jax.value_and_grad(curve, has_aux=True))
+    p = jnp.asarray(PATCH_OUTPUTS_P0)
+    gradient = np.asarray(program(p, Y, VY)[1])
+    for i, step in enumerate([1e-5, 1e-7, 1e-7, 4e-4, 1e-5, 1e-6, 1e-6]):
+        e = np.zeros(7)
+        e[i] = step
+        plus, minus = program(p + e, Y, VY)[0][0], program(p - e, Y, VY)[0][0]
+        difference = (float(plus) - float(minus)) / (2 * step)
+        np.testing.assert_allclose(gradient[i], difference, rtol=1e-6, err_msg=str(i))
+
+
 @pytest.mark.slow
 def test_output_curve_deep_and_vmapped(linear_pool):
     """A deep linear FCN (two hidden layers, one 2×2 factor each) with rank-one targets on

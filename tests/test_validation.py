@@ -584,11 +584,13 @@ def test_learning_curve_bad_input():
     X, Y = rng.standard_normal((5, 2)), rng.standard_normal(5)
     gp = fj.FCN(np.inf, 1.0, 1.0, 0.1, fj.Erf())
     lc = fj.learning_curve
-    # A PatchCNN at finite width: one hidden layer, one output, no first-layer mean.
+    # A PatchCNN at finite width: one hidden layer, no first-layer mean, and with m outputs
+    # wider than Pm − 1 (here P = 2, m = 3: the Wishart prior of a 6×6 scale).
     deep_cnn = fj.PatchCNN(8.0, 1.0, 1.0, 0.1, patch_size=1, depth=2)
     raises_before_compiling(ValueError, "one hidden layer only", lc, deep_cnn, X, Y, [2.0])
     cnn = fj.PatchCNN(8.0, 1.0, 1.0, 0.1, patch_size=1)
-    raises_before_compiling(ValueError, "one output", lc, cnn, X, np.stack([Y, Y], 1), [2.0])
+    narrow_cnn = fj.PatchCNN(5.0, 1.0, 1.0, 0.1, patch_size=1)
+    raises_before_compiling(ValueError, "> 5", lc, narrow_cnn, X, np.stack([Y, Y, Y], 1), [2.0])
     relu_cnn = fj.PatchCNN(8.0, 1.0, 1.0, 0.1, fj.ReLU(), patch_size=1, weight_mean=True)
     raises_before_compiling(ValueError, "no first-layer mean", lc, relu_cnn, X, Y, [2.0])
     raises_before_compiling(
