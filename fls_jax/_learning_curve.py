@@ -774,8 +774,12 @@ def _patch_outputs_width_curve(network, X, Y, target_noise, ns, inv_width):
         cho, half = cholesky_inverse(n * T + jnp.kron(R, eye_pool))
         return cho, half.T @ half
 
-    def residual(R, A_inv, n):  # F(R) = R − σ²I − (MR − R Tr_M[𝒜⁻¹] R)/n
-        return R - noise * eye - (M * R - R @ pool_trace(A_inv) @ R) / n
+    def inverse_trace(T, R, n):  # Tr_M[𝒜⁻¹] = Tr_M[L⁻ᵀL⁻¹] without the (mM)³ product
+        half = cholesky_inverse(n * T + jnp.kron(R, eye_pool))[1].reshape(m * M, m, M)
+        return jnp.einsum("joa,jra->or", half, half)
+
+    def residual(R, C, n, s):  # F(R) = R − sI − (MR − R C R)/n, C = Tr_M[𝒜⁻¹], s = σ²
+        return R - s * eye - (M * R - R @ C @ R) / n
 
     def jacobian(R, A_inv, n):  # J = ∂F/∂R, m²×m² over row-major vec
         # dF = (1 − M/n) dR + (dR C R + R C dR − R Tr_M[𝒜⁻¹(dR ⊗ I)𝒜⁻¹] R)/n, C = Tr_M[𝒜⁻¹]
@@ -797,13 +801,10 @@ def _patch_outputs_width_curve(network, X, Y, target_noise, ns, inv_width):
         eta = kernel_spectrum(T)[0]
         R0 = _kappa(eta / m, noise, n * m, tol) * eye  # point, exact where U = I_P ⊗ sI
 
-        def residual(R, A_inv, n):  # `residual` at σ² held fixed
-            return R - noise * eye - (M * R - R @ pool_trace(A_inv) @ R) / n
-
         def step(carry):
             R, _, i = carry
             A_inv = inverse(T, R, n)[1]
-            delta = solve(jacobian(R, A_inv, n), residual(R, A_inv, n))
+            delta = solve(jacobian(R, A_inv, n), residual(R, pool_trace(A_inv), n, noise))
             # R ≥ σ²I at the root: halve the step while R − tδ falls below σ²/2
             least = jax.vmap(lambda t: _eigh(_sym(R - t * delta))[0][0])(0.5 ** jnp.arange(12))
             t = 0.5 ** jnp.argmax(least >= 0.5 * noise)
@@ -825,7 +826,7 @@ def _patch_outputs_width_curve(network, X, Y, target_noise, ns, inv_width):
         J = sg(jacobian(R, inverse(sg(T), R, n)[1], n))
         step = jnp.zeros((), dtype)
         for _ in range(2):
-            delta = solve(J, residual(R, inverse(T, R, n)[1], n))
+            delta = solve(J, residual(R, inverse_trace(T, R, n), n, noise))
             R = _sym(R - delta)
             step = jnp.max(jnp.abs(sg(delta))) / jnp.max(jnp.abs(sg(R)))
         return T, R, started & (step <= np.sqrt(eps))
