@@ -3,6 +3,7 @@
     python benchmarks/learning_curve_outputs.py --draws 30
     python benchmarks/learning_curve_outputs.py --draws 30 --task linear
     python benchmarks/learning_curve_outputs.py --network patch --pool 200 --draws 20
+    python benchmarks/learning_curve_outputs.py --network patch --pool 200 --gp-only
 
 `fj.learning_curve` at finite width for an FCN with m = 2 outputs: the m×m kernel scale U(n)
 at the saddle point of `fj.renormalise`'s action with its data term averaged over training
@@ -25,6 +26,9 @@ the drawn sets' E[U | Y], both mean eigenvalues, the curve's χ proxy, its flag,
 the Monte Carlo took for that n (`learning_curve_patch.against_drawn_sets`; the first call
 compiling).
 Then the curve's time: its first call (compilation included) and the best of three after.
+`--gp-only`: instead, the GP's curve against GP regression on 2000 drawn training sets per n
+(the width-∞ baseline of the same comparison, which shows the self-consistent curve's own bias
+on this pool), in seconds.
 """
 
 import argparse
@@ -35,8 +39,9 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from learning_curve import first_and_best  # noqa: E402
+from learning_curve import first_and_best, monte_carlo  # noqa: E402
 from learning_curve_patch import against_drawn_sets  # noqa: E402
 
 import fls_jax as fj  # noqa: E402
@@ -49,6 +54,7 @@ def main():
     parser.add_argument("--pool", type=int, default=400)
     parser.add_argument("--task", choices=["mixed", "linear"], default="mixed")
     parser.add_argument("--network", choices=["fcn", "patch"], default="fcn")
+    parser.add_argument("--gp-only", action="store_true", help="the GP's curve against GP MC")
     a = parser.parse_args()
     print(
         f"# {platform.processor() or platform.machine()}, jax {jax.__version__}, "
@@ -66,10 +72,11 @@ def main():
         y2 = y2 * np.linalg.norm(y) / np.linalg.norm(y2)
         Y = np.stack([y, 0.6 * y + 0.8 * y2], axis=1)
     ns = np.asarray(a.ns, float)
-    print(
-        f"{'act':>6} {'n':>4} | {'curve':>10} {'averaged':>19} {'ratio':>6} {'GP':>10} | "
-        f"{'|ΔU|/|U|':>8} {'tr U/m':>7} {'avg':>7} | {'χ':>6} ok | {'MC (s)':>6}"
-    )
+    if not a.gp_only:
+        print(
+            f"{'act':>6} {'n':>4} | {'curve':>10} {'averaged':>19} {'ratio':>6} {'GP':>10} | "
+            f"{'|ΔU|/|U|':>8} {'tr U/m':>7} {'avg':>7} | {'χ':>6} ok | {'MC (s)':>6}"
+        )
     timings = []
     for act in (fj.Linear(), fj.Erf()):
 
@@ -78,11 +85,25 @@ def main():
                 return fj.PatchCNN(width, 1.0, 1.0, 0.01, act, patch_size=4)
             return fj.FCN(width, 1.0, 1.0, 0.01, act)
 
+        if a.gp_only:
+            gp = fj.learning_curve(network(np.inf), X, Y, ns)
+            for i, n in enumerate(a.ns):
+                key = jax.random.key(n)
+                Xj, Yj = jnp.asarray(X), jnp.asarray(Y)
+                mean, se = monte_carlo(network(np.inf), Xj, Yj, n, 2000, key)
+                ratio = float(gp.test_error[i]) / float(mean)
+                print(
+                    f"{type(act).__name__:>6} {n:4d} | GP's curve {float(gp.test_error[i]):.4e}, "
+                    f"GP regression {float(mean):.4e} ± {float(se):.1e}, ratio {ratio:.3f}"
+                )
+            continue
         net = network(16.0 if a.network == "patch" else 4.0)
         lc, first, after = first_and_best(fj.learning_curve, net, X, Y, ns)
         timings.append((type(act).__name__, first, after))
         gp = fj.learning_curve(network(np.inf), X, Y, ns)
         against_drawn_sets(type(act).__name__, net, X, Y, a.ns, a.draws, lc, gp)
+    if a.gp_only:
+        return
     print(f"\n{'act':>6} | {'first call (s)':>14} {'after (s)':>9}  ({len(ns)} sizes)")
     for name, first, after in timings:
         print(f"{name:>6} | {first:14.2f} {after:9.2f}")
