@@ -58,7 +58,8 @@ def main():
     a = parser.parse_args()
     print(
         f"# {platform.processor() or platform.machine()}, jax {jax.__version__}, "
-        f"{jax.devices()[0].platform}; pool M = {a.pool}, {a.draws} training sets per n, "
+        f"{jax.devices()[0].platform}; pool M = {a.pool}, "
+        f"{2000 if a.gp_only else a.draws} training sets per n, "
         f"task {a.task}, network {a.network}"
     )
     t = fj.datasets.linear_patch_teacher(a.pool, 1, patch_size=16, patches=1, seed=3)
