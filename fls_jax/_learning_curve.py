@@ -770,12 +770,15 @@ def _patch_outputs_width_curve(network, X, Y, target_noise, ns, inv_width):
     def pool_trace(B):  # Tr_M[B]: the sum of B's M diagonal m×m blocks
         return jnp.einsum("oara->or", B.reshape(m, M, m, M))
 
-    def inverse(T, R, n):  # (L, 𝒜⁻¹), L Lᵀ = 𝒜 = n𝒯 + R ⊗ I
-        cho, half = cholesky_inverse(n * T + jnp.kron(R, eye_pool))
-        return cho, half.T @ half
+    def factor(T, R, n):  # (L, L⁻¹), L Lᵀ = 𝒜 = n𝒯 + R ⊗ I
+        return cholesky_inverse(n * T + jnp.kron(R, eye_pool))
 
-    def inverse_trace(T, R, n):  # Tr_M[𝒜⁻¹] = Tr_M[L⁻ᵀL⁻¹] without the (mM)³ product
-        half = cholesky_inverse(n * T + jnp.kron(R, eye_pool))[1].reshape(m * M, m, M)
+    def inverse(T, R, n):  # 𝒜⁻¹
+        half = factor(T, R, n)[1]
+        return half.T @ half
+
+    def inverse_trace(half):  # Tr_M[𝒜⁻¹] = Tr_M[L⁻ᵀL⁻¹] from L⁻¹, without the (mM)³ product
+        half = half.reshape(m * M, m, M)
         return jnp.einsum("joa,jra->or", half, half)
 
     def residual(R, C, n, s):  # F(R) = R − sI − (MR − R C R)/n, C = Tr_M[𝒜⁻¹], s = σ²
@@ -803,7 +806,7 @@ def _patch_outputs_width_curve(network, X, Y, target_noise, ns, inv_width):
 
         def step(carry):
             R, _, i = carry
-            A_inv = inverse(T, R, n)[1]
+            A_inv = inverse(T, R, n)
             delta = solve(jacobian(R, A_inv, n), residual(R, pool_trace(A_inv), n, noise))
             # R ≥ σ²I at the root: halve the step while R − tδ falls below σ²/2
             least = jax.vmap(lambda t: _eigh(_sym(R - t * delta))[0][0])(0.5 ** jnp.arange(12))
@@ -823,17 +826,20 @@ def _patch_outputs_width_curve(network, X, Y, target_noise, ns, inv_width):
         converged and the last step's size relative to R."""
         T = operator(U)
         R, started = start(sg(T), sg(n), sg(noise))
-        J = sg(jacobian(R, inverse(sg(T), R, n)[1], n))
+        half = factor(T, R, n)[1]  # the first step's, whose values J takes (held fixed)
+        J = sg(jacobian(R, sg(half).T @ sg(half), n))
         step = jnp.zeros((), dtype)
-        for _ in range(2):
-            delta = solve(J, residual(R, inverse_trace(T, R, n), n, noise))
+        for newton in range(2):
+            if newton:  # the factor at the first step's R (at the start's: above)
+                half = factor(T, R, n)[1]
+            delta = solve(J, residual(R, inverse_trace(half), n, noise))
             R = _sym(R - delta)
             step = jnp.max(jnp.abs(sg(delta))) / jnp.max(jnp.abs(sg(R)))
         return T, R, started & (step <= np.sqrt(eps))
 
     def averaged_nll(U, n):  # D_n(U)
         T, R, _ = ridge(U, n)
-        cho, half = cholesky_inverse(n * T + jnp.kron(R, eye_pool))
+        cho, half = factor(T, R, n)
         R_inv, logdet_R = small_inverse_logdet(R)
         value = 2 * jnp.sum(jnp.log(jnp.diagonal(cho))) - (M - n) * logdet_R - n * m
         value = value + n * (noise + target_noise) * jnp.trace(R_inv)
@@ -843,7 +849,7 @@ def _patch_outputs_width_curve(network, X, Y, target_noise, ns, inv_width):
         saddle = _matrix_saddle(lambda U: averaged_nll(U, n), P * m, network, dtype)
         U = _first_order_only(saddle.U)
         T, R, solved = ridge(U, n)
-        A_inv = inverse(T, R, n)[1]
+        A_inv = inverse(T, R, n)
         J = jacobian(R, A_inv, n)
         v = (A_inv @ y).reshape(m, M)
 
