@@ -603,9 +603,19 @@ def _patch_action(U, X, y, n, noise=0.01, width=4.0, patch_size=4):
     return prior + data, kappa**2 * np.sum(a2 / b**2) / (1 - gamma)
 
 
-def _action_slope(U, E, X, y, n, h=1e-5):
-    """The averaged action's derivative at U along E, by central differences."""
-    return (_patch_action(U + h * E, X, y, n)[0] - _patch_action(U - h * E, X, y, n)[0]) / (2 * h)
+def _assert_stationary_minimum(action, U, value, rng, tries, h=1e-5):
+    """`action` (a function of a symmetric matrix) at U, where it takes `value`, along
+    `tries` random symmetric directions E: its derivative at U (central differences) is below
+    10⁻⁵ of its size at 0.9 U, and U + 10⁻²E lies above."""
+
+    def slope(U, E):
+        return (action(U + h * E) - action(U - h * E)) / (2 * h)
+
+    for _ in range(tries):
+        E = rng.standard_normal(U.shape)
+        E = (E + E.T) / 2
+        assert abs(slope(U, E)) < 1e-5 * abs(slope(0.9 * U, E))
+        assert action(U + 1e-2 * E) > value
 
 
 def test_patch_curve_is_the_minimum_of_the_averaged_action(linear_pool):
@@ -625,12 +635,7 @@ def test_patch_curve_is_the_minimum_of_the_averaged_action(linear_pool):
         assert np.min(np.abs(U - U[0, 0] * np.eye(4))[~np.eye(4, dtype=bool)]) > 0.1
         action, error = _patch_action(U, X, y, n)
         np.testing.assert_allclose(curve.test_error[i], error, rtol=1e-8)
-        for _ in range(3):
-            E = rng.standard_normal((4, 4))
-            E = (E + E.T) / 2
-            slope = _action_slope(U, E, X, y, n)
-            assert abs(slope) < 1e-5 * abs(_action_slope(0.9 * U, E, X, y, n))
-            assert _patch_action(U + 1e-2 * E, X, y, n)[0] > action
+        _assert_stationary_minimum(lambda U, n=n: _patch_action(U, X, y, n)[0], U, action, rng, 3)
         assert float(gp.test_error[i]) > 5 * float(curve.test_error[i])  # the width matters
 
 
@@ -781,13 +786,6 @@ def _outputs_action(U, X, Y, n, noise=0.01, width=4.0, target_noise=0.003):
     return action, np.mean(errors), np.mean(kappas), np.mean(gammas), np.sum(chis)
 
 
-def _outputs_slope(U, E, X, Y, n, h=1e-5):
-    """The two-output averaged action's derivative at U along E, by central differences."""
-    return (_outputs_action(U + h * E, X, Y, n)[0] - _outputs_action(U - h * E, X, Y, n)[0]) / (
-        2 * h
-    )
-
-
 def test_output_curve_is_the_minimum_of_the_averaged_action(linear_pool, outputs_runs):
     """Two outputs with different targets (a linear teacher and a tanh of one coordinate):
     U* (a full 2×2 matrix) against the action written out in NumPy direction by direction,
@@ -806,14 +804,7 @@ def test_output_curve_is_the_minimum_of_the_averaged_action(linear_pool, outputs
         np.testing.assert_allclose(curve.kappa[i], kappa, rtol=1e-8)
         np.testing.assert_allclose(curve.gamma[i], gamma, rtol=1e-8)
         np.testing.assert_allclose(curve.chi_proxy[i], chi, rtol=1e-7)
-
-        for _ in range(3):
-            E = rng.standard_normal((2, 2))
-            E = (E + E.T) / 2
-            assert abs(_outputs_slope(U, E, X, Y, n)) < 1e-5 * abs(
-                _outputs_slope(0.9 * U, E, X, Y, n)
-            )
-            assert _outputs_action(U + 1e-2 * E, X, Y, n)[0] > action
+        _assert_stationary_minimum(lambda U, n=n: _outputs_action(U, X, Y, n)[0], U, action, rng, 3)
 
 
 def test_output_curve_gradients_match_finite_differences(outputs_runs):
@@ -975,22 +966,12 @@ def test_patch_output_curve_against_the_action_written_out(patch_outputs_runs):
     blocks = U.reshape(4, 2, 4, 2)
     assert np.max(np.abs(blocks[:, 0, :, 1])) > 0.1 * np.max(np.abs(blocks[:, 0, :, 0]))
 
-    def action(U):
-        return _patch_outputs_reference(U, X, Y, n)[0]
-
-    def slope(U, E, h=1e-5):
-        return (action(U + h * E) - action(U - h * E)) / (2 * h)
-
     value, error, kappa, gamma, chi = _patch_outputs_reference(U, X, Y, n)
     np.testing.assert_allclose(curve.test_error[i], error, rtol=1e-6)
     np.testing.assert_allclose(curve.kappa[i], kappa, rtol=1e-8)
     np.testing.assert_allclose(curve.gamma[i], gamma, rtol=1e-6)
     np.testing.assert_allclose(curve.chi_proxy[i], chi, rtol=1e-6)
-    for _ in range(2):
-        E = rng.standard_normal((8, 8))
-        E = (E + E.T) / 2
-        assert abs(slope(U, E)) < 1e-5 * abs(slope(0.9 * U, E))
-        assert action(U + 1e-2 * E) > value
+    _assert_stationary_minimum(lambda U: _patch_outputs_reference(U, X, Y, n)[0], U, value, rng, 2)
 
 
 @pytest.mark.slow
