@@ -820,6 +820,7 @@ def test_output_curve_gradients_match_finite_differences(outputs_runs):
 # not factor over outputs, and its ridge is a 2×2 matrix (`_patch_outputs_width_curve`).
 PATCH_OUTPUTS_POOL = 120  # (mM)³ factorisations: M = 120 makes them 240×240
 PATCH_OUTPUTS_P0 = np.array([1.0, 0.01, 0.003, 16.0, SA2, 0.0, 0.0])  # as OUTPUT_P0; C > 7
+PATCH_TINY_NOISE = 1e-8  # σ² where the ridge's steps stop at a rounding floor above √eps
 
 
 @pytest.fixture(scope="module")
@@ -849,6 +850,9 @@ def patch_outputs_runs(linear_pool):
         VY=VY,
         curve=curve,
         rank_one=program(p, np.outer(y, [0.6, 0.8]), np.zeros_like(Y))[1],
+        rank_one_tiny=program(
+            p.at[1].set(PATCH_TINY_NOISE).at[2].set(0.0), np.outer(y, [0.6, 0.8]), np.zeros_like(Y)
+        )[1],
         general=program(p, Y, VY)[1],
     )
 
@@ -878,6 +882,16 @@ def test_patch_output_curve_with_rank_one_targets_is_two_patch_curves(patch_outp
         np.testing.assert_allclose(getattr(two, field), mean, rtol=1e-8, err_msg=field)
     np.testing.assert_allclose(two.chi_proxy, ones[0].chi_proxy + ones[1].chi_proxy, rtol=1e-8)
     assert float(ones[0].test_error[0]) > 10 * float(ones[1].test_error[0])  # not a tie
+    # At σ² = 10⁻⁸ (σ_ε² = 0) 𝒜's condition is 10⁸–10⁹ where n ≥ d and the ridge's Newton
+    # steps stop at 10⁻⁹–10⁻⁷, above √eps: until stop 58 both sizes were flagged, with the
+    # values right. Measured: E_g 2.7·10⁻⁹ and 2.1·10⁻⁹, χ_proxy 2·10⁻⁹ from theirs.
+    tiny = patch_outputs_runs["rank_one_tiny"]
+    net = fj.PatchCNN(16.0, 1.0, SA2, PATCH_TINY_NOISE, fj.Linear(), patch_size=4)
+    ones = [fj.learning_curve(net, X, t[:, None], OUTPUT_NS) for t in (y, 0 * y)]
+    mean = (ones[0].test_error + ones[1].test_error) / 2
+    assert bool(jnp.all(tiny.converged)) and all(bool(jnp.all(o.converged)) for o in ones)
+    np.testing.assert_allclose(tiny.test_error, mean, rtol=1e-6)
+    np.testing.assert_allclose(tiny.chi_proxy, ones[0].chi_proxy + ones[1].chi_proxy, rtol=1e-6)
 
 
 def _patch_outputs_reference(U, X, Y, n, noise=0.01, target_noise=0.003, width=16.0):
