@@ -935,9 +935,16 @@ def _outputs_width_curve(network, K, Y, noise, target_noise, ns, eta, V, inv_wid
         m E_g = Σ_ρ ã_ρᵀ G_ρ R Ω⁻¹ R G_ρ ã_ρ + σ_ε² tr Ω⁻¹Γ,
 
     and C χ_proxy = n Σ_ρ ã_ρᵀ Ω⁻¹(σ²R⁻¹ nη_ρ U G_ρ² + T̃ R G_ρ) ã_ρ + nσ_ε² tr Ω⁻¹T̃ (the
-    scalar `_resolvent_gap` per direction). R starts from its value per eigenvalue of U (held
-    fixed) and takes two Newton steps on its equation (the m²×m² Fréchet derivative, dense),
-    which carry R(U)'s first and second derivatives, as the saddle's Hessians need. K's
+    scalar `_resolvent_gap` per direction). R is solved whitened by U: X = U⁻¹R (which
+    commutes with U) solves X = σ²U⁻¹ + X Σ_ρ η_ρ B_ρ, B_ρ = (nη_ρ + X)⁻¹, the scalar κ's
+    equation at λ = σ²/u_i per direction, so that G_ρ = B_ρU⁻¹, R = UX and log det(I +
+    nη_ρUR⁻¹) = log det(nη_ρ + X) − log det X. X starts from κ(σ²/u_i) per eigenvalue of U
+    (held fixed) and takes two Newton steps on its equation (the m²×m² Fréchet derivative,
+    dense), which carry X(U)'s first and second derivatives, as the saddle's Hessians need.
+    (Until stop 58 the steps were taken on R's equation, whose blocks nη_ρU + R have U's
+    condition times X's: ~1/σ² where U* nears rank one, an output without target power.
+    At σ² = 10⁻⁸ a step there left R's residual at 10⁻², and lineax stopped the program on
+    the NaN it made in the Hessian's reverse pass.) K's
     derivatives (σ_w², σ_a², X) are held in its fixed eigenbasis, as `fj.renormalise`'s:
     each η_ρ carries (VᵀdK V)_ρρ, and the quadratic forms in ã take the rest as rank-one
     forms of the divided differences, e.g. G's −nUG_ρG_σ (`first_order_term`). Cost per
@@ -954,49 +961,58 @@ def _outputs_width_curve(network, K, Y, noise, target_noise, ns, eta, V, inv_wid
     a = jnp.where(finite_power, a, 0.0)
     lam = eta + first_order_term(_eigenvalue_tangent, K, V, eta)  # η with its tangent
 
-    def resolvents(U, R, n):  # G_ρ = (nη_ρU + R)⁻¹, (M, m, m), and log det(nη_ρU + R)
-        return small_inverse_logdet(n * lam[:, None, None] * U + R)
+    def whitened(X, n):  # B_ρ = (nη_ρ + X)⁻¹, (M, m, m), and log det(nη_ρ + X)
+        return small_inverse_logdet(n * lam[:, None, None] * eye + X)
 
     def ridge(U, n):
-        """R(U), two Newton steps from its value per eigenvalue of U (held fixed), and the
-        last step's size relative to R."""
+        """X(U) = U⁻¹R(U): two Newton steps from its value per eigenvalue of U (held fixed),
+        and the last step's size relative to X."""
         u, Q = _eigh(sg(U))
-        kap = jax.vmap(lambda ui: ui * _kappa(sg(eta), sg(noise) / ui, sg(n), tol))(u)
-        R = (Q * kap) @ Q.T
+        X = (Q * jax.vmap(lambda ui: _kappa(sg(eta), sg(noise) / ui, sg(n), tol))(u)) @ Q.T
+        U_inv, logdet_U = small_inverse_logdet(U)
         step = jnp.zeros((), dtype)
-        # F's Jacobian in R at the start, held fixed (no derivatives) for both steps: the
+        # F's Jacobian in X at the start, held fixed (no derivatives) for both steps: the
         # start solves F = 0 already (to κ's tolerance), so the steps' derivatives, those of
-        # R(U) to second order, are unchanged, while the m⁴ Jacobian and its solve carry no
-        # tangents (the m-output curve's Hessians in U were mostly theirs).
-        G = resolvents(U, R, n)[0]
-        G0 = sg(G)
-        S0 = jnp.einsum("r,rij->ij", sg(lam), G0)
-        URG = jnp.einsum("ij,jk,rkl->ril", sg(U), R, G0)
-        J = jnp.einsum("ik,jl->ijkl", sg(U), S0) - jnp.einsum("r,rik,rjl->ijkl", sg(lam), URG, G0)
+        # X(U) to second order, are unchanged, while the m⁴ Jacobian and its solve carry no
+        # tangents (the m-output curve's Hessians in U were mostly theirs). dF = dX − dX S +
+        # Σ_ρ η_ρ X B_ρ dX B_ρ with S = Σ_ρ η_ρ B_ρ.
+        B = whitened(X, n)[0]
+        B0 = sg(B)
+        S0 = jnp.einsum("r,rij->ij", sg(lam), B0)
+        XB = jnp.einsum("ij,rjk->rik", X, B0)
+        J = jnp.einsum("ik,lj->ijkl", eye, S0) - jnp.einsum("r,rik,rlj->ijkl", sg(lam), XB, B0)
         J = jnp.eye(m * m, dtype=dtype) - J.reshape(m * m, m * m)
         for newton in range(2):
-            if newton:  # the blocks at the first step's R (at the start's: above)
-                G = resolvents(U, R, n)[0]
-            F = R - noise * eye - U @ R @ jnp.einsum("r,rij->ij", lam, G)
+            if newton:  # the blocks at the first step's X (at the start's: above)
+                B = whitened(X, n)[0]
+            F = X - noise * U_inv - X @ jnp.einsum("r,rij->ij", lam, B)
             # Where U's blocks cannot be factorised (NaN; BFGS probing far out), lineax would
             # stop the program on the non-finite system: it is solved on I and 0 there, and
-            # R made NaN, as the blocks' own failure would make it, so that BFGS's line
+            # X made NaN, as the blocks' own failure would make it, so that BFGS's line
             # search turns the step down (measured: σ² = 10⁻⁶ then converges).
             finite = jnp.all(jnp.isfinite(J)) & jnp.all(jnp.isfinite(F))
             operator = lx.MatrixLinearOperator(jnp.where(finite, J, jnp.eye(m * m, dtype=dtype)))
             F = jnp.where(finite, F, 0.0)
             delta = lx.linear_solve(operator, F.reshape(m * m), DenseLU()).value.reshape(m, m)
             delta = jnp.where(finite, delta, jnp.nan)
-            R = _sym(R - delta)
-            step = jnp.max(jnp.abs(sg(delta))) / jnp.max(jnp.abs(sg(R)))
-        return R, step
+            X = _sym(X - delta)
+            step = jnp.max(jnp.abs(sg(delta))) / jnp.max(jnp.abs(sg(X)))
+        return X, U_inv, logdet_U, step
+
+    def resolvents(U, n):
+        """At the ridge: G_ρ = (nη_ρU + R)⁻¹ = B_ρU⁻¹ (M, m, m), log det(nη_ρU + R) − log det R
+        = log det(nη_ρ + X) − log det X per mode (exactly 0 where η_ρ = 0), R = UX, R⁻¹ and
+        log det R, the step's size and X. (X commutes with U, so these are symmetric.)"""
+        X, U_inv, logdet_U, step = ridge(U, n)
+        B, logdets = whitened(X, n)
+        X_inv, logdet_X = small_inverse_logdet(X)
+        G = _sym(jnp.einsum("rij,jk->rik", B, U_inv))
+        R_inv = _sym(X_inv @ U_inv)
+        logdet_R = logdet_U + logdet_X
+        return G, logdets - logdet_X, _sym(U @ X), R_inv, logdet_R, step, X
 
     def averaged_nll(U, n):  # D_n(U)
-        R, _ = ridge(U, n)
-        G, logdets = resolvents(U, R, n)
-        R_inv, logdet_R = small_inverse_logdet(R)
-        # log det(I + nη_ρ U R⁻¹) per mode: exactly 0 where η_ρ = 0
-        per_mode = logdets - logdet_R
+        G, per_mode, _, R_inv, logdet_R, _, _ = resolvents(U, n)
         c = jnp.einsum("rij,rj->ri", G, a)
         trace_inv = jnp.trace(R_inv)
         value = jnp.sum(per_mode) + n * logdet_R - n * m + n * (noise + target_noise) * trace_inv
@@ -1006,9 +1022,7 @@ def _outputs_width_curve(network, K, Y, noise, target_noise, ns, eta, V, inv_wid
     def at_size(n):
         saddle = _matrix_saddle(lambda U: averaged_nll(U, n), m, network, dtype)
         U = _first_order_only(saddle.U)
-        R, step = ridge(U, n)
-        G, _ = resolvents(U, R, n)
-        R_inv = small_inverse_logdet(R)[0]
+        G, _, R, R_inv, _, step, X = resolvents(U, n)
         c = jnp.einsum("rij,rj->ri", G, a)  # G_ρ ã_ρ
         d = jnp.einsum("rij,rj->ri", G, c)  # G_ρ² ã_ρ
         UG = jnp.einsum("ij,rjk->rik", U, G)
@@ -1026,7 +1040,7 @@ def _outputs_width_curve(network, K, Y, noise, target_noise, ns, eta, V, inv_wid
         lead = noise * n * jnp.sum(lam * jnp.sum((c @ _sym(Omega_inv @ R_inv @ U)) * c, axis=1))
         chi = n * (lead + jnp.sum(a * (c @ W)) + target_noise * jnp.sum(Omega_inv * T))
         chi = chi + first_order_term(_chi_form, K, V, eta, c, U, _sym(Omega_inv @ U), d, n, noise)
-        kappa = jnp.trace(R @ small_inverse_logdet(U)[0]) / m
+        kappa = jnp.trace(X) / m  # tr U⁻¹R/m
         ok = saddle.converged & finite_power & (step <= np.sqrt(float(jnp.finfo(dtype).eps)))
         return error, kappa, jnp.trace(Gamma) / m, U, chi * inv_width, ok
 
