@@ -1113,9 +1113,12 @@ def _log_exp_jacobian(mu: Array) -> Array:
 
 def _finished(at: _AtScale, finish) -> _AtScale:
     """`at` with its covariance's pieces mapped to the covariance by `finish` (None: as is)."""
-    if finish is None:
-        return at
-    return _AtScale(at.mean, at.residual, finish(*at.covariance))
+    return _AtScale(at.mean, at.residual, _finished_covariance(at.covariance, finish))
+
+
+def _finished_covariance(covariance, finish):
+    """A covariance's pieces mapped to the covariance by `finish` (None: it is the covariance)."""
+    return covariance if finish is None else finish(*covariance)
 
 
 def _matrix_mixture(saddle: _MatrixSaddle, nll, evaluate, draws: int, batch: int, key, finish=None):
@@ -1269,9 +1272,8 @@ def _matrix_mixture(saddle: _MatrixSaddle, nll, evaluate, draws: int, batch: int
     log_evidence = top + jnp.log(total_w) - math.log(draws)
     spread = outer - jnp.einsum("xa,xb->xab", mean - center, mean - center)
     scale = jnp.trace(U) / m
-    averaged = _finished(_AtScale(mean, residual, cov), finish)
     mixture = (
-        _AtScale(mean, residual, averaged.covariance + spread),
+        _AtScale(mean, residual, _finished_covariance(cov, finish) + spread),
         U,
         jnp.sqrt(jnp.maximum(trace2 - scale**2, 0.0)),
         log_evidence,
