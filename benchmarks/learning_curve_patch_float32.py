@@ -21,30 +21,36 @@ import numpy as np
 
 
 NS = [8.0, 16.0, 32.0, 64.0]
+MODES = ("--outputs", "--patch-outputs")
 
 
-def _one(x64: bool, outputs: bool) -> dict:
+def _one(x64: bool, mode: str) -> dict:
     import jax
 
     jax.config.update("jax_enable_x64", x64)
     import fls_jax as fj
 
-    size = 16 if outputs else 4
+    size = 16 if mode == "--outputs" else 4
     task = fj.datasets.linear_patch_teacher(400, 1, patch_size=size, patches=16 // size, seed=3)
     dtype = np.float64 if x64 else np.float32
     X, Y = np.asarray(task.X, dtype), 3 * np.asarray(task.Y, dtype)
-    if outputs:  # learning_curve_outputs.py's default task
+    if mode in MODES:  # learning_curve_outputs.py's default task
         Y = np.stack([Y[:, 0], 2 * np.tanh(X[:, 1]) + 0.5 * Y[:, 0]], axis=1)
+    ns = NS
+    if mode == "--patch-outputs":
+        X, Y, ns = X[:120], Y[:120], NS[:3]
     out = {}
     for name, act in (("linear", fj.Linear()), ("erf", fj.Erf())):
-        if outputs:
+        if mode == "--outputs":
             net = fj.FCN(4.0, 1.0, 1.0, 0.01, act)
+        elif mode == "--patch-outputs":
+            net = fj.PatchCNN(16.0, 1.0, 1.0, 0.01, act, patch_size=4)
         else:
             net = fj.PatchCNN(4.0, 1.0, 1.0, 0.01, act, patch_size=4)
-        curve = fj.learning_curve(net, X, Y, NS)
+        curve = fj.learning_curve(net, X, Y, ns)
         jax.block_until_ready(curve.test_error)
         start = time.perf_counter()
-        curve = fj.learning_curve(net, X, Y, NS)
+        curve = fj.learning_curve(net, X, Y, ns)
         jax.block_until_ready(curve.test_error)
         out[name] = dict(
             error=np.asarray(curve.test_error, float).tolist(),
@@ -57,15 +63,15 @@ def _one(x64: bool, outputs: bool) -> dict:
 
 
 def main() -> None:
-    outputs = "--outputs" in sys.argv
+    mode = next((a for a in sys.argv[1:] if a in MODES), "")
     if len(sys.argv) > 1 and sys.argv[1] in ("32", "64"):
-        print("RESULT " + json.dumps(_one(sys.argv[1] == "64", outputs)))
+        print("RESULT " + json.dumps(_one(sys.argv[1] == "64", mode)))
         return
     runs = {}
     for bits in ("64", "32"):
         env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
         done = subprocess.run(
-            [sys.executable, __file__, bits, *(["--outputs"] if outputs else [])],
+            [sys.executable, __file__, bits, *([mode] if mode else [])],
             env=env,
             capture_output=True,
             text=True,
@@ -76,7 +82,7 @@ def main() -> None:
     print("activation  n   E_g float64   E_g float32   rel. diff   |ΔU|/|U|   converged (64/32)")
     for name in ("linear", "erf"):
         a, b = runs["64"][name], runs["32"][name]
-        for i, n in enumerate(NS):
+        for i, n in enumerate(NS[: len(a["error"])]):
             e64, e32 = a["error"][i], b["error"][i]
             U64, U32 = np.asarray(a["U"][i]), np.asarray(b["U"][i])
             du = np.linalg.norm(U32 - U64) / np.linalg.norm(U64)
@@ -86,7 +92,8 @@ def main() -> None:
             )
         print(
             f"  {name}: dtypes {a['dtype']}/{b['dtype']}; after compiling "
-            f"{a['seconds']:.1f} s (float64), {b['seconds']:.1f} s (float32) for 4 sizes"
+            f"{a['seconds']:.1f} s (float64), {b['seconds']:.1f} s (float32) for "
+            f"{len(a['error'])} sizes"
         )
 
 
