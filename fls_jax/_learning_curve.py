@@ -830,8 +830,8 @@ def _patch_outputs_width_curve(network, X, Y, target_noise, ns, inv_width):
         return R, settled(size, previous), size
 
     def ridge(U, n):
-        """R(U): `start`, then two Newton steps with its J held fixed; and whether the start
-        converged and the last step's size relative to R."""
+        """𝒯 and R(U): `start`, then two Newton steps with its J held fixed; and whether they
+        settled (below)."""
         T = operator(U)
         R, started, floor = start(sg(T), sg(n), sg(noise))
         half = factor(T, R, n)[1]  # the first step's, whose values J takes (held fixed)
