@@ -5,6 +5,7 @@
 #     bash benchmarks/gpu_run.sh 2        # theory vs sampling
 #     bash benchmarks/gpu_run.sh 3        # still owed after 2026-11-30: deep sweeps
 #     bash benchmarks/gpu_run.sh 4        # still owed: the ReLU theory case
+#     bash benchmarks/gpu_run.sh 5        # still owed: learning curves with m outputs at scale
 #     SMALL=1 bash benchmarks/gpu_run.sh 1   # the same steps at toy sizes (a CPU dry run)
 #
 # Every step has its own time limit and appends its output to $OUT/partN.log (default OUT
@@ -57,12 +58,14 @@ if [ -n "${SMALL:-}" ]; then
     NS_FCN="128 256"; NS_CNN="128 256"; MEM_NS="512"; LIM_NS="256 512"; N_GRAD=256; N_DEEP=64
     W_DEEP=3; TVS="--n 16 --n-test 16 --widths 16 --chains 2 --samples 10 --burn-in 10"
     TVS_RELU="$TVS --cases ReLU"
+    LC_POOL=200; LC_MS="2"
 else
     NS_FCN="1024 4096 8192 16384"; NS_CNN="1024 4096 8192 16384"; MEM_NS="24576 32768"
     LIM_NS="4096 8192 16384"; N_GRAD=4096; N_DEEP=512; W_DEEP=13
     TVS="--n 128 --widths 4 16 64 256 1024 --chains 32 --samples 200 --burn-in 300"
     TVS_RELU="$TVS --cases ReLU"
     TVS="$TVS --cases linear-PatchCNN erf"  # name prefixes: part 2's three one-layer cases
+    LC_POOL=1000; LC_MS="2 3"
 fi
 
 if [ "$PART" = 1 ]; then
@@ -92,5 +95,10 @@ fi
 if [ "$PART" = 4 ]; then
     step theory_relu 150 $PY benchmarks/theory_vs_sampling.py $TVS_RELU \
         --out "$OUT/theory_vs_sampling_relu_gpu"
+fi
+if [ "$PART" = 5 ]; then  # the m-output curves: FCN (m ≤ 10), PatchCNN ((mM)² matrices)
+    step lc_outputs_cost 240 $PY benchmarks/learning_curve_outputs_cost.py --pool $LC_POOL
+    step lc_patch_outputs_cost 300 $PY benchmarks/learning_curve_outputs_cost.py \
+        --network patch --pool $LC_POOL --ms $LC_MS
 fi
 echo "=== part $PART done in $(($(date +%s) - T_START)) s"

@@ -9,8 +9,17 @@ included), the best of two calls after, E_g per size with the GP's (C = ∞) nex
 mean eigenvalue of U(n), χ_proxy, and the flags. Each evaluation of the averaged action
 factorises M blocks of m×m and solves an m²×m² system: O(Mm⁴) arithmetic, and the saddle
 takes S's Hessian in U's m(m + 1)/2 entries.
+
+With `--network patch`: an erf PatchCNN instead (P = 4 patches of 16 pixels, C = 16 or 2Pm if
+larger), whose scale is Pm×Pm and whose every evaluation factorises (mM)×(mM) matrices:
+O((mM)³) arithmetic, (mM)² memory per matrix, and the saddle's Hessian in Pm(Pm + 1)/2
+entries, so m = 2 and 3 at M = 1000 are a GPU's job (`benchmarks/gpu_run.sh 5`). `--pool`
+and `--ms` set M and the m's.
+
+    python benchmarks/learning_curve_outputs_cost.py --network patch --pool 200 --ms 2 3
 """
 
+import argparse
 import platform
 import time
 
@@ -25,20 +34,34 @@ import fls_jax as fj  # noqa: E402
 
 
 def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--network", choices=("fcn", "patch"), default="fcn")
+    parser.add_argument("--pool", type=int, default=1000)
+    parser.add_argument("--ms", type=int, nargs="+", default=[2, 3, 5, 10])
+    args = parser.parse_args()
     print(
         f"# {platform.processor() or platform.machine()}, jax {jax.__version__}, "
         f"{jax.devices()[0].platform}"
     )
-    task = fj.datasets.digits(n=1000, n_test=1, labels="onehot", seed=0)
+    task = fj.datasets.digits(n=args.pool, n_test=1, labels="onehot", seed=0)
     X = np.asarray(task.X)
-    ns = [16.0, 64.0, 256.0]
-    print(
-        f"{'m':>3} | {'first (s)':>9} {'after (s)':>9} | E_g (GP's) at n = 16, 64, 256 | "
-        "tr U/m | χ | ok"
-    )
-    for m in (2, 3, 5, 10):
+    ns = [n for n in (16.0, 64.0, 256.0) if n <= args.pool / 4]
+    print(f"# {args.network}, M = {args.pool}, n = {ns}")
+    print(f"{'m':>3} | {'first (s)':>9} {'after (s)':>9} | E_g (GP's) per n | tr U/m | χ | ok")
+    for m in args.ms:
         Y = np.asarray(task.Y)[:, :m]
-        net = fj.FCN(16.0, 1.0, 1.0, 0.01, fj.Erf())
+        if args.network == "patch":
+            width = float(max(16, 2 * 4 * m))
+
+            def build(c):
+                return fj.PatchCNN(c, 1.0, 1.0, 0.01, fj.Erf(), patch_size=16)
+        else:
+            width = 16.0
+
+            def build(c):
+                return fj.FCN(c, 1.0, 1.0, 0.01, fj.Erf())
+
+        net = build(width)
         start = time.perf_counter()
         lc = fj.learning_curve(net, X, Y, ns)
         jax.block_until_ready(lc.test_error)
@@ -48,7 +71,7 @@ def main():
             start = time.perf_counter()
             jax.block_until_ready(fj.learning_curve(net, X, Y, ns).test_error)
             after = min(after, time.perf_counter() - start)
-        gp = fj.learning_curve(fj.FCN(np.inf, 1.0, 1.0, 0.01, fj.Erf()), X, Y, ns)
+        gp = fj.learning_curve(build(np.inf), X, Y, ns)
         errors = ", ".join(
             f"{float(e):.4f} ({float(g):.4f})"
             for e, g in zip(lc.test_error, gp.test_error, strict=True)
