@@ -58,14 +58,14 @@ if [ -n "${SMALL:-}" ]; then
     NS_FCN="128 256"; NS_CNN="128 256"; MEM_NS="512"; LIM_NS="256 512"; N_GRAD=256; N_DEEP=64
     W_DEEP=3; TVS="--n 16 --n-test 16 --widths 16 --chains 2 --samples 10 --burn-in 10"
     TVS_RELU="$TVS --cases ReLU"
-    LC_POOL=200; LC_MS="2"
+    LC_POOL=200; LC_MS="2"; LC_NS="--ns 16"; LC_PATCH_NS="--ns 16"
 else
     NS_FCN="1024 4096 8192 16384"; NS_CNN="1024 4096 8192 16384"; MEM_NS="24576 32768"
     LIM_NS="4096 8192 16384"; N_GRAD=4096; N_DEEP=512; W_DEEP=13
     TVS="--n 128 --widths 4 16 64 256 1024 --chains 32 --samples 200 --burn-in 300"
     TVS_RELU="$TVS --cases ReLU"
     TVS="$TVS --cases linear-PatchCNN erf"  # name prefixes: part 2's three one-layer cases
-    LC_POOL=1000; LC_MS="2 3"
+    LC_POOL=1000; LC_MS="2 3"; LC_NS=""; LC_PATCH_NS="--ns 64"
 fi
 
 if [ "$PART" = 1 ]; then
@@ -97,8 +97,8 @@ if [ "$PART" = 4 ]; then
         --out "$OUT/theory_vs_sampling_relu_gpu"
 fi
 if [ "$PART" = 5 ]; then  # the m-output curves: FCN (m ≤ 10), PatchCNN ((mM)² matrices)
-    step lc_outputs_cost 240 $PY benchmarks/learning_curve_outputs_cost.py --pool $LC_POOL
+    step lc_outputs_cost 240 $PY benchmarks/learning_curve_outputs_cost.py --pool $LC_POOL $LC_NS
     step lc_patch_outputs_cost 300 $PY benchmarks/learning_curve_outputs_cost.py \
-        --network patch --pool $LC_POOL --ms $LC_MS
+        --network patch --pool $LC_POOL --ms $LC_MS $LC_PATCH_NS
 fi
 echo "=== part $PART done in $(($(date +%s) - T_START)) s"

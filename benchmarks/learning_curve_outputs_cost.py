@@ -13,10 +13,10 @@ takes S's Hessian in U's m(m + 1)/2 entries.
 With `--network patch`: an erf PatchCNN instead (P = 4 patches of 16 pixels, C = 16 or 2Pm if
 larger), whose scale is Pm×Pm and whose every evaluation factorises (mM)×(mM) matrices:
 O((mM)³) arithmetic, (mM)² memory per matrix, and the saddle's Hessian in Pm(Pm + 1)/2
-entries, so m = 2 and 3 at M = 1000 are a GPU's job (`benchmarks/gpu_run.sh 5`). `--pool`
-and `--ms` set M and the m's.
+entries, so m = 2 and 3 at M = 1000 are a GPU's job (`benchmarks/gpu_run.sh 5`). `--pool`,
+`--ms` and `--ns` set M, the m's and the sizes.
 
-    python benchmarks/learning_curve_outputs_cost.py --network patch --pool 200 --ms 2 3
+    python benchmarks/learning_curve_outputs_cost.py --network patch --pool 200 --ms 2 3 --ns 16
 """
 
 import argparse
@@ -38,6 +38,7 @@ def main():
     parser.add_argument("--network", choices=("fcn", "patch"), default="fcn")
     parser.add_argument("--pool", type=int, default=1000)
     parser.add_argument("--ms", type=int, nargs="+", default=[2, 3, 5, 10])
+    parser.add_argument("--ns", type=float, nargs="+", default=[16.0, 64.0, 256.0])
     args = parser.parse_args()
     print(
         f"# {platform.processor() or platform.machine()}, jax {jax.__version__}, "
@@ -45,7 +46,7 @@ def main():
     )
     task = fj.datasets.digits(n=args.pool, n_test=1, labels="onehot", seed=0)
     X = np.asarray(task.X)
-    ns = [n for n in (16.0, 64.0, 256.0) if n <= args.pool / 4]
+    ns = args.ns
     print(f"# {args.network}, M = {args.pool}, n = {ns}")
     print(f"{'m':>3} | {'first (s)':>9} {'after (s)':>9} | E_g (GP's) per n | tr U/m | χ | ok")
     for m in args.ms:
