@@ -955,6 +955,14 @@ def _outputs_width_curve(network, K, Y, noise, target_noise, ns, eta, V, inv_wid
     sg = jax.lax.stop_gradient
     tol = 1e3 * float(jnp.finfo(dtype).eps)
     eye = jnp.eye(m, dtype=dtype)
+    # The action is equivariant in the outputs (U*(YO) = OᵀU*(Y)O for orthogonal O), so it is
+    # solved in the targets' principal axes (O held fixed) and U* rotated back. There an
+    # output without target power is an axis, and U*'s eigenvalue along it (~σ² at tiny σ²)
+    # a diagonal entry, kept to its own digits; in the original basis it was kept to
+    # eps·cond U* only (σ² = 10⁻⁸: 6·10⁻⁸ relative), and the saddle did not settle (stop 58).
+    O = _eigh(sg(Y.T @ Y))[1][:, ::-1]
+    O = jnp.where(jnp.all(jnp.isfinite(O)), O, eye)
+    Y = Y @ O
     a = V.T @ Y / np.sqrt(M)  # (M, m): ã_ρ; Y's derivatives at V fixed, K's in the forms
     # Targets whose power overflows run on zeros and come out flagged (as for one output).
     finite_power = jnp.isfinite(jnp.sum(sg(a) ** 2))
@@ -1046,7 +1054,7 @@ def _outputs_width_curve(network, K, Y, noise, target_noise, ns, eta, V, inv_wid
 
     error, kappa, gamma, U, chi_proxy, located = jax.lax.map(at_size, ns)
     scale = jnp.trace(U, axis1=1, axis2=2) / m
-    return error, kappa, gamma, scale, chi_proxy, U, located
+    return error, kappa, gamma, scale, chi_proxy, _sym(O @ U @ O.T), located
 
 
 def _first_order_inputs(tree):
