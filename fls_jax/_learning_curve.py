@@ -944,7 +944,9 @@ def _outputs_width_curve(network, K, Y, noise, target_noise, ns, eta, V, inv_wid
     (Until stop 58 the steps were taken on R's equation, whose blocks nη_ρU + R have U's
     condition times X's: ~1/σ² where U* nears rank one, an output without target power.
     At σ² = 10⁻⁸ a step there left R's residual at 10⁻², and lineax stopped the program on
-    the NaN it made in the Hessian's reverse pass.) K's
+    the NaN it made in the Hessian's reverse pass.) The saddle runs in the targets' principal
+    axes and U* is rotated back (the action is equivariant in the outputs): there U*'s
+    eigenvalue along an output without target power is a diagonal entry. K's
     derivatives (σ_w², σ_a², X) are held in its fixed eigenbasis, as `fj.renormalise`'s:
     each η_ρ carries (VᵀdK V)_ρρ, and the quadratic forms in ã take the rest as rank-one
     forms of the divided differences, e.g. G's −nUG_ρG_σ (`first_order_term`). Cost per
