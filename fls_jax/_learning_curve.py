@@ -798,12 +798,6 @@ def _patch_outputs_width_curve(network, X, Y, target_noise, ns, inv_width):
         J = J - jnp.einsum("ia,abkl,bj->ijkl", R, N, R) / n
         return J.reshape(m * m, m * m)
 
-    def solve(J, B):  # J⁻¹B; NaN where J or B is not finite (lineax would stop the program)
-        finite = jnp.all(jnp.isfinite(J)) & jnp.all(jnp.isfinite(B))
-        operator_ = lx.MatrixLinearOperator(jnp.where(finite, J, jnp.eye(m * m, dtype=dtype)))
-        x = lx.linear_solve(operator_, jnp.where(finite, B, 0.0).reshape(m * m), DenseLU())
-        return jnp.where(finite, x.value.reshape(m, m), jnp.nan)
-
     def start(T, n, noise):  # R with F(R) = 0, no derivatives: damped Newton from the scalar
         eta = kernel_spectrum(T)[0]
         R0 = _kappa(eta / m, noise, n * m, tol) * eye  # point, exact where U = I_P ⊗ sI
@@ -811,7 +805,7 @@ def _patch_outputs_width_curve(network, X, Y, target_noise, ns, inv_width):
         def step(carry):
             R, size, _, i = carry
             A_inv = inverse(T, R, n)
-            delta = solve(jacobian(R, A_inv, n), residual(R, pool_trace(A_inv), n, noise))
+            delta = _ridge_solve(jacobian(R, A_inv, n), residual(R, pool_trace(A_inv), n, noise))
             # R ≥ σ²I at the root: halve the step while R − tδ falls below σ²/2
             least = jax.vmap(lambda t: _eigh(_sym(R - t * delta))[0][0])(0.5 ** jnp.arange(12))
             t = 0.5 ** jnp.argmax(least >= 0.5 * noise)
@@ -840,7 +834,7 @@ def _patch_outputs_width_curve(network, X, Y, target_noise, ns, inv_width):
         for newton in range(2):
             if newton:  # the factor at the first step's R (at the start's: above)
                 half = factor(T, R, n)[1]
-            delta = solve(J, residual(R, inverse_trace(half), n, noise))
+            delta = _ridge_solve(J, residual(R, inverse_trace(half), n, noise))
             R = _sym(R - delta)
             step = jnp.max(jnp.abs(sg(delta))) / jnp.max(jnp.abs(sg(R)))
         # Settled: the last step within √eps of R, or within 10× the rounding floor the start
@@ -870,8 +864,8 @@ def _patch_outputs_width_curve(network, X, Y, target_noise, ns, inv_width):
 
         R_big = jnp.kron(R, eye_pool)
         S4 = (R_big - R_big @ A_inv @ R_big).reshape(m, M, m, M)
-        R_mu = _sym(solve(J, jnp.einsum("oasb,sbra->or", S4, S4) / n))  # σ² dR/dμ
-        R_s = _sym(solve(J, eye))  # dR/dσ²
+        R_mu = _sym(_ridge_solve(J, jnp.einsum("oasb,sbra->or", S4, S4) / n))  # σ² dR/dμ
+        R_s = _sym(_ridge_solve(J, eye))  # dR/dσ²
         R_inv = small_inverse_logdet(R)[0]
         excess = _sym(R_inv @ R_mu @ R_inv)  # Ω⁻¹ − I
         error = (form(R @ R + R_mu) / M + target_noise * jnp.trace(excess)) / m
@@ -885,6 +879,19 @@ def _patch_outputs_width_curve(network, X, Y, target_noise, ns, inv_width):
     error, kappa, gamma, U, chi_proxy, located = jax.lax.map(at_size, ns)
     scale = jnp.trace(U, axis1=1, axis2=2) / (P * m)
     return error, kappa, gamma, scale, chi_proxy, U, located
+
+
+def _ridge_solve(J: Array, B: Array) -> Array:
+    """J⁻¹B for an m×m ridge's Newton system (J m²×m² over row-major vec, B m×m), NaN where J
+    or B is not finite. Where U's blocks cannot be factorised (NaN; BFGS probing far out),
+    lineax would stop the program on the non-finite system: it is solved on I and 0 there,
+    and the step made NaN, as the blocks' own failure would make it, so that BFGS's line
+    search turns the step down (measured: σ² = 10⁻⁶ then converges; stop 55)."""
+    m = B.shape[-1]
+    finite = jnp.all(jnp.isfinite(J)) & jnp.all(jnp.isfinite(B))
+    operator = lx.MatrixLinearOperator(jnp.where(finite, J, jnp.eye(m * m, dtype=J.dtype)))
+    x = lx.linear_solve(operator, jnp.where(finite, B, 0.0).reshape(m * m), DenseLU())
+    return jnp.where(finite, x.value.reshape(m, m), jnp.nan)
 
 
 def _pair_form(A: Array, eta: Array, x: Array, W: Array, y: Array) -> Array:
@@ -996,15 +1003,7 @@ def _outputs_width_curve(network, K, Y, noise, target_noise, ns, eta, V, inv_wid
             if newton:  # the blocks at the first step's X (at the start's: above)
                 B = whitened(X, n)[0]
             F = X - noise * U_inv - X @ jnp.einsum("r,rij->ij", lam, B)
-            # Where U's blocks cannot be factorised (NaN; BFGS probing far out), lineax would
-            # stop the program on the non-finite system: it is solved on I and 0 there, and
-            # X made NaN, as the blocks' own failure would make it, so that BFGS's line
-            # search turns the step down (measured: σ² = 10⁻⁶ then converges).
-            finite = jnp.all(jnp.isfinite(J)) & jnp.all(jnp.isfinite(F))
-            operator = lx.MatrixLinearOperator(jnp.where(finite, J, jnp.eye(m * m, dtype=dtype)))
-            F = jnp.where(finite, F, 0.0)
-            delta = lx.linear_solve(operator, F.reshape(m * m), DenseLU()).value.reshape(m, m)
-            delta = jnp.where(finite, delta, jnp.nan)
+            delta = _ridge_solve(J, F)  # NaN where U's blocks could not be factorised
             X = _sym(X - delta)
             step = jnp.max(jnp.abs(sg(delta))) / jnp.max(jnp.abs(sg(X)))
         return X, U_inv, logdet_U, step
