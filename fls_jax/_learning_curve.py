@@ -76,6 +76,7 @@ from ._linalg import (
     cholesky_inverse,
     first_order_term,
     kernel_spectrum,
+    principal_axes,
     refuse_derivative,
     small_inverse_logdet,
 )
@@ -756,6 +757,9 @@ def _patch_outputs_width_curve(network, X, Y, target_noise, ns, inv_width):
     P²M² for the κ_pq and (mM)² for 𝒜⁻¹."""
     M, m = Y.shape
     dtype = X.dtype
+    # Solved in the targets' principal axes and U* rotated back by I_P ⊗ O (`principal_axes`),
+    # as the FCN's m-output curve and `fj.renormalise` are.
+    Y, O = principal_axes(Y)
     pairs = _patch_pair_kernels(network, X, X) / M  # (P, P, M, M): the operators κ_pq/M
     P = pairs.shape[0]
     y = Y.T.reshape(m * M)  # output-major: (o, a) ↦ o·M + a
@@ -878,6 +882,8 @@ def _patch_outputs_width_curve(network, X, Y, target_noise, ns, inv_width):
 
     error, kappa, gamma, U, chi_proxy, located = jax.lax.map(at_size, ns)
     scale = jnp.trace(U, axis1=1, axis2=2) / (P * m)
+    back = jnp.kron(jnp.eye(P, dtype=dtype), O)  # (patch, output) index p·m + o
+    U = _sym(back @ U @ back.T)
     return error, kappa, gamma, scale, chi_proxy, U, located
 
 
@@ -964,14 +970,10 @@ def _outputs_width_curve(network, K, Y, noise, target_noise, ns, eta, V, inv_wid
     sg = jax.lax.stop_gradient
     tol = 1e3 * float(jnp.finfo(dtype).eps)
     eye = jnp.eye(m, dtype=dtype)
-    # The action is equivariant in the outputs (U*(YO) = OᵀU*(Y)O for orthogonal O), so it is
-    # solved in the targets' principal axes (O held fixed) and U* rotated back. There an
-    # output without target power is an axis, and U*'s eigenvalue along it (~σ² at tiny σ²)
-    # a diagonal entry, kept to its own digits; in the original basis it was kept to
+    # Solved in the targets' principal axes and U* rotated back (`principal_axes`): in the
+    # original basis U*'s eigenvalue ~σ² along an output without target power was kept to
     # eps·cond U* only (σ² = 10⁻⁸: 6·10⁻⁸ relative), and the saddle did not settle (stop 58).
-    O = _eigh(sg(Y.T @ Y))[1][:, ::-1]
-    O = jnp.where(jnp.all(jnp.isfinite(O)), O, eye)
-    Y = Y @ O
+    Y, O = principal_axes(Y)
     a = V.T @ Y / np.sqrt(M)  # (M, m): ã_ρ; Y's derivatives at V fixed, K's in the forms
     # Targets whose power overflows run on zeros and come out flagged (as for one output).
     finite_power = jnp.isfinite(jnp.sum(sg(a) ** 2))

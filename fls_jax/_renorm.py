@@ -69,6 +69,7 @@ from ._linalg import (
     first_order_term,
     guarded_cholesky_inverse,
     kernel_spectrum,
+    principal_axes,
     resolvent_diagonal,
     resolvent_likelihood_change,
     resolvent_logdet,
@@ -949,6 +950,12 @@ def _renormalise_outputs(
     kernel shape renormalisation (module docstring) with kernel U ⊗ K, at the saddle point
     U* or integrated over U's posterior (`_matrix_mixture`)."""
     n, m = Y.shape
+    # Solved for the targets in their principal axes, YO, and rotated back at the end
+    # (`principal_axes`): in Y's own basis an output without target power (Y = y cᵀ) left
+    # U*'s eigenvalue along it, ~σ, 10⁻⁶ off at σ² = 10⁻¹⁰ and the saddle flagged at 10⁻¹²
+    # (stop 59). The mixture's draws are then taken in those axes too.
+    Y, O = principal_axes(Y)
+    Y_test = None if Y_test is None else Y_test @ O
     # K's eigenbasis, held fixed: `first_order_term` carries K's derivatives (`_linalg`).
     K, lam, V, KsV, kss = _gp_in_eigenbasis(network, X, X_test)
     y = V.T @ Y  # (n, m): row i is the targets' component along eigenvector i
@@ -1036,7 +1043,25 @@ def _renormalise_outputs(
     )
     # (Its derivatives are in `likelihood`'s null terms already.)
     log_evidence = result.log_evidence - jax.lax.stop_gradient(null_part)
-    return eqx.tree_at(lambda r: r.log_evidence, result, log_evidence)
+    return _from_principal_axes(eqx.tree_at(lambda r: r.log_evidence, result, log_evidence), O)
+
+
+def _from_principal_axes(result: Renormalised, O: Array) -> Renormalised:
+    """A `Renormalised` solved for targets YO (`principal_axes`) in the outputs' basis: the
+    mean, the output covariance and the scale (patch-major over (patch, output) pairs, for a
+    PatchCNN) rotated back; the rest does not depend on the outputs' basis."""
+    m = O.shape[0]
+    R = jnp.kron(jnp.eye(result.scale_matrix.shape[0] // m, dtype=O.dtype), O)
+
+    def back(A, R):
+        B = R @ A @ R.T
+        return 0.5 * (B + B.T)
+
+    return eqx.tree_at(
+        lambda r: (r.mean, r.scale_matrix, r.output_covariance),
+        result,
+        (result.mean @ O.T, back(result.scale_matrix, R), back(result.output_covariance, O)),
+    )
 
 
 def _matrix_result(
@@ -1317,8 +1342,15 @@ def _renormalise_patches(
     """A one-hidden-layer PatchCNN with m outputs: the local kernel renormalisation (module
     docstring) with Cov(f_o(x), f_r(x′)) = Σ_pq U_(p,o),(q,r) κ_pq(x, x′), U over (patch,
     output) pairs (Pm×Pm, patch-major), at the saddle point U* or integrated over U's
-    posterior (`_matrix_mixture`). One output is the P×P scale."""
+    posterior (`_matrix_mixture`). One output is the P×P scale. m > 1 outputs are solved
+    in the targets' principal axes and rotated back (`principal_axes`), as an FCN's: in Y's
+    own basis, targets Y = y cᵀ (P = 2, S = 4, C = 4) left the scale of the output without
+    target power 2·10⁻⁶ off at σ² = 10⁻¹⁰ and the saddle flagged at 10⁻¹² (stop 59)."""
     n, m = Y.shape
+    O = None
+    if m > 1:
+        Y, O = principal_axes(Y)
+        Y_test = None if Y_test is None else Y_test @ O
     # κ = c κ₁ (`_kernel_factor`): the κ's are taken to K's eigenbasis (below) from the
     # unit network's, and c is multiplied in after, where their null rows are 0 in value.
     unit, c = _kernel_factor(network, X)
@@ -1424,7 +1456,8 @@ def _renormalise_patches(
     )
     # (Its derivatives are in `nll_of`'s null terms already.)
     log_evidence = result.log_evidence - jax.lax.stop_gradient(null_part)
-    return eqx.tree_at(lambda r: r.log_evidence, result, log_evidence)
+    result = eqx.tree_at(lambda r: r.log_evidence, result, log_evidence)
+    return result if O is None else _from_principal_axes(result, O)
 
 
 def _stationarity_gap(g: Array, z: Array, k: Array) -> Array:

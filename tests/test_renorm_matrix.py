@@ -740,9 +740,10 @@ def test_scaled_inverses_against_numpy_with_guard_and_derivatives():
 def test_small_eigh_closed_form_against_numpy():
     """`_linalg._small_eigh`'s closed form for m = 1 and 2 (the mixture's blocks with one or
     two outputs) against numpy's eigh on a batch: random symmetric matrices over 16 decades,
-    multiples of I, splits of 10⁻¹⁶–10⁻⁸ and indefinite ones. Eigenvalues ascending to
-    rounding of the largest, Q orthonormal, Q diag(u) Qᵀ = U; and `scaled_inverses` with two
-    outputs against numpy's inverse at a random U and at U = I."""
+    multiples of I, splits of 10⁻¹⁶–10⁻⁸, indefinite and graded ones. Eigenvalues ascending to
+    rounding of the largest (a graded matrix's small one to its own), Q orthonormal,
+    Q diag(u) Qᵀ = U; and `scaled_inverses` with two outputs against numpy's inverse at a
+    random U and at U = I."""
     from fls_jax import _linalg
 
     rng = np.random.default_rng(11)
@@ -750,6 +751,10 @@ def test_small_eigh_closed_form_against_numpy():
     cases += [np.eye(2) * 10.0 ** rng.uniform(-3, 3) for _ in range(5)]
     cases += [np.diag([1.0, 1.0 + 10.0**-k]) for k in (8, 12, 16)]
     cases += [np.array([[1.0, 3.0], [3.0, -2.0]])]
+    # Graded, nearly diagonal (a scale with an output without target power): the small
+    # eigenvalue to its own digits, c − b²/(a − c); as mean − r it was 10⁻¹⁰ off (stop 59).
+    graded = [(0.9, 1e-12, 2.4e-7), (3.0, -1e-9, 1e-13), (-2.0, 1e-10, -5e-11)]
+    cases += [np.array([[a, b], [b, c]]) for a, b, c in graded]
     A = np.stack([0.5 * (c + c.T) for c in cases])
     for m, stack in ((2, A), (1, A[:, :1, :1])):
         u, Q = map(np.asarray, jax.jit(_linalg._small_eigh)(jnp.asarray(stack)))
@@ -759,6 +764,10 @@ def test_small_eigh_closed_form_against_numpy():
         np.testing.assert_allclose(QtQ, np.broadcast_to(np.eye(m), QtQ.shape), atol=4e-16)
         rebuilt = (Q * u[:, None, :]) @ np.swapaxes(Q, 1, 2) / scale[:, :, None]
         np.testing.assert_allclose(rebuilt, stack / scale[:, :, None], atol=1e-15)
+    u = np.asarray(jax.jit(_linalg._small_eigh)(jnp.asarray(A[-3:]))[0])
+    for (a, b, c), pair in zip(graded, u, strict=True):
+        small = pair[np.argmin(np.abs(pair))]
+        np.testing.assert_allclose(small, c - b * b / (a - c), rtol=1e-14)
     lam = np.array([0.0, 0.4, 2.5])
     for U in (A[0] @ A[0] + 0.1 * np.eye(2), np.eye(2)):
         P = _linalg.scaled_inverses(jnp.asarray(lam), jnp.asarray(U), 0.2)[0]
@@ -1005,7 +1014,8 @@ def test_matrix_mixture_derivatives_at_fixed_draws(two_outputs, monkeypatch, sca
     differentiated with its proposal (the saddle point's coordinates) held fixed: the
     derivative of the estimate at fixed draws. Against central differences of the same
     estimator with the proposal frozen at t = 0 (exported from a first run, then substituted
-    for the saddle), along a direction in X and Y: measured ≤ 2e-10 (outputs) and 7e-11
+    for the saddle; the targets' principal axes, the draws' frame, too), along a direction in
+    X and Y: measured ≤ 2e-10 (outputs) and 7e-11
     (patches). Reverse mode agrees with forward mode. Everything runs under `jax.jit`, which
     a matrix scale's width check once broke (it multiplied traced arrays)."""
     from jax.experimental import io_callback
@@ -1040,6 +1050,9 @@ def test_matrix_mixture_derivatives_at_fixed_draws(two_outputs, monkeypatch, sca
     monkeypatch.setattr(_renorm, "_matrix_saddle", exporting)
     jax.block_until_ready(outputs(0.0, 300))
     monkeypatch.setattr(_renorm, "_matrix_saddle", frozen)
+    # The targets' principal axes, in which the draws are taken, are part of the proposal.
+    axes = np.asarray(_renorm.principal_axes(jnp.asarray(Y.reshape(len(Y), -1)))[1])
+    monkeypatch.setattr(_renorm, "principal_axes", lambda Y: (Y @ axes, jnp.asarray(axes)))
     _, jvp = jax.jvp(lambda t: outputs(t, 301), (0.0,), (1.0,))  # 301: a new program
 
     def central(h):
@@ -1359,3 +1372,75 @@ def test_predictions_keep_their_digits_at_tiny_noise():
     assert bool(ok_small) and bool(ok_ref)
     np.testing.assert_allclose(small, ref, rtol=1e-8)
     assert 0 < float(variance) < 1e-13
+
+
+def _scalar_output_scale(X, t, noise, C, sigma_w2):
+    """The saddle u of one output of a linear FCN (K = σ_w² XXᵀ/d, d non-zero modes) with
+    targets t, bisected in log u on u dS/du = ku − (k − d/2) − ½ Σ_i σ²/(λ_i u + σ²)
+    − ½ Σ_i ŷ_i² λ_i u/(λ_i u + σ²)²: written without the cancellation of k(u − 1) + d/2,
+    so that a u ~ σ keeps its digits."""
+    d = X.shape[1]
+    lam, Q = np.linalg.eigh(X.T @ X * (sigma_w2 / d))
+    yhat2 = (t @ X @ Q) ** 2 * sigma_w2 / d / lam
+    k = C / 2
+
+    def u_slope(u):
+        a = lam * u + noise
+        return k * u - (k - d / 2) - 0.5 * np.sum(noise / a) - 0.5 * np.sum(yhat2 * lam * u / a**2)
+
+    lo, hi = 1e-40, 1e6
+    for _ in range(400):
+        mid = np.sqrt(lo * hi)
+        lo, hi = (lo, mid) if u_slope(mid) > 0 else (mid, hi)
+    return np.sqrt(lo * hi)
+
+
+@pytest.mark.parametrize("m", [2, pytest.param(3, marks=pytest.mark.slow)])
+def test_outputs_without_target_power_at_tiny_noise(m):
+    """Targets Y = y cᵀ (c a random unit vector) leave m − 1 output directions without target
+    power. At C = d = 4 the scale along them falls as σ: u₂ = 2.4·10⁻⁷ at σ² = 10⁻¹², which a
+    U* in Y's own basis holds only to eps·u₁. By symmetry U* = C diag(u₁, u₂, …) Cᵀ (C = [c,
+    c⊥]), each u the one-output saddle, bisected here. Before stop 59 (U*'s eigenvalues from
+    mean ∓ r, and no principal axes) the saddle was flagged with u₂ 5·10⁻⁴ (m = 2) and
+    9·10⁻⁴ (m = 3) off; now measured 10⁻¹⁰ and 1.3·10⁻⁹."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((60, 4))
+    y = X[:, 0] + 0.5 * (X[:, 1] ** 2 - 1)
+    X_test = rng.standard_normal((10, 4))
+    basis = np.linalg.qr(np.random.default_rng(5).standard_normal((m, m)))[0]
+    net = fj.FCN(4.0, 1.3, 1.0, 1e-12, fj.Linear())
+    r = fj.renormalise(net, X, np.outer(y, basis[:, 0]), X_test, method="saddle")
+    assert bool(r.converged)
+    u = [_scalar_output_scale(X, t, 1e-12, 4.0, 1.3) for t in (y, 0 * y)]
+    assert u[1] < 1e-6 * u[0]
+    U = basis.T @ np.asarray(r.scale_matrix) @ basis
+    np.testing.assert_allclose(U[0, 0], u[0], rtol=1e-12)
+    np.testing.assert_allclose(np.diag(U)[1:], u[1], rtol=1e-8)
+    np.testing.assert_allclose(U, np.diag([u[0]] + [u[1]] * (m - 1)), rtol=0, atol=1e-15)
+
+
+@pytest.mark.slow
+def test_patch_outputs_without_target_power_at_tiny_noise():
+    """A linear PatchCNN (P = 2 patches of S = 4, C = 4) with targets y cᵀ on two outputs at
+    σ² = 10⁻¹²: by symmetry the 4×4 scale over (patch, output) pairs is, in the outputs'
+    basis [c, c⊥], block-diagonal with the P×P one-output scales of y and of 0 (the one-output
+    path, P×P). The latter's entries are ~4·10⁻⁷. Before stop 59 (no principal axes) the
+    saddle was flagged, that block 10⁻⁴ off; now measured 3·10⁻¹⁰."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((60, 8))
+    y = X[:, 0] + 0.5 * (X[:, 4] ** 2 - 1)
+    X_test = rng.standard_normal((10, 8))
+    basis = np.array([[np.cos(0.9), -np.sin(0.9)], [np.sin(0.9), np.cos(0.9)]])
+    net = fj.PatchCNN(4.0, 1.3, 1.0, 1e-12, fj.Linear(), patch_size=4)
+    r = fj.renormalise(net, X, np.outer(y, basis[:, 0]), X_test, method="saddle")
+    ones = [fj.renormalise(net, X, t, X_test, method="saddle") for t in (y, 0 * y)]
+    assert bool(r.converged) and all(bool(o.converged) for o in ones)
+    ref = np.zeros((2, 2, 2, 2))  # (patch, output, patch, output)
+    for o, one in enumerate(ones):
+        ref[:, o, :, o] = one.scale_matrix
+    R = np.kron(np.eye(2), basis)  # index patch·m + output
+    U = (R.T @ np.asarray(r.scale_matrix) @ R).reshape(2, 2, 2, 2)
+    small = np.max(np.abs(ref[:, 1, :, 1]))
+    assert small < 1e-6 * np.max(np.abs(ref))
+    np.testing.assert_allclose(U, ref, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(U[:, 1, :, 1], ref[:, 1, :, 1], rtol=0, atol=1e-8 * small)
