@@ -671,6 +671,7 @@ OUTPUT_NS = np.array([16.0, 32.0])
 OUTPUT_P0 = np.array([1.0, 0.01, 0.003, 4.0, SA2, 0.0, 0.0])  # σ_w², σ², σ_ε², C, σ_a², t_X, t_Y
 TINY_NOISE = 1e-6  # σ² where BFGS's probes made the ridge's Newton system NaN (stop 55)
 TINIER_NOISE = 1e-8  # σ² where the ridge's Newton steps in R stopped the program (stop 58)
+TINIEST_NOISE = 1e-10  # σ² where n = d was flagged: rounding-level targets along c⊥ (stop 59)
 OUTPUT_STEPS = [1e-5, 1e-7, 1e-7, 4e-4, 1e-5, 1e-6, 1e-6]  # central differences in OUTPUT_P0
 
 
@@ -710,6 +711,7 @@ def outputs_runs(linear_pool):
         rank_one=program(p, rank_one, np.zeros_like(Y))[0][1],
         rank_one_tiny=program(tiny, rank_one, np.zeros_like(Y))[0][1],
         rank_one_tinier=program(tiny.at[1].set(TINIER_NOISE), rank_one, np.zeros_like(Y))[0][1],
+        rank_one_tiniest=program(tiny.at[1].set(TINIEST_NOISE), rank_one, np.zeros_like(Y))[0][1],
         general=general,
         gradient=np.asarray(gradient),
         differences=np.asarray(differences),
@@ -751,14 +753,21 @@ def test_output_curve_with_rank_one_targets_is_two_fcn_curves(linear_pool, outpu
     # the Hessian's reverse pass, from Newton steps on R whose blocks nηU + R have condition
     # ~1/σ² where U* is near rank one); the ridge is now solved whitened, X = U⁻¹R, and the
     # saddle in the targets' principal axes, where U*'s least eigenvalue keeps its digits.
-    for key, noise in (("rank_one_tiny", TINY_NOISE), ("rank_one_tinier", TINIER_NOISE)):
+    # Until stop 59 n = d was flagged at σ² = 10⁻¹⁰, 3.7·10⁻³ off: the rotated targets'
+    # second column, rounding (10⁻¹⁶|y|), is now set to zero (`principal_axes`).
+    for key, noise in (
+        ("rank_one_tiny", TINY_NOISE),
+        ("rank_one_tinier", TINIER_NOISE),
+        ("rank_one_tiniest", TINIEST_NOISE),
+    ):
         tiny = outputs_runs[key]
         net = fj.FCN(4.0, 1.0, SA2, noise, fj.Linear())
         ones = [fj.learning_curve(net, X, t, OUTPUT_NS) for t in (y, 0 * y)]
         mean = (ones[0].test_error + ones[1].test_error) / 2
         chi = ones[0].chi_proxy + ones[1].chi_proxy
         assert bool(jnp.all(tiny.converged)) and all(bool(jnp.all(o.converged)) for o in ones)
-        # Measured: E_g 10⁻¹³ (10⁻⁶) and 3·10⁻¹² (10⁻⁸) from theirs at most, χ_proxy 5·10⁻¹⁴.
+        # Measured: E_g 10⁻¹³ (10⁻⁶), 3·10⁻¹² (10⁻⁸) and 10⁻¹¹ (10⁻¹⁰) from theirs at most,
+        # χ_proxy 5·10⁻¹⁴.
         # Before the principal axes, at 10⁻⁸ both sizes were flagged, E_g 4·10⁻⁶ and 730× off.
         np.testing.assert_allclose(tiny.test_error, mean, rtol=1e-7)
         np.testing.assert_allclose(tiny.chi_proxy, chi, rtol=1e-7)
