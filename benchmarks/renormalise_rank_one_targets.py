@@ -11,7 +11,8 @@ S = k(tr U − log det U − m) + ½ Σ_i (y_iᵀ M_i⁻¹ y_i + log det M_i), M
 separates over the outputs at diagonal U. Each u_j solves the scalar equation
 u dS/du = ku − (k − d/2) − ½ Σ_i σ²/(λ_i u + σ²) − ½ Σ_i ŷ_i² λ_i u/(λ_i u + σ²)² = 0
 over K's d non-zero modes (K = σ_w² XXᵀ/d from the d×d Gram in NumPy), written without the
-cancellation of k(u − 1) + d/2 and bisected in log u to rounding. At C ≤ d the powerless
+cancellation of k(u − 1) + d/2 and bisected in log u to rounding (`_scalar_output_scale` of
+`tests/test_renorm_matrix.py`, whose test uses it too). At C ≤ d the powerless
 outputs' u₂ falls with σ² (C = d: u₂ ~ σ; C < d: u₂ ~ σ²), which is what the saddle must resolve.
 
 With ``--faint``: m = 2 and 3 outputs at C = 3 with targets (y, ε(0.3y + z), 0), ε from 0 to
@@ -33,8 +34,10 @@ per mode on 2 cores.
 import argparse
 import functools
 import platform
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import jax
 
@@ -46,26 +49,12 @@ import numpy as np  # noqa: E402
 import fls_jax as fj  # noqa: E402
 
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from test_renorm_matrix import _scalar_output_scale  # noqa: E402
+
+
 NOISES = (1e-2, 1e-6, 1e-8, 1e-10, 1e-12)
 SIGMA_W2 = 1.3
-
-
-def reference_scale(X, t, noise, C):
-    """The scalar saddle u of one output with targets t (module docstring), in NumPy."""
-    d = X.shape[1]
-    lam, Q = np.linalg.eigh(X.T @ X * (SIGMA_W2 / d))
-    yhat2 = (t @ X @ Q) ** 2 * SIGMA_W2 / d / lam
-    k = C / 2
-
-    def u_slope(u):
-        a = lam * u + noise
-        return k * u - (k - d / 2) - 0.5 * np.sum(noise / a) - 0.5 * np.sum(yhat2 * lam * u / a**2)
-
-    lo, hi = 1e-40, 1e6
-    for _ in range(400):
-        mid = np.sqrt(lo * hi)
-        lo, hi = (lo, mid) if u_slope(mid) > 0 else (mid, hi)
-    return np.sqrt(lo * hi)
 
 
 def main():
@@ -101,8 +90,8 @@ def main():
         for C in args.widths:
             print(f"m = {m}, C = {C:g}: | rotated, axes: converged; error of u₁, u₂, |ΔU|/u₁")
             for noise in NOISES:
-                u1 = reference_scale(X, y, noise, C)
-                u2 = reference_scale(X, 0 * y, noise, C)
+                u1 = _scalar_output_scale(X, y, noise, C, SIGMA_W2)
+                u2 = _scalar_output_scale(X, 0 * y, noise, C, SIGMA_W2)
                 line = f"  σ² {noise:.0e}: u₁ {u1:.6e}, u₂ {u2:.6e}"
                 for name, Y, back in (("rotated", np.outer(y, O[:, 0]), O), ("axes", axes, None)):
                     U, ok = saddle(Y, noise, C, m)

@@ -1015,8 +1015,8 @@ def test_matrix_mixture_derivatives_at_fixed_draws(two_outputs, monkeypatch, sca
     derivative of the estimate at fixed draws. Against central differences of the same
     estimator with the proposal frozen at t = 0 (exported from a first run, then substituted
     for the saddle; the targets' principal axes, the draws' frame, too), along a direction in
-    X and Y: measured ≤ 2e-10 (outputs) and 7e-11
-    (patches). Reverse mode agrees with forward mode. Everything runs under `jax.jit`, which
+    X and Y: measured ≤ 2e-10 (outputs) and 7e-11 (patches). Reverse mode agrees with
+    forward mode. Everything runs under `jax.jit`, which
     a matrix scale's width check once broke (it multiplied traced arrays)."""
     from jax.experimental import io_callback
 
