@@ -75,6 +75,7 @@ from ._linalg import (
     _first_order_in,
     cholesky_inverse,
     first_order_term,
+    from_principal_axes,
     kernel_spectrum,
     principal_axes,
     refuse_derivative,
@@ -882,9 +883,7 @@ def _patch_outputs_width_curve(network, X, Y, target_noise, ns, inv_width):
 
     error, kappa, gamma, U, chi_proxy, located = jax.lax.map(at_size, ns)
     scale = jnp.trace(U, axis1=1, axis2=2) / (P * m)
-    back = jnp.kron(jnp.eye(P, dtype=dtype), O)  # (patch, output) index p·m + o
-    U = _sym(back @ U @ back.T)
-    return error, kappa, gamma, scale, chi_proxy, U, located
+    return error, kappa, gamma, scale, chi_proxy, from_principal_axes(U, O), located
 
 
 def _ridge_solve(J: Array, B: Array) -> Array:
@@ -1057,7 +1056,7 @@ def _outputs_width_curve(network, K, Y, noise, target_noise, ns, eta, V, inv_wid
 
     error, kappa, gamma, U, chi_proxy, located = jax.lax.map(at_size, ns)
     scale = jnp.trace(U, axis1=1, axis2=2) / m
-    return error, kappa, gamma, scale, chi_proxy, _sym(O @ U @ O.T), located
+    return error, kappa, gamma, scale, chi_proxy, from_principal_axes(U, O), located
 
 
 def _first_order_inputs(tree):

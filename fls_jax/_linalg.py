@@ -421,6 +421,16 @@ def principal_axes(Y: Float[Array, "n m"]) -> tuple[Array, Array]:
     return YO - jnp.where(rounding, value, 0.0), O
 
 
+def from_principal_axes(A: Float[Array, "*batch q q"], O: Float[Array, "m m"]) -> Array:
+    """A scale solved for targets YO (`principal_axes`) in the outputs' basis: (I ⊗ O) A
+    (I ⊗ O)ᵀ, symmetrised, for a (stack of) q×q A over (block, output) pairs with index
+    block·m + output (q = m: over the outputs; a PatchCNN's patch-major Pm×Pm scale)."""
+    m = O.shape[0]
+    R = jnp.kron(jnp.eye(A.shape[-1] // m, dtype=O.dtype), O)
+    B = R @ A @ R.T
+    return 0.5 * (B + jnp.swapaxes(B, -1, -2))
+
+
 @jax.custom_jvp
 def spd_sqrt(A: Float[Array, "*batch m m"]) -> Float[Array, "*batch m m"]:
     """The symmetric square root A^{1/2} of symmetric positive-definite matrices (a stack).

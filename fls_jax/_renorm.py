@@ -67,6 +67,7 @@ from ._linalg import (
     cholesky_inverse,
     cross_components,
     first_order_term,
+    from_principal_axes,
     guarded_cholesky_inverse,
     kernel_spectrum,
     principal_axes,
@@ -1050,17 +1051,14 @@ def _from_principal_axes(result: Renormalised, O: Array) -> Renormalised:
     """A `Renormalised` solved for targets YO (`principal_axes`) in the outputs' basis: the
     mean, the output covariance and the scale (patch-major over (patch, output) pairs, for a
     PatchCNN) rotated back; the rest does not depend on the outputs' basis."""
-    m = O.shape[0]
-    R = jnp.kron(jnp.eye(result.scale_matrix.shape[0] // m, dtype=O.dtype), O)
-
-    def back(A, R):
-        B = R @ A @ R.T
-        return 0.5 * (B + B.T)
-
     return eqx.tree_at(
         lambda r: (r.mean, r.scale_matrix, r.output_covariance),
         result,
-        (result.mean @ O.T, back(result.scale_matrix, R), back(result.output_covariance, O)),
+        (
+            result.mean @ O.T,
+            from_principal_axes(result.scale_matrix, O),
+            from_principal_axes(result.output_covariance, O),
+        ),
     )
 
 
