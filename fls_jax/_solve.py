@@ -260,7 +260,8 @@ def _validate(network: _N, X, Y) -> tuple[_N, Array, Array]:
 def _check_key(key) -> None:
     """A single JAX PRNG key (typed, or the legacy uint32 pair), or a clear error."""
     typed = isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
-    single = key.shape == () if typed else getattr(key, "shape", None) == (2,)
+    legacy = getattr(key, "shape", None) == (2,) and getattr(key, "dtype", None) == jnp.uint32
+    single = key.shape == () if typed else legacy
     if not (isinstance(key, jax.Array) and single):
         raise ValueError(f"key must be a single JAX PRNG key, e.g. jax.random.key(0), got {key!r}")
 

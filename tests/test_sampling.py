@@ -532,6 +532,7 @@ def test_sampling_without_test_inputs():
         (dict(Y=np.zeros(7)), "Y must have shape"),
         (dict(key=0), "PRNG key"),
         (dict(key=jax.random.split(jax.random.key(0))), "single JAX PRNG key"),
+        (dict(key=jnp.zeros(2)), "single JAX PRNG key"),  # a pair, but not uint32
     ],
 )
 def test_bad_input_is_rejected_before_compiling(kwargs, match):
