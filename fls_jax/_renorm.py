@@ -106,6 +106,12 @@ _SCALAR_LIMIT = 40.0
 # where it stopped, and for `_BFGS_STEPS` in all.
 _STAGE_STEPS = 20
 _BFGS_STEPS = 1000
+# The Newton polish after BFGS takes steps up to `_POLISH_REACH` in the chart's Z (max-abs).
+# Where BFGS stopped with a Newton step above `_NEWTON_UNTIL`, at most `_NEWTON_STEPS`
+# trust-region Newton steps take it there first.
+_POLISH_REACH = 0.1
+_NEWTON_UNTIL = 1e-3
+_NEWTON_STEPS = 30
 # A matrix scale's mixture is integrated by importance sampling (`_matrix_mixture`) from a
 # multivariate t with this many degrees of freedom; with fewer effective draws than
 # `_MIN_EFFECTIVE_DRAWS` its result is flagged as not converged.
@@ -712,12 +718,13 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype, curvature=None)
     BFGS (optimistix) in the coordinates V_l = W_l e^{Z_l} W_l (Z_l symmetric, upper triangles
     free) about the scalar point U = e^x I (each W_l² = V_l = e^{x/L} I) reached from V_l = I
     by steps of 2 in x while S falls, whitened by S's Hessian there, and restarted about its
-    last point where a run of 20 + 3p steps has not converged; then two Newton steps from
-    BFGS's eps^(1/3) to rounding, which carry the derivatives; then checked to be a
-    stationary minimum in the same coordinates about the polished point, where the Laplace
-    approximation of the evidence is taken. k_l = C_l/2 per hidden layer of the `network`,
-    which may be traced; k_l ≤ (m − 1)/2 has no Wishart prior and is reported as not
-    converged. At C = ∞ the result is the GP's, V_l = I (the solve runs at a finite
+    last point where a run of 20 + 3p steps has not converged; where BFGS stopped short (a
+    Newton step above 10⁻³), trust-region Newton steps to there, undifferentiated; then two
+    Newton steps from BFGS's eps^(1/3) to rounding, which carry the derivatives; then
+    checked to be a stationary minimum in the same coordinates about the polished point,
+    where the Laplace approximation of the evidence is taken. k_l = C_l/2 per hidden layer
+    of the `network`, which may be traced; k_l ≤ (m − 1)/2 has no Wishart prior and is
+    reported as not converged. At C = ∞ the result is the GP's, V_l = I (the solve runs at a finite
     stand-in width and is discarded, which keeps it finite).
 
     S's Hessians (the whitening's at each BFGS start, the Newton steps' and the evidence's) are
@@ -875,21 +882,61 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype, curvature=None)
         unfinished, lambda carry: stage(carry, *closed), carry
     )
 
+    # BFGS can stop where the Newton step is still beyond the polish's reach below: it tests S's
+    # decrease relative to S, which a scale 10⁸ below another barely moves (three outputs at
+    # C = 3, σ² = 10⁻⁸, one faint target ×10⁻¹⁴: the faint output's scale 13% off, the first
+    # Newton step 0.13, flagged: `benchmarks/renormalise_rank_one_targets.py --faint`). From
+    # there, Newton steps on the positive-definite Hessian, each within a trust radius (×2
+    # after a step that lowers S, ÷4 and not taken after one that does not), until the step is
+    # at most `_NEWTON_UNTIL` (stopping at the polish's reach was not enough: from a step of
+    # 0.078 the polish left one of 6·10⁻⁵, flagged). Undifferentiated, as BFGS. Where BFGS's
+    # point is already there (the rule) the loop runs once and its Hessian is the polish's.
+    def newton_stage(carry):
+        roots, _, _, radius, count = carry
+        _, local, hessian_at = chart(roots)
+        H = hessian_at()
+        g = jax.grad(local)(theta0)
+        positive = jnp.all(_eigh(H)[0] > 0)
+        step = -spd_inverse_logdet(jnp.where(positive, H, jnp.eye(H.shape[0], dtype=dtype)))[0] @ g
+        size = jnp.max(jnp.abs(step))
+        far = positive & (size > _NEWTON_UNTIL)
+
+        def trial(roots, radius):
+            moved_roots = spd_sqrt(moved(roots, step * jnp.minimum(1.0, radius / size)))
+            R = small_cholesky(moved_roots @ moved_roots)
+            lower = prior(R) + nll(product(R)) < local(theta0)
+            return jnp.where(lower, moved_roots, roots), jnp.where(lower, 2 * radius, radius / 4)
+
+        roots, radius = jax.lax.cond(far, trial, lambda r, t: (r, t), roots, radius)
+        return roots, H, far, radius, count + 1
+
+    def newton_unfinished(carry):
+        return carry[2] & (carry[4] < _NEWTON_STEPS)
+
+    p_eye = jnp.eye(layers * p, dtype=dtype)
+    carry = (roots_bfgs, p_eye, jnp.asarray(True), jnp.asarray(1.0, dtype), jnp.asarray(0))
+    newton_stage, closed = jax.closure_convert(newton_stage, carry)
+    closed = jax.lax.stop_gradient(closed)
+    roots_newton, hessian, newton_far, _, _ = jax.lax.while_loop(
+        newton_unfinished, lambda carry: newton_stage(carry, *closed), carry
+    )
+
     # BFGS alone left U* 10⁻⁹–10⁻⁸ from the minimum at √eps (`benchmarks/matrix_saddle_digits.py`).
     # Two Newton steps with the Hessian at BFGS's point (held fixed: its derivatives would be
     # S's third) take it to rounding. The derivatives stay exact: the step's derivative along
     # BFGS's point, I − H⁻¹H, is zero, and the second step's makes the first's H⁻¹ that of
     # the polished point (a Newton–Schulz step). A step beyond the chart's reach (|Z| > 0.1)
-    # or off a minimum is not taken; the point is flagged below.
-    factors, local, hessian_at = chart(roots_bfgs)
-    hessian = jax.lax.stop_gradient(hessian_at())
+    # or off a minimum is not taken; the point is flagged below. (The Hessian is the loop's
+    # above, taken at its last point unless the loop ran out of steps, which is flagged.)
+    factors, local, _ = chart(roots_newton)
+    hessian = jax.lax.stop_gradient(hessian)
     gradient = jax.grad(local)(theta0)
     # Every factorisation here runs unbatched on CPU (`_linalg`): batched LAPACK calls under
     # vmap over widths deadlock jaxlib 0.10.
-    near = jnp.all(_eigh(hessian)[0] > 0)
+    near = jnp.all(_eigh(hessian)[0] > 0) & ~newton_far
     newton = spd_inverse_logdet(jnp.where(near, hessian, jnp.eye(hessian.shape[0])))[0]
     first = -newton @ gradient
-    near = near & (jnp.max(jnp.abs(jax.lax.stop_gradient(first))) <= 0.1)
+    near = near & (jnp.max(jnp.abs(jax.lax.stop_gradient(first))) <= _POLISH_REACH)
     first = jnp.where(near, first, 0.0)
     z = jnp.where(near, first - newton @ jax.grad(local)(first), 0.0)
     R = factors(z)

@@ -1422,6 +1422,30 @@ def test_outputs_without_target_power_at_tiny_noise(m, width):
         np.testing.assert_allclose(np.diag(U)[1:], u[1], rtol=1e-8)
 
 
+def test_faint_output_next_to_a_powerless_one():
+    """Three outputs at C = 3 with targets (y, ε(0.3y + z), 0): the faint output's scale sits
+    10⁸ below u₁ and next to the powerless one's; where ε² is below the fit's resolution, both
+    are the zero-target saddle u₂ (bisected, as above), and u₁ that of y. Before stop 60 BFGS
+    stopped short in both cases, flagged, with u₂ 13% and 64% off. Newton steps from there to
+    the polish's reach (0.1) alone still left the second flagged: two polishing steps from
+    0.078 left a step of 6·10⁻⁵. Trust-region Newton steps to 10⁻³ now take both to the
+    minimum."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((60, 4))
+    y = X[:, 0] + 0.5 * (X[:, 1] ** 2 - 1)
+    X_test = rng.standard_normal((10, 4))
+    z = rng.standard_normal(60)
+    for noise, eps in ((1e-8, 1e-14), (1e-10, 1e-8)):
+        Y = np.stack([y, eps * (0.3 * y + z), 0 * y], axis=1)
+        net = fj.FCN(3.0, 1.3, 1.0, noise, fj.Linear())
+        r = fj.renormalise(net, X, Y, X_test, method="saddle")
+        assert bool(r.converged), (noise, eps)
+        u = [_scalar_output_scale(X, t, noise, 3.0, 1.3) for t in (y, 0 * y)]
+        U = np.asarray(r.scale_matrix)
+        np.testing.assert_allclose(U[0, 0], u[0], rtol=1e-12)
+        np.testing.assert_allclose(np.diag(U)[1:], u[1], rtol=1e-5)
+
+
 def test_principal_axes_values_and_derivatives():
     """`_linalg.principal_axes`: O orthogonal with YᵀY = O diag(↓) Oᵀ; a column of YO at the
     rotation's rounding is zero in value, while the derivative is dY O in every column (held
