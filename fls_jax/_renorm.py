@@ -108,7 +108,7 @@ _STAGE_STEPS = 20
 _BFGS_STEPS = 1000
 # The Newton polish after BFGS takes steps up to `_POLISH_REACH` in the chart's Z (max-abs).
 # Where BFGS stopped with a Newton step above `_NEWTON_UNTIL`, at most `_NEWTON_STEPS`
-# trust-region Newton steps take it there first.
+# trust-region Newton steps first take it to BFGS's own tolerance.
 _POLISH_REACH = 0.1
 _NEWTON_UNTIL = 1e-3
 _NEWTON_STEPS = 30
@@ -719,7 +719,7 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype, curvature=None)
     free) about the scalar point U = e^x I (each W_l² = V_l = e^{x/L} I) reached from V_l = I
     by steps of 2 in x while S falls, whitened by S's Hessian there, and restarted about its
     last point where a run of 20 + 3p steps has not converged; where BFGS stopped short (a
-    Newton step above 10⁻³), trust-region Newton steps to there, undifferentiated; then two
+    Newton step above 10⁻³), trust-region Newton steps to eps^(1/3), undifferentiated; then two
     Newton steps from BFGS's eps^(1/3) to rounding, which carry the derivatives; then
     checked to be a stationary minimum in the same coordinates about the polished point,
     where the Laplace approximation of the evidence is taken. k_l = C_l/2 per hidden layer
@@ -889,8 +889,10 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype, curvature=None)
     # there, Newton steps on the positive-definite Hessian, each within a trust radius (×2
     # after a step that lowers S, ÷4 and not taken after one that does not), until the step is
     # at most `_NEWTON_UNTIL` (stopping at the polish's reach was not enough: from a step of
-    # 0.078 the polish left one of 6·10⁻⁵, flagged). Undifferentiated, as BFGS. Where BFGS's
-    # point is already there (the rule) the loop runs once and its Hessian is the polish's.
+    # 0.078 the polish left one of 6·10⁻⁵, flagged), and once moved on to BFGS's tolerance
+    # (from 10⁻³ the polish left log Z 1.6·10⁻⁹ off: an erf PatchCNN, Newton from the start in
+    # a trial). Undifferentiated, as BFGS. Where BFGS's point is within `_NEWTON_UNTIL` (the
+    # rule) the loop runs once, its Hessian is the polish's, and nothing else changes.
     def newton_stage(carry):
         roots, _, _, radius, count = carry
         _, local, hessian_at = chart(roots)
@@ -899,7 +901,9 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype, curvature=None)
         positive = jnp.all(_eigh(H)[0] > 0)
         step = -spd_inverse_logdet(jnp.where(positive, H, jnp.eye(H.shape[0], dtype=dtype)))[0] @ g
         size = jnp.max(jnp.abs(step))
-        far = positive & (size > _NEWTON_UNTIL)
+        # From BFGS's point, within `_NEWTON_UNTIL` is left to the polish (the rule); once
+        # moved, on to BFGS's own tolerance, from which the polish reaches rounding.
+        far = positive & (size > jnp.where(count == 0, _NEWTON_UNTIL, tol))
 
         def trial(roots, radius):
             moved_roots = spd_sqrt(moved(roots, step * jnp.minimum(1.0, radius / size)))
