@@ -223,7 +223,7 @@ def _nystrom(network: AbstractNetwork, sigma: Array, X: Array) -> tuple[Array, A
     sigma = 0.5 * (sigma + sigma.T)
     U = network.inducing.astype(X.dtype)
     Quu = network.output_kernel(sigma, U)
-    Quu = Quu + _NYSTROM_JITTER * jnp.mean(jnp.diagonal(Quu)) * jnp.eye(U.shape[0])
+    Quu = Quu + _NYSTROM_JITTER * jnp.mean(jnp.diagonal(Quu)) * jnp.eye(U.shape[0], dtype=Quu.dtype)
     _, L_inv = cholesky_inverse(Quu)
     Phi = network.output_kernel(sigma, X, U) @ L_inv.T
     gap = network.output_kernel_diag(sigma, X) - jnp.sum(Phi**2, 1)

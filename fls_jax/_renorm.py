@@ -903,7 +903,7 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype, curvature=None)
         size = jnp.max(jnp.abs(step))
         # From BFGS's point, within `_NEWTON_UNTIL` is left to the polish (the rule); once
         # moved, on to BFGS's own tolerance, from which the polish reaches rounding.
-        far = positive & (size > jnp.where(count == 0, _NEWTON_UNTIL, tol))
+        far = positive & (size > jnp.where(count == 0, max(_NEWTON_UNTIL, tol), tol))
 
         def trial(roots, radius):
             moved_roots = spd_sqrt(moved(roots, step * jnp.minimum(1.0, radius / size)))
@@ -938,7 +938,7 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype, curvature=None)
     # Every factorisation here runs unbatched on CPU (`_linalg`): batched LAPACK calls under
     # vmap over widths deadlock jaxlib 0.10.
     near = jnp.all(_eigh(hessian)[0] > 0) & ~newton_far
-    newton = spd_inverse_logdet(jnp.where(near, hessian, jnp.eye(hessian.shape[0])))[0]
+    newton = spd_inverse_logdet(jnp.where(near, hessian, p_eye))[0]
     first = -newton @ gradient
     near = near & (jnp.max(jnp.abs(jax.lax.stop_gradient(first))) <= _POLISH_REACH)
     first = jnp.where(near, first, 0.0)
@@ -956,7 +956,7 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype, curvature=None)
     hessian = hessian_at()
     gradient = jax.grad(local)(theta0)
     minimum = jnp.all(_eigh(jax.lax.stop_gradient(hessian))[0] > 0)
-    inverse_h, logdet_h = spd_inverse_logdet(jnp.where(minimum, hessian, jnp.eye(hessian.shape[0])))
+    inverse_h, logdet_h = spd_inverse_logdet(jnp.where(minimum, hessian, p_eye))
     # Stationary: the next Newton step would move every V_l* by at most eps^(1/3) (6·10⁻⁶)
     # relative: 10⁻¹⁴ after the polish where S is well-conditioned, ~eps·cond(H) at most
     # where not (4·10⁻⁷ for a linear PatchCNN with σ² = 10⁻⁸, targets ×30, the gradient at its
