@@ -892,14 +892,17 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype, curvature=None)
     # 0.078 the polish left one of 6·10⁻⁵, flagged), and once moved on to BFGS's tolerance
     # (from 10⁻³ the polish left log Z 1.6·10⁻⁹ off: an erf PatchCNN, Newton from the start in
     # a trial). Undifferentiated, as BFGS. Where BFGS's point is within `_NEWTON_UNTIL` (the
-    # rule) the loop runs once, its Hessian is the polish's, and nothing else changes.
+    # rule) the loop runs once, its inverse Hessian is the polish's, and nothing else changes.
+    p_eye = jnp.eye(layers * p, dtype=dtype)
+
     def newton_stage(carry):
-        roots, _, _, radius, count = carry
+        roots, _, _, _, radius, count = carry
         _, local, hessian_at = chart(roots)
         H = hessian_at()
         g = jax.grad(local)(theta0)
         positive = jnp.all(_eigh(H)[0] > 0)
-        step = -spd_inverse_logdet(jnp.where(positive, H, jnp.eye(H.shape[0], dtype=dtype)))[0] @ g
+        inverse = spd_inverse_logdet(jnp.where(positive, H, p_eye))[0]
+        step = -inverse @ g
         size = jnp.max(jnp.abs(step))
         # From BFGS's point, within `_NEWTON_UNTIL` is left to the polish (the rule); once
         # moved, on to BFGS's own tolerance, from which the polish reaches rounding.
@@ -912,16 +915,16 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype, curvature=None)
             return jnp.where(lower, moved_roots, roots), jnp.where(lower, 2 * radius, radius / 4)
 
         roots, radius = jax.lax.cond(far, trial, lambda r, t: (r, t), roots, radius)
-        return roots, H, far, radius, count + 1
+        return roots, inverse, positive, far, radius, count + 1
 
     def newton_unfinished(carry):
-        return carry[2] & (carry[4] < _NEWTON_STEPS)
+        return carry[3] & (carry[5] < _NEWTON_STEPS)
 
-    p_eye = jnp.eye(layers * p, dtype=dtype)
-    carry = (roots_bfgs, p_eye, jnp.asarray(True), jnp.asarray(1.0, dtype), jnp.asarray(0))
+    true = jnp.asarray(True)
+    carry = (roots_bfgs, p_eye, true, true, jnp.asarray(1.0, dtype), jnp.asarray(0))
     newton_stage, closed = jax.closure_convert(newton_stage, carry)
     closed = jax.lax.stop_gradient(closed)
-    roots_newton, hessian, newton_far, _, _ = jax.lax.while_loop(
+    roots_newton, newton, positive, newton_far, _, _ = jax.lax.while_loop(
         newton_unfinished, lambda carry: newton_stage(carry, *closed), carry
     )
 
@@ -930,15 +933,14 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype, curvature=None)
     # S's third) take it to rounding. The derivatives stay exact: the step's derivative along
     # BFGS's point, I − H⁻¹H, is zero, and the second step's makes the first's H⁻¹ that of
     # the polished point (a Newton–Schulz step). A step beyond the chart's reach (|Z| > 0.1)
-    # or off a minimum is not taken; the point is flagged below. (The Hessian is the loop's
-    # above, taken at its last point unless the loop ran out of steps, which is flagged.)
+    # or off a minimum is not taken; the point is flagged below. (The Hessian's inverse and
+    # positivity are the loop's above, at its last point unless the loop ran out of steps,
+    # which is flagged.) Every factorisation here runs unbatched on CPU (`_linalg`): batched
+    # LAPACK calls under vmap over widths deadlock jaxlib 0.10.
     factors, local, _ = chart(roots_newton)
-    hessian = jax.lax.stop_gradient(hessian)
+    newton = jax.lax.stop_gradient(newton)
     gradient = jax.grad(local)(theta0)
-    # Every factorisation here runs unbatched on CPU (`_linalg`): batched LAPACK calls under
-    # vmap over widths deadlock jaxlib 0.10.
-    near = jnp.all(_eigh(hessian)[0] > 0) & ~newton_far
-    newton = spd_inverse_logdet(jnp.where(near, hessian, p_eye))[0]
+    near = positive & ~newton_far
     first = -newton @ gradient
     near = near & (jnp.max(jnp.abs(jax.lax.stop_gradient(first))) <= _POLISH_REACH)
     first = jnp.where(near, first, 0.0)
