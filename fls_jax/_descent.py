@@ -18,6 +18,7 @@ from typing import Any
 
 import jax.numpy as jnp
 import lineax as lx
+import numpy as np
 import optimistix as optx
 from jaxtyping import Array
 
@@ -46,7 +47,7 @@ def _residual_from_gradient(y: Array, grad: Array) -> tuple[Array, Array]:
     entries of Λ, so its derivative is 2 G_ij.
     """
     S = _side(y.shape[0])
-    rows, cols = jnp.triu_indices(S)
+    rows, cols = np.triu_indices(S)
     Lam = _unpack(y, S)
     G = _unpack(jnp.where(rows == cols, grad, 0.5 * grad), S)
     return -2.0 * Lam @ G @ Lam, Lam
@@ -64,7 +65,7 @@ def _whitening(y: Array) -> Array:
     575×). Entry (ij, kl): Λ_ik Λ_jl + Λ_il Λ_jk. It is positive definite: the inverse of
     the Hessian of −log det Λ, in the packed coordinates."""
     S = _side(y.shape[0])
-    r, c = jnp.triu_indices(S)
+    r, c = np.triu_indices(S)
     L = _unpack(y, S)
     return L[r][:, r] * L[c][:, c] + L[r][:, c] * L[c][:, r]
 

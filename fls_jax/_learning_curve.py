@@ -55,6 +55,7 @@ degenerate, e.g. the many zero eigenvalues of a linear kernel with M > d.
 """
 
 import functools
+import math
 import warnings
 from typing import Literal
 
@@ -812,8 +813,9 @@ def _patch_outputs_width_curve(network, X, Y, target_noise, ns, inv_width):
             A_inv = inverse(T, R, n)
             delta = _ridge_solve(jacobian(R, A_inv, n), residual(R, pool_trace(A_inv), n, noise))
             # R ≥ σ²I at the root: halve the step while R − tδ falls below σ²/2
-            least = jax.vmap(lambda t: _eigh(_sym(R - t * delta))[0][0])(0.5 ** jnp.arange(12))
-            t = 0.5 ** jnp.argmax(least >= 0.5 * noise)
+            halvings = 0.5 ** jnp.arange(12, dtype=dtype)
+            least = jax.vmap(lambda t: _eigh(_sym(R - t * delta))[0][0])(halvings)
+            t = halvings[jnp.argmax(least >= 0.5 * noise)]
             new_size = jnp.max(jnp.abs(delta)) / jnp.max(jnp.abs(R))
             return _sym(R - t * delta), new_size, size, i + 1
 
@@ -846,7 +848,7 @@ def _patch_outputs_width_curve(network, X, Y, target_noise, ns, inv_width):
         # stopped at (at most eps^(1/3)). A linear PatchCNN at σ² = 10⁻⁸, n ≥ d, had 𝒜's
         # condition 10⁸–10⁹ and steps of 10⁻⁹–10⁻⁷ that no longer shrank; against √eps it was
         # flagged while E_g and U* agreed with the one-output curves to 10⁻⁸ (stop 58).
-        return T, R, started & (step <= jnp.maximum(np.sqrt(eps), jnp.minimum(10 * floor, cap)))
+        return T, R, started & (step <= jnp.maximum(math.sqrt(eps), jnp.minimum(10 * floor, cap)))
 
     def averaged_nll(U, n):  # D_n(U)
         T, R, _ = ridge(U, n)
@@ -973,7 +975,7 @@ def _outputs_width_curve(network, K, Y, noise, target_noise, ns, eta, V, inv_wid
     # original basis U*'s eigenvalue ~σ² along an output without target power was kept to
     # eps·cond U* only (σ² = 10⁻⁸: 6·10⁻⁸ relative), and the saddle did not settle (stop 58).
     Y, O = principal_axes(Y)
-    a = V.T @ Y / np.sqrt(M)  # (M, m): ã_ρ; Y's derivatives at V fixed, K's in the forms
+    a = V.T @ Y / math.sqrt(M)  # (M, m): ã_ρ; Y's derivatives at V fixed, K's in the forms
     # Targets whose power overflows run on zeros and come out flagged (as for one output).
     finite_power = jnp.isfinite(jnp.sum(sg(a) ** 2))
     a = jnp.where(finite_power, a, 0.0)
@@ -1051,7 +1053,7 @@ def _outputs_width_curve(network, K, Y, noise, target_noise, ns, eta, V, inv_wid
         chi = n * (lead + jnp.sum(a * (c @ W)) + target_noise * jnp.sum(Omega_inv * T))
         chi = chi + first_order_term(_chi_form, K, V, eta, c, U, _sym(Omega_inv @ U), d, n, noise)
         kappa = jnp.trace(X) / m  # tr U⁻¹R/m
-        ok = saddle.converged & finite_power & (step <= np.sqrt(float(jnp.finfo(dtype).eps)))
+        ok = saddle.converged & finite_power & (step <= math.sqrt(float(jnp.finfo(dtype).eps)))
         return error, kappa, jnp.trace(Gamma) / m, U, chi * inv_width, ok
 
     error, kappa, gamma, U, chi_proxy, located = jax.lax.map(at_size, ns)

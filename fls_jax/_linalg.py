@@ -912,7 +912,7 @@ class KrylovOrDense(lx.AbstractLinearSolver):
 
 def _pack(M: Array) -> Array:
     """The upper triangle of a symmetric S×S matrix, row by row: S(S+1)/2 entries."""
-    return M[jnp.triu_indices(M.shape[-1])]
+    return M[np.triu_indices(M.shape[-1])]
 
 
 def _unpack(v: Array, S: int) -> Array:

@@ -730,3 +730,64 @@ def test_memory_map_guard(monkeypatch):
     assert len(cleared) == 1
     jax.jit(lambda x: _memory.guard_memory_maps(x, every=1) and x)(X)  # traced: no clearing
     assert len(cleared) == 1
+
+
+def _float64_operations(jaxpr) -> list[str]:
+    """The operations of a jaxpr (and of the jaxprs inside it: loops, conds, custom rules)
+    with a float64 result that is not a weakly typed Python scalar."""
+    found = []
+    for eqn in jaxpr.eqns:
+        for out in eqn.outvars:
+            aval = out.aval
+            if getattr(aval, "dtype", None) == jnp.float64 and not aval.weak_type:
+                frames = str(eqn.source_info.traceback).split("\n")
+                ours = [f.strip() for f in frames if "fls_jax" in f]
+                found.append(f"{eqn.primitive} at {ours[0] if ours else '?'}")
+                break
+        for param in eqn.params.values():
+            for inner in param if isinstance(param, tuple | list) else (param,):
+                if isinstance(inner, jax.extend.core.ClosedJaxpr):
+                    found += _float64_operations(inner.jaxpr)
+                elif isinstance(inner, jax.extend.core.Jaxpr):
+                    found += _float64_operations(inner)
+    return found
+
+
+def test_float32_requests_compute_in_float32(fcn_task):
+    """float32 data and network with JAX's float64 on: no operation of the traced program has
+    a float64 result. Python floats are weakly typed and keep float32, but a NumPy scalar
+    (`np.sqrt(M)`), an index built by `jnp.triu_indices` or a `jnp.eye`/`linspace` without a
+    dtype are float64 under x64 and promoted the rest (stop 61: the m-output learning curves
+    failed with a TypeError there, float64 meeting a float32 loop carry; the scalar mixture's
+    grid and the EoS solve's packing ran in float64). Traced only, nothing is compiled."""
+    f32 = lambda tree: jax.tree.map(  # noqa: E731
+        lambda x: x.astype(jnp.float32) if eqx.is_array(x) else x, tree
+    )
+    X, X_test = (np.asarray(a[:24], np.float32) for a in (fcn_task.X, fcn_task.X_test))
+    y, y_test = (np.asarray(a[:24, 0], np.float32) for a in (fcn_task.Y, fcn_task.Y_test))
+    Y2 = np.stack([y, np.sin(X[:, 2])], axis=1)
+    erf, linear = (f32(fj.FCN(8.0, 1.0, 1.0, 0.1, act)) for act in (fj.Erf(), fj.Linear()))
+    deep = f32(fj.FCN(8.0, 1.0, 1.0, 0.1, fj.Linear(), depth=2))
+    cnn = f32(fj.PatchCNN(8.0, 1.0, 1.0, 0.1, fj.Erf(), patch_size=3))
+    ns = np.array([8.0, 16.0], np.float32)
+
+    def test_error(s2):
+        net = eqx.tree_at(lambda n: n.sigma_w2, erf, s2)
+        return fj.predict(fj.solve(net, X, y), X_test, y_test).test_error_draw
+
+    requests = {
+        "solve and predict": lambda: fj.predict(fj.solve(erf, X, y), X_test, y_test),
+        "their gradient": lambda: jax.grad(test_error)(jnp.float32(1.0)),
+        "renormalise, mixture": lambda: fj.renormalise(erf, X, y, X_test),
+        "renormalise, depth 2": lambda: fj.renormalise(deep, X, y, X_test),
+        "renormalise, 2 outputs": lambda: fj.renormalise(linear, X, Y2, X_test, method="saddle"),
+        "renormalise, PatchCNN": lambda: fj.renormalise(cnn, X, y, X_test, method="saddle"),
+        "learning curve, PatchCNN": lambda: fj.learning_curve(cnn, X, y, ns),
+        "learning curve, 2 outputs": lambda: fj.learning_curve(linear, X, Y2, ns),
+        "learning curve, PatchCNN, 2 outputs": lambda: fj.learning_curve(cnn, X, Y2, ns),
+    }
+    for name, request in requests.items():
+        closed = jax.make_jaxpr(request)()
+        assert all(a.dtype != jnp.float64 for a in closed.out_avals), name
+        found = _float64_operations(closed.jaxpr)
+        assert not found, f"{name}: {len(found)} float64 operations, e.g. {found[:3]}"
