@@ -37,6 +37,7 @@ BlackJAX is an optional dependency (``pip install fls_jax[sampling]``); it is im
 sampler needs it.
 """
 
+import contextlib
 import warnings
 from typing import Literal, NamedTuple
 
@@ -312,12 +313,23 @@ def _ula_kernel(logdensity):
     return init, step
 
 
+def _x64_off():
+    """A context in which JAX's default float is float32 (`jax.enable_x64`; a JAX without it
+    keeps the switch as it is)."""
+    enable_x64 = getattr(jax, "enable_x64", None)
+    return contextlib.nullcontext() if enable_x64 is None else enable_x64(False)
+
+
 def _mala_kernel(logdensity):
     blackjax = _import_blackjax()
     mala = blackjax.mala.build_kernel()
 
     def step(state, key, eps):
-        state, info = mala(key, state, logdensity, eps)
+        # BlackJAX's MALA draws its noise with σ = 1.0 in JAX's default float (float64 under
+        # x64): a float32 chain's proposal came back float64 and its accept/reject `cond`
+        # raised a TypeError (stop 61). A float32 chain's step runs with x64 off, in float32.
+        with contextlib.nullcontext() if eps.dtype == jnp.float64 else _x64_off():
+            state, info = mala(key, state, logdensity, eps)
         return state, info.acceptance_rate
 
     return (lambda theta: blackjax.mala.init(theta, logdensity)), step
@@ -389,6 +401,10 @@ def _run_chains(
     chains axis: a chain's mean and split R̂ without storing the draws).
     """
     init, step = _kernel(method, logdensity, num_integration_steps)
+    # BlackJAX's dual averaging keeps its state in JAX's default float (float64 under x64):
+    # the step size it gives is cast to the positions' dtype, or a float32 chain's MALA
+    # proposal came back float64 and failed inside BlackJAX with a TypeError (stop 61).
+    dtype = init_positions.dtype
     adapt = adapt and method != "langevin" and burn_in > 0
     adapter = _dual_averaging(target_acceptance) if adapt else None
 
@@ -400,14 +416,14 @@ def _run_chains(
 
             def burn(carry, k):
                 state, da = carry
-                state, acc = step(state, k, jnp.exp(da.log_step_size))
+                state, acc = step(state, k, jnp.exp(da.log_step_size).astype(dtype))
                 acc = jnp.where(jnp.isfinite(acc), acc, 0.0)
                 return (state, da_update(da, acc)), None
 
             (state, da), _ = jax.lax.scan(
                 burn, (state, da_init(step_size)), jax.random.split(k_burn, burn_in)
             )
-            eps = da_final(da)
+            eps = da_final(da).astype(dtype)
         else:
             eps = step_size
             if burn_in > 0:

@@ -104,6 +104,32 @@ def test_blackjax_kernels_sample_a_gaussian_posterior(blr, method, step_size, kw
     assert np.max(np.abs(z)) < Z_MAX, z
 
 
+def test_float32_mala_chain_under_x64(blr):
+    """A float32 MALA chain with JAX's float64 on: BlackJAX drew its noise in float64 there,
+    and the float32 proposal's accept/reject raised a TypeError (stop 61). Float32 draws of
+    the same Gaussian posterior, with its moments."""
+    logdensity, mu, evals, evecs = blr
+    A, y = (jnp.asarray(logdensity.keywords[k], jnp.float32) for k in ("A", "y"))
+    logdensity32 = jax.tree_util.Partial(_blr_logdensity, A=A, y=y, noise=jnp.float32(0.5))
+    init = jax.random.normal(jax.random.key(1), (32, 4), jnp.float32)
+    theta, _, acc, eps, _ = fs._run_chains(
+        logdensity32,
+        _observe,
+        init,
+        jax.random.key(2),
+        jnp.float32(0.05),
+        jnp.float32(0.7),
+        method="mala",
+        num_samples=300,
+        burn_in=300,
+        thin=4,
+    )
+    assert theta.dtype == eps.dtype == jnp.float32
+    assert np.all(np.asarray(acc) > 0.4)
+    z = _moment_z(np.asarray(theta, float), mu, evecs, 1 / evals)
+    assert np.max(np.abs(z)) < Z_MAX, z
+
+
 def test_langevin_bias_is_the_closed_form_o_eps_bias(blr):
     """ULA on N(μ, Λ⁻¹) has the stationary law N(μ, diag 1/(λ(1 − ελ/2))) in Λ's eigenbasis.
 
