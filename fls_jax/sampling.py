@@ -328,7 +328,8 @@ def _mala_kernel(logdensity):
         # BlackJAX's MALA draws its noise with σ = 1.0 in JAX's default float (float64 under
         # x64): a float32 chain's proposal came back float64 and its accept/reject `cond`
         # raised a TypeError (stop 61). A float32 chain's step runs with x64 off, in float32.
-        with contextlib.nullcontext() if eps.dtype == jnp.float64 else _x64_off():
+        float64 = state.position.dtype == jnp.float64
+        with contextlib.nullcontext() if float64 else _x64_off():
             state, info = mala(key, state, logdensity, eps)
         return state, info.acceptance_rate
 
@@ -401,10 +402,6 @@ def _run_chains(
     chains axis: a chain's mean and split R̂ without storing the draws).
     """
     init, step = _kernel(method, logdensity, num_integration_steps)
-    # BlackJAX's dual averaging keeps its state in JAX's default float (float64 under x64):
-    # the step size it gives is cast to the positions' dtype, or a float32 chain's MALA
-    # proposal came back float64 and failed inside BlackJAX with a TypeError (stop 61).
-    dtype = init_positions.dtype
     adapt = adapt and method != "langevin" and burn_in > 0
     adapter = _dual_averaging(target_acceptance) if adapt else None
 
@@ -416,14 +413,14 @@ def _run_chains(
 
             def burn(carry, k):
                 state, da = carry
-                state, acc = step(state, k, jnp.exp(da.log_step_size).astype(dtype))
+                state, acc = step(state, k, jnp.exp(da.log_step_size))
                 acc = jnp.where(jnp.isfinite(acc), acc, 0.0)
                 return (state, da_update(da, acc)), None
 
             (state, da), _ = jax.lax.scan(
                 burn, (state, da_init(step_size)), jax.random.split(k_burn, burn_in)
             )
-            eps = da_final(da).astype(dtype)
+            eps = da_final(da)
         else:
             eps = step_size
             if burn_in > 0:
