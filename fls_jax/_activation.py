@@ -177,8 +177,14 @@ class ReLU(AbstractActivation):
     def kernel_with_mean(self, a, b, c, ma, mb):
         """E[h⁺h'⁺] with means (`_relu_pair`): in closed form through the bivariate normal
         distribution function (`_bivariate_normal`)."""
-        a, b, c, ma, mb = jnp.broadcast_arrays(*(jnp.asarray(x, float) for x in (a, b, c, ma, mb)))
-        return _relu_pair(a, b, c, ma, mb)
+        return _relu_pair(*_float_arrays(a, b, c, ma, mb))
+
+
+def _float_arrays(*xs) -> list[Array]:
+    """`xs` as float arrays of one shape, in their common float dtype (float32 stays float32:
+    `jnp.asarray(x, float)` made a float32 request's kernels float64 under x64, stop 61)."""
+    dtype = jnp.result_type(*xs, float)
+    return jnp.broadcast_arrays(*(jnp.asarray(x, dtype) for x in xs))
 
 
 def _norm_pdf(x):
@@ -211,13 +217,14 @@ def _bivariate_normal(h, k, rho):
     `_relu_pair`'s rule calls it, and under `lax.scan` JAX differentiated custom JVPs
     called inside a rule through their primal (`_arccos_j1_jvp`)."""
     ndtr = jax.scipy.special.ndtr
+    nodes, weights = (jnp.asarray(a, jnp.result_type(h, k, rho)) for a in (_GL_X, _GL_W))
     low = jnp.abs(rho) < _BVN_HIGH
     # Low branch: θ ∈ [0, arcsin ρ].
     t = jnp.arcsin(jnp.where(low, rho, 0.0))
-    sn = jnp.sin(t[..., None] * _GL_X)
+    sn = jnp.sin(t[..., None] * nodes)
     hs, hk0 = (h * h + k * k)[..., None], (h * k)[..., None]
     f = jnp.exp(-(hs - 2 * hk0 * sn) / (2 * (1 - sn * sn)))
-    value_low = ndtr(h) * ndtr(k) + t * (f @ _GL_W) / (2 * jnp.pi)
+    value_low = ndtr(h) * ndtr(k) + t * (f @ weights) / (2 * jnp.pi)
     # High branch, in the upper orthant P(X > H, Y > K') of correlation |ρ|.
     r = jnp.abs(jnp.where(low, 0.95, rho))
     neg = rho < 0
@@ -237,12 +244,12 @@ def _bivariate_normal(h, k, rho):
     closed = closed - jnp.exp(-hk / 2) * math.sqrt(2 * math.pi) * ndtr(-b / s) * b * (
         1 - c * bs * (1 - d * bs) / 3
     )
-    xs = (s[..., None] * _GL_X) ** 2
+    xs = (s[..., None] * nodes) ** 2
     root = jnp.sqrt(1 - xs)
     series = 1 + c[..., None] * xs * (1 + 5 * d[..., None] * xs)
     exact = jnp.exp(-hk[..., None] * xs / (2 * (1 + root) ** 2)) / root
     rest = jnp.exp(-(bs[..., None] / xs + hk[..., None]) / 2) * (series - exact)
-    p = jnp.where(inside, (s * (rest @ _GL_W) - closed) / (2 * jnp.pi), 0.0)
+    p = jnp.where(inside, (s * (rest @ weights) - closed) / (2 * jnp.pi), 0.0)
     top = (H + Kp + b) / 2  # max(H, K')
     value_high = jnp.where(neg, (ndtr(top) - ndtr(H)) - p, p + ndtr(-top))
     return jnp.where(low, value_low, value_high)
@@ -383,8 +390,7 @@ class Quadrature(AbstractActivation):
 
     def kernel_with_mean(self, a, b, c, ma, mb):
         """E[φ(h)φ(h')] with means, by the same quadrature about them (`_pair`)."""
-        a, b, c, ma, mb = jnp.broadcast_arrays(*(jnp.asarray(x, float) for x in (a, b, c, ma, mb)))
-        return _pair(self.fn, self.fn, self.order, False, a, b, c, ma, mb)
+        return _pair(self.fn, self.fn, self.order, False, *_float_arrays(a, b, c, ma, mb))
 
 
 def _derivative(f: Callable[[Array], Array]) -> Callable[[Array], Array]:

@@ -460,7 +460,11 @@ def inducing_points(
 
     **Returns:** U, r×d, for `FCN(..., inducing=U)` or `PatchCNN(..., inducing=U)`.
     """
-    X = jnp.asarray(X, float)
+    X = jnp.asarray(X)
+    # U is rows of X in its float dtype: float32 stays float32 (a float64 U made a float32
+    # network's solve float64). The pivots are chosen in JAX's default float, in which the
+    # network below is rebuilt (its converters).
+    X = X.astype(jnp.result_type(X.dtype, float))
     if network.depth != 1:
         raise ValueError("inducing points are supported for one hidden layer only")
     if X.ndim != 2:
@@ -472,7 +476,7 @@ def inducing_points(
     net = dataclasses.replace(
         network, scaling="standard", sigma_a2=1.0, width=jnp.inf, inducing=None
     )
-    piv, smallest = _pivoted_cholesky(net, X, int(r))
+    piv, smallest = _pivoted_cholesky(net, X.astype(float), int(r))
     if not float(smallest) > tol:
         raise ValueError(
             f"the GP kernel of these inputs has fewer than r = {r} distinct directions (a "

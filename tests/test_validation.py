@@ -759,7 +759,8 @@ def test_float32_requests_compute_in_float32(fcn_task):
     (`np.sqrt(M)`), an index built by `jnp.triu_indices` or a `jnp.eye`/`linspace` without a
     dtype are float64 under x64 and promoted the rest (stop 61: the m-output learning curves
     failed with a TypeError there, float64 meeting a float32 loop carry; the scalar mixture's
-    grid and the EoS solve's packing ran in float64). Traced only, nothing is compiled."""
+    grid, the EoS solve's packing and the kernels with a weight mean ran in float64). Traced
+    only, nothing is compiled."""
     f32 = lambda tree: jax.tree.map(  # noqa: E731
         lambda x: x.astype(jnp.float32) if eqx.is_array(x) else x, tree
     )
@@ -769,6 +770,7 @@ def test_float32_requests_compute_in_float32(fcn_task):
     erf, linear = (f32(fj.FCN(8.0, 1.0, 1.0, 0.1, act)) for act in (fj.Erf(), fj.Linear()))
     deep = f32(fj.FCN(8.0, 1.0, 1.0, 0.1, fj.Linear(), depth=2))
     cnn = f32(fj.PatchCNN(8.0, 1.0, 1.0, 0.1, fj.Erf(), patch_size=3))
+    relu_mean = f32(fj.FCN(8.0, 1.0, 1.0, 0.1, fj.ReLU(), weight_mean=True))
     ns = np.array([8.0, 16.0], np.float32)
 
     def test_error(s2):
@@ -778,6 +780,7 @@ def test_float32_requests_compute_in_float32(fcn_task):
     requests = {
         "solve and predict": lambda: fj.predict(fj.solve(erf, X, y), X_test, y_test),
         "their gradient": lambda: jax.grad(test_error)(jnp.float32(1.0)),
+        "a weight mean (ReLU)": lambda: fj.predict(fj.solve(relu_mean, X, y), X_test, y_test),
         "renormalise, mixture": lambda: fj.renormalise(erf, X, y, X_test),
         "renormalise, depth 2": lambda: fj.renormalise(deep, X, y, X_test),
         "renormalise, 2 outputs": lambda: fj.renormalise(linear, X, Y2, X_test, method="saddle"),
@@ -786,6 +789,8 @@ def test_float32_requests_compute_in_float32(fcn_task):
         "learning curve, 2 outputs": lambda: fj.learning_curve(linear, X, Y2, ns),
         "learning curve, PatchCNN, 2 outputs": lambda: fj.learning_curve(cnn, X, Y2, ns),
     }
+    # Inducing points are rows of X: float32 ones (they were float64, and promoted the solve).
+    assert fj.inducing_points(erf, X, 4).dtype == jnp.float32
     for name, request in requests.items():
         closed = jax.make_jaxpr(request)()
         assert all(a.dtype != jnp.float64 for a in closed.out_avals), name
