@@ -1598,12 +1598,12 @@ def _cubic_interpolation(t: Array, start: Array, step: Array, table: Array) -> A
     """A smooth table on the uniform grid start + i·step at the points t, by Catmull–Rom
     cubics (third order in the spacing, where linear interpolation left 3·10⁻⁵ in a depth-3
     network's log evidence); −∞ outside the grid."""
-    x = (t - start) / step
+    position = (t - start) / step
     last = table.shape[0] - 1
-    i = jnp.clip(jnp.floor(x).astype(jnp.int32), 1, last - 2)
-    x = x - i
+    i = jnp.clip(jnp.floor(position).astype(jnp.int32), 1, last - 2)
+    x = position - i
     p0, p1, p2, p3 = (table[i + j] for j in (-1, 0, 1, 2))
     cubic = p1 + 0.5 * x * (
         p2 - p0 + x * (2 * p0 - 5 * p1 + 4 * p2 - p3 + x * (3 * (p1 - p2) + p3 - p0))
     )
-    return jnp.where((x >= 0) & (x <= last), cubic, -jnp.inf)
+    return jnp.where((position >= 0) & (position <= last), cubic, -jnp.inf)

@@ -590,3 +590,24 @@ def test_saddle_picks_the_lower_of_two_minima():
     assert bool(saddle.converged)
     np.testing.assert_allclose(np.log(float(saddle.scale)), z[np.argmax(lw)], atol=1e-3)
     assert not bool(fj.renormalise(net, X, Y, X[:2]).converged)
+
+
+def test_cubic_interpolation_on_its_grid_only():
+    """The depth-≥3 prior's table lookup (`_cubic_interpolation`): Catmull–Rom cubics are exact
+    on a quadratic, and −∞ outside the grid start + i·step, beyond either end by any amount.
+    (Stop 61 first tested the bounds on the offset within a cell, which let points up to
+    about a grid's length past the end through.)"""
+    from fls_jax._renorm import _cubic_interpolation
+
+    start, step = -1.0, 0.25
+    nodes = start + step * np.arange(9)
+    inside = np.array([-1.0, -0.6, 0.1, 0.55, 1.0])
+    outside = np.array([-3.0, -1.01, 1.01, 1.2, 2.0, 2.9])
+    got = _cubic_interpolation(
+        jnp.asarray(np.concatenate([inside, outside])),
+        jnp.asarray(start),
+        jnp.asarray(step),
+        jnp.asarray(nodes**2 + 0.5 * nodes),
+    )
+    np.testing.assert_allclose(got[: inside.size], inside**2 + 0.5 * inside, rtol=0, atol=1e-14)
+    assert np.all(np.isneginf(np.asarray(got[inside.size :])))
