@@ -748,6 +748,9 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype, curvature=None)
     def prior(R):
         return _wishart_action(R, k)
 
+    def action(R):  # S at the layers' Cholesky factors R_l
+        return prior(R) + nll(product(R))
+
     upper = np.triu_indices(m)
     if curvature is not None and layers != 1:
         raise ValueError("a closed-form curvature is for one layer's scale")
@@ -802,8 +805,7 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype, curvature=None)
             return small_cholesky(roots @ (eye + Z + Z @ Z / 2) @ roots)
 
         def local(z):
-            R = factors(z)
-            return prior(R) + nll(product(R))
+            return action(factors(z))
 
         def hessian():
             if curvature is None:
@@ -856,8 +858,7 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype, curvature=None)
         T = V / jnp.sqrt(lam)
 
         def objective_z(xi, _):
-            R = small_cholesky(moved(roots, T @ xi))
-            return prior(R) + nll(product(R))
+            return action(small_cholesky(moved(roots, T @ xi)))
 
         sol = optx.minimise(
             objective_z, optx.BFGS(rtol=tol, atol=tol), theta0, max_steps=cap, throw=False
@@ -910,8 +911,7 @@ def _matrix_saddle(nll, m: int, network: AbstractNetwork, dtype, curvature=None)
 
         def trial(roots, radius):
             moved_roots = spd_sqrt(moved(roots, step * jnp.minimum(1.0, radius / size)))
-            R = small_cholesky(moved_roots @ moved_roots)
-            lower = prior(R) + nll(product(R)) < local(theta0)
+            lower = action(small_cholesky(moved_roots @ moved_roots)) < local(theta0)
             return jnp.where(lower, moved_roots, roots), jnp.where(lower, 2 * radius, radius / 4)
 
         roots, radius = jax.lax.cond(far, trial, lambda r, t: (r, t), roots, radius)
