@@ -9,9 +9,11 @@ coupled outputs (n = 16 > d = 8, σ² = 10⁻² and 10⁻⁸), an erf FCN with t
 depth-2 linear FCN with two outputs (n = 16 < d = 32), a linear PatchCNN (P = 4, n = 48) and an
 erf PatchCNN (P = 8, n = 64), one output each, and a linear PatchCNN with P = 2 and m = 2
 outputs (n = 12, σ² = 0.1 and 10⁻⁸). For each: `converged`, log Z, BFGS's steps and
-stages (counted by wrapping `optimistix.minimise`, instrumentation only; since stop 50 BFGS
-restarts, re-whitened, after a stage of 20 + 3p steps that has not converged) and the solve's time
-after compiling (best of 3). Run side by side with another checkout through `PYTHONPATH`.
+runs (counted by wrapping `optimistix.minimise`; since stop 50 BFGS restarts, re-whitened,
+after a run of 20 + 3p steps that has not converged), the Newton passes (Hessian
+factorisations, counted by wrapping `_renorm.spd_inverse_logdet`, less the evidence's; stop
+60's code has one at least; instrumentation only) and the solve's time after compiling (best
+of 3). Run side by side with another checkout through `PYTHONPATH`.
 """
 
 import platform
@@ -26,6 +28,7 @@ jax.config.update("jax_enable_x64", True)
 import optimistix as optx  # noqa: E402
 
 import fls_jax as fj  # noqa: E402
+from fls_jax import _renorm  # noqa: E402
 
 
 _STEPS: list[int] = []
@@ -39,6 +42,19 @@ def _counting_minimise(fn, solver, y0, *args, **kwargs):
 
 
 optx.minimise = _counting_minimise
+
+# Hessian factorisations in the saddle (`_renorm.spd_inverse_logdet`): one per pass of the
+# Newton loop (stop 60) or of the search (stop 62), and one for the evidence.
+_FACTORS: list[int] = []
+_inverse_logdet = _renorm.spd_inverse_logdet
+
+
+def _counting_inverse_logdet(H):
+    jax.debug.callback(lambda: _FACTORS.append(1))
+    return _inverse_logdet(H)
+
+
+_renorm.spd_inverse_logdet = _counting_inverse_logdet
 
 
 def _cases():
@@ -78,20 +94,21 @@ def _cases():
 def main() -> None:
     print(f"{platform.processor() or platform.machine()}, jax {jax.__version__}, fls_jax from")
     print(f"  {fj.__file__}")
-    print("| case | targets | converged | BFGS steps (stages) | log Z | solve (ms) |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| case | targets | converged | BFGS steps (runs) | Newton passes | log Z | solve (ms) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, scale, net, X, Y, X_test in _cases():
         times = []
         for _ in range(4):  # the first compiles
             _STEPS.clear()
+            _FACTORS.clear()
             t0 = time.perf_counter()
             r = fj.renormalise(net, X, Y, X_test, method="saddle")
             jax.block_until_ready(r.mean)
             times.append(time.perf_counter() - t0)
         # BFGS's steps, summed over its stages (one before stop 50) and the stages' count
-        steps = f"{sum(_STEPS)} ({len(_STEPS)})" if _STEPS else "?"
+        steps = f"{sum(_STEPS)} ({len(_STEPS)})" if _STEPS else "0"
         print(
-            f"| {name} | ×{scale:g} | {bool(r.converged)} | {steps} | "
+            f"| {name} | ×{scale:g} | {bool(r.converged)} | {steps} | {len(_FACTORS) - 1} | "
             f"{float(r.log_evidence):.12g} | {1e3 * min(times[1:]):.1f} |",
             flush=True,
         )
