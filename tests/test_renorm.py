@@ -77,6 +77,26 @@ def test_mixture_is_the_posterior_of_sampled_linear_networks(tiny, depth):
     assert np.max(np.abs(gp.variance - var) / var_se) > 20
 
 
+@pytest.mark.parametrize("depth", [1, 2])
+def test_targets_scale_with_the_readout_and_the_noise(tiny, depth):
+    """σ_a² → λσ_a², σ² → λσ², Y → √λ Y: the kernel and the noise scale together, so the
+    posterior of the layers' scales is the same, the predictions scale by √λ (the variance
+    by λ) and log Z falls by (n/2) log λ, the Gaussian's normalisation (as the EoS':
+    `tests/test_solve.py`). Measured (λ = 37, depth 1–2, both methods): to 10⁻¹⁴."""
+    X, Y, X_test, _ = tiny
+    lam = 37.0
+    one = fj.renormalise(fj.FCN(2, 1.0, 1.0, NOISE, fj.Linear(), depth=depth), X, Y, X_test)
+    net = fj.FCN(2, 1.0, lam, lam * NOISE, fj.Linear(), depth=depth)
+    other = fj.renormalise(net, X, np.sqrt(lam) * Y, X_test)
+    assert bool(one.converged) and bool(other.converged)
+    np.testing.assert_allclose(other.scale, one.scale, rtol=1e-12)
+    np.testing.assert_allclose(other.mean, np.sqrt(lam) * one.mean, rtol=1e-12)
+    np.testing.assert_allclose(other.variance, lam * one.variance, rtol=1e-12)
+    np.testing.assert_allclose(
+        other.log_evidence, one.log_evidence - len(X) / 2 * np.log(lam), rtol=1e-12
+    )
+
+
 def test_infinite_width_is_the_gp(fcn_task):
     """An erf FCN at C = ∞ from `renormalise` equals the EoS solver's GP limit; at C = 10⁹
     it is within 10⁻⁶ of it (the large-shape branch of the Gamma factors and a tiny grid)."""

@@ -558,6 +558,36 @@ def test_mean_field_equals_standard_with_rescaled_readout(fcn_task):
     np.testing.assert_allclose(s_mf.sigma, s_st.sigma, rtol=1e-10)
 
 
+@pytest.mark.parametrize("arch", ["fcn", "patchcnn"])
+def test_targets_scale_with_the_readout_and_the_noise(arch, patch_task, fcn_task):
+    """The EoS' symmetry (SPEC §3): with σ_a² → λσ_a², σ² → λσ² and Y → √λ Y, K_f scales by λ,
+    A = K_f⁻¹YYᵀK_f⁻¹ − K_f⁻¹ by 1/λ and tr[A Q_f] not at all, so Σ, χ and the continuation
+    are the same, the predictions scale by √λ (errors and variance by λ) and F rises by
+    (n/2) log λ, the log det K_f term. Large targets are small σ_a² and σ² in disguise
+    (README, "Targets far above the noise"). Measured (erf, C = 3, λ = 37): Σ within
+    2·10⁻¹⁵ relative, the same stages and iterations; 1.7·10⁻¹¹ at depth 2."""
+    task = patch_task if arch == "patchcnn" else fcn_task
+    lam = 37.0
+    net, _ = _make(arch, "erf", 3.0, task)
+    scaled, _ = _make(arch, "erf", 3.0, task, sigma_a2=0.8 * lam, noise=0.02 * lam)
+    root = np.sqrt(lam)
+    one, other = fj.solve(net, task.X, task.Y), fj.solve(scaled, task.X, root * task.Y)
+    assert bool(one.converged) and bool(other.converged)
+    assert int(one.num_stages) == int(other.num_stages) > 1  # feature learning: a continuation
+    np.testing.assert_allclose(other.sigma, one.sigma, rtol=1e-12, atol=1e-14)
+    n = len(task.X)
+    np.testing.assert_allclose(other.free_energy, one.free_energy + n / 2 * np.log(lam), rtol=1e-12)
+    p, q = (
+        fj.predict(one, task.X_test, task.Y_test),
+        fj.predict(other, task.X_test, root * task.Y_test),
+    )
+    np.testing.assert_allclose(q.mean, root * p.mean, rtol=1e-10, atol=1e-12)
+    for field in ("variance", "train_error", "test_error", "test_error_draw"):
+        np.testing.assert_allclose(getattr(q, field), lam * getattr(p, field), rtol=1e-10)
+    for field in ("chi", "chi_proxy"):
+        np.testing.assert_allclose(getattr(q, field), getattr(p, field), rtol=1e-10)
+
+
 @pytest.mark.parametrize("schedule", ["parallel", "path"])
 def test_sweep_equals_loop_and_jit_equals_eager(patch_task, schedule):
     widths = [12.0, 3.0, jnp.inf, 48.0]  # unsorted: the path schedule sorts and unsorts
