@@ -221,6 +221,22 @@ def test_finite_width_against_the_exact_posterior_on_drawn_training_sets(linear_
         assert float(gp.chi_proxy[i]) == 0.0
 
 
+def test_finite_width_curve_scales_with_the_readout_and_the_noise(linear_pool):
+    """σ_a² → λσ_a², σ² → λσ², Y → √λ Y (the symmetry of `tests/test_solve.py`): the same
+    scale u(n) and χ_proxy, E_g and κ ×λ. Measured (λ = 37): u identical, the rest to
+    7·10⁻¹⁶; in a hand run with σ_ε² ×λ too, an FCN's and a PatchCNN's to 4·10⁻¹⁴."""
+    X, Y = linear_pool
+    lam, ns = 37.0, [32, 64]
+    one = fj.learning_curve(fj.FCN(4.0, 1.0, 1.0, 0.01, fj.Linear()), X, Y, ns)
+    net = fj.FCN(4.0, 1.0, lam, lam * 0.01, fj.Linear())
+    other = fj.learning_curve(net, X, np.sqrt(lam) * Y, ns)
+    assert bool(jnp.all(one.converged)) and bool(jnp.all(other.converged))
+    np.testing.assert_allclose(other.scale, one.scale, rtol=1e-12)
+    np.testing.assert_allclose(other.chi_proxy, one.chi_proxy, rtol=1e-12)
+    np.testing.assert_allclose(other.test_error, lam * one.test_error, rtol=1e-12)
+    np.testing.assert_allclose(other.kappa, lam * one.kappa, rtol=1e-12)
+
+
 @pytest.mark.parametrize("width", [4.0, np.inf])
 def test_finite_width_gradients_match_finite_differences(linear_pool, width):
     """At finite width u(n) moves with every hyper-parameter (implicit function theorem on
