@@ -541,6 +541,28 @@ def test_sampling_without_test_inputs():
     assert np.isfinite(float(est.train_error.value))
 
 
+def test_chains_scale_with_the_readout_and_the_noise():
+    """σ_a² → λσ_a², σ² → λσ², Y → √λ Y: the posterior of (W, a/√λ) is the same (the EoS'
+    symmetry, `tests/test_solve.py`, holds for the networks themselves), and the chains run
+    in prior-whitened coordinates, so with the same key they are the same chains: f ×√λ, Σ̂,
+    the acceptance and the (unnormalised, joint) log density unchanged.
+    `test_sampling_without_test_inputs`' program. Measured (λ = 37): Σ̂ and f to 2·10⁻¹⁵, the
+    log density to 2·10⁻¹⁴, over these 16 steps. HMC's rounding grows with the steps: in a
+    hand run (an erf FCN, `readout="marginal"`, whose log density falls by (n/2) log λ, the
+    Gaussian's normalisation) 10⁻⁹ after 25 steps, and one accept/reject flip within 50 set
+    a pair of chains apart; MALA's stayed within 10⁻¹² after 50."""
+    X = np.random.default_rng(0).standard_normal((6, 12))
+    lam = 37.0
+    kw = dict(key=jax.random.key(0), num_chains=2, num_samples=8, burn_in=8)
+    one = fs.sample(fj.PatchCNN(4, 1.0, 1.0, 0.1, fj.Linear(), patch_size=4), X, X[:, 0], **kw)
+    net = fj.PatchCNN(4, 1.0, lam, 0.1 * lam, fj.Linear(), patch_size=4)
+    other = fs.sample(net, X, np.sqrt(lam) * X[:, 0], **kw)
+    np.testing.assert_allclose(other.sigma, one.sigma, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(other.f_train, np.sqrt(lam) * one.f_train, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(other.acceptance_rate, one.acceptance_rate, rtol=1e-9)
+    np.testing.assert_allclose(other.log_density, one.log_density, rtol=0, atol=1e-10)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
