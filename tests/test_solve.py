@@ -588,6 +588,27 @@ def test_targets_scale_with_the_readout_and_the_noise(arch, patch_task, fcn_task
         np.testing.assert_allclose(getattr(q, field), getattr(p, field), rtol=1e-10)
 
 
+@pytest.mark.parametrize("arch", ["fcn", "patchcnn"])
+def test_inputs_scale_with_the_first_layer_prior(arch, patch_task, fcn_task):
+    """X → αX, σ_w² → σ_w²/α² (first layer): the pre-activations w·x keep their law, so the
+    EoS' Σ is Σ/α² (SPEC §3: Q_f depends on XΣXᵀ, Σ⁻¹'s prior term is S/σ_w²) and the
+    predictions, χ and F do not change. Measured (erf, C = 3, α = 3): Σ and the predictions
+    to 3·10⁻¹⁵; deep FCNs (σ_w² per layer, the first one scaled) to 10⁻¹⁰."""
+    task = patch_task if arch == "patchcnn" else fcn_task
+    alpha = 3.0
+    net, _ = _make(arch, "erf", 3.0, task)
+    scaled, _ = _make(arch, "erf", 3.0, task, sigma_w2=1.3 / alpha**2)
+    one, other = fj.solve(net, task.X, task.Y), fj.solve(scaled, alpha * task.X, task.Y)
+    assert bool(one.converged) and bool(other.converged)
+    np.testing.assert_allclose(alpha**2 * other.sigma, one.sigma, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(other.free_energy, one.free_energy, rtol=1e-12)
+    p = fj.predict(one, task.X_test, task.Y_test)
+    q = fj.predict(other, alpha * task.X_test, task.Y_test)
+    np.testing.assert_allclose(q.mean, p.mean, rtol=1e-10, atol=1e-12)
+    for field in ("variance", "test_error", "test_error_draw", "chi", "chi_proxy"):
+        np.testing.assert_allclose(getattr(q, field), getattr(p, field), rtol=1e-10)
+
+
 @pytest.mark.parametrize("schedule", ["parallel", "path"])
 def test_sweep_equals_loop_and_jit_equals_eager(patch_task, schedule):
     widths = [12.0, 3.0, jnp.inf, 48.0]  # unsorted: the path schedule sorts and unsorts
