@@ -147,8 +147,9 @@ class Solution(eqx.Module):
       exist where the GP-limit prior Q^(l−1) is singular (then so is K^(l), which lives
       on Q^(l−1)'s range): K^(l) = Q^(l−1)(I + Δ_l Q^(l−1))⁻¹.
     - `free_energy`: F at the solution (SPEC §3).
-    - `residual`: ‖R(y)‖ / ‖y‖ at the returned unknowns y (the upper triangle of Σ⁻¹ and
-      the Δ_l), the EoS residual reached relative to them: what the solvers' stopping rule
+    - `residual`: ‖R(y)‖ / ‖y‖ at the returned unknowns y (the upper triangle of Σ⁻¹, for
+      deeper networks divided by the inputs' mean square, and the Δ_l; `_state_scale`), the
+      EoS residual reached relative to them: what the solvers' stopping rule
       compares with their rtol (1e-11 in float64 by default).
     - `num_steps`: solver iterations, summed over the continuation stages.
     - `num_stages`: continuation stages (root finds) run before the final check: 1 when
@@ -578,15 +579,30 @@ _MAX_STAGES = 64
 _ADJOINT = optx.ImplicitAdjoint(linear_solver=KrylovOrDense(_krylov(1e-10)))
 
 
-def _to_state(lam1: Array, shifts: tuple[Array, ...]):
-    """The solver's unknowns: the upper triangle of Σ⁻¹ (one hidden layer), or that and
-    the deeper layers' n×n precision shifts Δ_l (`_shift_residuals`)."""
-    return _pack(lam1) if not shifts else (_pack(lam1), *shifts)
+def _state_scale(network: AbstractNetwork, X: Array) -> Array:
+    """The factor on the solver's first block: 1 for one hidden layer; for deeper networks
+    1/E[x_j²], Σ⁻¹ measured in the inputs' mean square, next to the Δ_l. Inputs ×α with the
+    first layer's σ_w² ÷α² are the same network (`tests/test_solve.py`: Σ⁻¹ grows by α², as
+    E[x_j²] does); in Σ⁻¹'s own units the solvers' norms weighed the blocks α² apart, and a
+    depth-2 erf FCN that took 1 stage at α = 1 failed at α = 1000 (depth 3 at α = 100; stop
+    62, `benchmarks/RESULTS.md`). On standardised inputs this is Σ⁻¹'s own scale, with which
+    the deep solvers were tuned; the prior's σ_w²/S, 16× off it on the authors' data, took
+    their depth-3 path sweep 2902 iterations against 2473–2757."""
+    if network.depth == 1:
+        return jnp.ones((), X.dtype)
+    power = jnp.mean(X**2)
+    return jnp.where((power > 0) & jnp.isfinite(power), 1 / jnp.where(power > 0, power, 1), 1.0)
 
 
-def _from_state(state, S: int) -> tuple[Array, tuple[Array, ...]]:
+def _to_state(lam1: Array, shifts: tuple[Array, ...], scale):
+    """The solver's unknowns: the upper triangle of Σ⁻¹ (one hidden layer), or that times
+    `_state_scale` and the deeper layers' n×n precision shifts Δ_l (`_shift_residuals`)."""
+    return _pack(lam1) if not shifts else (_pack(scale * lam1), *shifts)
+
+
+def _from_state(state, S: int, scale) -> tuple[Array, tuple[Array, ...]]:
     if isinstance(state, tuple):
-        return _unpack(state[0], S), tuple(state[1:])
+        return _unpack(state[0], S) / scale, tuple(state[1:])
     return _unpack(state, S), ()
 
 
@@ -594,7 +610,8 @@ def _gp_state(network: AbstractNetwork, X: Array):
     """The GP limit (SPEC §3): Σ = Σ₀ and K^(l) = Q^(l−1), i.e. all shifts zero."""
     lam1 = network.state_prior_precision(X.shape[1]).astype(X.dtype)
     n = X.shape[0]
-    return _to_state(lam1, tuple(jnp.zeros((n, n), X.dtype) for _ in range(network.depth - 1)))
+    shifts = tuple(jnp.zeros((n, n), X.dtype) for _ in range(network.depth - 1))
+    return _to_state(lam1, shifts, _state_scale(network, X))
 
 
 def _with_width(network: AbstractNetwork, width) -> AbstractNetwork:
@@ -905,16 +922,16 @@ def _validate_precision0(network: AbstractNetwork, X: Array, precision0) -> tupl
 def _state_residual(state, args):
     """EoS residuals on the solver's unknowns (`_to_state`)."""
     net, X, Y = args
-    S = net.state_size(X.shape[1])
-    R = _shift_residuals(net, *_from_state(state, S), X, Y)
-    return _to_state(R[0], R[1:])
+    S, scale = net.state_size(X.shape[1]), _state_scale(net, X)
+    R = _shift_residuals(net, *_from_state(state, S, scale), X, Y)
+    return _to_state(R[0], R[1:], scale)
 
 
 def _state_free_energy(state, args):
     """F/C at the solver's unknowns (`_to_state`; 0 in the GP limit): what a minimiser in
     the chain descends. Its stationary points are the EoS (SPEC §3)."""
     net, X, Y = args
-    lam1, shifts = _from_state(state, net.state_size(X.shape[1]))
+    lam1, shifts = _from_state(state, net.state_size(X.shape[1]), _state_scale(net, X))
     sigma = spd_inverse_logdet(_sym(lam1))[0]
     return _inverse_width(net) * _free_energy(net, sigma, shifts, X, Y)
 
@@ -935,7 +952,7 @@ def _solve(network, X, Y, chain: Chain, max_stages, precision0, adjoint) -> Solu
     if precision0 is None:
         state0 = _gp_state(network, X)
         return _solve_from(network, X, Y, chain, max_stages, 0.0, state0, adjoint)[0]
-    state0 = _to_state(precision0[0], tuple(precision0[1:]))
+    state0 = _to_state(precision0[0], tuple(precision0[1:]), _state_scale(network, X))
     return _solve_from(network, X, Y, chain, 0, None, state0, adjoint)[0]
 
 
@@ -977,7 +994,7 @@ def _solve_from(
         adjoint=adjoint,
         throw=False,
     )
-    lam1, shifts = _from_state(sol.value, S)
+    lam1, shifts = _from_state(sol.value, S, _state_scale(network, X))
     shifts = tuple(_sym(d) for d in shifts)
     covs = tuple(_layers(network, spd_inverse_logdet(_sym(lam1))[0], shifts, X)[0])
     rel = _fro(_state_residual(sol.value, args)) / _fro(sol.value)

@@ -93,6 +93,21 @@ def deep_solutions(deep_task):
     return out
 
 
+def test_solve_does_not_see_the_input_scale(deep_task, deep_solutions):
+    """Inputs ×α with the first layer's σ_w² ÷α² are the same network (`tests/test_solve.py`:
+    Σ → Σ/α², the rest unchanged). The solvers measure Σ⁻¹ in the inputs' mean square, so
+    they take the same path: in Σ⁻¹'s own units a depth-2 erf FCN that took 1 stage at α = 1
+    reported `converged=False` after 64 stages at α = 1000 (stop 62)."""
+    t, alpha = deep_task, 1000.0
+    one = deep_solutions[2]
+    net = _net(3.0, 2, sigma_w2=jnp.array([1.5 / alpha**2, 1.5]))
+    other = fj.solve(net, alpha * t.X, t.Y)
+    assert bool(other.converged)
+    assert int(other.num_stages) == int(one.num_stages)
+    np.testing.assert_allclose(alpha**2 * other.sigma, one.sigma, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(other.kernels[0], one.kernels[0], rtol=1e-8, atol=1e-10)
+
+
 @pytest.mark.parametrize("depth", [2, 3])
 def test_free_energy_is_stationary_at_the_solution(deep_task, deep_solutions, depth):
     t, sol = deep_task, deep_solutions[depth]
