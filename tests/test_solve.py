@@ -564,8 +564,9 @@ def test_targets_scale_with_the_readout_and_the_noise(arch, patch_task, fcn_task
     A = K_f⁻¹YYᵀK_f⁻¹ − K_f⁻¹ by 1/λ and tr[A Q_f] not at all, so Σ, χ and the continuation
     are the same, the predictions scale by √λ (errors and variance by λ) and F rises by
     (n/2) log λ, the log det K_f term. Large targets are small σ_a² and σ² in disguise
-    (README, "Targets far above the noise"). Measured (erf, C = 3, λ = 37): Σ within
-    2·10⁻¹⁵ relative, the same stages and iterations; 1.7·10⁻¹¹ at depth 2."""
+    (README, "Targets far above the noise"). Measured in a probe (n = 24, C = 4, λ = 37): erf
+    FCNs and PatchCNNs, Σ to 4·10⁻¹⁵ with the same stages and iterations, 1.7·10⁻¹¹ at
+    depth 2 (`benchmarks/RESULTS.md`, stop 62)."""
     task = patch_task if arch == "patchcnn" else fcn_task
     lam = 37.0
     net, _ = _make(arch, "erf", 3.0, task)
@@ -592,8 +593,9 @@ def test_targets_scale_with_the_readout_and_the_noise(arch, patch_task, fcn_task
 def test_inputs_scale_with_the_first_layer_prior(arch, patch_task, fcn_task):
     """X → αX, σ_w² → σ_w²/α² (first layer): the pre-activations w·x keep their law, so the
     EoS' Σ is Σ/α² (SPEC §3: Q_f depends on XΣXᵀ, Σ⁻¹'s prior term is S/σ_w²) and the
-    predictions, χ and F do not change. Measured (erf, C = 3, α = 3): Σ and the predictions
-    to 3·10⁻¹⁵; deep FCNs (σ_w² per layer, the first one scaled) to 10⁻¹⁰."""
+    predictions, χ and F do not change. Measured in a probe (n = 24, C = 4, α = 3): erf FCNs
+    and PatchCNNs, Σ to 3·10⁻¹⁵, the predictions to 2·10⁻¹⁴; deep FCNs (σ_w² per layer, the
+    first one scaled) to 10⁻¹⁰ (`tests/test_deep.py` checks their solver at α = 1000)."""
     task = patch_task if arch == "patchcnn" else fcn_task
     alpha = 3.0
     net, _ = _make(arch, "erf", 3.0, task)
