@@ -44,7 +44,7 @@ def _counting_minimise(fn, solver, y0, *args, **kwargs):
 optx.minimise = _counting_minimise
 
 # Hessian factorisations in the saddle (`_renorm.spd_inverse_logdet`): one per pass of the
-# Newton loop (stop 60) or of the search (stop 62), and one for the evidence.
+# Newton loop (stop 60; of the Newton search in stop 62's trials), and one for the evidence.
 _FACTORS: list[int] = []
 _inverse_logdet = _renorm.spd_inverse_logdet
 
