@@ -41,7 +41,7 @@ from jax.flatten_util import ravel_pytree  # noqa: E402
 import fls_jax as fj  # noqa: E402
 from fls_jax._free_energy import _layer_map  # noqa: E402
 from fls_jax._linalg import _pack, _unpack, spd_inverse_logdet  # noqa: E402
-from fls_jax._solve import _LearnedSubspace, _state_residual, _to_state  # noqa: E402
+from fls_jax._solve import _LearnedSubspace, _state_residual, _state_scale, _to_state  # noqa: E402
 
 
 SW2, SA2, NOISE = 2.0, 2.0 / 256, 1e-3
@@ -58,7 +58,7 @@ def report(task, C: float, batch: int) -> None:
         f"{int(sol.num_steps)} iterations, {int(sol.num_stages)} stages, "
         f"residual {float(sol.residual):.1e}"
     )
-    state = _to_state(sol.precision, sol.kernel_shifts)
+    state = _to_state(sol.precision, sol.kernel_shifts, _state_scale(net, X))
     y, unravel = ravel_pytree(state)
     N, n1 = y.size, d * (d + 1) // 2
     args = (net, X, Y)

@@ -1,10 +1,10 @@
 """Where a depth-3 erf FCN's continuation spends its iterations: one hard step in width.
 
-    python benchmarks/deep_narrow_step.py [--part step|crossover|all]
+    python benchmarks/deep_narrow_step.py [--part path|step|crossover|all]
 
 Three erf hidden layers, deep-erf teacher (d = 32, n = 128), σ_w² = 2, σ_a² = 2/256,
 σ² = 1e-3. First the default path sweep over 8 widths, 30000 → 90 (iterations and stages per
-width). Then the step that costs most, from the converged C ≈ 473 to C ≈ 206, tried by each
+width; `--part path` stops there). Then the step that costs most, from the converged C ≈ 473 to C ≈ 206, tried by each
 solver alone (no continuation), from the same warm start: Anderson at β = 0.03, 0.1 (the deep
 default, with steps raising the residual more than 10× cut back), 0.3 and 1, 400 iterations
 each, and damped Newton–GMRES (the default's fallback), 12 and 30 steps. Printed: converged,
@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 
 import fls_jax as fj  # noqa: E402
 from fls_jax._rootfind import _fro  # noqa: E402
-from fls_jax._solve import _newton, _state_residual, _to_state  # noqa: E402
+from fls_jax._solve import _newton, _state_residual, _state_scale, _to_state  # noqa: E402
 
 
 KW = dict(sigma_w2=2.0, sigma_a2=2.0 / 256, activation=fj.Erf(), depth=3, noise=1e-3)
@@ -43,7 +43,7 @@ def task():
     return fj.datasets.deep_erf_teacher(n=128, n_test=20, d=32, depth=3, seed=0)
 
 
-def step():
+def step(path_only: bool = False):
     t, kw = task(), KW
     widths = np.geomspace(30000, 90, 8)
     t0 = time.perf_counter()
@@ -56,6 +56,9 @@ def step():
             f"  C = {C:7.1f}: converged {bool(ok)!s:5} {int(steps):5d} iterations "
             f"{int(stages):3d} stages"
         )
+    print(f"  summed: {int(np.sum(sols.num_steps))} iterations")
+    if path_only:
+        return
     start = (sols.precision[5], *(k[5] for k in sols.kernel_shifts))
     net = fj.FCN(width=widths[6], **kw)
     print(f"\nfrom the converged C = {widths[5]:.1f} straight to C = {widths[6]:.1f}:")
@@ -126,8 +129,9 @@ def crossover():
     X, Y = jnp.asarray(t.X), jnp.asarray(t.Y).reshape(len(t.X), -1)
 
     def rel(state, C):  # `Solution.residual` at `state`: ‖R(y)‖/‖y‖ over the packed unknowns
-        y = _to_state(state[0], tuple(state[1:]))
-        return float(_fro(_state_residual(y, (fj.FCN(width=C, **KW), X, Y))) / _fro(y))
+        net = fj.FCN(width=C, **KW)
+        y = _to_state(state[0], tuple(state[1:]), _state_scale(net, X))
+        return float(_fro(_state_residual(y, (net, X, Y))) / _fro(y))
 
     print("\nstarting each root find from the wider neighbour's solution, or its secant in 1/C:")
     print("      C   neighbour: residual iterations   secant: residual iterations")
@@ -146,14 +150,14 @@ def crossover():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("step", "crossover", "all"), default="step")
+    parser.add_argument("--part", choices=("path", "step", "crossover", "all"), default="step")
     part = parser.parse_args().part
     print(
         f"# {platform.processor() or platform.machine()}, jax {jax.__version__}, "
         f"{jax.devices()[0].platform}"
     )
-    if part in ("step", "all"):
-        step()
+    if part in ("path", "step", "all"):
+        step(path_only=part == "path")
     if part in ("crossover", "all"):
         crossover()
 

@@ -199,6 +199,10 @@ class AbstractNetwork(eqx.Module):
             g[:, None], g[None, :], K
         )
 
+    def post_kernel_diagonal(self, layer: int, g: Float[Array, " n"]) -> Float[Array, " n"]:
+        """The diagonal of `post_kernel` from K^(l)'s diagonal g: it needs no other entry."""
+        return self.post_scale(layer) * self.layer_activation(layer).kernel(g, g, g)
+
     @abc.abstractmethod
     def patches(self, X: Float[Array, "n d"]) -> Float[Array, "P n S"]:
         """Cut inputs into the P patches that the shared first-layer filter sees."""

@@ -148,7 +148,7 @@ class Solution(eqx.Module):
       on Q^(l−1)'s range): K^(l) = Q^(l−1)(I + Δ_l Q^(l−1))⁻¹.
     - `free_energy`: F at the solution (SPEC §3).
     - `residual`: ‖R(y)‖ / ‖y‖ at the returned unknowns y (the upper triangle of Σ⁻¹, for
-      deeper networks divided by the inputs' mean square, and the Δ_l; `_state_scale`), the
+      deeper networks that and the Δ_l, each in its layer's units; `_state_scale`), the
       EoS residual reached relative to them: what the solvers' stopping rule
       compares with their rtol (1e-11 in float64 by default).
     - `num_steps`: solver iterations, summed over the continuation stages.
@@ -579,30 +579,61 @@ _MAX_STAGES = 64
 _ADJOINT = optx.ImplicitAdjoint(linear_solver=KrylovOrDense(_krylov(1e-10)))
 
 
-def _state_scale(network: AbstractNetwork, X: Array) -> Array:
-    """The factor on the solver's first block: 1 for one hidden layer; for deeper networks
-    1/E[x_j²], Σ⁻¹ measured in the inputs' mean square, next to the Δ_l. Inputs ×α with the
-    first layer's σ_w² ÷α² are the same network (`tests/test_solve.py`: Σ⁻¹ grows by α², as
-    E[x_j²] does); in Σ⁻¹'s own units the solvers' norms weighed the blocks α² apart, and a
-    depth-2 erf FCN that took 1 stage at α = 1 failed at α = 1000 (depth 3 at α = 100; stop
-    62, `benchmarks/RESULTS.md`). On standardised inputs this is Σ⁻¹'s own scale, with which
-    the deep solvers were tuned; the prior's σ_w²/S, 16× off it on the authors' data, took
-    their depth-3 path sweep 2902 iterations against 2473–2757."""
+def _state_scale(network: AbstractNetwork, X: Array) -> tuple[Array, ...]:
+    """The factors on the solver's blocks (`_to_state`): 1 for one hidden layer; for deeper
+    networks Σ⁻¹ times σ_w²(1)/2 and each Δ_l times q_l, the mean diagonal of its layer's
+    GP-limit pre-kernel Q^(l−1) (`_gp_diagonal_scales`), so that every block is measured in
+    its own layer's units. Two maps of the hyper-parameters leave the network's function
+    unchanged and move the blocks apart, and these factors follow both:
+
+    - inputs ×α with σ_w²(1) ÷α²: Σ⁻¹ grows by α² as 1/σ_w²(1) does, the q_l stay;
+    - for a homogeneous φ (ReLU, linear), σ_w²(l) ×c with σ_w²(l+1) ÷c (σ_a² ÷c for l = L):
+      Σ⁻¹ falls by c (l = 1) as 1/σ_w²(1) does, or Δ_l by c as 1/q_l does.
+
+    In raw units the solvers' norms weighed the blocks α² or c apart: a depth-2 erf FCN failed
+    at α = 1000 (stop 62), a depth-3 ReLU FCN at c = 10³ on its last pair of layers (stop 63;
+    `benchmarks/RESULTS.md`, `benchmarks/input_scale.py`). σ_w²(1)/2 is Σ⁻¹'s raw scale on
+    the authors' data (σ_w² = 2, standardised inputs), with which the deep solvers were tuned;
+    the prior's σ_w²(1)/S, 16× smaller there, took their depth-3 path sweep 2902 iterations
+    against 2473–2757. A non-finite or zero scale (all-zero inputs) is replaced by 1."""
     if network.depth == 1:
-        return jnp.ones((), X.dtype)
-    power = jnp.mean(X**2)
-    return jnp.where((power > 0) & jnp.isfinite(power), 1 / jnp.where(power > 0, power, 1), 1.0)
+        return (jnp.ones((), X.dtype),)
+    return (_finite_scale(network.layer_sigma_w2(1) / 2), *_gp_diagonal_scales(network, X))
 
 
-def _to_state(lam1: Array, shifts: tuple[Array, ...], scale):
-    """The solver's unknowns: the upper triangle of Σ⁻¹ (one hidden layer), or that times
-    `_state_scale` and the deeper layers' n×n precision shifts Δ_l (`_shift_residuals`)."""
-    return _pack(lam1) if not shifts else (_pack(scale * lam1), *shifts)
+def _finite_scale(x: Array) -> Array:
+    ok = (x > 0) & jnp.isfinite(x)
+    return jnp.where(ok, jnp.where(ok, x, 1.0), 1.0).astype(jnp.result_type(x))
 
 
-def _from_state(state, S: int, scale) -> tuple[Array, tuple[Array, ...]]:
+def _gp_diagonal_scales(network: AbstractNetwork, X: Array) -> tuple[Array, ...]:
+    """(q_2, …, q_L): the mean diagonal of Q^(1), …, Q^(L−1) at the GP limit (K^(l) = Q^(l−1),
+    SPEC §3). A diagonal needs only diagonals: the first layer's pre-activation variances
+    σ_w²/S ‖x_i‖² per patch, then q ↦ post_scale · Φ(q, q, q) layer by layer, O(nd)."""
+    patches = network.patches(X)
+    var = network.layer_sigma_w2(1) / patches.shape[-1] * jnp.sum(patches**2, axis=-1)
+    diag = network.post_scale(1) * jnp.mean(network.layer_activation(1).kernel(var, var, var), 0)
+    scales = []
+    for layer in range(2, network.depth + 1):
+        scales.append(_finite_scale(jnp.mean(diag)))
+        if layer < network.depth:
+            diag = network.post_kernel_diagonal(layer, diag)
+    return tuple(scales)
+
+
+def _to_state(lam1: Array, shifts: tuple[Array, ...], scale: tuple[Array, ...]):
+    """The solver's unknowns: the upper triangle of Σ⁻¹ (one hidden layer), or, for deeper
+    networks, that and the deeper layers' n×n precision shifts Δ_l (`_shift_residuals`),
+    each times its factor of `_state_scale`."""
+    if not shifts:
+        return _pack(lam1)
+    return (_pack(scale[0] * lam1), *(s * d for s, d in zip(scale[1:], shifts, strict=True)))
+
+
+def _from_state(state, S: int, scale: tuple[Array, ...]) -> tuple[Array, tuple[Array, ...]]:
     if isinstance(state, tuple):
-        return _unpack(state[0], S) / scale, tuple(state[1:])
+        shifts = tuple(d / s for s, d in zip(scale[1:], state[1:], strict=True))
+        return _unpack(state[0], S) / scale[0], shifts
     return _unpack(state, S), ()
 
 
