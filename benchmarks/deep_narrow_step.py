@@ -4,12 +4,12 @@
 
 Three erf hidden layers, deep-erf teacher (d = 32, n = 128), σ_w² = 2, σ_a² = 2/256,
 σ² = 1e-3. First the default path sweep over 8 widths, 30000 → 90 (iterations and stages per
-width; `--part path` stops there). Then the step that costs most, from the converged C ≈ 473 to C ≈ 206, tried by each
-solver alone (no continuation), from the same warm start: Anderson at β = 0.03, 0.1 (the deep
-default, with steps raising the residual more than 10× cut back), 0.3 and 1, 400 iterations
-each, and damped Newton–GMRES (the default's fallback), 12 and 30 steps. Printed: converged,
-the relative residual reached (`Solution.residual`, the start's is the 1-iteration row) and
-seconds.
+width; `--part path` stops there). Then the step that costs most, from the converged C ≈ 473
+to C ≈ 206, tried by each solver alone (no continuation), from the same warm start: Anderson
+at β = 0.03, 0.1 (the deep default, with steps raising the residual more than 10× cut back),
+0.3 and 1, 400 iterations each, and damped Newton–GMRES (the default's fallback), 12 and 30
+steps. Printed: converged, the relative residual reached (`Solution.residual`, the start's is
+the 1-iteration row) and seconds.
 
 `--part crossover` asks why: a path sweep with 16 widths between C ≈ 473 and 206 (observables
 per width: Σ's top eigenvalues, tr K^(2), tr K^(3), F, iterations, stages); the same widths
