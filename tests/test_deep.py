@@ -131,6 +131,25 @@ def test_solve_does_not_see_a_homogeneous_rescaling():
     )
 
 
+def test_state_units_are_the_gp_kernels_mean_diagonals(deep_task):
+    """The deep solvers' units (`_solve._state_scale`): σ_w²(1)/2 for Σ⁻¹, and for Δ_l the
+    mean diagonal of K^(l) in the GP limit, here from the NumPy NNGP recursion."""
+    from fls_jax._solve import _state_scale
+
+    t = deep_task
+    factors = _state_scale(_net(3.0, 3), jnp.asarray(t.X))
+    assert len(factors) == 3 and float(factors[0]) == 0.75
+    for layer in (2, 3):
+        K = _deep_nngp(t.X, t.X[:0], layer - 1, 1.5, 1.5)[0]
+        np.testing.assert_allclose(float(factors[layer - 1]), np.mean(np.diag(K)), rtol=1e-13)
+    # A PatchCNN's Q^(1) averages the patches' kernels (S = 2, P = 3).
+    X = np.random.default_rng(0).standard_normal((7, 6))
+    patch = fj.PatchCNN(3.0, jnp.array([0.8, 1.7]), 0.7, 0.01, fj.Erf(), depth=2, patch_size=2)
+    Q = np.mean([_erf_np(0.8 / 2 * X[:, i : i + 2] @ X[:, i : i + 2].T)[0] for i in (0, 2, 4)], 0)
+    factors = _state_scale(patch, jnp.asarray(X))
+    np.testing.assert_allclose(float(factors[1]), 1.7 * np.mean(np.diag(Q)), rtol=1e-13)
+
+
 @pytest.mark.parametrize("depth", [2, 3])
 def test_free_energy_is_stationary_at_the_solution(deep_task, deep_solutions, depth):
     t, sol = deep_task, deep_solutions[depth]
