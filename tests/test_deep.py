@@ -113,21 +113,54 @@ def test_solve_does_not_see_a_homogeneous_rescaling():
     are the same network: σ_w² → cσ_w², σ_a² → σ_a²/c^L, and the layer-l covariance (Σ,
     K^(2), …) scales by c^l. The solvers measure each layer's unknowns in its own units
     (`_solve._state_scale`), so they take the same path. With Δ_l in raw units, stop 62's
-    code needed 4 stages for this deep linear FCN at c = 1000 where c = 1 takes 1, and a
+    code needed 4 stages for this deep linear FCN at c = 2¹⁰ where c = 1 takes 1, and a
     depth-3 ReLU FCN reported `converged=False` with its last pair of layers rescaled by
     10³ (stop 63, `benchmarks/input_scale.py`). The program is the one-stage test's below."""
     t = fj.datasets.linear_patch_teacher(64, 50, patch_size=16, patches=1, seed=0)
-    sols = {}
-    for c in (1.0, 1000.0):
-        sols[c] = fj.solve(fj.FCN(4.0, 1.2 * c, 0.9 / c**2, 0.05, fj.Linear(), depth=2), t.X, t.Y)
-        assert bool(sols[c].converged), c
-    one, other = sols[1.0], sols[1000.0]
+    c, sols = 2.0**10, []
+    for scale in (1.0, c):
+        net = fj.FCN(4.0, 1.2 * scale, 0.9 / scale**2, 0.05, fj.Linear(), depth=2)
+        sols.append(fj.solve(net, t.X, t.Y))
+        assert bool(sols[-1].converged), scale
+    one, other = sols
+    # c = 2¹⁰ scales every float exactly: the same path to the iteration.
     assert int(other.num_stages) == int(one.num_stages) == 1
-    assert abs(int(other.num_steps) - int(one.num_steps)) <= 2
-    np.testing.assert_allclose(other.sigma / 1e3, one.sigma, rtol=1e-8, atol=1e-10)
-    np.testing.assert_allclose(other.kernels[0] / 1e6, one.kernels[0], rtol=1e-8, atol=1e-8)
+    assert int(other.num_steps) == int(one.num_steps)
+    np.testing.assert_allclose(other.sigma / c, one.sigma, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(other.kernels[0] / c**2, one.kernels[0], rtol=1e-8, atol=1e-8)
     np.testing.assert_allclose(
         fj.predict(other, t.X_test).mean, fj.predict(one, t.X_test).mean, rtol=1e-8, atol=1e-10
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pair", [1, 2, 3])
+def test_relu_solve_does_not_see_a_rescaled_pair_of_layers(deep_task, pair):
+    """A depth-3 ReLU FCN with σ_w²(l) ×c and σ_w²(l+1) ÷c (σ_a² ÷c for l = 3): the same
+    network, with layer l's covariance ×c. c = 2¹⁰ scales every float exactly, so the path
+    must be the same to the iteration: with c = 10³ rounding alone set this 14-stage path
+    apart (9–11 stages). Stop 62's code took 20 and 17 stages for l = 1 and 2 where c = 1 took
+    9, and reported `converged=False` for l = 3."""
+    t, c = deep_task, 2.0**10
+    sols = []
+    for scale in (1.0, c):
+        sw2 = np.array([1.3, 1.1, 1.1])
+        sw2[pair - 1] *= scale
+        if pair < 3:
+            sw2[pair] /= scale
+        sa2 = 0.7 / (scale if pair == 3 else 1.0)
+        net = fj.FCN(3.0, jnp.asarray(sw2), sa2, 0.01, fj.ReLU(), depth=3)
+        sols.append(fj.solve(net, t.X, t.Y))
+        assert bool(sols[-1].converged), scale
+    one, other = sols
+    assert int(other.num_stages) == int(one.num_stages)
+    assert int(other.num_steps) == int(one.num_steps)
+    covs = [(s.sigma, *s.kernels) for s in sols]
+    for layer in range(3):
+        factor = c if layer == pair - 1 else 1.0
+        np.testing.assert_allclose(covs[1][layer] / factor, covs[0][layer], rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(
+        fj.predict(other, t.X_test).mean, fj.predict(one, t.X_test).mean, rtol=1e-7, atol=1e-9
     )
 
 
