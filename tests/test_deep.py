@@ -97,13 +97,18 @@ def test_solve_does_not_see_the_input_scale(deep_task, deep_solutions):
     """Inputs ×α with the first layer's σ_w² ÷α² are the same network (`tests/test_solve.py`:
     Σ → Σ/α², the rest unchanged). The solvers measure Σ⁻¹ in units of 1/σ_w²(1), so they
     take the same path: in Σ⁻¹'s own units a depth-2 erf FCN that took 1 stage at α = 1
-    reported `converged=False` after 64 stages at α = 1000 (stop 62)."""
-    t, alpha = deep_task, 1000.0
-    one = deep_solutions[2]
-    net = _net(3.0, 2, sigma_w2=jnp.array([1.5 / alpha**2, 1.5]))
-    other = fj.solve(net, alpha * t.X, t.Y)
-    assert bool(other.converged)
+    reported `converged=False` after 64 stages at α = 1000 (stop 62). α = 2¹⁰ scales every
+    float exactly, so the path must be the same to the iteration (in one program: the
+    fixture's scalar σ_w² compiles another)."""
+    t, alpha = deep_task, 2.0**10
+    one, other = (
+        fj.solve(_net(3.0, 2, sigma_w2=jnp.array([1.5 / a**2, 1.5])), a * t.X, t.Y)
+        for a in (1.0, alpha)
+    )
+    assert bool(one.converged) and bool(other.converged)
     assert int(other.num_stages) == int(one.num_stages)
+    assert int(other.num_steps) == int(one.num_steps)
+    np.testing.assert_allclose(one.sigma, deep_solutions[2].sigma, rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(alpha**2 * other.sigma, one.sigma, rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(other.kernels[0], one.kernels[0], rtol=1e-8, atol=1e-10)
 
