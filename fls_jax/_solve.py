@@ -592,10 +592,11 @@ def _state_scale(network: AbstractNetwork, X: Array) -> tuple[Array, ...]:
 
     In raw units the solvers' norms weighed the blocks α² or c apart: a depth-2 erf FCN failed
     at α = 1000 (stop 62), a depth-3 ReLU FCN at c = 10³ on its last pair of layers (stop 63;
-    `benchmarks/RESULTS.md`, `benchmarks/input_scale.py`). σ_w²(1)/2 is Σ⁻¹'s raw scale on
-    the authors' data (σ_w² = 2, standardised inputs), with which the deep solvers were tuned;
-    the prior's σ_w²(1)/S, 16× smaller there, took their depth-3 path sweep 2902 iterations
-    against 2473–2757. A non-finite or zero scale (all-zero inputs) is replaced by 1."""
+    `benchmarks/RESULTS.md`, `benchmarks/input_scale.py`). Invariance fixes all but the
+    constant in κσ_w²(1): κ = ½ makes it 1 on the authors' data (σ_w² = 2), the raw weighting
+    with which the deep solvers were tuned. κ = 1 took their depth-3 path sweep 4995
+    iterations against 2598 (stop 63), and the prior's units, κ = 1/S, 2902 (stop 62, with
+    raw Δ_l). A non-finite or zero scale (all-zero inputs) is replaced by 1."""
     if network.depth == 1:
         return (jnp.ones((), X.dtype),)
     return (_finite_scale(network.layer_sigma_w2(1) / 2), *_gp_diagonal_scales(network, X))
