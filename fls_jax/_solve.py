@@ -603,8 +603,7 @@ def _state_scale(network: AbstractNetwork, X: Array) -> tuple[Array, ...]:
 
 
 def _finite_scale(x: Array) -> Array:
-    ok = (x > 0) & jnp.isfinite(x)
-    return jnp.where(ok, jnp.where(ok, x, 1.0), 1.0).astype(jnp.result_type(x))
+    return jnp.where((x > 0) & jnp.isfinite(x), x, 1.0)
 
 
 def _gp_diagonal_scales(network: AbstractNetwork, X: Array) -> tuple[Array, ...]:
