@@ -455,7 +455,7 @@ def _path_options(
         raise ValueError("precision0 is not used by the path schedule (it warm-starts itself)")
     solver = _resolve_solver(solver, dtype, depth, filter_size)
     adjoint = _default_adjoint(depth) if adjoint is None else adjoint
-    return _chain(solver, max_steps, filter_size), max_stages, adjoint
+    return _chain(solver, max_steps, filter_size, depth), max_stages, adjoint
 
 
 @eqx.filter_jit

@@ -158,6 +158,12 @@ class Solution(eqx.Module):
       `nonlinear_max_steps_reached` where the continuation ran out of stages (or, from
       `precision0`, every solver of the chain failed).
     - `converged`: whether the solve met its tolerance: check it, per element of a vmap.
+    - `width_reached`: the width whose EoS the returned unknowns solve: `network.width`
+      where converged. Where the continuation ran out of stages, the last width it
+      converged at (∞: none, the GP limit), so that a failed solve says how far it got: a
+      continuation that stops short of the target at the same width whatever `max_stages`
+      is has met a fold, where its branch of solutions turns back (README, "Limitations").
+      NaN where a solve from `precision0` failed (its start solves no known width).
     """
 
     network: AbstractNetwork
@@ -174,6 +180,7 @@ class Solution(eqx.Module):
     num_stages: Int[Array, ""]
     result: optx.RESULTS
     converged: Bool[Array, ""]
+    width_reached: Float[Array, ""]
 
 
 def _state_precision(solution: Solution) -> Array:
@@ -517,21 +524,24 @@ _DEEP_MAX_GROWTH = 10.0
 
 
 def _default_max_steps(
-    solver: optx.AbstractRootFinder | optx.AbstractMinimiser, filter_size: int
+    solver: optx.AbstractRootFinder | optx.AbstractMinimiser, filter_size: int, depth: int = 1
 ) -> int:
     if isinstance(solver, optx.AbstractMinimiser):
         return max(_DESCENT_MAX_STEPS, _DESCENT_STEPS_PER_UNKNOWN * _unknowns(filter_size))
-    return _ANDERSON_MAX_STEPS if isinstance(solver, Anderson) else _MAX_STEPS
+    if isinstance(solver, Anderson):
+        return _ANDERSON_MAX_STEPS if depth == 1 else _DEEP_ANDERSON_MAX_STEPS
+    return _MAX_STEPS
 
 
 Chain = tuple[tuple[optx.AbstractRootFinder | optx.AbstractMinimiser, int], ...]
 
 
-def _chain(solver, max_steps, filter_size: int) -> Chain:
+def _chain(solver, max_steps, filter_size: int, depth: int = 1) -> Chain:
     """Normalise `solve`'s `solver` (a root finder, or a sequence of root finders and
     minimisers, each minimiser followed by a root finder) and `max_steps`
     (None, an int for all, or one per solver) to ((solver, max_steps), …). A minimiser's
-    default cap grows with the S(S+1)/2 first-layer unknowns (`_default_max_steps`)."""
+    default cap grows with the S(S+1)/2 first-layer unknowns, and Anderson's is higher for
+    deeper networks (`_default_max_steps`)."""
     solvers = tuple(solver) if isinstance(solver, list | tuple) else (solver,)
     kinds = (optx.AbstractRootFinder, optx.AbstractMinimiser)
     if not solvers or not all(isinstance(s, kinds) for s in solvers):
@@ -545,7 +555,7 @@ def _chain(solver, max_steps, filter_size: int) -> Chain:
                 f"a minimiser in `solver` must be followed by a root finder, got {solvers}"
             )
     if max_steps is None:
-        steps = tuple(_default_max_steps(s, filter_size) for s in solvers)
+        steps = tuple(_default_max_steps(s, filter_size, depth) for s in solvers)
     elif isinstance(max_steps, list | tuple):
         steps = tuple(max_steps)
     else:
@@ -569,6 +579,15 @@ def _default_adjoint(depth: int = 1) -> optx.AbstractAdjoint:
 # Newton and of Anderson acceleration, and continuation stages.
 _MAX_STEPS = 12
 _ANDERSON_MAX_STEPS = 200
+# Deeper networks: there Anderson stops mostly by its patience (`_DEEP_PATIENCE`), and the cap
+# of 200 had cut off root finds that were still converging at narrow widths, where each
+# cut-off quartered the continuation's step. Depth-3 erf FCN in the
+# authors' style (n = 32, C = 2): 64 stages and `converged=False` with 200; 4 stages, 1100
+# iterations with 400 to 1000. `benchmarks/deep_tasks.py`, seeds 1 and 2: 297 stages, 42852
+# iterations, 2 not converged → 140 / 16654 / 0 with 600 (300: 146 / 17838; 400: 143 / 17257;
+# 1000 the same as 600); the authors' depth-3 path sweep (n = 128): 2598 → 2053 iterations,
+# 82.5 → 70.3 s in one session (stop 64, `benchmarks/RESULTS.md`).
+_DEEP_ANDERSON_MAX_STEPS = 600
 _DESCENT_MAX_STEPS = 1000
 # BFGS builds its curvature from one gradient per step, so a descent needs more steps the
 # more unknowns it has: erf FCN d = 64 (2080 unknowns), n = 256, C = 1 took ~2550 BFGS steps
@@ -903,7 +922,8 @@ def solve(
       succeeded; in a chain with a minimiser, the solvers after the first run once a stage
       has failed. The last solver must be a root finder.
     - `max_steps`: iteration cap of each root find (continuation stage): one int for all
-      solvers or one per solver (default: 200 for Anderson, max(1000, S(S+1)) for a
+      solvers or one per solver (default: 200 for Anderson, 600 for deeper networks,
+      max(1000, S(S+1)) for a
       minimiser, 12 for others).
     - `max_stages`: cap on the continuation stages (root finds) before giving up.
     - `precision0`: a starting Σ⁻¹ (e.g. the solution at a neighbouring width), or for
@@ -922,7 +942,7 @@ def solve(
     _check_max_stages(max_stages)
     _check_deep_float32(network, X)
     S = network.state_size(X.shape[1])
-    chain = _chain(_resolve_solver(solver, X.dtype, network.depth, S), max_steps, S)
+    chain = _chain(_resolve_solver(solver, X.dtype, network.depth, S), max_steps, S, network.depth)
     if adjoint is None:
         adjoint = _default_adjoint(network.depth)
     if precision0 is not None:
@@ -1009,10 +1029,12 @@ def _solve_from(
             True,
         )
         stages = 0
+        reached = jnp.full((), jnp.nan, X.dtype)  # a failed start solves no known width
     else:
         u0 = jnp.asarray(u0, X.dtype)
         cont = _continuation(_state_residual, chain, u0, state0, *args, max_stages)
         start, ok, steps, stages = cont.lam, cont.done, cont.steps, cont.stages
+        reached = jnp.where(cont.u > 0, 1 / jnp.where(cont.u > 0, cont.u, 1.0), jnp.inf)
     ok = ok & valid
     # The root find that carries the implicit adjoint, at the root reached (no iterations).
     sol = optx.root_find(
@@ -1031,6 +1053,7 @@ def _solve_from(
     rel = _fro(_state_residual(sol.value, args)) / _fro(sol.value)
     sigma, mu = network.split_state(covs[0])
     S1 = network.filter_size(X.shape[1])
+    converged = (sol.result == optx.RESULTS.successful) & jnp.isfinite(rel)
     solution = Solution(
         network=network,
         X=X,
@@ -1045,6 +1068,7 @@ def _solve_from(
         num_steps=steps,
         num_stages=jnp.asarray(stages),
         result=sol.result,
-        converged=(sol.result == optx.RESULTS.successful) & jnp.isfinite(rel),
+        converged=converged,
+        width_reached=jnp.where(converged, network.width, reached).astype(X.dtype),
     )
     return solution, sol.value

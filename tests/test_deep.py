@@ -211,9 +211,13 @@ def test_free_energy_is_stationary_at_the_solution(deep_task, deep_solutions, de
 def test_middle_layer_eos_by_hand(deep_task, deep_solutions):
     """L = 3: K^(2)⁻¹ = Q^(1)⁻¹ − (C_3/C_2) ∂_K tr[B^(3) Q^(2)(K)], and the last layer's
     K^(3)⁻¹ = Q^(2)⁻¹ − (1/C_3) ∂_K tr[A Q_f(K)], in NumPy with the hand-written derivative."""
-    t, sol = deep_task, deep_solutions[3]
-    X, Y = t.X, t.Y
-    C, sw2, sa2, noise = 3.0, 1.5, 0.7, 0.01
+    t = deep_task
+    _assert_three_layer_erf_eos(deep_solutions[3], t.X, t.Y, 3.0, 1.5, 0.7, 0.01)
+
+
+def _assert_three_layer_erf_eos(sol, X, Y, C, sw2, sa2, noise):
+    """The three layers' EoS of a depth-3 erf FCN (one width C) in NumPy, to 1e-8."""
+    X, Y = np.asarray(X), np.asarray(Y)
     Sigma, (K2, K3) = np.asarray(sol.sigma), [np.asarray(k) for k in sol.kernels]
     Q1 = sw2 * _erf_np(X @ Sigma @ X.T)[0]
     Q2 = sw2 * _erf_np(K2)[0]
@@ -236,6 +240,39 @@ def test_middle_layer_eos_by_hand(deep_task, deep_solutions):
     np.testing.assert_allclose(
         np.linalg.inv(Sigma), rhs1, rtol=1e-8, atol=1e-8 * np.abs(rhs1).max()
     )
+
+
+def test_narrow_three_layer_erf_from_the_gp_limit(deep_task):
+    """A depth-3 erf FCN in the authors' style (σ_w² = 2, small σ_a²) at C = 1, from the GP
+    limit with no schedule. With Anderson capped at 200 iterations per stage, root finds
+    still converging were cut off, each cut quartered the continuation's step, and it ran
+    out of its 64 stages (`converged=False`, stop 63); with 600 it takes 9 stages (stop 64).
+    The solution is checked against the EoS written out in NumPy."""
+    X = np.asarray(deep_task.X)
+    w = np.random.default_rng(3).standard_normal(X.shape[1]) / np.sqrt(X.shape[1])
+    Y = np.sin(2 * X @ w)[:, None]
+    net = fj.FCN(width=1.0, depth=3, sigma_w2=2.0, sigma_a2=0.25, noise=0.01)
+    sol = fj.solve(net, X, Y)
+    assert bool(sol.converged), (int(sol.num_stages), float(sol.residual))
+    assert float(sol.width_reached) == 1.0
+    _assert_three_layer_erf_eos(sol, X, Y, 1.0, 2.0, 0.25, 0.01)
+
+
+@pytest.mark.slow
+def test_a_fold_is_reported_with_the_width_reached(deep_task):
+    """The same network with another target and σ² = 10⁻³ at C = 2: its branch of solutions
+    ends in a fold at C* ≈ 3.5768 (the EoS Jacobian's smallest singular value falls as
+    √(C − C*) and a real eigenvalue crosses zero; stop 64). The continuation stops short of
+    it, says so, and its unknowns solve the EoS at the width it reports, checked in NumPy."""
+    X = np.asarray(deep_task.X)
+    w = np.random.default_rng(0).standard_normal(X.shape[1]) / np.sqrt(X.shape[1])
+    Y = np.sin(2 * X @ w)[:, None]
+    net = fj.FCN(width=2.0, depth=3, sigma_w2=2.0, sigma_a2=0.25, noise=1e-3)
+    sol = fj.solve(net, X, Y)
+    assert not bool(sol.converged)
+    reached = float(sol.width_reached)
+    assert 3.576 < reached < 3.58, reached
+    _assert_three_layer_erf_eos(sol, X, Y, reached, 2.0, 0.25, 1e-3)
 
 
 def test_deep_linear_against_numpy_fixed_point():

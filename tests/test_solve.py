@@ -164,6 +164,7 @@ def test_precision0_starts_there_without_a_continuation(fcn_task):
     fresh = fj.solve(net, X, Y)
     warm = fj.solve(net, X, Y, precision0=start.precision)
     assert bool(warm.converged) and int(warm.num_stages) == 0 and int(warm.num_steps) > 0
+    assert float(warm.width_reached) == 6.0
     np.testing.assert_allclose(warm.sigma, fresh.sigma, rtol=1e-8, atol=1e-12)
     R = _erf_fcn_eos_residual(np.asarray(warm.sigma), X, Y, 6.0, 1.3, 0.8, 0.02)
     assert np.linalg.norm(R) / np.linalg.norm(warm.precision) < 1e-9
@@ -171,6 +172,7 @@ def test_precision0_starts_there_without_a_continuation(fcn_task):
     assert not bool(stuck.converged)
     assert stuck.result == optx.RESULTS.nonlinear_max_steps_reached
     np.testing.assert_allclose(stuck.precision, start.precision, rtol=1e-15)
+    assert np.isnan(float(stuck.width_reached))  # its start solves no known width
 
 
 def test_matrix_free_newton_for_many_unknowns(fcn_task):
@@ -298,6 +300,13 @@ def test_anderson_failure_is_reported_per_element(fcn_task):
     sols = jax.jit(jax.vmap(run))(jnp.array([4096.0, 0.25]))
     assert [bool(c) for c in sols.converged] == [True, False]
     assert bool(jnp.all(jnp.isfinite(sols.sigma))) and float(sols.residual[1]) > 1e-10
+    # The failed element says how far it got: its one stage aimed at a wider width
+    # (`_first_fraction`) and converged there, and its Σ solves the EoS at that width.
+    reached = float(sols.width_reached[1])
+    assert float(sols.width_reached[0]) == 4096.0 and 0.25 < reached < np.inf
+    X, Y = fcn_task.X, fcn_task.Y
+    R = _erf_fcn_eos_residual(np.asarray(sols.sigma[1]), X, Y, reached, 1.3, 0.8, 0.02)
+    assert np.linalg.norm(R) / np.linalg.norm(sols.precision[1]) < 1e-9
     wide = eqx.tree_at(lambda m: m.width, net, jnp.asarray(4096.0))
     ref = fj.solve(wide, fcn_task.X, fcn_task.Y)
     np.testing.assert_allclose(sols.sigma[0], ref.sigma, rtol=1e-9, atol=1e-13)
