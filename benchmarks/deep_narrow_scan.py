@@ -1,6 +1,6 @@
 """Narrow deep solves that fail, and why: a stall or a fold (stop 64).
 
-    python benchmarks/deep_narrow_scan.py
+    python benchmarks/deep_narrow_scan.py [--part scan|fold|all]
 
 24 depth-3 erf FCNs in the authors' style (σ_w² = 2, σ_a² = 0.25) on the inputs of
 `fj.datasets.deep_erf_teacher(n=20, d=5, seed=3)` with targets y = sin(2 w·x) (six seeds of
@@ -9,13 +9,21 @@ and with Anderson capped at 200 iterations per stage (`max_steps=(200, 12)`, the
 stop 64). Per cell stages/iterations, `!` where `converged` is False. Each failure of the
 default is run again with `max_stages=128`: where `width_reached` stays put (to 10⁻⁴), the
 continuation met a fold of its branch of solutions; where it moves on, a stall.
+
+`--part fold`: the first fold (seed 0, σ² = 10⁻³, C* ≈ 3.5768) up close. A path sweep of
+widths down to 3.5769, and at each the dense Jacobian of the solver's residual: its three
+smallest singular values and the real parts of its three eigenvalues nearest zero. At a fold
+(saddle-node) one singular value falls as √(C − C*) and a real eigenvalue goes to zero.
 """
 
+import argparse
 import platform
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
 
 jax.config.update("jax_enable_x64", True)
@@ -27,16 +35,51 @@ def cell(sol) -> str:
     return f"{int(sol.num_stages)}/{int(sol.num_steps)}{'' if bool(sol.converged) else '!'}"
 
 
-def main() -> None:
-    print(f"{platform.processor() or platform.machine()}, jax {jax.__version__}, {fj.__file__}")
-    X = np.asarray(fj.datasets.deep_erf_teacher(n=20, n_test=30, d=5, depth=2, seed=3).X)
+def inputs() -> np.ndarray:
+    return np.asarray(fj.datasets.deep_erf_teacher(n=20, n_test=30, d=5, depth=2, seed=3).X)
+
+
+def targets(X: np.ndarray, seed: int) -> np.ndarray:
+    w = np.random.default_rng(seed).standard_normal(X.shape[1]) / np.sqrt(X.shape[1])
+    return np.sin(2 * X @ w)[:, None]
+
+
+def fold() -> None:
+    from fls_jax._solve import _state_residual, _state_scale, _to_state
+
+    X = inputs()
+    Y = targets(X, 0)
+    net = fj.FCN(width=1.0, depth=3, sigma_w2=2.0, sigma_a2=0.25, noise=1e-3)
+    widths = np.array([8, 5, 4, 3.8, 3.7, 3.65, 3.62, 3.6, 3.59, 3.585, 3.58, 3.578, 3.577, 3.5769])
+    sols, _ = fj.sweep(net, X, Y, widths, X[:4], schedule="path")
+    Xj, Yj = jnp.asarray(X), jnp.asarray(Y)
+
+    @jax.jit
+    def spectrum(precision, shifts, width):
+        n_ = fj.FCN(width=width, depth=3, sigma_w2=2.0, sigma_a2=0.25, noise=1e-3)
+        flat, unravel = ravel_pytree(_to_state(precision, shifts, _state_scale(n_, Xj)))
+        J = jax.jacfwd(lambda z: ravel_pytree(_state_residual(unravel(z), (n_, Xj, Yj)))[0])(flat)
+        ev = jnp.real(jnp.linalg.eigvals(J))
+        return jnp.linalg.svd(J, compute_uv=False)[-3:], ev[jnp.argsort(jnp.abs(ev))[:3]]
+
+    print("| C | converged | smallest singular values | Re of the eigenvalues nearest 0 |")
+    print("| --- | --- | --- | --- |")
+    for i, C in enumerate(widths):
+        shifts = tuple(k[i] for k in sols.kernel_shifts)
+        sv, ev = spectrum(sols.precision[i], shifts, C)
+        sv_s = ", ".join(f"{v:.3g}" for v in np.asarray(sv))
+        ev_s = ", ".join(f"{v:.3g}" for v in np.asarray(ev))
+        print(f"| {C:g} | {bool(sols.converged[i])} | {sv_s} | {ev_s} |", flush=True)
+
+
+def scan() -> None:
+    X = inputs()
     print("| seed | C | σ² | cap 200 | default (600) | width reached | with 128 stages |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     failed = {"cap 200": 0, "default": 0}
     t0 = time.perf_counter()
     for seed in range(6):
-        w = np.random.default_rng(seed).standard_normal(X.shape[1]) / np.sqrt(X.shape[1])
-        Y = np.sin(2 * X @ w)[:, None]
+        Y = targets(X, seed)
         for C in (2.0, 1.0):
             for noise in (1e-2, 1e-3):
                 net = fj.FCN(width=C, depth=3, sigma_w2=2.0, sigma_a2=0.25, noise=noise)
@@ -56,6 +99,17 @@ def main() -> None:
         f"not converged: {failed['cap 200']} (cap 200), {failed['default']} (default) of 24; "
         f"{time.perf_counter() - t0:.0f} s"
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--part", choices=("scan", "fold", "all"), default="scan")
+    part = parser.parse_args().part
+    print(f"{platform.processor() or platform.machine()}, jax {jax.__version__}, {fj.__file__}")
+    if part in ("scan", "all"):
+        scan()
+    if part in ("fold", "all"):
+        fold()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Where a depth-3 erf FCN's continuation spends its iterations: one hard step in width.
 
-    python benchmarks/deep_narrow_step.py [--part path|step|crossover|all]
+    python benchmarks/deep_narrow_step.py [--part path|step|crossover|all] [--anderson-steps N]
 
 Three erf hidden layers, deep-erf teacher (d = 32, n = 128), σ_w² = 2, σ_a² = 2/256,
 σ² = 1e-3. First the default path sweep over 8 widths, 30000 → 90 (iterations and stages per
@@ -43,11 +43,13 @@ def task():
     return fj.datasets.deep_erf_teacher(n=128, n_test=20, d=32, depth=3, seed=0)
 
 
-def step(path_only: bool = False):
+def step(path_only: bool = False, anderson_steps: int | None = None):
     t, kw = task(), KW
     widths = np.geomspace(30000, 90, 8)
     t0 = time.perf_counter()
-    sols, _ = fj.sweep(fj.FCN(width=1.0, **kw), t.X, t.Y, widths, t.X_test, schedule="path")
+    extra = {} if anderson_steps is None else {"max_steps": (anderson_steps, 12)}
+    net = fj.FCN(width=1.0, **kw)
+    sols, _ = fj.sweep(net, t.X, t.Y, widths, t.X_test, schedule="path", **extra)
     print(f"path sweep, 8 widths: {time.perf_counter() - t0:.1f} s (compilation included)")
     for C, ok, steps, stages in zip(
         widths, sols.converged, sols.num_steps, sols.num_stages, strict=True
@@ -151,13 +153,17 @@ def crossover():
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=("path", "step", "crossover", "all"), default="step")
-    part = parser.parse_args().part
+    parser.add_argument(
+        "--anderson-steps", type=int, help="Anderson's cap per stage (default: the solver's)"
+    )
+    args = parser.parse_args()
+    part = args.part
     print(
         f"# {platform.processor() or platform.machine()}, jax {jax.__version__}, "
         f"{jax.devices()[0].platform}"
     )
     if part in ("path", "step", "all"):
-        step(path_only=part == "path")
+        step(path_only=part == "path", anderson_steps=args.anderson_steps)
     if part in ("crossover", "all"):
         crossover()
 

@@ -1,6 +1,6 @@
 """Stages and iterations of `fj.solve` on a set of small deep networks (stop 63).
 
-    python benchmarks/deep_tasks.py [--seed 1]
+    python benchmarks/deep_tasks.py [--seed 1] [--anderson-steps N]
     PYTHONPATH=/path/to/other/checkout python benchmarks/deep_tasks.py
 
 A yardstick for changes to the deep solvers, whose iteration counts move chaotically with
@@ -48,7 +48,12 @@ def networks():
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=1)
-    seed = parser.parse_args().seed
+    parser.add_argument(
+        "--anderson-steps", type=int, help="Anderson's cap per stage (default: the solver's)"
+    )
+    args = parser.parse_args()
+    seed = args.seed
+    extra = {} if args.anderson_steps is None else {"max_steps": (args.anderson_steps, 12)}
     print(f"{platform.processor() or platform.machine()}, jax {jax.__version__}, {fj.__file__}")
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((32, 8))
@@ -62,7 +67,7 @@ def main() -> None:
     for name, make in networks():
         cells = []
         for C in widths:
-            sol = fj.solve(make(C), X, y)
+            sol = fj.solve(make(C), X, y, **extra)
             ok = bool(sol.converged)
             cells.append(f"{int(sol.num_stages)}/{int(sol.num_steps)}{'' if ok else '!'}")
             stages += int(sol.num_stages)

@@ -579,14 +579,14 @@ def _default_adjoint(depth: int = 1) -> optx.AbstractAdjoint:
 # Newton and of Anderson acceleration, and continuation stages.
 _MAX_STEPS = 12
 _ANDERSON_MAX_STEPS = 200
-# Deeper networks: there Anderson stops mostly by its patience (`_DEEP_PATIENCE`), and the cap
-# of 200 had cut off root finds that were still converging at narrow widths, where each
-# cut-off quartered the continuation's step. Depth-3 erf FCN in the
-# authors' style (n = 32, C = 2): 64 stages and `converged=False` with 200; 4 stages, 1100
-# iterations with 400 to 1000. `benchmarks/deep_tasks.py`, seeds 1 and 2: 297 stages, 42852
-# iterations, 2 not converged → 140 / 16654 / 0 with 600 (300: 146 / 17838; 400: 143 / 17257;
-# 1000 the same as 600); the authors' depth-3 path sweep (n = 128): 2598 → 2053 iterations,
-# 82.5 → 70.3 s in one session (stop 64, `benchmarks/RESULTS.md`).
+# Deeper networks: a cap of 200 cut off root finds that were still converging at narrow widths,
+# and each cut-off quartered the continuation's step. A depth-3 erf FCN in the authors' style
+# (n = 32, C = 2) took 64 stages and failed with 200; 4 stages and 1100 iterations with 400 to
+# 1000. `benchmarks/deep_tasks.py`, seeds 1 and 2: 297 stages, 42852 iterations, 2 failed →
+# 140 / 16654 / 0 with 600 (300: 146 / 17838; 400: 143 / 17257). The authors' depth-3 path
+# sweep (n = 128): 2598 → 2053 iterations (82.5 s against 70–79 s). With 1000 neither
+# changed: the root finds that fail stop first by their patience (`_DEEP_PATIENCE`) or a
+# growing residual (stop 64, `benchmarks/RESULTS.md`).
 _DEEP_ANDERSON_MAX_STEPS = 600
 _DESCENT_MAX_STEPS = 1000
 # BFGS builds its curvature from one gradient per step, so a descent needs more steps the

@@ -262,7 +262,7 @@ def test_narrow_three_layer_erf_from_the_gp_limit(deep_task):
 def test_a_fold_is_reported_with_the_width_reached(deep_task):
     """The same network with another target and σ² = 10⁻³ at C = 2: its branch of solutions
     ends in a fold at C* ≈ 3.5768 (the EoS Jacobian's smallest singular value falls as
-    √(C − C*) and a real eigenvalue crosses zero; stop 64). The continuation stops short of
+    √(C − C*) and a real eigenvalue goes to zero; stop 64). The continuation stops short of
     it, says so, and its unknowns solve the EoS at the width it reports, checked in NumPy."""
     X = np.asarray(deep_task.X)
     w = np.random.default_rng(0).standard_normal(X.shape[1]) / np.sqrt(X.shape[1])
