@@ -158,12 +158,12 @@ class Solution(eqx.Module):
       `nonlinear_max_steps_reached` where the continuation ran out of stages (or, from
       `precision0`, every solver of the chain failed).
     - `converged`: whether the solve met its tolerance: check it, per element of a vmap.
-    - `width_reached`: the width whose EoS the returned unknowns solve: `network.width`
+    - `width_reached`: the width C whose EoS the returned unknowns solve: `network.width`
       where converged. Where the continuation ran out of stages, the last width it
-      converged at (∞: none, the GP limit), so that a failed solve says how far it got: a
-      continuation that stops short of the target at the same width whatever `max_stages`
-      is has met a fold, where its branch of solutions turns back (README, "Limitations").
-      NaN where a solve from `precision0` failed (its start solves no known width).
+      converged at (∞: none, the GP limit), so that a failed solve says how far it got.
+      One that stops at the same width with a larger `max_stages` has likely met a fold,
+      where its branch of solutions ends (README, "Known limitations"). NaN where a solve
+      from `precision0` failed (its start solves no known width).
     """
 
     network: AbstractNetwork
@@ -922,9 +922,8 @@ def solve(
       succeeded; in a chain with a minimiser, the solvers after the first run once a stage
       has failed. The last solver must be a root finder.
     - `max_steps`: iteration cap of each root find (continuation stage): one int for all
-      solvers or one per solver (default: 200 for Anderson, 600 for deeper networks,
-      max(1000, S(S+1)) for a
-      minimiser, 12 for others).
+      solvers or one per solver (default: 200 for Anderson, 600 for deeper networks;
+      max(1000, S(S+1)) for a minimiser; 12 for others).
     - `max_stages`: cap on the continuation stages (root finds) before giving up.
     - `precision0`: a starting Σ⁻¹ (e.g. the solution at a neighbouring width), or for
       depth L > 1 the tuple of unknowns (Σ⁻¹, Δ_2, …, Δ_L), i.e.
