@@ -664,6 +664,11 @@ def _gp_state(network: AbstractNetwork, X: Array):
     return _to_state(lam1, shifts, _state_scale(network, X))
 
 
+def _width_at(u: Array) -> Array:
+    """C = 1/u, ∞ at u = 0 (the GP limit): the inverse of `_inverse_width`."""
+    return jnp.where(u > 0, 1 / jnp.where(u > 0, u, 1.0), jnp.inf)
+
+
 def _with_width(network: AbstractNetwork, width) -> AbstractNetwork:
     return eqx.tree_at(lambda net: net.width, network, jnp.asarray(width, network.width.dtype))
 
@@ -841,8 +846,7 @@ def _continuation(fn, chain: Chain, u0, lam0, network, X, Y, max_stages: int):
 
     def body(c: _Continuation):
         u_try = jnp.minimum(u_target, c.u + c.h)
-        width = jnp.where(u_try > 0, 1 / jnp.where(u_try > 0, u_try, 1.0), jnp.inf)
-        args = (_with_width(network, width), X, Y)
+        args = (_with_width(network, _width_at(u_try)), X, Y)
         # A stage from a converged width (not the GP limit) is a warm start (`_options`).
         lam, ok, steps, _ = _attempt(fn, chain, c.lam, args, c.failures, after, c.u > 0)
         stages = c.stages + 1
@@ -1033,7 +1037,7 @@ def _solve_from(
         u0 = jnp.asarray(u0, X.dtype)
         cont = _continuation(_state_residual, chain, u0, state0, *args, max_stages)
         start, ok, steps, stages = cont.lam, cont.done, cont.steps, cont.stages
-        reached = jnp.where(cont.u > 0, 1 / jnp.where(cont.u > 0, cont.u, 1.0), jnp.inf)
+        reached = _width_at(cont.u)
     ok = ok & valid
     # The root find that carries the implicit adjoint, at the root reached (no iterations).
     sol = optx.root_find(

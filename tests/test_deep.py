@@ -242,6 +242,12 @@ def _assert_three_layer_erf_eos(sol, X, Y, C, sw2, sa2, noise):
     )
 
 
+def _sine_targets(X, seed):
+    """y = sin(2 w·x), w ~ N(0, I/d) drawn with `seed` (`benchmarks/deep_narrow_scan.py`)."""
+    w = np.random.default_rng(seed).standard_normal(X.shape[1]) / np.sqrt(X.shape[1])
+    return np.sin(2 * X @ w)[:, None]
+
+
 def test_narrow_three_layer_erf_from_the_gp_limit(deep_task):
     """A depth-3 erf FCN in the authors' style (σ_w² = 2, small σ_a²) at C = 1, from the GP
     limit with no schedule. With Anderson capped at 200 iterations per stage, root finds
@@ -249,8 +255,7 @@ def test_narrow_three_layer_erf_from_the_gp_limit(deep_task):
     out of its 64 stages (`converged=False`, stop 63); with 600 it takes 9 stages (stop 64).
     The solution is checked against the EoS written out in NumPy."""
     X = np.asarray(deep_task.X)
-    w = np.random.default_rng(3).standard_normal(X.shape[1]) / np.sqrt(X.shape[1])
-    Y = np.sin(2 * X @ w)[:, None]
+    Y = _sine_targets(X, 3)
     net = fj.FCN(width=1.0, depth=3, sigma_w2=2.0, sigma_a2=0.25, noise=0.01)
     sol = fj.solve(net, X, Y)
     assert bool(sol.converged), (int(sol.num_stages), float(sol.residual))
@@ -265,8 +270,7 @@ def test_a_fold_is_reported_with_the_width_reached(deep_task):
     √(C − C*) and a real eigenvalue goes to zero; stop 64). The continuation stops short of
     it, says so, and its unknowns solve the EoS at the width it reports, checked in NumPy."""
     X = np.asarray(deep_task.X)
-    w = np.random.default_rng(0).standard_normal(X.shape[1]) / np.sqrt(X.shape[1])
-    Y = np.sin(2 * X @ w)[:, None]
+    Y = _sine_targets(X, 0)
     net = fj.FCN(width=2.0, depth=3, sigma_w2=2.0, sigma_a2=0.25, noise=1e-3)
     sol = fj.solve(net, X, Y)
     assert not bool(sol.converged)
