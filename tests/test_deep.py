@@ -7,6 +7,7 @@ deep linear EoS, and the reference solver's numbers in ../shared/reference/fcn3_
 
 from pathlib import Path
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -277,6 +278,93 @@ def test_a_fold_is_reported_with_the_width_reached(deep_task):
     reached = float(sol.width_reached)
     assert 3.576 < reached < 3.58, reached
     _assert_three_layer_erf_eos(sol, X, Y, reached, 2.0, 0.25, 1e-3)
+
+
+def test_trace_agrees_with_solve_where_there_is_no_fold(deep_task):
+    """`fj.trace` (pseudo-arclength, dense Jacobians, chord Newton) against `fj.solve`'s
+    continuation from the GP limit (Anderson, then Newton–Krylov): where the curve of
+    solutions has no fold, both find the same solution at the same width, and F agrees."""
+    X = np.asarray(deep_task.X)
+    Y = _sine_targets(X, 3)
+    net = fj.FCN(width=3.0, depth=3, sigma_w2=2.0, sigma_a2=0.25, noise=0.01)
+    tr = fj.trace(net, X, Y, 2.0)
+    assert tr.completed, tr.message
+    assert len(tr.folds) == 0 and int(tr.index.max()) == 0
+    assert float(tr.widths[-1]) <= 2.0 < float(tr.widths[-2])
+    assert float(tr.residual.max()) < 1e-10
+    k = len(tr.widths) // 2
+    for i in (k, len(tr.widths) - 1):
+        C = float(tr.widths[i])
+        sol = fj.solve(eqx.tree_at(lambda n: n.width, net, jnp.asarray(C)), X, Y)
+        assert bool(sol.converged)
+        np.testing.assert_allclose(tr.unknowns[0][i], sol.precision, rtol=1e-8, atol=1e-8)
+        for d_trace, d_solve in zip(tr.unknowns[1:], sol.kernel_shifts, strict=True):
+            scale = float(jnp.abs(d_solve).max())
+            np.testing.assert_allclose(d_trace[i], d_solve, rtol=0, atol=1e-8 * scale)
+        np.testing.assert_allclose(float(tr.free_energy[i]), float(sol.free_energy), rtol=1e-9)
+    # `at` interpolates a start on the one branch, between the solutions either side (its
+    # use as `precision0` is the slow test's); a width the curve did not pass has none.
+    ((branch, start),) = tr.at(2.5)
+    at = fj.solve(eqx.tree_at(lambda n: n.width, net, jnp.asarray(2.5)), X, Y)
+    assert branch == 0
+    np.testing.assert_allclose(
+        start[0], at.precision, atol=1e-3 * float(jnp.abs(at.precision).max())
+    )
+    assert tr.at(10.0) == []
+
+
+def test_trace_refuses_what_it_cannot_do(deep_task):
+    X, Y = np.asarray(deep_task.X), np.asarray(deep_task.Y)
+    net = fj.FCN(width=3.0, depth=3, sigma_w2=2.0, sigma_a2=0.25, noise=0.01)
+    with pytest.raises(ValueError, match="to_width"):
+        fj.trace(net, X, Y, 3.0)
+    with pytest.raises(ValueError, match="finite positive width"):
+        fj.trace(eqx.tree_at(lambda n: n.width, net, jnp.asarray(np.inf)), X, Y, 2.0)
+    with jax.enable_x64(False), pytest.raises(TypeError, match="float64"):
+        net32 = fj.FCN(width=3.0, depth=3, sigma_w2=2.0, sigma_a2=0.25, noise=0.01)
+        fj.trace(net32, X.astype(np.float32), Y.astype(np.float32), 2.0)
+    X40 = np.random.default_rng(0).standard_normal((40, 5))
+    with pytest.raises(ValueError, match="3215 unknowns"):
+        fj.trace(net, X40, X40[:, :1], 2.0)
+
+
+@pytest.mark.slow
+def test_trace_passes_the_fold_and_finds_three_solutions(deep_task):
+    """The fold of `test_a_fold_is_reported_with_the_width_reached` is one of two: the curve
+    of solutions is S-shaped, and for C between them the EoS have three solutions. `trace`
+    from C = 3.8 (one solution) to 3.5 turns twice; the middle branch is a saddle of F (its
+    Hessian has one negative eigenvalue) between two minima. At C = 3.65 the three starts it
+    gives each lead `solve` to a distinct solution of the EoS written out in NumPy, and the
+    branch that goes on below the first fold (where `solve` stops) has the lowest F there
+    (stop 65)."""
+    X = np.asarray(deep_task.X)
+    Y = _sine_targets(X, 0)
+    net = fj.FCN(width=3.8, depth=3, sigma_w2=2.0, sigma_a2=0.25, noise=1e-3)
+    tr = fj.trace(net, X, Y, 3.5)
+    assert tr.completed, tr.message
+    assert len(tr.folds) == 2
+    C, branch, index = (np.asarray(v) for v in (tr.widths, tr.branch, tr.index))
+    for b, count in enumerate((0, 1, 0)):  # minimum of F, saddle, minimum
+        assert set(index[branch == b].tolist()) == {count}
+    # The first fold is the one `solve` stopped at (3.5768, stop 64), from both sides.
+    lower = C[branch < 2].min()
+    assert 3.5765 < lower < 3.59, lower
+    assert 3.72 < C[branch == 1].max() < C[branch == 0].max()
+    sols = []
+    for b, start in tr.at(3.65):
+        sol = fj.solve(
+            eqx.tree_at(lambda n: n.width, net, jnp.asarray(3.65)), X, Y, precision0=start
+        )
+        assert bool(sol.converged), b
+        _assert_three_layer_erf_eos(sol, X, Y, 3.65, 2.0, 0.25, 1e-3)
+        sols.append(sol)
+    assert len(sols) == 3
+    for i in range(3):
+        for j in range(i):
+            gap = jnp.abs(sols[i].sigma - sols[j].sigma).max() / jnp.abs(sols[j].sigma).max()
+            assert float(gap) > 0.05, (i, j)
+    F = [float(s.free_energy) for s in sols]
+    assert F[2] < F[0] < F[1], F
 
 
 def test_deep_linear_against_numpy_fixed_point():

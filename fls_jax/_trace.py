@@ -1,0 +1,284 @@
+"""The curve of EoS solutions in width, followed through its folds (pseudo-arclength)."""
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.linalg
+from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, ArrayLike, Float, Int
+
+from ._free_energy import _free_energy, _free_energy_at_kernels, _layers, _sym
+from ._linalg import _pack, _unpack, spd_inverse_logdet
+from ._network import AbstractNetwork
+from ._solve import (
+    _from_state,
+    _gp_state,
+    _state_residual,
+    _state_scale,
+    _to_state,
+    _validate,
+    _with_width,
+    solve,
+)
+
+
+# Dense Jacobians and their eigenvalues at every point: O(N³) per step.
+_TRACE_MAX_UNKNOWNS = 3000
+_CORRECTOR_STEPS = 12
+_HALVINGS = 40
+
+
+class Trace(eqx.Module):
+    """The solutions of the EoS (SPEC §3) along a curve in width, from `trace`.
+
+    Point k solves the EoS at `widths[k]` to a relative residual `residual[k]`. Where 1/C
+    turns along the curve (a fold: a saddle-node, where a branch of solutions ends), a new
+    branch begins; `branch[k]` numbers them from 0, the starting width's branch.
+
+    - `widths`, `free_energy` (F, SPEC §3, at each point), `residual`: shape (k,).
+    - `index`: how many negative eigenvalues the Hessian of F in (Σ, K^(2), …, K^(L)) has
+      (their upper triangles): 0 at a local minimum of F, 1 at a saddle, such as the middle
+      branch of an S-shaped curve, between two minima. It changes by one at each fold.
+    - `smallest_singular_value`: of the EoS Jacobian in the solver's unknowns; it falls as
+      √|C − C*| toward a fold C*.
+    - `unknowns`: the solver's unknowns at each point, (Σ⁻¹, Δ_2, …, Δ_L) stacked over k
+      (`solve`'s `precision0`; `at` interpolates them).
+    - `folds`: the indices k at which a new branch begins.
+    - `completed`: whether the curve reached the end width; False where the corrector failed
+      or the point budget ran out (the message says which).
+    """
+
+    network: AbstractNetwork
+    X: Array
+    Y: Array
+    widths: Float[Array, " k"]
+    free_energy: Float[Array, " k"]
+    residual: Float[Array, " k"]
+    index: Int[Array, " k"]
+    smallest_singular_value: Float[Array, " k"]
+    unknowns: tuple
+    branch: Int[Array, " k"]
+    folds: Int[Array, " f"]
+    completed: bool = eqx.field(static=True)
+    message: str = eqx.field(static=True)
+
+    def at(self, width: float) -> list[tuple[int, tuple[Array, ...]]]:
+        """(branch, unknowns) for every branch that passes `width`: the unknowns linearly
+        interpolated in 1/C between the two points either side, a start for
+        `solve(network, X, Y, precision0=unknowns)` at that width, which then settles on that
+        branch's solution (a few tens of iterations)."""
+        u, out = 1 / np.asarray(self.widths), []
+        uc = 1 / float(width)
+        branch = np.asarray(self.branch)
+        for j in range(len(u) - 1):
+            if branch[j] != branch[j + 1] or not min(u[j], u[j + 1]) <= uc <= max(u[j], u[j + 1]):
+                continue
+            if out and out[-1][0] == branch[j]:
+                continue
+            w = (uc - u[j]) / (u[j + 1] - u[j]) if u[j + 1] != u[j] else 0.0
+            p = tuple((1 - w) * x[j] + w * x[j + 1] for x in self.unknowns)
+            out.append((int(branch[j]), p))
+        return out
+
+
+def _flat_state(lam1, shifts, network, X) -> Array:
+    """The solver's unknowns (`_to_state`) as one vector."""
+    return ravel_pytree(_to_state(lam1, shifts, _state_scale(network, X)))[0]
+
+
+def _unknowns(z, network, X) -> tuple[Array, tuple[Array, ...]]:
+    """(Σ⁻¹, (Δ_2, …, Δ_L)) from the vector of unknowns (`_flat_state`'s inverse)."""
+    gp = _gp_state(network, X)
+    return _from_state(
+        ravel_pytree(gp)[1](z), network.state_size(X.shape[1]), _state_scale(network, X)
+    )
+
+
+def _curve_residual(z, W, network, X, Y) -> Array:
+    """The EoS residual in the solver's unknowns at z = (unknowns, W/C), flattened."""
+    net = _with_width(network, W / z[-1])
+    scale = _state_scale(network, X)
+    lam1, shifts = _unknowns(z[:-1], network, X)
+    return ravel_pytree(_state_residual(_to_state(lam1, shifts, scale), (net, X, Y)))[0]
+
+
+# Module-level and jit-compiled once per network structure and shapes, so that a second
+# `trace` of the same shapes (another width, target or σ²) reuses the programs.
+_residual = eqx.filter_jit(_curve_residual)
+_jacobian = eqx.filter_jit(jax.jacfwd(_curve_residual))
+
+
+@eqx.filter_jit
+def _point(z, W, network, X, Y):
+    """F, the relative residual, the number of negative eigenvalues of F's Hessian in the
+    covariances' upper triangles (SPEC §3's variables), and (Σ⁻¹, Δ_2, …, Δ_L) at z."""
+    n, S = X.shape[0], network.state_size(X.shape[1])
+    lam1, shifts = _unknowns(z[:-1], network, X)
+    shifts = tuple(_sym(d) for d in shifts)
+    sigma = spd_inverse_logdet(_sym(lam1))[0]
+    net = _with_width(network, W / z[-1])
+    F = _free_energy(net, sigma, shifts, X, Y)
+    rel = jnp.linalg.norm(_curve_residual(z, W, network, X, Y)) / jnp.linalg.norm(z[:-1])
+    covs = tuple(_layers(net, sigma, shifts, X)[0])
+    v, unravel_covs = ravel_pytree(tuple(_pack(c) for c in covs))
+
+    def F_of(v):
+        packed = unravel_covs(v)
+        kernels = tuple(_unpack(c, n) for c in packed[1:])
+        return _free_energy_at_kernels(net, _unpack(packed[0], S), X, Y, kernels)
+
+    eig = jnp.linalg.eigvalsh(jax.hessian(F_of)(v))
+    index = jnp.sum(eig < -1e-12 * jnp.abs(eig).max())
+    return F, rel, index, (lam1, *shifts)
+
+
+def trace(
+    network: AbstractNetwork,
+    X: Float[ArrayLike, "n d"],
+    Y: Float[ArrayLike, "n m"],
+    to_width: float,
+    *,
+    max_points: int = 1000,
+    step: float = 0.02,
+    max_step: float = 0.2,
+) -> Trace:
+    """Follow the solutions of the EoS (SPEC §3) in width from `network.width` to `to_width`,
+    through folds: pseudo-arclength continuation in (unknowns, 1/C).
+
+    `solve` continues in 1/C from the GP limit and so can only follow the branch of solutions
+    that starts there; where that branch folds back it stops (`Solution.width_reached`).
+    At narrow widths the EoS of a deep network can have an S-shaped curve of solutions: three
+    at one width, of which `solve` returns the one on the GP limit's branch, converged, even
+    where another has the lower F, and none past the fold. `trace` follows the whole curve:
+    each step predicts along the curve's tangent (the null vector of the Jacobian [∂R/∂x,
+    ∂R/∂u], u = 1/C), and corrects by chord Newton on the residual R bordered by the
+    arclength condition, halving the step where that fails. `Trace.at(width)` gives a start
+    for `solve(..., precision0=...)` on each branch that passes a width.
+
+    A tool for small problems: it forms the dense Jacobian, and F's Hessian with its
+    eigenvalues, at every point (O(N³) for N unknowns) and refuses N > 3000 (a depth-3 FCN
+    with d = 5: n ≤ 38). It runs a Python loop over points (each point's Jacobian, residual
+    and F are compiled programs, shared by every `trace` of the same shapes), is not
+    differentiable, and needs float64.
+
+    - `network`: a network of finite width, where `solve` converges (the curve's start).
+    - `to_width`: the width at which to stop, narrower or wider than the start.
+    - `max_points`: the most points kept.
+    - `step`, `max_step`: the first and largest arclength step, relative to the norm of the
+      unknowns at the start.
+    """
+    network, X, Y = _validate(network, X, Y)
+    C0 = float(network.width)
+    if not (math.isfinite(C0) and C0 > 0):
+        raise ValueError(f"trace needs a network of finite positive width, got {C0}")
+    if not (math.isfinite(to_width) and to_width > 0 and to_width != C0):
+        raise ValueError(f"to_width must be positive, finite and not {C0}, got {to_width}")
+    if X.dtype != jnp.float64:
+        raise TypeError("trace needs float64 (jax.config.update('jax_enable_x64', True))")
+    if network.weight_mean or network.state_size(X.shape[1]) != network.filter_size(X.shape[1]):
+        raise ValueError("trace does not support networks with a weight mean")
+    if max_points < 2 or not 0 < step <= max_step:
+        raise ValueError("need max_points ≥ 2 and 0 < step ≤ max_step")
+    size = sum(x.size for x in jax.tree.leaves(jax.eval_shape(_gp_state, network, X)))
+    if size > _TRACE_MAX_UNKNOWNS:
+        raise ValueError(
+            f"trace forms dense Jacobians: {size} unknowns is more than "
+            f"{_TRACE_MAX_UNKNOWNS}; use fewer training points"
+        )
+    start = solve(network, X, Y)
+    if not bool(start.converged):
+        raise ValueError(f"solve did not converge at the start width {C0}: trace starts there")
+    x0 = _flat_state(start.precision, start.kernel_shifts, network, X)
+    norm0 = float(jnp.linalg.norm(x0))
+    W = norm0 if norm0 > 0 else 1.0  # z = (x, W·u): both parts weigh in the arclength
+    Wj = jnp.asarray(W, X.dtype)  # an array: a Python float would be static under filter_jit
+
+    def jacobian(z):
+        return _jacobian(jnp.asarray(z), Wj, network, X, Y)
+
+    def residual_j(z):
+        return _residual(jnp.asarray(z), Wj, network, X, Y)
+
+    def point(z):
+        return _point(jnp.asarray(z), Wj, network, X, Y)
+
+    z = np.append(np.asarray(x0), W / C0)
+    J = np.array(jacobian(jnp.asarray(z)))
+    t = np.linalg.svd(J)[2][-1]
+    t = t * (1.0 if (t[-1] > 0) == (to_width < C0) else -1.0)
+    h, h_max, h_min = step * W, max_step * W, 1e-10 * W
+    rows, message = [], "reached the end width"
+    rtol = 1e-11
+
+    def record(z, J):
+        F, rel, index, unknowns = point(jnp.asarray(z))
+        rows.append(
+            (
+                W / z[-1],
+                float(F),
+                float(rel),
+                int(index),
+                float(np.linalg.svd(J[:, :-1], compute_uv=False)[-1]),
+                np.sign(t[-1]),
+                unknowns,
+            )
+        )
+
+    record(z, J)
+    while len(rows) < max_points:
+        lu = scipy.linalg.lu_factor(np.vstack([J, t[None]]))
+        zc, ok = z, False
+        while h >= h_min:
+            zp = z + h * t
+            zc = zp.copy()
+            for _ in range(_CORRECTOR_STEPS):
+                r = np.asarray(residual_j(jnp.asarray(zc)))
+                if not np.all(np.isfinite(r)):
+                    break
+                if np.linalg.norm(r) <= rtol * np.linalg.norm(zc[:-1]):
+                    ok = zc[-1] > 0
+                    break
+                zc = zc - scipy.linalg.lu_solve(lu, np.append(r, t @ (zc - zp)))
+            if ok:
+                break
+            h /= 2
+        if not ok:
+            message = f"the corrector failed at C = {W / z[-1]:.6g}"
+            break
+        z = zc
+        J = np.array(jacobian(jnp.asarray(z)))
+        t_new = np.linalg.solve(np.vstack([J, t[None]]), np.eye(z.size)[-1])
+        t = t_new / np.linalg.norm(t_new)
+        record(z, J)
+        h = min(1.5 * h, h_max)
+        C = W / z[-1]
+        if (C - to_width) * (C0 - to_width) <= 0:
+            break
+    else:
+        message = f"stopped after max_points = {max_points}"
+    completed = message == "reached the end width"
+
+    direction = np.array([r[5] for r in rows])
+    folds = np.flatnonzero(direction[1:] != direction[:-1]) + 1
+    branch = np.zeros(len(rows), int)
+    for k in folds:
+        branch[k:] += 1
+    unknowns = tuple(jnp.stack([r[6][i] for r in rows]) for i in range(len(rows[0][6])))
+    return Trace(
+        network=network,
+        X=X,
+        Y=Y,
+        widths=jnp.asarray([r[0] for r in rows]),
+        free_energy=jnp.asarray([r[1] for r in rows]),
+        residual=jnp.asarray([r[2] for r in rows]),
+        index=jnp.asarray([r[3] for r in rows]),
+        smallest_singular_value=jnp.asarray([r[4] for r in rows]),
+        unknowns=unknowns,
+        branch=jnp.asarray(branch),
+        folds=jnp.asarray(folds, int),
+        completed=completed,
+        message=message,
+    )
