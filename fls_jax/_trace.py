@@ -25,10 +25,9 @@ from ._solve import (
 )
 
 
-# Dense Jacobians and their eigenvalues at every point: O(N³) per step.
+# Dense Jacobians and F's Hessian at every point: O(N³) per point.
 _TRACE_MAX_UNKNOWNS = 3000
 _CORRECTOR_STEPS = 12
-_HALVINGS = 40
 
 
 class Trace(eqx.Module):
