@@ -329,6 +329,21 @@ def test_trace_refuses_what_it_cannot_do(deep_task):
 
 
 @pytest.mark.slow
+def test_trace_one_hidden_layer_agrees_with_solve(deep_task):
+    """`trace` on a one-hidden-layer erf FCN (its unknown is Σ⁻¹ alone) from C = 8 to 2: no
+    fold, a minimum of F throughout, and at two of its widths the same Σ⁻¹ and F as `solve`."""
+    t = deep_task
+    net = fj.FCN(width=8.0, sigma_w2=1.0, sigma_a2=1.0, noise=0.01, activation=fj.Erf())
+    tr = fj.trace(net, t.X, t.Y, 2.0)
+    assert tr.completed and len(tr.folds) == 0 and int(tr.index.max()) == 0
+    for i in (len(tr.widths) // 2, len(tr.widths) - 1):
+        at = eqx.tree_at(lambda n: n.width, net, tr.widths[i])
+        sol = fj.solve(at, t.X, t.Y)
+        np.testing.assert_allclose(tr.unknowns[0][i], sol.precision, rtol=1e-8, atol=1e-8)
+        np.testing.assert_allclose(float(tr.free_energy[i]), float(sol.free_energy), rtol=1e-9)
+
+
+@pytest.mark.slow
 def test_trace_passes_the_fold_and_finds_three_solutions(deep_task):
     """The fold of `test_a_fold_is_reported_with_the_width_reached` is one of two: the curve
     of solutions is S-shaped, and for C between them the EoS have three solutions. `trace`
