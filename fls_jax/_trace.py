@@ -88,20 +88,22 @@ def _flat_state(lam1, shifts, network, X) -> Array:
     return ravel_pytree(_to_state(lam1, shifts, _state_scale(network, X)))[0]
 
 
+def _state_of(z, network, X):
+    """The solver's unknowns (`_to_state`'s pytree) from their vector (`_flat_state`'s
+    inverse)."""
+    return ravel_pytree(_gp_state(network, X))[1](z)
+
+
 def _unknowns(z, network, X) -> tuple[Array, tuple[Array, ...]]:
-    """(Σ⁻¹, (Δ_2, …, Δ_L)) from the vector of unknowns (`_flat_state`'s inverse)."""
-    gp = _gp_state(network, X)
-    return _from_state(
-        ravel_pytree(gp)[1](z), network.state_size(X.shape[1]), _state_scale(network, X)
-    )
+    """(Σ⁻¹, (Δ_2, …, Δ_L)) from the vector of unknowns."""
+    S = network.state_size(X.shape[1])
+    return _from_state(_state_of(z, network, X), S, _state_scale(network, X))
 
 
 def _curve_residual(z, W, network, X, Y) -> Array:
     """The EoS residual in the solver's unknowns at z = (unknowns, W/C), flattened."""
     net = _with_width(network, W / z[-1])
-    scale = _state_scale(network, X)
-    lam1, shifts = _unknowns(z[:-1], network, X)
-    return ravel_pytree(_state_residual(_to_state(lam1, shifts, scale), (net, X, Y)))[0]
+    return ravel_pytree(_state_residual(_state_of(z[:-1], network, X), (net, X, Y)))[0]
 
 
 # Module-level and jit-compiled once per network structure and shapes, so that a second
