@@ -8,7 +8,10 @@ w), at C = 2 and 1 and σ² = 10⁻² and 10⁻³, solved from the GP limit with
 and with Anderson capped at 200 iterations per stage (`max_steps=(200, 12)`, the cap before
 stop 64). Per cell stages/iterations, `!` where `converged` is False. Each failure of the
 default is run again with `max_stages=128`: where `width_reached` stays put (to 10⁻⁴), the
-continuation met a fold of its branch of solutions; where it moves on, a stall.
+continuation met a fold of its branch of solutions; where it moves on, a stall. And each is
+run with `past_folds=True` (stop 66): pseudo-arclength continuation on from where the
+continuation stopped, through the folds, to the target width; its cell gives the folds
+passed, F, and the seconds of that solve (its first call includes compilation).
 
 `--part fold`: the first fold (seed 0, σ² = 10⁻³, C* ≈ 3.5768) up close. A path sweep of
 widths down to 3.5769, and at each the dense Jacobian of the solver's residual: its three
@@ -74,9 +77,12 @@ def fold() -> None:
 
 def scan() -> None:
     X = inputs()
-    print("| seed | C | σ² | cap 200 | default (600) | width reached | with 128 stages |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    failed = {"cap 200": 0, "default": 0}
+    print(
+        "| seed | C | σ² | cap 200 | default (600) | width reached | with 128 stages "
+        "| past_folds=True: stages/iterations, folds, F, s |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    failed = {"cap 200": 0, "default": 0, "past_folds": 0}
     t0 = time.perf_counter()
     for seed in range(6):
         Y = targets(X, seed)
@@ -89,14 +95,23 @@ def scan() -> None:
                 failed["default"] += not bool(new.converged)
                 row = f"| {seed} | {C:g} | {noise:g} | {cell(old)} | {cell(new)} |"
                 if bool(new.converged):
-                    print(row + " | |", flush=True)
+                    print(row + " | | |", flush=True)
                     continue
                 more = fj.solve(net, X, Y, max_stages=128)
                 a, b = float(new.width_reached), float(more.width_reached)
                 kind = "fold" if abs(b / a - 1) < 1e-4 and not bool(more.converged) else "stall"
-                print(row + f" {a:.6g} | {cell(more)}, {b:.6g}: {kind} |", flush=True)
+                t1 = time.perf_counter()
+                arc = fj.solve(net, X, Y, past_folds=True)
+                arc_s = time.perf_counter() - t1
+                failed["past_folds"] += not bool(arc.converged)
+                print(
+                    row + f" {a:.6g} | {cell(more)}, {b:.6g}: {kind} | {cell(arc)}, "
+                    f"{int(arc.num_folds)}, {float(arc.free_energy):.5g}, {arc_s:.1f} |",
+                    flush=True,
+                )
     print(
-        f"not converged: {failed['cap 200']} (cap 200), {failed['default']} (default) of 24; "
+        f"not converged: {failed['cap 200']} (cap 200), {failed['default']} (default), "
+        f"{failed['past_folds']} (past_folds=True, of the default's failures) of 24; "
         f"{time.perf_counter() - t0:.0f} s"
     )
 

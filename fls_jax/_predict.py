@@ -20,6 +20,7 @@ from ._solve import (
     _check_deep_float32,
     _check_float32,
     _check_max_stages,
+    _check_past_folds,
     _concrete,
     _default_adjoint,
     _gp_state,
@@ -327,6 +328,8 @@ def sweep(
     X_test, Y_test = _validate_test(X, Y, X_test, Y_test)
     _check_max_stages(solve_kwargs.get("max_stages", _MAX_STAGES))
     _check_deep_float32(network, X)
+    if solve_kwargs.get("past_folds"):
+        _check_past_folds(network, X, solve_kwargs.get("precision0"))
     if w is not None and jnp.finfo(X.dtype).bits < 64:  # each width's own kernel (mean-field)
         for width in np.unique(w):
             _check_float32(_with_width(network, width), X)
@@ -423,8 +426,8 @@ def _local_solve_parallel(args, widths):
 
 
 def _local_solve_path(args, widths):
-    network, X, Y, chain, max_stages, adjoint = args
-    return _sweep_solve_path(network, X, Y, widths, chain, max_stages, adjoint)
+    network, X, Y, chain, max_stages, adjoint, past_folds = args
+    return _sweep_solve_path(network, X, Y, widths, chain, max_stages, adjoint, past_folds)
 
 
 def _local_predict(args, sols):
@@ -447,6 +450,7 @@ def _path_options(
     max_stages: int = _MAX_STAGES,
     precision0=None,
     adjoint: optx.AbstractAdjoint | None = None,
+    past_folds: bool = False,
     depth: int = 1,
     filter_size: int = 1,
 ):
@@ -455,17 +459,20 @@ def _path_options(
         raise ValueError("precision0 is not used by the path schedule (it warm-starts itself)")
     solver = _resolve_solver(solver, dtype, depth, filter_size)
     adjoint = _default_adjoint(depth) if adjoint is None else adjoint
-    return _chain(solver, max_steps, filter_size, depth), max_stages, adjoint
+    chain = _chain(solver, max_steps, filter_size, depth)
+    return chain, max_stages, adjoint, bool(past_folds)
 
 
 @eqx.filter_jit
-def _sweep_solve_path(network, X, Y, widths, chain, max_stages, adjoint):
+def _sweep_solve_path(network, X, Y, widths, chain, max_stages, adjoint, past_folds):
     order = _wide_first(widths)
 
     def step(carry, width):
         u_prev, state_prev = carry
         net = _with_width(network, width)
-        sol, state = _solve_from(net, X, Y, chain, max_stages, u_prev, state_prev, adjoint)
+        sol, state = _solve_from(
+            net, X, Y, chain, max_stages, u_prev, state_prev, adjoint, past_folds
+        )
         u = jnp.where(sol.converged, _inverse_width(net), u_prev)
         return (u, _where(sol.converged, state, state_prev)), sol
 

@@ -10,9 +10,11 @@ import jax.numpy as jnp
 import lineax as lx
 import numpy as np
 import optimistix as optx
+from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from ._anderson import AbstractPreconditioner, Anderson
+from ._arclength import _DENSE_MAX_UNKNOWNS, pseudo_arclength
 from ._descent import FreeEnergyBFGS
 from ._free_energy import (
     _check_positive_definite,
@@ -153,7 +155,12 @@ class Solution(eqx.Module):
       compares with their rtol (1e-11 in float64 by default).
     - `num_steps`: solver iterations, summed over the continuation stages.
     - `num_stages`: continuation stages (root finds) run before the final check: 1 when
-      the target width was solved directly, 0 at C = ∞ or with `precision0`.
+      the target width was solved directly, 0 at C = ∞ or with `precision0`. With
+      `solve(past_folds=True)`, plus the points tried along the curve past the folds.
+    - `num_folds`: folds of the curve of solutions that `solve(past_folds=True)` went
+      through (0 otherwise): where it is positive and converged, the solution is on another
+      branch of solutions than the one that starts at the GP limit (README, "Known
+      limitations").
     - `result`: the optimistix result code: `optx.RESULTS.successful` when converged,
       `nonlinear_max_steps_reached` where the continuation ran out of stages (or, from
       `precision0`, every solver of the chain failed).
@@ -179,6 +186,7 @@ class Solution(eqx.Module):
     residual: Float[Array, ""]
     num_steps: Int[Array, ""]
     num_stages: Int[Array, ""]
+    num_folds: Int[Array, ""]
     result: optx.RESULTS
     converged: Bool[Array, ""]
     width_reached: Float[Array, ""]
@@ -885,6 +893,7 @@ def solve(
     max_stages: int = _MAX_STAGES,
     precision0: Float[ArrayLike, "S S"] | tuple | None = None,
     adjoint: optx.AbstractAdjoint | None = None,
+    past_folds: bool = False,
 ) -> Solution:
     """Solve the Equations of State of SPEC §3.
 
@@ -936,6 +945,14 @@ def solve(
       precision of [`fls_jax.eos_residual`][]. Given, it replaces the GP-limit start *and*
       the continuation: one root find from there.
     - `adjoint`: how to differentiate (default: implicit, no backprop through iterations).
+    - `past_folds`: where the continuation in 1/C stops short of the target (its branch of
+      solutions folds back, or it stalls where the curve nearly does; README, "Known
+      limitations"), go on from its last converged width by pseudo-arclength continuation
+      (`fls_jax.trace`'s method, jit-compiled and per element of a vmap) through the folds to
+      the target width. The solution is then on another branch of solutions than the GP
+      limit's, connected to it through the folds: `num_folds` counts them. Dense (O(N³) per
+      point along the curve, N unknowns): at most 3000 unknowns, float64, no `weight_mean`,
+      no `precision0`. Off by default: it compiles a dense Jacobian into the solve.
 
     **Returns:** a [`fls_jax.Solution`][]. Non-convergence is reported in `result` and
     `converged`, never raised, so one failing element does not spoil a vmapped sweep; the
@@ -951,7 +968,25 @@ def solve(
         adjoint = _default_adjoint(network.depth)
     if precision0 is not None:
         precision0 = _validate_precision0(network, X, precision0)
-    return _solve(network, X, Y, chain, max_stages, precision0, adjoint)
+    if past_folds:
+        _check_past_folds(network, X, precision0)
+    return _solve(network, X, Y, chain, max_stages, precision0, adjoint, bool(past_folds))
+
+
+def _check_past_folds(network: AbstractNetwork, X: Array, precision0) -> None:
+    """`solve(past_folds=True)`'s limits: dense, float64, a continuation to extend."""
+    if precision0 is not None:
+        raise ValueError("past_folds extends the continuation from the GP limit: no precision0")
+    if X.dtype != jnp.float64:
+        raise TypeError("past_folds needs float64 (jax.config.update('jax_enable_x64', True))")
+    if network.weight_mean:
+        raise ValueError("past_folds does not support networks with a weight mean")
+    size = sum(x.size for x in jax.tree.leaves(jax.eval_shape(_gp_state, network, X)))
+    if size > _DENSE_MAX_UNKNOWNS:
+        raise ValueError(
+            f"past_folds forms dense Jacobians: {size} unknowns is more than "
+            f"{_DENSE_MAX_UNKNOWNS}; use fewer training points"
+        )
 
 
 def _validate_precision0(network: AbstractNetwork, X: Array, precision0) -> tuple[Array, ...]:
@@ -1003,24 +1038,59 @@ def _valid_hyper_parameters(network: AbstractNetwork) -> Array:
 
 
 @eqx.filter_jit
-def _solve(network, X, Y, chain: Chain, max_stages, precision0, adjoint) -> Solution:
+def _solve(
+    network, X, Y, chain: Chain, max_stages, precision0, adjoint, past_folds=False
+) -> Solution:
     if precision0 is None:
         state0 = _gp_state(network, X)
-        return _solve_from(network, X, Y, chain, max_stages, 0.0, state0, adjoint)[0]
+        return _solve_from(network, X, Y, chain, max_stages, 0.0, state0, adjoint, past_folds)[0]
     state0 = _to_state(precision0[0], tuple(precision0[1:]), _state_scale(network, X))
     return _solve_from(network, X, Y, chain, 0, None, state0, adjoint)[0]
 
 
+# Most points (corrector attempts) along the curve of `solve(past_folds=True)`. Stop 65's
+# S-shaped curve (depth-3 erf FCN, n = 20) took 153 points from C = 8 to 2 (`fj.trace`).
+_ARC_MAX_POINTS = 1000
+
+
+def _past_folds(network, X, Y, cont: _Continuation, active):
+    """Pseudo-arclength continuation from the continuation's last converged point
+    (u > 0) to the target width (`pseudo_arclength`), in z = (unknowns, W u), W the
+    norm of the unknowns there, so that both parts weigh in the arclength (`fj.trace`)."""
+    network, X, Y, u, lam = jax.lax.stop_gradient((network, X, Y, cont.u, cont.lam))
+    x0, unravel = ravel_pytree(lam)
+    N = x0.size
+    W = _fro(x0)
+    W = jnp.where(W > 0, W, 1.0)
+
+    def residual(z):
+        net = _with_width(network, _width_at(z[N] / W))
+        return ravel_pytree(_state_residual(unravel(z[:N]), (net, X, Y)))[0]
+
+    arc = pseudo_arclength(
+        residual,
+        jnp.append(x0, W * u),
+        W * _inverse_width(network),
+        active & (u > 0),
+        _default_rtol(X.dtype),
+        _ARC_MAX_POINTS,
+    )
+    return unravel(arc.z[:N]), arc.z[N] / W, arc
+
+
 def _solve_from(
-    network, X, Y, chain: Chain, max_stages, u0, state0, adjoint
+    network, X, Y, chain: Chain, max_stages, u0, state0, adjoint, past_folds=False
 ) -> tuple[Solution, Any]:
     """Continuation from the solved point (u0 = 1/C0, unknowns `state0`) (skipped when u0
-    is None: then the chain's solvers try from `state0`), then a root find at the target
-    width that takes no iteration and carries the implicit adjoint (`_Settled`). Returns
-    the solution and the unknowns reached (a warm start for the next)."""
+    is None: then the chain's solvers try from `state0`), then, with `past_folds`, the
+    pseudo-arclength continuation where it stopped short (`_past_folds`), then a root find
+    at the target width that takes no iteration and carries the implicit adjoint
+    (`_Settled`). Returns the solution and the unknowns reached (a warm start for the
+    next)."""
     S = network.state_size(X.shape[1])
     args = (network, X, Y)
     valid = _valid_hyper_parameters(network)
+    folds = jnp.array(0)
     if u0 is None:
         # No continuation: no shorter step to try, so every solver of the chain may run.
         start, ok, steps, _ = _attempt(
@@ -1039,6 +1109,12 @@ def _solve_from(
         cont = _continuation(_state_residual, chain, u0, state0, *args, max_stages)
         start, ok, steps, stages = cont.lam, cont.done, cont.steps, cont.stages
         reached = _width_at(cont.u)
+        if past_folds:
+            lam, u, arc = _past_folds(network, X, Y, cont, ~ok & valid)
+            start = _where(ok, start, lam)
+            reached = jnp.where(ok, reached, _width_at(u))
+            ok = ok | arc.done
+            steps, stages, folds = steps + arc.steps, stages + arc.points, arc.folds
     ok = ok & valid
     # The root find that carries the implicit adjoint, at the root reached (no iterations).
     sol = optx.root_find(
@@ -1071,6 +1147,7 @@ def _solve_from(
         residual=rel,
         num_steps=steps,
         num_stages=jnp.asarray(stages),
+        num_folds=folds,
         result=sol.result,
         converged=converged,
         width_reached=jnp.where(converged, network.width, reached).astype(X.dtype),

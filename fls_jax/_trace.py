@@ -10,6 +10,7 @@ import scipy.linalg
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, ArrayLike, Float, Int
 
+from ._arclength import _DENSE_MAX_UNKNOWNS
 from ._free_energy import _free_energy, _free_energy_at_kernels, _layers, _sym
 from ._linalg import _pack, _unpack, spd_inverse_logdet
 from ._network import AbstractNetwork
@@ -26,7 +27,7 @@ from ._solve import (
 
 
 # Dense Jacobians and F's Hessian at every point: O(N³) per point.
-_TRACE_MAX_UNKNOWNS = 3000
+_TRACE_MAX_UNKNOWNS = _DENSE_MAX_UNKNOWNS
 _CORRECTOR_STEPS = 12
 
 

@@ -280,6 +280,78 @@ def test_a_fold_is_reported_with_the_width_reached(deep_task):
     _assert_three_layer_erf_eos(sol, X, Y, reached, 2.0, 0.25, 1e-3)
 
 
+def test_past_folds_reaches_the_branch_beyond_two_folds(deep_task):
+    """The network of `test_a_fold_is_reported_with_the_width_reached` at C = 3, below the
+    fold at C* ≈ 3.577 where the continuation stops. `solve(past_folds=True)` goes on by
+    pseudo-arclength from there, around both folds of the S-shaped curve of solutions
+    (`test_trace_passes_the_fold_and_finds_three_solutions`), and lands on the third branch
+    at C = 3: a solution of the three layers' EoS written out in NumPy."""
+    X = np.asarray(deep_task.X)
+    Y = _sine_targets(X, 0)
+    net = fj.FCN(width=3.0, depth=3, sigma_w2=2.0, sigma_a2=0.25, noise=1e-3)
+    sol = fj.solve(net, X, Y, past_folds=True, max_stages=16)
+    assert bool(sol.converged) and float(sol.width_reached) == 3.0
+    assert int(sol.num_folds) == 2 and int(sol.num_stages) > 16
+    assert float(sol.residual) < 1e-10
+    _assert_three_layer_erf_eos(sol, X, Y, 3.0, 2.0, 0.25, 1e-3)
+
+
+def test_past_folds_refuses_what_it_cannot_do(deep_task):
+    X, Y = np.asarray(deep_task.X), np.asarray(deep_task.Y)
+    net = fj.FCN(width=3.0, depth=3, sigma_w2=2.0, sigma_a2=0.25, noise=0.01)
+    start = (np.eye(5), np.zeros((20, 20)), np.zeros((20, 20)))
+    with pytest.raises(ValueError, match="no precision0"):
+        fj.solve(net, X, Y, past_folds=True, precision0=start)
+    X40 = np.random.default_rng(0).standard_normal((40, 5))
+    with pytest.raises(ValueError, match="3215 unknowns"):
+        fj.solve(net, X40, X40[:, :1], past_folds=True)
+    with pytest.raises(ValueError, match="3215 unknowns"):
+        fj.sweep(net, X40, X40[:, :1], [4.0, 3.0], X40[:2], past_folds=True)
+    one = fj.FCN(3.0, 1.0, 1.0, noise=0.01, activation=fj.ReLU(), weight_mean=True)
+    with pytest.raises(ValueError, match="weight mean"):
+        fj.solve(one, X, Y, past_folds=True)
+    with jax.enable_x64(False), pytest.raises(TypeError, match="float64"):
+        net32 = fj.FCN(width=3.0, sigma_w2=2.0, sigma_a2=0.25, noise=0.01)
+        fj.solve(net32, X.astype(np.float32), Y.astype(np.float32), past_folds=True)
+
+
+@pytest.mark.slow
+def test_past_folds_through_a_near_fold(deep_task):
+    """Seed 1 at σ² = 10⁻³: no fold, but the Jacobian's smallest singular value dips to
+    8·10⁻⁵ near C = 1.92, and the continuation in 1/C creeps to a halt at C ≈ 1.97 (stop
+    65). `solve(past_folds=True)` passes it, no fold counted, to a solution of the EoS in
+    NumPy at C = 1.5."""
+    X = np.asarray(deep_task.X)
+    Y = _sine_targets(X, 1)
+    net = fj.FCN(width=1.5, depth=3, sigma_w2=2.0, sigma_a2=0.25, noise=1e-3)
+    assert not bool(fj.solve(net, X, Y, max_stages=16).converged)
+    sol = fj.solve(net, X, Y, past_folds=True, max_stages=16)
+    assert bool(sol.converged) and int(sol.num_folds) == 0
+    _assert_three_layer_erf_eos(sol, X, Y, 1.5, 2.0, 0.25, 1e-3)
+
+
+@pytest.mark.slow
+def test_past_folds_in_sweeps(deep_task):
+    """Sweeps through the S-shaped curve of seed 0: the path schedule (one solve after the
+    other, each from the last) and the parallel one (vmapped solves from the GP limit)
+    reach the same solutions with `past_folds`, each counting the folds it passed."""
+    X = np.asarray(deep_task.X)
+    Y = _sine_targets(X, 0)
+    net = fj.FCN(width=8.0, depth=3, sigma_w2=2.0, sigma_a2=0.25, noise=1e-3)
+    widths = jnp.asarray([8.0, 3.65, 3.0, 2.0])
+    out = {}
+    for schedule in ("path", "parallel"):
+        sols, _ = fj.sweep(
+            net, X, Y, widths, X[:4], schedule=schedule, past_folds=True, max_stages=16
+        )
+        assert bool(jnp.all(sols.converged)), schedule
+        out[schedule] = sols
+    np.testing.assert_array_equal(out["path"].num_folds, [0, 0, 2, 0])  # on from C = 3
+    np.testing.assert_array_equal(out["parallel"].num_folds, [0, 0, 2, 2])
+    np.testing.assert_allclose(out["path"].sigma, out["parallel"].sigma, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(out["path"].free_energy, out["parallel"].free_energy, rtol=1e-10)
+
+
 def test_trace_agrees_with_solve_where_there_is_no_fold(deep_task):
     """`fj.trace` (pseudo-arclength, dense Jacobians, chord Newton) against `fj.solve`'s
     continuation from the GP limit (Anderson, then Newton–Krylov): where the curve of

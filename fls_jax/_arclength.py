@@ -1,0 +1,149 @@
+"""Pseudo-arclength continuation with dense linear algebra, inside a jit-compiled solve."""
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.scipy.linalg as jsl
+from jaxtyping import Array
+
+from ._linalg import _cpu_sequential
+
+
+# Most Newton steps of one corrector, each one residual; the chord matrix is the bordered
+# Jacobian at the last accepted point.
+_CORRECTOR_STEPS = 12
+# First and largest step along the curve, and the smallest before giving up, relative to the
+# norm of the unknowns at the start: `fj.trace`'s defaults.
+_FIRST_STEP, _MAX_STEP, _MIN_STEP = 0.02, 0.2, 1e-10
+# Most unknowns N: a dense (N + 1)² Jacobian and its LU at every point.
+_DENSE_MAX_UNKNOWNS = 3000
+# Columns of a dense Jacobian built together (one Jacobian-vector product each): `DenseLU`'s
+# reason, the products' n×n kernel tangents.
+_COLUMNS = 64
+
+
+_lu_factor = _cpu_sequential(lambda a: jsl.lu_factor(a))
+_lu_solve = _cpu_sequential(lambda lu, piv, b: jsl.lu_solve((lu, piv), b))
+
+
+def _jacobian(residual: Callable[[Array], Array], z: Array) -> Array:
+    """The dense Jacobian of `residual` at z, `_COLUMNS` Jacobian-vector products at a time."""
+    _, lin = jax.linearize(residual, z)
+    eye = jnp.eye(z.size, dtype=z.dtype)
+    return jax.lax.map(lin, eye, batch_size=_COLUMNS).T
+
+
+def _tangent(J: Array, previous: Array) -> Array:
+    """The unit tangent of the curve R(z) = 0 at z, from [J; previousᵀ] t = e_last: it spans
+    J's null space and has previous · t > 0, so it keeps the direction of travel."""
+    lu, piv = _lu_factor(jnp.vstack([J, previous[None]]))
+    t = _lu_solve(lu, piv, jnp.zeros_like(previous).at[-1].set(1.0))
+    return t / jnp.linalg.norm(t)
+
+
+class _Arc(eqx.Module):
+    z: Array  # the last accepted point (unknowns, scaled parameter)
+    t: Array  # the unit tangent there
+    J: Array  # the dense Jacobian there, (N, N + 1)
+    h: Array  # the next step along the curve
+    points: Array  # corrector attempts
+    steps: Array  # residual evaluations in the correctors
+    folds: Array  # turns of the parameter's direction passed
+    done: Array
+    failed: Array
+
+
+def pseudo_arclength(
+    residual: Callable[[Array], Array],
+    z0: Array,
+    target: Array,
+    active: Array,
+    rtol: float,
+    max_points: int,
+) -> _Arc:
+    """Follow the curve residual(z) = 0, z = (x, p) ∈ R^{N+1}, from its point z0 (p0 < target)
+    until p = target, through folds (turns of p), by pseudo-arclength continuation (Keller).
+
+    Each step predicts z0 + h t along the unit tangent t (the null vector of the Jacobian
+    [∂R/∂x, ∂R/∂p], oriented along the direction of travel) and corrects by chord Newton on
+    R bordered by the arclength condition t · (z − z_pred) = 0, with the LU of the bordered
+    Jacobian at the last accepted point; the bordered matrix stays regular at a fold, where
+    ∂R/∂x is singular. A step whose corrector fails to reach ‖R‖ ≤ rtol ‖x‖ within
+    `_CORRECTOR_STEPS` (or leaves p > 0) is halved; one that succeeds grows 1.5×. Where the
+    prediction passes the target, the step is shortened to land on it and the arclength
+    condition is replaced by p = target: a Newton solve at the target itself. Jittable and
+    vmappable (a `lax.while_loop`; `active` False skips an element): `fj.trace`'s method,
+    without its Python loop or its diagnostics. Dense: O(N³) per point.
+    """
+    N = z0.size - 1
+    last = jnp.zeros_like(z0).at[N].set(1.0)
+    scale = jnp.linalg.norm(z0[:N])
+    scale = jnp.where(scale > 0, scale, 1.0)
+
+    def cond(a: _Arc):
+        return ~(a.done | a.failed)
+
+    def body(a: _Arc):
+        land = a.z[N] + a.h * a.t[N] >= target
+        h = jnp.where(land, (target - a.z[N]) / jnp.where(land, a.t[N], 1.0), a.h)
+        zp = a.z + h * a.t
+        row = jnp.where(land, last, a.t)
+        lu, piv = _lu_factor(jnp.vstack([a.J, row[None]]))
+
+        def constraint(z):
+            return jnp.where(land, z[N] - target, a.t @ (z - zp))
+
+        def corrector_cond(c):
+            k, _, r_norm, _ = c
+            small = r_norm <= rtol * jnp.linalg.norm(c[1][:N])
+            return (k < _CORRECTOR_STEPS) & ~small & jnp.isfinite(r_norm)
+
+        def corrector_body(c):
+            k, z, _, r = c
+            z = z - _lu_solve(lu, piv, jnp.append(r, constraint(z)))
+            r = residual(z)
+            return k + 1, z, jnp.linalg.norm(r), r
+
+        r0 = residual(zp)
+        k, zc, r_norm, _ = jax.lax.while_loop(
+            corrector_cond, corrector_body, (jnp.array(0), zp, jnp.linalg.norm(r0), r0)
+        )
+        ok = (r_norm <= rtol * jnp.linalg.norm(zc[:N])) & (zc[N] > 0) & jnp.all(jnp.isfinite(zc))
+
+        def accept():
+            J = _jacobian(residual, zc)
+            t = _tangent(J, a.t)
+            return zc, t, J
+
+        z, t, J = jax.lax.cond(ok, accept, lambda: (a.z, a.t, a.J))
+        h_next = jnp.where(ok, jnp.minimum(1.5 * a.h, _MAX_STEP * scale), 0.5 * a.h)
+        points = a.points + 1
+        return _Arc(
+            z=z,
+            t=t,
+            J=J,
+            h=h_next,
+            points=points,
+            steps=a.steps + k + 1,
+            folds=a.folds + (ok & (jnp.sign(t[N]) != jnp.sign(a.t[N]))),
+            done=ok & land,
+            failed=(h_next < _MIN_STEP * scale) | (points >= max_points),
+        )
+
+    J0 = jax.lax.cond(
+        active, lambda: _jacobian(residual, z0), lambda: jnp.zeros((N, N + 1), z0.dtype)
+    )
+    init = _Arc(
+        z=z0,
+        t=_tangent(J0, last),  # p increasing: toward the target
+        J=J0,
+        h=_FIRST_STEP * scale,
+        points=jnp.array(0),
+        steps=jnp.array(0),
+        folds=jnp.array(0),
+        done=jnp.array(False),
+        failed=~active,
+    )
+    return jax.lax.while_loop(cond, body, init)
