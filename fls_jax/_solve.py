@@ -170,8 +170,8 @@ class Solution(eqx.Module):
       converged at (∞: none, the GP limit), so that a failed solve says how far it got.
       One that stops at the same width with a larger `max_stages` has likely met a fold,
       where its branch of solutions ends (README, "Known limitations"); [`fls_jax.trace`][]
-      follows the solutions past it. NaN where a solve from `precision0` failed (its start
-      solves no known width).
+      follows the solutions past it, and `solve(past_folds=True)` goes on through it. NaN
+      where a solve from `precision0` failed (its start solves no known width).
     """
 
     network: AbstractNetwork
