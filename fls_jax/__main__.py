@@ -91,6 +91,13 @@ def _parser() -> argparse.ArgumentParser:
         "anderson-newton); whitened-descent was 2–8× faster on the digits' FCN but may "
         "follow another branch where F has several minima (benchmarks/RESULTS.md)",
     )
+    s.add_argument(
+        "--past-folds",
+        action="store_true",
+        help="where the continuation in 1/C stops short of a width (a fold of its branch of "
+        "solutions), go on through the fold by dense pseudo-arclength continuation (float64, "
+        "at most 3000 unknowns; docs/deep.md); adds a column of the folds passed",
+    )
     s.add_argument("--float32", action="store_true", help="run in float32 (less accurate)")
     s.add_argument(
         "--xla-cache",
@@ -167,7 +174,14 @@ def _sweep(a: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     solver = None if a.solver == "default" else a.solver
     sol, pred = fj.sweep(
-        net, task.X, task.Y, np.asarray(widths), task.X_test, task.Y_test, solver=solver
+        net,
+        task.X,
+        task.Y,
+        np.asarray(widths),
+        task.X_test,
+        task.Y_test,
+        solver=solver,
+        past_folds=a.past_folds,
     )
     jax.block_until_ready(pred)
     elapsed = time.perf_counter() - t0
@@ -181,20 +195,23 @@ def _sweep(a: argparse.Namespace) -> int:
     # Deep networks: the last hidden layer's stretch λ_max(Q⁻¹K^(L)) − 1 (docs/deep.md).
     deep = a.depth > 1
     stretch_head = " K stretch" if deep else ""
+    folds_head = " folds" if a.past_folds else ""
     head = (
         f"{'width':>8} {'chi':>9} {'train err':>10} {'test err':>10} {'draw err':>10} "
-        f"{'lam_max(Σ)':>10} {'w*ΣW*/trΣ':>9}{stretch_head} {'steps':>5} {'resid':>8} conv"
+        f"{'lam_max(Σ)':>10} {'w*ΣW*/trΣ':>9}{stretch_head} {'steps':>5}{folds_head} "
+        f"{'resid':>8} conv"
     )
     print(head)
     print("-" * len(head))
     for k, C in enumerate(widths):
         label = "GP" if np.isinf(C) else f"{C:g}"
         stretch = f" {float(pred.layer_stretch[k, -1]):9.3g}" if deep else ""
+        folds = f" {int(sol.num_folds[k]):5d}" if a.past_folds else ""
         print(
             f"{label:>8} {float(pred.chi[k]):9.3g} {float(pred.train_error[k]):10.4g} "
             f"{float(pred.test_error[k]):10.4g} {float(pred.test_error_draw[k]):10.4g} "
             f"{float(pred.sigma_eigenvalues[k, -1]):10.4g} {alignment[k]:>9}{stretch} "
-            f"{int(sol.num_steps[k]):5d} {float(sol.residual[k]):8.1e} "
+            f"{int(sol.num_steps[k]):5d}{folds} {float(sol.residual[k]):8.1e} "
             f"{'yes' if bool(sol.converged[k]) else 'NO'}"
         )
     print(
@@ -237,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         jax.config.update("jax_enable_compilation_cache", False)
     else:
         jax.config.update("jax_compilation_cache_dir", cache)
+    if a.past_folds and a.float32:
+        parser.error("--past-folds needs float64: drop --float32")
     if not a.float32:
         jax.config.update("jax_enable_x64", True)
     else:

@@ -16,6 +16,10 @@ from fls_jax.__main__ import _xla_cache_dir, main
             marks=pytest.mark.slow,
         ),
         pytest.param(["--task", "digits", "--solver", "whitened-descent"], marks=pytest.mark.slow),
+        pytest.param(
+            ["--arch", "fcn", "--activation", "erf", "--d", "5", "--depth", "3", "--past-folds"],
+            marks=pytest.mark.slow,
+        ),
     ],
 )
 def test_sweep_prints_a_converged_table_and_writes_the_plot(argv, tmp_path, capsys):
@@ -26,7 +30,9 @@ def test_sweep_prints_a_converged_table_and_writes_the_plot(argv, tmp_path, caps
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
     assert all(rows[w][-1] == "yes" for w in ("4", "64", "GP"))
     assert plot.stat().st_size > 0
-    if "--depth" in argv:
+    if "--past-folds" in argv:  # no fold on this task: the column is there, and zero
+        assert "folds" in out and all(rows[w][-3] == "0" for w in ("4", "64", "GP"))
+    elif "--depth" in argv:
         assert "K stretch" in out and abs(float(rows["GP"][-4])) < 1e-10  # none in the GP limit
         assert float(rows["4"][-4]) > float(rows["64"][-4]) > 0  # more at narrower widths
 
@@ -41,6 +47,8 @@ def test_sweep_prints_a_converged_table_and_writes_the_plot(argv, tmp_path, caps
         (["--widths", "4", "0"], "argument --widths: must be > 0"),
         (["--plot", "no-such-folder/x.png"], "no folder 'no-such-folder'"),
         (["--task", "digits", "--n", "1500"], "n + n_test <= 1797"),  # the package's own
+        (["--past-folds", "--float32"], "--past-folds needs float64"),
+        (["--past-folds", "--arch", "fcn", "--depth", "3", "--n", "40"], "3336 unknowns"),
     ],
 )
 def test_bad_options_are_usage_errors_not_tracebacks(argv, message, capsys):
