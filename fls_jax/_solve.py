@@ -979,14 +979,20 @@ def _check_past_folds(network: AbstractNetwork, X: Array, precision0) -> None:
     """`solve(past_folds=True)`'s limits: dense, float64, a continuation to extend."""
     if precision0 is not None:
         raise ValueError("past_folds extends the continuation from the GP limit: no precision0")
+    _check_dense(network, X, "past_folds")
+
+
+def _check_dense(network: AbstractNetwork, X: Array, what: str) -> None:
+    """The limits of dense pseudo-arclength (`fj.trace`, `solve(past_folds=True)`): float64,
+    no weight mean, at most `_DENSE_MAX_UNKNOWNS` unknowns (checked on shapes alone)."""
     if X.dtype != jnp.float64:
-        raise TypeError("past_folds needs float64 (jax.config.update('jax_enable_x64', True))")
+        raise TypeError(f"{what} needs float64 (jax.config.update('jax_enable_x64', True))")
     if network.weight_mean:
-        raise ValueError("past_folds does not support networks with a weight mean")
+        raise ValueError(f"{what} does not support networks with a weight mean")
     size = sum(x.size for x in jax.tree.leaves(jax.eval_shape(_gp_state, network, X)))
     if size > _DENSE_MAX_UNKNOWNS:
         raise ValueError(
-            f"past_folds forms dense Jacobians: {size} unknowns is more than "
+            f"{what} forms dense Jacobians: {size} unknowns is more than "
             f"{_DENSE_MAX_UNKNOWNS}; use fewer training points"
         )
 

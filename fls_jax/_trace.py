@@ -10,11 +10,11 @@ import scipy.linalg
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from ._arclength import _DENSE_MAX_UNKNOWNS
 from ._free_energy import _free_energy, _free_energy_at_kernels, _layers, _sym
 from ._linalg import _pack, _unpack, spd_inverse_logdet
 from ._network import AbstractNetwork
 from ._solve import (
+    _check_dense,
     _from_state,
     _gp_state,
     _state_residual,
@@ -26,8 +26,6 @@ from ._solve import (
 )
 
 
-# Dense Jacobians and F's Hessian at every point: O(N³) per point.
-_TRACE_MAX_UNKNOWNS = _DENSE_MAX_UNKNOWNS
 _CORRECTOR_STEPS = 12
 
 
@@ -178,18 +176,9 @@ def trace(
         raise ValueError(f"trace needs a network of finite positive width, got {C0}")
     if not (math.isfinite(to_width) and to_width > 0 and to_width != C0):
         raise ValueError(f"to_width must be positive, finite and not {C0}, got {to_width}")
-    if X.dtype != jnp.float64:
-        raise TypeError("trace needs float64 (jax.config.update('jax_enable_x64', True))")
-    if network.weight_mean or network.state_size(X.shape[1]) != network.filter_size(X.shape[1]):
-        raise ValueError("trace does not support networks with a weight mean")
     if max_points < 2 or not 0 < step <= max_step:
         raise ValueError("need max_points ≥ 2 and 0 < step ≤ max_step")
-    size = sum(x.size for x in jax.tree.leaves(jax.eval_shape(_gp_state, network, X)))
-    if size > _TRACE_MAX_UNKNOWNS:
-        raise ValueError(
-            f"trace forms dense Jacobians: {size} unknowns is more than "
-            f"{_TRACE_MAX_UNKNOWNS}; use fewer training points"
-        )
+    _check_dense(network, X, "trace")
     start = solve(network, X, Y)
     if not bool(start.converged):
         raise ValueError(f"solve did not converge at the start width {C0}: trace starts there")
