@@ -55,6 +55,87 @@ class _Arc(eqx.Module):
     failed: Array
 
 
+def arc_start(residual: Callable[[Array], Array], z0: Array, h, toward, active) -> _Arc:
+    """The start of a curve at its point z0: the Jacobian there, the unit tangent with
+    sign(t_p) = `toward` (+1: p increasing), and the first step h (`active` False: no
+    Jacobian, and the curve has failed before it starts)."""
+    N = z0.size - 1
+    J0 = jax.lax.cond(
+        active, lambda: _jacobian(residual, z0), lambda: jnp.zeros((N, N + 1), z0.dtype)
+    )
+    return _Arc(
+        z=z0,
+        t=toward * _tangent(J0, jnp.zeros_like(z0).at[N].set(1.0)),
+        J=J0,
+        h=jnp.asarray(h, z0.dtype),
+        points=jnp.array(0),
+        steps=jnp.array(0),
+        folds=jnp.array(0),
+        done=jnp.array(False),
+        failed=~jnp.asarray(active),
+    )
+
+
+def arc_step(
+    residual: Callable[[Array], Array],
+    a: _Arc,
+    target,
+    rtol: float,
+    h_max,
+    h_min,
+    max_points: int,
+) -> _Arc:
+    """One try along the curve from its last accepted point (`pseudo_arclength`): predict,
+    correct, and where that succeeds move there (new Jacobian and tangent) and grow the step
+    1.5× up to h_max, else halve it. Fails once the step falls below h_min or `max_points`
+    tries are spent; done where it landed on p = target (target = ∞: never)."""
+    N = a.z.size - 1
+    land = a.z[N] + a.h * a.t[N] >= target
+    h = jnp.where(land, (target - a.z[N]) / jnp.where(land, a.t[N], 1.0), a.h)
+    zp = a.z + h * a.t
+    row = jnp.where(land, jnp.zeros_like(a.z).at[N].set(1.0), a.t)
+    lu, piv = _lu_factor(jnp.vstack([a.J, row[None]]))
+
+    def constraint(z):
+        return jnp.where(land, z[N] - target, a.t @ (z - zp))
+
+    def corrector_cond(c):
+        k, z, r_norm, _ = c
+        small = r_norm <= rtol * jnp.linalg.norm(z[:N])
+        return (k < _CORRECTOR_STEPS) & ~small & jnp.isfinite(r_norm)
+
+    def corrector_body(c):
+        k, z, _, r = c
+        z = z - _lu_solve(lu, piv, jnp.append(r, constraint(z)))
+        r = residual(z)
+        return k + 1, z, jnp.linalg.norm(r), r
+
+    r0 = residual(zp)
+    k, zc, r_norm, _ = jax.lax.while_loop(
+        corrector_cond, corrector_body, (jnp.array(0), zp, jnp.linalg.norm(r0), r0)
+    )
+    ok = (r_norm <= rtol * jnp.linalg.norm(zc[:N])) & (zc[N] > 0) & jnp.all(jnp.isfinite(zc))
+
+    def accept():
+        J = _jacobian(residual, zc)
+        return zc, _tangent(J, a.t), J
+
+    z, t, J = jax.lax.cond(ok, accept, lambda: (a.z, a.t, a.J))
+    h_next = jnp.where(ok, jnp.minimum(1.5 * a.h, h_max), 0.5 * a.h)
+    points = a.points + 1
+    return _Arc(
+        z=z,
+        t=t,
+        J=J,
+        h=h_next,
+        points=points,
+        steps=a.steps + k + 1,
+        folds=a.folds + (ok & (jnp.sign(t[N]) != jnp.sign(a.t[N]))),
+        done=ok & land,
+        failed=(h_next < h_min) | (points >= max_points),
+    )
+
+
 def pseudo_arclength(
     residual: Callable[[Array], Array],
     z0: Array,
@@ -74,76 +155,17 @@ def pseudo_arclength(
     `_CORRECTOR_STEPS` (or leaves p > 0) is halved; one that succeeds grows 1.5×. Where the
     prediction passes the target, the step is shortened to land on it and the arclength
     condition is replaced by p = target: a Newton solve at the target itself. Jittable and
-    vmappable (a `lax.while_loop`; `active` False skips an element): `fj.trace`'s method,
-    without its Python loop or its diagnostics. Dense: O(N³) per point.
+    vmappable (a `lax.while_loop` of `arc_step`; `active` False skips an element);
+    `fj.trace` takes the same steps one at a time, with its diagnostics at each point.
+    Dense: O(N³) per point.
     """
-    N = z0.size - 1
-    last = jnp.zeros_like(z0).at[N].set(1.0)
-    scale = jnp.linalg.norm(z0[:N])
+    scale = jnp.linalg.norm(z0[:-1])
     scale = jnp.where(scale > 0, scale, 1.0)
-
-    def cond(a: _Arc):
-        return ~(a.done | a.failed)
-
-    def body(a: _Arc):
-        land = a.z[N] + a.h * a.t[N] >= target
-        h = jnp.where(land, (target - a.z[N]) / jnp.where(land, a.t[N], 1.0), a.h)
-        zp = a.z + h * a.t
-        row = jnp.where(land, last, a.t)
-        lu, piv = _lu_factor(jnp.vstack([a.J, row[None]]))
-
-        def constraint(z):
-            return jnp.where(land, z[N] - target, a.t @ (z - zp))
-
-        def corrector_cond(c):
-            k, _, r_norm, _ = c
-            small = r_norm <= rtol * jnp.linalg.norm(c[1][:N])
-            return (k < _CORRECTOR_STEPS) & ~small & jnp.isfinite(r_norm)
-
-        def corrector_body(c):
-            k, z, _, r = c
-            z = z - _lu_solve(lu, piv, jnp.append(r, constraint(z)))
-            r = residual(z)
-            return k + 1, z, jnp.linalg.norm(r), r
-
-        r0 = residual(zp)
-        k, zc, r_norm, _ = jax.lax.while_loop(
-            corrector_cond, corrector_body, (jnp.array(0), zp, jnp.linalg.norm(r0), r0)
-        )
-        ok = (r_norm <= rtol * jnp.linalg.norm(zc[:N])) & (zc[N] > 0) & jnp.all(jnp.isfinite(zc))
-
-        def accept():
-            J = _jacobian(residual, zc)
-            t = _tangent(J, a.t)
-            return zc, t, J
-
-        z, t, J = jax.lax.cond(ok, accept, lambda: (a.z, a.t, a.J))
-        h_next = jnp.where(ok, jnp.minimum(1.5 * a.h, _MAX_STEP * scale), 0.5 * a.h)
-        points = a.points + 1
-        return _Arc(
-            z=z,
-            t=t,
-            J=J,
-            h=h_next,
-            points=points,
-            steps=a.steps + k + 1,
-            folds=a.folds + (ok & (jnp.sign(t[N]) != jnp.sign(a.t[N]))),
-            done=ok & land,
-            failed=(h_next < _MIN_STEP * scale) | (points >= max_points),
-        )
-
-    J0 = jax.lax.cond(
-        active, lambda: _jacobian(residual, z0), lambda: jnp.zeros((N, N + 1), z0.dtype)
+    init = arc_start(residual, z0, _FIRST_STEP * scale, 1.0, active)
+    return jax.lax.while_loop(
+        lambda a: ~(a.done | a.failed),
+        lambda a: arc_step(
+            residual, a, target, rtol, _MAX_STEP * scale, _MIN_STEP * scale, max_points
+        ),
+        init,
     )
-    init = _Arc(
-        z=z0,
-        t=_tangent(J0, last),  # p increasing: toward the target
-        J=J0,
-        h=_FIRST_STEP * scale,
-        points=jnp.array(0),
-        steps=jnp.array(0),
-        folds=jnp.array(0),
-        done=jnp.array(False),
-        failed=~active,
-    )
-    return jax.lax.while_loop(cond, body, init)

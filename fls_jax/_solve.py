@@ -1061,30 +1061,37 @@ def _solve(
 _ARC_MAX_POINTS = 1000
 
 
+def _state_of(x, network, X):
+    """The solver's unknowns (`_to_state`'s pytree) from their vector (`ravel_pytree`)."""
+    return ravel_pytree(_gp_state(network, X))[1](x)
+
+
+def _curve_residual(z, W, network, X, Y) -> Array:
+    """The EoS residual (SPEC §3), flattened, at z = (the solver's unknowns as one vector,
+    W/C): the coordinates in which `fj.trace` and `solve(past_folds=True)` follow the curve
+    of solutions, W the norm of the unknowns at its start, so that both parts weigh in the
+    arclength."""
+    net = _with_width(network, _width_at(z[-1] / W))
+    return ravel_pytree(_state_residual(_state_of(z[:-1], network, X), (net, X, Y)))[0]
+
+
 def _past_folds(network, X, Y, cont: _Continuation, active):
-    """Pseudo-arclength continuation of the EoS (SPEC §3) from the continuation's last
-    converged point (u > 0) to the target width (`pseudo_arclength`), in z = (unknowns, W u),
-    W the norm of the unknowns there, so that both parts weigh in the arclength (`fj.trace`).
-    An element that is not `active` (its continuation reached the target) skips it."""
+    """Pseudo-arclength continuation of the EoS from the continuation's last converged point
+    (u > 0) to the target width (`pseudo_arclength` on `_curve_residual`). An element that
+    is not `active` (its continuation reached the target) skips it."""
     network, X, Y, u, lam = jax.lax.stop_gradient((network, X, Y, cont.u, cont.lam))
-    x0, unravel = ravel_pytree(lam)
-    N = x0.size
+    x0 = ravel_pytree(lam)[0]
     W = _fro(x0)
     W = jnp.where(W > 0, W, 1.0)
-
-    def residual(z):
-        net = _with_width(network, _width_at(z[N] / W))
-        return ravel_pytree(_state_residual(unravel(z[:N]), (net, X, Y)))[0]
-
     arc = pseudo_arclength(
-        residual,
+        lambda z: _curve_residual(z, W, network, X, Y),
         jnp.append(x0, W * u),
         W * _inverse_width(network),
         active & (u > 0),
         _default_rtol(X.dtype),
         _ARC_MAX_POINTS,
     )
-    return unravel(arc.z[:N]), arc.z[N] / W, arc
+    return _state_of(arc.z[:-1], network, X), arc.z[-1] / W, arc
 
 
 def _solve_from(

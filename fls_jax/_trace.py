@@ -6,27 +6,25 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.linalg
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, ArrayLike, Float, Int
 
+from ._arclength import _Arc, arc_start, arc_step
 from ._free_energy import _free_energy, _free_energy_at_kernels, _layers, _sym
 from ._linalg import _pack, _unpack, spd_inverse_logdet
 from ._network import AbstractNetwork
 from ._solve import (
     _check_dense,
+    _curve_residual,
+    _default_rtol,
     _from_state,
-    _gp_state,
-    _state_residual,
+    _state_of,
     _state_scale,
     _to_state,
     _validate,
     _with_width,
     solve,
 )
-
-
-_CORRECTOR_STEPS = 12
 
 
 class Trace(eqx.Module):
@@ -87,28 +85,32 @@ def _flat_state(lam1, shifts, network, X) -> Array:
     return ravel_pytree(_to_state(lam1, shifts, _state_scale(network, X)))[0]
 
 
-def _state_of(z, network, X):
-    """The solver's unknowns (`_to_state`'s pytree) from their vector (`_flat_state`'s
-    inverse)."""
-    return ravel_pytree(_gp_state(network, X))[1](z)
-
-
 def _unknowns(z, network, X) -> tuple[Array, tuple[Array, ...]]:
     """(Σ⁻¹, (Δ_2, …, Δ_L)) from the vector of unknowns."""
     S = network.state_size(X.shape[1])
     return _from_state(_state_of(z, network, X), S, _state_scale(network, X))
 
 
-def _curve_residual(z, W, network, X, Y) -> Array:
-    """The EoS residual in the solver's unknowns at z = (unknowns, W/C), flattened."""
-    net = _with_width(network, W / z[-1])
-    return ravel_pytree(_state_residual(_state_of(z[:-1], network, X), (net, X, Y)))[0]
-
-
 # Module-level and jit-compiled once per network structure and shapes, so that a second
-# `trace` of the same shapes (another width, target or σ²) reuses the programs.
-_residual = eqx.filter_jit(_curve_residual)
-_jacobian = eqx.filter_jit(jax.jacfwd(_curve_residual))
+# `trace` of the same shapes (another width, target or σ²) reuses the programs: the start of
+# the curve and one try along it (`arc_start`, `arc_step`: `solve(past_folds=True)`'s steps).
+@eqx.filter_jit
+def _start(z0, W, h, toward, network, X, Y) -> _Arc:
+    return arc_start(lambda z: _curve_residual(z, W, network, X, Y), z0, h, toward, True)
+
+
+@eqx.filter_jit
+def _step(a: _Arc, W, h_max, h_min, network, X, Y) -> _Arc:
+    # No target to land on (∞) and no budget of tries: `trace` stops past its end width.
+    return arc_step(
+        lambda z: _curve_residual(z, W, network, X, Y),
+        a,
+        jnp.inf,
+        _default_rtol(X.dtype),
+        h_max,
+        h_min,
+        2**30,
+    )
 
 
 @eqx.filter_jit
@@ -160,9 +162,9 @@ def trace(
 
     A tool for small problems: it forms the dense Jacobian, and F's Hessian with its
     eigenvalues, at every point (O(N³) for N unknowns) and refuses N > 3000 (a depth-3 FCN
-    with d = 5: n ≤ 38). It runs a Python loop over points (each point's Jacobian, residual
-    and F are compiled programs, shared by every `trace` of the same shapes), is not
-    differentiable, and needs float64.
+    with d = 5: n ≤ 38). It runs a Python loop over points (its steps are those of
+    `solve(past_folds=True)`, `arc_step`; they and each point's F are compiled programs,
+    shared by every `trace` of the same shapes), is not differentiable, and needs float64.
 
     - `network`: a network of finite width, where `solve` converges (the curve's start).
     - `to_width`: the width at which to stop, narrower or wider than the start.
@@ -187,25 +189,15 @@ def trace(
     W = norm0 if norm0 > 0 else 1.0  # z = (x, W·u): both parts weigh in the arclength
     Wj = jnp.asarray(W, X.dtype)  # an array: a Python float would be static under filter_jit
 
-    def jacobian(z):
-        return _jacobian(jnp.asarray(z), Wj, network, X, Y)
-
-    def residual_j(z):
-        return _residual(jnp.asarray(z), Wj, network, X, Y)
-
-    def point(z):
-        return _point(jnp.asarray(z), Wj, network, X, Y)
-
-    z = np.append(np.asarray(x0), W / C0)
-    J = np.array(jacobian(jnp.asarray(z)))
-    t = np.linalg.svd(J)[2][-1]
-    t = t * (1.0 if (t[-1] > 0) == (to_width < C0) else -1.0)
-    h, h_max, h_min = step * W, max_step * W, 1e-10 * W
+    args = (network, X, Y)
+    h_max, h_min = (jnp.asarray(f * W, X.dtype) for f in (max_step, 1e-10))
+    toward = jnp.asarray(1.0 if to_width < C0 else -1.0, X.dtype)  # in u = 1/C
+    a = _start(jnp.append(x0, W / C0), Wj, jnp.asarray(step * W, X.dtype), toward, *args)
     rows, message = [], "reached the end width"
-    rtol = 1e-11
 
-    def record(z, J):
-        F, rel, index, unknowns = point(jnp.asarray(z))
+    def record(a: _Arc):
+        z, J = np.asarray(a.z), np.asarray(a.J)
+        F, rel, index, unknowns = _point(a.z, Wj, *args)
         rows.append(
             (
                 W / z[-1],
@@ -213,39 +205,23 @@ def trace(
                 float(rel),
                 int(index),
                 float(np.linalg.svd(J[:, :-1], compute_uv=False)[-1]),
-                np.sign(t[-1]),
+                np.sign(float(a.t[-1])),
                 unknowns,
             )
         )
 
-    record(z, J)
+    record(a)
     while len(rows) < max_points:
-        lu = scipy.linalg.lu_factor(np.vstack([J, t[None]]))
-        zc, ok = z, False
-        while h >= h_min:
-            zp = z + h * t
-            zc = zp.copy()
-            for _ in range(_CORRECTOR_STEPS):
-                r = np.asarray(residual_j(jnp.asarray(zc)))
-                if not np.all(np.isfinite(r)):
-                    break
-                if np.linalg.norm(r) <= rtol * np.linalg.norm(zc[:-1]):
-                    ok = zc[-1] > 0
-                    break
-                zc = zc - scipy.linalg.lu_solve(lu, np.append(r, t @ (zc - zp)))
-            if ok:
+        while True:  # tries from the last point, the step halved after each failure
+            h = float(a.h)
+            a = _step(a, Wj, h_max, h_min, *args)
+            if bool(a.failed) or float(a.h) >= h:  # a step grows (or stays) once accepted
                 break
-            h /= 2
-        if not ok:
-            message = f"the corrector failed at C = {W / z[-1]:.6g}"
+        if bool(a.failed):
+            message = f"the corrector failed at C = {W / float(a.z[-1]):.6g}"
             break
-        z = zc
-        J = np.array(jacobian(jnp.asarray(z)))
-        t_new = np.linalg.solve(np.vstack([J, t[None]]), np.eye(z.size)[-1])
-        t = t_new / np.linalg.norm(t_new)
-        record(z, J)
-        h = min(1.5 * h, h_max)
-        C = W / z[-1]
+        record(a)
+        C = W / float(a.z[-1])
         if (C - to_width) * (C0 - to_width) <= 0:
             break
     else:
