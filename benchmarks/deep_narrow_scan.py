@@ -1,6 +1,6 @@
 """Narrow deep solves that fail, and why: a stall or a fold (stop 64).
 
-    python benchmarks/deep_narrow_scan.py [--part scan|fold|all]
+    python benchmarks/deep_narrow_scan.py [--part scan|fold|index|all]
 
 24 depth-3 erf FCNs in the authors' style (σ_w² = 2, σ_a² = 0.25) on the inputs of
 `fj.datasets.deep_erf_teacher(n=20, d=5, seed=3)` with targets y = sin(2 w·x) (six seeds of
@@ -17,6 +17,10 @@ passed, F, and the seconds of that solve (its first call includes compilation).
 widths down to 3.5769, and at each the dense Jacobian of the solver's residual: its three
 smallest singular values and the real parts of its three eigenvalues nearest zero. At a fold
 (saddle-node) one singular value falls as √(C − C*) and a real eigenvalue goes to zero.
+
+`--part index`: the six networks that the default leaves unconverged (stop 66), solved with
+`past_folds=True, max_stages=16`, and `fj.hessian_index` of each solution (stop 67): 0 where
+the branch it landed on is a minimum of F, k where F's Hessian has k negative eigenvalues.
 """
 
 import argparse
@@ -116,15 +120,46 @@ def scan() -> None:
     )
 
 
+# (seed, C, σ²) of the six networks that the default leaves unconverged (`--part scan`).
+FAILURES = (
+    (0, 2.0, 1e-3),
+    (0, 1.0, 1e-2),
+    (0, 1.0, 1e-3),
+    (1, 1.0, 1e-3),
+    (4, 2.0, 1e-3),
+    (4, 1.0, 1e-3),
+)
+
+
+def index() -> None:
+    X = inputs()
+    print("| seed | C | σ² | converged | folds | F | Hessian index | solve s | index s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for seed, C, noise in FAILURES:
+        net = fj.FCN(width=C, depth=3, sigma_w2=2.0, sigma_a2=0.25, noise=noise)
+        t0 = time.perf_counter()
+        sol = fj.solve(net, X, targets(X, seed), past_folds=True, max_stages=16)
+        t1 = time.perf_counter()
+        k = int(fj.hessian_index(sol))
+        t2 = time.perf_counter()
+        print(
+            f"| {seed} | {C:g} | {noise:g} | {bool(sol.converged)} | {int(sol.num_folds)} "
+            f"| {float(sol.free_energy):.8g} | {k} | {t1 - t0:.1f} | {t2 - t1:.2f} |",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--part", choices=("scan", "fold", "all"), default="scan")
+    parser.add_argument("--part", choices=("scan", "fold", "index", "all"), default="scan")
     part = parser.parse_args().part
     print(f"{platform.processor() or platform.machine()}, jax {jax.__version__}, {fj.__file__}")
     if part in ("scan", "all"):
         scan()
     if part in ("fold", "all"):
         fold()
+    if part in ("index", "all"):
+        index()
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from ._network import (
 from ._predict import Prediction as Prediction, predict as predict, sweep as sweep
 from ._renorm import Renormalised as Renormalised, renormalise as renormalise
 from ._solve import DampedNewton as DampedNewton, Solution as Solution, solve as solve
-from ._trace import Trace as Trace, trace as trace
+from ._trace import Trace as Trace, hessian_index as hessian_index, trace as trace
 from ._tune import TuneResult as TuneResult, tune as tune
 
 

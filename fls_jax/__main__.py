@@ -96,7 +96,8 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="where the continuation in 1/C stops short of a width (a fold of its branch of "
         "solutions), go on through the fold by dense pseudo-arclength continuation (float64, "
-        "at most 3000 unknowns; docs/deep.md); adds a column of the folds passed",
+        "at most 3000 unknowns; docs/deep.md); adds columns of the folds passed and of F's "
+        "Hessian index (0: a minimum of F, 1: a saddle; fls_jax.hessian_index)",
     )
     s.add_argument("--float32", action="store_true", help="run in float32 (less accurate)")
     s.add_argument(
@@ -195,7 +196,8 @@ def _sweep(a: argparse.Namespace) -> int:
     # Deep networks: the last hidden layer's stretch λ_max(Q⁻¹K^(L)) − 1 (docs/deep.md).
     deep = a.depth > 1
     stretch_head = " K stretch" if deep else ""
-    folds_head = " folds" if a.past_folds else ""
+    folds_head = " folds index" if a.past_folds else ""
+    index = np.asarray(fj.hessian_index(sol)) if a.past_folds else None
     head = (
         f"{'width':>8} {'chi':>9} {'train err':>10} {'test err':>10} {'draw err':>10} "
         f"{'lam_max(Σ)':>10} {'w*ΣW*/trΣ':>9}{stretch_head} {'steps':>5}{folds_head} "
@@ -206,7 +208,7 @@ def _sweep(a: argparse.Namespace) -> int:
     for k, C in enumerate(widths):
         label = "GP" if np.isinf(C) else f"{C:g}"
         stretch = f" {float(pred.layer_stretch[k, -1]):9.3g}" if deep else ""
-        folds = f" {int(sol.num_folds[k]):5d}" if a.past_folds else ""
+        folds = f" {int(sol.num_folds[k]):5d} {int(index[k]):5d}" if index is not None else ""
         print(
             f"{label:>8} {float(pred.chi[k]):9.3g} {float(pred.train_error[k]):10.4g} "
             f"{float(pred.test_error[k]):10.4g} {float(pred.test_error_draw[k]):10.4g} "

@@ -35,6 +35,17 @@ def _jacobian(residual: Callable[[Array], Array], z: Array) -> Array:
     return jax.lax.map(lin, eye, batch_size=_COLUMNS).T
 
 
+def jacobian_sign(residual: Callable[[Array], Array], z: Array) -> Array:
+    """The sign of det ∂R/∂z at z (0 where it is singular or not finite), from its LU. It
+    changes at each fold of the curve of solutions R(z; p) = 0 (a simple real eigenvalue
+    crosses zero) and nowhere else along it."""
+    lu, piv = _lu_factor(_jacobian(residual, z))
+    d = jnp.diagonal(lu)
+    swaps = jnp.sum(piv != jnp.arange(piv.size, dtype=piv.dtype))
+    sign = jnp.prod(jnp.sign(d)) * jnp.where(swaps % 2 == 0, 1.0, -1.0).astype(d.dtype)
+    return jnp.where(jnp.all(jnp.isfinite(d)), sign, 0.0)
+
+
 def _tangent(J: Array, previous: Array) -> Array:
     """The unit tangent of the curve R(z) = 0 at z, from [J; previousᵀ] t = e_last: it spans
     J's null space and has previous · t > 0, so it keeps the direction of travel."""

@@ -14,7 +14,7 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from ._anderson import AbstractPreconditioner, Anderson
-from ._arclength import _DENSE_MAX_UNKNOWNS, pseudo_arclength
+from ._arclength import _DENSE_MAX_UNKNOWNS, jacobian_sign, pseudo_arclength
 from ._descent import FreeEnergyBFGS
 from ._free_energy import (
     _check_positive_definite,
@@ -691,6 +691,7 @@ class _Continuation(eqx.Module):
     failures: Array  # stages failed in a row (or in all, `_escalation`)
     done: Array
     failed: Array
+    sign: Array  # of det ∂R/∂Λ at the start (`keep_sign`), else 1
 
 
 def _masked(fn, active):
@@ -832,7 +833,16 @@ def _first_fraction(fn, network, X, Y, u0, lam0) -> Array:
     return jax.lax.cond(u0 > 0, lambda: one, aimed)
 
 
-def _continuation(fn, chain: Chain, u0, lam0, network, X, Y, max_stages: int):
+def _jacobian_sign(fn, lam, u, network, X, Y) -> Array:
+    """The sign of det ∂R/∂Λ of the residual `fn` at the unknowns `lam` and width 1/u."""
+    flat, unravel = ravel_pytree(lam)
+    args = (_with_width(network, _width_at(u)), X, Y)
+    return jacobian_sign(lambda z: ravel_pytree(fn(unravel(z), args))[0], flat)
+
+
+def _continuation(
+    fn, chain: Chain, u0, lam0, network, X, Y, max_stages: int, keep_sign: bool = False
+):
     """Adaptive homotopy in u = 1/C from a solved point (u0, Λ0) to the target width (SPEC §3).
 
     `solve` starts from the GP limit (u0 = 0, Λ0 = Σ₀⁻¹); a path sweep starts from the
@@ -845,6 +855,15 @@ def _continuation(fn, chain: Chain, u0, lam0, network, X, Y, max_stages: int):
     A stage from a converged width is a warm start (`_options`). Each vmapped element
     follows its own path. Inputs are `stop_gradient`-ed: derivatives come from the final
     root find's implicit adjoint.
+
+    `keep_sign` (`solve(past_folds=True)`, dense): a stage whose root is found is accepted
+    only where det ∂R/∂Λ there has the sign it has at the start, else it counts as failed.
+    Past a fold no solution is near, and a root finder may converge to a solution on
+    another branch: an odd number of folds away, det ∂R/∂Λ has the other sign. Seed 0 of
+    `benchmarks/deep_narrow_scan.py` at σ² = 10⁻³, C = 2 jumped from C = 3.765 across the
+    fold at 3.577 onto a saddle of F at 3.048 (F's Hessian index 1), then stalled at 3.003,
+    with XLA's default code generation on an AMD EPYC (stop 67); with the check it stops at
+    the fold, and the arclength goes on from there as designed.
     """
     network, X, Y, u0, lam0 = jax.lax.stop_gradient((network, X, Y, u0, lam0))
     u_target = _inverse_width(network)
@@ -858,6 +877,14 @@ def _continuation(fn, chain: Chain, u0, lam0, network, X, Y, max_stages: int):
         args = (_with_width(network, _width_at(u_try)), X, Y)
         # A stage from a converged width (not the GP limit) is a warm start (`_options`).
         lam, ok, steps, _ = _attempt(fn, chain, c.lam, args, c.failures, after, c.u > 0)
+        if keep_sign:
+            same = jax.lax.cond(
+                ok,
+                lambda: _jacobian_sign(fn, lam, u_try, network, X, Y) == c.sign,
+                lambda: jnp.array(True),
+            )
+            ok = ok & same
+            lam = _where(ok, lam, c.lam)
         stages = c.stages + 1
         return _Continuation(
             u=jnp.where(ok, u_try, c.u),
@@ -868,6 +895,7 @@ def _continuation(fn, chain: Chain, u0, lam0, network, X, Y, max_stages: int):
             failures=jnp.where(ok, c.failures if sticky else 0, c.failures + 1),
             done=ok & (u_try >= u_target),
             failed=stages >= max_stages,
+            sign=c.sign,
         )
 
     init = _Continuation(
@@ -879,6 +907,7 @@ def _continuation(fn, chain: Chain, u0, lam0, network, X, Y, max_stages: int):
         failures=jnp.array(0),
         done=u_target <= u0,
         failed=~_valid_hyper_parameters(network),  # no stage at all for invalid ones
+        sign=_jacobian_sign(fn, lam0, u0, network, X, Y) if keep_sign else jnp.ones(()),
     )
     return jax.lax.while_loop(cond, body, init)
 
@@ -950,11 +979,15 @@ def solve(
       limitations"), go on from its last converged width by pseudo-arclength continuation
       (`fls_jax.trace`'s method, jit-compiled and per element of a vmap) through the folds to
       the target width. Past a fold the solution is on another branch of solutions than the
-      GP limit's, connected to it through the folds: `num_folds` counts them. Dense (O(N³) per
-      point along the curve, N unknowns): at most 3000 unknowns, float64, no `weight_mean`,
-      no `precision0`. Off by default: it compiles a dense Jacobian into the solve. The
-      continuation's failing stages come first: with it, a smaller `max_stages` (16) took
-      the 6 networks of `docs/deep.md` to the same solutions in 62 s instead of 106 s.
+      GP limit's, connected to it through the folds: `num_folds` counts them, and
+      [`fls_jax.hessian_index`][] says whether it is a minimum of F. With it the
+      continuation also refuses a root on another branch (the sign of det ∂R/∂Λ changed: a
+      root finder jumped across a fold), so that the arclength starts on the GP limit's
+      branch. Dense (O(N³) per point along the curve, N unknowns): at most 3000 unknowns,
+      float64, no `weight_mean`, no `precision0`. Off by default: it compiles a dense
+      Jacobian into the solve. The continuation's failing stages come first: with it, a
+      smaller `max_stages` (16) took the 6 networks of `docs/deep.md` to the same solutions
+      in 62 s instead of 106 s (stop 66; 42 s in stop 67's run on another CPU).
 
     **Returns:** a [`fls_jax.Solution`][]. Non-convergence is reported in `result` and
     `converged`, never raised, so one failing element does not spoil a vmapped sweep; the
@@ -1122,7 +1155,9 @@ def _solve_from(
         reached = jnp.full((), jnp.nan, X.dtype)  # a failed start solves no known width
     else:
         u0 = jnp.asarray(u0, X.dtype)
-        cont = _continuation(_state_residual, chain, u0, state0, *args, max_stages)
+        cont = _continuation(
+            _state_residual, chain, u0, state0, *args, max_stages, keep_sign=past_folds
+        )
         start, ok, steps, stages = cont.lam, cont.done, cont.steps, cont.stages
         reached = _width_at(cont.u)
         if past_folds:

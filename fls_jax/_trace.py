@@ -10,10 +10,11 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, ArrayLike, Float, Int
 
 from ._arclength import _Arc, arc_start, arc_step
-from ._free_energy import _free_energy, _free_energy_at_kernels, _layers, _sym
+from ._free_energy import _free_energy, _sym
 from ._linalg import _pack, _unpack, spd_inverse_logdet
 from ._network import AbstractNetwork
 from ._solve import (
+    Solution,
     _check_dense,
     _curve_residual,
     _default_rtol,
@@ -35,9 +36,9 @@ class Trace(eqx.Module):
     branch begins; `branch[k]` numbers them from 0, the starting width's branch.
 
     - `widths`, `free_energy` (F, SPEC §3, at each point), `residual`: shape (k,).
-    - `index`: how many negative eigenvalues the Hessian of F in (Σ, K^(2), …, K^(L)) has
-      (their upper triangles): 0 at a local minimum of F, 1 at a saddle, such as the middle
-      branch of an S-shaped curve, between two minima. It changes by one at each fold.
+    - `index`: how many negative eigenvalues F's Hessian has ([`fls_jax.hessian_index`][]):
+      0 at a local minimum of F, 1 at a saddle, such as the middle branch of an S-shaped
+      curve, between two minima. It changes by one at each fold.
     - `smallest_singular_value`: of the EoS Jacobian in the solver's unknowns; it falls as
       √|C − C*| toward a fold C*.
     - `unknowns`: the solver's unknowns at each point, (Σ⁻¹, Δ_2, …, Δ_L) stacked over k
@@ -115,26 +116,81 @@ def _step(a: _Arc, W, h_max, h_min, network, X, Y) -> _Arc:
 
 @eqx.filter_jit
 def _point(z, W, network, X, Y):
-    """F, the relative residual, the number of negative eigenvalues of F's Hessian in the
-    covariances' upper triangles (SPEC §3's variables), and (Σ⁻¹, Δ_2, …, Δ_L) at z."""
-    n, S = X.shape[0], network.state_size(X.shape[1])
+    """F, the relative residual, F's Hessian index (`_index`) and (Σ⁻¹, Δ_2, …, Δ_L) at z."""
     lam1, shifts = _unknowns(z[:-1], network, X)
     shifts = tuple(_sym(d) for d in shifts)
     sigma = spd_inverse_logdet(_sym(lam1))[0]
     net = _with_width(network, W / z[-1])
     F = _free_energy(net, sigma, shifts, X, Y)
     rel = jnp.linalg.norm(_curve_residual(z, W, network, X, Y)) / jnp.linalg.norm(z[:-1])
-    covs = tuple(_layers(net, sigma, shifts, X)[0])
-    v, unravel_covs = ravel_pytree(tuple(_pack(c) for c in covs))
+    return F, rel, _index(net, X, Y, lam1, shifts), (lam1, *shifts)
 
-    def F_of(v):
-        packed = unravel_covs(v)
-        kernels = tuple(_unpack(c, n) for c in packed[1:])
-        return _free_energy_at_kernels(net, _unpack(packed[0], S), X, Y, kernels)
 
-    eig = jnp.linalg.eigvalsh(jax.hessian(F_of)(v))
-    index = jnp.sum(eig < -1e-12 * jnp.abs(eig).max())
-    return F, rel, index, (lam1, *shifts)
+# An eigenvalue of F's Hessian counts as negative below −_INDEX_RTOL · max|λ|: directions
+# along which F is flat (a singular prior's null space, where Δ_l does not move K^(l)) have
+# |λ| ~ 10⁻¹⁶ max|λ| from rounding, and the smallest genuine eigenvalue away from a fold is
+# many orders above that (`tests/test_deep.py`).
+_INDEX_RTOL = 1e-12
+
+
+def _index(network, X, Y, lam1, shifts) -> Array:
+    """The number of negative eigenvalues of the Hessian of F (SPEC §3) in the upper
+    triangles of Σ⁻¹ and of the Δ_l, each in its layer's units (`_state_scale`). At a
+    solution of the EoS (a stationary point of F) the count is that in any other coordinates,
+    SPEC §3's (Σ, K^(2), …, K^(L)) included (Sylvester's law of inertia), and unlike those,
+    these exist on a singular prior."""
+    n, S, L = X.shape[0], network.state_size(X.shape[1]), network.depth
+    scale = _state_scale(network, X)
+    blocks = (lam1, *shifts)
+    y, unravel = ravel_pytree(tuple(_pack(s * b) for s, b in zip(scale, blocks, strict=True)))
+    sizes = (S,) + (n,) * (L - 1)
+
+    def F_of(y):
+        lam, *deltas = (_unpack(b, m) / s for b, m, s in zip(unravel(y), sizes, scale, strict=True))
+        return _free_energy(network, spd_inverse_logdet(lam)[0], tuple(deltas), X, Y)
+
+    eig = jnp.linalg.eigvalsh(jax.hessian(F_of)(y))
+    return jnp.sum(eig < -_INDEX_RTOL * jnp.abs(eig).max())
+
+
+@eqx.filter_jit
+def _solution_index(solution: Solution) -> Array:
+    net, X, Y = solution.network, solution.X, solution.Y
+    index = _index(net, X, Y, solution.precision, solution.kernel_shifts)
+    index = jnp.where(jnp.isfinite(net.width), index, 0)
+    return jnp.where(solution.converged, index, -1)
+
+
+def hessian_index(solution: Solution) -> Int[Array, "*batch"]:
+    """Whether a solution of the EoS is a minimum of the free energy F (SPEC §3): the number of
+    negative eigenvalues of F's Hessian there. 0 at a local minimum; 1 at a saddle, such as
+    the middle branch of an S-shaped curve of solutions, between two minima
+    ([`fls_jax.trace`][] gives it along the curve). After `solve(past_folds=True)` went
+    through folds it says whether the branch it landed on is a minimum; it does not say
+    whether another branch at the same width has a lower F (`trace` finds them).
+
+    The count is taken in the solver's unknowns (the upper triangles of Σ⁻¹ and of the
+    deeper layers' shifts Δ_l); at a solution it is the count in (Σ, K^(2), …, K^(L)) too
+    (Sylvester's law of inertia), and it exists on singular GP-limit priors, whose flat
+    directions count as non-negative. Eigenvalues below −10⁻¹² max|λ| count as negative.
+
+    - `solution`: from [`fls_jax.solve`][], or a batch of them from [`fls_jax.sweep`][]
+      (the index is then per element).
+
+    **Returns:** an integer per solution: the index; 0 at C = ∞ (the KL terms' C·Hessian,
+    positive definite, dominates as C → ∞); −1 where the solution did not converge (away
+    from a stationary point the count depends on the coordinates).
+
+    Dense: it forms F's Hessian (N² entries for N unknowns) and its eigenvalues (O(N³)), and
+    has `trace`'s limits: float64, no weight mean, N ≤ 3000 (a depth-3 FCN with d = 5:
+    n ≤ 38).
+    """
+    if not isinstance(solution, Solution):
+        raise TypeError(f"hessian_index needs an fls_jax.Solution, got {type(solution)}")
+    batched = jnp.ndim(solution.X) == 3
+    one = jax.tree.map(lambda x: x[0] if eqx.is_array(x) else x, solution) if batched else solution
+    _check_dense(one.network, one.X, "hessian_index")
+    return (eqx.filter_vmap(_solution_index) if batched else _solution_index)(solution)
 
 
 def trace(

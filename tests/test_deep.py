@@ -249,6 +249,27 @@ def _sine_targets(X, seed):
     return np.sin(2 * X @ w)[:, None]
 
 
+def _covariance_index(sol) -> int:
+    """The negative eigenvalues of F's Hessian in the upper triangles of SPEC §3's own
+    variables (Σ, K^(2), …, K^(L)), F from the public `fj.free_energy`: other coordinates
+    than `fj.hessian_index`'s (Σ⁻¹ and the shifts Δ_l), with the same count at a stationary
+    point of F only (Sylvester's law of inertia)."""
+    mats = [np.asarray(sol.sigma), *map(np.asarray, sol.kernels)]
+    ius = [np.triu_indices(len(m)) for m in mats]
+    cuts = np.cumsum([len(iu[0]) for iu in ius])[:-1]
+
+    def F(v):
+        sym = []
+        for part, m, iu in zip(jnp.split(v, cuts), mats, ius, strict=True):
+            M = jnp.zeros(m.shape).at[iu].set(part)
+            sym.append(M + jnp.triu(M, 1).T)
+        return fj.free_energy(sol.network, sym[0], sol.X, sol.Y, tuple(sym[1:]))
+
+    v = jnp.concatenate([jnp.asarray(m[iu]) for m, iu in zip(mats, ius, strict=True)])
+    eig = np.linalg.eigvalsh(np.asarray(jax.hessian(F)(v)))
+    return int(np.sum(eig < -1e-10 * np.abs(eig).max()))
+
+
 def test_narrow_three_layer_erf_from_the_gp_limit(deep_task):
     """A depth-3 erf FCN in the authors' style (σ_w² = 2, small σ_a²) at C = 1, from the GP
     limit with no schedule. With Anderson capped at 200 iterations per stage, root finds
@@ -294,6 +315,10 @@ def test_past_folds_reaches_the_branch_beyond_two_folds(deep_task):
     assert int(sol.num_folds) == 2 and int(sol.num_stages) > 16
     assert float(sol.residual) < 1e-10
     _assert_three_layer_erf_eos(sol, X, Y, 3.0, 2.0, 0.25, 1e-3)
+    # The branch it lands on is a minimum of F, in the solver's coordinates and in SPEC's.
+    assert int(fj.hessian_index(sol)) == 0 == _covariance_index(sol)
+    # Away from a stationary point the count depends on the coordinates: none is given.
+    assert int(fj.hessian_index(eqx.tree_at(lambda s: s.converged, sol, False))) == -1
 
 
 def test_past_folds_refuses_what_it_cannot_do(deep_task):
@@ -313,6 +338,42 @@ def test_past_folds_refuses_what_it_cannot_do(deep_task):
     with jax.enable_x64(False), pytest.raises(TypeError, match="float64"):
         net32 = fj.FCN(width=3.0, sigma_w2=2.0, sigma_a2=0.25, noise=0.01)
         fj.solve(net32, X.astype(np.float32), Y.astype(np.float32), past_folds=True)
+
+
+def test_past_folds_continuation_does_not_jump_to_another_branch():
+    """`solve(past_folds=True)` hands its arclength the continuation's last converged point,
+    which must lie on the GP limit's branch. A toy residual with a fold shows the check that
+    keeps it there: R(x; u) = (x² − 1 + u)(x − 3), u = 1/C, whose branch from x = 1 at the
+    GP limit ends in a fold at u = 1, while x = 3 solves it at every u. Newton from x = 1 at
+    the target u = 2 converges to x = 3, and the plain continuation reports the target
+    solved there; with `keep_sign` (det ∂R/∂x is −1 on the first branch, +1 at x = 3) that
+    root is refused, and the continuation creeps up to the fold and stops. On a deep network
+    this happened with XLA's default code generation on an AMD EPYC (stop 67; the tests'
+    optimisation level 0 does not jump there): `benchmarks/deep_narrow_scan.py`."""
+    import optimistix as optx
+
+    from fls_jax._arclength import jacobian_sign
+    from fls_jax._solve import _continuation
+
+    def fn(x, args):
+        return (x**2 - 1 + 1 / args[0].width) * (x - 3)
+
+    net = fj.FCN(width=0.5, depth=2, sigma_w2=1.0, sigma_a2=1.0, noise=0.1)
+    X, Y = jnp.zeros((2, 1)), jnp.zeros((2, 1))
+    chain = ((optx.Newton(rtol=1e-12, atol=1e-12), 40),)
+    x0, u0 = jnp.ones(1), jnp.zeros(())
+    plain = _continuation(fn, chain, u0, x0, net, X, Y, 30)
+    assert bool(plain.done) and abs(float(plain.lam[0]) - 3) < 1e-10
+    kept = _continuation(fn, chain, u0, x0, net, X, Y, 30, keep_sign=True)
+    assert not bool(kept.done) and 0.99 < float(kept.u) < 1
+    x, u = float(kept.lam[0]), float(kept.u)
+    assert 0 < x < 0.1 and abs((x**2 - 1 + u) * (x - 3)) < 1e-10
+    # The sign itself, against NumPy's determinant, through LU pivoting.
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        A, z = rng.standard_normal((5, 5)), rng.standard_normal(5)
+        ref = np.sign(np.linalg.det(A + np.diag(0.3 * z**2)))
+        assert float(jacobian_sign(lambda v, A=A: A @ v + 0.1 * v**3, jnp.asarray(z))) == ref
 
 
 @pytest.mark.slow
@@ -400,6 +461,17 @@ def test_trace_refuses_what_it_cannot_do(deep_task):
         fj.trace(net, X40, X40[:, :1], 2.0)
 
 
+def test_hessian_index_refuses_what_it_cannot_do(deep_task, deep_solutions):
+    sol = deep_solutions[3]
+    with pytest.raises(TypeError, match="Solution"):
+        fj.hessian_index(sol.sigma)
+    X40 = np.random.default_rng(0).standard_normal((40, 5))
+    with pytest.raises(ValueError, match="3215 unknowns"):
+        fj.hessian_index(eqx.tree_at(lambda s: s.X, sol, jnp.asarray(X40)))
+    with jax.enable_x64(False), pytest.raises(TypeError, match="float64"):
+        fj.hessian_index(eqx.tree_at(lambda s: s.X, sol, sol.X.astype(np.float32)))
+
+
 @pytest.mark.slow
 def test_trace_one_hidden_layer_agrees_with_solve(deep_task):
     """`trace` on a one-hidden-layer erf FCN (its unknown is Σ⁻¹ alone) from C = 8 to 2: no
@@ -415,7 +487,6 @@ def test_trace_one_hidden_layer_agrees_with_solve(deep_task):
         np.testing.assert_allclose(float(tr.free_energy[i]), float(sol.free_energy), rtol=1e-9)
 
 
-@pytest.mark.slow
 def test_trace_passes_the_fold_and_finds_three_solutions(deep_task):
     """The fold of `test_a_fold_is_reported_with_the_width_reached` is one of two: the curve
     of solutions is S-shaped, and for C between them the EoS have three solutions. `trace`
@@ -452,6 +523,10 @@ def test_trace_passes_the_fold_and_finds_three_solutions(deep_task):
             assert float(gap) > 0.05, (i, j)
     F = [float(s.free_energy) for s in sols]
     assert F[2] < F[0] < F[1], F
+    # The middle branch's solution is a saddle of F, the others minima, as the trace says:
+    # in the solver's coordinates, and in SPEC §3's (Σ, K^(2), K^(3)), written in the test.
+    assert [int(fj.hessian_index(s)) for s in sols] == [0, 1, 0]
+    assert [_covariance_index(s) for s in sols] == [0, 1, 0]
 
 
 def test_deep_linear_against_numpy_fixed_point():
@@ -525,6 +600,9 @@ def test_deep_linear_singular_prior_against_weight_space_eos():
     sol = fj.solve(net, X, Y)
     pred = fj.predict(sol, X_test)
     assert bool(sol.converged) and float(sol.residual) < 1e-10
+    # A minimum of F, its n(n+1)/2 − d(d+1)/2 flat directions (shifts that leave K on Q's
+    # range) not counted as negative.
+    assert int(fj.hessian_index(sol)) == 0
     iu = np.triu_indices(d)
     k = len(iu[0])
 
@@ -612,9 +690,11 @@ def test_sweep_equals_loop_deep(deep_task):
     # The path schedule only: the parallel one is a vmap of `solve`, the same program for
     # every depth, and is checked against the loop in test_solve.py.
     sols, preds = fj.sweep(net, t.X, t.Y, widths, t.X_test, t.Y_test, schedule="path")
+    index = fj.hessian_index(sols)
     for i, C in enumerate(widths):
         ref = fj.solve(_net(C, 2), t.X, t.Y)
         assert bool(sols.converged[i])
+        assert int(index[i]) == int(fj.hessian_index(ref)) == 0
         np.testing.assert_allclose(sols.kernels[0][i], ref.kernels[0], rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(
             preds.mean[i], fj.predict(ref, t.X_test).mean, rtol=1e-8, atol=1e-11
