@@ -6,7 +6,9 @@
 `fj.datasets.deep_erf_teacher(n=20, d=5, seed=3)` with targets y = sin(2 w·x) (six seeds of
 w), at C = 2 and 1 and σ² = 10⁻² and 10⁻³, solved from the GP limit with the default solver,
 and with Anderson capped at 200 iterations per stage (`max_steps=(200, 12)`, the cap before
-stop 64). Per cell stages/iterations, `!` where `converged` is False. Each failure of the
+stop 64). Per cell stages/iterations, `!` where `converged` is False, and for the
+default's converged solutions and `past_folds`' `[k]`, F's Hessian index (`fj.hessian_index`,
+stop 67: 0 at a minimum of F, 1 at a saddle). Each failure of the
 default is run again with `max_stages=128`: where `width_reached` stays put (to 10⁻⁴), the
 continuation met a fold of its branch of solutions; where it moves on, a stall. And each is
 run with `past_folds=True` (stop 66): pseudo-arclength continuation on from where the
@@ -40,6 +42,11 @@ import fls_jax as fj  # noqa: E402
 
 def cell(sol) -> str:
     return f"{int(sol.num_stages)}/{int(sol.num_steps)}{'' if bool(sol.converged) else '!'}"
+
+
+def indexed(sol) -> str:
+    """`cell`, and where converged F's Hessian index (stop 67): [0] at a minimum of F."""
+    return cell(sol) + (f" [{int(fj.hessian_index(sol))}]" if bool(sol.converged) else "")
 
 
 def inputs() -> np.ndarray:
@@ -97,7 +104,7 @@ def scan() -> None:
                 new = fj.solve(net, X, Y)
                 failed["cap 200"] += not bool(old.converged)
                 failed["default"] += not bool(new.converged)
-                row = f"| {seed} | {C:g} | {noise:g} | {cell(old)} | {cell(new)} |"
+                row = f"| {seed} | {C:g} | {noise:g} | {cell(old)} | {indexed(new)} |"
                 if bool(new.converged):
                     print(row + " | | |", flush=True)
                     continue
@@ -109,7 +116,7 @@ def scan() -> None:
                 arc_s = time.perf_counter() - t1
                 failed["past_folds"] += not bool(arc.converged)
                 print(
-                    row + f" {a:.6g} | {cell(more)}, {b:.6g}: {kind} | {cell(arc)}, "
+                    row + f" {a:.6g} | {cell(more)}, {b:.6g}: {kind} | {indexed(arc)}, "
                     f"{int(arc.num_folds)}, {float(arc.free_energy):.5g}, {arc_s:.1f} |",
                     flush=True,
                 )
