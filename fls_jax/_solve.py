@@ -160,7 +160,7 @@ class Solution(eqx.Module):
     - `num_folds`: folds of the curve of solutions that `solve(past_folds=True)` went
       through (0 otherwise): where it is positive and converged, the solution is on another
       branch of solutions than the one that starts at the GP limit (README, "Known
-      limitations").
+      limitations"); [`fls_jax.hessian_index`][] says whether it is a minimum of F.
     - `result`: the optimistix result code: `optx.RESULTS.successful` when converged,
       `nonlinear_max_steps_reached` where the continuation ran out of stages (or, from
       `precision0`, every solver of the chain failed).
@@ -987,7 +987,7 @@ def solve(
       float64, no `weight_mean`, no `precision0`. Off by default: it compiles a dense
       Jacobian into the solve. The continuation's failing stages come first: with it, a
       smaller `max_stages` (16) took the 6 networks of `docs/deep.md` to the same solutions
-      in 62 s instead of 106 s (stop 66; 42 s in stop 67's run on another CPU).
+      in 62 s instead of 106 s (stop 66).
 
     **Returns:** a [`fls_jax.Solution`][]. Non-convergence is reported in `result` and
     `converged`, never raised, so one failing element does not spoil a vmapped sweep; the
