@@ -1,6 +1,7 @@
 """Narrow deep solves that fail, and why: a stall or a fold (stop 64).
 
-    python benchmarks/deep_narrow_scan.py [--part scan|fold|index|all] [--seeds A B]
+    python benchmarks/deep_narrow_scan.py [--part scan|fold|index|saddles|all]
+        [--seeds A B]
 
 24 depth-3 erf FCNs in the authors' style (σ_w² = 2, σ_a² = 0.25) on the inputs of
 `fj.datasets.deep_erf_teacher(n=20, d=5, seed=3)` with targets y = sin(2 w·x) (six seeds of
@@ -23,6 +24,9 @@ smallest singular values and the real parts of its three eigenvalues nearest zer
 `--part index`: the six networks that the default leaves unconverged (stop 66), solved with
 `past_folds=True, max_stages=16`, and `fj.hessian_index` of each solution (stop 67): 0 where
 the branch it landed on is a minimum of F, k where F's Hessian has k negative eigenvalues.
+
+`--part saddles`: seed 11 at σ² = 10⁻³, C = 2 and 1, where the default converges to a saddle
+of F (stop 67), against `past_folds=True`.
 """
 
 import argparse
@@ -138,6 +142,33 @@ FAILURES = (
 )
 
 
+# Where the default converged to a saddle of F (`--seeds 6 18`, stop 67).
+SADDLES = ((11, 2.0, 1e-3), (11, 1.0, 1e-3))
+
+
+def saddles() -> None:
+    X = inputs()
+    print(
+        "| seed | C | σ² | default: converged, F, index "
+        "| past_folds: converged, folds, F, index, s |"
+    )
+    print("| --- | --- | --- | --- | --- |")
+    for seed, C, noise in SADDLES:
+        net = fj.FCN(width=C, depth=3, sigma_w2=2.0, sigma_a2=0.25, noise=noise)
+        Y = targets(X, seed)
+        plain = fj.solve(net, X, Y)
+        t0 = time.perf_counter()
+        arc = fj.solve(net, X, Y, past_folds=True, max_stages=16)
+        t1 = time.perf_counter()
+        print(
+            f"| {seed} | {C:g} | {noise:g} | {bool(plain.converged)}, "
+            f"{float(plain.free_energy):.8g}, {int(fj.hessian_index(plain))} | "
+            f"{bool(arc.converged)}, {int(arc.num_folds)}, {float(arc.free_energy):.8g}, "
+            f"{int(fj.hessian_index(arc))}, {t1 - t0:.1f} |",
+            flush=True,
+        )
+
+
 def index() -> None:
     X = inputs()
     print("| seed | C | σ² | converged | folds | F | Hessian index | solve s | index s |")
@@ -158,7 +189,9 @@ def index() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--part", choices=("scan", "fold", "index", "all"), default="scan")
+    parser.add_argument(
+        "--part", choices=("scan", "fold", "index", "saddles", "all"), default="scan"
+    )
     parser.add_argument(
         "--seeds", type=int, nargs=2, default=(0, 6), help="the scan's target seeds: [A, B)"
     )
@@ -171,6 +204,8 @@ def main() -> None:
         fold()
     if part in ("index", "all"):
         index()
+    if part in ("saddles", "all"):
+        saddles()
 
 
 if __name__ == "__main__":
