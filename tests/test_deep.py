@@ -376,6 +376,28 @@ def test_past_folds_continuation_does_not_jump_to_another_branch():
         assert float(jacobian_sign(lambda v, A=A: A @ v + 0.1 * v**3, jnp.asarray(z))) == ref
 
 
+def test_past_folds_reaches_a_minimum_where_the_default_converges_to_a_saddle(deep_task):
+    """Target seed 11 at σ² = 10⁻³, C = 2 (`benchmarks/deep_narrow_scan.py --part saddles`):
+    the curve of solutions has a narrow S (folds at C ≈ 2.669 and 2.697), and the plain
+    continuation jumps across it to a solution of the EoS that is a saddle of F, reported
+    converged (on the development machine at XLA's default optimisation and at the tests'
+    level 0 alike). `past_folds` refuses that root (the sign of det ∂R/∂Λ), goes through
+    both folds and lands on a minimum of F, with the lower F. The index is checked in SPEC
+    §3's coordinates too, and the solution against the EoS written out in NumPy."""
+    X = np.asarray(deep_task.X)
+    Y = _sine_targets(X, 11)
+    net = fj.FCN(width=2.0, depth=3, sigma_w2=2.0, sigma_a2=0.25, noise=1e-3)
+    sol = fj.solve(net, X, Y, past_folds=True, max_stages=16)
+    assert bool(sol.converged) and int(sol.num_folds) == 2
+    _assert_three_layer_erf_eos(sol, X, Y, 2.0, 2.0, 0.25, 1e-3)
+    assert int(fj.hessian_index(sol)) == 0 == _covariance_index(sol)
+    plain = fj.solve(net, X, Y, max_stages=16)
+    if bool(plain.converged):  # where the continuation jumped: a saddle, with a higher F
+        _assert_three_layer_erf_eos(plain, X, Y, 2.0, 2.0, 0.25, 1e-3)
+        assert int(fj.hessian_index(plain)) == 1 == _covariance_index(plain)
+        assert float(sol.free_energy) < float(plain.free_energy) - 0.5
+
+
 @pytest.mark.slow
 def test_past_folds_through_a_near_fold(deep_task):
     """Seed 1 at σ² = 10⁻³: no fold, but the Jacobian's smallest singular value dips to
