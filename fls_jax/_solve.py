@@ -691,7 +691,6 @@ class _Continuation(eqx.Module):
     failures: Array  # stages failed in a row (or in all, `_escalation`)
     done: Array
     failed: Array
-    sign: Array  # of det ∂R/∂Λ at the start (`keep_sign`), else 1
 
 
 def _masked(fn, active):
@@ -868,6 +867,8 @@ def _continuation(
     network, X, Y, u0, lam0 = jax.lax.stop_gradient((network, X, Y, u0, lam0))
     u_target = _inverse_width(network)
     after, sticky = _escalation(chain, network.depth)
+    # The sign of det ∂R/∂Λ at the start, which every accepted stage must keep (`keep_sign`).
+    sign0 = _jacobian_sign(fn, lam0, u0, network, X, Y) if keep_sign else None
 
     def cond(c: _Continuation):
         return ~(c.done | c.failed)
@@ -880,7 +881,7 @@ def _continuation(
         if keep_sign:
             same = jax.lax.cond(
                 ok,
-                lambda: _jacobian_sign(fn, lam, u_try, network, X, Y) == c.sign,
+                lambda: _jacobian_sign(fn, lam, u_try, network, X, Y) == sign0,
                 lambda: jnp.array(True),
             )
             ok = ok & same
@@ -895,7 +896,6 @@ def _continuation(
             failures=jnp.where(ok, c.failures if sticky else 0, c.failures + 1),
             done=ok & (u_try >= u_target),
             failed=stages >= max_stages,
-            sign=c.sign,
         )
 
     init = _Continuation(
@@ -907,7 +907,6 @@ def _continuation(
         failures=jnp.array(0),
         done=u_target <= u0,
         failed=~_valid_hyper_parameters(network),  # no stage at all for invalid ones
-        sign=_jacobian_sign(fn, lam0, u0, network, X, Y) if keep_sign else jnp.ones(()),
     )
     return jax.lax.while_loop(cond, body, init)
 
