@@ -910,6 +910,63 @@ class KrylovOrDense(lx.AbstractLinearSolver):
         return True
 
 
+class _Lanczos(eqx.Module):
+    V: Array  # the Krylov basis, one vector per row (rows past `k` are zero)
+    alpha: Array  # the tridiagonal's diagonal
+    beta: Array  # its off-diagonal: beta[i] couples vectors i and i + 1
+    k: Array  # steps taken
+    done: Array
+
+
+def _ritz(alpha: Array, beta: Array, k: Array) -> tuple[Array, Array]:
+    """Ritz values (ascending) and their residual bounds |β_k s_k| after k steps, from the
+    first k rows of the fixed-size tridiagonal: the rows past k are decoupled and put above
+    the leading block's spectrum (Gershgorin), so the first k eigenvalues are its own."""
+    m = alpha.shape[0]
+    lead = jnp.arange(m) < k
+    top = jnp.max(jnp.where(lead, jnp.abs(alpha), 0.0)) + 2 * jnp.max(beta) + 1.0
+    a = jnp.where(lead, alpha, 2 * top)
+    b = jnp.where(jnp.arange(m - 1) < k - 1, beta[:-1], 0.0)
+    theta, S = _eigh(jnp.diag(a) + jnp.diag(b, 1) + jnp.diag(b, -1))
+    last = jnp.take(S, jnp.maximum(k - 1, 0), axis=0)
+    return theta, jnp.abs(beta[jnp.maximum(k - 1, 0)] * last)
+
+
+def lanczos_lowest(
+    matvec: Callable[[Array], Array], v0: Array, max_steps: int, rtol: float
+) -> tuple[Array, Array, Array]:
+    """Lanczos with full reorthogonalisation on a symmetric operator, from v0, until the
+    lowest Ritz value's residual bound is within `rtol` of the largest |Ritz value| (or an
+    invariant subspace is found, or `max_steps`). Returns the Ritz values (ascending; only
+    the first k are meaningful), their residual bounds and k. Each Ritz value bounds the
+    operator's eigenvalue of the same rank from above (θ_i ≥ λ_i, Cauchy interlacing), and
+    an eigenvalue lies within its bound of each one. Stores max_steps + 1 vectors."""
+    m, dtype = max_steps, v0.dtype
+    V = jnp.zeros((m + 1, v0.shape[0]), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
+
+    def body(c: _Lanczos) -> _Lanczos:
+        v = c.V[c.k]
+        w = matvec(v)
+        a = jnp.dot(v, w)
+        for _ in range(2):  # twice is enough (Kahan–Parlett)
+            w = w - c.V.T @ (c.V @ w)
+        b = jnp.linalg.norm(w)
+        alpha, beta = c.alpha.at[c.k].set(a), c.beta.at[c.k].set(b)
+        k = c.k + 1
+        theta, bound = _ritz(alpha, beta, k)
+        scale = jnp.max(jnp.where(jnp.arange(m) < k, jnp.abs(theta), 0.0))
+        invariant = b <= jnp.finfo(dtype).eps * scale
+        V = c.V.at[k].set(jnp.where(invariant, 0.0, w / jnp.where(invariant, 1.0, b)))
+        done = invariant | (bound[0] <= rtol * scale) | (k >= m)
+        return _Lanczos(V, alpha, beta, k, done)
+
+    zeros = jnp.zeros(m, dtype)
+    init = _Lanczos(V, zeros, zeros, jnp.zeros((), int), jnp.zeros((), bool))
+    out = jax.lax.while_loop(lambda c: ~c.done, body, init)
+    theta, bound = _ritz(out.alpha, out.beta, out.k)
+    return theta, bound, out.k
+
+
 def _pack(M: Array) -> Array:
     """The upper triangle of a symmetric S×S matrix, row by row: S(S+1)/2 entries."""
     return M[np.triu_indices(M.shape[-1])]

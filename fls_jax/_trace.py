@@ -1,5 +1,6 @@
 """The curve of EoS solutions in width, followed through its folds (pseudo-arclength)."""
 
+import functools
 import math
 
 import equinox as eqx
@@ -9,9 +10,9 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from ._arclength import _Arc, arc_start, arc_step
-from ._free_energy import _free_energy, _sym
-from ._linalg import _pack, _unpack, spd_inverse_logdet
+from ._arclength import _DENSE_MAX_UNKNOWNS, _Arc, arc_start, arc_step
+from ._free_energy import _free_energy, _layers, _sym
+from ._linalg import _eigh, _pack, _unpack, lanczos_lowest, spd_inverse_logdet
 from ._network import AbstractNetwork
 from ._solve import (
     Solution,
@@ -22,6 +23,7 @@ from ._solve import (
     _state_of,
     _state_scale,
     _to_state,
+    _unknowns_count,
     _validate,
     _with_width,
     solve,
@@ -154,15 +156,86 @@ def _index(network, X, Y, lam1, shifts) -> Array:
     return jnp.sum(eig < -_INDEX_RTOL * jnp.abs(eig).max())
 
 
+# Matrix-free index (`_lanczos_index`). Directions along which a layer's pre-kernel K^(l) has
+# an eigenvalue below _WHITEN_CUTOFF · its largest are left out of the whitened coordinates;
+# an eigenvalue of F's Hessian counts as negative below −_LANCZOS_NEGATIVE · max|θ|, and the
+# lowest Ritz value as resolved once its residual bound is below _LANCZOS_RTOL · max|θ|.
+_WHITEN_CUTOFF = 1e-10
+_LANCZOS_NEGATIVE = 1e-8
+_LANCZOS_RTOL = 1e-8
+
+
+def _whitening(network, X, lam1, shifts) -> tuple[tuple[Array, ...], tuple[Array, ...]]:
+    """(Λ^{1/2}, K^(2)^{+1/2}, …, K^(L)^{+1/2}) and the projectors on the directions each
+    keeps (I for Λ): dΛ = Λ^{1/2} dW Λ^{1/2} and
+    dΔ_l = K^{+1/2} dW K^{+1/2} turn the KL terms' curvature (C/2)(Σ ⊗ Σ) in Λ = Σ⁻¹ and
+    (C_l/2)(K ⊗ K) in Δ_l (at Δ_l = 0) into multiples of the identity, so that the Hessian
+    in W is well conditioned and Lanczos resolves its lowest eigenvalues in tens of steps.
+    K's pseudo-inverse square root leaves out its (near-)null directions, along which F is
+    flat (a singular prior) or nearly so (curvature ~ λ²)."""
+
+    def root(M, inverse):
+        lam, V = _eigh(_sym(M))
+        if inverse:
+            keep = lam > _WHITEN_CUTOFF * jnp.max(lam)
+            f = jnp.where(keep, 1 / jnp.sqrt(jnp.where(keep, lam, 1.0)), 0.0)
+        else:
+            keep, f = jnp.ones_like(lam, bool), jnp.sqrt(jnp.maximum(lam, 0.0))
+        return (V * f) @ V.T, (V * keep) @ V.T
+
+    sigma = spd_inverse_logdet(_sym(lam1))[0]
+    covs = _layers(network, sigma, shifts, X)[0] if shifts else (sigma,)
+    roots = [root(lam1, False), *(root(K, True) for K in covs[1:])]
+    return tuple(r[0] for r in roots), tuple(r[1] for r in roots)
+
+
+def _lanczos_index(network, X, Y, lam1, shifts, max_steps: int) -> tuple[Array, Array, Array]:
+    """(index or −1, lowest Ritz value / max|θ|, steps): Lanczos (`lanczos_lowest`) on F's
+    Hessian (SPEC §3) in whitened coordinates (`_whitening`) of the upper triangles of Λ and
+    the Δ_l, by Hessian-vector products about the solution (`jax.linearize`). The coordinates
+    are an affine map of the solver's unknowns, so the Hessian's inertia is that of
+    `_index`'s (Sylvester), on the directions kept. The count of Ritz values below
+    −_LANCZOS_NEGATIVE max|θ| is a lower bound on the index (θ_i ≥ λ_i); it is −1 where the
+    lowest Ritz value is neither below that nor resolved (`_LANCZOS_RTOL`)."""
+    P, keep = _whitening(network, X, lam1, shifts)
+    sizes = tuple(p.shape[0] for p in P)
+    w0, unravel = ravel_pytree(tuple(_pack(jnp.zeros_like(p)) for p in P))
+
+    def F_of(w):
+        W = tuple(_unpack(b, m) for b, m in zip(unravel(w), sizes, strict=True))
+        lam = _sym(lam1) + P[0] @ W[0] @ P[0]
+        deltas = tuple(_sym(d) + p @ x @ p for d, p, x in zip(shifts, P[1:], W[1:], strict=True))
+        return _free_energy(network, spd_inverse_logdet(_sym(lam))[0], deltas, X, Y)
+
+    hvp = jax.linearize(jax.grad(F_of), w0)[1]
+    # The start on the directions kept: F's Hessian in W maps into them, and left out, they
+    # are exact zero eigenvalues that the stopping rule could settle on first.
+    v0 = unravel(jax.random.normal(jax.random.key(0), w0.shape, w0.dtype))
+    v0 = tuple(_pack(k @ _unpack(v, m) @ k) for k, v, m in zip(keep, v0, sizes, strict=True))
+    v0 = ravel_pytree(v0)[0]
+    theta, bound, k = lanczos_lowest(hvp, v0, max_steps, _LANCZOS_RTOL)
+    scale = jnp.max(jnp.where(jnp.arange(max_steps) < k, jnp.abs(theta), 0.0))
+    negative = (jnp.arange(max_steps) < k) & (theta < -_LANCZOS_NEGATIVE * scale)
+    count = jnp.sum(negative)
+    resolved = (count > 0) | (bound[0] <= _LANCZOS_RTOL * scale)
+    return jnp.where(resolved, count, -1), theta[0] / scale, k
+
+
 @eqx.filter_jit
-def _solution_index(solution: Solution) -> Array:
+def _solution_index(solution: Solution, max_steps: int | None = None) -> Array:
     net, X, Y = solution.network, solution.X, solution.Y
-    index = _index(net, X, Y, solution.precision, solution.kernel_shifts)
+    if max_steps is None:
+        index = _index(net, X, Y, solution.precision, solution.kernel_shifts)
+    else:
+        args = (net, X, Y, solution.precision, solution.kernel_shifts, max_steps)
+        index = _lanczos_index(*args)[0]
     index = jnp.where(jnp.isfinite(net.width), index, 0)
     return jnp.where(solution.converged, index, -1)
 
 
-def hessian_index(solution: Solution) -> Int[Array, "*batch"]:
+def hessian_index(
+    solution: Solution, method: str = "auto", max_steps: int = 200
+) -> Int[Array, "*batch"]:
     """Whether a solution of the EoS is a minimum of the free energy F (SPEC §3): the number of
     negative eigenvalues of F's Hessian there. 0 at a local minimum; 1 at a saddle, such as
     the middle branch of an S-shaped curve of solutions, between two minima
@@ -173,25 +246,54 @@ def hessian_index(solution: Solution) -> Int[Array, "*batch"]:
     The count is taken in the solver's unknowns (the upper triangles of Σ⁻¹ and of the
     deeper layers' shifts Δ_l); at a solution it is the count in (Σ, K^(2), …, K^(L)) too
     (Sylvester's law of inertia), and it exists on singular GP-limit priors, whose flat
-    directions count as non-negative. Eigenvalues below −10⁻¹² max|λ| count as negative.
+    directions count as non-negative.
 
     - `solution`: from [`fls_jax.solve`][], or a batch of them from [`fls_jax.sweep`][]
       (the index is then per element).
+    - `method`:
+        - `"dense"`: forms F's Hessian (N² entries for N unknowns) and its eigenvalues
+          (O(N³)); eigenvalues below −10⁻¹² max|λ| count as negative. Exact, for N ≤ 3000
+          (a depth-3 FCN with d = 5: n ≤ 38).
+        - `"lanczos"`: matrix-free, for any n. Lanczos (full reorthogonalisation) on F's
+          Hessian-vector products, in coordinates whitened by the layers' covariances
+          (dΣ⁻¹ = Σ^{-1/2} dW Σ^{-1/2}, dΔ_l = K^(l)^{-1/2} dW K^(l)^{-1/2}), where the KL
+          terms' curvature is a multiple of the identity, until the lowest Ritz value has
+          converged (residual bound ≤ 10⁻⁸ max|θ|) or `max_steps`. It counts the Ritz values
+          below −10⁻⁸ max|θ|: a lower bound on the index (each Ritz value bounds the
+          eigenvalue of its rank from above), which tells a saddle from a minimum once the
+          lowest one has converged. Directions along which K^(l) has an eigenvalue below
+          10⁻¹⁰ of its largest, where F is flat or nearly so, are left out. Memory:
+          max_steps + 1 vectors of the N unknowns.
+        - `"auto"` (default): `"dense"` for N ≤ 3000, else `"lanczos"`.
+    - `max_steps`: Lanczos' most steps, each one Hessian-vector product (a forward-mode
+      derivative of F's gradient, linearised once about the solution). The authors'
+      depth-3 erf FCN at n = 128 needed 64–75 steps at C ≥ 8 and 116–139 at C = 2 and 1
+      (`benchmarks/RESULTS.md`, stop 68).
 
     **Returns:** an integer per solution: the index; 0 at C = ∞ (the KL terms' C·Hessian,
     positive definite, dominates as C → ∞); −1 where the solution did not converge (away
-    from a stationary point the count depends on the coordinates).
+    from a stationary point the count depends on the coordinates), or where Lanczos neither
+    found a negative Ritz value nor converged the lowest one in `max_steps` (near a fold,
+    where the lowest eigenvalue nears 0: raise `max_steps`, or use `"dense"`).
 
-    Dense: it forms F's Hessian (N² entries for N unknowns) and its eigenvalues (O(N³)), and
-    has `trace`'s limits: float64, no weight mean, N ≤ 3000 (a depth-3 FCN with d = 5:
-    n ≤ 38).
+    Both need float64 and no weight mean.
     """
     if not isinstance(solution, Solution):
         raise TypeError(f"hessian_index needs an fls_jax.Solution, got {type(solution)}")
+    if method not in ("auto", "dense", "lanczos"):
+        raise ValueError(f'method must be "auto", "dense" or "lanczos", got {method!r}')
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 2:
+        raise ValueError(f"max_steps must be an integer ≥ 2, got {max_steps!r}")
     batched = jnp.ndim(solution.X) == 3
     one = jax.tree.map(lambda x: x[0] if eqx.is_array(x) else x, solution) if batched else solution
-    _check_dense(one.network, one.X, "hessian_index")
-    return (eqx.filter_vmap(_solution_index) if batched else _solution_index)(solution)
+    _check_dense(one.network, one.X, "hessian_index", dense=False)  # float64, no weight mean
+    size = _unknowns_count(one.network, one.X)
+    dense = method == "dense" or (method == "auto" and size <= _DENSE_MAX_UNKNOWNS)
+    if dense:
+        _check_dense(one.network, one.X, "hessian_index")
+    steps = None if dense else min(max_steps, size)
+    index = functools.partial(_solution_index, max_steps=steps)
+    return (eqx.filter_vmap(index) if batched else index)(solution)
 
 
 def trace(

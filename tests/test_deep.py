@@ -319,6 +319,9 @@ def test_past_folds_reaches_the_branch_beyond_two_folds(deep_task):
     assert int(fj.hessian_index(sol)) == 0 == _covariance_index(sol)
     # Away from a stationary point the count depends on the coordinates: none is given.
     assert int(fj.hessian_index(eqx.tree_at(lambda s: s.converged, sol, False))) == -1
+    # Lanczos: 0 too; with 3 steps its lowest Ritz value is neither negative nor converged.
+    assert int(fj.hessian_index(sol, "lanczos")) == 0
+    assert int(fj.hessian_index(sol, "lanczos", max_steps=3)) == -1
 
 
 def test_past_folds_refuses_what_it_cannot_do(deep_task):
@@ -376,6 +379,36 @@ def test_past_folds_continuation_does_not_jump_to_another_branch():
         assert float(jacobian_sign(lambda v, A=A: A @ v + 0.1 * v**3, jnp.asarray(z))) == ref
 
 
+def test_lanczos_lowest_against_numpy_eigenvalues():
+    """`lanczos_lowest` (the matrix-free Hessian index's eigensolver) on a symmetric matrix
+    of known spectrum, three eigenvalues negative: run to convergence it finds the lowest to
+    its residual bound; after 6 steps each Ritz value bounds the eigenvalue of its rank from
+    above (Cauchy interlacing) and has an eigenvalue within its residual bound; on a
+    spectrum of 4 distinct values it stops after 4 steps with those values."""
+    from fls_jax._linalg import lanczos_lowest
+
+    rng = np.random.default_rng(0)
+    N = 200
+    O = np.linalg.qr(rng.standard_normal((N, N)))[0]
+    lam = np.sort(np.concatenate([[-2.0, -0.5, -0.01], rng.uniform(0.1, 10.0, N - 3)]))
+    A = jnp.asarray((O * lam) @ O.T)
+    v0 = jnp.asarray(rng.standard_normal(N))
+    theta, bound, k = lanczos_lowest(lambda v: A @ v, v0, 150, 1e-10)
+    k = int(k)
+    assert k < 150 and float(bound[0]) <= 1e-10 * 10
+    assert abs(float(theta[0]) - lam[0]) <= float(bound[0]) + 1e-12
+    assert np.sum(np.asarray(theta[:k]) < 0) == 3
+    theta, bound, k = lanczos_lowest(lambda v: A @ v, v0, 6, 1e-10)
+    theta, bound = np.asarray(theta), np.asarray(bound)
+    assert int(k) == 6 and np.all(theta[:6] >= lam[:6] - 1e-12)
+    for t, b in zip(theta[:6], bound[:6], strict=True):
+        assert np.abs(lam - t).min() <= b + 1e-12
+    four = jnp.asarray((O * np.repeat([-1.0, 0.5, 2.0, 7.0], N // 4)) @ O.T)
+    theta, bound, k = lanczos_lowest(lambda v: four @ v, v0, 50, 1e-10)
+    assert int(k) == 4
+    np.testing.assert_allclose(theta[:4], [-1.0, 0.5, 2.0, 7.0], atol=1e-12)
+
+
 def test_past_folds_reaches_a_minimum_where_the_default_converges_to_a_saddle(deep_task):
     """Target seed 11 at σ² = 10⁻³, C = 2 (`benchmarks/deep_narrow_scan.py --part saddles`):
     the curve of solutions has a narrow S (folds at C ≈ 2.669 and 2.697), and the plain
@@ -391,10 +424,12 @@ def test_past_folds_reaches_a_minimum_where_the_default_converges_to_a_saddle(de
     assert bool(sol.converged) and int(sol.num_folds) == 2
     _assert_three_layer_erf_eos(sol, X, Y, 2.0, 2.0, 0.25, 1e-3)
     assert int(fj.hessian_index(sol)) == 0 == _covariance_index(sol)
+    assert int(fj.hessian_index(sol, "lanczos")) == 0
     plain = fj.solve(net, X, Y, max_stages=16)
     if bool(plain.converged):  # where the continuation jumped: a saddle, with a higher F
         _assert_three_layer_erf_eos(plain, X, Y, 2.0, 2.0, 0.25, 1e-3)
         assert int(fj.hessian_index(plain)) == 1 == _covariance_index(plain)
+        assert int(fj.hessian_index(plain, "lanczos")) == 1
         assert float(sol.free_energy) < float(plain.free_energy) - 0.5
 
 
@@ -489,9 +524,16 @@ def test_hessian_index_refuses_what_it_cannot_do(deep_task, deep_solutions):
         fj.hessian_index(sol.sigma)
     X40 = np.random.default_rng(0).standard_normal((40, 5))
     with pytest.raises(ValueError, match="3215 unknowns"):
-        fj.hessian_index(eqx.tree_at(lambda s: s.X, sol, jnp.asarray(X40)))
+        fj.hessian_index(eqx.tree_at(lambda s: s.X, sol, jnp.asarray(X40)), "dense")
     with jax.enable_x64(False), pytest.raises(TypeError, match="float64"):
         fj.hessian_index(eqx.tree_at(lambda s: s.X, sol, sol.X.astype(np.float32)))
+    with jax.enable_x64(False), pytest.raises(TypeError, match="float64"):
+        fj.hessian_index(eqx.tree_at(lambda s: s.X, sol, sol.X.astype(np.float32)), "lanczos")
+    with pytest.raises(ValueError, match="method"):
+        fj.hessian_index(sol, "arnoldi")
+    for steps in (1, 2.5, True):
+        with pytest.raises(ValueError, match="max_steps"):
+            fj.hessian_index(sol, "lanczos", max_steps=steps)  # type: ignore[arg-type]
 
 
 @pytest.mark.slow
@@ -549,6 +591,8 @@ def test_trace_passes_the_fold_and_finds_three_solutions(deep_task):
     # in the solver's coordinates, and in SPEC §3's (Σ, K^(2), K^(3)), written in the test.
     assert [int(fj.hessian_index(s)) for s in sols] == [0, 1, 0]
     assert [_covariance_index(s) for s in sols] == [0, 1, 0]
+    # And matrix-free (Lanczos on Hessian-vector products in whitened coordinates).
+    assert [int(fj.hessian_index(s, "lanczos")) for s in sols] == [0, 1, 0]
 
 
 def test_deep_linear_against_numpy_fixed_point():
@@ -623,8 +667,8 @@ def test_deep_linear_singular_prior_against_weight_space_eos():
     pred = fj.predict(sol, X_test)
     assert bool(sol.converged) and float(sol.residual) < 1e-10
     # A minimum of F, its n(n+1)/2 − d(d+1)/2 flat directions (shifts that leave K on Q's
-    # range) not counted as negative.
-    assert int(fj.hessian_index(sol)) == 0
+    # range) not counted as negative; Lanczos leaves them out (K's null space).
+    assert int(fj.hessian_index(sol)) == 0 == int(fj.hessian_index(sol, "lanczos"))
     iu = np.triu_indices(d)
     k = len(iu[0])
 
@@ -712,11 +756,11 @@ def test_sweep_equals_loop_deep(deep_task):
     # The path schedule only: the parallel one is a vmap of `solve`, the same program for
     # every depth, and is checked against the loop in test_solve.py.
     sols, preds = fj.sweep(net, t.X, t.Y, widths, t.X_test, t.Y_test, schedule="path")
-    index = fj.hessian_index(sols)
+    index, lanczos = fj.hessian_index(sols), fj.hessian_index(sols, "lanczos")
     for i, C in enumerate(widths):
         ref = fj.solve(_net(C, 2), t.X, t.Y)
         assert bool(sols.converged[i])
-        assert int(index[i]) == int(fj.hessian_index(ref)) == 0
+        assert int(index[i]) == int(fj.hessian_index(ref)) == int(lanczos[i]) == 0
         np.testing.assert_allclose(sols.kernels[0][i], ref.kernels[0], rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(
             preds.mean[i], fj.predict(ref, t.X_test).mean, rtol=1e-8, atol=1e-11
