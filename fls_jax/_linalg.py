@@ -932,15 +932,27 @@ def _ritz(alpha: Array, beta: Array, k: Array) -> tuple[Array, Array]:
     return theta, jnp.abs(beta[jnp.maximum(k - 1, 0)] * last)
 
 
+def negative_ritz(theta: Array, bound: Array, k: Array, below: float, rtol: float):
+    """(how many of the first k Ritz values lie below −`below` · max|θ|, whether the next
+    one, the lowest not below, has converged: its residual bound ≤ `rtol` · max|θ|)."""
+    lead = jnp.arange(theta.shape[0]) < k
+    scale = jnp.max(jnp.where(lead, jnp.abs(theta), 0.0))
+    count = jnp.sum(lead & (theta < -below * scale))
+    next_bound = jnp.take(bound, jnp.minimum(count, theta.shape[0] - 1))
+    return count, (count < k) & (next_bound <= rtol * scale)
+
+
 def lanczos_lowest(
-    matvec: Callable[[Array], Array], v0: Array, max_steps: int, rtol: float
+    matvec: Callable[[Array], Array], v0: Array, max_steps: int, rtol: float, below: float
 ) -> tuple[Array, Array, Array]:
     """Lanczos with full reorthogonalisation on a symmetric operator, from v0, until the
-    lowest Ritz value's residual bound is within `rtol` of the largest |Ritz value| (or an
-    invariant subspace is found, or `max_steps`). Returns the Ritz values (ascending; only
-    the first k are meaningful), their residual bounds and k. Each Ritz value bounds the
-    operator's eigenvalue of the same rank from above (θ_i ≥ λ_i, Cauchy interlacing), and
-    an eigenvalue lies within its bound of each one. Stores max_steps + 1 vectors."""
+    lowest Ritz value not below −`below` · max|θ| has a residual bound within `rtol` of the
+    largest |Ritz value| (`negative_ritz`; or an invariant subspace is found, or
+    `max_steps`): the count of negative Ritz values is then settled as far as Lanczos can
+    tell. Returns the Ritz values (ascending; only the first k are meaningful), their
+    residual bounds and k. Each Ritz value bounds the operator's eigenvalue of the same rank
+    from above (θ_i ≥ λ_i, Cauchy interlacing), and an eigenvalue lies within its bound of
+    each one. Stores max_steps + 1 vectors."""
     m, dtype = max_steps, v0.dtype
     V = jnp.zeros((m + 1, v0.shape[0]), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
 
@@ -957,7 +969,7 @@ def lanczos_lowest(
         scale = jnp.max(jnp.where(jnp.arange(m) < k, jnp.abs(theta), 0.0))
         invariant = b <= jnp.finfo(dtype).eps * scale
         V = c.V.at[k].set(jnp.where(invariant, 0.0, w / jnp.where(invariant, 1.0, b)))
-        done = invariant | (bound[0] <= rtol * scale) | (k >= m)
+        done = invariant | negative_ritz(theta, bound, k, below, rtol)[1] | (k >= m)
         return _Lanczos(V, alpha, beta, k, done)
 
     zeros = jnp.zeros(m, dtype)

@@ -12,7 +12,7 @@ from jaxtyping import Array, ArrayLike, Float, Int
 
 from ._arclength import _DENSE_MAX_UNKNOWNS, _Arc, arc_start, arc_step
 from ._free_energy import _free_energy, _layers, _sym
-from ._linalg import _eigh, _pack, _unpack, lanczos_lowest, spd_inverse_logdet
+from ._linalg import _eigh, _pack, _unpack, lanczos_lowest, negative_ritz, spd_inverse_logdet
 from ._network import AbstractNetwork
 from ._solve import (
     Solution,
@@ -159,7 +159,8 @@ def _index(network, X, Y, lam1, shifts) -> Array:
 # Matrix-free index (`_lanczos_index`). Directions along which a layer's pre-kernel K^(l) has
 # an eigenvalue below _WHITEN_CUTOFF · its largest are left out of the whitened coordinates;
 # an eigenvalue of F's Hessian counts as negative below −_LANCZOS_NEGATIVE · max|θ|, and the
-# lowest Ritz value as resolved once its residual bound is below _LANCZOS_RTOL · max|θ|.
+# lowest Ritz value above those as converged once its residual bound is below
+# _LANCZOS_RTOL · max|θ|.
 _WHITEN_CUTOFF = 1e-10
 _LANCZOS_NEGATIVE = 1e-8
 _LANCZOS_RTOL = 1e-8
@@ -195,8 +196,9 @@ def _lanczos_index(network, X, Y, lam1, shifts, max_steps: int) -> tuple[Array, 
     the Δ_l, by Hessian-vector products about the solution (`jax.linearize`). The coordinates
     are an affine map of the solver's unknowns, so the Hessian's inertia is that of
     `_index`'s (Sylvester), on the directions kept. The count of Ritz values below
-    −_LANCZOS_NEGATIVE max|θ| is a lower bound on the index (θ_i ≥ λ_i); it is −1 where the
-    lowest Ritz value is neither below that nor resolved (`_LANCZOS_RTOL`)."""
+    −_LANCZOS_NEGATIVE max|θ| is a lower bound on the index (θ_i ≥ λ_i), taken once the
+    lowest Ritz value above them has converged (`_LANCZOS_RTOL`); it is −1 where none is
+    negative and the lowest has not converged in `max_steps`."""
     P, keep = _whitening(network, X, lam1, shifts)
     sizes = tuple(p.shape[0] for p in P)
     w0, unravel = ravel_pytree(tuple(_pack(jnp.zeros_like(p)) for p in P))
@@ -213,12 +215,10 @@ def _lanczos_index(network, X, Y, lam1, shifts, max_steps: int) -> tuple[Array, 
     v0 = unravel(jax.random.normal(jax.random.key(0), w0.shape, w0.dtype))
     v0 = tuple(_pack(k @ _unpack(v, m) @ k) for k, v, m in zip(keep, v0, sizes, strict=True))
     v0 = ravel_pytree(v0)[0]
-    theta, bound, k = lanczos_lowest(hvp, v0, max_steps, _LANCZOS_RTOL)
+    theta, bound, k = lanczos_lowest(hvp, v0, max_steps, _LANCZOS_RTOL, _LANCZOS_NEGATIVE)
+    count, settled = negative_ritz(theta, bound, k, _LANCZOS_NEGATIVE, _LANCZOS_RTOL)
     scale = jnp.max(jnp.where(jnp.arange(max_steps) < k, jnp.abs(theta), 0.0))
-    negative = (jnp.arange(max_steps) < k) & (theta < -_LANCZOS_NEGATIVE * scale)
-    count = jnp.sum(negative)
-    resolved = (count > 0) | (bound[0] <= _LANCZOS_RTOL * scale)
-    return jnp.where(resolved, count, -1), theta[0] / scale, k
+    return jnp.where(settled | (count > 0), count, -1), theta[0] / scale, k
 
 
 @eqx.filter_jit
@@ -257,11 +257,11 @@ def hessian_index(
         - `"lanczos"`: matrix-free, for any n. Lanczos (full reorthogonalisation) on F's
           Hessian-vector products, in coordinates whitened by the layers' covariances
           (dΣ⁻¹ = Σ^{-1/2} dW Σ^{-1/2}, dΔ_l = K^(l)^{-1/2} dW K^(l)^{-1/2}), where the KL
-          terms' curvature is a multiple of the identity, until the lowest Ritz value has
-          converged (residual bound ≤ 10⁻⁸ max|θ|) or `max_steps`. It counts the Ritz values
-          below −10⁻⁸ max|θ|: a lower bound on the index (each Ritz value bounds the
-          eigenvalue of its rank from above), which tells a saddle from a minimum once the
-          lowest one has converged. Directions along which K^(l) has an eigenvalue below
+          terms' curvature is a multiple of the identity. It counts the Ritz values below
+          −10⁻⁸ max|θ|, once the lowest Ritz value above them has converged (residual bound
+          ≤ 10⁻⁸ max|θ|) or after `max_steps`: a lower bound on the index (each Ritz value
+          bounds the eigenvalue of its rank from above), which tells a saddle from a minimum
+          once the lowest one has converged. Directions along which K^(l) has an eigenvalue below
           10⁻¹⁰ of its largest, where F is flat or nearly so, are left out. Memory:
           max_steps + 1 vectors of the N unknowns.
         - `"auto"` (default): `"dense"` for N ≤ 3000, else `"lanczos"`.

@@ -381,11 +381,12 @@ def test_past_folds_continuation_does_not_jump_to_another_branch():
 
 def test_lanczos_lowest_against_numpy_eigenvalues():
     """`lanczos_lowest` (the matrix-free Hessian index's eigensolver) on a symmetric matrix
-    of known spectrum, three eigenvalues negative: run to convergence it finds the lowest to
-    its residual bound; after 6 steps each Ritz value bounds the eigenvalue of its rank from
+    of known spectrum, three eigenvalues negative: run until the lowest Ritz value above
+    the negative ones has converged, it counts three and finds the four lowest eigenvalues
+    to their residual bounds; after 6 steps each Ritz value bounds the eigenvalue of its rank from
     above (Cauchy interlacing) and has an eigenvalue within its residual bound; on a
     spectrum of 4 distinct values it stops after 4 steps with those values."""
-    from fls_jax._linalg import lanczos_lowest
+    from fls_jax._linalg import lanczos_lowest, negative_ritz
 
     rng = np.random.default_rng(0)
     N = 200
@@ -393,18 +394,19 @@ def test_lanczos_lowest_against_numpy_eigenvalues():
     lam = np.sort(np.concatenate([[-2.0, -0.5, -0.01], rng.uniform(0.1, 10.0, N - 3)]))
     A = jnp.asarray((O * lam) @ O.T)
     v0 = jnp.asarray(rng.standard_normal(N))
-    theta, bound, k = lanczos_lowest(lambda v: A @ v, v0, 150, 1e-10)
-    k = int(k)
-    assert k < 150 and float(bound[0]) <= 1e-10 * 10
-    assert abs(float(theta[0]) - lam[0]) <= float(bound[0]) + 1e-12
-    assert np.sum(np.asarray(theta[:k]) < 0) == 3
-    theta, bound, k = lanczos_lowest(lambda v: A @ v, v0, 6, 1e-10)
+    theta, bound, k = lanczos_lowest(lambda v: A @ v, v0, 150, 1e-10, 1e-8)
+    count, settled = negative_ritz(theta, bound, k, 1e-8, 1e-10)
+    assert int(k) < 150 and int(count) == 3 and bool(settled)
+    assert float(bound[3]) <= 1e-10 * 10 and lam[3] > 0
+    for i in range(4):
+        assert abs(float(theta[i]) - lam[i]) <= float(bound[i]) + 1e-12
+    theta, bound, k = lanczos_lowest(lambda v: A @ v, v0, 6, 1e-10, 1e-8)
     theta, bound = np.asarray(theta), np.asarray(bound)
     assert int(k) == 6 and np.all(theta[:6] >= lam[:6] - 1e-12)
     for t, b in zip(theta[:6], bound[:6], strict=True):
         assert np.abs(lam - t).min() <= b + 1e-12
     four = jnp.asarray((O * np.repeat([-1.0, 0.5, 2.0, 7.0], N // 4)) @ O.T)
-    theta, bound, k = lanczos_lowest(lambda v: four @ v, v0, 50, 1e-10)
+    theta, bound, k = lanczos_lowest(lambda v: four @ v, v0, 50, 1e-10, 1e-8)
     assert int(k) == 4
     np.testing.assert_allclose(theta[:4], [-1.0, 0.5, 2.0, 7.0], atol=1e-12)
 
