@@ -1,6 +1,6 @@
 """The matrix-free Hessian index (`fj.hessian_index(..., method="lanczos")`, stop 68).
 
-    python benchmarks/lanczos_index.py [--part agree|large|all] [--seeds A B]
+    python benchmarks/lanczos_index.py [--part agree|large|narrow|all] [--seeds A B]
         [--n 128 512] [--widths 10000 90 8 2]
 
 `--part agree`: the narrow depth-3 erf FCNs of `benchmarks/deep_narrow_scan.py` (n = 20,
@@ -16,6 +16,11 @@ the n = 128 reference data, and `deep_erf_teacher(n=512, d=32, depth=2, seed=0)`
 solved from the GP limit at each of `--widths`, where `"dense"` refuses (8784 and 131 856
 unknowns). Per width: the Lanczos index, steps, lowest Ritz value / max, and the seconds of
 the solve and of the index (its first call per n includes compilation).
+
+`--part narrow`: the narrow networks of `--part agree` (depth-3 erf, σ_w² = 2, σ_a² = 0.25,
+y = sin(2 w·x), target seeds [A, B), C = 2 and 1, σ² = 10⁻² and 10⁻³) on n = 128 inputs of
+`deep_erf_teacher(n=128, d=5, seed=3)` (16 527 unknowns, beyond the dense index and
+`past_folds`): does the default solve land on saddles of F at larger n too?
 """
 
 import argparse
@@ -113,9 +118,43 @@ def large(sizes, widths) -> None:
             )
 
 
+def narrow(seeds: range) -> None:
+    import deep_narrow_scan as scan
+
+    X = np.asarray(fj.datasets.deep_erf_teacher(n=128, n_test=10, d=5, depth=2, seed=3).X)
+    print("| seed | C | σ² | stages/iterations | F | index | steps | θ_min / max|θ| | solve s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    counts = {"converged": 0, "saddles": 0, "unresolved": 0}
+    for seed in seeds:
+        Y = scan.targets(X, seed)
+        for C in (2.0, 1.0):
+            for noise in (1e-2, 1e-3):
+                net = fj.FCN(width=C, depth=3, sigma_w2=2.0, sigma_a2=0.25, noise=noise)
+                t0 = time.perf_counter()
+                sol = fj.solve(net, X, Y)
+                jax.block_until_ready(sol.precision)
+                t = time.perf_counter() - t0
+                row = f"| {seed} | {C:g} | {noise:g} | {scan.cell(sol)} |"
+                if not bool(sol.converged):
+                    print(row + f" | | | | {t:.1f} |", flush=True)
+                    continue
+                k, steps, low, _ = lanczos(sol)
+                counts["converged"] += 1
+                counts["saddles"] += k > 0
+                counts["unresolved"] += k < 0
+                print(
+                    row + f" {float(sol.free_energy):.8g} | {k} | {steps} | {low:.3g} | {t:.1f} |",
+                    flush=True,
+                )
+    print(
+        f"{counts['converged']} of {4 * len(seeds)} converged: {counts['saddles']} saddles, "
+        f"{counts['unresolved']} unresolved (-1)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--part", choices=("agree", "large", "all"), default="all")
+    parser.add_argument("--part", choices=("agree", "large", "narrow", "all"), default="all")
     parser.add_argument("--seeds", type=int, nargs=2, default=(0, 18))
     parser.add_argument("--n", type=int, nargs="+", default=(128, 512))
     parser.add_argument("--widths", type=float, nargs="+", default=(10000, 90, 8, 2))
@@ -125,6 +164,8 @@ def main() -> None:
         agree(range(*args.seeds))
     if args.part in ("large", "all"):
         large(args.n, args.widths)
+    if args.part in ("narrow", "all"):
+        narrow(range(*args.seeds))
 
 
 if __name__ == "__main__":

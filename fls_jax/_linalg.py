@@ -933,20 +933,25 @@ def _ritz(alpha: Array, beta: Array, k: Array) -> tuple[Array, Array]:
 
 
 def negative_ritz(theta: Array, bound: Array, k: Array, below: float, rtol: float):
-    """(how many of the first k Ritz values lie below −`below` · max|θ|, whether the next
-    one, the lowest not below, has converged: its residual bound ≤ `rtol` · max|θ|)."""
+    """(how many of the first k Ritz values lie below −`below` · max|θ|, whether the lowest
+    one above +`below` · max|θ| has converged: its residual bound ≤ `rtol` · max|θ|, and
+    the index of that one). Ritz values within ±`below` · max|θ| are flat directions (F
+    flat to rounding): counted as non-negative, and not the ones that settle the count,
+    since a cluster of them converges early while a negative eigenvalue further out may
+    not have emerged yet."""
     lead = jnp.arange(theta.shape[0]) < k
     scale = jnp.max(jnp.where(lead, jnp.abs(theta), 0.0))
     count = jnp.sum(lead & (theta < -below * scale))
-    next_bound = jnp.take(bound, jnp.minimum(count, theta.shape[0] - 1))
-    return count, (count < k) & (next_bound <= rtol * scale)
+    first = jnp.sum(lead & (theta <= below * scale))
+    next_bound = jnp.take(bound, jnp.minimum(first, theta.shape[0] - 1))
+    return count, (first < k) & (next_bound <= rtol * scale), first
 
 
 def lanczos_lowest(
     matvec: Callable[[Array], Array], v0: Array, max_steps: int, rtol: float, below: float
 ) -> tuple[Array, Array, Array]:
     """Lanczos with full reorthogonalisation on a symmetric operator, from v0, until the
-    lowest Ritz value not below −`below` · max|θ| has a residual bound within `rtol` of the
+    lowest Ritz value above +`below` · max|θ| has a residual bound within `rtol` of the
     largest |Ritz value| (`negative_ritz`; or an invariant subspace is found, or
     `max_steps`): the count of negative Ritz values is then settled as far as Lanczos can
     tell. Returns the Ritz values (ascending; only the first k are meaningful), their
