@@ -8,7 +8,8 @@ d = 5, σ_w² = 2, σ_a² = 0.25; C = 2 and 1, σ² = 10⁻² and 10⁻³; targe
 solved from the GP limit with the default solver, and again with `past_folds=True,
 max_stages=16` where that fails. For every converged solution: the index from the dense
 Hessian (exact, 435 unknowns) and from Lanczos in whitened coordinates, the Lanczos steps
-and the lowest Ritz value over the largest |Ritz value|. The table lists the saddles and
+and θ_min: the lowest Ritz value outside the flat band ±10⁻⁸ max|θ| (directions along which
+F is flat to rounding), over the largest |Ritz value|. The table lists the saddles and
 any disagreement; the last line counts agreements.
 
 `--part large`: the authors' three-layer erf FCN (d = 32, σ_w² = 2, σ_a² = 2/256, σ² = 10⁻³):
@@ -44,7 +45,7 @@ _lanczos = eqx.filter_jit(_lanczos_index)
 
 
 def lanczos(sol, max_steps: int = 200):
-    """(index, steps, lowest Ritz value / max |θ|, seconds) through the private function
+    """(index, steps, θ_min / max |θ|, seconds) through the private function
     that `fj.hessian_index(method="lanczos")` calls, which also gives steps and θ."""
     t0 = time.perf_counter()
     args = (sol.network, sol.X, sol.Y, sol.precision, sol.kernel_shifts, max_steps)
