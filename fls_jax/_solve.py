@@ -1014,25 +1014,21 @@ def _check_past_folds(network: AbstractNetwork, X: Array, precision0) -> None:
     _check_dense(network, X, "past_folds")
 
 
-def _unknowns_count(network: AbstractNetwork, X: Array) -> int:
-    """How many unknowns the solver has (from shapes alone)."""
-    return sum(x.size for x in jax.tree.leaves(jax.eval_shape(_gp_state, network, X)))
-
-
-def _check_dense(network: AbstractNetwork, X: Array, what: str, dense: bool = True) -> None:
+def _check_dense(network: AbstractNetwork, X: Array, what: str, dense: bool = True) -> int:
     """The limits of dense pseudo-arclength (`fj.trace`, `solve(past_folds=True)`): float64,
     no weight mean, at most `_DENSE_MAX_UNKNOWNS` unknowns (checked on shapes alone; not
-    with `dense=False`)."""
+    with `dense=False`). Returns the number of unknowns."""
     if X.dtype != jnp.float64:
         raise TypeError(f"{what} needs float64 (jax.config.update('jax_enable_x64', True))")
     if network.weight_mean:
         raise ValueError(f"{what} does not support networks with a weight mean")
-    size = _unknowns_count(network, X)
+    size = sum(x.size for x in jax.tree.leaves(jax.eval_shape(_gp_state, network, X)))
     if dense and size > _DENSE_MAX_UNKNOWNS:
         raise ValueError(
             f"{what} forms dense Jacobians: {size} unknowns is more than "
             f"{_DENSE_MAX_UNKNOWNS}; use fewer training points"
         )
+    return size
 
 
 def _validate_precision0(network: AbstractNetwork, X: Array, precision0) -> tuple[Array, ...]:

@@ -23,7 +23,6 @@ from ._solve import (
     _state_of,
     _state_scale,
     _to_state,
-    _unknowns_count,
     _validate,
     _with_width,
     solve,
@@ -293,11 +292,9 @@ def hessian_index(
         raise ValueError(f"max_steps must be an integer ≥ 2, got {max_steps!r}")
     batched = jnp.ndim(solution.X) == 3
     one = jax.tree.map(lambda x: x[0] if eqx.is_array(x) else x, solution) if batched else solution
-    _check_dense(one.network, one.X, "hessian_index", dense=False)  # float64, no weight mean
-    size = _unknowns_count(one.network, one.X)
+    # float64 and no weight mean for both; the size limit where "dense" is asked for.
+    size = _check_dense(one.network, one.X, "hessian_index", dense=method == "dense")
     dense = method == "dense" or (method == "auto" and size <= _DENSE_MAX_UNKNOWNS)
-    if dense:
-        _check_dense(one.network, one.X, "hessian_index")
     steps = None if dense else min(max_steps, size)
     index = functools.partial(_solution_index, max_steps=steps)
     return (eqx.filter_vmap(index) if batched else index)(solution)
