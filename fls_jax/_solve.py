@@ -970,8 +970,9 @@ def solve(
     - `precision0`: a starting Σ⁻¹ (e.g. the solution at a neighbouring width), or for
       depth L > 1 the tuple of unknowns (Σ⁻¹, Δ_2, …, Δ_L), i.e.
       `(sol.precision, *sol.kernel_shifts)`; with `weight_mean`, the (S+1)×(S+1) augmented
-      precision of [`fls_jax.eos_residual`][]. Given, it replaces the GP-limit start *and*
-      the continuation: one root find from there.
+      precision of [`fls_jax.eos_residual`][]. A start where F is not finite (shifts that
+      make a K^(l) indefinite) is refused. Given, it replaces the GP-limit start *and* the
+      continuation: one root find from there.
     - `adjoint`: how to differentiate (default: implicit, no backprop through iterations).
     - `past_folds`: where the continuation in 1/C stops short of the target (its branch of
       solutions folds back, or it stalls where the curve nearly does; README, "Known
@@ -1001,7 +1002,7 @@ def solve(
     if adjoint is None:
         adjoint = _default_adjoint(network.depth)
     if precision0 is not None:
-        precision0 = _validate_precision0(network, X, precision0)
+        precision0 = _validate_precision0(network, X, Y, precision0)
     if past_folds:
         _check_past_folds(network, X, precision0)
     return _solve(network, X, Y, chain, max_stages, precision0, adjoint, bool(past_folds))
@@ -1031,7 +1032,9 @@ def _check_dense(network: AbstractNetwork, X: Array, what: str, dense: bool = Tr
     return size
 
 
-def _validate_precision0(network: AbstractNetwork, X: Array, precision0) -> tuple[Array, ...]:
+def _validate_precision0(
+    network: AbstractNetwork, X: Array, Y: Array, precision0
+) -> tuple[Array, ...]:
     S, n, L = network.state_size(X.shape[1]), X.shape[0], network.depth
     if L == 1 and not isinstance(precision0, tuple | list):
         precision0 = (precision0,)
@@ -1048,6 +1051,18 @@ def _validate_precision0(network: AbstractNetwork, X: Array, precision0) -> tupl
         elif _concrete(p) and not np.all(np.isfinite(np.asarray(p))):
             raise ValueError(f"precision0[{i}] contains NaN or inf")
         out.append(p)
+    leaves = (*out, X, Y, *jax.tree.leaves(eqx.filter(network, eqx.is_array)))
+    if L > 1 and all(_concrete(v) for v in leaves):
+        # Finite shifts can still leave the domain: K^(l) = Q(I + Δ_l Q)⁻¹ indefinite. The
+        # solve then starts at NaN and returns it, converged=False (stop 69).
+        shifts = tuple(_sym(d) for d in out[1:])
+        F = _free_energy(network, spd_inverse_logdet(_sym(out[0]))[0], shifts, X, Y)
+        if not np.isfinite(float(F)):
+            raise ValueError(
+                "precision0 is outside the domain of the EoS: the free energy there is not "
+                "finite (a deeper layer's K^(l) = Q^(l-1) (I + Δ_l Q^(l-1))⁻¹ is not positive "
+                "semi-definite); start from a solution's (precision, *kernel_shifts)"
+            )
     return tuple(out)
 
 

@@ -644,10 +644,10 @@ def test_free_energy_and_residual_check_their_inputs():
 
 
 def test_positive_definite_real_inputs_are_checked():
-    """Matrices that must be positive definite (F's Σ and K^(l), D's K, `precision0`'s Σ⁻¹),
-    complex data, and a PatchCNN without features get clear errors (they gave NaN, a NaN
-    solve flagged only by `converged`, a TypeError from inside `jax.grad`, a silently
-    dropped imaginary part, and a "converged" NaN prediction)."""
+    """Matrices that must be positive definite (F's Σ and K^(l), D's K, `precision0`'s Σ⁻¹
+    and the K^(l) its shifts give), complex data, and a PatchCNN without features get clear
+    errors (they gave NaN, a NaN solve flagged only by `converged`, a TypeError from inside
+    `jax.grad`, a silently dropped imaginary part, and a "converged" NaN prediction)."""
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((6, 4)), rng.standard_normal(6)
     net = fj.FCN(8.0, 1.0, 1.0, 0.1, fj.Erf())
@@ -661,6 +661,9 @@ def test_positive_definite_real_inputs_are_checked():
         fj.free_energy(deep, np.eye(4) / 4, X, y, kernels=(-np.eye(6),))
     with pytest.raises(ValueError, match=r"precision0\[1\] contains NaN"):
         fj.solve(deep, X, y, precision0=(4 * np.eye(4), np.full((6, 6), np.nan)))
+    # Finite shifts outside the domain: K^(2) = Q(I + ΔQ)⁻¹ indefinite (a NaN solve before).
+    with pytest.raises(ValueError, match="precision0 is outside the domain of the EoS"):
+        fj.solve(deep, X, y, precision0=(4 * np.eye(4), -1e4 * np.eye(6)))
     with pytest.raises(ValueError, match="K must be a finite, symmetric positive-definite"):
         fj.gp_negative_log_evidence(-np.eye(6), y)
     with pytest.raises(ValueError, match="Y must have shape"):
