@@ -385,8 +385,9 @@ def test_lanczos_lowest_against_numpy_eigenvalues():
     the negative ones has converged, it counts three and finds the four lowest eigenvalues
     to their residual bounds; after 6 steps each Ritz value bounds the eigenvalue of its rank from
     above (Cauchy interlacing) and has an eigenvalue within its residual bound; on a
-    spectrum of 4 distinct values it stops after 4 steps with those values."""
-    from fls_jax._linalg import lanczos_lowest, negative_ritz
+    spectrum of 4 distinct values it stops after 4 steps with those values; a step's Ritz
+    values from a leading block are the whole tridiagonal's."""
+    from fls_jax._linalg import _ritz, _ritz_leading, lanczos_lowest, negative_ritz
 
     rng = np.random.default_rng(0)
     N = 200
@@ -415,6 +416,14 @@ def test_lanczos_lowest_against_numpy_eigenvalues():
     theta, bound, k = lanczos_lowest(lambda v: four @ v, v0, 50, 1e-10, 1e-8)
     assert int(k) == 4
     np.testing.assert_allclose(theta[:4], [-1.0, 0.5, 2.0, 7.0], atol=1e-12)
+    # A step's Ritz values from the smallest leading block that holds the k steps: those of
+    # the whole padded tridiagonal, on each side of the blocks' edges (64, 128).
+    alpha, beta = jnp.asarray(rng.standard_normal(150)), jnp.asarray(rng.random(150))
+    for steps in (5, 64, 65, 128, 129, 150):
+        whole = _ritz(alpha, beta, jnp.asarray(steps))
+        leading = _ritz_leading(alpha, beta, jnp.asarray(steps))
+        for a, b in zip(whole, leading, strict=True):
+            np.testing.assert_allclose(b[:steps], a[:steps], rtol=1e-12, atol=1e-12)
 
 
 def test_past_folds_reaches_a_minimum_where_the_default_converges_to_a_saddle(deep_task):
