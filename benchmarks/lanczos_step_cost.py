@@ -9,10 +9,11 @@ Networks: the narrow depth-3 erf FCN of `deep_narrow_scan.py` (n = 20, seed 11, 
 the two reorthogonalisation passes, and the Ritz values and bounds of a tridiagonal with
 k = 50 steps from the whole `max_steps` × `max_steps` (`_ritz`, every step before stop 69)
 and from the leading 64 × 64 block (`_ritz_leading`). Then the whole index
-(`_lanczos_index`, what `fj.hessian_index(method="lanczos")` runs), once with
-`_RITZ_BLOCKS = ()` (the whole tridiagonal at every step, as before stop 69) and once as
-shipped, each jit-compiled separately, in the same run. Every time is the median of
-`--repeats` calls after a warm-up call.
+(`_lanczos_index`, what `fj.hessian_index(method="lanczos")` runs), once with no blocks
+(the whole tridiagonal at every step, as before stop 69, and as a vmapped `hessian_index`
+still does) and once with `_RITZ_BLOCKS`, each jit-compiled separately, in the same run;
+and both Ritz steps vmapped over 10 tridiagonals, where `lax.switch` computes every block.
+Every time is the median of `--repeats` calls after a warm-up call.
 """
 
 import argparse
@@ -30,9 +31,15 @@ jax.config.update("jax_enable_x64", True)
 import deep_narrow_scan as scan  # noqa: E402
 
 import fls_jax as fj  # noqa: E402
-import fls_jax._linalg as linalg  # noqa: E402
 from fls_jax._free_energy import _free_energy, _sym  # noqa: E402
-from fls_jax._linalg import _pack, _ritz, _ritz_leading, _unpack, spd_inverse_logdet  # noqa: E402
+from fls_jax._linalg import (  # noqa: E402
+    _RITZ_BLOCKS,
+    _pack,
+    _ritz,
+    _ritz_leading,
+    _unpack,
+    spd_inverse_logdet,
+)
 from fls_jax._trace import _lanczos_index, _whitening  # noqa: E402
 
 
@@ -84,7 +91,8 @@ def main() -> None:
 
     rng = np.random.default_rng(0)
     alpha, beta = jnp.asarray(rng.standard_normal(m)), jnp.asarray(rng.random(m))
-    ritz, leading = jax.jit(_ritz), jax.jit(_ritz_leading)
+    ritz = jax.jit(_ritz)
+    leading = jax.jit(lambda a, b, k: _ritz_leading(a, b, k, _RITZ_BLOCKS))
     print(
         "| network | unknowns | HVP ms | reorthogonalisation ms | `_ritz` ms | `_ritz_leading` "
         "ms | index | steps | index s, whole | index s, leading |"
@@ -107,12 +115,10 @@ def main() -> None:
         t_lead = median_time(leading, alpha, beta, k50, repeats=args.repeats)
         index_args = (sol.network, sol.X, sol.Y, sol.precision, sol.kernel_shifts)
         times, counts = [], []
-        for blocks in ((), linalg._RITZ_BLOCKS):
-            saved, linalg._RITZ_BLOCKS = linalg._RITZ_BLOCKS, blocks
-            index = jax.jit(lambda *a: _lanczos_index(*a, m))  # a new trace per setting
+        for blocks in ((), _RITZ_BLOCKS):
+            index = jax.jit(lambda *a, blocks=blocks: _lanczos_index(*a, m, blocks))
             counts.append(tuple(int(v) for v in index(*index_args)[::2]))
             times.append(median_time(index, *index_args, repeats=max(3, args.repeats // 5)))
-            linalg._RITZ_BLOCKS = saved
         assert counts[0] == counts[1], counts  # the same index, in the same steps
         print(
             f"| {name} | {N} | {1e3 * t_hvp:.2f} | {1e3 * t_orth:.2f} | {1e3 * t_ritz:.2f} "
@@ -120,6 +126,23 @@ def main() -> None:
             f"| {times[1]:.3f} |",
             flush=True,
         )
+    batched(m, args.repeats)
+
+
+def batched(m: int, repeats: int, batch: int = 10) -> None:
+    """Under vmap (a batched `sweep`'s index) `lax.switch` computes every block: the Ritz
+    values of `batch` tridiagonals at k = 50, whole against leading."""
+    rng = np.random.default_rng(1)
+    alpha = jnp.asarray(rng.standard_normal((batch, m)))
+    beta = jnp.asarray(rng.random((batch, m)))
+    k = jnp.full(batch, 50)
+    whole = median_time(jax.jit(jax.vmap(_ritz)), alpha, beta, k, repeats=repeats)
+    lead = jax.jit(jax.vmap(lambda a, b, k: _ritz_leading(a, b, k, _RITZ_BLOCKS)))
+    leading = median_time(lead, alpha, beta, k, repeats=repeats)
+    print(
+        f"vmapped over {batch} tridiagonals (k = 50): whole {1e3 * whole:.2f} ms, "
+        f"leading blocks {1e3 * leading:.2f} ms"
+    )
 
 
 if __name__ == "__main__":

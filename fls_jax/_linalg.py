@@ -932,20 +932,23 @@ def _ritz(alpha: Array, beta: Array, k: Array) -> tuple[Array, Array]:
     return theta, jnp.abs(beta[jnp.maximum(k - 1, 0)] * last)
 
 
-# Leading blocks of the tridiagonal whose Ritz values a Lanczos step computes: the smallest
-# that holds the k steps taken, then the whole `max_steps` (`_ritz_leading`).
+# Leading blocks of the tridiagonal whose Ritz values an unbatched Lanczos step computes:
+# the smallest that holds the k steps taken, else the whole `max_steps` (`_ritz_leading`).
 _RITZ_BLOCKS = (64, 128)
 
 
-def _ritz_leading(alpha: Array, beta: Array, k: Array) -> tuple[Array, Array]:
-    """`_ritz` from the smallest leading block of `_RITZ_BLOCKS` (or the whole) that holds
+def _ritz_leading(
+    alpha: Array, beta: Array, k: Array, blocks: tuple[int, ...]
+) -> tuple[Array, Array]:
+    """`_ritz` from the smallest leading block of sizes `blocks` (or the whole) that holds
     the first k rows: the same Ritz values and bounds (the rows past k are decoupled either
-    way), padded with +inf. An m×m eigendecomposition at each step cost 4 ms at m = 200
-    against a Hessian-vector product's 0.5 ms at n = 20 and 5 ms at n = 128
-    (`benchmarks/lanczos_step_cost.py`). Without vmap only the block chosen is decomposed;
-    under vmap `lax.switch` computes every block."""
+    way), padded with +inf. The whole 200 × 200 one cost 1.3–1.4 ms a step on 2 CPU cores,
+    against a Hessian-vector product's 0.2 ms at n = 20 and 2.8–2.9 ms at n = 128
+    (`benchmarks/lanczos_step_cost.py`). Only the block chosen is decomposed, unless k is
+    batched: under vmap `lax.switch` computes every block (1.56× the whole one's time with
+    (64, 128)), so a vmapped Lanczos passes no blocks."""
     m = alpha.shape[0]
-    sizes = sorted({min(b, m) for b in _RITZ_BLOCKS} | {m})
+    sizes = sorted({min(b, m) for b in blocks} | {m})
 
     def block(b: int) -> Callable[[Array, Array, Array], tuple[Array, Array]]:
         def ritz(alpha: Array, beta: Array, k: Array) -> tuple[Array, Array]:
@@ -955,6 +958,8 @@ def _ritz_leading(alpha: Array, beta: Array, k: Array) -> tuple[Array, Array]:
 
         return ritz
 
+    if len(sizes) == 1:
+        return _ritz(alpha, beta, k)
     which = jnp.searchsorted(jnp.asarray(sizes), k)  # the first block with b ≥ k
     return jax.lax.switch(which, [block(b) for b in sizes], alpha, beta, k)
 
@@ -975,7 +980,12 @@ def negative_ritz(theta: Array, bound: Array, k: Array, below: float, rtol: floa
 
 
 def lanczos_lowest(
-    matvec: Callable[[Array], Array], v0: Array, max_steps: int, rtol: float, below: float
+    matvec: Callable[[Array], Array],
+    v0: Array,
+    max_steps: int,
+    rtol: float,
+    below: float,
+    blocks: tuple[int, ...] = _RITZ_BLOCKS,
 ) -> tuple[Array, Array, Array]:
     """Lanczos with full reorthogonalisation on a symmetric operator, from v0, until the
     lowest Ritz value above +`below` · max|θ| has a residual bound within `rtol` of the
@@ -984,7 +994,9 @@ def lanczos_lowest(
     tell. Returns the Ritz values (ascending; only the first k are meaningful), their
     residual bounds and k. Each Ritz value bounds the operator's eigenvalue of the same rank
     from above (θ_i ≥ λ_i, Cauchy interlacing), and an eigenvalue lies within its bound of
-    each one. Stores max_steps + 1 vectors."""
+    each one. Each step's Ritz values come from the smallest leading block of the
+    tridiagonal of sizes `blocks` that holds its steps (`_ritz_leading`; pass () under
+    vmap). Stores max_steps + 1 vectors."""
     m, dtype = max_steps, v0.dtype
     V = jnp.zeros((m + 1, v0.shape[0]), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
 
@@ -997,7 +1009,7 @@ def lanczos_lowest(
         b = jnp.linalg.norm(w)
         alpha, beta = c.alpha.at[c.k].set(a), c.beta.at[c.k].set(b)
         k = c.k + 1
-        theta, bound = _ritz_leading(alpha, beta, k)
+        theta, bound = _ritz_leading(alpha, beta, k, blocks)
         scale = jnp.max(jnp.where(jnp.arange(m) < k, jnp.abs(theta), 0.0))
         invariant = b <= jnp.finfo(dtype).eps * scale
         V = c.V.at[k].set(jnp.where(invariant, 0.0, w / jnp.where(invariant, 1.0, b)))

@@ -12,7 +12,15 @@ from jaxtyping import Array, ArrayLike, Float, Int
 
 from ._arclength import _DENSE_MAX_UNKNOWNS, _Arc, arc_start, arc_step
 from ._free_energy import _free_energy, _layers, _sym
-from ._linalg import _eigh, _pack, _unpack, lanczos_lowest, negative_ritz, spd_inverse_logdet
+from ._linalg import (
+    _RITZ_BLOCKS,
+    _eigh,
+    _pack,
+    _unpack,
+    lanczos_lowest,
+    negative_ritz,
+    spd_inverse_logdet,
+)
 from ._network import AbstractNetwork
 from ._solve import (
     Solution,
@@ -190,7 +198,9 @@ def _whitening(network, X, lam1, shifts) -> tuple[tuple[Array, ...], tuple[Array
     return tuple(r[0] for r in roots), tuple(r[1] for r in roots)
 
 
-def _lanczos_index(network, X, Y, lam1, shifts, max_steps: int) -> tuple[Array, Array, Array]:
+def _lanczos_index(
+    network, X, Y, lam1, shifts, max_steps: int, blocks: tuple[int, ...] = _RITZ_BLOCKS
+) -> tuple[Array, Array, Array]:
     """(index or −1, lowest Ritz value outside the flat band ±_LANCZOS_NEGATIVE max|θ|
     / max|θ|, steps): Lanczos (`lanczos_lowest`) on F's
     Hessian (SPEC §3) in whitened coordinates (`_whitening`) of the upper triangles of Λ and
@@ -219,7 +229,7 @@ def _lanczos_index(network, X, Y, lam1, shifts, max_steps: int) -> tuple[Array, 
     v0 = unravel(jax.random.normal(jax.random.key(0), w0.shape, w0.dtype))
     v0 = tuple(_pack(k @ _unpack(v, m) @ k) for k, v, m in zip(keep, v0, sizes, strict=True))
     v0 = ravel_pytree(v0)[0]
-    theta, bound, k = lanczos_lowest(hvp, v0, max_steps, _LANCZOS_RTOL, _LANCZOS_NEGATIVE)
+    theta, bound, k = lanczos_lowest(hvp, v0, max_steps, _LANCZOS_RTOL, _LANCZOS_NEGATIVE, blocks)
     count, settled, first = negative_ritz(theta, bound, k, _LANCZOS_NEGATIVE, _LANCZOS_RTOL)
     scale = jnp.max(jnp.where(jnp.arange(max_steps) < k, jnp.abs(theta), 0.0))
     lowest = jnp.where(count > 0, theta[0], jnp.take(theta, jnp.minimum(first, max_steps - 1)))
@@ -227,12 +237,14 @@ def _lanczos_index(network, X, Y, lam1, shifts, max_steps: int) -> tuple[Array, 
 
 
 @eqx.filter_jit
-def _solution_index(solution: Solution, max_steps: int | None = None) -> Array:
+def _solution_index(
+    solution: Solution, max_steps: int | None = None, blocks: tuple[int, ...] = _RITZ_BLOCKS
+) -> Array:
     net, X, Y = solution.network, solution.X, solution.Y
     if max_steps is None:
         index = _index(net, X, Y, solution.precision, solution.kernel_shifts)
     else:
-        args = (net, X, Y, solution.precision, solution.kernel_shifts, max_steps)
+        args = (net, X, Y, solution.precision, solution.kernel_shifts, max_steps, blocks)
         index = _lanczos_index(*args)[0]
     index = jnp.where(jnp.isfinite(net.width), index, 0)
     return jnp.where(solution.converged, index, -1)
@@ -296,7 +308,9 @@ def hessian_index(
     size = _check_dense(one.network, one.X, "hessian_index", dense=method == "dense")
     dense = method == "dense" or (method == "auto" and size <= _DENSE_MAX_UNKNOWNS)
     steps = None if dense else min(max_steps, size)
-    index = functools.partial(_solution_index, max_steps=steps)
+    # Under vmap the Lanczos step's block choice would compute every block (`_ritz_leading`).
+    blocks = () if batched else _RITZ_BLOCKS
+    index = functools.partial(_solution_index, max_steps=steps, blocks=blocks)
     return (eqx.filter_vmap(index) if batched else index)(solution)
 
 
