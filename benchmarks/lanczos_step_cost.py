@@ -31,16 +31,12 @@ jax.config.update("jax_enable_x64", True)
 import deep_narrow_scan as scan  # noqa: E402
 
 import fls_jax as fj  # noqa: E402
-from fls_jax._free_energy import _free_energy, _sym  # noqa: E402
 from fls_jax._linalg import (  # noqa: E402
     _RITZ_BLOCKS,
-    _pack,
     _ritz,
     _ritz_leading,
-    _unpack,
-    spd_inverse_logdet,
 )
-from fls_jax._trace import _lanczos_index, _whitening  # noqa: E402
+from fls_jax._trace import _lanczos_index, _whitened_hvp  # noqa: E402
 
 
 REF = pathlib.Path(__file__).parent.parent / "tests/data/fcn3_erf_n128"
@@ -54,24 +50,6 @@ def median_time(fn, *args, repeats: int) -> float:
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
-
-
-def hvp_of(sol):
-    """F's Hessian-vector product in `_lanczos_index`'s whitened coordinates."""
-    net, X, Y = sol.network, sol.X, sol.Y
-    P, _ = _whitening(net, X, sol.precision, sol.kernel_shifts)
-    sizes = tuple(p.shape[0] for p in P)
-    w0, unravel = jax.flatten_util.ravel_pytree(tuple(_pack(jnp.zeros_like(p)) for p in P))
-
-    def F_of(w):
-        W = tuple(_unpack(b, m) for b, m in zip(unravel(w), sizes, strict=True))
-        lam = _sym(sol.precision) + P[0] @ W[0] @ P[0]
-        deltas = tuple(
-            _sym(d) + p @ x @ p for d, p, x in zip(sol.kernel_shifts, P[1:], W[1:], strict=True)
-        )
-        return _free_energy(net, spd_inverse_logdet(_sym(lam))[0], deltas, X, Y)
-
-    return jax.jit(jax.linearize(jax.grad(F_of), w0)[1]), w0.shape[0]
 
 
 def main() -> None:
@@ -104,7 +82,9 @@ def main() -> None:
         ("authors' n = 128, C = 1", authors(1.0), Xr, Yr),
     ):
         sol = fj.solve(net, Xs, Ys)
-        hvp, N = hvp_of(sol)
+        index_args = (sol.network, sol.X, sol.Y, sol.precision, sol.kernel_shifts)
+        hvp, v0 = _whitened_hvp(*index_args)  # the index's own Hessian-vector product
+        hvp, N = jax.jit(hvp), v0.shape[0]
         v = jnp.asarray(rng.standard_normal(N))
         V = jnp.asarray(rng.standard_normal((m + 1, N)))
         ortho = jax.jit(lambda V, w: w - V.T @ (V @ w))
@@ -113,7 +93,6 @@ def main() -> None:
         k50 = jnp.asarray(50)
         t_ritz = median_time(ritz, alpha, beta, k50, repeats=args.repeats)
         t_lead = median_time(leading, alpha, beta, k50, repeats=args.repeats)
-        index_args = (sol.network, sol.X, sol.Y, sol.precision, sol.kernel_shifts)
         times, counts = [], []
         for blocks in ((), _RITZ_BLOCKS):
             index = jax.jit(lambda *a, blocks=blocks: _lanczos_index(*a, m, blocks))

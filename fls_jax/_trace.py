@@ -2,6 +2,7 @@
 
 import functools
 import math
+from collections.abc import Callable
 
 import equinox as eqx
 import jax
@@ -198,21 +199,10 @@ def _whitening(network, X, lam1, shifts) -> tuple[tuple[Array, ...], tuple[Array
     return tuple(r[0] for r in roots), tuple(r[1] for r in roots)
 
 
-def _lanczos_index(
-    network, X, Y, lam1, shifts, max_steps: int, blocks: tuple[int, ...] = _RITZ_BLOCKS
-) -> tuple[Array, Array, Array]:
-    """(index or −1, lowest Ritz value outside the flat band ±_LANCZOS_NEGATIVE max|θ|
-    / max|θ|, steps): Lanczos (`lanczos_lowest`) on F's
-    Hessian (SPEC §3) in whitened coordinates (`_whitening`) of the upper triangles of Λ and
-    the Δ_l, by Hessian-vector products about the solution (`jax.linearize`). The coordinates
-    are an affine map of the solver's unknowns, so the Hessian's inertia is that of
-    `_index`'s (Sylvester), on the directions kept. The count of Ritz values below
-    −_LANCZOS_NEGATIVE max|θ| is a lower bound on the index (θ_i ≥ λ_i), taken once the
-    lowest Ritz value above +_LANCZOS_NEGATIVE max|θ| has converged (`_LANCZOS_RTOL`;
-    those between are flat directions: the erf FCN of `benchmarks/lanczos_index.py --part
-    narrow`, n = 128 on d = 5, has a cluster at ±3·10⁻¹⁰ max|θ| below its lowest genuine
-    eigenvalue, 3.5·10⁻³); it is −1 where none is negative and that one has not converged
-    in `max_steps`."""
+def _whitened_hvp(network, X, Y, lam1, shifts) -> tuple[Callable[[Array], Array], Array]:
+    """F's Hessian-vector product (SPEC §3) about the solution (`jax.linearize` of
+    `jax.grad`) in the whitened coordinates of `_whitening`, and Lanczos' start: a fixed
+    random vector on the directions kept."""
     P, keep = _whitening(network, X, lam1, shifts)
     sizes = tuple(p.shape[0] for p in P)
     w0, unravel = ravel_pytree(tuple(_pack(jnp.zeros_like(p)) for p in P))
@@ -228,7 +218,25 @@ def _lanczos_index(
     # are exact zero eigenvalues that the stopping rule could settle on first.
     v0 = unravel(jax.random.normal(jax.random.key(0), w0.shape, w0.dtype))
     v0 = tuple(_pack(k @ _unpack(v, m) @ k) for k, v, m in zip(keep, v0, sizes, strict=True))
-    v0 = ravel_pytree(v0)[0]
+    return hvp, ravel_pytree(v0)[0]
+
+
+def _lanczos_index(
+    network, X, Y, lam1, shifts, max_steps: int, blocks: tuple[int, ...] = _RITZ_BLOCKS
+) -> tuple[Array, Array, Array]:
+    """(index or −1, lowest Ritz value outside the flat band ±_LANCZOS_NEGATIVE max|θ|
+    / max|θ|, steps): Lanczos (`lanczos_lowest`) on F's
+    Hessian (SPEC §3) in whitened coordinates (`_whitening`) of the upper triangles of Λ and
+    the Δ_l, by Hessian-vector products about the solution (`jax.linearize`). The coordinates
+    are an affine map of the solver's unknowns, so the Hessian's inertia is that of
+    `_index`'s (Sylvester), on the directions kept. The count of Ritz values below
+    −_LANCZOS_NEGATIVE max|θ| is a lower bound on the index (θ_i ≥ λ_i), taken once the
+    lowest Ritz value above +_LANCZOS_NEGATIVE max|θ| has converged (`_LANCZOS_RTOL`;
+    those between are flat directions: the erf FCN of `benchmarks/lanczos_index.py --part
+    narrow`, n = 128 on d = 5, has a cluster at ±3·10⁻¹⁰ max|θ| below its lowest genuine
+    eigenvalue, 3.5·10⁻³); it is −1 where none is negative and that one has not converged
+    in `max_steps`."""
+    hvp, v0 = _whitened_hvp(network, X, Y, lam1, shifts)
     theta, bound, k = lanczos_lowest(hvp, v0, max_steps, _LANCZOS_RTOL, _LANCZOS_NEGATIVE, blocks)
     count, settled, first = negative_ritz(theta, bound, k, _LANCZOS_NEGATIVE, _LANCZOS_RTOL)
     scale = jnp.max(jnp.where(jnp.arange(max_steps) < k, jnp.abs(theta), 0.0))
