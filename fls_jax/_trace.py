@@ -12,16 +12,16 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, ArrayLike, Float, Int
 
 from ._arclength import _DENSE_MAX_UNKNOWNS, _Arc, arc_start, arc_step
-from ._free_energy import _free_energy, _layers, _sym
+from ._free_energy import _free_energy, _sym
 from ._linalg import (
     _RITZ_BLOCKS,
-    _eigh,
     _pack,
     _unpack,
     lanczos_lowest,
     negative_ritz,
     spd_inverse_logdet,
 )
+from ._minimise import _Whitened
 from ._network import AbstractNetwork
 from ._solve import (
     Solution,
@@ -164,60 +164,29 @@ def _index(network, X, Y, lam1, shifts) -> Array:
     return jnp.sum(eig < -_INDEX_RTOL * jnp.abs(eig).max())
 
 
-# Matrix-free index (`_lanczos_index`). Directions along which a layer's pre-kernel K^(l) has
-# an eigenvalue below _WHITEN_CUTOFF · its largest are left out of the whitened coordinates;
-# an eigenvalue of F's Hessian counts as negative below −_LANCZOS_NEGATIVE · max|θ| (within
-# ±_LANCZOS_NEGATIVE · max|θ| it is a flat direction), and the count as settled once the
-# lowest Ritz value above +_LANCZOS_NEGATIVE · max|θ| has a residual bound below
-# _LANCZOS_RTOL · max|θ|.
-_WHITEN_CUTOFF = 1e-10
+# Matrix-free index (`_lanczos_index`): an eigenvalue of F's Hessian counts as negative below
+# −_LANCZOS_NEGATIVE · max|θ| (within ±_LANCZOS_NEGATIVE · max|θ| it is a flat direction), and
+# the count as settled once the lowest Ritz value above +_LANCZOS_NEGATIVE · max|θ| has a
+# residual bound below _LANCZOS_RTOL · max|θ|. Directions that the whitening leaves out
+# (`_minimise._WHITEN_CUTOFF`) are not counted.
 _LANCZOS_NEGATIVE = 1e-8
 _LANCZOS_RTOL = 1e-8
 
 
-def _whitening(network, X, lam1, shifts) -> tuple[tuple[Array, ...], tuple[Array, ...]]:
-    """(Λ^{1/2}, K^(2)^{+1/2}, …, K^(L)^{+1/2}) and the projectors on the directions each
-    keeps (I for Λ): dΛ = Λ^{1/2} dW Λ^{1/2} and
-    dΔ_l = K^{+1/2} dW K^{+1/2} turn the KL terms' curvature (C/2)(Σ ⊗ Σ) in Λ = Σ⁻¹ and
-    (C_l/2)(K ⊗ K) in Δ_l (at Δ_l = 0) into multiples of the identity, so that the Hessian
-    in W is well conditioned and Lanczos resolves its lowest eigenvalues in tens of steps.
-    K's pseudo-inverse square root leaves out its (near-)null directions, along which F is
-    flat (a singular prior) or nearly so (curvature ~ λ²)."""
-
-    def root(M, inverse):
-        lam, V = _eigh(_sym(M))
-        if inverse:
-            keep = lam > _WHITEN_CUTOFF * jnp.max(lam)
-            f = jnp.where(keep, 1 / jnp.sqrt(jnp.where(keep, lam, 1.0)), 0.0)
-        else:
-            keep, f = jnp.ones_like(lam, bool), jnp.sqrt(jnp.maximum(lam, 0.0))
-        return (V * f) @ V.T, (V * keep) @ V.T
-
-    sigma = spd_inverse_logdet(_sym(lam1))[0]
-    covs = _layers(network, sigma, shifts, X)[0] if shifts else (sigma,)
-    roots = [root(lam1, False), *(root(K, True) for K in covs[1:])]
-    return tuple(r[0] for r in roots), tuple(r[1] for r in roots)
-
-
 def _whitened_hvp(network, X, Y, lam1, shifts) -> tuple[Callable[[Array], Array], Array]:
     """F's Hessian-vector product (SPEC §3) about the solution (`jax.linearize` of
-    `jax.grad`) in the whitened coordinates of `_whitening`, and Lanczos' start: a fixed
+    `jax.grad`) in the whitened coordinates of `_Whitened`, and Lanczos' start: a fixed
     random vector on the directions kept."""
-    P, keep = _whitening(network, X, lam1, shifts)
-    sizes = tuple(p.shape[0] for p in P)
-    w0, unravel = ravel_pytree(tuple(_pack(jnp.zeros_like(p)) for p in P))
-
-    def F_of(w):
-        W = tuple(_unpack(b, m) for b, m in zip(unravel(w), sizes, strict=True))
-        lam = _sym(lam1) + P[0] @ W[0] @ P[0]
-        deltas = tuple(_sym(d) + p @ x @ p for d, p, x in zip(shifts, P[1:], W[1:], strict=True))
-        return _free_energy(network, spd_inverse_logdet(_sym(lam))[0], deltas, X, Y)
-
-    hvp = jax.linearize(jax.grad(F_of), w0)[1]
+    whitened = _Whitened(network, X, Y, lam1, shifts)
+    w0, unravel = whitened.zero()
+    hvp = jax.linearize(jax.grad(whitened.free_energy), w0)[1]
     # The start on the directions kept: F's Hessian in W maps into them, and left out, they
     # are exact zero eigenvalues that the stopping rule could settle on first.
+    sizes = tuple(p.shape[0] for p in whitened.roots)
     v0 = unravel(jax.random.normal(jax.random.key(0), w0.shape, w0.dtype))
-    v0 = tuple(_pack(k @ _unpack(v, m) @ k) for k, v, m in zip(keep, v0, sizes, strict=True))
+    v0 = tuple(
+        _pack(k @ _unpack(v, m) @ k) for k, v, m in zip(whitened.keep, v0, sizes, strict=True)
+    )
     return hvp, ravel_pytree(v0)[0]
 
 
@@ -226,7 +195,7 @@ def _lanczos_index(
 ) -> tuple[Array, Array, Array]:
     """(index or −1, lowest Ritz value outside the flat band ±_LANCZOS_NEGATIVE max|θ|
     / max|θ|, steps): Lanczos (`lanczos_lowest`) on F's
-    Hessian (SPEC §3) in whitened coordinates (`_whitening`) of the upper triangles of Λ and
+    Hessian (SPEC §3) in whitened coordinates (`_Whitened`) of the upper triangles of Λ and
     the Δ_l, by Hessian-vector products about the solution (`jax.linearize`). The coordinates
     are an affine map of the solver's unknowns, so the Hessian's inertia is that of
     `_index`'s (Sylvester), on the directions kept. The count of Ritz values below
