@@ -99,6 +99,14 @@ def _parser() -> argparse.ArgumentParser:
         "at most 3000 unknowns; docs/deep.md); adds columns of the folds passed and of F's "
         "Hessian index (0: a minimum of F, 1: a saddle; fls_jax.hessian_index)",
     )
+    s.add_argument(
+        "--minimise",
+        action="store_true",
+        help="after the continuation, minimise the free energy at each width from where it "
+        "got to (matrix-free trust-region Newton-CG; float64; docs/deep.md): a solution where "
+        "the continuation stopped short (a fold, a stall) or ended at a saddle of F; adds a "
+        "column of F's Hessian index (0: a minimum of F; fls_jax.hessian_index)",
+    )
     s.add_argument("--float32", action="store_true", help="run in float32 (less accurate)")
     s.add_argument(
         "--xla-cache",
@@ -183,6 +191,7 @@ def _sweep(a: argparse.Namespace) -> int:
         task.Y_test,
         solver=solver,
         past_folds=a.past_folds,
+        minimise=a.minimise,
     )
     jax.block_until_ready(pred)
     elapsed = time.perf_counter() - t0
@@ -196,8 +205,9 @@ def _sweep(a: argparse.Namespace) -> int:
     # Deep networks: the last hidden layer's stretch λ_max(Q⁻¹K^(L)) − 1 (docs/deep.md).
     deep = a.depth > 1
     stretch_head = " K stretch" if deep else ""
-    folds_head = " folds index" if a.past_folds else ""
-    index = np.asarray(fj.hessian_index(sol)) if a.past_folds else None
+    folds_head = " folds" if a.past_folds else ""
+    folds_head += " index" if a.past_folds or a.minimise else ""
+    index = np.asarray(fj.hessian_index(sol)) if a.past_folds or a.minimise else None
     head = (
         f"{'width':>8} {'chi':>9} {'train err':>10} {'test err':>10} {'draw err':>10} "
         f"{'lam_max(Σ)':>10} {'w*ΣW*/trΣ':>9}{stretch_head} {'steps':>5}{folds_head} "
@@ -208,7 +218,8 @@ def _sweep(a: argparse.Namespace) -> int:
     for k, C in enumerate(widths):
         label = "GP" if np.isinf(C) else f"{C:g}"
         stretch = f" {float(pred.layer_stretch[k, -1]):9.3g}" if deep else ""
-        folds = f" {int(sol.num_folds[k]):5d} {int(index[k]):5d}" if index is not None else ""
+        folds = f" {int(sol.num_folds[k]):5d}" if a.past_folds else ""
+        folds += f" {int(index[k]):5d}" if index is not None else ""
         print(
             f"{label:>8} {float(pred.chi[k]):9.3g} {float(pred.train_error[k]):10.4g} "
             f"{float(pred.test_error[k]):10.4g} {float(pred.test_error_draw[k]):10.4g} "
@@ -256,8 +267,9 @@ def main(argv: list[str] | None = None) -> int:
         jax.config.update("jax_enable_compilation_cache", False)
     else:
         jax.config.update("jax_compilation_cache_dir", cache)
-    if a.past_folds and a.float32:
-        parser.error("--past-folds needs float64: drop --float32")
+    for flag, on in (("--past-folds", a.past_folds), ("--minimise", a.minimise)):
+        if on and a.float32:
+            parser.error(f"{flag} needs float64: drop --float32")
     if not a.float32:
         jax.config.update("jax_enable_x64", True)
     else:

@@ -18,6 +18,7 @@ from ._solve import (
     Solution,
     _chain,
     _check_deep_float32,
+    _check_dense,
     _check_float32,
     _check_max_stages,
     _check_past_folds,
@@ -330,6 +331,8 @@ def sweep(
     _check_deep_float32(network, X)
     if solve_kwargs.get("past_folds"):
         _check_past_folds(network, X, solve_kwargs.get("precision0"))
+    if solve_kwargs.get("minimise"):
+        _check_dense(network, X, "minimise", dense=False)
     if w is not None and jnp.finfo(X.dtype).bits < 64:  # each width's own kernel (mean-field)
         for width in np.unique(w):
             _check_float32(_with_width(network, width), X)
@@ -426,8 +429,8 @@ def _local_solve_parallel(args, widths):
 
 
 def _local_solve_path(args, widths):
-    network, X, Y, chain, max_stages, adjoint, past_folds = args
-    return _sweep_solve_path(network, X, Y, widths, chain, max_stages, adjoint, past_folds)
+    network, X, Y, chain, max_stages, adjoint, rescue = args
+    return _sweep_solve_path(network, X, Y, widths, chain, max_stages, adjoint, rescue)
 
 
 def _local_predict(args, sols):
@@ -451,6 +454,7 @@ def _path_options(
     precision0=None,
     adjoint: optx.AbstractAdjoint | None = None,
     past_folds: bool = False,
+    minimise: bool = False,
     depth: int = 1,
     filter_size: int = 1,
 ):
@@ -460,19 +464,19 @@ def _path_options(
     solver = _resolve_solver(solver, dtype, depth, filter_size)
     adjoint = _default_adjoint(depth) if adjoint is None else adjoint
     chain = _chain(solver, max_steps, filter_size, depth)
-    return chain, max_stages, adjoint, bool(past_folds)
+    return chain, max_stages, adjoint, (bool(past_folds), bool(minimise))
 
 
 @eqx.filter_jit
-def _sweep_solve_path(network, X, Y, widths, chain, max_stages, adjoint, past_folds):
+def _sweep_solve_path(network, X, Y, widths, chain, max_stages, adjoint, rescue):
+    """The path schedule: each width from the last converged one; `rescue`: `solve`'s
+    (past_folds, minimise)."""
     order = _wide_first(widths)
 
     def step(carry, width):
         u_prev, state_prev = carry
         net = _with_width(network, width)
-        sol, state = _solve_from(
-            net, X, Y, chain, max_stages, u_prev, state_prev, adjoint, past_folds
-        )
+        sol, state = _solve_from(net, X, Y, chain, max_stages, u_prev, state_prev, adjoint, *rescue)
         u = jnp.where(sol.converged, _inverse_width(net), u_prev)
         return (u, _where(sol.converged, state, state_prev)), sol
 

@@ -34,6 +34,7 @@ from ._linalg import (
     spd_inverse_logdet,
 )
 from ._memory import guard_memory_maps
+from ._minimise import minimise_free_energy
 from ._network import _N, AbstractNetwork, _canonical, _hyper_parameters
 from ._rootfind import _AbstractResidualRootFinder, _fro, _where
 
@@ -922,6 +923,7 @@ def solve(
     precision0: Float[ArrayLike, "S S"] | tuple | None = None,
     adjoint: optx.AbstractAdjoint | None = None,
     past_folds: bool = False,
+    minimise: bool = False,
 ) -> Solution:
     """Solve the Equations of State of SPEC §3.
 
@@ -988,6 +990,21 @@ def solve(
       Jacobian into the solve. The continuation's failing stages come first: with it, a
       smaller `max_stages` (16) took the 6 networks of `docs/deep.md` to the same solutions
       in 62 s instead of 106 s (stop 66).
+    - `minimise`: after the continuation (and `past_folds`, or `precision0`'s root find),
+      minimise F at the target width from the point reached, converged or not, then run
+      the chain's root finders from the minimiser's end: a trust-region Newton method
+      whose steps are truncated conjugate gradients on F's Hessian-vector products
+      (Steihaug), in coordinates whitened by the layers' covariances (those of
+      [`fls_jax.hessian_index`][]'s Lanczos), at most 500 iterations. Matrix-free, so at any
+      n, and it needs no path in C: where the continuation stops short of the target (a
+      fold, a stall) it reaches a solution there, and where it ends at a saddle of F it
+      follows a direction of negative curvature off it. Where it finds no root, the
+      continuation's result stands. The solution is a stationary point of F reached by
+      descent, normally a minimum: check [`fls_jax.hessian_index`][]. It need not be the
+      branch connected to the GP limit's (`past_folds`' answer) nor F's lowest minimum
+      (`docs/deep.md`). A saddle whose gradient has no component along its negative
+      directions (in exact arithmetic) is not left. float64, no `weight_mean`. Off by
+      default. `num_steps` counts its Hessian-vector products.
 
     **Returns:** a [`fls_jax.Solution`][]. Non-convergence is reported in `result` and
     `converged`, never raised, so one failing element does not spoil a vmapped sweep; the
@@ -1005,7 +1022,10 @@ def solve(
         precision0 = _validate_precision0(network, X, Y, precision0)
     if past_folds:
         _check_past_folds(network, X, precision0)
-    return _solve(network, X, Y, chain, max_stages, precision0, adjoint, bool(past_folds))
+    if minimise:
+        _check_dense(network, X, "minimise", dense=False)
+    args = (chain, max_stages, precision0, adjoint, bool(past_folds), bool(minimise))
+    return _solve(network, X, Y, *args)
 
 
 def _check_past_folds(network: AbstractNetwork, X: Array, precision0) -> None:
@@ -1096,13 +1116,14 @@ def _valid_hyper_parameters(network: AbstractNetwork) -> Array:
 
 @eqx.filter_jit
 def _solve(
-    network, X, Y, chain: Chain, max_stages, precision0, adjoint, past_folds=False
+    network, X, Y, chain: Chain, max_stages, precision0, adjoint, past_folds=False, minimise=False
 ) -> Solution:
+    rescue = (past_folds, minimise)
     if precision0 is None:
         state0 = _gp_state(network, X)
-        return _solve_from(network, X, Y, chain, max_stages, 0.0, state0, adjoint, past_folds)[0]
+        return _solve_from(network, X, Y, chain, max_stages, 0.0, state0, adjoint, *rescue)[0]
     state0 = _to_state(precision0[0], tuple(precision0[1:]), _state_scale(network, X))
-    return _solve_from(network, X, Y, chain, 0, None, state0, adjoint)[0]
+    return _solve_from(network, X, Y, chain, 0, None, state0, adjoint, *rescue)[0]
 
 
 # Most points (corrector attempts) along the curve of `solve(past_folds=True)`. Stop 65's
@@ -1143,15 +1164,34 @@ def _past_folds(network, X, Y, cont: _Continuation, active):
     return _state_of(arc.z[:-1], network, X), arc.z[-1] / W, arc
 
 
+def _minimised(network, X, Y, chain: Chain, state, active):
+    """`solve(minimise=True)`: F minimised at the target width from `state` (the point the
+    continuation reached, converged or not, or `precision0`'s root find's), matrix-free
+    (`minimise_free_energy`), then the chain's root finders from its end. Returns the
+    unknowns (the minimiser's root where found, else `state`), whether it was found, and
+    the iterations spent (the minimiser's Hessian-vector products and the root finders')."""
+    network, X, Y, state = jax.lax.stop_gradient((network, X, Y, state))
+    scale = _state_scale(network, X)
+    lam1, shifts = _from_state(state, network.state_size(X.shape[1]), scale)
+    lam1, shifts, _, products = minimise_free_energy(network, X, Y, lam1, shifts, active)
+    end = _to_state(lam1, shifts, scale)
+    root, found, steps, _ = _attempt(
+        _state_residual, chain, end, (network, X, Y), jnp.array(0), 0, True
+    )
+    found = found & active
+    return _where(found, root, state), found, products + steps
+
+
 def _solve_from(
-    network, X, Y, chain: Chain, max_stages, u0, state0, adjoint, past_folds=False
+    network, X, Y, chain: Chain, max_stages, u0, state0, adjoint, past_folds=False, minimise=False
 ) -> tuple[Solution, Any]:
     """Continuation from the solved point (u0 = 1/C0, unknowns `state0`) (skipped when u0
     is None: then the chain's solvers try from `state0`), then, with `past_folds`, the
-    pseudo-arclength continuation where it stopped short (`_past_folds`), then a root find
-    at the target width that takes no iteration and carries the implicit adjoint
-    (`_Settled`). Returns the solution and the unknowns reached (a warm start for the
-    next)."""
+    pseudo-arclength continuation where it stopped short (`_past_folds`), then with
+    `minimise` a minimisation of F at the target width from the point reached
+    (`_minimised`), then a root find at the target width that takes no iteration and
+    carries the implicit adjoint (`_Settled`). Returns the solution and the unknowns reached
+    (a warm start for the next)."""
     S = network.state_size(X.shape[1])
     args = (network, X, Y)
     valid = _valid_hyper_parameters(network)
@@ -1182,6 +1222,9 @@ def _solve_from(
             reached = jnp.where(ok, reached, _width_at(u))
             ok = ok | arc.done
             steps, stages, folds = steps + arc.steps, stages + arc.points, arc.folds
+    if minimise:
+        start, found, more = _minimised(network, X, Y, chain, start, valid)
+        ok, steps, stages = ok | found, steps + more, stages + 1
     ok = ok & valid
     # The root find that carries the implicit adjoint, at the root reached (no iterations).
     sol = optx.root_find(

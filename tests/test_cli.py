@@ -20,6 +20,10 @@ from fls_jax.__main__ import _xla_cache_dir, main
             ["--arch", "fcn", "--activation", "erf", "--d", "5", "--depth", "3", "--past-folds"],
             marks=pytest.mark.slow,
         ),
+        pytest.param(
+            ["--arch", "fcn", "--activation", "erf", "--d", "5", "--depth", "3", "--minimise"],
+            marks=pytest.mark.slow,
+        ),
     ],
 )
 def test_sweep_prints_a_converged_table_and_writes_the_plot(argv, tmp_path, capsys):
@@ -33,6 +37,9 @@ def test_sweep_prints_a_converged_table_and_writes_the_plot(argv, tmp_path, caps
     if "--past-folds" in argv:  # no fold on this task, and minima of F: columns of zeros
         assert "folds index" in out
         assert all(rows[w][-4] == rows[w][-3] == "0" for w in ("4", "64", "GP"))
+    elif "--minimise" in argv:  # minima of F: a column of zeros
+        assert "K stretch steps index" in out
+        assert all(rows[w][-3] == "0" for w in ("4", "64", "GP"))
     elif "--depth" in argv:
         assert "K stretch" in out and abs(float(rows["GP"][-4])) < 1e-10  # none in the GP limit
         assert float(rows["4"][-4]) > float(rows["64"][-4]) > 0  # more at narrower widths
@@ -49,6 +56,7 @@ def test_sweep_prints_a_converged_table_and_writes_the_plot(argv, tmp_path, caps
         (["--plot", "no-such-folder/x.png"], "no folder 'no-such-folder'"),
         (["--task", "digits", "--n", "1500"], "n + n_test <= 1797"),  # the package's own
         (["--past-folds", "--float32"], "--past-folds needs float64"),
+        (["--minimise", "--float32"], "--minimise needs float64"),
         (["--past-folds", "--arch", "fcn", "--depth", "3", "--n", "40"], "3336 unknowns"),
     ],
 )

@@ -322,6 +322,17 @@ def test_past_folds_reaches_the_branch_beyond_two_folds(deep_task):
     # Lanczos: 0 too; with 3 steps its lowest Ritz value is neither negative nor converged.
     assert int(fj.hessian_index(sol, "lanczos")) == 0
     assert int(fj.hessian_index(sol, "lanczos", max_steps=3)) == -1
+    # `minimise=True` gets there without a path through the folds: from the point where the
+    # continuation stopped (C ≈ 3.577), a matrix-free trust-region Newton–CG on F at C = 3,
+    # then the root finders. The same solution as the dense arclength's.
+    mini = fj.solve(net, X, Y, minimise=True, max_stages=16)
+    assert bool(mini.converged) and float(mini.width_reached) == 3.0
+    assert int(mini.num_folds) == 0 and float(mini.residual) < 1e-10
+    _assert_three_layer_erf_eos(mini, X, Y, 3.0, 2.0, 0.25, 1e-3)
+    np.testing.assert_allclose(float(mini.free_energy), float(sol.free_energy), rtol=1e-9)
+    for a, b in zip((mini.sigma, *mini.kernels), (sol.sigma, *sol.kernels), strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6 * float(jnp.abs(b).max()))
+    assert int(fj.hessian_index(mini)) == 0
 
 
 def test_past_folds_refuses_what_it_cannot_do(deep_task):
@@ -336,11 +347,14 @@ def test_past_folds_refuses_what_it_cannot_do(deep_task):
     with pytest.raises(ValueError, match="3215 unknowns"):
         fj.sweep(net, X40, X40[:, :1], [4.0, 3.0], X40[:2], past_folds=True)
     one = fj.FCN(3.0, 1.0, 1.0, noise=0.01, activation=fj.ReLU(), weight_mean=True)
-    with pytest.raises(ValueError, match="weight mean"):
-        fj.solve(one, X, Y, past_folds=True)
-    with jax.enable_x64(False), pytest.raises(TypeError, match="float64"):
-        net32 = fj.FCN(width=3.0, sigma_w2=2.0, sigma_a2=0.25, noise=0.01)
-        fj.solve(net32, X.astype(np.float32), Y.astype(np.float32), past_folds=True)
+    for rescue in ("past_folds", "minimise"):
+        with pytest.raises(ValueError, match=rf"{rescue} does not support .* weight mean"):
+            fj.solve(one, X, Y, **{rescue: True})
+        with jax.enable_x64(False), pytest.raises(TypeError, match=f"{rescue} needs float64"):
+            net32 = fj.FCN(width=3.0, sigma_w2=2.0, sigma_a2=0.25, noise=0.01)
+            fj.solve(net32, X.astype(np.float32), Y.astype(np.float32), **{rescue: True})
+    with pytest.raises(ValueError, match=r"minimise does not support .* weight mean"):
+        fj.sweep(one, X, Y, [4.0, 3.0], X[:2], minimise=True)
 
 
 def test_past_folds_continuation_does_not_jump_to_another_branch():
@@ -426,6 +440,42 @@ def test_lanczos_lowest_against_numpy_eigenvalues():
             np.testing.assert_allclose(b[:steps], a[:steps], rtol=1e-12, atol=1e-12)
 
 
+def test_steihaug_step_against_numpy():
+    """`_steihaug`, the trust-region step of `solve(minimise=True)`: on a positive-definite
+    quadratic with a wide region, the Newton step −H⁻¹g (NumPy's solve); with a narrow one,
+    a step on the boundary; on an indefinite H with a wide region, a boundary step along
+    the non-positive curvature it must meet (CG's pivots have as many negative signs as H
+    has negative eigenvalues). Every step lowers the model g·p + ½ p·Hp at least as far as
+    the Cauchy point (the model's minimum along −g within the region) does."""
+    from fls_jax._minimise import _steihaug
+
+    rng = np.random.default_rng(3)
+    N = 30
+    O = np.linalg.qr(rng.standard_normal((N, N)))[0]
+    g = rng.standard_normal(N)
+    run = jax.jit(lambda g, H, r, tol: _steihaug(g, lambda v: H @ v, r, tol, 100))
+
+    def step(lam, radius):
+        H = (O * lam) @ O.T
+        p, k, negative = run(jnp.asarray(g), jnp.asarray(H), jnp.asarray(radius), 1e-12)
+        p = np.asarray(p)
+        gHg, gn = g @ H @ g, np.linalg.norm(g)
+        tau = 1.0 if gHg <= 0 else min(gn**3 / (radius * gHg), 1.0)
+        cauchy = -tau * radius * g / gn
+        assert g @ p + 0.5 * p @ H @ p <= g @ cauchy + 0.5 * cauchy @ H @ cauchy + 1e-12
+        return p, int(k), bool(negative), H
+
+    lam = rng.uniform(0.5, 5.0, N)
+    p, k, negative, H = step(lam, 1e3)
+    np.testing.assert_allclose(p, -np.linalg.solve(H, g), rtol=1e-9, atol=1e-12)
+    assert not negative and k <= N + 1
+    p, _, negative, _ = step(lam, 0.1)
+    assert not negative and abs(np.linalg.norm(p) - 0.1) < 1e-12
+    lam[[3, 7]] = [-1.0, -0.2]
+    p, _, negative, _ = step(lam, 1e3)
+    assert negative and abs(np.linalg.norm(p) - 1e3) < 1e-9
+
+
 def test_past_folds_reaches_a_minimum_where_the_default_converges_to_a_saddle(deep_task):
     """Target seed 11 at σ² = 10⁻³, C = 2 (`benchmarks/deep_narrow_scan.py --part saddles`):
     the curve of solutions has a narrow S (folds at C ≈ 2.669 and 2.697), and the plain
@@ -448,6 +498,34 @@ def test_past_folds_reaches_a_minimum_where_the_default_converges_to_a_saddle(de
         assert int(fj.hessian_index(plain)) == 1 == _covariance_index(plain)
         assert int(fj.hessian_index(plain, "lanczos")) == 1
         assert float(sol.free_energy) < float(plain.free_energy) - 0.5
+        # `minimise=True` after the same continuation (the program of the test above): its
+        # first CG at the saddle meets the negative curvature, and it ends at a minimum of F
+        # below the saddle (another one than `past_folds`': the saddle lies between two;
+        # `benchmarks/deep_minimise.py`).
+        mini = fj.solve(net, X, Y, minimise=True, max_stages=16)
+        assert bool(mini.converged)
+        _assert_three_layer_erf_eos(mini, X, Y, 2.0, 2.0, 0.25, 1e-3)
+        assert int(fj.hessian_index(mini)) == 0 == _covariance_index(mini)
+        assert float(mini.free_energy) < float(plain.free_energy) - 0.1
+
+
+@pytest.mark.slow
+def test_minimise_from_a_saddle_given_as_precision0(deep_task):
+    """`solve(precision0=saddle, minimise=True)`: the root find from the start converges at
+    once (it is a root), and the minimiser leaves it for a minimum of F below it, the one
+    that `minimise=True` after the continuation reaches."""
+    X = np.asarray(deep_task.X)
+    Y = _sine_targets(X, 11)
+    net = fj.FCN(width=2.0, depth=3, sigma_w2=2.0, sigma_a2=0.25, noise=1e-3)
+    plain = fj.solve(net, X, Y, max_stages=16)
+    if not (bool(plain.converged) and int(fj.hessian_index(plain)) == 1):
+        pytest.skip("the continuation did not land on the saddle here (rounding)")
+    start = (plain.precision, *plain.kernel_shifts)
+    mini = fj.solve(net, X, Y, precision0=start, minimise=True)
+    assert bool(mini.converged) and int(fj.hessian_index(mini)) == 0
+    _assert_three_layer_erf_eos(mini, X, Y, 2.0, 2.0, 0.25, 1e-3)
+    after = fj.solve(net, X, Y, minimise=True, max_stages=16)
+    np.testing.assert_allclose(float(mini.free_energy), float(after.free_energy), rtol=1e-9)
 
 
 @pytest.mark.slow
@@ -469,7 +547,8 @@ def test_past_folds_through_a_near_fold(deep_task):
 def test_past_folds_in_sweeps(deep_task):
     """Sweeps through the S-shaped curve of seed 0: the path schedule (one solve after the
     other, each from the last) and the parallel one (vmapped solves from the GP limit)
-    reach the same solutions with `past_folds`, each counting the folds it passed."""
+    reach the same solutions with `past_folds`, each counting the folds it passed, and with
+    `minimise`."""
     X = np.asarray(deep_task.X)
     Y = _sine_targets(X, 0)
     net = fj.FCN(width=8.0, depth=3, sigma_w2=2.0, sigma_a2=0.25, noise=1e-3)
@@ -485,6 +564,15 @@ def test_past_folds_in_sweeps(deep_task):
     np.testing.assert_array_equal(out["parallel"].num_folds, [0, 0, 2, 2])
     np.testing.assert_allclose(out["path"].sigma, out["parallel"].sigma, rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(out["path"].free_energy, out["parallel"].free_energy, rtol=1e-10)
+    # `minimise=True` in both schedules (vmapped: per element): the same solutions, none of
+    # them through the folds, all minima of F.
+    for schedule in ("path", "parallel"):
+        mini, _ = fj.sweep(
+            net, X, Y, widths, X[:4], schedule=schedule, minimise=True, max_stages=16
+        )
+        assert bool(jnp.all(mini.converged)), schedule
+        np.testing.assert_allclose(mini.free_energy, out["path"].free_energy, rtol=1e-9)
+        np.testing.assert_array_equal(fj.hessian_index(mini), 0)
 
 
 def test_trace_agrees_with_solve_where_there_is_no_fold(deep_task):
@@ -813,6 +901,31 @@ def test_gradients_per_layer_priors_match_finite_differences(per_layer_value_and
         fd = (value_and_grad(p + e)[0] - value_and_grad(p - e)[0]) / (2 * h)
         # relative to the largest component: d/dσ_{w,1}² is ~10⁻³ of the others here
         np.testing.assert_allclose(g[i], fd, rtol=1e-5, atol=1e-6 * float(jnp.abs(g).max()))
+
+
+@pytest.mark.slow
+def test_gradients_through_minimise_match_finite_differences(deep_task):
+    """d(test error)/d(σ_w², σ²) at the minimum of F that `solve(minimise=True)` reaches from
+    seed 11's saddle (C = 2, σ² = 10⁻³): the implicit adjoint of the final root find, which
+    the minimiser before it (its inputs stopped) must not disturb, against central finite
+    differences of the same compiled program."""
+    X, X_test = np.asarray(deep_task.X), np.asarray(deep_task.X_test)
+    Y, Y_test = _sine_targets(X, 11), _sine_targets(X_test, 11)
+
+    def loss(p):
+        net = fj.FCN(width=2.0, depth=3, sigma_w2=p[0], sigma_a2=0.25, noise=p[1])
+        sol = fj.solve(net, X, Y, minimise=True)
+        return fj.predict(sol, X_test, Y_test).test_error, sol.converged
+
+    value_and_grad = jax.jit(jax.value_and_grad(loss, has_aux=True))
+    p = jnp.array([2.0, 1e-3])
+    (_, converged), g = value_and_grad(p)
+    assert bool(converged) and np.all(np.isfinite(g))
+    for i in range(2):
+        h = 1e-5 * float(p[i])
+        e = jnp.zeros(2).at[i].set(h)
+        fd = (value_and_grad(p + e)[0][0] - value_and_grad(p - e)[0][0]) / (2 * h)
+        np.testing.assert_allclose(g[i], fd, rtol=1e-4, atol=1e-6 * float(jnp.abs(g).max()))
 
 
 @pytest.mark.slow
