@@ -994,17 +994,19 @@ def solve(
       minimise F at the target width from the point reached, converged or not, then run
       the chain's root finders from the minimiser's end: a trust-region Newton method
       whose steps are truncated conjugate gradients on F's Hessian-vector products
-      (Steihaug), in coordinates whitened by the layers' covariances (those of
-      [`fls_jax.hessian_index`][]'s Lanczos), at most 500 iterations. Matrix-free, so at any
-      n, and it needs no path in C: where the continuation stops short of the target (a
-      fold, a stall) it reaches a solution there, and where it ends at a saddle of F it
-      follows a direction of negative curvature off it. Where it finds no root, the
-      continuation's result stands. The solution is a stationary point of F reached by
-      descent, normally a minimum: check [`fls_jax.hessian_index`][]. It need not be the
-      branch connected to the GP limit's (`past_folds`' answer) nor F's lowest minimum
-      (`docs/deep.md`). A saddle whose gradient has no component along its negative
-      directions (in exact arithmetic) is not left. float64, no `weight_mean`. Off by
-      default. `num_steps` counts its Hessian-vector products.
+      (Steihaug), in coordinates whitened by the layers' covariances at each iteration's
+      point (those of [`fls_jax.hessian_index`][]'s Lanczos), at most 500 iterations.
+      Matrix-free, so at any n, and it needs no path in C: where the continuation stops
+      short of the target (a fold, a stall) it can reach a solution there, and where it
+      ends at a saddle of F it follows a direction of negative curvature off it. Where it
+      finds no root, the continuation's result stands. The solution is a stationary point
+      of F reached by descent, normally a minimum: check [`fls_jax.hessian_index`][]. It
+      need not be the branch connected to the GP limit's (`past_folds`' answer) nor F's
+      lowest minimum (`docs/deep.md`). A saddle whose gradient has no component along its
+      negative directions (in exact arithmetic) is not left. At n = 128 it solved 2 of 4
+      narrow networks that the continuation left unconverged; on the others directions of
+      K^(l) fell below its whitening's cutoff (`docs/deep.md`). float64, no
+      `weight_mean`. Off by default. `num_steps` counts its Hessian-vector products.
 
     **Returns:** a [`fls_jax.Solution`][]. Non-convergence is reported in `result` and
     `converged`, never raised, so one failing element does not spoil a vmapped sweep; the
@@ -1171,6 +1173,7 @@ def _minimised(network, X, Y, chain: Chain, state, active):
     unknowns (the minimiser's root where found, else `state`), whether it was found, and
     the iterations spent (the minimiser's Hessian-vector products and the root finders')."""
     network, X, Y, state = jax.lax.stop_gradient((network, X, Y, state))
+    active = active & (_inverse_width(network) > 0)  # F/C is 0 in the GP limit: solved
     scale = _state_scale(network, X)
     lam1, shifts = _from_state(state, network.state_size(X.shape[1]), scale)
     lam1, shifts, _, products = minimise_free_energy(network, X, Y, lam1, shifts, active)
