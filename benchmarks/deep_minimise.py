@@ -38,17 +38,8 @@ import deep_narrow_scan as scan  # noqa: E402
 import fls_jax as fj  # noqa: E402
 
 
-SMALL = [
-    (0, 2.0, 1e-3),
-    (0, 1.0, 1e-2),
-    (0, 1.0, 1e-3),
-    (1, 1.0, 1e-3),
-    (4, 2.0, 1e-3),
-    (4, 1.0, 1e-3),
-    (11, 2.0, 1e-3),
-    (11, 1.0, 1e-3),
-    (2, 1.0, 1e-2),
-]
+# The default's six failures, and the three saddles it converged to (stop 69).
+SMALL = [*scan.FAILURES, *scan.SADDLES, (2, 1.0, 1e-2)]
 LARGE = ["1-2-0.001", "2-2-0.01", "2-2-0.001", "2-1-0.01"]
 
 
