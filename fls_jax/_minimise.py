@@ -141,7 +141,7 @@ def minimise_free_energy(
     iteration, 2.6·10⁻⁴ after 225; at every iteration, 1.6·10⁻⁵ after 248, from where the
     root finders converged; stop 70).
 
-    - Each iteration linearises F's gradient once and takes Steihaug's truncated CG step
+    - Each iteration linearises F and its gradient once, and takes Steihaug's truncated CG step
       (`_steihaug`; forcing term min(½, ‖g‖^½), or none where ‖g‖ ≤ `_TR_GTOL`).
     - A step is accepted where F falls by more than 10⁻⁴ of the quadratic model's decrease,
       or, where that decrease is below 10⁻¹⁰ |F| (F's rounding: near the minimum of a
@@ -167,8 +167,12 @@ def minimise_free_energy(
             return u * whitened.free_energy(w)
 
         w0 = whitened.zero()[0]
-        grad = jax.grad(f)
-        g, hvp = jax.linearize(grad, w0)
+        value_and_grad = jax.value_and_grad(f)
+        (f_old, g), tangent = jax.linearize(value_and_grad, w0)  # F and ∇F in one pass
+
+        def hvp(v):
+            return tangent(v)[1]
+
         gnorm = jnp.linalg.norm(g)
         # Where the gradient is below `_TR_GTOL` (a converged root) CG runs to
         # `_TR_CG_STEPS` or to non-positive curvature: its Krylov space is Lanczos' from g,
@@ -179,11 +183,11 @@ def minimise_free_energy(
         tol = jnp.where(stationary, jnp.inf, tol)  # done: one CG step, not taken
         p, k, negative = _steihaug(g, hvp, radius, tol, _TR_CG_STEPS)
         predicted = -(g @ p + 0.5 * (p @ hvp(p)))
-        f_old, f_new = f(w0), f(p)
+        f_new, g_new = value_and_grad(p)
         finite = jnp.isfinite(f_new) & (predicted > 0)
         rho = jnp.where(finite, (f_old - f_new) / jnp.where(finite, predicted, 1.0), -jnp.inf)
         flat = finite & (predicted <= 1e-10 * jnp.abs(f_old))
-        rho = jnp.where(flat, jnp.where(jnp.linalg.norm(grad(p)) < gnorm, 1.0, 0.0), rho)
+        rho = jnp.where(flat, jnp.where(jnp.linalg.norm(g_new) < gnorm, 1.0, 0.0), rho)
         size = jnp.linalg.norm(p)
         grow = (rho > 0.75) & (size >= 0.99 * radius)
         radius = jnp.where(rho < 0.25, 0.25 * size, jnp.where(grow, 2 * radius, radius))
