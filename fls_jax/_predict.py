@@ -18,10 +18,9 @@ from ._solve import (
     Solution,
     _chain,
     _check_deep_float32,
-    _check_dense,
     _check_float32,
     _check_max_stages,
-    _check_past_folds,
+    _check_rescue,
     _concrete,
     _default_adjoint,
     _gp_state,
@@ -329,10 +328,8 @@ def sweep(
     X_test, Y_test = _validate_test(X, Y, X_test, Y_test)
     _check_max_stages(solve_kwargs.get("max_stages", _MAX_STAGES))
     _check_deep_float32(network, X)
-    if solve_kwargs.get("past_folds"):
-        _check_past_folds(network, X, solve_kwargs.get("precision0"))
-    if solve_kwargs.get("minimise"):
-        _check_dense(network, X, "minimise", dense=False)
+    rescue = (solve_kwargs.get("past_folds"), solve_kwargs.get("minimise"))
+    _check_rescue(network, X, solve_kwargs.get("precision0"), *rescue)
     if w is not None and jnp.finfo(X.dtype).bits < 64:  # each width's own kernel (mean-field)
         for width in np.unique(w):
             _check_float32(_with_width(network, width), X)

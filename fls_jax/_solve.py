@@ -1024,25 +1024,27 @@ def solve(
         adjoint = _default_adjoint(network.depth)
     if precision0 is not None:
         precision0 = _validate_precision0(network, X, Y, precision0)
-    if past_folds:
-        _check_past_folds(network, X, precision0)
-    if minimise:
-        _check_dense(network, X, "minimise", dense=False)
+    _check_rescue(network, X, precision0, past_folds, minimise)
     args = (chain, max_stages, precision0, adjoint, bool(past_folds), bool(minimise))
     return _solve(network, X, Y, *args)
 
 
-def _check_past_folds(network: AbstractNetwork, X: Array, precision0) -> None:
-    """`solve(past_folds=True)`'s limits: dense, float64, a continuation to extend."""
-    if precision0 is not None:
-        raise ValueError("past_folds extends the continuation from the GP limit: no precision0")
-    _check_dense(network, X, "past_folds")
+def _check_rescue(network: AbstractNetwork, X: Array, precision0, past_folds, minimise) -> None:
+    """The limits of `solve`'s (and `sweep`'s) rescues: `past_folds` is dense, float64, and
+    needs a continuation to extend; `minimise` needs float64."""
+    if past_folds:
+        if precision0 is not None:
+            raise ValueError("past_folds extends the continuation from the GP limit: no precision0")
+        _check_dense(network, X, "past_folds")
+    if minimise:
+        _check_dense(network, X, "minimise", dense=False)
 
 
 def _check_dense(network: AbstractNetwork, X: Array, what: str, dense: bool = True) -> int:
     """The limits of dense pseudo-arclength (`fj.trace`, `solve(past_folds=True)`): float64,
     no weight mean, at most `_DENSE_MAX_UNKNOWNS` unknowns (checked on shapes alone; not
-    with `dense=False`). Returns the number of unknowns."""
+    with `dense=False`, as for `solve(minimise=True)` and the Lanczos index). Returns the
+    number of unknowns."""
     if X.dtype != jnp.float64:
         raise TypeError(f"{what} needs float64 (jax.config.update('jax_enable_x64', True))")
     if network.weight_mean:
