@@ -154,6 +154,30 @@ def test_erf_fcn_satisfies_hand_derived_eos(width, fcn_task):
     assert np.linalg.norm(R) / np.linalg.norm(sol.precision) < 1e-9
 
 
+def test_free_energy_minimiser_at_one_hidden_layer(fcn_task):
+    """`minimise_free_energy`, the trust-region Newton–CG of `solve(minimise=True)`, at one
+    hidden layer, where its unknowns are Λ alone (no K^(l), the whitening Λ^{1/2}): from the
+    prior Λ = d/σ_w² I at C = 2, where the GP limit is far from the root (‖R‖ ≈ 8‖Λ‖), it
+    reaches the root of the hand-derived EoS in tens of iterations (19 on the development
+    machine), the continuation's solution (the deep networks' tests run it at depth 3)."""
+    from fls_jax._minimise import minimise_free_energy
+
+    X, Y = fcn_task.X, fcn_task.Y
+    d = X.shape[1]
+    net = _make("fcn", "erf", 2.0, fcn_task)[0]
+    lam0 = d / 1.3 * jnp.eye(d, dtype=jnp.float64)
+    R0 = _erf_fcn_eos_residual(np.linalg.inv(lam0), X, Y, 2.0, 1.3, 0.8, 0.02)
+    assert np.linalg.norm(R0) / np.linalg.norm(lam0) > 1
+    run = jax.jit(lambda lam: minimise_free_energy(net, X, Y, lam, (), jnp.array(True)))
+    lam, shifts, iterations, products = run(lam0)
+    assert shifts == () and 1 < int(iterations) < 100 and int(products) > int(iterations)
+    Sigma = np.linalg.inv(np.asarray(lam))
+    R = _erf_fcn_eos_residual(Sigma, X, Y, 2.0, 1.3, 0.8, 0.02)
+    assert np.linalg.norm(R) / np.linalg.norm(lam) < 1e-11
+    fresh = fj.solve(net, X, Y)
+    np.testing.assert_allclose(Sigma, fresh.sigma, rtol=1e-9, atol=1e-11)
+
+
 def test_precision0_starts_there_without_a_continuation(fcn_task):
     # From the C = 8 solution, C = 6 is one root find from `precision0` (no continuation
     # stage) to the root the continuation from the GP limit reaches, held to the
