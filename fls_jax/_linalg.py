@@ -914,6 +914,8 @@ class _Lanczos(eqx.Module):
     V: Array  # the Krylov basis, one vector per row (rows past `k` are zero)
     alpha: Array  # the tridiagonal's diagonal
     beta: Array  # its off-diagonal: beta[i] couples vectors i and i + 1
+    theta: Array  # the Ritz values after k steps (`_ritz_leading`)
+    bound: Array  # their residual bounds
     k: Array  # steps taken
     done: Array
 
@@ -966,17 +968,17 @@ def _ritz_leading(
 
 def negative_ritz(theta: Array, bound: Array, k: Array, below: float, rtol: float):
     """(how many of the first k Ritz values lie below −`below` · max|θ|, whether the lowest
-    one above +`below` · max|θ| has converged: its residual bound ≤ `rtol` · max|θ|, and
-    the index of that one). Ritz values within ±`below` · max|θ| are flat directions (F
-    flat to rounding): counted as non-negative, and not the ones that settle the count,
-    since a cluster of them converges early while a negative eigenvalue further out may
-    not have emerged yet."""
+    one above +`below` · max|θ| has converged: its residual bound ≤ `rtol` · max|θ|, the
+    index of that one, and max|θ| over the first k). Ritz values within ±`below` · max|θ|
+    are flat directions (F flat to rounding): counted as non-negative, and not the ones that
+    settle the count, since a cluster of them converges early while a negative eigenvalue
+    further out may not have emerged yet."""
     lead = jnp.arange(theta.shape[0]) < k
     scale = jnp.max(jnp.where(lead, jnp.abs(theta), 0.0))
     count = jnp.sum(lead & (theta < -below * scale))
     first = jnp.sum(lead & (theta <= below * scale))
     next_bound = jnp.take(bound, jnp.minimum(first, theta.shape[0] - 1))
-    return count, (first < k) & (next_bound <= rtol * scale), first
+    return count, (first < k) & (next_bound <= rtol * scale), first, scale
 
 
 def lanczos_lowest(
@@ -991,12 +993,12 @@ def lanczos_lowest(
     lowest Ritz value above +`below` · max|θ| has a residual bound within `rtol` of the
     largest |Ritz value| (`negative_ritz`; or an invariant subspace is found, or
     `max_steps`): the count of negative Ritz values is then settled as far as Lanczos can
-    tell. Returns the Ritz values (ascending; only the first k are meaningful), their
-    residual bounds and k. Each Ritz value bounds the operator's eigenvalue of the same rank
-    from above (θ_i ≥ λ_i, Cauchy interlacing), and an eigenvalue lies within its bound of
-    each one. Each step's Ritz values come from the smallest leading block of the
-    tridiagonal of sizes `blocks` that holds its steps (`_ritz_leading`; pass () under
-    vmap). Stores max_steps + 1 vectors."""
+    tell. Returns the Ritz values (ascending; only the first k are meaningful, the rest may
+    be +inf), their residual bounds and k, from the last step. Each Ritz value bounds the
+    operator's eigenvalue of the same rank from above (θ_i ≥ λ_i, Cauchy interlacing), and
+    an eigenvalue lies within its bound of each one. Each step's Ritz values come from the
+    smallest leading block of the tridiagonal of sizes `blocks` that holds its steps
+    (`_ritz_leading`; pass () under vmap). Stores max_steps + 1 vectors."""
     m, dtype = max_steps, v0.dtype
     V = jnp.zeros((m + 1, v0.shape[0]), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
 
@@ -1010,17 +1012,15 @@ def lanczos_lowest(
         alpha, beta = c.alpha.at[c.k].set(a), c.beta.at[c.k].set(b)
         k = c.k + 1
         theta, bound = _ritz_leading(alpha, beta, k, blocks)
-        scale = jnp.max(jnp.where(jnp.arange(m) < k, jnp.abs(theta), 0.0))
+        _, settled, _, scale = negative_ritz(theta, bound, k, below, rtol)
         invariant = b <= jnp.finfo(dtype).eps * scale
         V = c.V.at[k].set(jnp.where(invariant, 0.0, w / jnp.where(invariant, 1.0, b)))
-        done = invariant | negative_ritz(theta, bound, k, below, rtol)[1] | (k >= m)
-        return _Lanczos(V, alpha, beta, k, done)
+        return _Lanczos(V, alpha, beta, theta, bound, k, invariant | settled | (k >= m))
 
     zeros = jnp.zeros(m, dtype)
-    init = _Lanczos(V, zeros, zeros, jnp.zeros((), int), jnp.zeros((), bool))
+    init = _Lanczos(V, zeros, zeros, zeros, zeros, jnp.zeros((), int), jnp.zeros((), bool))
     out = jax.lax.while_loop(lambda c: ~c.done, body, init)
-    theta, bound = _ritz(out.alpha, out.beta, out.k)
-    return theta, bound, out.k
+    return out.theta, out.bound, out.k
 
 
 def _pack(M: Array) -> Array:

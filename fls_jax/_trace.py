@@ -194,7 +194,7 @@ def _lanczos_index(
     network, X, Y, lam1, shifts, max_steps: int, blocks: tuple[int, ...] = _RITZ_BLOCKS
 ) -> tuple[Array, Array, Array]:
     """(index or −1, lowest Ritz value outside the flat band ±_LANCZOS_NEGATIVE max|θ|
-    / max|θ|, steps): Lanczos (`lanczos_lowest`) on F's
+    / max|θ| (NaN where there is none), steps): Lanczos (`lanczos_lowest`) on F's
     Hessian (SPEC §3) in whitened coordinates (`_Whitened`) of the upper triangles of Λ and
     the Δ_l, by Hessian-vector products about the solution (`jax.linearize`). The coordinates
     are an affine map of the solver's unknowns, so the Hessian's inertia is that of
@@ -207,9 +207,9 @@ def _lanczos_index(
     in `max_steps`."""
     hvp, v0 = _whitened_hvp(network, X, Y, lam1, shifts)
     theta, bound, k = lanczos_lowest(hvp, v0, max_steps, _LANCZOS_RTOL, _LANCZOS_NEGATIVE, blocks)
-    count, settled, first = negative_ritz(theta, bound, k, _LANCZOS_NEGATIVE, _LANCZOS_RTOL)
-    scale = jnp.max(jnp.where(jnp.arange(max_steps) < k, jnp.abs(theta), 0.0))
-    lowest = jnp.where(count > 0, theta[0], jnp.take(theta, jnp.minimum(first, max_steps - 1)))
+    count, settled, first, scale = negative_ritz(theta, bound, k, _LANCZOS_NEGATIVE, _LANCZOS_RTOL)
+    outside = jnp.where(first < k, jnp.take(theta, jnp.minimum(first, max_steps - 1)), jnp.nan)
+    lowest = jnp.where(count > 0, theta[0], outside)
     return jnp.where(settled | (count > 0), count, -1), lowest / scale, k
 
 

@@ -410,8 +410,9 @@ def test_lanczos_lowest_against_numpy_eigenvalues():
     A = jnp.asarray((O * lam) @ O.T)
     v0 = jnp.asarray(rng.standard_normal(N))
     theta, bound, k = lanczos_lowest(lambda v: A @ v, v0, 150, 1e-10, 1e-8)
-    count, settled, first = negative_ritz(theta, bound, k, 1e-8, 1e-10)
+    count, settled, first, scale = negative_ritz(theta, bound, k, 1e-8, 1e-10)
     assert int(k) < 150 and int(count) == 3 == int(first) and bool(settled)
+    assert abs(float(scale) - np.abs(lam).max()) <= 1e-8 * np.abs(lam).max()
     assert float(bound[3]) <= 1e-10 * 10 and lam[3] > 0
     for i in range(4):
         assert abs(float(theta[i]) - lam[i]) <= float(bound[i]) + 1e-12
@@ -424,7 +425,7 @@ def test_lanczos_lowest_against_numpy_eigenvalues():
     flat = np.concatenate([[-0.02], 1e-13 * rng.standard_normal(30), lam[31:]])
     B = jnp.asarray((O * flat) @ O.T)
     theta, bound, k = lanczos_lowest(lambda v: B @ v, v0, 150, 1e-10, 1e-8)
-    count, settled, first = negative_ritz(theta, bound, k, 1e-8, 1e-10)
+    count, settled, first, _ = negative_ritz(theta, bound, k, 1e-8, 1e-10)
     assert int(count) == 1 and bool(settled) and float(theta[int(first)]) > 0.05
     four = jnp.asarray((O * np.repeat([-1.0, 0.5, 2.0, 7.0], N // 4)) @ O.T)
     theta, bound, k = lanczos_lowest(lambda v: four @ v, v0, 50, 1e-10, 1e-8)
