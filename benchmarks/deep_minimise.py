@@ -144,8 +144,9 @@ def _round(net, X, Y, lam, shifts, it, rng) -> str:
     floor = _fro([a - np.asarray(b) for a, b in zip(R, R2, strict=True)]) / _fro(unknowns)
     eig = np.linalg.eigvalsh(covs[0])[::-1]
     conds = [np.linalg.cond(m) for m in (np.asarray(posts[0]), *covs[1:])]
+    gnorm = np.linalg.norm(np.asarray(g))
     return (
-        f"| {minimise._WHITEN_CUTOFF:g} | {it} | {float(F):.8f} | {jnp_norm(g):.2g} | "
+        f"| {minimise._WHITEN_CUTOFF:g} | {it} | {float(F):.8f} | {gnorm:.2g} | "
         f"{_fro(R) / _fro(unknowns):.2g} | {floor:.1g} | {natural:.2g} | "
         + ", ".join(f"{e:.2g}" for e in eig)
         + " | "
@@ -154,15 +155,12 @@ def _round(net, X, Y, lam, shifts, it, rng) -> str:
     )
 
 
-def jnp_norm(x) -> float:
-    return float(np.linalg.norm(np.asarray(x)))
-
-
 def conditioning(cases: list[str], max_stages: int) -> None:
     import fls_jax._minimise as minimise
 
     X = np.asarray(fj.datasets.deep_erf_teacher(n=128, n_test=10, d=5, depth=2, seed=3).X)
     rng = np.random.default_rng(0)
+    default_cutoff = minimise._WHITEN_CUTOFF
     for case in cases:
         seed, C, noise = int(case.split("-")[0]), *map(float, case.split("-")[1:])
         Y = scan.targets(X, seed)
@@ -187,7 +185,7 @@ def conditioning(cases: list[str], max_stages: int) -> None:
             for _ in range(rounds):
                 lam, shifts, it, _ = run(lam, shifts)
                 print(_round(net, X, Y, lam, shifts, int(it), rng), flush=True)
-        minimise._WHITEN_CUTOFF = 1e-10
+        minimise._WHITEN_CUTOFF = default_cutoff
 
 
 def main() -> None:
