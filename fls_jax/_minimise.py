@@ -102,32 +102,35 @@ _TR_RADIUS = 1.0
 
 
 def _steihaug(g: Array, hvp: Callable, radius: Array, tol: Array, max_steps: int):
-    """Steihaug's truncated CG for min g·p + ½ p·Hp within ‖p‖ ≤ radius: CG from p = 0
-    until the residual is below `tol`, a step leaves the trust region, or a direction of
+    """Steihaug's truncated CG for min m(p) = g·p + ½ p·Hp within ‖p‖ ≤ radius: CG from
+    p = 0 until the residual is below `tol`, a step leaves the trust region, or a direction of
     non-positive curvature appears (the last two end on the region's boundary, along that
-    direction). Returns p, the CG steps (Hessian-vector products) taken and whether it met
-    non-positive curvature."""
+    direction). Returns p, m(p), the CG steps (Hessian-vector products) taken and whether it
+    met non-positive curvature. m(p) = ½ p·(g + r) with r = g + Hp, the residual that CG
+    carries (at a boundary point z + τd, r + τHd), so it costs no product."""
 
-    def boundary(z, d):  # z + τd with ‖z + τd‖ = radius, τ ≥ 0
+    def boundary(z, d):  # τ ≥ 0 with ‖z + τd‖ = radius
         a, b, c = d @ d, 2 * (z @ d), z @ z - radius**2
-        return z + (-b + jnp.sqrt(jnp.maximum(b * b - 4 * a * c, 0.0))) / (2 * a) * d
+        return (-b + jnp.sqrt(jnp.maximum(b * b - 4 * a * c, 0.0))) / (2 * a)
 
     def body(state):
-        z, r, d, k, _, _, _ = state
+        z, r, d, k, _, _, _, _ = state
         Hd = hvp(d)
         curvature = d @ Hd
         alpha = (r @ r) / jnp.where(curvature > 0, curvature, 1.0)
         z_next, r_next = z + alpha * d, r + alpha * Hd
         out = (curvature <= 0) | (jnp.linalg.norm(z_next) >= radius)
         done = out | (jnp.linalg.norm(r_next) < tol) | (k + 1 >= max_steps)
-        p = jnp.where(out, boundary(z, d), z_next)
+        tau = boundary(z, d)
+        p = jnp.where(out, z + tau * d, z_next)
+        r_p = jnp.where(out, r + tau * Hd, r_next)
         d_next = -r_next + (r_next @ r_next) / (r @ r) * d
-        return z_next, r_next, d_next, k + 1, p, done, curvature <= 0
+        return z_next, r_next, d_next, k + 1, p, 0.5 * (p @ (g + r_p)), done, curvature <= 0
 
     zero, no = jnp.zeros_like(g), jnp.array(False)
-    state = (zero, g, -g, jnp.array(0), zero, no, no)
+    state = (zero, g, -g, jnp.array(0), zero, jnp.zeros((), g.dtype), no, no)
     state = jax.lax.while_loop(lambda s: ~s[-2], body, state)
-    return state[4], state[3], state[6]
+    return state[4], state[5], state[3], state[7]
 
 
 def minimise_free_energy(
@@ -142,7 +145,8 @@ def minimise_free_energy(
     root finders converged; stop 70).
 
     - Each iteration linearises F and its gradient once, and takes Steihaug's truncated CG step
-      (`_steihaug`; forcing term min(½, ‖g‖^½), or none where ‖g‖ ≤ `_TR_GTOL`).
+      (`_steihaug`; forcing term min(½, ‖g‖^½), or none where ‖g‖ ≤ `_TR_GTOL`), whose
+      model decrease comes from CG's residual (until stop 71, from one more product).
     - A step is accepted where F falls by more than 10⁻⁴ of the quadratic model's decrease,
       or, where that decrease is below 10⁻¹⁰ |F| (F's rounding: near the minimum of a
       narrow network F/C ≈ −133 was flat to 10⁻¹⁰ while ‖g‖ was 2·10⁻⁴), where ‖g‖ falls.
@@ -181,8 +185,8 @@ def minimise_free_energy(
         stationary = (gnorm <= _TR_GTOL) & (it > 0) & ~negative
         tol = jnp.where(gnorm > _TR_GTOL, jnp.minimum(0.5, jnp.sqrt(gnorm)) * gnorm, 0.0)
         tol = jnp.where(stationary, jnp.inf, tol)  # done: one CG step, not taken
-        p, k, negative = _steihaug(g, hvp, radius, tol, _TR_CG_STEPS)
-        predicted = -(g @ p + 0.5 * (p @ hvp(p)))
+        p, model, k, negative = _steihaug(g, hvp, radius, tol, _TR_CG_STEPS)
+        predicted = -model
         f_new, g_new = value_and_grad(p)
         finite = jnp.isfinite(f_new) & (predicted > 0)
         rho = jnp.where(finite, (f_old - f_new) / jnp.where(finite, predicted, 1.0), -jnp.inf)
@@ -195,7 +199,7 @@ def minimise_free_energy(
         lam_new, shifts_new = whitened.unknowns(p)
         lam1 = jnp.where(accept, lam_new, lam1)
         shifts = tuple(jnp.where(accept, b, a) for a, b in zip(shifts, shifts_new, strict=True))
-        return lam1, shifts, radius, it + 1, products + k + 2, negative, stationary
+        return lam1, shifts, radius, it + 1, products + k + 1, negative, stationary
 
     radius = jnp.asarray(_TR_RADIUS, lam1.dtype)
     no = jnp.array(False)

@@ -447,7 +447,8 @@ def test_steihaug_step_against_numpy():
     a step on the boundary; on an indefinite H with a wide region, a boundary step along
     the non-positive curvature it must meet (CG's pivots have as many negative signs as H
     has negative eigenvalues). Every step lowers the model g·p + ½ p·Hp at least as far as
-    the Cauchy point (the model's minimum along −g within the region) does."""
+    the Cauchy point (the model's minimum along −g within the region) does, and the model's
+    value returned (from CG's residual, no product) is the one formed here."""
     from fls_jax._minimise import _steihaug
 
     rng = np.random.default_rng(3)
@@ -458,8 +459,11 @@ def test_steihaug_step_against_numpy():
 
     def step(lam, radius):
         H = (O * lam) @ O.T
-        p, k, negative = run(jnp.asarray(g), jnp.asarray(H), jnp.asarray(radius), 1e-12)
+        p, model, k, negative = run(jnp.asarray(g), jnp.asarray(H), jnp.asarray(radius), 1e-12)
         p = np.asarray(p)
+        # The model's value that CG carries, against g·p + ½ p·Hp formed here.
+        exact = g @ p + 0.5 * p @ H @ p
+        assert abs(float(model) - exact) <= 1e-10 * max(1.0, abs(exact))
         gHg, gn = g @ H @ g, np.linalg.norm(g)
         tau = 1.0 if gHg <= 0 else min(gn**3 / (radius * gHg), 1.0)
         cauchy = -tau * radius * g / gn
