@@ -467,7 +467,7 @@ def test_steihaug_step_against_numpy():
         gHg, gn = g @ H @ g, np.linalg.norm(g)
         tau = 1.0 if gHg <= 0 else min(gn**3 / (radius * gHg), 1.0)
         cauchy = -tau * radius * g / gn
-        assert g @ p + 0.5 * p @ H @ p <= g @ cauchy + 0.5 * cauchy @ H @ cauchy + 1e-12
+        assert exact <= g @ cauchy + 0.5 * cauchy @ H @ cauchy + 1e-12
         return p, int(k), bool(negative), H
 
     lam = rng.uniform(0.5, 5.0, N)
