@@ -1004,11 +1004,12 @@ def solve(
       need not be the branch connected to the GP limit's (`past_folds`' answer) nor F's
       lowest minimum (`docs/deep.md`). A saddle whose gradient has no component along its
       negative directions (in exact arithmetic) is not left. At n = 128 it solved 2 of 4
-      narrow networks that the continuation left unconverged; on the others directions of
-      K^(l) fell below its whitening's cutoff (`docs/deep.md`). Which minimum a descent
-      from a saddle reaches can change with the hyper-parameters (σ² ± 10⁻⁵ relative, in
-      `docs/deep.md`), and the solution with it. float64, no `weight_mean`. Off by
-      default. `num_steps` counts its Hessian-vector products.
+      narrow networks that the continuation left unconverged; at the others F's minimum has
+      kernels so ill-conditioned (10¹⁰–10¹²) that the EoS residual's rounding (10⁻⁹) lies
+      above the tolerance, and they are reported unconverged (`docs/deep.md`). Which
+      minimum a descent from a saddle reaches can change with the hyper-parameters
+      (σ² ± 10⁻⁵ relative, in `docs/deep.md`), and the solution with it. float64, no
+      `weight_mean`. Off by default. `num_steps` counts its Hessian-vector products.
 
     **Returns:** a [`fls_jax.Solution`][]. Non-convergence is reported in `result` and
     `converged`, never raised, so one failing element does not spoil a vmapped sweep; the
