@@ -116,9 +116,9 @@ def gp_negative_log_evidence(
 
     The negative log marginal likelihood of Y (n×m, or n for one output) under N(0, K) per
     column, for a symmetric positive-definite K (n×n): a concrete K that is not (or that
-    holds NaN) raises a `ValueError`. Its derivative is ⟨G, dK⟩ + ⟨K⁻¹Y, dY⟩
-    with G from the hand-written `_evidence_grad`, so first and second derivatives cost one
-    factorisation and a few matrix products.
+    holds NaN), or a concrete Y with NaN or inf, raises a `ValueError`. Its derivative is
+    ⟨G, dK⟩ + ⟨K⁻¹Y, dY⟩ with G from the hand-written `_evidence_grad`, so first and
+    second derivatives cost one factorisation and a few matrix products.
     """
     K, Y = jnp.asarray(K), jnp.asarray(Y)
     Y = Y[:, None] if Y.ndim == 1 else Y
@@ -127,6 +127,7 @@ def gp_negative_log_evidence(
     if Y.ndim != 2 or Y.shape[0] != K.shape[0]:
         raise ValueError(f"Y must have shape (n,) or (n, m) with n = {K.shape[0]}, got {Y.shape}")
     _check_positive_definite("K", K)
+    _check_finite("Y", Y)
     return _gp_nle(K, Y)
 
 
@@ -492,8 +493,11 @@ def eos_residual(
 
     Covariances are built from the symmetric part of each unknown while the linear term
     uses the unknown itself, so an antisymmetric part is driven to zero with Jacobian −I
-    (never singular); `solve` passes symmetric ones. Where Σ⁻¹ or Q^(l−1)⁻¹ + Δ_l is not
-    positive definite the residual is NaN, which the solver's line search rejects.
+    (never singular); `solve` passes symmetric ones. A concrete Σ⁻¹ (or augmented
+    precision) that is not finite, symmetric positive definite, or a concrete Δ_l with NaN
+    or inf, raises a `ValueError`. Traced (inside a root finder, `jax.jit` or `jax.vmap`),
+    where Σ⁻¹ or Q^(l−1)⁻¹ + Δ_l is not positive definite the residual is NaN, which the
+    solver's line search rejects; so it is for a concrete Δ_l that leaves the domain.
 
     **Arguments** (the unknowns first, as a root finder's residual takes them; then those of
     `free_energy`): `precision`, Σ⁻¹ (S×S) or the tuple above; the `network`; training
@@ -515,11 +519,23 @@ def eos_residual(
             [("precision[0]", precision[0], (s, s))]
             + [(f"precision[{i}]", p, (n, n)) for i, p in enumerate(precision[1:], start=1)]
         )
+        _check_positive_definite("precision[0]", precision[0])
+        for i, p in enumerate(precision[1:], start=1):
+            _check_finite(f"precision[{i}]", p)
         return _compiled_residuals(network, precision[0], tuple(precision[1:]), X, Y)
     if network.depth != 1:
         raise ValueError("a network of depth > 1 needs the tuple (Σ⁻¹, Δ_2, …, Δ_L)")
     _check_shapes([("precision", precision, (s, s))])
+    _check_positive_definite("precision", precision)
     return _compiled_residuals(network, precision, (), X, Y)[0]
+
+
+def _check_finite(name: str, A) -> None:
+    """A clear error for a concrete array with NaN or inf."""
+    from ._solve import _concrete  # a cycle at import time: _solve uses this module
+
+    if _concrete(A) and not np.all(np.isfinite(np.asarray(A))):
+        raise ValueError(f"{name} contains NaN or inf")
 
 
 def _check_shapes(named: list) -> None:

@@ -136,7 +136,10 @@ class LearningCurve(eqx.Module):
       lowest of at most 4 seen on a scan of 201 points in log u; for a PatchCNN or m
       outputs, the matrix saddle's checks as in `fj.renormalise` (a stationary minimum,
       within tolerance, in its local coordinates), and for m outputs the ridge's last Newton
-      step within √eps of it, relative (k).
+      step within √eps of it, relative (k). False, with NaN values, where an input that
+      could only be checked when the program ran (under `jax.jit` or `jax.vmap`) was
+      invalid: at every size for a width, σ², σ_w², σ_a² or target noise out of range or
+      NaN or inf in X or Y, at its own size for an n ≤ 0 or NaN.
     - `eigenvalues`: the kernel's eigenvalues η_ρ on the data measure, descending (M): the
       GP's, at every width.
     - `target_power`: the target's power a_ρ² in each mode, averaged over outputs (M);
@@ -273,22 +276,34 @@ def _check_finite_width(network: AbstractNetwork, X: Array, Y: Array, who: str) 
             _check_matrix_renormalisation(network, m, f"the {m}×{m} scale of {m} outputs")
 
 
+def _stand_ins(network, X, Y, ns, target_noise):
+    """What `learning_curve` could not check on traced values (under `jax.jit` or
+    `jax.vmap`), checked when the program runs: whether the hyper-parameters, the target
+    noise and the pool are valid, and per size whether n is. Returns those flags and the
+    inputs with stand-ins for invalid values (width 10⁸, or ∞ where it was ∞; variances 1;
+    n 1; σ_ε² 0; 0 for NaN or inf in X and Y), on which the program runs to the end: a NaN
+    reaching an implicit derivative's linear solve inside would stop it (lineax raises on a
+    non-finite system), and with it every element of a vmap."""
+    valid = _valid_hyper_parameters(network) & (target_noise >= 0) & jnp.isfinite(target_noise)
+    valid = valid & jnp.all(jnp.isfinite(X)) & jnp.all(jnp.isfinite(Y))
+    sizes = (ns > 0) & jnp.isfinite(ns)
+    width = jnp.where(valid | jnp.isposinf(network.width), network.width, 1e8)
+    stand_in = eqx.tree_at(lambda n: n.width, network, width.astype(X.dtype))
+    for field in ("noise", "sigma_w2", "sigma_a2"):
+        value = jnp.where(valid, getattr(network, field), 1.0).astype(X.dtype)
+        stand_in = eqx.tree_at(lambda n, f=field: getattr(n, f), stand_in, value)
+    X, Y = (jnp.where(jnp.isfinite(a), a, 0.0) for a in (X, Y))
+    target_noise = jnp.where(valid, target_noise, 0.0)
+    return valid, sizes, stand_in, X, Y, jnp.where(sizes, ns, 1.0), target_noise
+
+
 @eqx.filter_jit
 def _learning_curve(network, X, Y, ns, target_noise, method: Method, branch: str) -> LearningCurve:
+    given = ns
+    valid, sizes, network, X, Y, ns, target_noise = _stand_ins(network, X, Y, ns, target_noise)
     M = X.shape[0]
     K = _gp_post_kernels(network, X)[-1] / M  # the integral operator on the pool's measure
     K = 0.5 * (K + K.T)
-    # What `learning_curve` could not check on traced values is checked when the program
-    # runs, before anything uses them (everything below depends on K).
-    valid = _valid_hyper_parameters(network) & jnp.all((ns > 0) & jnp.isfinite(ns))
-    valid = valid & (target_noise >= 0) & jnp.isfinite(target_noise)
-    valid = valid & jnp.all(jnp.isfinite(X)) & jnp.all(jnp.isfinite(Y))
-    K = eqx.error_if(
-        K,
-        ~valid,
-        "learning_curve: invalid traced input (width must be > 0 or inf; σ², σ_w², σ_a² > 0 "
-        "and finite; n > 0 and finite; target_noise ≥ 0 and finite; X and Y finite)",
-    )
     noise = network.noise
     sc = method == "self_consistent"
     # One eigendecomposition for every branch and evaluation; nothing is differentiated
@@ -362,15 +377,23 @@ def _learning_curve(network, X, Y, ns, target_noise, method: Method, branch: str
             )
     error, kappa, gamma, scale, scale_matrix, chi_proxy, eta, power, located = out
     finite_values = jnp.isfinite(error) & jnp.isfinite(kappa) & jnp.isfinite(scale)
+    # An invalid input's values are NaN: every size's for the hyper-parameters or the pool,
+    # one size's for its n (`_stand_ins`).
+    ok = valid & sizes
+    error, kappa, gamma, scale, scale_matrix, chi_proxy = (
+        jnp.where(ok.reshape(ok.shape + (1,) * (a.ndim - 1)), a, jnp.nan)
+        for a in (error, kappa, gamma, scale, scale_matrix, chi_proxy)
+    )
+    eta, power = (jnp.where(valid, a, jnp.nan) for a in (eta, power))
     return LearningCurve(
-        n=ns,
+        n=given,
         test_error=error,
         kappa=kappa,
         gamma=gamma,
         scale=scale,
         scale_matrix=scale_matrix,
         chi_proxy=chi_proxy,
-        converged=located & finite_values,
+        converged=located & finite_values & ok,
         eigenvalues=eta[::-1],
         target_power=power[::-1],
         method=method,

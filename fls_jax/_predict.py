@@ -1,5 +1,6 @@
 """Predictions from a solved EoS state: test kernels, mean, variance, errors, χ (SPEC §4)."""
 
+import inspect
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -56,7 +57,9 @@ class Prediction(eqx.Module):
       covariance (Σ₀ or Q^(l−1)): how far its learned covariance has grown along its most
       adapted direction (0 in the GP limit).
     - `free_energy`: F at the solution (SPEC §3), copied from the solution.
-    - `converged`: whether the solve converged (predictions from a failed solve are flagged).
+    - `converged`: whether the solve converged and its predictions here are finite
+      (predictions from a failed solve are flagged, and so are NaN or infinite ones, e.g.
+      from test inputs with NaN under `jax.jit`, where they are not checked).
     """
 
     mean: Float[Array, "n_test m"]
@@ -75,6 +78,8 @@ class Prediction(eqx.Module):
 
 def _validate_test(X, Y, X_test, Y_test):
     """Shape and finiteness checks of test data, before anything is traced."""
+    if X_test is None:
+        raise ValueError("X_test (the test inputs, n_test×d) is required, got None")
     for name, arr in (("X_test", X_test), ("Y_test", Y_test)):
         if arr is not None and jnp.iscomplexobj(arr):
             raise TypeError(f"{name} must be real, got dtype {jnp.asarray(arr).dtype}")
@@ -228,7 +233,7 @@ def _predict(solution: Solution, X_test: Array, Y_test: Array | None) -> Predict
         quad = jnp.sum(T * (Qf @ T))
         mean = Q_star @ T
         variance = q_diag - jnp.sum((Q_star @ Kf_inv) * Q_star, 1)
-    train_error = net.noise**2 * jnp.sum(T**2) / (n * m)
+    train_error = jnp.sum((net.noise * T) ** 2) / (n * m)  # σ² T: no σ⁴ to overflow
     if Y_test is None:
         test_error = jnp.asarray(jnp.inf, X.dtype)
     else:
@@ -249,6 +254,12 @@ def _predict(solution: Solution, X_test: Array, Y_test: Array | None) -> Predict
         K_L, TTt = solution.kernels[-1], T @ T.T
         shift = jax.grad(lambda K: jnp.sum(TTt * net.post_kernel(L, K)))(K_L) * inv_width
         chi = _whitened_top(priors[-1], 0.5 * (shift + shift.T))
+    # A traced X_test (under jit or vmap, unchecked) with NaN or inf, or inputs so large that
+    # the kernels overflow, make NaN predictions from a converged solve: flagged, not silent.
+    finite = jnp.all(jnp.isfinite(mean)) & jnp.all(jnp.isfinite(variance))
+    finite = finite & jnp.isfinite(train_error)
+    if Y_test is not None:
+        finite = finite & jnp.isfinite(test_error)
     covs = (solution.sigma, *solution.kernels)
     shifts = (solution.precision - net.prior_precision(X.shape[1]), *solution.kernel_shifts)
     # λ_max(P⁻¹ cov) − 1 = 1/λ_min(I + P^{1/2} Δ P^{1/2}) − 1, Δ = cov⁻¹ − P⁻¹.
@@ -267,8 +278,14 @@ def _predict(solution: Solution, X_test: Array, Y_test: Array | None) -> Predict
         kernel_eigenvalues=tuple(eigvalsh(K) for K in covs[1:]),
         layer_stretch=stretch,
         free_energy=solution.free_energy,
-        converged=solution.converged,
+        converged=solution.converged & finite,
     )
+
+
+# `solve`'s keyword arguments, which `sweep` passes on.
+_SOLVE_KEYWORDS = frozenset(
+    p.name for p in inspect.signature(solve).parameters.values() if p.kind == p.KEYWORD_ONLY
+)
 
 
 def sweep(
@@ -324,6 +341,12 @@ def sweep(
         raise ValueError(f"schedule must be 'auto', 'parallel' or 'path', got {schedule!r}")
     if schedule == "auto":
         schedule = "path" if jax.default_backend() == "cpu" else "parallel"
+    unknown = sorted(set(solve_kwargs) - _SOLVE_KEYWORDS)
+    if unknown:
+        raise TypeError(
+            f"sweep got unexpected keyword arguments {unknown}; besides schedule and devices "
+            f"it takes solve's: {sorted(_SOLVE_KEYWORDS)}"
+        )
     network, X, Y = _validate(network, X, Y)
     X_test, Y_test = _validate_test(X, Y, X_test, Y_test)
     _check_max_stages(solve_kwargs.get("max_stages", _MAX_STAGES))

@@ -230,6 +230,9 @@ def _validate(network: _N, X, Y) -> tuple[_N, Array, Array]:
     of the common float dtype."""
     if not isinstance(network, AbstractNetwork):
         raise TypeError(f"network must be an fls_jax network (FCN, PatchCNN), got {type(network)}")
+    for name, value, what in (("X", X, "inputs, n×d"), ("Y", Y, "targets, n or n×m")):
+        if value is None:
+            raise ValueError(f"{name} (the training {what}) is required, got None")
     guard_memory_maps(network, X, Y)
     X = jnp.asarray(X)
     Y = jnp.asarray(Y)

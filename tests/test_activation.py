@@ -290,7 +290,8 @@ def test_residual_is_nan_outside_the_positive_definite_cone(act):
     task = fj.datasets.single_index_teacher(n=12, n_test=4, d=3, seed=5)
     kw = dict(width=2.0, sigma_w2=1.3, sigma_a2=0.8, noise=0.02, activation=act)
     good, bad = jnp.eye(3), jnp.diag(jnp.array([1.0, -2.0, 3.0]))
-    shallow = fj.eos_residual(bad, fj.FCN(**kw), task.X, task.Y)
+    # Traced, as inside a root finder (a concrete one is refused: test_validation.py).
+    shallow = jax.jit(lambda lam: fj.eos_residual(lam, fj.FCN(**kw), task.X, task.Y))(bad)
     assert np.isnan(np.asarray(shallow)).all()
     deep = fj.FCN(depth=2, **kw)
     # A precision shift Δ with Q^(1)⁻¹ + Δ not positive definite: −10⁶ I (Q^(1) ≈ O(1)).

@@ -322,6 +322,15 @@ def test_activation_must_be_an_activation(make, activation):
     )
 
 
+@pytest.mark.parametrize("order", [0, -1, 2.5, True])
+def test_quadrature_order_must_be_a_positive_integer(order):
+    # It failed at the first solve, in NumPy's Gauss–Hermite nodes ("deg must be …").
+    with pytest.raises(ValueError, match="Quadrature's order must be an integer ≥ 1"):
+        fj.Quadrature(jnp.tanh, order=order)
+    with pytest.raises(TypeError, match="fn must be a callable"):
+        fj.Quadrature("tanh")
+
+
 # -------------------------------------------------------------------------------- sweep
 
 
@@ -423,6 +432,27 @@ def test_predict_accepts_vector_Y_test(patch_solution, patch_task):
     pred = fj.predict(patch_solution, patch_task.X_test, patch_task.Y_test[:, 0])
     ref = fj.predict(patch_solution, patch_task.X_test, patch_task.Y_test)
     assert float(pred.test_error) == float(ref.test_error)
+
+
+def test_predictions_that_are_not_finite_are_flagged(patch_solution, patch_task):
+    """Test inputs are checked for NaN only when concrete. Under jax.jit (or vmap) a NaN
+    in X_test, or inputs so large that the kernels overflow, made NaN predictions that
+    said converged=True; and σ⁴‖T‖² overflowed to NaN at a large valid σ² (σ⁴ = inf, T² =
+    0). Now such predictions are flagged and the train error is ‖σ²T‖²."""
+    X_test, Y_test = jnp.asarray(patch_task.X_test), jnp.asarray(patch_task.Y_test)
+    predict = jax.jit(fj.predict)
+    assert bool(predict(patch_solution, X_test, Y_test).converged)
+    for bad in (X_test.at[0, 0].set(jnp.nan), 1e200 * X_test):
+        pred = predict(patch_solution, bad, Y_test)
+        assert not bool(pred.converged) and not np.isfinite(float(pred.test_error))
+    ok = jax.vmap(lambda x: predict(patch_solution, x, Y_test).converged)
+    assert ok(jnp.stack([X_test, X_test * jnp.nan])).tolist() == [True, False]
+    # σ² = 10¹⁶⁰ (valid; the GP limit's weights T ≈ Y/σ²): σ⁴ overflows, (σ²T)² does not.
+    loud = eqx.tree_at(lambda n: n.noise, patch_solution.network, 1e160)
+    pred = fj.predict(fj.solve(loud, patch_task.X, patch_task.Y[:, 0]), X_test, Y_test)
+    assert bool(pred.converged)
+    expected = np.mean(np.asarray(patch_task.Y[:, 0]) ** 2)  # the mean predictor is ~0
+    np.testing.assert_allclose(float(pred.train_error), expected, rtol=1e-6)
 
 
 # ---------------------------------------------------------------------- the GP limit
@@ -641,6 +671,16 @@ def test_free_energy_and_residual_check_their_inputs():
         fj.eos_residual(np.eye(5), net, X, y)
     with pytest.raises(ValueError, match="Y must have shape"):
         fj.free_energy(net, sigma, X, y[:5])
+    # A concrete precision off the domain is refused, as F refuses its Σ (it was an all-NaN
+    # residual; traced, it still is: the solvers' guard, tests/test_activation.py).
+    for bad in (-np.eye(4), np.full((4, 4), np.nan)):
+        with pytest.raises(ValueError, match="precision must be a finite, symmetric positive"):
+            fj.eos_residual(bad, net, X, y)
+    deep = fj.FCN(8.0, 1.0, 1.0, 0.1, fj.Erf(), depth=2)
+    with pytest.raises(ValueError, match=r"precision\[1\] contains NaN or inf"):
+        fj.eos_residual((np.eye(4), np.full((6, 6), np.nan)), deep, X, y)
+    with pytest.raises(ValueError, match="Y contains NaN or inf"):
+        fj.gp_negative_log_evidence(np.eye(6), np.where(y > 0, np.nan, y))
 
 
 def test_positive_definite_real_inputs_are_checked():
@@ -686,8 +726,8 @@ def test_traced_invalid_hyper_parameters_are_flagged():
     """Under jax.vmap the hyper-parameters are not known when the input checks run. A
     negative or NaN width was then read as "already at the target" (1/C < 0) or as the GP
     limit, and solve and renormalise reported converged=True (a residual of 3.4 in one case);
-    learning_curve returned finite curves. Now they fail the element, or raise when the
-    program runs (learning_curve, which has no `converged`)."""
+    learning_curve returned finite curves. Now they fail the element (learning_curve raised
+    when the program ran until stop 72, which failed a whole vmapped batch)."""
     rng = np.random.default_rng(1)
     X, y = rng.standard_normal((6, 4)), rng.standard_normal(6)
     widths = jnp.array([8.0, -1.0, jnp.nan])
@@ -702,11 +742,25 @@ def test_traced_invalid_hyper_parameters_are_flagged():
     ]
     ok = jax.vmap(lambda w: fj.renormalise(net(w), X, y, X[:2], method="saddle").converged)
     assert ok(widths).tolist() == [True, False, False]
-    curve = jax.jit(lambda w, n: fj.learning_curve(net(w), X, y, n).test_error)
-    assert np.all(np.isfinite(curve(8.0, jnp.array([2.0, 4.0]))))
-    for w, n in ((-1.0, [2.0, 4.0]), (jnp.nan, [2.0, 4.0]), (8.0, [-2.0, 4.0])):
-        with pytest.raises(Exception, match="learning_curve: invalid traced input"):
-            curve(w, jnp.array(n))
+
+    def curve(w, n, noise=0.1):
+        lc = fj.learning_curve(fj.FCN(w, 1.0, 1.0, noise, fj.Linear()), X, y, n)
+        return lc.test_error, lc.converged
+
+    curves = jax.jit(jax.vmap(curve))
+    ws = jnp.array([8.0, -1.0, jnp.nan, 8.0, 8.0, 8.0, jnp.inf, jnp.inf])
+    ns = jnp.array([[2.0, 4.0]] * 3 + [[-2.0, 4.0]] + [[2.0, 4.0]] * 4)
+    noises = jnp.array([0.1] * 4 + [0.0, jnp.nan, -1.0, 0.1])
+    error, ok = curves(ws, ns, noises)
+    valid = np.zeros((8, 2), bool)
+    valid[[0, 7]] = True
+    valid[3, 1] = True  # an invalid n fails its own size only
+    assert np.all(ok[valid]) and np.all(np.isfinite(error[valid]))
+    assert not np.any(ok[~valid]) and np.all(np.isnan(error[~valid]))
+    # valid elements as they would be alone
+    alone = curve(8.0, jnp.array([2.0, 4.0]))[0]
+    np.testing.assert_allclose(error[0], alone, rtol=1e-12)
+    np.testing.assert_allclose(error[3, 1], alone[1], rtol=1e-12)
 
 
 def test_memory_map_guard(monkeypatch):
