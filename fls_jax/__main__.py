@@ -81,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
         default=[2.0**k for k in range(2, 11)],
         help="C (each once; the GP limit, C = inf, is always added)",
     )
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=_at_least(0), default=0)
     s.add_argument("--plot", default="fls_sweep.png", help="PNG to write ('' for none)")
     s.add_argument(
         "--solver",
@@ -231,7 +231,9 @@ def _sweep(a: argparse.Namespace) -> int:
         f"{len(widths)} widths in {elapsed:.2f} s (compile included), "
         f"backend {jax.default_backend()}"
     )
-    if a.plot:
+    if a.plot and len(widths) == 1:
+        print("no finite width: no plot (the GP limit alone)")
+    elif a.plot:
         import matplotlib
 
         matplotlib.use("Agg")
@@ -261,6 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     folder = os.path.dirname(a.plot) if a.plot else ""
     if folder and not os.path.isdir(folder):
         parser.error(f"--plot: no folder {folder!r} to write {a.plot!r} in")
+    if a.plot and os.path.isdir(a.plot):
+        parser.error(
+            f"--plot: {a.plot!r} is a folder; give a file name, e.g. {a.plot}/fls_sweep.png"
+        )
     configured = jax.config.values.get("jax_compilation_cache_dir")
     cache = _xla_cache_dir(a.xla_cache, configured, dict(os.environ))
     if cache is None:

@@ -380,6 +380,14 @@ class Quadrature(AbstractActivation):
     order: int = eqx.field(static=True, default=40)
     odd: bool = eqx.field(static=True, default=False)  # pyright: ignore[reportIncompatibleVariableOverride]
 
+    def __check_init__(self):
+        if not callable(self.fn):
+            raise TypeError(f"Quadrature's fn must be a callable φ, got {self.fn!r}")
+        if isinstance(self.order, bool) or not isinstance(self.order, int | np.integer):
+            raise ValueError(f"Quadrature's order must be an integer ≥ 1, got {self.order!r}")
+        if self.order < 1:
+            raise ValueError(f"Quadrature's order must be an integer ≥ 1, got {self.order}")
+
     def __call__(self, h):
         return self.fn(jnp.asarray(h))
 

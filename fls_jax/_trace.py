@@ -330,6 +330,9 @@ def trace(
     C0 = float(network.width)
     if not (math.isfinite(C0) and C0 > 0):
         raise ValueError(f"trace needs a network of finite positive width, got {C0}")
+    if isinstance(to_width, str | bool) or np.ndim(to_width) != 0:
+        raise TypeError(f"to_width must be a number, got {to_width!r}")
+    to_width = float(to_width)
     if not (math.isfinite(to_width) and to_width > 0 and to_width != C0):
         raise ValueError(f"to_width must be positive, finite and not {C0}, got {to_width}")
     if max_points < 2 or not 0 < step <= max_step:

@@ -34,7 +34,8 @@ class TuneResult(NamedTuple):
       ``"objective"``, ``"grad_norm"`` (of the unconstrained parameters), ``"converged"``, and
       one array per tuned hyper-parameter (its value at each step: shape (steps,), or
       (steps, L) for a per-layer σ_w²).
-    - `converged`: whether every solve along the way converged.
+    - `converged`: whether every step's solve converged, with a finite objective and
+      gradient (the run stops at the first step where not).
     """
 
     network: AbstractNetwork
@@ -108,7 +109,10 @@ class _UserObjective(eqx.Module):
 
     def __call__(self, sol: Solution, val) -> Array:
         del val
-        return self.fn(sol)
+        out = self.fn(sol)
+        if jnp.shape(out) != ():
+            raise ValueError(f"objective must return a scalar, got shape {jnp.shape(out)}")
+        return out
 
 
 def _objective_fn(objective) -> Callable[[Solution, Any], Array]:
@@ -245,13 +249,20 @@ def tune(
     history |= {k: [] for k in names}
     best = (np.inf, None, None)
     precision = None
-    all_ok = True
+    all_ok, failure = True, ""
     bar = _progress(progress, steps)
     for step in range(steps):
         value, grad, sol = evaluate(z, precision)
         if not bool(sol.converged) and precision is not None:
             value, grad, sol = evaluate(z, None)  # fall back to the GP-limit start
-        ok = bool(sol.converged) and bool(jnp.all(jnp.isfinite(grad)))
+        finite_value, finite_grad = bool(jnp.isfinite(value)), bool(jnp.all(jnp.isfinite(grad)))
+        ok = bool(sol.converged) and finite_value and finite_grad
+        if not bool(sol.converged):
+            failure = "the solve did not converge; raise max_steps/max_stages or start from other "
+            failure += "hyper-parameters"
+        elif not (finite_value and finite_grad):
+            failure = f"the objective is {float(value)} and its gradient's norm "
+            failure += f"{float(jnp.linalg.norm(grad))} at a converged solve: not finite"
         history["step"].append(step)
         history["objective"].append(float(value))
         history["grad_norm"].append(float(jnp.linalg.norm(grad)))
@@ -271,10 +282,7 @@ def tune(
     if bar is not None:
         bar.close()
     if best[1] is None:
-        raise RuntimeError(
-            "tune: the first solve did not converge; raise max_steps/max_stages or start from "
-            "other hyper-parameters"
-        )
+        raise RuntimeError(f"tune: at the first step, {failure}")
     return TuneResult(
         network=best[1],
         solution=best[2],

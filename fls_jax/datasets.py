@@ -28,6 +28,20 @@ class Task(NamedTuple):
     teacher: np.ndarray | None
 
 
+def _rng(seed) -> np.random.Generator:
+    """NumPy's generator for `seed`, an integer ≥ 0 (named where it is not)."""
+    return np.random.default_rng(_check_int("seed", seed, 0))
+
+
+def _check_positive(name: str, value) -> float:
+    """`value` as a float, or a ValueError unless it is a finite real number > 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    if not (np.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
 def _inputs(rng, n, n_test, d):
     for name, value in (("n", n), ("n_test", n_test), ("d", d)):
         _check_int(name, value, 0 if name == "n_test" else 1)
@@ -44,7 +58,7 @@ def linear_patch_teacher(
     """
     _check_int("patch_size", patch_size, 1)
     _check_int("patches", patches, 1)
-    rng = np.random.default_rng(seed)
+    rng = _rng(seed)
     d = patch_size * patches
     X, X_test = _inputs(rng, n, n_test, d)
     w = rng.standard_normal(patch_size)
@@ -60,7 +74,8 @@ def single_index_teacher(
     n: int = 64, n_test: int = 1000, d: int = 16, scale: float = 2.0, seed: int = 0
 ) -> Task:
     """y = erf(scale · w*·x) with a unit w* ∈ R^d: a single-index teacher for FCN students."""
-    rng = np.random.default_rng(seed)
+    scale = _check_positive("scale", scale)
+    rng = _rng(seed)
     X, X_test = _inputs(rng, n, n_test, d)
     w = rng.standard_normal(d)
     w /= np.linalg.norm(w)
@@ -72,9 +87,11 @@ def multi_index_teacher(
 ) -> Task:
     """y = (1/√k) Σ_i erf(scale · w_i·x) with orthonormal w_1 … w_k ∈ R^d: a k-index teacher
     for FCN students, whose Σ learns k directions. `teacher` is the d×k matrix (w_1 … w_k)."""
+    _check_int("k", k, 1)
+    scale = _check_positive("scale", scale)
     if not 1 <= k <= d:
         raise ValueError(f"need 1 ≤ k ≤ d, got k = {k}, d = {d}")
-    rng = np.random.default_rng(seed)
+    rng = _rng(seed)
     X, X_test = _inputs(rng, n, n_test, d)
     W = np.linalg.qr(rng.standard_normal((d, k)))[0]
 
@@ -92,7 +109,8 @@ def deep_erf_teacher(
     y = erf(h^(L)), with a unit w* ∈ R^d (so each hⁱ has the variance a prior draw of
     width-1 weights would give it)."""
     _check_int("depth", depth, 1)
-    rng = np.random.default_rng(seed)
+    sigma_w2 = _check_positive("sigma_w2", sigma_w2)
+    rng = _rng(seed)
     X, X_test = _inputs(rng, n, n_test, d)
     w = rng.standard_normal(d)
     w /= np.linalg.norm(w)
@@ -159,7 +177,7 @@ def digits(
             f"need 2 <= n and n + n_test <= {len(digit)} images for labels={labels!r}, "
             f"got n = {n}, n_test = {n_test}"
         )
-    order = np.random.default_rng(seed).permutation(len(digit))[: n + n_test]
+    order = _rng(seed).permutation(len(digit))[: n + n_test]
     images, digit = images[order], digit[order]
     q = 8 // patch_side  # patches per side
     X = images.reshape(-1, q, patch_side, q, patch_side).transpose(0, 1, 3, 2, 4).reshape(-1, 64)

@@ -54,6 +54,8 @@ def test_sweep_prints_a_converged_table_and_writes_the_plot(argv, tmp_path, caps
         (["--noise", "nan"], "argument --noise: must be > 0 and finite"),
         (["--widths", "4", "0"], "argument --widths: must be > 0"),
         (["--plot", "no-such-folder/x.png"], "no folder 'no-such-folder'"),
+        (["--plot", "."], "'.' is a folder"),  # savefig wrote ./.png
+        (["--seed", "-1"], "argument --seed: must be ≥ 0"),
         (["--task", "digits", "--n", "1500"], "n + n_test <= 1797"),  # the package's own
         (["--past-folds", "--float32"], "--past-folds needs float64"),
         (["--minimise", "--float32"], "--minimise needs float64"),
@@ -66,6 +68,17 @@ def test_bad_options_are_usage_errors_not_tracebacks(argv, message, capsys):
         main(["sweep", *argv])
     assert info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_gp_limit_alone_is_a_table_without_a_plot(tmp_path, capsys):
+    # `--widths inf` left no finite width to plot on log axes: matplotlib's error, exit 2.
+    plot = tmp_path / "sweep.png"
+    argv = ["sweep", "--n", "16", "--n-test", "20", "--widths", "inf", "--plot", str(plot)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.strip()]
+    assert "no finite width: no plot" in out and [r[-1] for r in rows if r[0] == "GP"] == ["yes"]
+    assert not plot.exists()
 
 
 def test_digits_refuses_the_teacher_task_shapes():

@@ -79,11 +79,18 @@ def test_digits_pairs_splits_and_errors():
         (fj.datasets.single_index_teacher, dict(n_test=-1)),
         (fj.datasets.deep_erf_teacher, dict(depth=0)),
         (fj.datasets.multi_index_teacher, dict(n=2.5)),
+        (fj.datasets.multi_index_teacher, dict(k=2.5)),  # Python's "cannot be interpreted…"
+        (fj.datasets.linear_patch_teacher, dict(seed=-1)),  # NumPy's "expected non-negative…"
+        (fj.datasets.digits, dict(seed=-1)),
+        (fj.datasets.single_index_teacher, dict(scale=np.nan)),  # all-NaN targets
+        (fj.datasets.multi_index_teacher, dict(scale=-1.0)),
+        (fj.datasets.deep_erf_teacher, dict(sigma_w2=-1.0)),  # NaN targets (√−1)
     ],
 )
 def test_teachers_refuse_sizes_they_cannot_have(make, kwargs):
     # These returned empty arrays or NaN targets (patches = 0: 0/√0), which surfaced later as
-    # "Y contains NaN or inf".
+    # "Y contains NaN or inf", or failed in NumPy without naming the argument.
     name = next(iter(kwargs))
-    with pytest.raises(ValueError, match=f"{name} must be an integer"):
+    kind = "a finite number > 0" if name in ("scale", "sigma_w2") else "an integer"
+    with pytest.raises(ValueError, match=f"{name} must be {kind}"):
         make(**kwargs)

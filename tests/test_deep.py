@@ -618,6 +618,8 @@ def test_trace_refuses_what_it_cannot_do(deep_task):
     net = fj.FCN(width=3.0, depth=3, sigma_w2=2.0, sigma_a2=0.25, noise=0.01)
     with pytest.raises(ValueError, match="to_width"):
         fj.trace(net, X, Y, 3.0)
+    with pytest.raises(TypeError, match="to_width must be a number, got '2'"):
+        fj.trace(net, X, Y, "2")  # pyright: ignore[reportArgumentType]
     with pytest.raises(ValueError, match="finite positive width"):
         fj.trace(eqx.tree_at(lambda n: n.width, net, jnp.asarray(np.inf)), X, Y, 2.0)
     with jax.enable_x64(False), pytest.raises(TypeError, match="float64"):

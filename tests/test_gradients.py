@@ -259,3 +259,15 @@ def test_tune_bad_input(kwargs, match, patch_task):
     kwargs = {"objective": "free_energy", "steps": 1, "progress": False} | kwargs
     with pytest.raises(ValueError if "optimizer" not in kwargs else TypeError, match=match):
         fj.tune(_net("patchcnn", "linear", 4.0), t.X, t.Y, **kwargs)
+
+
+def test_tune_names_a_bad_objective(patch_task):
+    """A callable objective that is not a scalar, or not finite where the solve converged:
+    they raised JAX's "Gradient only defined for scalar-output functions", and "the first
+    solve did not converge" (it had)."""
+    t, net = patch_task, _net("patchcnn", "linear", 4.0)
+    kwargs = {"params": ("noise",), "steps": 1, "progress": False}
+    with pytest.raises(ValueError, match=r"objective must return a scalar, got shape \(4, 4\)"):
+        fj.tune(net, t.X, t.Y, objective=lambda s: s.sigma, **kwargs)
+    with pytest.raises(RuntimeError, match=r"objective is inf .* at a converged solve"):
+        fj.tune(net, t.X, t.Y, objective=lambda s: jnp.inf + s.free_energy, **kwargs)

@@ -124,6 +124,14 @@ def test_inducing_points_follow_pivoted_cholesky(fcn_task):
         fj.inducing_points(_net(4.0), np.repeat(X[:3], 4, axis=0), 4)
     with pytest.raises(ValueError, match="r must be"):
         fj.inducing_points(_net(4.0), X, 0)
+    # NaN inputs or a non-positive prior variance are named (they made a NaN pivot, which
+    # read as "fewer inducing points")
+    with pytest.raises(ValueError, match="X contains NaN"):
+        fj.inducing_points(_net(4.0), np.where(X > 1, np.nan, X), 4)
+    for bad in (-1.0, np.nan):
+        net = fj.FCN(width=4.0, sigma_w2=bad, sigma_a2=SA2, noise=NOISE)
+        with pytest.raises(ValueError, match="sigma_w2 must be > 0"):
+            fj.inducing_points(net, X, 4)
     with pytest.raises(ValueError, match="one hidden layer"):
         fj.FCN(width=4.0, sigma_w2=SW2, sigma_a2=SA2, noise=NOISE, depth=2, inducing=X[:3])
     with pytest.raises(ValueError, match="columns"):
