@@ -434,6 +434,30 @@ def test_predict_accepts_vector_Y_test(patch_solution, patch_task):
     assert float(pred.test_error) == float(ref.test_error)
 
 
+def test_missing_data_and_unknown_keywords_are_named(patch_solution, patch_task):
+    # They failed in JAX ("None is not a valid value for jnp.array") or in a private
+    # function ("_path_options() got an unexpected keyword argument").
+    t, net = patch_task, _patch_net()
+    raises_before_compiling(ValueError, r"Y \(the training targets", fj.solve, net, t.X, None)
+    raises_before_compiling(ValueError, r"X \(the training inputs", fj.solve, net, None, t.Y)
+    raises_before_compiling(
+        ValueError, r"X_test \(the test inputs", fj.predict, patch_solution, None
+    )
+    for schedule in ("path", "parallel"):
+        raises_before_compiling(
+            TypeError,
+            r"sweep got unexpected keyword arguments \['max_stepz'\]; .* 'max_stages'",
+            fj.sweep,
+            net,
+            t.X,
+            t.Y,
+            WIDTHS,
+            t.X_test,
+            schedule=schedule,
+            max_stepz=3,
+        )
+
+
 def test_predictions_that_are_not_finite_are_flagged(patch_solution, patch_task):
     """Test inputs are checked for NaN only when concrete. Under jax.jit (or vmap) a NaN
     in X_test, or inputs so large that the kernels overflow, made NaN predictions that
