@@ -87,7 +87,8 @@ def multi_index_teacher(
 ) -> Task:
     """y = (1/√k) Σ_i erf(scale · w_i·x) with orthonormal w_1 … w_k ∈ R^d: a k-index teacher
     for FCN students, whose Σ learns k directions. `teacher` is the d×k matrix (w_1 … w_k)."""
-    _check_int("k", k, 1)
+    if isinstance(k, bool) or not isinstance(k, int | np.integer):
+        raise ValueError(f"k must be an integer, 1 ≤ k ≤ d, got {k!r}")
     scale = _check_positive("scale", scale)
     if not 1 <= k <= d:
         raise ValueError(f"need 1 ≤ k ≤ d, got k = {k}, d = {d}")
