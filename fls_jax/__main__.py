@@ -225,7 +225,7 @@ def _sweep(a: argparse.Namespace) -> int:
             f"{float(pred.test_error[k]):10.4g} {float(pred.test_error_draw[k]):10.4g} "
             f"{float(pred.sigma_eigenvalues[k, -1]):10.4g} {alignment[k]:>9}{stretch} "
             f"{int(sol.num_steps[k]):5d}{folds} {float(sol.residual[k]):8.1e} "
-            f"{'yes' if bool(sol.converged[k]) else 'NO'}"
+            f"{'yes' if bool(pred.converged[k]) else 'NO'}"
         )
     print(
         f"{len(widths)} widths in {elapsed:.2f} s (compile included), "
@@ -254,7 +254,8 @@ def _sweep(a: argparse.Namespace) -> int:
         fig.tight_layout()
         fig.savefig(a.plot, dpi=120)
         print(f"plot written to {a.plot}")
-    return 0 if bool(np.all(np.asarray(sol.converged))) else 1
+    # `pred.converged`: the solve converged and its predictions are finite.
+    return 0 if bool(np.all(np.asarray(pred.converged))) else 1
 
 
 def main(argv: list[str] | None = None) -> int:
