@@ -1,5 +1,6 @@
 """Predictions from a solved EoS state: test kernels, mean, variance, errors, χ (SPEC §4)."""
 
+import functools
 import inspect
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -28,6 +29,7 @@ from ._solve import (
     _resolve_solver,
     _solve_from,
     _validate,
+    _validate_precision0,
     _with_width,
     solve,
 )
@@ -356,10 +358,11 @@ def sweep(
     if w is not None and jnp.finfo(X.dtype).bits < 64:  # each width's own kernel (mean-field)
         for width in np.unique(w):
             _check_float32(_with_width(network, width), X)
+    if solve_kwargs.get("precision0") is not None and schedule == "parallel":
+        # Checked here, where it is concrete: inside the vmapped solve it is traced.
+        solve_kwargs["precision0"] = _validate_precision0(network, X, Y, solve_kwargs["precision0"])
     widths = widths.astype(X.dtype)
-    devices = list(jax.devices() if devices is None else devices)
-    if not devices:
-        raise ValueError("devices must name at least one device")
+    named, devices = devices is not None, _check_devices(devices)
     options = (
         (solve_kwargs,)
         if schedule == "parallel"
@@ -373,9 +376,10 @@ def sweep(
     local_solve = _local_solve_parallel if schedule == "parallel" else _local_solve_path
     # Two compiled programs, solves then predictions: a failed solve's diagnostics come back
     # even if the prediction step were to fail.
-    if len(devices) == 1:
-        sols = local_solve((network, X, Y, *options), widths)
-        return sols, _local_predict((X_test, Y_test), sols)
+    if len(devices) == 1:  # on the device named, which need not be the default one
+        put = functools.partial(_put, device=devices[0]) if named else (lambda tree: tree)
+        sols = local_solve(put((network, X, Y, *options)), put(widths))
+        return sols, _local_predict(put((X_test, Y_test)), sols)
     mesh = jax.sharding.Mesh(np.array(devices), ("w",))
     slots = _strided_slots(widths, len(devices))
     padded = jnp.where(slots >= 0, widths[np.maximum(slots, 0)], jnp.inf)
@@ -412,6 +416,28 @@ def _strided_slots(widths: Array, n_dev: int) -> np.ndarray:
 def _wide_first(widths: Array) -> Array:
     """Indices that order `widths` from wide (C = ∞ first) to narrow, stably."""
     return jnp.argsort(jnp.where(jnp.isfinite(widths), 1 / widths, 0.0), stable=True)
+
+
+def _check_devices(devices) -> list:
+    """`sweep`'s `devices` as a list: all of `jax.devices()` for None, else a sequence of
+    distinct `jax.Device` objects (a clear error, not one from inside JAX's sharding)."""
+    if devices is None:
+        return list(jax.devices())
+    if isinstance(devices, jax.Device) or not isinstance(devices, Sequence):
+        raise TypeError(f"devices must be a sequence of jax.Device objects, got {devices!r}")
+    devices = list(devices)
+    if not devices:
+        raise ValueError("devices must name at least one device")
+    if not all(isinstance(d, jax.Device) for d in devices):
+        raise TypeError(f"devices must be jax.Device objects (jax.devices()), got {devices!r}")
+    if len(set(devices)) != len(devices):
+        raise ValueError(f"devices must be distinct, got {devices!r}")
+    return devices
+
+
+def _put(tree, device):
+    """The arrays of `tree`, on `device`."""
+    return jax.tree.map(lambda x: jax.device_put(x, device) if eqx.is_array(x) else x, tree)
 
 
 def _replicate(tree, mesh):

@@ -45,6 +45,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._free_energy import _gp_post_kernels
@@ -717,8 +718,17 @@ def sample(
     - `target_acceptance`: target of the step-size adaptation.
     - `adapt_step_size`: adapt ε during burn-in (MALA/HMC).
 
-    **Returns:** a [`fls_jax.sampling.Samples`][].
+    **Returns:** a [`fls_jax.sampling.Samples`][]. `sample` compiles and vmaps its chains
+    itself and computes R̂ and effective sample sizes in NumPy: call it outside `jax.jit`
+    and `jax.vmap` (a traced argument is refused).
     """
+    traced = (network, X, Y, X_test, key)
+    if any(isinstance(leaf, Tracer) for leaf in jax.tree.leaves(traced)):
+        raise TypeError(
+            "sample runs its own compiled, vmapped chains and reads concrete values (widths, "
+            "step sizes, R̂): call it outside jax.jit and jax.vmap (for several keys, "
+            "call it once per key, or raise num_chains)"
+        )
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
     if readout not in _READOUTS:

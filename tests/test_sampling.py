@@ -7,6 +7,8 @@ the EoS solution at moderate width. Statistical bounds are stated as z-scores ov
 chains; keys are fixed, so a failure is reproducible, not flaky.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -591,6 +593,23 @@ def test_bad_input_is_rejected_before_compiling(kwargs, match):
     net = fj.PatchCNN(width, 1.0, 1.0, 0.1, fj.Linear(), patch_size=4)
     with pytest.raises(ValueError, match=match):
         fs.sample(net, **args)
+
+
+def test_sample_under_jit_or_vmap_is_refused():
+    # It failed deep inside (NumPy on a tracer: "TracerArrayConversionError"), or said "sample
+    # needs a concrete network width" of a width the user had not traced.
+    X = np.random.default_rng(0).standard_normal((6, 12))
+    net = fj.PatchCNN(4, 1.0, 1.0, 0.1, fj.Linear(), patch_size=4)
+    run = functools.partial(fs.sample, num_chains=2, num_samples=4, burn_in=1)
+    for traced in (
+        lambda: jax.jit(lambda k: run(net, X, np.zeros(6), key=k).sigma)(jax.random.key(0)),
+        lambda: jax.vmap(lambda k: run(net, X, np.zeros(6), key=k).sigma)(
+            jax.random.split(jax.random.key(0))
+        ),
+        lambda: jax.jit(lambda X: run(net, X, np.zeros(6), key=jax.random.key(0)).sigma)(X),
+    ):
+        with pytest.raises(TypeError, match=r"call it outside jax\.jit and jax\.vmap"):
+            traced()
 
 
 def test_estimates_rejects_bad_targets(linear_cnn):

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 
+import jax
 import numpy as np
 import pytest
 
@@ -42,6 +43,12 @@ _SCRIPT = textwrap.dedent(
             residual=float(np.max(np.asarray(s.residual))),
             shape=list(s.sigma.shape),
         )
+    # One device named, not the default: the sweep runs there (it ran on the default one).
+    s, p = fj.sweep(net, X, Y, widths[:2], Xt, Yt, devices=jax.devices()[2:3])
+    out["one"] = dict(
+        devices=sorted(d.id for d in s.sigma.devices() | p.mean.devices()),
+        sigma=float(np.max(np.abs(np.asarray(s.sigma) - np.asarray(ref_s.sigma)[:2]))),
+    )
     print("RESULT " + json.dumps(out))
     """
 )
@@ -75,6 +82,7 @@ def test_sharded_sweeps_equal_one_device(sharded):
     assert all(r["converged"]) and r["residual"] < 1e-10
     # Each device walks its own path (different warm starts): equal to the tolerance.
     assert r["sigma"] < 1e-8 and r["mean"] < 1e-8 and r["test"] < 1e-8
+    assert sharded["one"]["devices"] == [2] and sharded["one"]["sigma"] < 1e-8
 
 
 def test_sweep_needs_a_device(fcn_task):
@@ -82,3 +90,13 @@ def test_sweep_needs_a_device(fcn_task):
     net = fj.FCN(width=1.0, sigma_w2=1.0, sigma_a2=1.0, noise=0.01, activation=fj.Erf())
     with pytest.raises(ValueError, match="at least one device"):
         fj.sweep(net, X, Y, np.array([1.0]), Xt, Yt, devices=[])
+    # They failed inside JAX ("'Device' object is not iterable", "'str' object has no
+    # attribute 'process_index'", a bare AssertionError), or a string passed unnoticed.
+    device = jax.devices()[0]
+    for devices, exc, match in (
+        (device, TypeError, "a sequence of jax.Device"),
+        (["cpu"], TypeError, "jax.Device objects"),
+        ([device, device], ValueError, "distinct"),
+    ):
+        with pytest.raises(exc, match=match):
+            fj.sweep(net, X, Y, np.array([1.0, 2.0]), Xt, Yt, devices=devices)

@@ -458,6 +458,25 @@ def test_missing_data_and_unknown_keywords_are_named(patch_solution, patch_task)
         )
 
 
+def test_sweep_checks_precision0_as_solve_does(patch_solution, patch_task):
+    # The parallel schedule's vmapped solves see a traced precision0: a NaN or indefinite one
+    # came back as unconverged widths with residual NaN instead of solve's error.
+    t, start = patch_task, patch_solution.precision
+    for bad in (start.at[0, 0].set(jnp.nan), -start):
+        raises_before_compiling(
+            ValueError,
+            r"precision0\[0\] must be a finite, symmetric positive-definite",
+            fj.sweep,
+            _patch_net(),
+            t.X,
+            t.Y,
+            WIDTHS,
+            t.X_test,
+            schedule="parallel",
+            precision0=bad,
+        )
+
+
 def test_predictions_that_are_not_finite_are_flagged(patch_solution, patch_task):
     """Test inputs are checked for NaN only when concrete. Under jax.jit (or vmap) a NaN
     in X_test, or inputs so large that the kernels overflow, made NaN predictions that
