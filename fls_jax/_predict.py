@@ -299,7 +299,7 @@ def sweep(
     Y_test: Float[ArrayLike, "n_test m"] | Float[ArrayLike, " n_test"] | None = None,
     *,
     schedule: Literal["auto", "parallel", "path"] = "auto",
-    devices: Sequence[Any] | None = None,
+    devices: Sequence[jax.Device] | None = None,
     **solve_kwargs,
 ) -> tuple[Solution, Prediction]:
     """Solve and predict at many widths in one jit-compiled call.
@@ -324,7 +324,8 @@ def sweep(
     (``inf``) widths to a multiple of D, and the padding is dropped from the results. The
     parallel schedule gives the unsharded run's answers; the path schedule gives them to
     the solver tolerance (its warm starts differ). There is no communication between
-    devices.
+    devices. `devices` is a sequence of distinct `jax.Device` objects; with one, the sweep
+    runs on that device.
 
     **Arguments:** `network` (its `width` is replaced), training data `X`, `Y`, the
     `widths`, test data `X_test`, `Y_test`, `schedule`, `devices`, and keyword arguments
