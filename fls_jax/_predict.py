@@ -299,7 +299,7 @@ def sweep(
     Y_test: Float[ArrayLike, "n_test m"] | Float[ArrayLike, " n_test"] | None = None,
     *,
     schedule: Literal["auto", "parallel", "path"] = "auto",
-    devices: Sequence[jax.Device] | None = None,
+    devices: Sequence[Any] | None = None,
     **solve_kwargs,
 ) -> tuple[Solution, Prediction]:
     """Solve and predict at many widths in one jit-compiled call.
