@@ -127,6 +127,8 @@ def gp_negative_log_evidence(
     if Y.ndim != 2 or Y.shape[0] != K.shape[0]:
         raise ValueError(f"Y must have shape (n,) or (n, m) with n = {K.shape[0]}, got {Y.shape}")
     _check_positive_definite("K", K)
+    from ._solve import _check_finite  # a cycle at import time: _solve uses this module
+
     _check_finite("Y", Y)
     return _gp_nle(K, Y)
 
@@ -506,7 +508,7 @@ def eos_residual(
 
     **Returns:** R, of the same shape as `precision`.
     """
-    from ._solve import _validate  # a cycle at import time: _solve uses this module
+    from ._solve import _check_finite, _validate  # a cycle: _solve uses this module
 
     network, X, Y = _validate(network, X, Y)
     s, n = network.state_size(X.shape[1]), X.shape[0]
@@ -528,14 +530,6 @@ def eos_residual(
     _check_shapes([("precision", precision, (s, s))])
     _check_positive_definite("precision", precision)
     return _compiled_residuals(network, precision, (), X, Y)[0]
-
-
-def _check_finite(name: str, A) -> None:
-    """A clear error for a concrete array with NaN or inf."""
-    from ._solve import _concrete  # a cycle at import time: _solve uses this module
-
-    if _concrete(A) and not np.all(np.isfinite(np.asarray(A))):
-        raise ValueError(f"{name} contains NaN or inf")
 
 
 def _check_shapes(named: list) -> None:

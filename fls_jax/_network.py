@@ -475,11 +475,10 @@ def inducing_points(
         raise ValueError(f"X must be a 2-d array (n, d), got shape {X.shape}")
     network.check_input_dim(X.shape[1])
     # NaN in X or a prior variance ≤ 0 made a NaN pivot, reported as too few directions.
-    if not np.all(np.isfinite(np.asarray(X))):
-        raise ValueError("X contains NaN or inf")
-    sigma_w2 = np.asarray(network.sigma_w2)
-    if not (np.all(sigma_w2 > 0) and np.all(np.isfinite(sigma_w2))):
-        raise ValueError(f"sigma_w2 must be > 0 and finite, got {sigma_w2}")
+    from ._solve import _check_finite, _check_hyper_parameters  # _solve imports this module
+
+    _check_finite("X", X)
+    _check_hyper_parameters(network, ("sigma_w2",))
     if not isinstance(r, int | np.integer) or not 1 <= r <= X.shape[0]:
         raise ValueError(f"r must be an integer in [1, n = {X.shape[0]}], got {r!r}")
     # The pivots do not depend on the readout's scale; standard scaling keeps it non-zero.

@@ -20,10 +20,10 @@ from ._solve import (
     Solution,
     _chain,
     _check_deep_float32,
+    _check_finite,
     _check_float32,
     _check_max_stages,
     _check_rescue,
-    _concrete,
     _default_adjoint,
     _gp_state,
     _resolve_solver,
@@ -100,8 +100,7 @@ def _validate_test(X, Y, X_test, Y_test):
             raise ValueError(f"Y_test must have shape {want}, got {Y_test.shape}")
         arrays.append(("Y_test", Y_test))
     for name, arr in arrays:
-        if _concrete(arr) and not np.all(np.isfinite(np.asarray(arr))):
-            raise ValueError(f"{name} contains NaN or inf")
+        _check_finite(name, arr)
     return X_test, Y_test
 
 
@@ -378,7 +377,7 @@ def sweep(
     # Two compiled programs, solves then predictions: a failed solve's diagnostics come back
     # even if the prediction step were to fail.
     if len(devices) == 1:  # on the device named, which need not be the default one
-        put = functools.partial(_put, device=devices[0]) if named else (lambda tree: tree)
+        put = functools.partial(_put, where=devices[0]) if named else (lambda tree: tree)
         sols = local_solve(put((network, X, Y, *options)), put(widths))
         return sols, _local_predict(put((X_test, Y_test)), sols)
     mesh = jax.sharding.Mesh(np.array(devices), ("w",))
@@ -436,15 +435,14 @@ def _check_devices(devices) -> list:
     return devices
 
 
-def _put(tree, device):
-    """The arrays of `tree`, on `device`."""
-    return jax.tree.map(lambda x: jax.device_put(x, device) if eqx.is_array(x) else x, tree)
+def _put(tree, where):
+    """The arrays of `tree`, placed on `where` (a device or a sharding)."""
+    return jax.tree.map(lambda x: jax.device_put(x, where) if eqx.is_array(x) else x, tree)
 
 
 def _replicate(tree, mesh):
     """The arrays of `tree`, copied to every device of `mesh`."""
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    return jax.tree.map(lambda x: jax.device_put(x, sharding) if eqx.is_array(x) else x, tree)
+    return _put(tree, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
 
 @eqx.filter_jit

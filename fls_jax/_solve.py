@@ -213,6 +213,23 @@ def _concrete(x) -> bool:
     return True
 
 
+def _check_finite(name: str, A) -> None:
+    """A clear error for a concrete array with NaN or inf (a traced one is not checked)."""
+    if _concrete(A) and not np.all(np.isfinite(np.asarray(A))):
+        raise ValueError(f"{name} contains NaN or inf")
+
+
+def _check_hyper_parameters(network: AbstractNetwork, fields=None) -> None:
+    """A clear error for a concrete hyper-parameter that breaks its rule
+    (`_HYPER_PARAMETER_RULES`; all of them, or those named in `fields`)."""
+    for field, name, rule, ok in _HYPER_PARAMETER_RULES:
+        value = getattr(network, field)
+        if (fields is None or field in fields) and _concrete(value):
+            v = np.asarray(value)
+            if np.isnan(v).any() or not np.all(ok(v)):
+                raise ValueError(f"{name} must be {rule}, got {v}")
+
+
 # The hyper-parameters' rules: (field, name, rule, test). The tests hold for NumPy and for
 # traced values alike (NaN fails every comparison), so `_validate` checks concrete values
 # with them and `_valid_hyper_parameters` traced ones.
@@ -252,10 +269,8 @@ def _validate(network: _N, X, Y) -> tuple[_N, Array, Array]:
     if U is not None and U.shape[1] != X.shape[1]:
         raise ValueError(f"inducing points must have d = {X.shape[1]} columns, got {U.shape}")
     for name, arr in (("X", X), ("Y", Y), ("inducing", U)):
-        if arr is None:
-            continue
-        if _concrete(arr) and not np.all(np.isfinite(np.asarray(arr))):
-            raise ValueError(f"{name} contains NaN or inf")
+        if arr is not None:
+            _check_finite(name, arr)
     scalars = (("width", network.width), ("noise", network.noise))
     for name, value in (*scalars, ("sigma_a2", network.sigma_a2)):
         if jnp.ndim(value) != 0:
@@ -263,12 +278,7 @@ def _validate(network: _N, X, Y) -> tuple[_N, Array, Array]:
                 f"{name} must be a scalar, got shape {jnp.shape(value)} (sweep it with "
                 "fls_jax.sweep or jax.vmap over networks)"
             )
-    for field, name, rule, ok in _HYPER_PARAMETER_RULES:
-        value = getattr(network, field)
-        if _concrete(value):
-            v = np.asarray(value)
-            if np.isnan(v).any() or not np.all(ok(v)):
-                raise ValueError(f"{name} must be {rule}, got {v}")
+    _check_hyper_parameters(network)
     # The widest of the data's and the hyper-parameters' dtypes: with JAX's float64 enabled
     # a network's leaves are float64, and float32 data are promoted rather than mixed.
     params = _hyper_parameters(network)
@@ -1078,8 +1088,8 @@ def _validate_precision0(
             raise ValueError(f"precision0 must have shapes {shapes}, got {p.shape}")
         if i == 0:  # Σ⁻¹ (or the augmented state's inverse) must be a precision matrix
             _check_positive_definite("precision0[0]", p)
-        elif _concrete(p) and not np.all(np.isfinite(np.asarray(p))):
-            raise ValueError(f"precision0[{i}] contains NaN or inf")
+        else:
+            _check_finite(f"precision0[{i}]", p)
         out.append(p)
     leaves = (*out, X, Y, *jax.tree.leaves(eqx.filter(network, eqx.is_array)))
     if L > 1 and all(_concrete(v) for v in leaves):
